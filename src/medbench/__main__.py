@@ -1,0 +1,5 @@
+import sys
+
+from medbench.cli import main
+
+sys.exit(main())

@@ -1,0 +1,131 @@
+"""Training configuration: one dataclass, readable from and writable to JSON.
+
+`medbench train`, `medbench benchmark` and `medbench tune` all end in a `TrainConfig`;
+`--config FILE` reads the keys of a JSON file (e.g. the best trial of a tuning study)
+over the defaults, and explicit command-line flags win over the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from medbench.errors import MedbenchError
+
+OPTIMIZERS = ("adamw", "sgd", "adam")
+SCHEDULES = ("cosine", "multistep", "constant")
+CLASS_BALANCE = ("none", "weighted_loss", "sampler")
+SELECT_METRICS = ("auc", "acc")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+@dataclass
+class TrainConfig:
+    """Everything that decides a training run. Defaults are medbench's tuned recipe."""
+
+    dataset: str
+    model: str
+    size: int = 28
+    seed: int = 0
+    # Length: a fixed epoch count, or a wall-clock budget that plans the epoch count.
+    epochs: int | None = None
+    time_budget_seconds: float | None = None
+    batch_size: int = 128
+    optimizer: str = "adamw"
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    momentum: float = 0.9
+    schedule: str = "cosine"
+    warmup_epochs: float = 1.0
+    label_smoothing: float = 0.0
+    grad_clip: float | None = 2.0
+    ema_decay: float | None = None
+    class_balance: str = "none"
+    augment: str = "auto"
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    drop_path: float | None = None
+    dropout: float | None = None
+    select_metric: str = "auc"
+    patience: int | None = None
+    collapse_margin: float = 0.15
+    device: str = "auto"
+    precision: str = "auto"
+    channels_last: bool = True
+    num_workers: int = 0
+    model_options: dict[str, Any] = field(default_factory=dict)
+    # Where: the data folder (None = medmnist's cache) and the run folder.
+    data_dir: str | None = None
+    run_dir: str | None = None
+
+    def validate(self) -> TrainConfig:
+        def check(ok: bool, msg: str) -> None:
+            if not ok:
+                raise MedbenchError(msg)
+
+        check(self.size in (28, 64, 128, 224), f"--size must be 28, 64, 128 or 224, not {self.size}")
+        check(self.epochs is None or self.epochs >= 1, f"--epochs must be at least 1, not {self.epochs}")
+        check(self.time_budget_seconds is None or self.time_budget_seconds > 0,
+              "--time-budget must be positive")
+        check(self.batch_size >= 1, f"--batch-size must be at least 1, not {self.batch_size}")
+        check(self.lr > 0, f"--lr must be positive, not {self.lr}")
+        check(self.weight_decay >= 0, "--weight-decay must not be negative")
+        check(0 <= self.label_smoothing < 1, "--label-smoothing must be in [0, 1)")
+        check(self.ema_decay is None or 0 < self.ema_decay < 1, "--ema-decay must be in (0, 1)")
+        check(self.mixup >= 0 and self.cutmix >= 0, "--mixup/--cutmix strengths must not be negative")
+        for name, value, allowed in (
+            ("optimizer", self.optimizer, OPTIMIZERS), ("schedule", self.schedule, SCHEDULES),
+            ("class-balance", self.class_balance, CLASS_BALANCE),
+            ("select-metric", self.select_metric, SELECT_METRICS), ("device", self.device, DEVICES),
+            ("precision", self.precision, PRECISIONS),
+        ):
+            check(value in allowed, f"--{name} must be one of {', '.join(allowed)}, not {value!r}")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise MedbenchError(f"unknown config keys: {', '.join(unknown)}; known keys: {', '.join(sorted(known))}")
+        return cls(**data)
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a JSON config file (a flat dict of TrainConfig keys; a tuning result's
+    `"config"` entry is also accepted)."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise MedbenchError(f"config file {path} does not exist") from None
+    except (OSError, ValueError) as exc:
+        raise MedbenchError(f"config file {path} is not readable JSON: {exc}") from None
+    if isinstance(data, dict) and isinstance(data.get("config"), dict):
+        data = data["config"]
+    if not isinstance(data, dict):
+        raise MedbenchError(f"config file {path} must hold a JSON object of training options")
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise MedbenchError(f"config file {path} has unknown keys: {', '.join(unknown)}")
+    return data
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
+
+
+def parse_duration(text: str) -> float:
+    """'90' or '90s' -> 90.0, '10m' -> 600.0, '1.5h' -> 5400.0."""
+    m = _DURATION.match(str(text))
+    if not m or float(m.group(1)) <= 0:
+        raise MedbenchError(f"cannot read duration {text!r}; write e.g. 90s, 10m or 1.5h")
+    return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
