@@ -11,10 +11,11 @@ import argparse
 import importlib
 import pkgutil
 import sys
+import warnings
 from collections.abc import Sequence
 
 from medbench import __version__
-from medbench.errors import MedbenchError
+from medbench.errors import MedbenchError, MedbenchWarning
 
 EXIT_USER_ERROR = 2
 
@@ -51,7 +52,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    # medbench's own warnings are for users: one line, no source location.
+    if issubclass(category, MedbenchWarning):
+        print(f"medbench: warning: {message}", file=sys.stderr)
+    else:
+        _default_showwarning(message, category, filename, lineno, file, line)
+
+
+_default_showwarning = warnings.showwarning
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    warnings.showwarning = _show_warning
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "_run", None):

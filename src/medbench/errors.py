@@ -7,3 +7,8 @@ class MedbenchError(Exception):
     The message says what was wrong and what to do. The CLI prints it as one line and
     exits with code 2; any other exception is a bug in medbench.
     """
+
+
+class MedbenchWarning(UserWarning):
+    """Something the user should know but that does not stop the work (e.g. a local data
+    file whose MD5 differs from the official one). The CLI prints it as one line."""
