@@ -68,20 +68,31 @@ class TrainConfig:
             if not ok:
                 raise MedbenchError(msg)
 
-        check(self.size in (28, 64, 128, 224), f"--size must be 28, 64, 128 or 224, not {self.size}")
-        check(self.epochs is None or self.epochs >= 1, f"--epochs must be at least 1, not {self.epochs}")
-        check(self.time_budget_seconds is None or self.time_budget_seconds > 0,
-              "--time-budget must be positive")
+        check(
+            self.size in (28, 64, 128, 224), f"--size must be 28, 64, 128 or 224, not {self.size}"
+        )
+        check(
+            self.epochs is None or self.epochs >= 1,
+            f"--epochs must be at least 1, not {self.epochs}",
+        )
+        check(
+            self.time_budget_seconds is None or self.time_budget_seconds > 0,
+            "--time-budget must be positive",
+        )
         check(self.batch_size >= 1, f"--batch-size must be at least 1, not {self.batch_size}")
         check(self.lr > 0, f"--lr must be positive, not {self.lr}")
         check(self.weight_decay >= 0, "--weight-decay must not be negative")
         check(0 <= self.label_smoothing < 1, "--label-smoothing must be in [0, 1)")
         check(self.ema_decay is None or 0 < self.ema_decay < 1, "--ema-decay must be in (0, 1)")
-        check(self.mixup >= 0 and self.cutmix >= 0, "--mixup/--cutmix strengths must not be negative")
+        check(
+            self.mixup >= 0 and self.cutmix >= 0, "--mixup/--cutmix strengths must not be negative"
+        )
         for name, value, allowed in (
-            ("optimizer", self.optimizer, OPTIMIZERS), ("schedule", self.schedule, SCHEDULES),
+            ("optimizer", self.optimizer, OPTIMIZERS),
+            ("schedule", self.schedule, SCHEDULES),
             ("class-balance", self.class_balance, CLASS_BALANCE),
-            ("select-metric", self.select_metric, SELECT_METRICS), ("device", self.device, DEVICES),
+            ("select-metric", self.select_metric, SELECT_METRICS),
+            ("device", self.device, DEVICES),
             ("precision", self.precision, PRECISIONS),
         ):
             check(value in allowed, f"--{name} must be one of {', '.join(allowed)}, not {value!r}")
@@ -95,7 +106,9 @@ class TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise MedbenchError(f"unknown config keys: {', '.join(unknown)}; known keys: {', '.join(sorted(known))}")
+            raise MedbenchError(
+                f"unknown config keys: {', '.join(unknown)}; known keys: {', '.join(sorted(known))}"
+            )
         return cls(**data)
 
 

@@ -46,7 +46,9 @@ def make_synthetic_splits(
             rng.shuffle(y)
             labels = y.astype(np.uint8)[:, None]
             signal_map = patterns[y]
-        images = 128 + signal * signal_map + rng.normal(scale=25.0, size=(n, size, size, n_channels))
+        images = (
+            128 + signal * signal_map + rng.normal(scale=25.0, size=(n, size, size, n_channels))
+        )
         images = np.clip(images, 0, 255).astype(np.uint8)
         if n_channels == 1:
             images = images[..., 0]
@@ -64,8 +66,14 @@ def write_synthetic_npz(path: str | Path, **kwargs) -> Path:
 
 
 def write_synthetic_like(
-    data_dir: str | Path, name: str, size: int = 28, *, n_train: int = 64, n_val: int = 16,
-    n_test: int = 16, seed: int = 0,
+    data_dir: str | Path,
+    name: str,
+    size: int = 28,
+    *,
+    n_train: int = 64,
+    n_val: int = 16,
+    n_test: int = 16,
+    seed: int = 0,
 ) -> Path:
     """Write a small synthetic stand-in for catalogue dataset `name` under its official file name.
 
@@ -77,7 +85,13 @@ def write_synthetic_like(
     info = INFO[name]
     file_name = f"{name}.npz" if size == 28 else f"{name}_{size}.npz"
     return write_synthetic_npz(
-        Path(data_dir) / file_name, task=info["task"], n_classes=len(info["label"]),
-        n_channels=info["n_channels"], size=size, n_train=n_train, n_val=n_val, n_test=n_test,
+        Path(data_dir) / file_name,
+        task=info["task"],
+        n_classes=len(info["label"]),
+        n_channels=info["n_channels"],
+        size=size,
+        n_train=n_train,
+        n_val=n_val,
+        n_test=n_test,
         seed=seed,
     )

@@ -1,0 +1,83 @@
+"""Checkpoints and saved models: written atomically, read without unpickling code.
+
+Two kinds of file live in a run folder:
+
+- `checkpoint.pt`: everything needed to continue training (model, optimiser, EMA, best
+  weights so far, RNG state, step, history, config). Rewritten after every epoch.
+- `model.pt`: the selected weights plus what is needed to use them (architecture, input
+  shape, task, class names, normalisation, calibration temperature). Read by `evaluate`,
+  `predict`, `export` and ensembles.
+
+Both are plain `torch.save` dicts of tensors and JSON-like values, loaded with
+`torch.load(weights_only=True)`, which refuses any pickled object that could run code.
+"""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from medbench.errors import MedbenchError
+from medbench.fsutil import atomic_path
+
+CHECKPOINT_FORMAT = "medbench-checkpoint"
+MODEL_FORMAT = "medbench-model"
+FORMAT_VERSION = 1
+
+
+def save(obj: dict[str, Any], path: str | Path) -> Path:
+    """Write `obj` with torch.save to a temporary file and rename it into place."""
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+    return Path(path)
+
+
+def load(path: str | Path, expected_format: str | None = None) -> dict[str, Any]:
+    """Load a medbench file safely; any problem is a one-line MedbenchError."""
+    path = Path(path)
+    if not path.is_file():
+        raise MedbenchError(f"{path} does not exist or is not a file")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsafe content"
+        raise MedbenchError(
+            f"{path} is not a medbench file or contains objects that could execute code "
+            f"when loaded ({first[:120]}); medbench only loads plain tensors and values"
+        ) from None
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as exc:
+        raise MedbenchError(
+            f"{path} is not a readable checkpoint (corrupt or truncated?): {str(exc)[:160]}"
+        ) from None
+    if not isinstance(obj, dict) or "format" not in obj:
+        raise MedbenchError(f"{path} was not written by medbench (no 'format' entry)")
+    if expected_format is not None and obj["format"] != expected_format:
+        raise MedbenchError(f"{path} is a {obj['format']!r} file, expected {expected_format!r}")
+    if obj.get("format_version", 0) > FORMAT_VERSION:
+        raise MedbenchError(
+            f"{path} was written by a newer medbench (format version {obj.get('format_version')}); upgrade medbench"
+        )
+    if obj.get("format_version", 0) < FORMAT_VERSION:
+        raise MedbenchError(
+            f"{path} uses an older, unsupported format version {obj.get('format_version')}"
+        )
+    return obj
+
+
+def resolve_model_file(path: str | Path) -> Path:
+    """A run folder, a model.pt or a checkpoint.pt -> the file to load weights from."""
+    path = Path(path)
+    if path.is_dir():
+        for name in ("model.pt", "checkpoint.pt"):
+            if (path / name).is_file():
+                return path / name
+        raise MedbenchError(
+            f"{path} holds no model.pt or checkpoint.pt; is it a medbench run folder?"
+        )
+    if not path.exists():
+        raise MedbenchError(f"{path} does not exist")
+    return path

@@ -1,0 +1,45 @@
+"""`medbench evaluate`: re-evaluate a finished run."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from medbench.commands._options import add_data_dir
+
+NAME = "evaluate"
+HELP = "re-evaluate a trained run (official ACC/AUC, per-class metrics, calibration)"
+ORDER = 25
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="run folder (or its model.pt)")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    parser.add_argument("--json", action="store_true", help="print everything as JSON")
+    add_data_dir(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    from medbench.engine import evaluate_run
+
+    out = evaluate_run(args.run_dir, data_dir=args.data_dir, device=args.device)
+    if args.json:
+        print(json.dumps(out, indent=2, default=str))
+        return 0
+    print(f"{out['dataset']['name']} / {out['model']}  (temperature {out['temperature']:.3f})")
+    for split in ("val", "test"):
+        m = out[split]
+        print(
+            f"  {split:<4} ACC {m['acc']:.4f}  AUC {m['auc']:.4f}  balanced ACC {m['balanced_acc']:.4f}  "
+            f"macro F1 {m['macro_f1']:.4f}  ECE {m['ece']:.4f} -> {m['ece_calibrated']:.4f} calibrated"
+        )
+    print(
+        "  per class (test): "
+        + ", ".join(
+            f"{c['name']}: P {c['precision']:.2f} R {c['recall']:.2f} F1 {c['f1']:.2f}"
+            for c in out["test"]["per_class"]
+        )
+    )
+    for flag in out["flags"]:
+        print(f"  COLLAPSE GUARD: {flag}")
+    return 0

@@ -1,0 +1,82 @@
+"""`medbench train`: train one model on one dataset."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from medbench.commands._options import add_data_dir, add_training_options, config_overrides
+from medbench.config import TrainConfig
+
+NAME = "train"
+HELP = "train one model on one dataset and evaluate it"
+ORDER = 20
+DESCRIPTION = (
+    "Train MODEL on DATASET, select the best epoch on the validation split, then report the "
+    "official MedMNIST ACC/AUC and more on the test split. Everything goes to the run folder: "
+    "checkpoint.pt (after every epoch), model.pt, predictions.npz and results.json."
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--dataset",
+        required=True,
+        help="MedMNIST dataset, e.g. dermamnist (see 'medbench datasets')",
+    )
+    parser.add_argument(
+        "--model", required=True, help="model name (see 'medbench models') or timm:<name>"
+    )
+    parser.add_argument(
+        "--size", type=int, default=28, choices=(28, 64, 128, 224), help="image size (default 28)"
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--run-dir",
+        metavar="DIR",
+        help="run folder (default runs/<dataset>_<size>-<model>-seed<N>-<time>)",
+    )
+    parser.add_argument(
+        "--resume", action="store_true", help="continue the run in --run-dir from its checkpoint"
+    )
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.add_argument("--quiet", action="store_true", help="no progress output")
+    add_data_dir(parser)
+    add_training_options(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    from medbench.engine import train
+
+    values = config_overrides(args)
+    values.update(
+        dataset=args.dataset,
+        model=args.model,
+        size=args.size,
+        seed=args.seed,
+        data_dir=args.data_dir,
+        run_dir=args.run_dir,
+    )
+    if args.resume and not args.run_dir:
+        from medbench.errors import MedbenchError
+
+        raise MedbenchError("--resume needs --run-dir pointing at the interrupted run's folder")
+    config = TrainConfig.from_dict(values)
+    results = train(config, resume=args.resume, progress=False if args.quiet else None)
+    if args.json:
+        print(json.dumps(results, indent=2, default=str))
+    else:
+        print(summary_line(results))
+    return 0
+
+
+def summary_line(results: dict) -> str:
+    t, v = results["metrics"]["test"], results["metrics"]["val"]
+    flag = "  COLLAPSE: " + "; ".join(results["flags"]) if results["flags"] else ""
+    return (
+        f"{results['dataset']['name']}/{results['model']['name']} seed {results['config']['seed']}: "
+        f"test ACC {t['acc']:.4f} AUC {t['auc']:.4f} (val ACC {v['acc']:.4f} AUC {v['auc']:.4f}), "
+        f"{results['model']['params_m']:.2f}M params, {results['model']['gflops']:.3f} GFLOPs, "
+        f"efficiency {results['efficiency']:.2f} %/M, {results['timing']['train_seconds']:.0f}s -> "
+        f"{results['run_dir']}{flag}"
+    )

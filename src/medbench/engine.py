@@ -1,0 +1,749 @@
+"""The training engine: one run = one model trained on one dataset with one seed.
+
+The whole loop is `train()`; read it top to bottom. It knows nothing of a particular
+architecture (models come from `medbench.models`) and models know nothing of devices,
+precision or checkpoints (they come from here and `medbench.runtime`).
+
+Training is counted in optimiser *steps*. A round ends with a validation pass and a
+checkpoint; a round is one epoch, except when a time budget allows fewer than
+`MIN_ROUNDS` epochs, in which case the budget is cut into `MIN_ROUNDS` equal rounds so
+model selection and resumption still work on large datasets (e.g. OCTMNIST on a CPU).
+Every random choice (data order, augmentation) is derived from (seed, epoch) or
+(seed, step), and the global RNG state is checkpointed, so a resumed run on the CPU
+ends with exactly the weights of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from medbench import checkpoint as ckpt
+from medbench import metrics
+from medbench.augment import BatchAugment
+from medbench.config import TrainConfig
+from medbench.errors import MedbenchError, MedbenchWarning
+from medbench.fsutil import atomic_path, atomic_write_json
+from medbench.runtime import Runtime, environment, resolve_runtime, seed_everything
+
+MEAN, STD = 0.5, 0.5  # MedMNIST's official Normalize(mean=.5, std=.5) on [0, 1] pixels
+DEFAULT_EPOCHS = 40
+MIN_ROUNDS = 5
+EVAL_BATCH = 512
+SCHEMA_VERSION = 1
+
+
+# ----------------------------------------------------------------------------- tensors
+
+
+def to_unit_float(images: torch.Tensor, runtime: Runtime) -> torch.Tensor:
+    """uint8 (N, H, W, C) -> float (N, C, H, W) in [0, 1] on the device. The permute of an
+    NHWC tensor *is* channels-last, so channels-last costs no copy here."""
+    x = images.to(runtime.device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
+    return x if runtime.channels_last else x.contiguous()
+
+
+def normalize(x: torch.Tensor) -> torch.Tensor:
+    return x.sub_(MEAN).div_(STD)
+
+
+def is_multilabel(task: str) -> bool:
+    return task.startswith("multi-label")
+
+
+@torch.no_grad()
+def predict_logits(
+    model: nn.Module, images: torch.Tensor, runtime: Runtime, batch_size: int = EVAL_BATCH
+) -> np.ndarray:
+    """Logits (float32 numpy) of a model in eval mode for uint8 (N, H, W, C) images."""
+    model.eval()
+    out = []
+    for start in range(0, len(images), batch_size):
+        x = normalize(to_unit_float(images[start : start + batch_size], runtime))
+        with runtime.autocast():
+            out.append(model(x).float().cpu())
+    return torch.cat(out).numpy() if out else np.zeros((0, 0), dtype=np.float32)
+
+
+def labels_numpy(labels: torch.Tensor) -> np.ndarray:
+    """Labels as MedMNIST's evaluator takes them: (N, 1) ints or (N, L) multi-label."""
+    y = labels.cpu().numpy()
+    return y[:, None] if y.ndim == 1 else y
+
+
+# ----------------------------------------------------------------------------- pieces
+
+
+def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    # No weight decay on norms and biases (1-d parameters): standard practice since
+    # "Bag of Tricks" (He et al. 2019); decaying BN gammas hurts small-data training.
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 else decay).append(p)
+    groups = [
+        {"params": decay, "weight_decay": config.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=config.lr)
+    if config.optimizer == "adam":  # the official MedMNIST recipe: Adam, no weight decay
+        return torch.optim.Adam(groups, lr=config.lr)
+    return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=True)
+
+
+def lr_factor(config: TrainConfig, step: int, total_steps: int, steps_per_epoch: int) -> float:
+    """Learning-rate multiplier at `step` (0-based) of `total_steps`."""
+    if config.schedule == "multistep":  # official MedMNIST: x0.1 at 50% and 75% of training
+        return 0.1 ** ((step >= 0.5 * total_steps) + (step >= 0.75 * total_steps))
+    warmup = min(config.warmup_epochs * steps_per_epoch, 0.2 * total_steps)
+    if step < warmup:
+        return (step + 1) / warmup
+    if config.schedule == "constant":
+        return 1.0
+    progress = (step - warmup) / max(1.0, total_steps - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def make_loss(
+    config: TrainConfig, task: str, train_labels: torch.Tensor, n_classes: int, device: torch.device
+) -> Callable:
+    if is_multilabel(task):
+        pos_weight = None
+        if config.class_balance == "weighted_loss":
+            pos = train_labels.sum(0).clamp(min=1)
+            pos_weight = ((len(train_labels) - pos) / pos).clamp(max=50).to(device)
+        ls = config.label_smoothing
+
+        def bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+            if ls:
+                target = target * (1 - ls) + 0.5 * ls
+            return F.binary_cross_entropy_with_logits(logits, target, pos_weight=pos_weight)
+
+        return bce
+    weight = None
+    if config.class_balance == "weighted_loss":
+        counts = torch.bincount(train_labels, minlength=n_classes).float().clamp(min=1)
+        weight = (counts.sum() / (n_classes * counts)).to(device)
+
+    def ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if target.dtype.is_floating_point:  # soft targets (MixUp/CutMix)
+            logp = F.log_softmax(logits, dim=1)
+            if config.label_smoothing:
+                target = target * (1 - config.label_smoothing) + config.label_smoothing / n_classes
+            w = weight if weight is not None else torch.ones(n_classes, device=logits.device)
+            return -(target * logp * w).sum(1).mean()
+        return F.cross_entropy(
+            logits, target, weight=weight, label_smoothing=config.label_smoothing
+        )
+
+    return ce
+
+
+def epoch_order(n: int, seed: int, epoch: int, sample_weights: torch.Tensor | None) -> torch.Tensor:
+    """The order of training samples in `epoch`, a pure function of (seed, epoch)."""
+    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    if sample_weights is not None:  # class-balanced sampling, with replacement
+        return torch.multinomial(sample_weights, n, replacement=True, generator=g)
+    return torch.randperm(n, generator=g)
+
+
+def balanced_sample_weights(labels: torch.Tensor, task: str, n_classes: int) -> torch.Tensor:
+    if is_multilabel(task):  # weight a sample by its rarest positive label
+        freq = labels.float().mean(0).clamp(min=1e-3)
+        w = (labels.float() / freq).max(1).values
+        return torch.where(w > 0, w, torch.ones_like(w))
+    counts = torch.bincount(labels, minlength=n_classes).float().clamp(min=1)
+    return (1.0 / counts)[labels]
+
+
+def default_run_dir(config: TrainConfig, root: str | Path = "runs") -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    name = config.model.replace(":", "-").replace("/", "-")
+    return Path(root) / f"{config.dataset}_{config.size}-{name}-seed{config.seed}-{stamp}"
+
+
+class _Progress:
+    """A tqdm bar on a terminal, one summary line per round otherwise."""
+
+    def __init__(self, enabled: bool | None, total: int, desc: str) -> None:
+        self.tty = sys.stderr.isatty() if enabled is None else enabled
+        self.enabled = enabled is not False
+        self.bar = None
+        if self.enabled and self.tty:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, desc=desc, unit="step", leave=False, dynamic_ncols=True)
+
+    def step(self, n: int, loss: float) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+            self.bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+
+    def set_total(self, total: int) -> None:
+        if self.bar is not None:
+            self.bar.total = total
+            self.bar.refresh()
+
+    def round(self, line: str) -> None:
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.write(line, file=sys.stderr)
+        else:
+            print(line, file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+# ----------------------------------------------------------------------------- train
+
+
+def train(
+    config: TrainConfig,
+    *,
+    data: Any = None,
+    progress: bool | None = None,
+    resume: bool = False,
+    on_epoch: Callable[[dict], None] | None = None,
+) -> dict[str, Any]:
+    """Train one run into `config.run_dir` and return its results (also in results.json).
+
+    `data` is a `medbench.data.MedMNISTData` (loaded from `config` when None). With
+    `resume=True` an existing `checkpoint.pt` in the run folder is continued. `on_epoch`
+    is called with each round's history record (a tuner may raise to prune the run).
+    """
+    from medbench.data import load_dataset
+    from medbench.models import build_model, count_flops, count_parameters
+
+    config.validate()
+    runtime = resolve_runtime(config.device, config.precision, config.channels_last)
+    if data is None:
+        data = load_dataset(
+            config.dataset, config.size, config.data_dir, progress=progress is not False
+        )
+    if data.info.name != config.dataset or data.size != config.size:
+        raise MedbenchError(
+            f"the data given is {data.info.name} at {data.size}px but the config asks for "
+            f"{config.dataset} at {config.size}px"
+        )
+    info = data.info
+    task, n_classes, in_channels = info.task, info.n_classes, info.n_channels
+    run_dir = Path(config.run_dir) if config.run_dir else default_run_dir(config)
+    config.run_dir = str(run_dir)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise MedbenchError(
+            f"cannot create run folder {run_dir}: {exc.strerror}; choose a writable --out/--run-dir"
+        ) from None
+    checkpoint_path = run_dir / "checkpoint.pt"
+
+    # ---- model, optimiser, loss
+    seed_everything(config.seed)
+    options = dict(config.model_options)
+    if config.drop_path is not None:
+        options["drop_path"] = config.drop_path
+    if config.dropout is not None:
+        options["dropout"] = config.dropout
+    model = build_model(config.model, in_channels, n_classes, image_size=config.size, **options)
+    n_params = count_parameters(model)
+    flops = count_flops(model, (1, in_channels, config.size, config.size))
+    model.to(runtime.device)
+    if runtime.channels_last:
+        model.to(memory_format=torch.channels_last)
+    optimizer = make_optimizer(model, config)
+    ema = None
+    if config.ema_decay:
+        ema = torch.optim.swa_utils.AveragedModel(
+            model,
+            multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(config.ema_decay),
+            use_buffers=True,
+        )
+    train_split = data.train
+    loss_fn = make_loss(config, task, train_split.labels, n_classes, runtime.device)
+    augment = BatchAugment(config.augment, info.name)
+    sample_weights = (
+        balanced_sample_weights(train_split.labels, task, n_classes)
+        if config.class_balance == "sampler"
+        else None
+    )
+
+    n_train = len(train_split)
+    batch_size = min(config.batch_size, n_train)
+    steps_per_epoch = max(1, n_train // batch_size)  # drop the ragged last batch (BatchNorm)
+    identity = {
+        "dataset": config.dataset,
+        "size": config.size,
+        "model": config.model,
+        "model_options": options,
+        "in_channels": in_channels,
+        "num_classes": n_classes,
+    }
+
+    # ---- state (fresh, or from the checkpoint)
+    step, history, train_seconds = 0, [], 0.0
+    best: dict[str, Any] = {"score": -math.inf, "round": 0, "step": 0}
+    best_state: dict[str, torch.Tensor] | None = None
+    budget = config.time_budget_seconds
+    if config.epochs is not None or budget is None:
+        epochs = config.epochs or DEFAULT_EPOCHS
+        total_steps, round_steps, planned = epochs * steps_per_epoch, steps_per_epoch, True
+    else:  # provisional until the first steps are timed
+        total_steps, round_steps, planned = 10**9, steps_per_epoch, False
+    if resume and checkpoint_path.exists():
+        state = ckpt.load(checkpoint_path, ckpt.CHECKPOINT_FORMAT)
+        if state["identity"] != identity:
+            raise MedbenchError(
+                f"{checkpoint_path} belongs to another run ({_describe(state['identity'])}), not "
+                f"{_describe(identity)}; use a new run folder or the matching options"
+            )
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if ema is not None and state.get("ema") is not None:
+            ema.load_state_dict(state["ema"])
+        step, history, train_seconds = state["step"], state["history"], state["train_seconds"]
+        total_steps, round_steps, planned = (
+            state["total_steps"],
+            state["round_steps"],
+            state["planned"],
+        )
+        best, best_state = state["best"], state["best_state"]
+        torch.set_rng_state(state["rng_cpu"])
+        if runtime.device.type == "cuda" and state.get("rng_cuda") is not None:
+            torch.cuda.set_rng_state(state["rng_cuda"], runtime.device)
+
+    def save_checkpoint() -> None:
+        ckpt.save(
+            {
+                "format": ckpt.CHECKPOINT_FORMAT,
+                "format_version": ckpt.FORMAT_VERSION,
+                "identity": identity,
+                "config": config.to_dict(),
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "ema": ema.state_dict() if ema is not None else None,
+                "best": best,
+                "best_state": best_state,
+                "step": step,
+                "total_steps": total_steps,
+                "round_steps": round_steps,
+                "planned": planned,
+                "history": history,
+                "train_seconds": train_seconds,
+                "rng_cpu": torch.get_rng_state(),
+                "rng_cuda": torch.cuda.get_rng_state(runtime.device)
+                if runtime.device.type == "cuda"
+                else None,
+            },
+            checkpoint_path,
+        )
+
+    eval_model = ema.module if ema is not None else model
+    val_y = labels_numpy(data.val.labels)
+    bar = _Progress(
+        progress, total_steps if planned else 0, f"{config.dataset}/{config.model}/s{config.seed}"
+    )
+    images, labels = train_split.images, train_split.labels
+    order_epoch, order = -1, None
+    aug_gen = torch.Generator(device=runtime.device if runtime.device.type == "cuda" else "cpu")
+    stopped_early = over_budget = False
+    round_start_time, round_start_step, round_loss, round_n = time.perf_counter(), step, 0.0, 0
+    calib_start = None
+    run_start = time.perf_counter() - train_seconds
+
+    # ---- the loop
+    model.train()
+    while step < total_steps:
+        epoch, pos = divmod(step, steps_per_epoch)
+        if epoch != order_epoch:
+            order, order_epoch = epoch_order(n_train, config.seed, epoch, sample_weights), epoch
+        idx = order[pos * batch_size : (pos + 1) * batch_size]
+        x = to_unit_float(images[idx], runtime)
+        y = labels[idx].to(runtime.device, non_blocking=True)
+        aug_gen.manual_seed(config.seed * 1_000_003 + step)
+        x = normalize(augment(x, aug_gen))
+        for group in optimizer.param_groups:
+            group["lr"] = config.lr * lr_factor(config, step, total_steps, steps_per_epoch)
+        with runtime.autocast():
+            logits = model(x)
+        loss = loss_fn(logits.float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if config.grad_clip:
+            nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        optimizer.step()
+        if ema is not None:
+            ema.update_parameters(model)
+        step += 1
+        loss_value = loss.item()
+        if not math.isfinite(loss_value):
+            raise MedbenchError(
+                f"training diverged (loss {loss_value}) at step {step}; lower --lr or enable --grad-clip"
+            )
+        round_loss += loss_value * len(idx)
+        round_n += len(idx)
+        bar.step(1, loss_value)
+
+        # ---- with a time budget: time the first steps, then fix the plan
+        if not planned:
+            if step == 1:
+                calib_start = (time.perf_counter(), step)
+            elif step >= min(12, steps_per_epoch):
+                total_steps, round_steps = _plan_budget(
+                    budget,
+                    time.perf_counter() - run_start,
+                    step,
+                    calib_start,
+                    steps_per_epoch,
+                    len(data.val),
+                    batch_size,
+                )
+                planned = True
+                bar.set_total(total_steps)
+
+        # ---- end of a round: validate, select, checkpoint
+        if step % round_steps == 0 or step >= total_steps:
+            round_seconds = time.perf_counter() - round_start_time
+            val_logits = predict_logits(eval_model, data.val.images, runtime)
+            model.train()
+            val_probs = metrics.probabilities_from_logits(val_logits, task)
+            record = {
+                "epoch": len(history) + 1,
+                "step": step,
+                "train_loss": round_loss / max(1, round_n),
+                "val_loss": _loss_value(loss_fn, val_logits, data.val.labels),
+                "val_acc": metrics.official_acc(val_y, val_probs, task),
+                "val_auc": metrics.official_auc(val_y, val_probs, task),
+                "lr": optimizer.param_groups[0]["lr"],
+                "seconds": round_seconds,
+                "train_images_per_second": (step - round_start_step)
+                * batch_size
+                / max(round_seconds, 1e-9),
+            }
+            history.append(record)
+            score = record[f"val_{config.select_metric}"]
+            if not math.isfinite(score):  # AUC undefined (one class in val): fall back to ACC
+                score = record["val_acc"]
+            if score > best["score"]:
+                best = {"score": score, "round": record["epoch"], "step": step}
+                best_state = copy.deepcopy(eval_model.state_dict())
+            train_seconds = time.perf_counter() - run_start
+            n_rounds = math.ceil(total_steps / round_steps)
+            bar.round(
+                f"[{config.dataset}/{config.model}/seed {config.seed}] epoch {record['epoch']}/{n_rounds} "
+                f"loss {record['train_loss']:.4f} val_acc {record['val_acc']:.4f} "
+                f"val_auc {record['val_auc']:.4f} lr {record['lr']:.2e} {round_seconds:.1f}s "
+                f"{record['train_images_per_second']:.0f} img/s"
+            )
+            if (
+                config.patience
+                and record["epoch"] - best["round"] >= config.patience
+                and step < total_steps
+            ):
+                stopped_early = True
+            if budget is not None and train_seconds > budget * 1.05 and step < total_steps:
+                over_budget = True
+            if stopped_early or over_budget:
+                total_steps = step
+            save_checkpoint()
+            if on_epoch is not None:
+                on_epoch(record)
+            round_start_time, round_start_step, round_loss, round_n = (
+                time.perf_counter(),
+                step,
+                0.0,
+                0,
+            )
+    bar.close()
+    if over_budget:
+        warnings.warn(
+            f"{run_dir.name}: time budget exceeded; stopped after {step} steps",
+            MedbenchWarning,
+            stacklevel=2,
+        )
+
+    # ---- final evaluation of the selected weights
+    eval_start = time.perf_counter()
+    if best_state is not None:
+        eval_model.load_state_dict(best_state)
+    results = _evaluate_and_save(
+        eval_model,
+        data,
+        runtime,
+        config,
+        run_dir,
+        n_params=n_params,
+        flops=flops,
+        options=options,
+        extra={
+            "epochs_planned": math.ceil(total_steps / round_steps),
+            "epochs_completed": len(history),
+            "best_epoch": best["round"],
+            "stopped_early": stopped_early,
+            "over_budget": over_budget,
+            "steps": step,
+            "steps_per_epoch": steps_per_epoch,
+            "history": history,
+        },
+        train_seconds=train_seconds,
+    )
+    results["timing"]["eval_seconds"] = time.perf_counter() - eval_start
+    atomic_write_json(run_dir / "results.json", results)
+    return results
+
+
+def _plan_budget(
+    budget: float,
+    elapsed: float,
+    step: int,
+    calib_start,
+    steps_per_epoch: int,
+    n_val: int,
+    batch_size: int,
+) -> tuple[int, int]:
+    """Fix (total_steps, round_steps) so that training plus validation fits in `budget`."""
+    t0, s0 = calib_start
+    step_seconds = (time.perf_counter() - t0) / max(1, step - s0)
+    # A validation pass is forward-only (about a third of a training step per image).
+    val_seconds = n_val / batch_size * step_seconds / 3
+    available = max(0.0, budget - elapsed)
+    epoch_seconds = steps_per_epoch * step_seconds + val_seconds
+    if available >= MIN_ROUNDS * epoch_seconds:
+        epochs = int(available // epoch_seconds)
+        return step + epochs * steps_per_epoch - step % steps_per_epoch, steps_per_epoch
+    total = step + max(MIN_ROUNDS, int((available - MIN_ROUNDS * val_seconds) // step_seconds))
+    return total, max(1, math.ceil(total / MIN_ROUNDS))
+
+
+def _loss_value(loss_fn: Callable, logits: np.ndarray, labels: torch.Tensor) -> float:
+    with torch.no_grad():
+        return float(loss_fn(torch.from_numpy(logits), labels))
+
+
+def _describe(identity: dict) -> str:
+    return f"{identity['model']} on {identity['dataset']} at {identity['size']}px"
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def _evaluate_and_save(
+    model: nn.Module,
+    data: Any,
+    runtime: Runtime,
+    config: TrainConfig,
+    run_dir: Path,
+    *,
+    n_params: int,
+    flops: int,
+    options: dict,
+    extra: dict,
+    train_seconds: float,
+) -> dict:
+    info, task = data.info, data.info.task
+    val_logits = predict_logits(model, data.val.images, runtime)
+    test_logits = predict_logits(model, data.test.images, runtime)
+    val_y, test_y = labels_numpy(data.val.labels), labels_numpy(data.test.labels)
+    temperature = metrics.fit_temperature(val_logits, val_y, task)
+    val_m = metrics.evaluate(
+        val_y, metrics.probabilities_from_logits(val_logits, task), task, info.label_names
+    )
+    test_m = metrics.evaluate(
+        test_y, metrics.probabilities_from_logits(test_logits, task), task, info.label_names
+    )
+    test_probs_cal = metrics.probabilities_from_logits(test_logits, task, temperature)
+    val_probs_cal = metrics.probabilities_from_logits(val_logits, task, temperature)
+    flags = metrics.collapse_check(
+        val_m, test_m, n_classes=info.n_classes, task=task, margin=config.collapse_margin
+    )
+    for flag in flags:
+        warnings.warn(f"COLLAPSE GUARD {run_dir.name}: {flag}", MedbenchWarning, stacklevel=3)
+    latency_ms, throughput = measure_speed(model, runtime, info.n_channels, config.size)
+
+    with atomic_path(run_dir / "predictions.npz") as tmp, open(tmp, "wb") as fh:
+        np.savez(
+            fh,
+            val_logits=val_logits,
+            val_labels=val_y,
+            test_logits=test_logits,
+            test_labels=test_y,
+            test_probs=test_probs_cal,
+            temperature=np.float64(temperature),
+        )
+    model_meta = {
+        "model": config.model,
+        "model_options": options,
+        "in_channels": info.n_channels,
+        "num_classes": info.n_classes,
+        "image_size": config.size,
+        "task": task,
+        "label_names": list(info.label_names),
+        "dataset": info.name,
+        "normalization": {"mean": MEAN, "std": STD},
+        "temperature": float(temperature),
+        "seed": config.seed,
+    }
+    ckpt.save(
+        {
+            "format": ckpt.MODEL_FORMAT,
+            "format_version": ckpt.FORMAT_VERSION,
+            **model_meta,
+            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        },
+        run_dir / "model.pt",
+    )
+    test_acc = test_m["acc"]
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "status": "finished",
+        "run_dir": str(run_dir),
+        "config": config.to_dict(),
+        "dataset": data.provenance(),
+        "model": {
+            "name": config.model,
+            "n_params": n_params,
+            "params_m": n_params / 1e6,
+            "flops": flops,
+            "gflops": flops / 1e9,
+            "options": options,
+        },
+        **extra,
+        "metrics": {
+            "val": val_m,
+            "test": test_m,
+            "temperature": float(temperature),
+            "val_ece_calibrated": metrics.expected_calibration_error(val_y, val_probs_cal, task),
+            "test_ece_calibrated": metrics.expected_calibration_error(test_y, test_probs_cal, task),
+        },
+        "flags": flags,
+        "collapsed": bool(flags),
+        "timing": {
+            "train_seconds": train_seconds,
+            "latency_ms_per_image": latency_ms,
+            "throughput_images_per_second": throughput,
+        },
+        "efficiency": 100.0 * test_acc / (n_params / 1e6),
+        "environment": environment(runtime),
+        "files": {
+            "checkpoint": "checkpoint.pt",
+            "model": "model.pt",
+            "predictions": "predictions.npz",
+            "results": "results.json",
+        },
+    }
+
+
+@torch.no_grad()
+def measure_speed(
+    model: nn.Module,
+    runtime: Runtime,
+    channels: int,
+    size: int,
+    latency_repeats: int = 20,
+    throughput_batch: int = 256,
+) -> tuple[float, float]:
+    """(median ms per image at batch 1, images/s at batch `throughput_batch`) in eval mode."""
+    model.eval()
+
+    def timed(batch: int, repeats: int) -> list[float]:
+        x = torch.randn(batch, channels, size, size, device=runtime.device)
+        if runtime.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        times = []
+        for i in range(repeats + 2):
+            t0 = time.perf_counter()
+            with runtime.autocast():
+                model(x)
+            if runtime.device.type == "cuda":
+                torch.cuda.synchronize(runtime.device)
+            if i >= 2:  # two warm-up calls
+                times.append(time.perf_counter() - t0)
+        return times
+
+    latency = float(np.median(timed(1, latency_repeats))) * 1000
+    big = timed(throughput_batch, 2 if size <= 64 else 1)
+    return latency, throughput_batch / float(np.median(big))
+
+
+# ----------------------------------------------------------------------------- saved models
+
+
+def load_trained_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a trained model from a run folder or its model.pt; returns (model, meta)."""
+    from medbench.models import build_model
+
+    file = ckpt.resolve_model_file(path)
+    obj = ckpt.load(file)
+    if obj["format"] == ckpt.CHECKPOINT_FORMAT:
+        raise MedbenchError(
+            f"{file} is a training checkpoint of an unfinished run; finish it with --resume first"
+        )
+    if obj["format"] != ckpt.MODEL_FORMAT:
+        raise MedbenchError(f"{file} is a {obj['format']!r} file, not a medbench model")
+    model = build_model(
+        obj["model"],
+        obj["in_channels"],
+        obj["num_classes"],
+        image_size=obj["image_size"],
+        **obj["model_options"],
+    )
+    try:
+        model.load_state_dict(obj["state_dict"])
+    except RuntimeError as exc:
+        raise MedbenchError(
+            f"{file} does not match the {obj['model']} architecture: {str(exc)[:160]}"
+        ) from None
+    model.eval()
+    meta = {k: v for k, v in obj.items() if k != "state_dict"}
+    return model, meta
+
+
+def evaluate_run(
+    run: str | Path, *, data_dir: str | None = None, device: str = "auto", progress: bool = True
+) -> dict[str, Any]:
+    """Re-evaluate a finished run's model on its dataset's validation and test splits."""
+    from medbench.data import load_dataset
+
+    model, meta = load_trained_model(run)
+    runtime = resolve_runtime(device, "auto", True)
+    model.to(runtime.device)
+    data = load_dataset(meta["dataset"], meta["image_size"], data_dir, progress=progress)
+    out: dict[str, Any] = {
+        "model": meta["model"],
+        "dataset": data.provenance(),
+        "temperature": meta["temperature"],
+    }
+    for split in ("val", "test"):
+        s = data.split(split)
+        logits = predict_logits(model, s.images, runtime)
+        y = labels_numpy(s.labels)
+        out[split] = metrics.evaluate(
+            y,
+            metrics.probabilities_from_logits(logits, meta["task"]),
+            meta["task"],
+            meta["label_names"],
+        )
+        out[split]["ece_calibrated"] = metrics.expected_calibration_error(
+            y,
+            metrics.probabilities_from_logits(logits, meta["task"], meta["temperature"]),
+            meta["task"],
+        )
+    out["flags"] = metrics.collapse_check(
+        out["val"], out["test"], n_classes=meta["num_classes"], task=meta["task"]
+    )
+    return out

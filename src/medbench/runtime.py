@@ -1,0 +1,112 @@
+"""Where and how computation runs: device, precision, threads, seeding, environment facts.
+
+The engine asks this module; models never do (STYLE.md: a model knows nothing of devices).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import random
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from medbench.errors import MedbenchError
+
+
+@dataclass(frozen=True)
+class Runtime:
+    device: torch.device
+    precision: str  # "fp32", "bf16" or "fp16"
+    channels_last: bool
+
+    @property
+    def autocast_dtype(self) -> torch.dtype | None:
+        return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        dtype = self.autocast_dtype
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=dtype)
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when the CPU has bf16 instructions (AVX512-BF16 or AMX); without them bf16
+    autocast on CPU is emulated and slower than fp32 (measured: docs/models.md)."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            flags = fh.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_runtime(
+    device: str = "auto", precision: str = "auto", channels_last: bool = True
+) -> Runtime:
+    """Pick the device and precision. 'auto' means: CUDA if present, else MPS, else CPU;
+    bf16 on CUDA GPUs that support it (fp16 otherwise) and on CPUs with native bf16."""
+    if device == "auto":
+        if torch.cuda.is_available():
+            device = "cuda"
+        elif getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            device = "mps"
+        else:
+            device = "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise MedbenchError(
+            "--device cuda was asked for but no CUDA GPU is available; use --device cpu or auto"
+        )
+    if device == "mps" and not (
+        getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
+    ):
+        raise MedbenchError(
+            "--device mps was asked for but MPS is not available; use --device cpu or auto"
+        )
+    dev = torch.device(device)
+    if precision == "auto":
+        if dev.type == "cuda":
+            precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        elif dev.type == "cpu":
+            precision = "bf16" if cpu_has_native_bf16() else "fp32"
+        else:
+            precision = "fp32"
+    if precision == "fp16" and dev.type == "cpu":
+        raise MedbenchError("--precision fp16 is not supported on the CPU; use bf16 or fp32")
+    return Runtime(device=dev, precision=precision, channels_last=channels_last)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def environment(runtime: Runtime | None = None) -> dict:
+    """Library versions and hardware facts recorded with every result."""
+    from medbench import __version__
+
+    env = {
+        "medbench": __version__,
+        "torch": torch.__version__,
+        "python": sys.version.split()[0],
+        "numpy": np.__version__,
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+    }
+    if runtime is not None:
+        env.update(
+            device=str(runtime.device),
+            precision=runtime.precision,
+            channels_last=runtime.channels_last,
+        )
+        if runtime.device.type == "cuda":
+            env["gpu"] = torch.cuda.get_device_name(runtime.device)
+    return env
