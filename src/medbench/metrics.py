@@ -1,0 +1,494 @@
+"""Evaluation of scores: numpy in, plain JSON-able Python out.
+
+Tasks are MedMNIST's: "multi-class", "binary-class", "multi-label, binary-class",
+"ordinal-regression". `y_score` is what MedMNIST's evaluator takes: probabilities of shape
+(N, C) (softmax; binary-class has C = 2) or (N, L) sigmoids for multi-label. `y_true` is as
+stored in the npz: (N, 1) or (N,) class indices, or (N, L) 0/1 for multi-label.
+
+`official_acc` / `official_auc` reproduce `medmnist.evaluator.getACC` / `getAUC`, so our
+numbers are comparable with published ones. AUC is undefined when a class (or, for
+multi-label, a label) has only positives or only negatives in `y_true`; it is then NaN
+(the only NaN these functions return) instead of a crash.
+
+Calibration follows Guo et al. 2017, "On Calibration of Modern Neural Networks":
+top-label expected calibration error with equal-width bins, and temperature scaling.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from scipy.optimize import minimize_scalar
+from scipy.special import expit, log_expit, log_softmax, softmax
+from scipy.stats import rankdata
+from sklearn.metrics import accuracy_score
+
+from medbench.errors import MedbenchError
+
+TASKS = ("multi-class", "binary-class", "multi-label, binary-class", "ordinal-regression")
+MULTI_LABEL = "multi-label, binary-class"
+TEMPERATURE_RANGE = (0.05, 20.0)
+# A class (or label) this common in y_true that is never predicted is a collapse flag...
+MISSING_CLASS_MIN_SHARE = 0.05
+# ...provided it has at least this many true examples (fewer is noise on tiny splits).
+MISSING_CLASS_MIN_COUNT = 5
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def _check_task(task: str) -> None:
+    if task not in TASKS:
+        raise MedbenchError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
+
+
+def _as_score_matrix(y_score: Any, task: str, what: str = "y_score") -> np.ndarray:
+    """Return scores as a float (N, C) matrix; a 1-D binary score is P(class 1)."""
+    _check_task(task)
+    scores = np.asarray(y_score, dtype=np.float64)
+    if task == "binary-class" and scores.ndim == 1:
+        scores = np.stack([1.0 - scores, scores], axis=1)
+    if scores.ndim != 2 or scores.shape[0] == 0:
+        raise MedbenchError(
+            f"{what} must be a non-empty (N, C) array for task {task!r}, got shape {scores.shape}"
+        )
+    if task == "binary-class" and scores.shape[1] != 2:
+        raise MedbenchError(f"binary-class {what} must have 2 columns, got {scores.shape[1]}")
+    if not np.all(np.isfinite(scores)):
+        raise MedbenchError(f"{what} contains NaN or infinite values")
+    return scores
+
+
+def _as_inputs(y_true: Any, y_score: Any, task: str) -> tuple[np.ndarray, np.ndarray]:
+    """Validate and return (labels, scores): labels (N,) ints, or (N, L) 0/1 for multi-label."""
+    scores = _as_score_matrix(y_score, task)
+    labels = np.asarray(y_true)
+    n, n_cols = scores.shape
+    if task == MULTI_LABEL:
+        if labels.shape != scores.shape:
+            raise MedbenchError(
+                f"multi-label y_true must have the shape of y_score {scores.shape}, got {labels.shape}"
+            )
+        if not np.isin(labels, (0, 1)).all():
+            raise MedbenchError("multi-label y_true must contain only 0 and 1")
+        return labels.astype(np.int64), scores
+    if labels.ndim == 2 and labels.shape[1] == 1:
+        labels = labels[:, 0]
+    if labels.shape != (n,):
+        raise MedbenchError(f"y_true must have shape ({n},) or ({n}, 1), got {labels.shape}")
+    if not np.all(np.equal(np.mod(labels, 1), 0)):
+        raise MedbenchError("y_true must contain integer class indices")
+    labels = labels.astype(np.int64)
+    if labels.min() < 0 or labels.max() >= n_cols:
+        raise MedbenchError(
+            f"y_true class indices must lie in [0, {n_cols - 1}] for {n_cols} score columns, "
+            f"got [{labels.min()}, {labels.max()}]"
+        )
+    return labels, scores
+
+
+def _predict(scores: np.ndarray, task: str) -> np.ndarray:
+    if task == MULTI_LABEL:
+        return (scores > 0.5).astype(np.int64)
+    if task == "binary-class":
+        # MedMNIST thresholds the last column rather than taking the argmax.
+        return (scores[:, -1] > 0.5).astype(np.int64)
+    return np.argmax(scores, axis=1)
+
+
+# --------------------------------------------------------------------------- official
+
+
+def _official_acc(labels: np.ndarray, scores: np.ndarray, task: str) -> float:
+    pred = _predict(scores, task)
+    if task == MULTI_LABEL:
+        return float(
+            np.mean([accuracy_score(labels[:, j], pred[:, j]) for j in range(labels.shape[1])])
+        )
+    return float(accuracy_score(labels, pred))
+
+
+def _binary_auc(truth: np.ndarray, score: np.ndarray) -> float:
+    """ROC AUC as the Mann-Whitney statistic: equal to sklearn's roc_auc_score, and fast
+    enough for bootstrapping."""
+    positive = truth == 1
+    n_pos = int(positive.sum())
+    n_neg = len(truth) - n_pos
+    rank_sum = rankdata(score)[positive].sum()
+    return float((rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def _official_auc(labels: np.ndarray, scores: np.ndarray, task: str) -> float:
+    if task == MULTI_LABEL:
+        columns = [(labels[:, j], scores[:, j]) for j in range(scores.shape[1])]
+    elif task == "binary-class":
+        columns = [(labels, scores[:, -1])]
+    else:  # one-vs-rest per class, averaged over the score columns (medmnist's rule)
+        columns = [((labels == i).astype(np.int64), scores[:, i]) for i in range(scores.shape[1])]
+    if any(np.unique(truth).size < 2 for truth, _ in columns):
+        return math.nan
+    return float(np.mean([_binary_auc(truth, score) for truth, score in columns]))
+
+
+def official_acc(y_true: Any, y_score: Any, task: str) -> float:
+    """MedMNIST's official accuracy (`medmnist.evaluator.getACC`, threshold 0.5)."""
+    labels, scores = _as_inputs(y_true, y_score, task)
+    return _official_acc(labels, scores, task)
+
+
+def official_auc(y_true: Any, y_score: Any, task: str) -> float:
+    """MedMNIST's official AUC (`medmnist.evaluator.getAUC`).
+
+    NaN when AUC is undefined: some class (multi-label: some label) has only positives or
+    only negatives in `y_true`.
+    """
+    labels, scores = _as_inputs(y_true, y_score, task)
+    return _official_auc(labels, scores, task)
+
+
+# --------------------------------------------------------------------------- scores
+
+
+def probabilities_from_logits(logits: Any, task: str, temperature: float = 1.0) -> np.ndarray:
+    """Softmax of `logits / temperature` over classes, or a sigmoid per label for multi-label."""
+    if not temperature > 0:
+        raise MedbenchError(f"temperature must be positive, got {temperature}")
+    z = _as_score_matrix(logits, task, what="logits") / temperature
+    return expit(z) if task == MULTI_LABEL else softmax(z, axis=1)
+
+
+def predictions(y_score: Any, task: str) -> np.ndarray:
+    """Predicted classes (N,) by argmax, or (N, L) 0/1 by threshold 0.5 for multi-label.
+
+    Binary-class predicts class 1 when the last column exceeds 0.5, as MedMNIST does.
+    """
+    return _predict(_as_score_matrix(y_score, task), task)
+
+
+# --------------------------------------------------------------------------- calibration
+
+
+def _confidence_and_correct(
+    labels: np.ndarray, scores: np.ndarray, task: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-label confidence and correctness; for multi-label, one pair per (sample, label)."""
+    pred = _predict(scores, task)
+    if task == MULTI_LABEL:
+        p = scores.ravel()
+        return np.maximum(p, 1.0 - p), (pred.ravel() == labels.ravel())
+    confidence = scores[np.arange(len(pred)), pred]
+    return confidence, (pred == labels)
+
+
+def _bin_index(confidence: np.ndarray, n_bins: int) -> np.ndarray:
+    # Bins are (lo, hi]; the first also holds 0.
+    return np.clip(np.ceil(confidence * n_bins).astype(np.int64) - 1, 0, n_bins - 1)
+
+
+def reliability_bins(y_true: Any, y_score: Any, task: str, n_bins: int = 15) -> dict[str, list]:
+    """Data for a reliability diagram: equal-width bins of top-label confidence.
+
+    Returns `bin_edges` (n_bins + 1 floats), and per bin `accuracy` and mean `confidence`
+    (None for an empty bin) and `count`. Multi-label pools every (sample, label) probability.
+    """
+    if n_bins < 1:
+        raise MedbenchError(f"n_bins must be at least 1, got {n_bins}")
+    labels, scores = _as_inputs(y_true, y_score, task)
+    confidence, correct = _confidence_and_correct(labels, scores, task)
+    index = _bin_index(confidence, n_bins)
+    count = np.bincount(index, minlength=n_bins)
+    hits = np.bincount(index, weights=correct.astype(np.float64), minlength=n_bins)
+    conf_sum = np.bincount(index, weights=confidence, minlength=n_bins)
+    return {
+        "bin_edges": np.linspace(0.0, 1.0, n_bins + 1).tolist(),
+        "accuracy": [float(h / c) if c else None for h, c in zip(hits, count, strict=True)],
+        "confidence": [float(s / c) if c else None for s, c in zip(conf_sum, count, strict=True)],
+        "count": [int(c) for c in count],
+    }
+
+
+def expected_calibration_error(y_true: Any, y_score: Any, task: str, n_bins: int = 15) -> float:
+    """Top-label ECE (Guo et al. 2017): sum over bins of bin share * |accuracy - confidence|.
+
+    Multi-label: the ECE of all label-wise binary probabilities pooled together.
+    """
+    bins = reliability_bins(y_true, y_score, task, n_bins)
+    total = sum(bins["count"])
+    return float(
+        sum(
+            c / total * abs(a - s)
+            for a, s, c in zip(bins["accuracy"], bins["confidence"], bins["count"], strict=True)
+            if c
+        )
+    )
+
+
+def _nll(logits: np.ndarray, labels: np.ndarray, task: str, temperature: float) -> float:
+    z = logits / temperature
+    if task == MULTI_LABEL:
+        # Binary cross-entropy averaged over every (sample, label).
+        return float(-np.mean(labels * log_expit(z) + (1 - labels) * log_expit(-z)))
+    return float(-np.mean(log_softmax(z, axis=1)[np.arange(len(labels)), labels]))
+
+
+def fit_temperature(val_logits: Any, val_y_true: Any, task: str) -> float:
+    """Temperature scaling (Guo et al. 2017): the T minimising validation NLL of logits / T.
+
+    One temperature for all classes (all sigmoids for multi-label), searched on log T
+    within [0.05, 20]. Divide test logits by the result before the softmax/sigmoid.
+    """
+    labels, logits = _as_inputs(val_y_true, val_logits, task)
+    lo, hi = (math.log(t) for t in TEMPERATURE_RANGE)
+    # NLL is convex in 1/T, hence unimodal in log T: a bounded scalar search finds the optimum.
+    result = minimize_scalar(
+        lambda log_t: _nll(logits, labels, task, math.exp(log_t)),
+        bounds=(lo, hi),
+        method="bounded",
+        options={"xatol": 1e-5},
+    )
+    return float(min(max(math.exp(result.x), TEMPERATURE_RANGE[0]), TEMPERATURE_RANGE[1]))
+
+
+# --------------------------------------------------------------------------- evaluate
+
+
+def _names(label_names: Sequence[str] | Mapping[Any, str] | None, n: int) -> list[str]:
+    if label_names is None:
+        return [str(i) for i in range(n)]
+    if isinstance(label_names, Mapping):  # MedMNIST's INFO["label"]: {"0": "name", ...}
+        by_index = {int(k): str(v) for k, v in label_names.items()}
+        return [by_index.get(i, str(i)) for i in range(n)]
+    names = [str(v) for v in label_names]
+    if len(names) != n:
+        raise MedbenchError(f"got {len(names)} label names for {n} classes")
+    return names
+
+
+def _mean_recall(hits: np.ndarray, totals: np.ndarray) -> float:
+    """Mean recall over the classes present in y_true (sklearn's balanced accuracy)."""
+    present = totals > 0
+    return float(np.mean(hits[present] / totals[present]))
+
+
+def _ratio(num: float, den: float) -> float:
+    return float(num / den) if den else 0.0
+
+
+def evaluate(
+    y_true: Any,
+    y_score: Any,
+    task: str,
+    label_names: Sequence[str] | Mapping[Any, str] | None = None,
+) -> dict[str, Any]:
+    """All metrics of one split as a JSON-able dict.
+
+    Keys: `n`, `acc`, `auc` (official; `auc` is NaN when undefined), `balanced_acc` (mean
+    recall over classes present in y_true; multi-label: mean over labels of each label's
+    balanced accuracy), `macro_f1` (mean F1 over classes that are true or predicted at
+    least once), `ece` (15 bins), `per_class` (list of {name, precision, recall, f1,
+    support}; an undefined precision/recall/F1 is 0.0), `confusion_matrix` (rows true,
+    columns predicted; multi-label: per label [[tn, fp], [fn, tp]]), `prediction_counts`
+    and `true_counts` (samples per class; multi-label: positives per label),
+    `majority_fraction` / `true_majority_fraction` (largest share of predictions / of true
+    labels on one class; multi-label: on one label set), and `majority_prediction` (that
+    class index; multi-label: that set as a list of label indices).
+    """
+    labels, scores = _as_inputs(y_true, y_score, task)
+    pred = _predict(scores, task)
+    n, n_cols = scores.shape
+    if task == MULTI_LABEL:
+        tp = np.sum((pred == 1) & (labels == 1), axis=0)
+        fp = np.sum((pred == 1) & (labels == 0), axis=0)
+        fn = np.sum((pred == 0) & (labels == 1), axis=0)
+        tn = np.sum((pred == 0) & (labels == 0), axis=0)
+        confusion = [[[int(tn[j]), int(fp[j])], [int(fn[j]), int(tp[j])]] for j in range(n_cols)]
+        balanced_acc = float(
+            np.mean(
+                [
+                    _mean_recall(np.array([tn[j], tp[j]]), np.array([tn[j] + fp[j], tp[j] + fn[j]]))
+                    for j in range(n_cols)
+                ]
+            )
+        )
+        prediction_counts = pred.sum(axis=0)
+        true_counts = labels.sum(axis=0)
+        predicted_sets = Counter(tuple(np.flatnonzero(row).tolist()) for row in pred)
+        true_sets = Counter(tuple(np.flatnonzero(row).tolist()) for row in labels)
+        majority_set, majority_count = predicted_sets.most_common(1)[0]
+        majority_prediction: Any = list(majority_set)
+        majority_fraction = majority_count / n
+        true_majority_fraction = true_sets.most_common(1)[0][1] / n
+    else:
+        cm = np.zeros((n_cols, n_cols), dtype=np.int64)
+        np.add.at(cm, (labels, pred), 1)
+        confusion = cm.tolist()
+        tp = np.diag(cm)
+        fp = cm.sum(axis=0) - tp
+        fn = cm.sum(axis=1) - tp
+        true_counts = cm.sum(axis=1)
+        prediction_counts = cm.sum(axis=0)
+        balanced_acc = _mean_recall(tp, true_counts)
+        majority_prediction = int(np.argmax(prediction_counts))
+        majority_fraction = prediction_counts.max() / n
+        true_majority_fraction = true_counts.max() / n
+    precision = [_ratio(tp[i], tp[i] + fp[i]) for i in range(n_cols)]
+    recall = [_ratio(tp[i], tp[i] + fn[i]) for i in range(n_cols)]
+    f1 = [_ratio(2 * tp[i], 2 * tp[i] + fp[i] + fn[i]) for i in range(n_cols)]
+    # F1 is 0/0 for a class neither true nor predicted: such classes are left out of the mean.
+    defined = [i for i in range(n_cols) if tp[i] + fp[i] + fn[i] > 0]
+    names = _names(label_names, n_cols)
+    return {
+        "n": int(n),
+        "acc": _official_acc(labels, scores, task),
+        "auc": _official_auc(labels, scores, task),
+        "balanced_acc": balanced_acc,
+        "macro_f1": float(np.mean([f1[i] for i in defined])) if defined else 0.0,
+        "ece": expected_calibration_error(labels, scores, task, n_bins=15),
+        "per_class": [
+            {
+                "name": names[i],
+                "precision": precision[i],
+                "recall": recall[i],
+                "f1": f1[i],
+                "support": int(tp[i] + fn[i]),
+            }
+            for i in range(n_cols)
+        ],
+        "confusion_matrix": confusion,
+        "prediction_counts": [int(c) for c in prediction_counts],
+        "true_counts": [int(c) for c in true_counts],
+        "majority_prediction": majority_prediction,
+        "majority_fraction": float(majority_fraction),
+        "true_majority_fraction": float(true_majority_fraction),
+    }
+
+
+# --------------------------------------------------------------------------- collapse guard
+
+
+def _collapse_flags(
+    split: str, result: dict[str, Any], task: str, max_majority_fraction: float | None
+) -> list[str]:
+    flags = []
+    n = result["n"]
+    names = [c["name"] for c in result["per_class"]]
+    true_share = result["true_majority_fraction"]
+    # Halfway between the true majority share and total collapse, unless given.
+    if max_majority_fraction is None:
+        limit = true_share + 0.5 * (1.0 - true_share)
+    else:
+        limit = max_majority_fraction
+    share = result["majority_fraction"]
+    if share > limit:
+        if task == MULTI_LABEL:
+            chosen = result["majority_prediction"]
+            what = "label set {" + ", ".join(repr(names[j]) for j in chosen) + "}"
+            what = what if chosen else "no label (empty set)"
+            truth = f"most common true label set {true_share:.0%}"
+        else:
+            what = f"class {names[result['majority_prediction']]!r}"
+            truth = f"true share {result['true_counts'][result['majority_prediction']] / n:.0%}"
+        flags.append(
+            f"{split} predictions collapsed: {share:.0%} of {n} {split} images predicted as "
+            f"{what} ({truth}; flagged above {limit:.1%})"
+        )
+    kind = "labels" if task == MULTI_LABEL else "classes"
+    missing = [
+        f"{names[i]!r} ({t / n:.0%})"
+        for i, (t, p) in enumerate(
+            zip(result["true_counts"], result["prediction_counts"], strict=True)
+        )
+        if p == 0 and t >= MISSING_CLASS_MIN_COUNT and t / n >= MISSING_CLASS_MIN_SHARE
+    ]
+    if missing:
+        flags.append(
+            f"{split} {kind} never predicted although each is at least "
+            f"{MISSING_CLASS_MIN_SHARE:.0%} of the {n} {split} images: {', '.join(missing)}"
+        )
+    return flags
+
+
+def collapse_check(
+    val: dict[str, Any],
+    test: dict[str, Any],
+    *,
+    n_classes: int,
+    task: str,
+    margin: float = 0.15,
+    max_majority_fraction: float | None = None,
+) -> list[str]:
+    """Warning messages for a model that collapsed or does not transfer; empty if fine.
+
+    Takes two `evaluate()` results. For each split it flags (a) a majority share of
+    predictions above `max_majority_fraction`, by default halfway between the true
+    majority share and 1 (balanced 4 classes: above 62.5%); (b) classes (labels) that make
+    up at least 5% and 5 images of the split yet are never predicted. Across splits it
+    flags |val acc - test acc| > `margin`.
+    """
+    _check_task(task)
+    for split, result in (("val", val), ("test", test)):
+        if len(result["prediction_counts"]) != n_classes:
+            raise MedbenchError(
+                f"{split} result has {len(result['prediction_counts'])} classes, expected {n_classes}"
+            )
+    flags = _collapse_flags("val", val, task, max_majority_fraction)
+    flags += _collapse_flags("test", test, task, max_majority_fraction)
+    gap = val["acc"] - test["acc"]
+    if abs(gap) > margin:
+        flags.append(
+            f"val/test accuracy gap: val ACC {val['acc']:.3f} vs test ACC {test['acc']:.3f} "
+            f"(|gap| {abs(gap):.3f} > margin {margin:.2f})"
+        )
+    return flags
+
+
+# --------------------------------------------------------------------------- uncertainty
+
+
+def bootstrap_ci(
+    y_true: Any,
+    y_score: Any,
+    task: str,
+    metric: str = "acc",
+    n_boot: int = 1000,
+    seed: int = 0,
+    alpha: float = 0.05,
+) -> tuple[float, float]:
+    """Percentile bootstrap (1 - alpha) interval of the official "acc" or "auc".
+
+    Resamples where AUC is undefined are dropped; (nan, nan) if every one is.
+    """
+    if metric not in ("acc", "auc"):
+        raise MedbenchError(f"unknown bootstrap metric {metric!r}; expected 'acc' or 'auc'")
+    if n_boot < 1 or not 0 < alpha < 1:
+        raise MedbenchError(f"need n_boot >= 1 and 0 < alpha < 1, got {n_boot} and {alpha}")
+    labels, scores = _as_inputs(y_true, y_score, task)
+    n = len(labels)
+    rng = np.random.default_rng(seed)
+    if metric == "acc":
+        # Official ACC is a mean over samples (multi-label: of per-sample label accuracy).
+        correct = (_predict(scores, task) == labels).astype(np.float64)
+        per_sample = correct.mean(axis=1) if task == MULTI_LABEL else correct
+        chunk = max(1, 2_000_000 // n)
+        values = np.concatenate(
+            [
+                per_sample[rng.integers(0, n, size=(min(chunk, n_boot - start), n))].mean(axis=1)
+                for start in range(0, n_boot, chunk)
+            ]
+        )
+    else:
+        values = np.array(
+            [
+                _official_auc(labels[idx], scores[idx], task)
+                for idx in rng.integers(0, n, size=(n_boot, n))
+            ]
+        )
+        values = values[~np.isnan(values)]
+        if values.size == 0:
+            return (math.nan, math.nan)
+    low, high = np.quantile(values, [alpha / 2, 1 - alpha / 2])
+    return (float(low), float(high))
