@@ -1,0 +1,469 @@
+"""The benchmark: plan a grid of training runs (dataset x model x seed) and run it into a
+results store, resumably and safely from several processes at once.
+
+    from medbench.benchmark import run_benchmark
+    outcome = run_benchmark(datasets=["breastmnist"], models=["advanced_cnn"], seeds=2, epochs=5)
+
+Each cell is one `medbench.engine.train` run in its own folder under `OUT/runs/`. The store
+(`OUT/results.sqlite`, see `medbench.store`) says which cells are pending, running, finished
+or failed; a rerun skips finished cells and resumes interrupted ones from their checkpoint.
+At the end the report is written from the store (`medbench.report`); nothing here draws it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import sys
+import threading
+import time
+import traceback
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from medbench.config import TrainConfig, load_config_file
+from medbench.errors import MedbenchError, MedbenchWarning
+from medbench.fsutil import atomic_write_text
+from medbench.store import DEFAULT_STALE_SECONDS, Owner, ResultsStore
+
+# The reference study: DermaMNIST and OCTMNIST at 28 px, its two models and the published
+# baseline architecture (ResNet-18).
+DEFAULT_DATASETS = ("dermamnist", "octmnist")
+DEFAULT_MODELS = ("advanced_cnn", "efficientnet", "resnet18")
+DEFAULT_SEEDS = 3
+DEFAULT_OUT = "medbench-results"
+# Without a GPU and without --epochs/--time-budget, the whole grid shares this wall-clock
+# budget, so the default grid ends in about an hour on a laptop CPU.
+DEFAULT_CPU_TOTAL_BUDGET_SECONDS = 3600.0
+# Keys that do not change what a run learns (or, for the time budget, are assigned per cell
+# when it is claimed), so they are not part of a cell's identity.
+_NOT_IDENTITY = ("dataset", "model", "size", "seed", "data_dir", "run_dir", "device",
+                 "num_workers", "time_budget_seconds")
+
+TrainFn = Callable[..., dict]
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One run of the grid: a TrainConfig with its identity in the store."""
+
+    config: TrainConfig
+    config_hash: str
+
+    @property
+    def key(self) -> str:
+        c = self.config
+        return f"{c.dataset}|{c.size}|{c.model}|{c.seed}|{self.config_hash}"
+
+    @property
+    def label(self) -> str:
+        c = self.config
+        return f"{c.dataset}/{c.model}/seed{c.seed}"
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.config.run_dir or ".")
+
+    def store_row(self) -> dict[str, Any]:
+        c = self.config
+        return {"key": self.key, "dataset": c.dataset, "size": c.size, "model": c.model,
+                "seed": c.seed, "config_hash": self.config_hash, "config": c.to_dict(),
+                "run_dir": str(self.run_dir)}
+
+
+@dataclass
+class GridOutcome:
+    """What a `run_grid` call did and where the grid stands now."""
+
+    out: Path
+    cells: list[Cell]
+    trained: list[str] = field(default_factory=list)  # keys this process trained (or resumed)
+    failed: list[dict[str, Any]] = field(default_factory=list)  # store rows of failed cells
+    counts: dict[str, int] = field(default_factory=dict)
+    report: Any = None  # medbench.report.ReportFiles when a report was written
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed and self.counts.get("finished", 0) == len(self.cells)
+
+
+def config_hash(config: TrainConfig) -> str:
+    """A short hash of everything in `config` that decides what a run learns."""
+    identity = {k: v for k, v in config.to_dict().items() if k not in _NOT_IDENTITY}
+    blob = json.dumps(identity, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def parse_seeds(seeds: int | str | Sequence[int]) -> list[int]:
+    """`3` -> [0, 1, 2]; `"0,5,7"` -> [0, 5, 7]; a list is taken as it is."""
+    if isinstance(seeds, str):
+        text = seeds.strip()
+        try:
+            if "," in text:
+                values = [int(s) for s in text.split(",") if s.strip()]
+            else:
+                return parse_seeds(int(text))
+        except ValueError:
+            raise MedbenchError(
+                f"--seeds {seeds!r} is neither a count nor a comma-separated list; write e.g. 3 or 0,1,2"
+            ) from None
+    elif isinstance(seeds, int):
+        if seeds < 1:
+            raise MedbenchError(f"--seeds must be at least 1, not {seeds}")
+        values = list(range(seeds))
+    else:
+        values = [int(s) for s in seeds]
+    if not values or len(set(values)) != len(values):
+        raise MedbenchError(f"--seeds must list distinct seeds, not {seeds!r}")
+    return values
+
+
+def _names(values: str | Sequence[str] | None, default: Sequence[str], what: str) -> list[str]:
+    if values is None:
+        return list(default)
+    if isinstance(values, str):
+        values = [v.strip() for v in values.split(",")]
+    names = [v.strip().lower() for v in values if v and v.strip()]
+    if not names:
+        raise MedbenchError(f"--{what} is empty; give a comma-separated list, e.g. --{what} {','.join(default)}")
+    return list(dict.fromkeys(names))
+
+
+def plan_grid(
+    datasets: Sequence[str], models: Sequence[str], seeds: Sequence[int], *,
+    out: str | Path, size: int = 28, base: dict[str, Any] | None = None,
+) -> list[Cell]:
+    """The grid as cells in run order (dataset, then model, then seed). `base` holds
+    TrainConfig keys applied to every cell (epochs, lr, data_dir, ...)."""
+    base = dict(base or {})
+    for key in ("dataset", "model", "seed", "size", "run_dir"):
+        base.pop(key, None)
+    cells = []
+    for dataset in datasets:
+        for model in models:
+            for seed in seeds:
+                config = TrainConfig.from_dict({**base, "dataset": dataset, "model": model,
+                                                "size": size, "seed": seed}).validate()
+                h = config_hash(config)
+                config.run_dir = str(Path(out) / "runs" / f"{dataset}-{size}" / model / f"seed{seed}-{h[:8]}")
+                cells.append(Cell(config, h))
+    return cells
+
+
+# -- the live view -------------------------------------------------------------------------
+
+
+class GridView:
+    """Live state of the grid on stderr: a tqdm bar on a terminal, plain lines otherwise."""
+
+    def __init__(self, total: int, *, enabled: bool = True, stream=None) -> None:
+        self.stream = stream or sys.stderr
+        self.enabled = enabled
+        self.total = total
+        self.started = time.monotonic()
+        self.cell_seconds: list[float] = []
+        self.deadline: float | None = None  # monotonic time, when a total budget applies
+        self._bar = None
+        if enabled and getattr(self.stream, "isatty", lambda: False)():
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total, desc="benchmark", unit="run", file=self.stream,
+                             dynamic_ncols=True, leave=True)
+
+    def _eta_seconds(self, counts: dict[str, int]) -> float | None:
+        left = counts["pending"] + counts["running"]
+        if left == 0:
+            return 0.0
+        if self.deadline is not None:
+            return max(0.0, self.deadline - time.monotonic())
+        if not self.cell_seconds:
+            return None
+        workers = max(1, counts["running"])
+        return sum(self.cell_seconds) / len(self.cell_seconds) * math.ceil(left / workers)
+
+    def status(self, counts: dict[str, int]) -> str:
+        done = counts["finished"] + counts["failed"]
+        eta = self._eta_seconds(counts)
+        text = (f"{done}/{self.total} done ({counts['failed']} failed), {counts['running']} running, "
+                f"{counts['pending']} left")
+        return text + (f", ETA {format_seconds(eta)}" if eta is not None else "")
+
+    def update(self, counts: dict[str, int], event: str | None = None) -> None:
+        if not self.enabled:
+            return
+        if self._bar is not None:
+            self._bar.n = counts["finished"] + counts["failed"]
+            self._bar.set_postfix_str(self.status(counts).split(", ", 1)[1], refresh=False)
+            if event:
+                self._bar.write(event, file=self.stream)
+            self._bar.refresh()
+        else:
+            line = f"[benchmark] {self.status(counts)}" + (f": {event}" if event else "")
+            print(line, file=self.stream, flush=True)
+
+    def note(self, text: str) -> None:
+        """A line under the bar (per-epoch news) that does not change the counts."""
+        if not self.enabled:
+            return
+        if self._bar is not None:
+            self._bar.write(text, file=self.stream)
+        else:
+            print(text, file=self.stream, flush=True)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+def format_seconds(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{(seconds % 3600) // 60:02d}m"
+
+
+# -- running ---------------------------------------------------------------------------------
+
+
+class _Heartbeat:
+    """Refresh a claimed cell's heartbeat every `every` seconds from a daemon thread."""
+
+    def __init__(self, store: ResultsStore, key: str, owner: Owner, every: float) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(store, key, owner, every), daemon=True)
+        self._thread.start()
+
+    def _run(self, store: ResultsStore, key: str, owner: Owner, every: float) -> None:
+        while not self._stop.wait(every):
+            # A busy database must not kill training; the next beat retries.
+            with contextlib.suppress(Exception):
+                store.heartbeat(key, owner)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+def _finished_results(run_dir: Path) -> dict[str, Any] | None:
+    """The run's results.json when it says the run finished (e.g. the process died after
+    writing it but before the store heard of it), else None."""
+    path = run_dir / "results.json"
+    try:
+        results = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return results if isinstance(results, dict) and results.get("status") == "finished" else None
+
+
+def _default_train_fn() -> TrainFn:
+    try:
+        from medbench.engine import train
+    except ImportError as exc:  # pragma: no cover - only while the engine is being written
+        raise MedbenchError(f"the training engine is not available ({exc}); reinstall medbench") from exc
+    return train
+
+
+def run_grid(
+    cells: Sequence[Cell], out: str | Path, *,
+    train_fn: TrainFn | None = None,
+    total_time_budget_seconds: float | None = None,
+    stale_seconds: float = DEFAULT_STALE_SECONDS,
+    heartbeat_seconds: float = 30.0,
+    poll_seconds: float = 2.0,
+    wait_for_others: bool = True,
+    retry_failed: bool = True,
+    progress: bool | None = None,
+) -> GridOutcome:
+    """Run every cell of the grid that no one has finished, into `out`.
+
+    Safe to run from several processes on the same `out`: each cell is claimed by one.
+    With `wait_for_others`, a process with nothing left to claim waits while others still
+    run cells (and takes over any whose owner died), so it ends when the whole grid has.
+    A cell that raises is recorded as failed and the grid goes on; a MedbenchError (e.g.
+    missing data) or Ctrl-C hands the cell back and stops. `total_time_budget_seconds`
+    is split evenly over the cells not yet finished, at the moment each is claimed.
+    """
+    out = Path(out)
+    train_fn = train_fn or _default_train_fn()
+    store = ResultsStore(out)
+    owner = Owner.current()
+    keys = [c.key for c in cells]
+    by_key = {c.key: c for c in cells}
+    if len(by_key) != len(cells):
+        raise MedbenchError("the grid lists the same cell twice; give each dataset, model and seed once")
+    store.add_cells((c.store_row() for c in cells), retry_failed=retry_failed)
+    view = GridView(len(cells), enabled=True if progress is None else progress)
+    deadline = None
+    if total_time_budget_seconds:
+        deadline = time.monotonic() + total_time_budget_seconds
+        view.deadline = deadline
+    outcome = GridOutcome(out=out, cells=list(cells))
+    view.update(store.counts(keys), f"{len(cells)} runs in {out} (store {store.path.name})")
+    try:
+        while True:
+            row = store.claim(keys, owner, stale_seconds=stale_seconds)
+            if row is None:
+                counts = store.counts(keys)
+                if counts["running"] and wait_for_others:
+                    time.sleep(poll_seconds)
+                    continue
+                break
+            cell = by_key[row["key"]]
+            config = TrainConfig.from_dict(dict(cell.config.to_dict()))
+            if deadline is not None:
+                left = store.counts(keys)["pending"] + 1
+                config.time_budget_seconds = max(1.0, (deadline - time.monotonic()) / left)
+            _run_cell(cell, config, row, store, owner, train_fn, view, outcome, keys, heartbeat_seconds)
+    finally:
+        outcome.counts = store.counts(keys)
+        view.update(outcome.counts, "grid finished" if not outcome.counts["pending"]
+                    and not outcome.counts["running"] else "stopped")
+        view.close()
+    outcome.failed = [r for r in store.rows(keys) if r["status"] == "failed"]
+    return outcome
+
+
+def _run_cell(
+    cell: Cell, config: TrainConfig, row: dict[str, Any], store: ResultsStore, owner: Owner,
+    train_fn: TrainFn, view: GridView, outcome: GridOutcome, keys: list[str], heartbeat_seconds: float,
+) -> None:
+    run_dir = Path(config.run_dir)
+    done = _finished_results(run_dir)
+    if done is not None:
+        store.finish(cell.key, done, run_dir / "results.json")
+        view.update(store.counts(keys), f"{cell.label}: already finished on disk, recorded")
+        return
+    resuming = (run_dir / "checkpoint.pt").exists()
+    how = "resuming" if resuming else "starting"
+    budget = f" (budget {format_seconds(config.time_budget_seconds)})" if config.time_budget_seconds else ""
+    view.update(store.counts(keys), f"{cell.label}: {how}{budget}, attempt {row['attempts']}")
+
+    def on_epoch(record: dict) -> None:
+        store.heartbeat(cell.key, owner)
+        parts = [f"{k} {record[k]:.4f}" for k in ("train_loss", "val_acc", "val_auc")
+                 if isinstance(record.get(k), (int, float))]
+        view.note(f"  {cell.label} epoch {record.get('epoch')}: {', '.join(parts)}")
+
+    beat = _Heartbeat(store, cell.key, owner, heartbeat_seconds)
+    started = time.monotonic()
+    try:
+        results = train_fn(config, resume=True, on_epoch=on_epoch, progress=False)
+    except (MedbenchError, KeyboardInterrupt):
+        beat.stop()
+        store.release(cell.key, owner)
+        raise
+    except Exception as exc:
+        beat.stop()
+        message = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        store.fail(cell.key, message)
+        with contextlib.suppress(MedbenchError):
+            atomic_write_text(run_dir / "error.log", traceback.format_exc())
+        warnings.warn(f"{cell.label} failed ({message}); the grid goes on", MedbenchWarning, stacklevel=2)
+        view.update(store.counts(keys), f"{cell.label}: FAILED: {message}")
+        return
+    beat.stop()
+    results_path = run_dir / "results.json"
+    store.finish(cell.key, results, results_path)
+    outcome.trained.append(cell.key)
+    view.cell_seconds.append(time.monotonic() - started)
+    test = (results.get("metrics") or {}).get("test") or {}
+    acc = test.get("acc")
+    summary = f"test acc {acc:.4f}" if isinstance(acc, (int, float)) else "finished"
+    if results.get("collapsed"):
+        summary += " (COLLAPSED)"
+    view.update(store.counts(keys), f"{cell.label}: {summary}")
+
+
+def _on_gpu(device: str) -> bool:
+    if device == "cuda":
+        return True
+    if device != "auto":
+        return False
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def run_benchmark(
+    datasets: str | Sequence[str] | None = None,
+    models: str | Sequence[str] | None = None,
+    seeds: int | str | Sequence[int] = DEFAULT_SEEDS,
+    *,
+    size: int = 28,
+    epochs: int | None = None,
+    time_budget_seconds: float | None = None,
+    total_time_budget_seconds: float | None = None,
+    out: str | Path = DEFAULT_OUT,
+    data_dir: str | Path | None = None,
+    config: dict[str, Any] | str | Path | None = None,
+    device: str | None = None,
+    train_fn: TrainFn | None = None,
+    report: bool = True,
+    progress: bool | None = None,
+    stale_seconds: float = DEFAULT_STALE_SECONDS,
+) -> GridOutcome:
+    """Plan and run the benchmark grid into `out`, then write its report there.
+
+    Defaults reproduce the reference study (DermaMNIST and OCTMNIST x advanced_cnn,
+    efficientnet, resnet18 at 28 px, 3 seeds). Run length: `epochs` or
+    `time_budget_seconds` per run, or `total_time_budget_seconds` for the whole grid; with
+    none of them (here or in `config`), a GPU trains the engine's default epochs and a CPU
+    shares `DEFAULT_CPU_TOTAL_BUDGET_SECONDS` over the grid. `config` is a dict or a JSON
+    file of TrainConfig keys applied to every run; explicit arguments win over it.
+    """
+    base: dict[str, Any] = {}
+    if config is not None:
+        base = dict(config) if isinstance(config, dict) else load_config_file(config)
+    if time_budget_seconds is not None and total_time_budget_seconds is not None:
+        raise MedbenchError("give either --time-budget (per run) or --total-time-budget (whole grid), not both")
+    if epochs is not None:
+        base["epochs"] = epochs
+    if time_budget_seconds is not None:
+        base["time_budget_seconds"] = time_budget_seconds
+    if data_dir is not None:
+        base["data_dir"] = str(data_dir)
+    if device is not None:
+        base["device"] = device
+    if total_time_budget_seconds is not None:
+        base.pop("time_budget_seconds", None)
+    length_given = any(base.get(k) is not None for k in ("epochs", "time_budget_seconds"))
+    if not length_given and total_time_budget_seconds is None and not _on_gpu(base.get("device", "auto")):
+        total_time_budget_seconds = DEFAULT_CPU_TOTAL_BUDGET_SECONDS
+        warnings.warn(
+            f"no GPU: the grid shares a {format_seconds(total_time_budget_seconds)} time budget "
+            "(set --epochs, --time-budget or --total-time-budget to choose)",
+            MedbenchWarning, stacklevel=2,
+        )
+    out = Path(out).resolve()
+    cells = plan_grid(
+        _names(datasets, DEFAULT_DATASETS, "datasets"), _names(models, DEFAULT_MODELS, "models"),
+        parse_seeds(seeds), out=out, size=size, base=base,
+    )
+    if train_fn is None:  # the engine's names; a stand-in train function may use its own
+        _check_names(cells)
+    outcome = run_grid(cells, out, train_fn=train_fn, total_time_budget_seconds=total_time_budget_seconds,
+                       progress=progress, stale_seconds=stale_seconds)
+    if report:
+        from medbench.report import build_report
+
+        outcome.report = build_report(out)
+    return outcome
+
+
+def _check_names(cells: Sequence[Cell]) -> None:
+    """Fail early, before any training, on an unknown dataset or model name."""
+    from medbench.data import dataset_info
+    from medbench.models import TIMM_PREFIX, model_options
+
+    for name in dict.fromkeys(c.config.dataset for c in cells):
+        dataset_info(name)  # raises MedbenchError naming the known datasets
+    for name in dict.fromkeys(c.config.model for c in cells):
+        if not name.startswith(TIMM_PREFIX):
+            model_options(name)  # raises MedbenchError naming the known models

@@ -1,0 +1,180 @@
+"""Read finished runs (from the results store, or from results.json files) and aggregate
+them over seeds. Numbers come from each run's results.json; nothing is recomputed here
+except means and standard deviations."""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from medbench.errors import MedbenchError
+from medbench.store import STORE_NAME, ResultsStore
+
+# Columns of results.csv / results.json, in order.
+RUN_FIELDS = (
+    "dataset", "size", "model", "seed", "config_hash", "status", "test_acc", "test_auc",
+    "val_acc", "val_auc", "test_balanced_acc", "test_macro_f1", "test_ece", "n_params",
+    "gflops", "efficiency", "train_seconds", "epochs_completed", "collapsed", "flags",
+    "data_official", "data_md5_matches", "license", "run_dir", "results_path", "error",
+)
+
+
+@dataclass
+class Run:
+    """One run: its flat fields (RUN_FIELDS) and its full results.json (None unless finished)."""
+
+    fields: dict[str, Any]
+    results: dict[str, Any] | None = None
+
+    def __getitem__(self, name: str) -> Any:
+        return self.fields.get(name)
+
+    @property
+    def finished(self) -> bool:
+        return self.fields.get("status") == "finished" and self.results is not None
+
+    @property
+    def run_dir(self) -> Path | None:
+        return Path(self.fields["run_dir"]) if self.fields.get("run_dir") else None
+
+
+@dataclass
+class Stat:
+    """Mean, sample standard deviation (None with one value) and count of a metric."""
+
+    mean: float | None
+    std: float | None
+    n: int
+    values: list[float] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, values: list[Any]) -> Stat:
+        vals = [float(v) for v in values if isinstance(v, (int, float)) and not math.isnan(float(v))]
+        if not vals:
+            return cls(None, None, 0, [])
+        std = statistics.stdev(vals) if len(vals) > 1 else None
+        return cls(statistics.fmean(vals), std, len(vals), vals)
+
+
+@dataclass
+class Group:
+    """The runs of one (dataset, size, model, config) over seeds."""
+
+    dataset: str
+    size: int
+    model: str
+    config_hash: str
+    runs: list[Run]
+    label: str = ""  # model name, with the config hash when one model has several configs
+
+    def stat(self, name: str) -> Stat:
+        return Stat.of([r[name] for r in self.runs])
+
+    @property
+    def n(self) -> int:
+        return len(self.runs)
+
+    @property
+    def collapsed_runs(self) -> list[Run]:
+        return [r for r in self.runs if r["collapsed"]]
+
+
+def _flatten(row: dict[str, Any], results: dict[str, Any] | None) -> dict[str, Any]:
+    """One run's flat fields: from results.json when there is one, else the store row."""
+    f = {k: row.get(k) for k in RUN_FIELDS}
+    f["flags"] = list(row.get("flags") or [])
+    if results is None:
+        return f
+    metrics = results.get("metrics") or {}
+    test, val = metrics.get("test") or {}, metrics.get("val") or {}
+    model = results.get("model") or {}
+    data = results.get("dataset") or {}
+    f.update(
+        test_acc=test.get("acc"), test_auc=test.get("auc"), val_acc=val.get("acc"),
+        val_auc=val.get("auc"), test_balanced_acc=test.get("balanced_acc"),
+        test_macro_f1=test.get("macro_f1"), test_ece=test.get("ece"),
+        n_params=model.get("n_params"), gflops=model.get("gflops"),
+        efficiency=results.get("efficiency"),
+        train_seconds=(results.get("timing") or {}).get("train_seconds"),
+        epochs_completed=results.get("epochs_completed"),
+        collapsed=bool(results.get("collapsed")), flags=list(results.get("flags") or []),
+        data_official=data.get("official"), data_md5_matches=data.get("md5_matches"),
+        license=data.get("license"),
+    )
+    return f
+
+
+def _read_results(path: str | Path | None) -> dict[str, Any] | None:
+    if not path:
+        return None
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def load_runs(folder: str | Path) -> list[Run]:
+    """All runs of a benchmark folder (its results store), or, without a store, every
+    `results.json` found under `folder` (e.g. runs of `medbench train`)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise MedbenchError(f"{folder} is not a folder; give the --out folder of 'medbench benchmark'")
+    if (folder / STORE_NAME).exists():
+        runs = []
+        for row in ResultsStore(folder, create=False).rows():
+            results = _read_results(row.get("results_path")) if row["status"] == "finished" else None
+            runs.append(Run(_flatten(row, results), results))
+        return runs
+    runs = []
+    for path in sorted(folder.rglob("results.json")):
+        results = _read_results(path)
+        if not results or results.get("status") != "finished" or "config" not in results:
+            continue
+        cfg = results["config"]
+        row = {"dataset": cfg.get("dataset"), "size": cfg.get("size"), "model": cfg.get("model"),
+               "seed": cfg.get("seed"), "config_hash": _hash(cfg), "status": "finished",
+               "run_dir": str(path.parent), "results_path": str(path)}
+        runs.append(Run(_flatten(row, results), results))
+    if not runs:
+        raise MedbenchError(
+            f"no results in {folder}: no {STORE_NAME} and no finished results.json; run 'medbench benchmark --out {folder}'"
+        )
+    return runs
+
+
+def _hash(config: dict[str, Any]) -> str:
+    from medbench.benchmark import config_hash
+    from medbench.config import TrainConfig
+
+    try:
+        return config_hash(TrainConfig.from_dict(config))
+    except (MedbenchError, TypeError):
+        return "unknown"
+
+
+def group_runs(runs: list[Run]) -> list[Group]:
+    """Finished runs grouped over seeds, ordered by dataset (first appearance) then model."""
+    groups: dict[tuple, Group] = {}
+    for run in runs:
+        if not run.finished:
+            continue
+        key = (run["dataset"], run["size"], run["model"], run["config_hash"])
+        if key not in groups:
+            groups[key] = Group(run["dataset"], int(run["size"] or 28), run["model"], run["config_hash"], [])
+        groups[key].runs.append(run)
+    for g in groups.values():
+        g.runs.sort(key=lambda r: r["seed"] if r["seed"] is not None else 0)
+    # A model trained with several configs on one dataset/size is labelled by its hash.
+    per_model: dict[tuple, int] = {}
+    for g in groups.values():
+        per_model[(g.dataset, g.size, g.model)] = per_model.get((g.dataset, g.size, g.model), 0) + 1
+    for g in groups.values():
+        many = per_model[(g.dataset, g.size, g.model)] > 1
+        g.label = f"{g.model} [{g.config_hash[:6]}]" if many else g.model
+    dataset_order = list(dict.fromkeys(g.dataset for g in groups.values()))
+    return sorted(groups.values(), key=lambda g: (dataset_order.index(g.dataset), g.size, g.label))

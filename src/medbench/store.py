@@ -1,0 +1,323 @@
+"""The results store: one SQLite database (`results.sqlite`) per benchmark folder.
+
+One row per grid cell (dataset, size, model, seed, config hash). Several processes may work
+on the same folder at once: a cell is claimed inside a `BEGIN IMMEDIATE` transaction, so
+exactly one process gets it. A "running" cell whose owner is gone (same host and its pid is
+dead, or its heartbeat is older than `stale_seconds`) may be claimed again; the new owner
+resumes it from its checkpoint.
+
+Statuses: pending -> running -> finished | failed. `attempts` counts claims.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from medbench.errors import MedbenchError
+
+STORE_NAME = "results.sqlite"
+SCHEMA_VERSION = 1
+STATUSES = ("pending", "running", "finished", "failed")
+DEFAULT_STALE_SECONDS = 600.0
+
+_COLUMNS = """
+    key TEXT PRIMARY KEY,
+    dataset TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    model TEXT NOT NULL,
+    seed INTEGER NOT NULL,
+    config_hash TEXT NOT NULL,
+    status TEXT NOT NULL DEFAULT 'pending',
+    claimed_host TEXT,
+    claimed_pid INTEGER,
+    heartbeat REAL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL,
+    config_json TEXT NOT NULL,
+    run_dir TEXT NOT NULL,
+    results_path TEXT,
+    test_acc REAL,
+    test_auc REAL,
+    val_acc REAL,
+    val_auc REAL,
+    n_params INTEGER,
+    gflops REAL,
+    efficiency REAL,
+    train_seconds REAL,
+    collapsed INTEGER,
+    flags_json TEXT,
+    error TEXT
+"""
+
+
+@dataclass(frozen=True)
+class Owner:
+    """Who works on a cell: the host name and process id."""
+
+    host: str
+    pid: int
+
+    @classmethod
+    def current(cls) -> Owner:
+        return cls(socket.gethostname(), os.getpid())
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.pid}"
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process `pid` exists on this host (a zombie counts as dead)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # Linux: a killed child nobody has reaped yet is still listed, as state Z.
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return True
+
+
+class ResultsStore:
+    """The SQLite results store of one benchmark folder.
+
+    Each method opens its own short connection, so a store object is safe to share between
+    threads (the heartbeat thread) and cheap to create in every process.
+    """
+
+    def __init__(self, folder: str | os.PathLike, *, create: bool = True) -> None:
+        self.folder = Path(folder)
+        self.path = self.folder / STORE_NAME
+        if not create and not self.path.exists():
+            raise MedbenchError(
+                f"no results store {self.path}; run 'medbench benchmark --out {self.folder}' first"
+            )
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            with self._connect() as conn:
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute(f"CREATE TABLE IF NOT EXISTS cells ({_COLUMNS})")
+                conn.execute("CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT)")
+                conn.execute(
+                    "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)",
+                    (str(SCHEMA_VERSION),),
+                )
+        except sqlite3.DatabaseError as exc:
+            raise MedbenchError(
+                f"cannot open results store {self.path}: {exc}; move it away to start a new study"
+            ) from exc
+        except OSError as exc:
+            raise MedbenchError(
+                f"cannot create {self.folder}: {exc.strerror or exc}; choose a writable --out folder"
+            ) from exc
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA busy_timeout=60000")
+        return conn
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """An IMMEDIATE transaction: takes the write lock at once, so check-then-update is atomic."""
+        conn = self._connect()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+        finally:
+            conn.close()
+
+    def _rel(self, path: str | os.PathLike) -> str:
+        """Paths inside the folder are stored relative to it, so the folder can be moved."""
+        path = Path(path)
+        try:
+            return str(path.resolve().relative_to(self.folder.resolve()))
+        except ValueError:
+            return str(path.resolve())
+
+    def _abs(self, path: str | None) -> str | None:
+        return None if not path else str(self.folder / path)
+
+    # -- writing ----------------------------------------------------------------------------
+
+    def add_cells(self, cells: Iterable[dict[str, Any]], *, retry_failed: bool = False) -> int:
+        """Insert planned cells (dicts with key, dataset, size, model, seed, config_hash,
+        config, run_dir) that are not in the store yet; return how many were new. With
+        `retry_failed`, failed cells among them go back to pending."""
+        now = time.time()
+        added = 0
+        with self._transaction() as conn:
+            for c in cells:
+                cur = conn.execute(
+                    "INSERT OR IGNORE INTO cells (key, dataset, size, model, seed, config_hash, "
+                    "status, created_at, config_json, run_dir) VALUES (?,?,?,?,?,?,'pending',?,?,?)",
+                    (
+                        c["key"],
+                        c["dataset"],
+                        int(c["size"]),
+                        c["model"],
+                        int(c["seed"]),
+                        c["config_hash"],
+                        now,
+                        json.dumps(c["config"], sort_keys=True),
+                        str(c["run_dir"]),
+                    ),
+                )
+                added += cur.rowcount
+                if retry_failed:
+                    conn.execute(
+                        "UPDATE cells SET status='pending', error=NULL WHERE key=? AND status='failed'",
+                        (c["key"],),
+                    )
+        return added
+
+    def claim(
+        self,
+        keys: Iterable[str],
+        owner: Owner | None = None,
+        *,
+        stale_seconds: float = DEFAULT_STALE_SECONDS,
+    ) -> dict[str, Any] | None:
+        """Claim the first of `keys` that is pending or abandoned; return its row, or None.
+
+        Abandoned = running, and either owned by a dead process on this host or with a
+        heartbeat older than `stale_seconds`. Cells are tried in the order of `keys`.
+        """
+        owner = owner or Owner.current()
+        keys = list(keys)
+        now = time.time()
+        with self._transaction() as conn:
+            rows = {
+                r["key"]: r
+                for r in conn.execute(
+                    "SELECT key, status, claimed_host, claimed_pid, heartbeat FROM cells "
+                    "WHERE status IN ('pending', 'running')"
+                )
+            }
+            for key in keys:
+                row = rows.get(key)
+                if row is None or (
+                    row["status"] == "running" and not self._abandoned(row, now, stale_seconds)
+                ):
+                    continue
+                conn.execute(
+                    "UPDATE cells SET status='running', claimed_host=?, claimed_pid=?, heartbeat=?, "
+                    "started_at=?, attempts=attempts+1, error=NULL WHERE key=?",
+                    (owner.host, owner.pid, now, now, key),
+                )
+                return dict(conn.execute("SELECT * FROM cells WHERE key=?", (key,)).fetchone())
+        return None
+
+    @staticmethod
+    def _abandoned(row: sqlite3.Row, now: float, stale_seconds: float) -> bool:
+        if row["heartbeat"] is None or now - row["heartbeat"] > stale_seconds:
+            return True
+        same_host = row["claimed_host"] == socket.gethostname()
+        return same_host and not process_alive(int(row["claimed_pid"] or 0))
+
+    def heartbeat(self, key: str, owner: Owner | None = None) -> bool:
+        """Refresh the heartbeat of a cell this owner holds; False if it lost the cell."""
+        owner = owner or Owner.current()
+        with self._transaction() as conn:
+            cur = conn.execute(
+                "UPDATE cells SET heartbeat=? WHERE key=? AND status='running' "
+                "AND claimed_host=? AND claimed_pid=?",
+                (time.time(), key, owner.host, owner.pid),
+            )
+            return cur.rowcount == 1
+
+    def finish(self, key: str, results: dict[str, Any], results_path: str | os.PathLike) -> None:
+        """Record a finished run from its results.json dict."""
+        metrics = results.get("metrics") or {}
+        test, val = metrics.get("test") or {}, metrics.get("val") or {}
+        model = results.get("model") or {}
+        timing = results.get("timing") or {}
+        with self._transaction() as conn:
+            conn.execute(
+                "UPDATE cells SET status='finished', finished_at=?, heartbeat=?, results_path=?, "
+                "test_acc=?, test_auc=?, val_acc=?, val_auc=?, n_params=?, gflops=?, efficiency=?, "
+                "train_seconds=?, collapsed=?, flags_json=?, error=NULL WHERE key=?",
+                (
+                    time.time(),
+                    time.time(),
+                    self._rel(results_path),
+                    test.get("acc"),
+                    test.get("auc"),
+                    val.get("acc"),
+                    val.get("auc"),
+                    model.get("n_params"),
+                    model.get("gflops"),
+                    results.get("efficiency"),
+                    timing.get("train_seconds"),
+                    int(bool(results.get("collapsed"))),
+                    json.dumps(results.get("flags") or []),
+                    key,
+                ),
+            )
+
+    def fail(self, key: str, message: str) -> None:
+        with self._transaction() as conn:
+            conn.execute(
+                "UPDATE cells SET status='failed', finished_at=?, error=? WHERE key=?",
+                (time.time(), message, key),
+            )
+
+    def release(self, key: str, owner: Owner | None = None) -> None:
+        """Hand a claimed cell back (pending) so another run can take it, e.g. after Ctrl-C."""
+        owner = owner or Owner.current()
+        with self._transaction() as conn:
+            conn.execute(
+                "UPDATE cells SET status='pending', claimed_host=NULL, claimed_pid=NULL, "
+                "heartbeat=NULL WHERE key=? AND status='running' AND claimed_host=? AND claimed_pid=?",
+                (key, owner.host, owner.pid),
+            )
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def rows(self, keys: Iterable[str] | None = None) -> list[dict[str, Any]]:
+        """All rows (or those of `keys`, in that order), flags decoded into a list."""
+        conn = self._connect()
+        try:
+            all_rows = [
+                dict(r) for r in conn.execute("SELECT * FROM cells ORDER BY created_at, key")
+            ]
+        finally:
+            conn.close()
+        for r in all_rows:
+            r["flags"] = json.loads(r.pop("flags_json") or "[]")
+            r["config"] = json.loads(r.pop("config_json") or "{}")
+            r["collapsed"] = None if r["collapsed"] is None else bool(r["collapsed"])
+            r["run_dir"], r["results_path"] = self._abs(r["run_dir"]), self._abs(r["results_path"])
+        if keys is None:
+            return all_rows
+        by_key = {r["key"]: r for r in all_rows}
+        return [by_key[k] for k in keys if k in by_key]
+
+    def counts(self, keys: Iterable[str] | None = None) -> dict[str, int]:
+        """Number of cells per status (all four statuses present)."""
+        out = dict.fromkeys(STATUSES, 0)
+        for r in self.rows(keys):
+            out[r["status"]] += 1
+        return out

@@ -1,0 +1,153 @@
+"""The report: files, table, findings computed from the numbers, provenance; built from
+stored results only (runs come from a stand-in train function)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from medbench.benchmark import run_benchmark
+from medbench.cli import main
+from medbench.report import build_report
+from medbench.report.published import load_published
+from test_benchmark_support import make_fake_train
+
+GRID = {"datasets": "dermamnist,octmnist", "models": "advanced_cnn,resnet18", "epochs": 2,
+        "progress": False, "report": False}
+
+
+def _study(folder: Path, accuracy: dict, seeds=3, **fake) -> Path:
+    with_warnings = fake.pop("warn", False)
+    if with_warnings:
+        with pytest.warns(Warning):
+            run_benchmark(**GRID, seeds=seeds, out=folder, train_fn=make_fake_train(accuracy, **fake))
+    else:
+        run_benchmark(**GRID, seeds=seeds, out=folder, train_fn=make_fake_train(accuracy, **fake))
+    return folder
+
+
+CNN_WINS = {("dermamnist", "advanced_cnn"): 0.80, ("dermamnist", "resnet18"): 0.70,
+            ("octmnist", "advanced_cnn"): 0.78, ("octmnist", "resnet18"): 0.72}
+RESNET_WINS = {("dermamnist", "advanced_cnn"): 0.66, ("dermamnist", "resnet18"): 0.76,
+               ("octmnist", "advanced_cnn"): 0.70, ("octmnist", "resnet18"): 0.79}
+
+
+@pytest.fixture(scope="module")
+def cnn_study(tmp_path_factory) -> Path:
+    return _study(tmp_path_factory.mktemp("cnn"), CNN_WINS)
+
+
+@pytest.fixture(scope="module")
+def cnn_report(cnn_study):
+    return build_report(cnn_study)
+
+
+def test_report_writes_markdown_html_csv_json_and_plots(cnn_report):
+    for path in (cnn_report.markdown, cnn_report.html, cnn_report.csv, cnn_report.json, cnn_report.summary):
+        assert path.exists() and path.stat().st_size > 0
+    names = {p.name for p in cnn_report.plots}
+    for expected in ("accuracy_heatmap.png", "accuracy_vs_params.png", "accuracy_vs_flops.png", "efficiency.png",
+                     "curves_dermamnist.png", "confusion_octmnist.png", "reliability_dermamnist.png"):
+        assert expected in names
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in cnn_report.plots)
+
+
+def test_html_is_self_contained_with_every_plot_embedded(cnn_report):
+    text = cnn_report.html.read_text()
+    assert text.count("data:image/png;base64,") == len(cnn_report.plots)
+    assert "src='plots/" not in text and 'src="http' not in text
+
+
+def test_table_shows_mean_std_and_n_beside_published_and_reference_rows(cnn_report):
+    md = cnn_report.markdown.read_text()
+    assert "| Dataset | Model | Source | Test accuracy | Test AUC | Parameters | FLOPs | Efficiency | Train time |" in md
+    assert "this study (n=3)" in md
+    assert "| dermamnist | ResNet-18 (28) | published: MedMNIST v2 | 73.5% | 0.917 |" in md
+    assert "| octmnist | efficientnet | reference study | 25.0% (collapsed) |" in md
+    assert load_published()["citation"] in md
+
+
+def test_csv_and_json_have_one_row_per_run_with_the_run_files_numbers(cnn_report):
+    rows = list(csv.DictReader(cnn_report.csv.open()))
+    runs = json.loads(cnn_report.json.read_text())
+    assert len(rows) == len(runs) == 12
+    for row in runs:
+        results = json.loads(Path(row["results_path"]).read_text())
+        assert row["test_acc"] == results["metrics"]["test"]["acc"]
+        assert row["n_params"] == results["model"]["n_params"]
+
+
+def test_findings_name_the_winner_from_the_numbers(cnn_report, tmp_path):
+    other = build_report(_study(tmp_path / "resnet", RESNET_WINS, md5_matches=False), plots=False)
+    assert cnn_report.findings.best_overall == "advanced_cnn"
+    assert other.findings.best_overall == "resnet18"
+    assert cnn_report.findings.winners == {"dermamnist": "advanced_cnn", "octmnist": "advanced_cnn"}
+    assert other.findings.winners == {"dermamnist": "resnet18", "octmnist": "resnet18"}
+    # Every sentence reads differently, except the license note (a fact of the dataset).
+    numbers = [s for s in cnn_report.findings.findings if not s.startswith("License:")]
+    assert set(numbers).isdisjoint(other.findings.findings)
+    assert cnn_report.findings.recommendations != other.findings.recommendations
+
+
+def test_a_clear_margin_over_seeds_is_reported_as_exceeding_the_spread(cnn_report):
+    comparisons = {c.dataset: c for c in cnn_report.findings.comparisons}
+    assert comparisons["dermamnist"].significant is True
+    assert comparisons["dermamnist"].p_value < 0.05
+    assert any("exceeds the seed-to-seed spread" in s and "Welch" in s for s in cnn_report.findings.findings)
+
+
+def test_close_models_are_reported_as_within_the_spread(tmp_path):
+    close = {k: 0.75 for k in CNN_WINS}
+    report = build_report(_study(tmp_path, close), plots=False)
+    assert not any(c.significant for c in report.findings.comparisons)
+    assert any("within the seed-to-seed spread" in s for s in report.findings.findings)
+
+
+def test_one_seed_leaves_the_difference_untested(tmp_path):
+    report = build_report(_study(tmp_path, CNN_WINS, seeds=1), plots=False)
+    assert all(c.significant is None for c in report.findings.comparisons)
+    assert any("untested" in s for s in report.findings.findings)
+
+
+def test_collapse_and_val_test_gap_are_flagged(tmp_path):
+    report = build_report(_study(tmp_path, CNN_WINS, collapse={("octmnist", "resnet18")}), plots=False)
+    text = " ".join(report.findings.findings)
+    assert "collapsed" in text and "resnet18 on octmnist" in text
+    assert "differ by more than 5 points" in text
+    assert any("Do not use resnet18 on octmnist" in r for r in report.findings.recommendations)
+
+
+def test_unofficial_data_files_and_the_dermamnist_license_are_flagged(tmp_path):
+    report = build_report(_study(tmp_path, CNN_WINS, md5_matches=False), plots=False)
+    md = report.markdown.read_text()
+    assert "not the official one" in md
+    assert "NO (MD5 differs)" in md
+    assert "dermamnist is CC BY-NC 4.0" in md
+
+
+def test_failed_runs_are_listed_but_kept_out_of_the_table(tmp_path):
+    report = build_report(_study(tmp_path, CNN_WINS, fail={("octmnist", "resnet18")}, warn=True), plots=False)
+    assert any("failed" in s and "boom" in s for s in report.findings.findings)
+    assert "| octmnist | resnet18 | this study" not in report.markdown.read_text()
+
+
+def test_report_never_imports_the_training_engine(cnn_study, tmp_path):
+    code = ("import sys; sys.modules['medbench.engine'] = None\n"
+            f"from medbench.report import build_report; build_report({str(cnn_study)!r}, {str(tmp_path)!r}, plots=False)")
+    subprocess.run([sys.executable, "-c", code], check=True)
+    assert (tmp_path / "REPORT.md").exists()
+
+
+def test_report_command_on_a_folder_without_results_is_a_user_error(tmp_path, capsys):
+    assert main(["report", str(tmp_path)]) == 2
+    assert "no results in" in capsys.readouterr().err
+
+
+def test_report_command_writes_the_report(cnn_study, tmp_path, capsys):
+    assert main(["report", str(cnn_study), "--out", str(tmp_path), "--no-plots"]) == 0
+    assert (tmp_path / "report.html").exists()
