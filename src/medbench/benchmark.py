@@ -263,11 +263,21 @@ def _finished_results(run_dir: Path) -> dict[str, Any] | None:
 
 
 def _default_train_fn() -> TrainFn:
-    try:
-        from medbench.engine import train
-    except ImportError as exc:  # pragma: no cover - only while the engine is being written
-        raise MedbenchError(f"the training engine is not available ({exc}); reinstall medbench") from exc
-    return train
+    """The engine's train, with the dataset loaded once for all the cells that use it in a
+    row (the grid runs dataset by dataset)."""
+    from medbench.data import load_dataset
+    from medbench.engine import train
+
+    cache: dict[tuple, Any] = {}
+
+    def train_cached(config: TrainConfig, **kwargs: Any) -> dict:
+        key = (config.dataset, config.size, config.data_dir)
+        if key not in cache:
+            cache.clear()  # keep one dataset in memory at a time
+            cache[key] = load_dataset(config.dataset, config.size, config.data_dir, progress=False)
+        return train(config, data=cache[key], **kwargs)
+
+    return train_cached
 
 
 def run_grid(
