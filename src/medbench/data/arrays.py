@@ -1,0 +1,161 @@
+"""npz files -> memory-mapped arrays, without ever holding a decompressed member in RAM.
+
+A MedMNIST npz is a zip of compressed `.npy` members; octmnist at 224 px is ~5.5 GB of
+uint8 once decompressed, so `np.load` of a member would need the whole array in RAM (and
+a tensor copy would double it). Instead each member is stream-decompressed once, in
+chunks, into an uncompressed `.npy` file in the npz's cache folder (see
+`locations.cache_dir_for`), and memory-mapped on every load. The npz's MD5 is cached in
+the same folder's manifest, keyed by the npz's (path, size, mtime), so it is computed once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import zipfile
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from medbench.data.locations import CACHE_DIR_ENV, cache_dir_for
+from medbench.errors import MedbenchError
+from medbench.fsutil import atomic_path, atomic_write_json
+
+CHUNK_BYTES = 8 << 20
+MANIFEST = "manifest.json"
+MANIFEST_VERSION = 1
+
+
+def file_md5(path: str | os.PathLike) -> str:
+    """MD5 of a file, read in chunks."""
+    digest = hashlib.md5()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(CHUNK_BYTES):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _source_key(npz_path: Path) -> dict:
+    st = npz_path.stat()
+    return {"source": str(npz_path.resolve()), "size_bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def _read_manifest(cache_dir: Path) -> dict | None:
+    try:
+        return json.loads((cache_dir / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def open_npz(
+    npz_path: str | os.PathLike, keys: tuple[str, ...]
+) -> tuple[dict[str, np.ndarray], str]:
+    """Return ({key: memory-mapped array} for those of `keys` the npz holds, md5 of the npz).
+
+    Unpacks the npz into its cache folder on first use (or when the npz changed since);
+    a file that is not a readable npz raises MedbenchError naming it.
+    """
+    npz_path = Path(npz_path)
+    cache_dir = cache_dir_for(npz_path)
+    source = _source_key(npz_path)
+    manifest = _read_manifest(cache_dir)
+    if not _manifest_is_current(manifest, source, cache_dir, keys):
+        manifest = _unpack(npz_path, cache_dir, source, keys)
+    arrays = {key: _map(cache_dir / f"{key}.npy") for key in manifest["arrays"]}
+    return arrays, manifest["md5"]
+
+
+def _manifest_is_current(manifest: dict | None, source: dict, cache_dir: Path, keys) -> bool:
+    if not manifest or manifest.get("version") != MANIFEST_VERSION:
+        return False
+    if any(manifest.get(k) != v for k, v in source.items()):
+        return False
+    if set(manifest.get("requested", ())) != set(keys):
+        return False
+    return all(
+        (cache_dir / f"{key}.npy").is_file()
+        and (cache_dir / f"{key}.npy").stat().st_size == meta["npy_bytes"]
+        for key, meta in manifest["arrays"].items()
+    )
+
+
+def _map(npy_path: Path) -> np.ndarray:
+    # Copy-on-write: a writable array (torch.from_numpy wants one) that never changes the file.
+    try:
+        return np.load(npy_path, mmap_mode="c", allow_pickle=False)
+    except ValueError:  # mmap cannot map a zero-length array
+        return np.load(npy_path, allow_pickle=False)
+
+
+def _unpack(npz_path: Path, cache_dir: Path, source: dict, keys: tuple[str, ...]) -> dict:
+    try:
+        md5 = file_md5(npz_path)
+        arrays = {}
+        with zipfile.ZipFile(npz_path) as zf:
+            members = set(zf.namelist())
+            for key in keys:
+                if f"{key}.npy" in members:
+                    arrays[key] = _unpack_member(zf, f"{key}.npy", cache_dir / f"{key}.npy")
+    except MedbenchError:
+        raise
+    except (zipfile.BadZipFile, zlib.error, EOFError, ValueError) as exc:
+        raise MedbenchError(
+            f"{npz_path} is not a readable npz file ({exc}); delete it and download it again"
+        ) from exc
+    except OSError as exc:
+        raise MedbenchError(f"cannot read {npz_path}: {exc.strerror or exc}") from exc
+    manifest = {"version": MANIFEST_VERSION, **source, "md5": md5, "requested": list(keys),
+                "arrays": arrays}  # fmt: skip
+    _write(lambda: atomic_write_json(cache_dir / MANIFEST, manifest), cache_dir)
+    return manifest
+
+
+def _unpack_member(zf: zipfile.ZipFile, member: str, out_path: Path) -> dict:
+    with zf.open(member) as stream:
+        version = np.lib.format.read_magic(stream)
+        if version == (1, 0):
+            shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(stream)
+        elif version in ((2, 0), (3, 0)):
+            shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(stream)
+        else:
+            raise ValueError(f"{member} uses unsupported .npy format version {version}")
+        if dtype.hasobject:
+            raise ValueError(f"{member} holds Python objects, not numbers")
+        n_bytes = math.prod(shape) * dtype.itemsize
+        header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": fortran_order,
+                  "shape": shape}  # fmt: skip
+
+        def copy(tmp: Path) -> None:
+            with open(tmp, "wb") as out:
+                np.lib.format.write_array_header_1_0(out, header)
+                left = n_bytes
+                while left:
+                    chunk = stream.read(min(CHUNK_BYTES, left))
+                    if not chunk:
+                        raise ValueError(f"{member} ends {left} bytes early (truncated file?)")
+                    out.write(chunk)
+                    left -= len(chunk)
+            stream.read()  # reach the member's end so zipfile checks its CRC
+
+        _write(lambda: _atomic(out_path, copy), out_path.parent)
+        return {"shape": list(shape), "dtype": dtype.str, "npy_bytes": out_path.stat().st_size}
+
+
+def _atomic(path: Path, writer) -> None:
+    with atomic_path(path) as tmp:
+        writer(tmp)
+
+
+def _write(action, folder: Path):
+    try:
+        return action()
+    except MedbenchError as exc:
+        raise MedbenchError(f"{exc} (or set ${CACHE_DIR_ENV} for medbench's cache)") from exc
+    except OSError as exc:
+        raise MedbenchError(
+            f"cannot write the array cache in {folder}: {exc.strerror or exc}; "
+            f"free some disk space or set ${CACHE_DIR_ENV} to another folder"
+        ) from exc

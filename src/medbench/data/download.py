@@ -1,0 +1,149 @@
+"""Downloading official MedMNIST files: resumable, retried, verified, renamed into place.
+
+Bytes go to `<name>.npz.part` beside the destination; only a complete file whose MD5
+matches the catalogue is renamed to the official name, so a failed or corrupt download
+never leaves a file that later passes for a good one. A `.part` left by an interrupted
+download is resumed with an HTTP Range request where the server allows it (206) and
+restarted from scratch where it does not (200).
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from tqdm import tqdm
+
+from medbench.data.arrays import CHUNK_BYTES, file_md5
+from medbench.data.catalogue import dataset_info
+from medbench.data.locations import dataset_path
+from medbench.errors import MedbenchError
+
+MIRROR_ENV = "MEDBENCH_MIRROR"
+# Answers that retrying will not change.
+_PERMANENT_HTTP = {400, 401, 403, 404, 405, 410, 451}
+
+
+class _Retry(Exception):
+    """A failed attempt worth retrying (network error, short body, bad checksum...)."""
+
+
+def download_url(name: str, size: int = 28, mirror: str | None = None) -> str:
+    """The official URL, or `<mirror>/<official file name>` when a mirror is given
+    (argument, else $MEDBENCH_MIRROR): a mirror is any folder of the official files
+    served over http(s) or file://."""
+    info = dataset_info(name)
+    mirror = mirror if mirror is not None else os.environ.get(MIRROR_ENV) or None
+    if not mirror:
+        return info.url(size)
+    return f"{mirror.rstrip('/')}/{info.file_name(size)}"
+
+
+def download_dataset(
+    name: str,
+    size: int = 28,
+    data_dir: str | os.PathLike | None = None,
+    *,
+    mirror: str | None = None,
+    retries: int = 3,
+    backoff_seconds: float = 1.0,
+    progress: bool = True,
+    timeout_seconds: float = 60,
+) -> Path:
+    """Download `name` at `size` into the data folder and return its path.
+
+    An existing file is returned as it is, never downloaded over. Failed attempts are
+    retried `retries` times, waiting backoff_seconds * 2**attempt in between.
+    """
+    info = dataset_info(name)
+    path = dataset_path(name, size, data_dir)
+    if path.exists():
+        return path
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise MedbenchError(
+            f"cannot create the data folder {path.parent}: {exc.strerror or exc}; "
+            "choose a writable one with --data-dir or $MEDBENCH_DATA_DIR"
+        ) from exc
+    url = download_url(name, size, mirror)
+    part = path.with_name(path.name + ".part")
+    expected_md5 = info.md5(size)
+    last_error = ""
+    for attempt in range(retries + 1):
+        if attempt:
+            time.sleep(backoff_seconds * 2 ** (attempt - 1))
+        try:
+            _fetch(url, part, progress=progress, timeout_seconds=timeout_seconds)
+            actual = file_md5(part)
+            if actual != expected_md5:
+                part.unlink(missing_ok=True)  # bad bytes cannot be resumed from
+                raise _Retry(f"MD5 {actual} does not match the official {expected_md5}")
+            os.replace(part, path)
+            return path
+        except _Retry as exc:
+            last_error = str(exc)
+        except urllib.error.HTTPError as exc:
+            if exc.code in _PERMANENT_HTTP:
+                raise MedbenchError(
+                    f"cannot download {info.file_name(size)}: {url} answered HTTP {exc.code} "
+                    f"{exc.reason}; check the --mirror URL, or put the file in {path.parent}"
+                ) from exc
+            last_error = f"HTTP {exc.code} {exc.reason}"
+        except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
+            reason = getattr(exc, "reason", None) or exc
+            last_error = f"{type(exc).__name__}: {reason}"
+    raise MedbenchError(
+        f"cannot download {info.file_name(size)} from {url} after {retries + 1} attempts "
+        f"({last_error}); check the network, try --mirror URL, or copy the file into "
+        f"{path.parent} yourself"
+    )
+
+
+def _fetch(url: str, part: Path, *, progress: bool, timeout_seconds: float) -> None:
+    """One attempt: append to (or restart) `part` until the server's body is complete."""
+    offset = part.stat().st_size if part.exists() else 0
+    request = urllib.request.Request(url, headers={"User-Agent": "medbench"})
+    if offset:
+        request.add_header("Range", f"bytes={offset}-")
+    try:
+        response = urllib.request.urlopen(request, timeout=timeout_seconds)
+    except urllib.error.HTTPError as exc:
+        if exc.code == 416 and offset:  # the part is already whole (or longer): check it
+            return
+        raise
+    with response:
+        status = getattr(response, "status", None) or 200  # file:// has no status
+        if status == 206 and _range_start(response.headers.get("Content-Range")) == offset:
+            mode = "ab"
+        else:  # the server ignored the Range request: start again from byte 0
+            offset, mode = 0, "wb"
+        length = response.headers.get("Content-Length")
+        body_bytes = int(length) if length and length.isdigit() else None
+        total = offset + body_bytes if body_bytes is not None else None
+        received = 0
+        with (
+            open(part, mode) as out,
+            tqdm(total=total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024,
+                 desc=part.name.removesuffix(".part"), disable=not progress, file=sys.stderr,
+                 leave=False) as bar,
+        ):  # fmt: skip
+            while chunk := response.read(CHUNK_BYTES):
+                out.write(chunk)
+                received += len(chunk)
+                bar.update(len(chunk))
+    if body_bytes is not None and received < body_bytes:
+        raise _Retry(f"connection closed after {received} of {body_bytes} bytes")
+
+
+def _range_start(content_range: str | None) -> int | None:
+    # "bytes 100-199/200" -> 100
+    try:
+        return int(content_range.split()[1].split("-")[0])  # type: ignore[union-attr]
+    except (AttributeError, IndexError, ValueError):
+        return None

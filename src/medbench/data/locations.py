@@ -1,0 +1,59 @@
+"""Where data files and medbench's caches live on disk."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+from medmnist.info import DEFAULT_ROOT
+
+from medbench.data.catalogue import dataset_info
+
+DATA_DIR_ENV = "MEDBENCH_DATA_DIR"
+CACHE_DIR_ENV = "MEDBENCH_CACHE_DIR"
+CACHE_FOLDER = ".medbench-cache"  # beside the npz files
+
+
+def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
+    """The data folder: `data_dir` if given, else $MEDBENCH_DATA_DIR, else medmnist's
+    own DEFAULT_ROOT (~/.medmnist), so files medmnist downloaded are reused and vice versa."""
+    if data_dir is None or str(data_dir) == "":
+        data_dir = os.environ.get(DATA_DIR_ENV) or DEFAULT_ROOT
+    return Path(data_dir).expanduser()
+
+
+def dataset_path(name: str, size: int = 28, data_dir: str | os.PathLike | None = None) -> Path:
+    """The path of a dataset's npz under its official file name (it may not exist yet)."""
+    return resolve_data_dir(data_dir) / dataset_info(name).file_name(size)
+
+
+def user_cache_dir() -> Path:
+    """$MEDBENCH_CACHE_DIR, else ~/.cache/medbench (honouring $XDG_CACHE_HOME)."""
+    if os.environ.get(CACHE_DIR_ENV):
+        return Path(os.environ[CACHE_DIR_ENV]).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(xdg).expanduser() / "medbench"
+
+
+def cache_dir_for(npz_path: Path) -> Path:
+    """The folder holding the unpacked arrays and checksum of one npz file.
+
+    Beside the npz (`.medbench-cache/<stem>/`) when that folder is writable, so the
+    cache goes where the data goes; otherwise under the user cache folder, keyed by the
+    npz's absolute path so files of the same name in different folders do not collide.
+    """
+    npz_path = Path(npz_path).resolve()
+    beside = npz_path.parent / CACHE_FOLDER / npz_path.stem
+    if _writable(beside):
+        return beside
+    key = hashlib.sha1(str(npz_path).encode()).hexdigest()[:12]
+    return user_cache_dir() / "arrays" / f"{npz_path.stem}-{key}"
+
+
+def _writable(folder: Path) -> bool:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return False
+    return os.access(folder, os.W_OK | os.X_OK)
