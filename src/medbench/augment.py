@@ -101,3 +101,41 @@ class BatchAugment:
             if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
             else out
         )
+
+
+class BatchMix:
+    """MixUp (Zhang et al. 2018) and CutMix (Yun et al. 2019) on a normalised batch.
+
+    Returns mixed images and soft targets (one-hot or multi-hot, mixed with the same
+    weight). With both enabled, each batch uses one of the two with equal chance, as
+    timm's Mixup does. The mixing weight is drawn from Beta(alpha, alpha)."""
+
+    def __init__(self, mixup: float, cutmix: float, n_classes: int, task: str) -> None:
+        self.mixup, self.cutmix = mixup, cutmix
+        self.n_classes = n_classes
+        self.multilabel = task.startswith("multi-label")
+
+    def __call__(
+        self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        import numpy as np
+
+        seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator, device=generator.device))
+        rng = np.random.default_rng(seed)
+        n, _, h, w = x.shape
+        target = y.float() if self.multilabel else F.one_hot(y, self.n_classes).float()
+        perm = torch.from_numpy(rng.permutation(n)).to(x.device)
+        use_cutmix = self.cutmix > 0 and (self.mixup <= 0 or rng.random() < 0.5)
+        if use_cutmix:
+            lam = float(rng.beta(self.cutmix, self.cutmix))
+            cut_h, cut_w = int(h * (1 - lam) ** 0.5), int(w * (1 - lam) ** 0.5)
+            cy, cx = int(rng.integers(h)), int(rng.integers(w))
+            y0, y1 = max(cy - cut_h // 2, 0), min(cy + cut_h // 2, h)
+            x0, x1 = max(cx - cut_w // 2, 0), min(cx + cut_w // 2, w)
+            x = x.clone()
+            x[:, :, y0:y1, x0:x1] = x[perm][:, :, y0:y1, x0:x1]
+            lam = 1 - (y1 - y0) * (x1 - x0) / (h * w)  # the pasted area decides the weight
+        else:
+            lam = float(rng.beta(self.mixup, self.mixup))
+            x = lam * x + (1 - lam) * x[perm]
+        return x, lam * target + (1 - lam) * target[perm]

@@ -59,6 +59,11 @@ class TrainConfig:
     channels_last: bool = True
     num_workers: int = 0
     model_options: dict[str, Any] = field(default_factory=dict)
+    # Transfer learning: start from pretrained weights (a medbench run/model.pt, a timm
+    # weights file, or "hub" for timm's own weights where the machine is online).
+    pretrained: str | None = None
+    finetune: str = "full"  # "full" (all layers) or "linear-probe" (frozen backbone)
+    backbone_lr_scale: float = 0.1  # backbone learning rate = lr * this, when pretrained
     # Where: the data folder (None = medmnist's cache) and the run folder.
     data_dir: str | None = None
     run_dir: str | None = None

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from medbench import checkpoint as ckpt
 from medbench import metrics
-from medbench.augment import BatchAugment
+from medbench.augment import BatchAugment, BatchMix
 from medbench.config import TrainConfig
 from medbench.errors import MedbenchError, MedbenchWarning
 from medbench.fsutil import atomic_path, atomic_write_json
@@ -86,16 +86,21 @@ def labels_numpy(labels: torch.Tensor) -> np.ndarray:
 # ----------------------------------------------------------------------------- pieces
 
 
-def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+def make_optimizer(
+    model: nn.Module, config: TrainConfig, lr_scales: dict[int, float] | None = None
+) -> torch.optim.Optimizer:
+    """AdamW/Adam/SGD over the trainable parameters. `lr_scales` maps id(parameter) to a
+    learning-rate multiplier (e.g. a lower rate for a pretrained backbone)."""
     # No weight decay on norms and biases (1-d parameters): standard practice since
     # "Bag of Tricks" (He et al. 2019); decaying BN gammas hurts small-data training.
-    decay, no_decay = [], []
+    buckets: dict[tuple[bool, float], list[nn.Parameter]] = {}
     for p in model.parameters():
         if p.requires_grad:
-            (no_decay if p.ndim <= 1 else decay).append(p)
+            key = (p.ndim > 1, (lr_scales or {}).get(id(p), 1.0))
+            buckets.setdefault(key, []).append(p)
     groups = [
-        {"params": decay, "weight_decay": config.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
+        {"params": ps, "weight_decay": config.weight_decay if decays else 0.0, "lr_scale": scale}
+        for (decays, scale), ps in sorted(buckets.items(), key=lambda kv: (not kv[0][0], -kv[0][1]))
     ]
     if config.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=config.lr)
@@ -263,10 +268,15 @@ def train(
     model = build_model(config.model, in_channels, n_classes, image_size=config.size, **options)
     n_params = count_parameters(model)
     flops = count_flops(model, (1, in_channels, config.size, config.size))
+    lr_scales = None
+    if config.pretrained:  # load weights, freeze or scale the backbone (medbench.transfer)
+        from medbench.transfer import prepare_pretrained
+
+        lr_scales = prepare_pretrained(model, config)
     model.to(runtime.device)
     if runtime.channels_last:
         model.to(memory_format=torch.channels_last)
-    optimizer = make_optimizer(model, config)
+    optimizer = make_optimizer(model, config, lr_scales)
     ema = None
     if config.ema_decay:
         ema = torch.optim.swa_utils.AveragedModel(
@@ -277,6 +287,11 @@ def train(
     train_split = data.train
     loss_fn = make_loss(config, task, train_split.labels, n_classes, runtime.device)
     augment = BatchAugment(config.augment, info.name)
+    mixer = (
+        BatchMix(config.mixup, config.cutmix, n_classes, task)
+        if (config.mixup or config.cutmix)
+        else None
+    )
     sample_weights = (
         balanced_sample_weights(train_split.labels, task, n_classes)
         if config.class_balance == "sampler"
@@ -377,8 +392,11 @@ def train(
         y = labels[idx].to(runtime.device, non_blocking=True)
         aug_gen.manual_seed(config.seed * 1_000_003 + step)
         x = normalize(augment(x, aug_gen))
+        if mixer is not None:  # MixUp/CutMix: mixed images, soft targets
+            x, y = mixer(x, y, aug_gen)
+        factor = lr_factor(config, step, total_steps, steps_per_epoch)
         for group in optimizer.param_groups:
-            group["lr"] = config.lr * lr_factor(config, step, total_steps, steps_per_epoch)
+            group["lr"] = config.lr * factor * group.get("lr_scale", 1.0)
         with runtime.autocast():
             logits = model(x)
         loss = loss_fn(logits.float(), y)
