@@ -87,6 +87,23 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="architecture option (JSON value), e.g. width=1.5 or 'depths=[1,2,2,1]'; repeatable",
     )
+    t = parser.add_argument_group("transfer learning")
+    t.add_argument(
+        "--pretrained",
+        metavar="PATH",
+        help="start from pretrained weights: a medbench run folder or model.pt, a timm weights "
+        "file, or 'hub' for timm's own weights (needs internet)",
+    )
+    t.add_argument(
+        "--finetune",
+        choices=("full", "linear-probe"),
+        help="with --pretrained: train all layers (full) or only the head (linear-probe)",
+    )
+    t.add_argument(
+        "--backbone-lr-scale",
+        type=float,
+        help="with --pretrained: backbone learning rate = lr x this (default 0.1)",
+    )
     r = parser.add_argument_group("runtime")
     r.add_argument("--device", choices=DEVICES, help="auto (default): CUDA, else MPS, else CPU")
     r.add_argument(
