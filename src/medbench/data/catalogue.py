@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import difflib
+import importlib.util
+import sys
 from dataclasses import dataclass, field
-
-from medmnist.info import INFO
+from types import ModuleType
 
 from medbench.errors import MedbenchError
 
@@ -15,6 +16,27 @@ DATASETS = (
     "breastmnist", "bloodmnist", "tissuemnist", "organamnist", "organcmnist", "organsmnist",
 )  # fmt: skip
 SPLITS = ("train", "val", "test")
+
+
+def medmnist_info() -> ModuleType:
+    """The `medmnist.info` module (INFO, DEFAULT_ROOT).
+
+    `import medmnist.info` first runs medmnist's __init__, which imports torch and
+    scikit-learn (seconds); info.py itself needs only the standard library, so when
+    medmnist is not imported yet it is loaded on its own.
+    """
+    if "medmnist.info" in sys.modules:
+        return sys.modules["medmnist.info"]
+    if "_medbench_medmnist_info" not in sys.modules:
+        package = importlib.util.find_spec("medmnist")
+        if package is None or not package.submodule_search_locations:
+            raise MedbenchError("the medmnist package is not installed; run 'pip install medmnist'")
+        location = f"{list(package.submodule_search_locations)[0]}/info.py"
+        spec = importlib.util.spec_from_file_location("_medbench_medmnist_info", location)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        sys.modules["_medbench_medmnist_info"] = module
+    return sys.modules["_medbench_medmnist_info"]
 
 
 @dataclass(frozen=True)
@@ -61,8 +83,9 @@ def check_size(size: int) -> int:
 def dataset_info(name: str) -> DatasetInfo:
     """The catalogue entry for `name` (case-insensitive); unknown names suggest close ones."""
     key = str(name).strip().lower()
+    info = medmnist_info().INFO
     if key not in DATASETS:
-        if key in INFO:
+        if key in info:
             raise MedbenchError(
                 f"{name!r} is a 3D MedMNIST dataset; medbench supports the 2D ones: "
                 f"{', '.join(DATASETS)}"
@@ -70,7 +93,7 @@ def dataset_info(name: str) -> DatasetInfo:
         close = difflib.get_close_matches(key, DATASETS, n=3, cutoff=0.6)
         hint = f"did you mean {' or '.join(close)}?" if close else "see 'medbench datasets'"
         raise MedbenchError(f"unknown dataset {name!r}; {hint}")
-    entry = INFO[key]
+    entry = info[key]
     labels = entry["label"]
     return DatasetInfo(
         name=key,

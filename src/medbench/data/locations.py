@@ -6,9 +6,7 @@ import hashlib
 import os
 from pathlib import Path
 
-from medmnist.info import DEFAULT_ROOT
-
-from medbench.data.catalogue import dataset_info
+from medbench.data.catalogue import dataset_info, medmnist_info
 
 DATA_DIR_ENV = "MEDBENCH_DATA_DIR"
 CACHE_DIR_ENV = "MEDBENCH_CACHE_DIR"
@@ -19,7 +17,7 @@ def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
     """The data folder: `data_dir` if given, else $MEDBENCH_DATA_DIR, else medmnist's
     own DEFAULT_ROOT (~/.medmnist), so files medmnist downloaded are reused and vice versa."""
     if data_dir is None or str(data_dir) == "":
-        data_dir = os.environ.get(DATA_DIR_ENV) or DEFAULT_ROOT
+        data_dir = os.environ.get(DATA_DIR_ENV) or medmnist_info().DEFAULT_ROOT
     return Path(data_dir).expanduser()
 
 
@@ -52,8 +50,13 @@ def cache_dir_for(npz_path: Path) -> Path:
 
 
 def _writable(folder: Path) -> bool:
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError:
-        return False
-    return os.access(folder, os.W_OK | os.X_OK)
+    """Whether medbench may create `folder` (or write in it if it exists).
+
+    A folder whose mode has no write bit counts as read-only even for root (who could
+    write there anyway): shared data folders are made read-only on purpose.
+    """
+    existing = folder
+    while not existing.exists():
+        existing = existing.parent
+    mode = existing.stat().st_mode
+    return bool(mode & 0o222) and os.access(existing, os.W_OK | os.X_OK)

@@ -1,0 +1,75 @@
+"""Fixtures shared by the whole test suite.
+
+Every test runs with $MEDBENCH_DATA_DIR and $MEDBENCH_CACHE_DIR pointing at its own temporary
+folders (nothing is written into ~/.medmnist) and with the network closed to anything but
+this machine (no test may touch the internet).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+SHARED_DATA_ENV = "MEDBENCH_SHARED_DATA"
+# name, size: one stand-in per task type, gray and RGB, 28 and 64 px.
+SYNTHETIC_DATASETS = (
+    ("bloodmnist", 28),  # multi-class, RGB
+    ("breastmnist", 28),  # binary, gray
+    ("chestmnist", 28),  # multi-label, gray
+    ("retinamnist", 28),  # ordinal regression, RGB
+    ("dermamnist", 64),  # multi-class, RGB, 64 px
+    ("pneumoniamnist", 64),  # binary, gray, 64 px
+)
+_LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", "0.0.0.0", "", None}
+
+
+@pytest.fixture(autouse=True)
+def isolated_medbench_dirs(tmp_path_factory, monkeypatch) -> Path:
+    """Point medbench's data and cache folders at fresh temporary ones; return the data folder."""
+    root = tmp_path_factory.mktemp("medbench-home")
+    monkeypatch.setenv("MEDBENCH_DATA_DIR", str(root / "medmnist"))
+    monkeypatch.setenv("MEDBENCH_CACHE_DIR", str(root / "cache"))
+    monkeypatch.delenv("MEDBENCH_MIRROR", raising=False)
+    return root / "medmnist"
+
+
+@pytest.fixture(autouse=True)
+def no_internet(monkeypatch) -> None:
+    """Refuse name look-ups of any host but this machine: a test that would download fails."""
+    real_getaddrinfo = socket.getaddrinfo
+
+    def local_only(host, *args, **kwargs):
+        if isinstance(host, bytes):
+            host = host.decode()
+        if host not in _LOCAL_HOSTS:
+            raise socket.gaierror(f"tests may not use the network (tried to reach {host!r})")
+        return real_getaddrinfo(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", local_only)
+
+
+@pytest.fixture
+def synthetic_data_dir(isolated_medbench_dirs) -> Path:
+    """The test's data folder ($MEDBENCH_DATA_DIR) holding small stand-ins for
+    SYNTHETIC_DATASETS under their official names (64/16/16 images; not official files)."""
+    from medbench.data.synthetic import write_synthetic_like
+
+    for name, size in SYNTHETIC_DATASETS:
+        write_synthetic_like(isolated_medbench_dirs, name, size)
+    return isolated_medbench_dirs
+
+
+@pytest.fixture
+def shared_medmnist() -> Path:
+    """The folder of real MedMNIST files (../shared/medmnist beside the repository, or
+    $MEDBENCH_SHARED_DATA); skips the test when it is absent."""
+    folder = Path(
+        os.environ.get(SHARED_DATA_ENV)
+        or Path(__file__).resolve().parents[1].parent / "shared" / "medmnist"
+    )
+    if not folder.is_dir():
+        pytest.skip(f"real MedMNIST data not found at {folder} (set ${SHARED_DATA_ENV})")
+    return folder
