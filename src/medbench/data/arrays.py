@@ -22,7 +22,7 @@ import numpy as np
 
 from medbench.data.locations import CACHE_DIR_ENV, cache_dir_for
 from medbench.errors import MedbenchError
-from medbench.fsutil import atomic_path, atomic_write_json
+from medbench.fsutil import atomic_path
 
 CHUNK_BYTES = 8 << 20
 MANIFEST = "manifest.json"
@@ -109,7 +109,8 @@ def _unpack(npz_path: Path, cache_dir: Path, source: dict, keys: tuple[str, ...]
         raise MedbenchError(f"cannot read {npz_path}: {exc.strerror or exc}") from exc
     manifest = {"version": MANIFEST_VERSION, **source, "md5": md5, "requested": list(keys),
                 "arrays": arrays}  # fmt: skip
-    _write(lambda: atomic_write_json(cache_dir / MANIFEST, manifest), cache_dir)
+    text = json.dumps(manifest, indent=1)
+    _write(lambda: _atomic(cache_dir / MANIFEST, lambda tmp: tmp.write_text(text)), cache_dir)
     return manifest
 
 
@@ -147,6 +148,7 @@ def _unpack_member(zf: zipfile.ZipFile, member: str, out_path: Path) -> dict:
 def _atomic(path: Path, writer) -> None:
     with atomic_path(path) as tmp:
         writer(tmp)
+        tmp.chmod(0o644)  # mkstemp makes 0600; others sharing the data folder must read it
 
 
 def _write(action, folder: Path):
