@@ -1,0 +1,160 @@
+"""Ensembles: weighting rules on constructed predictions, and build/save/load/TTA on tiny
+runs of a tiny timm model trained once for the module."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+
+from medbench.cli import main
+from medbench.config import TrainConfig
+from medbench.engine import train
+from medbench.ensemble import (
+    build_ensemble,
+    combine,
+    greedy_weights,
+    load_ensemble,
+    selection_score,
+    tta_views,
+    validation_weights,
+)
+from medbench.errors import MedbenchError
+
+BINARY = "binary-class"
+MODEL = "timm:test_efficientnet"  # ~0.1M parameters: seconds per run
+
+
+def _probs(p1: np.ndarray) -> np.ndarray:
+    return np.stack([1 - p1, p1], axis=1)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    from medbench.data.synthetic import write_synthetic_like
+
+    root = tmp_path_factory.mktemp("ensemble")
+    write_synthetic_like(root / "data", "breastmnist", 28, n_train=64, n_val=32, n_test=32)
+    dirs = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the synthetic file is not the official one
+        for seed in (0, 1):
+            config = TrainConfig(
+                dataset="breastmnist", model=MODEL, seed=seed, epochs=1, batch_size=32,
+                device="cpu", data_dir=str(root / "data"), run_dir=str(root / f"run{seed}"),
+            )  # fmt: skip
+            train(config, progress=False)
+            dirs.append(root / f"run{seed}")
+    return root, dirs
+
+
+def test_greedy_selection_leaves_out_a_useless_member_and_beats_the_worst():
+    rng = np.random.default_rng(0)
+    y = np.arange(40) % 2
+    good = _probs(np.clip(0.5 + 0.4 * (2 * y - 1) + rng.normal(0, 0.3, 40), 0.01, 0.99))
+    fair = _probs(np.clip(0.5 + 0.2 * (2 * y - 1) + rng.normal(0, 0.3, 40), 0.01, 0.99))
+    noise = _probs(rng.random(40))
+    probs = [noise, good, fair]
+    weights = greedy_weights(probs, y[:, None], BINARY)
+    assert weights.sum() == pytest.approx(1.0)
+    assert weights[0] == 0.0 and weights[1] > 0
+    score = selection_score(y[:, None], combine(probs, weights), BINARY)
+    assert score >= max(selection_score(y[:, None], p, BINARY) for p in probs)
+
+
+def test_greedy_selection_combines_complementary_members():
+    # Each member ranks one half of the validation set perfectly and the other at random.
+    y = np.tile([0, 1], 20)
+    rng = np.random.default_rng(1)
+    first, second = rng.random(40), rng.random(40)
+    first[:20] = np.where(y[:20] == 1, 0.9, 0.1)
+    second[20:] = np.where(y[20:] == 1, 0.9, 0.1)
+    probs = [_probs(first), _probs(second)]
+    weights = greedy_weights(probs, y[:, None], BINARY)
+    assert (weights > 0).all()
+    combined = selection_score(y[:, None], combine(probs, weights), BINARY)
+    assert combined > max(selection_score(y[:, None], p, BINARY) for p in probs)
+
+
+def test_validation_weights_are_proportional_to_auc_above_chance():
+    np.testing.assert_allclose(validation_weights([1.0, 0.75, 0.5, 0.4]), [2 / 3, 1 / 3, 0, 0])
+    np.testing.assert_allclose(validation_weights([0.5, 0.3]), [0.5, 0.5])  # none beats chance
+
+
+def test_tta_uses_only_the_flips_a_dataset_allows():
+    assert tta_views("breastmnist") == ["identity", "hflip"]
+    assert tta_views("pathmnist") == ["identity", "hflip", "vflip"]
+    assert tta_views("pneumoniamnist") == ["identity"]
+
+
+def test_average_ensemble_reports_members_and_sums_their_cost(runs):
+    _, dirs = runs
+    results = build_ensemble(dirs, method="average")
+    members = [json.loads((d / "results.json").read_text()) for d in dirs]
+    assert [m["weight"] for m in results["members"]] == [0.5, 0.5]
+    assert results["model"]["n_params"] == sum(m["model"]["n_params"] for m in members)
+    assert results["timing"]["latency_ms_per_image"] == pytest.approx(
+        sum(m["timing"]["latency_ms_per_image"] for m in members)
+    )
+    assert 0.0 <= results["metrics"]["test"]["acc"] <= 1.0
+    assert results["metrics"]["test"]["n"] == 32
+
+
+def test_saved_ensemble_loads_and_predicts_its_saved_test_probabilities(runs, tmp_path):
+    from medbench.data import load_dataset
+
+    root, dirs = runs
+    build_ensemble(dirs, method="greedy", out_dir=tmp_path / "ens")
+    ensemble = load_ensemble(tmp_path / "ens")
+    assert {k: ensemble.meta[k] for k in ("task", "image_size", "in_channels", "num_classes")} == {
+        "task": BINARY, "image_size": 28, "in_channels": 1, "num_classes": 2,
+    }  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        data = load_dataset("breastmnist", 28, root / "data", progress=False)
+    probs = ensemble.predict_proba(data.test.images)
+    assert probs.shape == (32, 2)
+    saved = np.load(tmp_path / "ens" / "predictions.npz")["test_probs"]
+    np.testing.assert_allclose(probs, saved, atol=1e-4)
+
+
+def test_tta_ensemble_averages_flipped_views_and_counts_their_latency(runs, tmp_path):
+    root, dirs = runs
+    plain = build_ensemble(dirs, method="average")
+    tta = build_ensemble(
+        dirs, method="average", tta=True, data_dir=str(root / "data"), device="cpu",
+        out_dir=tmp_path / "tta",
+    )  # fmt: skip
+    assert tta["tta_views"] == ["identity", "hflip"]
+    assert tta["timing"]["latency_ms_per_image"] == pytest.approx(
+        2 * plain["timing"]["latency_ms_per_image"]
+    )
+    assert load_ensemble(tmp_path / "tta").views == ["identity", "hflip"]
+
+
+def test_runs_of_different_datasets_are_refused(runs, tmp_path):
+    _, dirs = runs
+    other = tmp_path / "other"
+    other.mkdir()
+    results = json.loads((dirs[0] / "results.json").read_text())
+    results["dataset"]["name"] = "dermamnist"
+    (other / "results.json").write_text(json.dumps(results))
+    (other / "predictions.npz").write_bytes((dirs[0] / "predictions.npz").read_bytes())
+    with pytest.raises(MedbenchError, match="one dataset"):
+        build_ensemble([dirs[0], other])
+
+
+def test_ensemble_command_prints_the_table_and_saves_the_folder(runs, tmp_path, capsys):
+    root, _ = runs
+    code = main(["ensemble", str(root), "--method", "weighted", "--out", str(tmp_path / "e")])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "ensemble:weighted" in out and f"{MODEL}/seed1" in out
+    assert (tmp_path / "e" / "ensemble.json").is_file()
+
+
+def test_ensemble_command_without_runs_is_a_user_error(tmp_path, capsys):
+    assert main(["ensemble", str(tmp_path)]) == 2
+    assert "at least one finished run" in capsys.readouterr().err
