@@ -1,0 +1,150 @@
+"""Training speed of the model zoo on this machine, beside resnet18, in one run.
+
+Measures training images/s (forward + backward + AdamW step on a random batch) of every
+model at one image size, and of a few models under each precision / memory-format mode.
+Models and modes are interleaved within each repeat and the median over repeats is
+reported, so load from other processes hits every entry alike; ratios vs resnet18 are
+the robust figure.
+
+    python benchmarks/model_speed.py                      # print the tables
+    python benchmarks/model_speed.py --write docs/models.md  # also update the docs tables
+
+The docs tables sit between `<!-- model-table -->` and `<!-- /model-table -->` (and
+`mode-table`) markers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import platform
+import re
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from medbench.models import build_model, count_flops, count_parameters, list_models
+
+MODES = {  # name -> (bf16 autocast, channels_last)
+    "fp32": (False, False),
+    "fp32+CL": (False, True),
+    "bf16": (True, False),
+    "bf16+CL": (True, True),
+}
+MAIN_MODE = "bf16+CL"
+SIZES = (28, 64, 128, 224)
+
+
+class Trainer:
+    """One model, its optimiser and a fixed random batch, ready to time training steps."""
+
+    def __init__(self, name: str, size: int, batch: int, channels: int, classes: int, mode: str):
+        torch.manual_seed(0)
+        self.bf16, channels_last = MODES[mode]
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        self.model = build_model(name, channels, classes, size).to(memory_format=fmt).train()
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-3)
+        self.x = torch.randn(batch, channels, size, size).contiguous(memory_format=fmt)
+        self.y = torch.randint(0, classes, (batch,))
+        self.loss = nn.CrossEntropyLoss()
+
+    def step(self) -> None:
+        amp = torch.autocast("cpu", dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
+        with amp:
+            loss = self.loss(self.model(self.x), self.y)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+
+    def images_per_second(self, steps: int) -> float:
+        start = time.perf_counter()
+        for _ in range(steps):
+            self.step()
+        return steps * self.x.shape[0] / (time.perf_counter() - start)
+
+
+def measure(
+    entries: list[tuple[str, str]], size: int, batch: int, steps: int, repeats: int
+) -> dict[tuple[str, str], float]:
+    """Median training images/s of each (model, mode), interleaved within each repeat."""
+    trainers = {(m, mode): Trainer(m, size, batch, 3, 7, mode) for m, mode in entries}
+    for t in trainers.values():  # warm-up: allocator, oneDNN kernel selection
+        t.step()
+    samples: dict[tuple[str, str], list[float]] = {k: [] for k in trainers}
+    keys = list(trainers)
+    for r in range(repeats):
+        # Rotate the order so no entry always runs right after the same neighbour.
+        for key in keys[r % len(keys) :] + keys[: r % len(keys)]:
+            samples[key].append(trainers[key].images_per_second(steps))
+            print(f"  repeat {r + 1}/{repeats} {key[0]:>14} {key[1]:>8}: {samples[key][-1]:7.1f} img/s", flush=True)
+    return {k: statistics.median(v) for k, v in samples.items()}
+
+
+def model_table(models: list[str], speed: dict[tuple[str, str], float], reference: str) -> str:
+    header = ["model", "params (M)", *(f"GFLOPs @{s}" for s in SIZES), "train img/s @28", f"vs {reference}"]
+    rows = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    ref = speed[(reference, MAIN_MODE)]
+    for name in models:
+        n_params = count_parameters(build_model(name, 3, 7, 28))
+        gflops = [count_flops(build_model(name, 3, 7, s), (3, s, s)) / 1e9 for s in SIZES]
+        ips = speed[(name, MAIN_MODE)]
+        rows.append(
+            f"| {name} | {n_params / 1e6:.2f} | " + " | ".join(f"{g:.3f}" for g in gflops)
+            + f" | {ips:.0f} | {ips / ref:.2f}x |"
+        )
+    return "\n".join(rows)
+
+
+def mode_table(models: list[str], speed: dict[tuple[str, str], float]) -> str:
+    rows = ["| model | " + " | ".join(MODES) + " |", "|---|" + "---|" * len(MODES)]
+    for name in models:
+        rows.append(f"| {name} | " + " | ".join(f"{speed[(name, m)]:.0f}" for m in MODES) + " |")
+    return "\n".join(rows)
+
+
+def replace_between(text: str, marker: str, body: str) -> str:
+    pattern = re.compile(rf"(<!-- {marker} -->\n).*?(\n<!-- /{marker} -->)", re.S)
+    if not pattern.search(text):
+        raise SystemExit(f"no <!-- {marker} --> ... <!-- /{marker} --> markers in the docs file")
+    return pattern.sub(lambda m: m.group(1) + body + m.group(2), text)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=list_models())
+    parser.add_argument("--mode-models", nargs="+", default=["resnet18", "advanced_cnn", "efficientnet"])
+    parser.add_argument("--reference", default="resnet18")
+    parser.add_argument("--size", type=int, default=28)
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=3, help="training steps per sample")
+    parser.add_argument("--repeats", type=int, default=5, help="samples per entry (median kept)")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--write", type=Path, help="docs file whose tables to update")
+    args = parser.parse_args()
+
+    torch.set_num_threads(args.threads)
+    models = list(dict.fromkeys([args.reference, *args.models]))
+    entries = [(m, MAIN_MODE) for m in models]
+    entries += [(m, mode) for m in args.mode_models for mode in MODES if mode != MAIN_MODE]
+    context = (
+        f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
+        f"{args.threads} threads, batch {args.batch}, {args.size} px, 3 channels, 7 classes, "
+        f"median of {args.repeats} x {args.steps} steps"
+    )
+    print(context)
+    speed = measure(entries, args.size, args.batch, args.steps, args.repeats)
+    table1, table2 = model_table(models, speed, args.reference), mode_table(args.mode_models, speed)
+    print(f"\n{table1}\n\ntraining img/s by mode:\n{table2}")
+    if args.write:
+        text = args.write.read_text()
+        text = replace_between(text, "model-table", f"_{context}; train img/s in {MAIN_MODE}._\n\n{table1}")
+        text = replace_between(text, "mode-table", f"_{context}._\n\n{table2}")
+        args.write.write_text(text)
+        print(f"updated {args.write}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,31 @@
+"""The model zoo: a registry of builders (`build_model`) and size/cost helpers.
+
+    >>> from medbench.models import build_model, list_models
+    >>> model = build_model("advanced_cnn", in_channels=3, num_classes=7, image_size=28)
+
+Every model has `forward_features(x)`, `forward_head(features, pre_logits=False)` and
+`num_features`, and holds no device, precision or checkpoint logic. `timm:<name>` builds
+any timm model. See docs/models.md for the architectures.
+"""
+
+# The family modules register their builders on import.
+from medbench.models import advanced_cnn, efficientnet, resnet  # noqa: F401
+from medbench.models.registry import (
+    TIMM_PREFIX,
+    build_model,
+    list_models,
+    model_options,
+    register_model,
+)
+from medbench.models.summary import count_flops, count_parameters, model_summary
+
+__all__ = [
+    "TIMM_PREFIX",
+    "build_model",
+    "count_flops",
+    "count_parameters",
+    "list_models",
+    "model_options",
+    "model_summary",
+    "register_model",
+]

@@ -1,0 +1,115 @@
+"""The model registry: name -> builder, timm-style.
+
+A builder is a function `builder(in_channels, num_classes, image_size=28, **options)`
+decorated with `@register_model`; its keyword-only parameters are the options a user may
+set. `build_model` also accepts `timm:<name>` for any model of timm's own registry.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+
+from torch import nn
+
+from medbench.errors import MedbenchError
+
+TIMM_PREFIX = "timm:"
+IMAGE_SIZES = (28, 64, 128, 224)
+
+_MODELS: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    """Register a builder under its function name (decorator)."""
+    if fn.__name__ in _MODELS:
+        raise ValueError(f"model {fn.__name__!r} is registered twice")
+    _MODELS[fn.__name__] = fn
+    return fn
+
+
+def list_models() -> list[str]:
+    """Names of the registered medbench models (`timm:<name>` is accepted in addition)."""
+    return sorted(_MODELS)
+
+
+def model_options(name: str) -> dict[str, object]:
+    """The options a registered model takes, with their defaults."""
+    builder = _builder(name)
+    return {
+        p.name: p.default
+        for p in inspect.signature(builder).parameters.values()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY
+    }
+
+
+def build_model(
+    name: str, in_channels: int, num_classes: int, image_size: int = 28, **options: object
+) -> nn.Module:
+    """Build model `name` for images of `in_channels` x `image_size` x `image_size`.
+
+    Options left unset keep the model's defaults. The model has `forward_features`,
+    `forward_head` and `num_features`; it knows nothing of devices or precision.
+    """
+    if in_channels < 1 or num_classes < 1:
+        raise MedbenchError(
+            f"a model needs at least 1 input channel and 1 class, not {in_channels} and {num_classes}"
+        )
+    if image_size not in IMAGE_SIZES:
+        raise MedbenchError(
+            f"image size must be one of {', '.join(map(str, IMAGE_SIZES))}, not {image_size}"
+        )
+    if name.startswith(TIMM_PREFIX):
+        return _build_timm(name[len(TIMM_PREFIX) :], in_channels, num_classes, image_size, options)
+    valid = model_options(name)
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise MedbenchError(
+            f"model {name} has no option {', '.join(unknown)}; "
+            f"its options are: {', '.join(valid) or 'none'}"
+        )
+    try:
+        return _MODELS[name](in_channels, num_classes, image_size, **options)
+    except (ValueError, TypeError) as exc:
+        raise MedbenchError(f"bad option for model {name}: {exc}") from None
+
+
+def _builder(name: str) -> Callable[..., nn.Module]:
+    if name not in _MODELS:
+        raise MedbenchError(
+            f"unknown model {name!r}; choose one of {', '.join(list_models())} "
+            f"or any timm model as {TIMM_PREFIX}<name> (e.g. {TIMM_PREFIX}resnet10t)"
+        )
+    return _MODELS[name]
+
+
+# medbench's common option names -> the names timm's models use for the same thing.
+_TIMM_OPTION_NAMES = {"drop_path": "drop_path_rate", "dropout": "drop_rate"}
+
+
+def _build_timm(
+    name: str, in_channels: int, num_classes: int, image_size: int, options: dict[str, object]
+) -> nn.Module:
+    import timm
+
+    if not timm.is_model(name):
+        raise MedbenchError(
+            f"timm has no model {name!r}; list them with python -c "
+            f"\"import timm; print(timm.list_models('{name.split('_')[0]}*'))\""
+        )
+    kwargs = {_TIMM_OPTION_NAMES.get(k, k): v for k, v in options.items()}
+    create = dict(pretrained=False, in_chans=in_channels, num_classes=num_classes, **kwargs)
+    try:
+        # Transformers fix their input size at construction; convolutional nets refuse the
+        # argument, so it is only passed to models that take it.
+        try:
+            model = timm.create_model(name, img_size=image_size, **create)
+        except TypeError:
+            model = timm.create_model(name, **create)
+    except (TypeError, ValueError, AssertionError) as exc:
+        raise MedbenchError(
+            f"cannot build timm model {name} with options {options}: {exc}"
+        ) from None
+    if not (hasattr(model, "forward_features") and hasattr(model, "forward_head")):
+        raise MedbenchError(f"timm model {name} has no forward_features/forward_head; pick another")
+    return model

@@ -1,0 +1,51 @@
+"""Model size and cost: parameter counts and FLOPs, measured by PyTorch itself."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from medbench.models.registry import build_model
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def count_flops(model: nn.Module, input_shape: Sequence[int]) -> int:
+    """FLOPs of one eval-mode forward pass of one image of shape (C, H, W).
+
+    Counted by `torch.utils.flop_counter.FlopCounterMode`, which counts a multiply-add as
+    2 FLOPs and counts convolutions and matrix products only (normalisation, activations
+    and pooling are not counted).
+    """
+    was_training = model.training
+    param = next(model.parameters(), None)
+    x = torch.zeros(1, *input_shape, device=param.device if param is not None else "cpu")
+    model.eval()
+    try:
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            model(x)
+    finally:
+        model.train(was_training)
+    return int(counter.get_total_flops())
+
+
+def model_summary(
+    name: str, in_channels: int, num_classes: int, image_size: int = 28, **options: object
+) -> dict[str, object]:
+    """Name, parameter count and FLOPs (one image) of model `name` for this input shape."""
+    model = build_model(name, in_channels, num_classes, image_size, **options)
+    n_params = count_parameters(model)
+    flops = count_flops(model, (in_channels, image_size, image_size))
+    return {
+        "name": name,
+        "n_params": n_params,
+        "flops": flops,
+        "gflops": flops / 1e9,
+        "params_m": n_params / 1e6,
+    }

@@ -1,0 +1,195 @@
+"""Specification of the model zoo (medbench.models) and the `medbench models` command."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from medbench.cli import main
+from medbench.errors import MedbenchError
+from medbench.models import (
+    build_model,
+    count_flops,
+    count_parameters,
+    list_models,
+    model_summary,
+)
+
+FAMILIES = ("advanced_cnn", "efficientnet", "resnet18")
+SMALL_TIMM = "timm:resnet10t"
+
+
+def _within(value: int, target: float, tolerance: float = 0.03) -> bool:
+    return abs(value - target) <= tolerance * target
+
+
+def test_registry_lists_the_medbench_models():
+    assert {"advanced_cnn", "efficientnet", "resnet18", "resnet50"} <= set(list_models())
+
+
+def test_advanced_cnn_has_5_06m_parameters_at_3_channels_7_classes():
+    assert _within(count_parameters(build_model("advanced_cnn", 3, 7)), 5.06e6)
+
+
+def test_efficientnet_has_2_45m_parameters_at_3_channels_7_classes():
+    assert _within(count_parameters(build_model("efficientnet", 3, 7)), 2.45e6)
+
+
+@pytest.mark.parametrize(("name", "n_params"), [("resnet18", 11_172_423), ("resnet50", 23_514_695)])
+def test_resnets_match_the_official_medmnist_parameter_counts_at_28px(name, n_params):
+    assert count_parameters(build_model(name, 3, 7, 28)) == n_params
+
+
+@pytest.mark.parametrize(("name", "n_params"), [("resnet18", 11_180_103), ("resnet50", 23_522_375)])
+def test_resnets_use_torchvisions_imagenet_stem_from_64px(name, n_params):
+    model = build_model(name, 3, 7, 64)
+    assert model.conv1.kernel_size == (7, 7) and isinstance(model.maxpool, nn.MaxPool2d)
+    assert count_parameters(model) == n_params
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+@pytest.mark.parametrize("size", [28, 64, 128])
+@pytest.mark.parametrize(("channels", "classes"), [(1, 2), (3, 11)])
+def test_training_forward_gives_one_logit_per_class(name, size, channels, classes):
+    model = build_model(name, channels, classes, size)
+    assert model(torch.randn(2, channels, size, size)).shape == (2, classes)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+@pytest.mark.parametrize(("channels", "classes"), [(1, 2), (3, 11)])
+def test_eval_forward_at_224px_gives_one_logit_per_class(name, channels, classes):
+    model = build_model(name, channels, classes, 224).eval()
+    with torch.no_grad():
+        assert model(torch.randn(2, channels, 224, 224)).shape == (2, classes)
+
+
+@pytest.mark.parametrize("name", [*FAMILIES, SMALL_TIMM])
+def test_forward_is_forward_head_of_forward_features(name):
+    torch.manual_seed(0)
+    model = build_model(name, 3, 5).eval()
+    x = torch.randn(2, 3, 28, 28)
+    with torch.no_grad():
+        features = model.forward_features(x)
+        embedding = model.forward_head(features, pre_logits=True)
+        assert torch.equal(model.forward_head(features), model(x))
+    assert embedding.shape == (2, model.num_features)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_eval_outputs_are_deterministic(name):
+    model = build_model(name, 3, 4, drop_path=0.2, dropout=0.5) if name != "resnet18" else (
+        build_model(name, 3, 4, dropout=0.5)
+    )
+    model.eval()
+    x = torch.randn(2, 3, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(model(x), model(x))
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_a_few_optimiser_steps_lower_the_loss_on_a_fixed_batch(name):
+    torch.manual_seed(0)
+    model = build_model(name, 1, 3)
+    x, y = torch.randn(8, 1, 28, 28), torch.arange(8) % 3
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(6):
+        loss = nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+
+
+@pytest.mark.parametrize("name", ["advanced_cnn", "efficientnet"])
+def test_bf16_autocast_and_channels_last_run_forward_and_backward(name):
+    model = build_model(name, 3, 7).to(memory_format=torch.channels_last)
+    x = torch.randn(2, 3, 28, 28).contiguous(memory_format=torch.channels_last)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model(x)
+    logits.float().sum().backward()
+    assert logits.shape == (2, 7) and torch.isfinite(logits.float()).all()
+
+
+def test_advanced_cnn_classifier_reads_the_gated_features():
+    with_gates = build_model("advanced_cnn", 3, 7)
+    without = build_model("advanced_cnn", 3, 7, attention=False)
+    assert with_gates.num_features > without.num_features
+    maps = with_gates.eval().attention_maps(torch.randn(1, 3, 28, 28))
+    assert [tuple(m.shape[1:]) for m in maps] == [(1, 7, 7), (1, 4, 4)]
+    assert all(((m > 0) & (m < 1)).all() for m in maps)
+
+
+def test_width_and_depth_options_scale_the_medbench_families():
+    assert count_parameters(build_model("advanced_cnn", 3, 7, width=0.5)) < 2e6
+    assert count_parameters(build_model("advanced_cnn", 3, 7, depths=(1, 1, 1, 1))) < 5e6
+    assert count_parameters(build_model("efficientnet", 3, 7, width=1.0, depth=1.2)) > 4e6
+
+
+def test_small_images_keep_a_feature_grid_larger_than_1x1():
+    for name in FAMILIES:
+        features = build_model(name, 3, 7, 28).forward_features(torch.randn(2, 3, 28, 28))
+        assert features.ndim == 2 or features.shape[-1] >= 2, name
+
+
+def test_timm_models_build_with_one_channel_and_the_class_count():
+    model = build_model(SMALL_TIMM, 1, 4)
+    assert model(torch.randn(2, 1, 28, 28)).shape == (2, 4)
+
+
+def test_unknown_model_names_raise_medbench_error_listing_valid_ones():
+    with pytest.raises(MedbenchError, match="advanced_cnn"):
+        build_model("resnet19", 3, 7)
+
+
+def test_unknown_timm_names_raise_medbench_error():
+    with pytest.raises(MedbenchError, match="timm"):
+        build_model("timm:no_such_net", 3, 7)
+
+
+def test_unknown_options_raise_medbench_error_listing_valid_ones():
+    with pytest.raises(MedbenchError, match="width"):
+        build_model("efficientnet", 3, 7, widht=2.0)
+
+
+def test_bad_option_values_raise_medbench_error():
+    with pytest.raises(MedbenchError, match="depths"):
+        build_model("advanced_cnn", 3, 7, depths=(1, 1))
+
+
+def test_flops_count_a_multiply_add_as_two():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 5, bias=False))
+    assert count_flops(model, (3, 2, 2)) == 2 * 12 * 5
+
+
+def test_flops_grow_with_image_size():
+    small = model_summary("efficientnet", 3, 7, 28)["flops"]
+    assert model_summary("efficientnet", 3, 7, 128)["flops"] > small > 0
+
+
+def test_model_summary_reports_parameters_and_flops():
+    summary = model_summary("resnet18", 3, 7)
+    assert summary["n_params"] == 11_172_423 and summary["params_m"] == pytest.approx(11.172423)
+    assert summary["gflops"] == pytest.approx(summary["flops"] / 1e9)
+
+
+def test_models_command_prints_a_row_per_model(capsys):
+    assert main(["models", "--channels", "1", "--classes", "2"]) == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in list_models())
+
+
+def test_models_command_json_uses_the_dataset_shape(capsys):
+    assert main(["models", "--dataset", "dermamnist", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    resnet = next(r for r in rows if r["name"] == "resnet18")
+    assert resnet["n_params"] == 11_172_423
+
+
+def test_models_command_rejects_an_unknown_dataset(capsys):
+    assert main(["models", "--dataset", "nosuchmnist"]) == 2
+    assert "nosuchmnist" in capsys.readouterr().err
