@@ -1,0 +1,70 @@
+"""`medbench predict`: classify images with a trained model."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+NAME = "predict"
+HELP = "predict classes of PNG/JPEG images, folders of them or an npz with a trained model"
+ORDER = 30
+DESCRIPTION = (
+    "Predict with a trained model (a run folder or its model.pt). INPUT is PNG/JPEG files, "
+    "folders of them (searched recursively, in sorted order) or an npz file (MedMNIST "
+    "layout: test_images unless --split is given, or an 'images' array). Images are "
+    "converted to the model's size and channels. Prints a table, or --json / --csv FILE "
+    "with the probability of every class (and the temperature-calibrated ones where a "
+    "temperature was fitted)."
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", metavar="MODEL", help="run folder or model.pt")
+    parser.add_argument("inputs", metavar="INPUT", nargs="+", help="image file, folder or .npz")
+    parser.add_argument(
+        "--split",
+        choices=("train", "val", "test"),
+        help="which images of a MedMNIST npz to use (default test)",
+    )
+    parser.add_argument("--json", action="store_true", help="print the predictions as JSON")
+    parser.add_argument("--csv", metavar="FILE", help="write the predictions to a CSV file")
+    parser.add_argument("--batch-size", type=int, default=256, help="images per forward pass")
+    parser.add_argument(
+        "--workers", type=int, help="threads decoding images (default: CPU count, at most 8)"
+    )
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
+
+
+def run(args: argparse.Namespace) -> int:
+    from medbench.predict import predict
+
+    result = predict(
+        args.model,
+        args.inputs,
+        split=args.split,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        device=args.device,
+        precision=args.precision,
+    )
+    if args.csv:
+        path = result.to_csv(args.csv)
+        if not args.json:
+            print(f"wrote {len(result)} predictions to {path}")
+    if args.json:
+        print(json.dumps(result.to_json(), indent=2))
+    elif not args.csv:
+        _print_table(result)
+    return 0
+
+
+def _print_table(result) -> None:
+    predicted = result.predicted()
+    top = result.top_probability()
+    prob_header = "probability" + (" (calibrated)" if result.calibrated is not None else "")
+    file_width = max(len("file"), *(len(n) for n in result.names))
+    class_width = max(len("predicted"), *(len(p) for p in predicted))
+    print(f"{'file':<{file_width}}  {'predicted':<{class_width}}  {prob_header}")
+    for name, pred, p in zip(result.names, predicted, top, strict=True):
+        print(f"{name:<{file_width}}  {pred:<{class_width}}  {p:.4f}")

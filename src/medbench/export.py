@@ -1,0 +1,194 @@
+"""Export a trained model to ONNX or TorchScript, checked against PyTorch before it is kept.
+
+The exported graph takes what the PyTorch model takes: float32 (batch, C, H, W) images
+normalised as in training, (uint8 / 255 - 0.5) / 0.5, with a dynamic batch size; it
+returns logits (softmax / sigmoid and the calibration temperature are left to the user,
+see docs/predict.md).
+
+The file is written under a temporary name, run on a real batch (the dataset's test
+images when the data file is at hand, else random uint8 images normalised the same way)
+at that batch size and at batch sizes 1 and 7, and renamed into place only when its
+outputs are within `tolerance` of PyTorch's.
+
+ONNX uses PyTorch's TorchScript-based exporter (`dynamo=False`, `dynamic_axes`): the
+dynamo exporter needs the onnxscript package, which medbench does not depend on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from medbench.errors import MedbenchError, MedbenchWarning
+from medbench.fsutil import atomic_path
+
+FORMATS = ("onnx", "torchscript")
+SUFFIXES = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
+TOLERANCE = 1e-4
+CHECK_IMAGES = 64
+ONNX_OPSET = 17
+EXTRA_BATCH_SIZES = (1, 7)
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    format: str
+    max_abs_diff: float  # over every checked output, against PyTorch
+    check_source: str  # where the check images came from
+    batch_sizes: tuple[int, ...]  # the batch sizes that were run
+
+
+def default_output(model_path: str | os.PathLike, fmt: str) -> Path:
+    """`model.onnx` / `model.torchscript.pt` beside the model.pt (inside a run folder)."""
+    path = Path(model_path)
+    folder = path if path.is_dir() else path.parent
+    stem = "model" if path.is_dir() else path.stem
+    return folder / f"{stem}{SUFFIXES[fmt]}"
+
+
+def check_images(
+    meta: dict, data_dir: str | os.PathLike | None = None, n: int = CHECK_IMAGES
+) -> tuple[np.ndarray, str]:
+    """(uint8 NHWC images, description): the dataset's first `n` test images when its file
+    is present (never downloaded), else `n` random uint8 images of the model's shape."""
+    from medbench.data import load_dataset
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", MedbenchWarning)  # an unofficial file is fine here
+            data = load_dataset(
+                meta["dataset"], meta["image_size"], data_dir, download=False, progress=False
+            )
+        images = data.test.images[:n].numpy()
+        if images.shape[1:] == (meta["image_size"], meta["image_size"], meta["in_channels"]):
+            return np.ascontiguousarray(images), f"{len(images)} test images of {data.path}"
+    except MedbenchError:
+        pass
+    rng = np.random.default_rng(0)
+    size, channels = meta["image_size"], meta["in_channels"]
+    images = rng.integers(0, 256, size=(n, size, size, channels), dtype=np.uint8)
+    return images, f"{n} random uint8 images (the {meta['dataset']} data file was not found)"
+
+
+def normalized_input(images: np.ndarray) -> torch.Tensor:
+    """uint8 (N, H, W, C) -> the float32 (N, C, H, W) input of the model and its export."""
+    from medbench.engine import normalize
+
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255.0)
+    return normalize(x.contiguous())
+
+
+def export_model(
+    model_path: str | os.PathLike,
+    fmt: str = "onnx",
+    out: str | os.PathLike | None = None,
+    *,
+    data_dir: str | os.PathLike | None = None,
+    tolerance: float = TOLERANCE,
+) -> ExportResult:
+    """Export a run folder's (or model.pt's) model to `fmt` at `out`; see the module doc."""
+    from medbench.engine import load_trained_model
+
+    if fmt not in FORMATS:
+        raise MedbenchError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    model, meta = load_trained_model(model_path)
+    model = model.float().eval()
+    out = Path(out) if out is not None else default_output(model_path, fmt)
+    if out.is_dir():
+        raise MedbenchError(f"{out} is a folder; give --out a file name")
+    images, source = check_images(meta, data_dir or _run_data_dir(model_path))
+    batches = [normalized_input(images)] + [
+        normalized_input(images[np.arange(b) % len(images)]) for b in EXTRA_BATCH_SIZES
+    ]
+    with torch.no_grad():
+        expected = [model(x).numpy() for x in batches]
+    example = batches[0][:2]  # traced at batch 2 so that no size is specialised to 1
+
+    with atomic_path(out) as tmp:
+        if fmt == "onnx":
+            _export_onnx(model, example, tmp)
+            run = _onnx_runner(tmp)
+        else:
+            _export_torchscript(model, example, tmp)
+            run = _torchscript_runner(tmp)
+        try:
+            outputs = [run(x) for x in batches]
+        except Exception as exc:  # the exported file itself failed: never keep it
+            raise MedbenchError(
+                f"the exported {fmt} model failed to run ({type(exc).__name__}: "
+                f"{str(exc)[:160]}); it was not written"
+            ) from None
+        diff = max(
+            float(np.abs(o - e).max()) if o.shape == e.shape else float("inf")
+            for o, e in zip(outputs, expected, strict=True)
+        )
+        if not diff <= tolerance:
+            raise MedbenchError(
+                f"the {fmt} export differs from PyTorch by up to {diff:.3g} (tolerance "
+                f"{tolerance:g}) on {source}; it was not written"
+            )
+    return ExportResult(
+        path=out,
+        format=fmt,
+        max_abs_diff=diff,
+        check_source=source,
+        batch_sizes=tuple(len(x) for x in batches),
+    )
+
+
+def _run_data_dir(model_path: str | os.PathLike) -> str | None:
+    """The data folder a run was trained from (its results.json), if there is one."""
+    path = Path(model_path)
+    results = (path if path.is_dir() else path.parent) / "results.json"
+    try:
+        return json.loads(results.read_text(encoding="utf-8"))["config"].get("data_dir")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def _export_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporter's own deprecation notices
+        torch.onnx.export(
+            model,
+            (example,),
+            str(path),
+            dynamo=False,
+            input_names=["images"],
+            output_names=["logits"],
+            dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
+            opset_version=ONNX_OPSET,
+        )
+
+
+def _onnx_runner(path: Path):
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return lambda x: session.run(None, {"images": x.numpy()})[0]
+
+
+def _export_torchscript(model: torch.nn.Module, example: torch.Tensor, path: Path) -> None:
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # tracer warnings and torch.jit's deprecation notice
+        traced = torch.jit.trace(model, example)
+        torch.jit.save(traced, str(path))
+
+
+def _torchscript_runner(path: Path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        module = torch.jit.load(str(path), map_location="cpu").eval()
+
+    def run(x: torch.Tensor) -> np.ndarray:
+        with torch.no_grad():
+            return module(x).numpy()
+
+    return run

@@ -1,0 +1,414 @@
+"""Use a trained model: predict classes for image files, folders of them, or npz arrays.
+
+Anything with `meta` (label_names, task, image_size, in_channels, temperature) and
+`predict_proba(uint8 NHWC images, calibrated=False) -> probabilities` is a `Predictor`;
+`ModelPredictor` wraps one trained model and an ensemble can be another.
+
+Images are converted to the model's input the way MedMNIST made its own: resized to a
+square with PIL's bilinear filter (antialiased when shrinking), colour -> gray by PIL's
+ITU-R 601-2 luma, gray -> RGB by repeating the channel. Files are decoded by a thread
+pool (PIL releases the GIL) one batch ahead of inference.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import warnings
+import zipfile
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from PIL import Image
+
+from medbench import metrics
+from medbench.errors import MedbenchError, MedbenchWarning
+from medbench.fsutil import atomic_write_text
+from medbench.runtime import Runtime, resolve_runtime
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+IMAGE_FORMATS = ("PNG", "JPEG")
+DEFAULT_BATCH_SIZE = 256
+
+
+class Predictor(Protocol):
+    """What `predict` needs from a model (or an ensemble of them)."""
+
+    meta: dict[str, Any]
+
+    def predict_proba(self, images: np.ndarray, *, calibrated: bool = False) -> np.ndarray:
+        """Class (or label) probabilities (N, C) for uint8 (N, H, W, C) images already at
+        the model's size and channels; with `calibrated`, temperature-scaled."""
+        ...
+
+
+class ModelPredictor:
+    """One trained medbench model as a `Predictor`."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        meta: dict[str, Any],
+        runtime: Runtime,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+    ) -> None:
+        self.model = model.to(runtime.device).eval()
+        if runtime.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self.meta, self.runtime, self.batch_size = meta, runtime, batch_size
+
+    def predict_logits(self, images: np.ndarray) -> np.ndarray:
+        from medbench.engine import predict_logits
+
+        return predict_logits(self.model, torch.from_numpy(images), self.runtime, self.batch_size)
+
+    def predict_proba(self, images: np.ndarray, *, calibrated: bool = False) -> np.ndarray:
+        temperature = float(self.meta.get("temperature", 1.0)) if calibrated else 1.0
+        return metrics.probabilities_from_logits(
+            self.predict_logits(images), self.meta["task"], temperature
+        )
+
+
+def load_predictor(
+    path: str | os.PathLike,
+    *,
+    device: str = "auto",
+    precision: str = "auto",
+    batch_size: int = DEFAULT_BATCH_SIZE,
+) -> ModelPredictor:
+    """A `ModelPredictor` for a run folder or its model.pt."""
+    from medbench.engine import load_trained_model
+
+    model, meta = load_trained_model(path)
+    return ModelPredictor(model, meta, resolve_runtime(device, precision, True), batch_size)
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+@dataclass
+class ArrayInput:
+    """Images from one array of an npz file."""
+
+    path: Path
+    key: str
+    images: np.ndarray  # uint8 (N, H, W) or (N, H, W, C)
+
+    def names(self) -> list[str]:
+        return [f"{self.path}:{self.key}[{i}]" for i in range(len(self.images))]
+
+
+def resolve_inputs(
+    inputs: Sequence[str | os.PathLike], *, split: str | None = None
+) -> list[Path | ArrayInput]:
+    """Expand image files, folders (recursive, sorted, hidden files skipped) and npz files."""
+    if not inputs:
+        raise MedbenchError("no input given; name image files, folders of them or an .npz file")
+    out: list[Path | ArrayInput] = []
+    for raw in inputs:
+        path = Path(raw)
+        if not path.exists():
+            raise MedbenchError(f"{path} does not exist; check the path")
+        if path.is_dir():
+            files = sorted(
+                f
+                for f in path.rglob("*")
+                if f.suffix.lower() in IMAGE_SUFFIXES
+                and f.is_file()
+                and not any(part.startswith(".") for part in f.relative_to(path).parts)
+            )
+            if not files:
+                raise MedbenchError(
+                    f"folder {path} holds no PNG or JPEG images (searched recursively)"
+                )
+            out.extend(files)
+        elif path.suffix.lower() == ".npz":
+            out.append(read_npz(path, split))
+        elif path.suffix.lower() in IMAGE_SUFFIXES:
+            out.append(path)
+        else:
+            raise MedbenchError(f"{path} is not a PNG/JPEG image, a folder of them or an .npz file")
+    return out
+
+
+def read_npz(path: str | os.PathLike, split: str | None = None) -> ArrayInput:
+    """The images of an npz: `<split>_images` if `split` is given, else `test_images`
+    (MedMNIST layout), else `images`."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            keys = list(npz.keys())
+            if split is not None:
+                key = f"{split}_images"
+            else:
+                key = next((k for k in ("test_images", "images") if k in keys), None)
+            if key is None or key not in keys:
+                wanted = repr(key) if key else "'test_images' or 'images'"
+                raise MedbenchError(
+                    f"{path} has no {wanted} array (it has: {', '.join(keys) or 'none'}); "
+                    f"use --split or an npz with an 'images' array"
+                )
+            images = npz[key]
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise MedbenchError(
+            f"cannot read {path} as an npz file (corrupt or truncated?): {str(exc)[:120]}"
+        ) from None
+    if images.dtype != np.uint8 or images.ndim not in (3, 4) or len(images) == 0:
+        raise MedbenchError(
+            f"{path}:{key} must be non-empty uint8 images (N, H, W) or (N, H, W, C), got "
+            f"{images.dtype} {images.shape}"
+        )
+    if images.ndim == 4 and images.shape[3] not in (1, 3):
+        raise MedbenchError(f"{path}:{key} must have 1 or 3 channels, got {images.shape[3]}")
+    return ArrayInput(path, key, images)
+
+
+# ----------------------------------------------------------------------------- conversion
+
+
+def conform_image(image: Image.Image, size: int, channels: int) -> tuple[np.ndarray, bool]:
+    """(uint8 (size, size, channels) array, whether anything had to be converted)."""
+    mode = "L" if channels == 1 else "RGB"
+    converted = False
+    if image.mode != mode:
+        image, converted = image.convert(mode), True
+    if image.size != (size, size):
+        image, converted = image.resize((size, size), Image.Resampling.BILINEAR), True
+    array = np.asarray(image, dtype=np.uint8)
+    return (array[:, :, None] if channels == 1 else array), converted
+
+
+def decode_image(path: Path, size: int, channels: int) -> tuple[np.ndarray, bool]:
+    """Decode one PNG/JPEG file into the model's input; bad files are a MedbenchError."""
+    try:
+        with Image.open(path) as image:
+            if image.format not in IMAGE_FORMATS:
+                raise MedbenchError(f"{path} is a {image.format} image; only PNG and JPEG are read")
+            image.load()
+            return conform_image(image, size, channels)
+    except MedbenchError:
+        raise
+    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
+        raise MedbenchError(
+            f"cannot read {path} as an image (not a PNG/JPEG, corrupt or truncated?): "
+            f"{str(exc)[:120]}"
+        ) from None
+
+
+def conform_array(images: np.ndarray, size: int, channels: int) -> tuple[np.ndarray, int]:
+    """uint8 (N, H, W[, C]) -> (N, size, size, channels) and how many images were converted."""
+    if images.ndim == 3:
+        images = images[:, :, :, None]
+    if images.shape[1:] == (size, size, channels):
+        return np.ascontiguousarray(images), 0
+    out = np.empty((len(images), size, size, channels), dtype=np.uint8)
+    for i, image in enumerate(images):
+        pil = Image.fromarray(image[:, :, 0] if image.shape[2] == 1 else image)
+        out[i] = conform_image(pil, size, channels)[0]
+    return out, len(images)
+
+
+def iter_batches(
+    sources: Sequence[Path | ArrayInput],
+    size: int,
+    channels: int,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    workers: int | None = None,
+) -> Iterator[tuple[list[str], np.ndarray, int]]:
+    """Yield (names, uint8 (B, size, size, channels), n_converted) in input order.
+
+    Files are decoded by `workers` threads, the next batch while the caller uses this one.
+    """
+    workers = workers or min(8, os.cpu_count() or 1)
+    batch_size = max(1, batch_size)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        files: list[Path] = []
+        for source in [*sources, None]:
+            if isinstance(source, Path):
+                files.append(source)
+                continue
+            yield from _file_batches(pool, files, size, channels, batch_size)
+            files = []
+            if isinstance(source, ArrayInput):
+                names = source.names()
+                for start in range(0, len(names), batch_size):
+                    chunk, n = conform_array(
+                        source.images[start : start + batch_size], size, channels
+                    )
+                    yield names[start : start + batch_size], chunk, n
+
+
+def _file_batches(
+    pool: ThreadPoolExecutor, files: list[Path], size: int, channels: int, batch_size: int
+) -> Iterator[tuple[list[str], np.ndarray, int]]:
+    chunks = [files[i : i + batch_size] for i in range(0, len(files), batch_size)]
+
+    def submit(chunk: list[Path]):
+        return [pool.submit(decode_image, f, size, channels) for f in chunk]
+
+    pending = submit(chunks[0]) if chunks else []
+    for i, chunk in enumerate(chunks):
+        try:
+            decoded = [f.result() for f in pending]
+        except BaseException:
+            for f in pending:
+                f.cancel()
+            raise
+        pending = submit(chunks[i + 1]) if i + 1 < len(chunks) else []
+        batch = np.stack([array for array, _ in decoded])
+        yield [str(f) for f in chunk], batch, sum(c for _, c in decoded)
+
+
+# ----------------------------------------------------------------------------- predict
+
+
+@dataclass
+class Predictions:
+    """Probabilities for named images, with the model's class names."""
+
+    names: list[str]
+    probabilities: np.ndarray  # (N, C), temperature 1
+    calibrated: np.ndarray | None  # (N, C) temperature-scaled; None when no temperature was fitted
+    label_names: list[str]
+    task: str
+    temperature: float
+    n_converted: int
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    @property
+    def best_probabilities(self) -> np.ndarray:
+        """The calibrated probabilities when there are any, else the raw ones."""
+        return self.calibrated if self.calibrated is not None else self.probabilities
+
+    def predicted(self) -> list[str]:
+        """Predicted class name per image; multi-label: the labels above 0.5, joined by '; '."""
+        pred = metrics.predictions(self.probabilities, self.task)
+        if self.task == metrics.MULTI_LABEL:
+            return [
+                "; ".join(self.label_names[j] for j in np.flatnonzero(p)) or "(none)" for p in pred
+            ]
+        return [self.label_names[int(p)] for p in pred]
+
+    def top_probability(self) -> np.ndarray:
+        """The probability of the predicted class (multi-label: of the most likely label)."""
+        probs = self.best_probabilities
+        if self.task == metrics.MULTI_LABEL:
+            return probs.max(axis=1)
+        pred = metrics.predictions(self.probabilities, self.task)
+        return probs[np.arange(len(probs)), pred]
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One JSON-able dict per image."""
+        rows = []
+        top = self.top_probability()
+        for i, (name, predicted) in enumerate(zip(self.names, self.predicted(), strict=True)):
+            row: dict[str, Any] = {
+                "file": name,
+                "predicted": predicted,
+                "probability": float(top[i]),
+                "probabilities": dict(
+                    zip(self.label_names, map(float, self.probabilities[i]), strict=True)
+                ),
+            }
+            if self.calibrated is not None:
+                row["calibrated_probabilities"] = dict(
+                    zip(self.label_names, map(float, self.calibrated[i]), strict=True)
+                )
+            rows.append(row)
+        return rows
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "task": self.task,
+            "label_names": self.label_names,
+            "temperature": self.temperature,
+            "probability": "calibrated" if self.calibrated is not None else "uncalibrated",
+            "predictions": self.rows(),
+        }
+
+    def to_csv(self, path: str | os.PathLike) -> Path:
+        """Write one row per image: file, predicted, probability, p_<class>... and, with a
+        fitted temperature, p_calibrated_<class>...; atomically."""
+        header = ["file", "predicted", "probability"]
+        header += [f"p_{n}" for n in self.label_names]
+        if self.calibrated is not None:
+            header += [f"p_calibrated_{n}" for n in self.label_names]
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(header)
+        top = self.top_probability()
+        for i, (name, predicted) in enumerate(zip(self.names, self.predicted(), strict=True)):
+            row = [name, predicted, f"{top[i]:.6f}"]
+            row += [f"{p:.6f}" for p in self.probabilities[i]]
+            if self.calibrated is not None:
+                row += [f"{p:.6f}" for p in self.calibrated[i]]
+            writer.writerow(row)
+        return atomic_write_text(path, buf.getvalue())
+
+
+def predict(
+    model: str | os.PathLike | Predictor,
+    inputs: Sequence[str | os.PathLike],
+    *,
+    split: str | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    workers: int | None = None,
+    device: str = "auto",
+    precision: str = "auto",
+) -> Predictions:
+    """Predict every image of `inputs` (files, folders, npz) with `model` (a run folder,
+    a model.pt, or a `Predictor`). Converted images are reported by one MedbenchWarning."""
+    if batch_size < 1:
+        raise MedbenchError(f"--batch-size must be at least 1, not {batch_size}")
+    predictor = (
+        model
+        if hasattr(model, "predict_proba")
+        else load_predictor(model, device=device, precision=precision, batch_size=batch_size)
+    )
+    meta = predictor.meta
+    size, channels = int(meta["image_size"]), int(meta["in_channels"])
+    temperature = float(meta.get("temperature", 1.0))
+    sources = resolve_inputs(inputs, split=split)
+    names: list[str] = []
+    raw: list[np.ndarray] = []
+    calibrated: list[np.ndarray] = []
+    n_converted = 0
+    for batch_names, batch, n in iter_batches(sources, size, channels, batch_size, workers):
+        names += batch_names
+        n_converted += n
+        if hasattr(predictor, "predict_logits"):  # one forward pass for both
+            logits = predictor.predict_logits(batch)
+            raw.append(metrics.probabilities_from_logits(logits, meta["task"]))
+            if temperature != 1.0:
+                calibrated.append(
+                    metrics.probabilities_from_logits(logits, meta["task"], temperature)
+                )
+        else:
+            raw.append(predictor.predict_proba(batch))
+            if temperature != 1.0:
+                calibrated.append(predictor.predict_proba(batch, calibrated=True))
+    if n_converted:
+        kind = "grayscale" if channels == 1 else "RGB"
+        warnings.warn(
+            f"converted {n_converted} of {len(names)} images to the model's {size}x{size} "
+            f"{kind} input (bilinear resize, channel conversion)",
+            MedbenchWarning,
+            stacklevel=2,
+        )
+    return Predictions(
+        names=names,
+        probabilities=np.concatenate(raw),
+        calibrated=np.concatenate(calibrated) if calibrated else None,
+        label_names=list(meta["label_names"]),
+        task=meta["task"],
+        temperature=temperature,
+        n_converted=n_converted,
+    )
