@@ -267,7 +267,7 @@ def train(
         options["dropout"] = config.dropout
     model = build_model(config.model, in_channels, n_classes, image_size=config.size, **options)
     n_params = count_parameters(model)
-    flops = count_flops(model, (1, in_channels, config.size, config.size))
+    flops = count_flops(model, (in_channels, config.size, config.size))
     lr_scales = None
     if config.pretrained:  # load weights, freeze or scale the backbone (medbench.transfer)
         from medbench.transfer import prepare_pretrained
