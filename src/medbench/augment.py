@@ -1,24 +1,48 @@
 """Augmentation on whole batches of tensors, on the training device.
 
-One affine `grid_sample` per batch applies each image's flip/rotation/shift at once: no
-per-image Python loop, no PIL. Randomness comes from a `torch.Generator` that the engine
-seeds per step, so a run (and a resumed run) sees the same augmented batches.
+Every policy is vectorised per sample: each image gets its own random flip, rotation, crop
+and photometric change, yet the batch is warped by one `grid_sample` and each photometric
+op runs once over the images that drew it. No per-image Python loop, no PIL, no global RNG:
+randomness comes only from the `torch.Generator` that the engine seeds per step, so a run
+(and a resumed run) sees the same augmented batches.
+
+Policies (see docs/augmentation.md for measurements):
+
+- `none`: the images as they are.
+- `basic`: the flips and quarter turns the dataset allows, shifts up to 10% of the size.
+- `strong`: basic + small rotation, random resized crop (zoom 0.7-1 of the area, aspect
+  3/4-4/3), brightness/contrast +-20%, and for RGB saturation +-20% and hue +-0.05 turn.
+- `randaugment`: basic + 2 ops per image from RandAugment's list at magnitude 9/30
+  (Cubuk et al. 2020, "RandAugment: practical automated data augmentation").
+- `trivialaugment`: basic + 1 op per image at a uniformly random magnitude from the
+  TrivialAugment-Wide ranges (Mueller & Hutter 2021, "TrivialAugment").
+- `auto`: the per-dataset default of `AUTO_POLICY`.
 
 Which geometric changes are label-preserving depends on the modality: a chest X-ray has a
 left and a right (the heart sits on the patient's left), an OCT B-scan has a top and a
 bottom (retinal layers), CT slices keep anatomical sides, while dermoscopy, pathology and
-blood-cell images have no canonical orientation. `ORIENTATION` records this per dataset
-and the `auto` policy follows it.
+blood-cell images have no canonical orientation. `ORIENTATION` records this per dataset;
+every policy follows it, and where quarter turns are forbidden rotations stay within
+`LOCKED_ROTATION_DEGREES`.
+
+RandAugment/TrivialAugment here differ from torchvision's in two ways: geometric ops are
+composed into the one warp and applied before the photometric ops (not in drawn order),
+and zero (black) fills the corners, which is the background of most MedMNIST images.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-POLICIES = ("none", "basic", "auto")
+from medbench.errors import MedbenchError
+
+POLICIES = ("none", "basic", "strong", "randaugment", "trivialaugment", "auto")
+LOCKED_ROTATION_DEGREES = 10.0  # for datasets whose orientation forbids quarter turns
 
 
 @dataclass(frozen=True)
@@ -45,57 +69,279 @@ ORIENTATION: dict[str, Symmetry] = {
 }
 _GENERIC = Symmetry(True, False, False)
 
+# What `auto` means per dataset. `basic` (only the symmetries the modality has, plus
+# shifts) everywhere until docs/augmentation.md measures a better choice for a dataset.
+AUTO_POLICY: dict[str, str] = {name: "basic" for name in ORIENTATION}
+_AUTO_GENERIC = "basic"
+
+
+def resolve_policy(policy: str, dataset: str) -> str:
+    """The concrete policy `policy` means for `dataset` (`auto` -> `AUTO_POLICY`)."""
+    if policy not in POLICIES:
+        raise MedbenchError(
+            f"unknown augmentation policy {policy!r}; use one of {', '.join(POLICIES)}"
+        )
+    return AUTO_POLICY.get(dataset, _AUTO_GENERIC) if policy == "auto" else policy
+
+
+# ----------------------------------------------------------------------------- photometric ops
+# Each takes a batch (n, C, H, W) in [0, 1] and a per-image magnitude (n,), PIL semantics.
+
+
+def _gray(x: torch.Tensor) -> torch.Tensor:
+    if x.shape[1] == 1:
+        return x
+    r, g, b = x[:, 0:1], x[:, 1:2], x[:, 2:3]
+    return 0.299 * r + 0.587 * g + 0.114 * b
+
+
+def _blend(img: torch.Tensor, degenerate: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """PIL ImageEnhance: factor 1 = img, 0 = degenerate."""
+    f = factor.view(-1, 1, 1, 1)
+    return (degenerate + f * (img - degenerate)).clamp_(0, 1)
+
+
+def brightness(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    return _blend(x, torch.zeros_like(x), factor)
+
+
+def contrast(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    mean = _gray(x).mean(dim=(1, 2, 3), keepdim=True)
+    return _blend(x, mean.expand_as(x), factor)
+
+
+def saturation(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    if x.shape[1] == 1:
+        return x
+    return _blend(x, _gray(x).expand_as(x), factor)
+
+
+def sharpness(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    c = x.shape[1]
+    kernel = torch.ones(3, 3, device=x.device, dtype=x.dtype)
+    kernel[1, 1] = 5.0
+    kernel = (kernel / kernel.sum()).expand(c, 1, 3, 3)
+    smooth = x.clone()
+    smooth[:, :, 1:-1, 1:-1] = F.conv2d(x, kernel, groups=c)  # PIL keeps the border
+    return _blend(x, smooth, factor)
+
+
+def hue(x: torch.Tensor, turns: torch.Tensor) -> torch.Tensor:
+    """Rotate the hue by `turns` of a full circle (a rotation of the YIQ chroma plane)."""
+    if x.shape[1] == 1:
+        return x
+    to_yiq = x.new_tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+    yiq = torch.einsum("ij,njhw->nihw", to_yiq, x)
+    a = turns * 2 * math.pi
+    cos, sin = a.cos().view(-1, 1, 1), a.sin().view(-1, 1, 1)
+    i, q = yiq[:, 1], yiq[:, 2]
+    yiq = torch.stack([yiq[:, 0], cos * i - sin * q, sin * i + cos * q], 1)
+    return torch.einsum("ij,njhw->nihw", torch.linalg.inv(to_yiq), yiq).clamp_(0, 1)
+
+
+def posterize(x: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
+    step = (2.0 ** (8 - bits.round())).view(-1, 1, 1, 1)
+    return torch.floor(torch.floor(x * 255) / step) * step / 255
+
+
+def solarize(x: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
+    return torch.where(x >= threshold.view(-1, 1, 1, 1), 1 - x, x)
+
+
+def autocontrast(x: torch.Tensor, _: torch.Tensor) -> torch.Tensor:
+    lo = x.amin(dim=(2, 3), keepdim=True)
+    hi = x.amax(dim=(2, 3), keepdim=True)
+    scale = torch.where(hi > lo, 1 / (hi - lo).clamp(min=1e-6), torch.ones_like(hi))
+    return torch.where(hi > lo, (x - lo) * scale, x).clamp_(0, 1)
+
+
+def equalize(x: torch.Tensor, _: torch.Tensor) -> torch.Tensor:
+    """Histogram equalisation per image and channel over 256 levels."""
+    n, c, h, w = x.shape
+    levels = (x * 255).round().long().clamp_(0, 255).reshape(n * c, h * w)
+    hist = torch.zeros(n * c, 256, device=x.device).scatter_add_(
+        1, levels, torch.ones_like(levels, dtype=torch.float)
+    )
+    cdf = hist.cumsum(1)
+    cdf_min = torch.where(hist > 0, cdf, torch.full_like(cdf, float(h * w))).amin(1, keepdim=True)
+    lut = ((cdf - cdf_min) / (h * w - cdf_min).clamp(min=1)).clamp_(0, 1)
+    return lut.gather(1, levels).reshape(n, c, h, w).to(x.dtype)
+
+
+# ----------------------------------------------------------------------------- op tables
+# name -> (kind, magnitude at full strength, signed). Geometric magnitudes: shear as a
+# factor, translate as a fraction of the size, rotate in degrees. Enhance ops: a factor
+# of 1 +- magnitude. Posterize: bits removed. Solarize: 1 - threshold.
+_RANDAUGMENT = {  # torchvision RandAugment at magnitude bin 9 of 31
+    "identity": ("geo", 0.0, False),
+    "shear_x": ("geo", 0.3, True),
+    "shear_y": ("geo", 0.3, True),
+    "translate_x": ("geo", 2 * 150 / 331, True),  # 150 px of 331, in grid units (2 = size)
+    "translate_y": ("geo", 2 * 150 / 331, True),
+    "rotate": ("geo", 30.0, True),
+    "brightness": ("color", 0.9, True),
+    "saturation": ("color", 0.9, True),
+    "contrast": ("color", 0.9, True),
+    "sharpness": ("color", 0.9, True),
+    "posterize": ("color", 4.0, False),
+    "solarize": ("color", 1.0, False),
+    "autocontrast": ("color", 0.0, False),
+    "equalize": ("color", 0.0, False),
+}
+_TRIVIALAUGMENT = {  # torchvision TrivialAugmentWide's ranges
+    **_RANDAUGMENT,
+    "shear_x": ("geo", 0.99, True),
+    "shear_y": ("geo", 0.99, True),
+    "translate_x": ("geo", 2 * 32 / 224, True),  # 32 px of a 224 px image, in grid units
+    "translate_y": ("geo", 2 * 32 / 224, True),
+    "rotate": ("geo", 135.0, True),
+    "brightness": ("color", 0.99, True),
+    "saturation": ("color", 0.99, True),
+    "contrast": ("color", 0.99, True),
+    "sharpness": ("color", 0.99, True),
+    "posterize": ("color", 6.0, False),
+}
+
+_COLOR_OPS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "brightness": brightness,
+    "saturation": saturation,
+    "contrast": contrast,
+    "sharpness": sharpness,
+    "posterize": posterize,
+    "solarize": solarize,
+    "autocontrast": autocontrast,
+    "equalize": equalize,
+}
+
+
+def _color_argument(name: str, m: torch.Tensor) -> torch.Tensor:
+    """Signed magnitude -> the argument of the photometric op."""
+    if name == "posterize":
+        return 8 - m
+    if name == "solarize":
+        return 1 - m
+    return 1 + m
+
+
+# ----------------------------------------------------------------------------- policies
+
 
 class BatchAugment:
-    """Random flips (where the dataset allows), 90-degree rotations (where it allows) and
-    shifts of up to `max_shift` of the image size, for a float batch (N, C, H, W) in [0, 1]."""
+    """A named policy for float batches (N, C, H, W) in [0, 1]; see the module docstring."""
 
     def __init__(self, policy: str, dataset: str, max_shift: float = 0.1) -> None:
-        if policy not in POLICIES:
-            raise ValueError(f"unknown augmentation policy {policy!r}; expected one of {POLICIES}")
-        self.policy = policy
+        self.policy = resolve_policy(policy, dataset)
         self.symmetry = ORIENTATION.get(dataset, _GENERIC)
-        if policy == "basic":  # basic = flips + shifts whatever the dataset says
-            self.symmetry = Symmetry(True, self.symmetry.vflip, False)
         self.max_shift = max_shift
+        self.max_rotation = 15.0 if self.symmetry.rot90 else LOCKED_ROTATION_DEGREES
+        self.ops = {"randaugment": _RANDAUGMENT, "trivialaugment": _TRIVIALAUGMENT}.get(self.policy)
+        self.num_ops = 2 if self.policy == "randaugment" else 1
 
     @property
     def active(self) -> bool:
         return self.policy != "none"
 
+    def plan(
+        self, shape: torch.Size, rand: Callable[..., torch.Tensor], dev: torch.device
+    ) -> tuple[torch.Tensor, bool, list[tuple[str, torch.Tensor, torch.Tensor]]]:
+        """Draw each image's warp (an (n, 2, 3) affine `theta`), whether it needs
+        interpolation, and the photometric ops each image drew (name, mask, magnitude)."""
+        n, _, h, w = shape
+
+        def signed(m: torch.Tensor) -> torch.Tensor:
+            return torch.where(rand(m.shape[0]) < 0.5, -m, m)
+
+        # ---- geometry: one 2x2 linear map and one shift per image, composed
+        linear = torch.eye(2, device=dev).repeat(n, 1, 1)
+        shift = torch.zeros(n, 2, device=dev)
+        ones = torch.ones(n, device=dev)
+        sx = torch.where(rand(n) < 0.5, -ones, ones) if self.symmetry.hflip else ones
+        sy = torch.where(rand(n) < 0.5, -ones, ones) if self.symmetry.vflip else ones
+        linear = linear @ torch.diag_embed(torch.stack([sx, sy], 1))
+        if self.symmetry.rot90:
+            linear = _rotation(torch.floor(rand(n) * 4) * 90.0) @ linear
+        max_px_x, max_px_y = round(self.max_shift * w), round(self.max_shift * h)
+        shift[:, 0] = 2 * torch.round((rand(n) * 2 - 1) * max_px_x) / w
+        shift[:, 1] = 2 * torch.round((rand(n) * 2 - 1) * max_px_y) / h
+        smooth = False  # whole-pixel flips/turns/shifts need no interpolation
+        if self.policy == "strong":
+            smooth = True
+            linear = _rotation((rand(n) * 2 - 1) * self.max_rotation) @ linear
+            # Random resized crop: sampling a fraction `area` of the image with aspect `r`
+            # scales the sampling grid by sqrt(area*r), sqrt(area/r); the crop moves
+            # anywhere it fits.
+            area = 0.7 + 0.3 * rand(n)
+            log_r = (rand(n) * 2 - 1) * math.log(4 / 3)
+            zx = (area * log_r.exp()).sqrt().clamp(max=1)
+            zy = (area / log_r.exp()).sqrt().clamp(max=1)
+            linear = torch.diag_embed(torch.stack([zx, zy], 1)) @ linear
+            shift = shift + (rand(n, 2) * 2 - 1) * (1 - torch.stack([zx, zy], 1))
+        color_plan: list[tuple[str, torch.Tensor, torch.Tensor]] = []
+        if self.ops is not None:
+            names = list(self.ops)
+            for _ in range(self.num_ops):
+                choice = (rand(n) * len(names)).long().clamp_(max=len(names) - 1)
+                # RandAugment: fixed magnitude; TrivialAugment: uniform over 31 bins.
+                level = (
+                    torch.full((n,), 9 / 30, device=dev)
+                    if self.policy == "randaugment"
+                    else torch.floor(rand(n) * 31) / 30
+                )
+                for k, name in enumerate(names):
+                    kind, full, is_signed = self.ops[name]
+                    chosen = choice == k
+                    m = level * full
+                    m = signed(m) if is_signed else m
+                    m = torch.where(chosen, m, torch.zeros_like(m))
+                    if kind == "color":
+                        if chosen.any():
+                            color_plan.append((name, chosen, m))
+                        continue
+                    if name == "identity":
+                        continue
+                    smooth = True
+                    if name == "rotate":
+                        limit = 360.0 if self.symmetry.rot90 else LOCKED_ROTATION_DEGREES
+                        linear = _rotation(m.clamp(-limit, limit)) @ linear
+                    elif name in ("shear_x", "shear_y"):
+                        shear = torch.eye(2, device=dev).repeat(n, 1, 1)
+                        shear[:, 0, 1] = m if name == "shear_x" else 0
+                        shear[:, 1, 0] = m if name == "shear_y" else 0
+                        linear = shear @ linear
+                    else:
+                        shift[:, 0 if name == "translate_x" else 1] += m
+        theta = torch.cat([linear, shift.unsqueeze(2)], 2)
+        return theta, smooth, color_plan
+
     def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         if not self.active:
             return x
-        n, _, h, w = x.shape
+        n, c, h, w = x.shape
         dev = x.device
 
         def rand(*shape: int) -> torch.Tensor:
             return torch.rand(*shape, generator=generator, device=generator.device).to(dev)
 
-        # Build one 2x3 affine matrix per image in normalised coordinates.
-        sx = torch.ones(n, device=dev)
-        sy = torch.ones(n, device=dev)
-        if self.symmetry.hflip:
-            sx = torch.where(rand(n) < 0.5, -sx, sx)
-        if self.symmetry.vflip:
-            sy = torch.where(rand(n) < 0.5, -sy, sy)
-        theta = torch.zeros(n, 2, 3, device=dev)
-        theta[:, 0, 0] = sx
-        theta[:, 1, 1] = sy
-        if self.symmetry.rot90:
-            k = (rand(n) * 4).long()  # 0..3 quarter turns
-            cos = torch.tensor([1.0, 0.0, -1.0, 0.0], device=dev)[k]
-            sin = torch.tensor([0.0, 1.0, 0.0, -1.0], device=dev)[k]
-            rot = torch.stack([torch.stack([cos, -sin], 1), torch.stack([sin, cos], 1)], 1)
-            theta[:, :, :2] = rot @ theta[:, :, :2]
-        # Whole-pixel shifts: 2*d/size in normalised coordinates is exactly d pixels.
-        max_px_x, max_px_y = round(self.max_shift * w), round(self.max_shift * h)
-        dx = torch.round((rand(n) * 2 - 1) * max_px_x)
-        dy = torch.round((rand(n) * 2 - 1) * max_px_y)
-        theta[:, 0, 2] = 2 * dx / w
-        theta[:, 1, 2] = 2 * dy / h
-        grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
-        out = F.grid_sample(x, grid, mode="nearest", padding_mode="zeros", align_corners=False)
+        theta, smooth, color_plan = self.plan(x.shape, rand, dev)
+        grid = F.affine_grid(theta.to(x.dtype), [n, c, h, w], align_corners=False)
+        out = F.grid_sample(
+            x,
+            grid,
+            mode="bilinear" if smooth else "nearest",
+            padding_mode="zeros",
+            align_corners=False,
+        )
+
+        # ---- photometric
+        if self.policy == "strong":
+            out = brightness(out, 1 + (rand(n) * 2 - 1) * 0.2)
+            out = contrast(out, 1 + (rand(n) * 2 - 1) * 0.2)
+            if c == 3:
+                out = saturation(out, 1 + (rand(n) * 2 - 1) * 0.2)
+                out = hue(out, (rand(n) * 2 - 1) * 0.05)
+        for name, chosen, m in color_plan:
+            idx = chosen.nonzero().squeeze(1)
+            out[idx] = _COLOR_OPS[name](out[idx], _color_argument(name, m[idx]))
         return (
             out.contiguous(memory_format=torch.channels_last)
             if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
@@ -103,12 +349,19 @@ class BatchAugment:
         )
 
 
+def _rotation(degrees: torch.Tensor) -> torch.Tensor:
+    a = degrees * (math.pi / 180)
+    cos, sin = a.cos(), a.sin()
+    return torch.stack([torch.stack([cos, -sin], 1), torch.stack([sin, cos], 1)], 1)
+
+
 class BatchMix:
     """MixUp (Zhang et al. 2018) and CutMix (Yun et al. 2019) on a normalised batch.
 
     Returns mixed images and soft targets (one-hot or multi-hot, mixed with the same
     weight). With both enabled, each batch uses one of the two with equal chance, as
-    timm's Mixup does. The mixing weight is drawn from Beta(alpha, alpha)."""
+    timm's Mixup does. The mixing weight is drawn from Beta(alpha, alpha); CutMix pastes
+    one box per batch (from a shuffled copy) and weighs targets by the pasted area."""
 
     def __init__(self, mixup: float, cutmix: float, n_classes: int, task: str) -> None:
         self.mixup, self.cutmix = mixup, cutmix

@@ -1,0 +1,304 @@
+"""Architecture search: a multi-objective Optuna study over a model family's options.
+
+Two objectives: the validation metric (maximised) and the cost, parameters or FLOPs
+(minimised). NSGA-II (Deb et al. 2002) samples architectures from the family's space in
+`SPACES`; every trial trains with the same recipe (the base TrainConfig, e.g. a tuned
+`best_config.json`). The Pareto front goes to `pareto.json`, `pareto.csv` and
+`pareto.png`; `export_architecture` saves any trial as a `--config` file
+(`{"model": family, "model_options": {...}}`).
+
+The study shares `medbench.tune`'s plumbing: SQLite (or any SQLAlchemy URL) storage,
+resumable, many workers per study, per-trial seeding, dead trials retried.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from medbench.config import TrainConfig
+from medbench.errors import MedbenchError, MedbenchWarning
+from medbench.fsutil import atomic_path, atomic_write_json, atomic_write_text
+from medbench.tune import (
+    PerTrialSeededSampler,
+    count_trials,
+    default_storage,
+    open_study,
+    work_study,
+)
+
+COSTS = ("params", "flops")
+
+
+def _advanced_cnn_space(trial: optuna.Trial) -> dict[str, Any]:
+    return {
+        "width": trial.suggest_categorical("width", [0.25, 0.375, 0.5, 0.75, 1.0, 1.25]),
+        "depths": [trial.suggest_int(f"depth_{i + 1}", 1, 3) for i in range(4)],
+        "attention": trial.suggest_categorical("attention", [True, False]),
+    }
+
+
+def _efficientnet_space(trial: optuna.Trial) -> dict[str, Any]:
+    return {
+        "width": trial.suggest_categorical("width", [0.25, 0.5, 0.75, 1.0]),
+        "depth": trial.suggest_categorical("depth", [0.5, 0.75, 1.0, 1.25]),
+        "se_ratio": trial.suggest_categorical("se_ratio", [0.0, 0.125, 0.25]),
+        "expand_ratio": trial.suggest_categorical("expand_ratio", [3, 4, 6]),
+        "kernel_sizes": [trial.suggest_categorical(f"kernel_{i + 1}", [3, 5]) for i in range(7)],
+    }
+
+
+# family -> function sampling its documented options (medbench.models.model_options).
+SPACES: dict[str, Callable[[optuna.Trial], dict[str, Any]]] = {
+    "advanced_cnn": _advanced_cnn_space,
+    "efficientnet": _efficientnet_space,
+}
+
+
+@dataclass
+class SearchResult:
+    study_name: str
+    n_finished: int
+    front: list[dict[str, Any]]
+    files: list[Path]
+
+
+def _check_family(family: str) -> None:
+    if family not in SPACES:
+        raise MedbenchError(
+            f"no architecture space for model {family!r}; searchable families: {', '.join(SPACES)}"
+        )
+
+
+def search(
+    base: TrainConfig,
+    out_dir: str | Path,
+    n_trials: int,
+    *,
+    cost: str = "params",
+    metric: str = "auc",
+    storage: str | None = None,
+    study_name: str | None = None,
+    population_size: int = 20,
+    heartbeat_seconds: int = 60,
+    timeout_seconds: float | None = None,
+    data: Any = None,
+    progress: bool = True,
+) -> SearchResult:
+    """Search `base.model`'s architecture space until the study has `n_trials` finished
+    trials, training each with `base`'s recipe; write the Pareto front to `out_dir`."""
+    from medbench.data import load_dataset
+    from medbench.engine import train
+    from medbench.models import build_model, count_flops, count_parameters
+
+    _check_family(base.model)
+    if cost not in COSTS:
+        raise MedbenchError(f"--cost must be one of {', '.join(COSTS)}, not {cost!r}")
+    if metric not in ("auc", "acc"):
+        raise MedbenchError(f"--metric must be auc or acc, not {metric!r}")
+    if n_trials < 1:
+        raise MedbenchError(f"--trials must be at least 1, not {n_trials}")
+    base.validate()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    storage = storage or default_storage(out_dir, "search.sqlite")
+    study_name = study_name or f"search-{base.dataset}-{base.size}-{base.model}"
+    say = (lambda line: print(line, flush=True)) if progress else (lambda line: None)
+    if data is None:
+        data = load_dataset(base.dataset, base.size, base.data_dir, progress=progress)
+    info = data.info
+    sampler = PerTrialSeededSampler(
+        lambda s: optuna.samplers.NSGAIISampler(seed=s, population_size=population_size),
+        base.seed,
+    )
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = open_study(
+        storage,
+        study_name,
+        sampler,
+        heartbeat_seconds=heartbeat_seconds,
+        directions=["maximize", "minimize"],
+        attrs={
+            "kind": "search",
+            "dataset": base.dataset,
+            "model": base.model,
+            "size": base.size,
+            "metric": metric,
+            "cost": cost,
+        },
+    )
+
+    def objective(trial: optuna.Trial) -> tuple[float, float]:
+        from medbench.tune import claim_slot
+
+        claim_slot(trial, n_trials)
+        options = {**base.model_options, **SPACES[base.model](trial)}
+        model = build_model(base.model, info.n_channels, info.n_classes, base.size, **options)
+        n_params = count_parameters(model)
+        flops = count_flops(model, (info.n_channels, base.size, base.size))
+        del model
+        trial.set_user_attr("model_options", options)
+        trial.set_user_attr("n_params", n_params)
+        trial.set_user_attr("flops", flops)
+        config = TrainConfig.from_dict(
+            {
+                **base.to_dict(),
+                "model_options": options,
+                "run_dir": str(out_dir / "trials" / f"trial-{trial.number:04d}"),
+            }
+        )
+        try:
+            results = train(config, data=data, progress=False)
+        except MedbenchError as exc:
+            trial.set_user_attr("error", str(exc))
+            say(f"trial {trial.number}: failed: {exc}")
+            raise
+        value = results["metrics"]["val"][metric]
+        if not math.isfinite(value):
+            value = results["metrics"]["val"]["acc"]
+        trial.set_user_attr("val_acc", results["metrics"]["val"]["acc"])
+        trial.set_user_attr("test_acc", results["metrics"]["test"]["acc"])
+        trial.set_user_attr("test_auc", results["metrics"]["test"]["auc"])
+        c = n_params if cost == "params" else flops
+        say(
+            f"trial {trial.number}: val {metric} {value:.4f}, {n_params / 1e6:.3f}M params, "
+            f"{flops / 1e9:.4f} GFLOPs, {options}"
+        )
+        return value, float(c)
+
+    work_study(study, objective, n_trials, timeout_seconds=timeout_seconds, log=say)
+    front, files = write_front(study, out_dir)
+    return SearchResult(study.study_name, count_trials(study, (TrialState.COMPLETE,)), front, files)
+
+
+def _row(trial: optuna.trial.FrozenTrial, metric: str) -> dict[str, Any]:
+    return {
+        "trial": trial.number,
+        f"val_{metric}": trial.values[0],
+        "n_params": trial.user_attrs.get("n_params"),
+        "flops": trial.user_attrs.get("flops"),
+        "test_acc": trial.user_attrs.get("test_acc"),
+        "test_auc": trial.user_attrs.get("test_auc"),
+        "model_options": trial.user_attrs.get("model_options"),
+    }
+
+
+def write_front(study: optuna.Study, out_dir: Path) -> tuple[list[dict[str, Any]], list[Path]]:
+    """pareto.json, pareto.csv and pareto.png of a search study in `out_dir`."""
+    metric = study.user_attrs.get("metric", "auc")
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if not done:
+        raise MedbenchError(
+            f"study {study.study_name} has no completed trial yet; run more --trials"
+        )
+    front = sorted((_row(t, metric) for t in study.best_trials), key=lambda r: r["n_params"])
+    json_path = atomic_write_json(
+        out_dir / "pareto.json",
+        {
+            "study": study.study_name,
+            "model": study.user_attrs.get("model"),
+            "dataset": study.user_attrs.get("dataset"),
+            "objectives": [f"val_{metric} (max)", f"{study.user_attrs.get('cost')} (min)"],
+            "front": front,
+            "all_trials": [_row(t, metric) for t in done],
+        },
+    )
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(front[0]))
+    writer.writeheader()
+    for row in front:
+        writer.writerow({**row, "model_options": _json(row["model_options"])})
+    csv_path = atomic_write_text(out_dir / "pareto.csv", buf.getvalue())
+    return front, [json_path, csv_path, plot_front(study, out_dir / "pareto.png")]
+
+
+def plot_front(study: optuna.Study, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metric = study.user_attrs.get("metric", "auc")
+    cost = study.user_attrs.get("cost", "params")
+    key = "n_params" if cost == "params" else "flops"
+    scale = 1e6 if cost == "params" else 1e9
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    front = sorted(study.best_trials, key=lambda t: t.user_attrs[key])
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.scatter(
+        [t.user_attrs[key] / scale for t in done],
+        [t.values[0] for t in done],
+        s=16,
+        color="grey",
+        alpha=0.6,
+        label="trials",
+    )
+    ax.plot(
+        [t.user_attrs[key] / scale for t in front],
+        [t.values[0] for t in front],
+        "o-",
+        color="C3",
+        label="Pareto front",
+    )
+    for t in front:
+        ax.annotate(
+            str(t.number),
+            (t.user_attrs[key] / scale, t.values[0]),
+            fontsize=7,
+            xytext=(3, 3),
+            textcoords="offset points",
+        )
+    ax.set_xscale("log")
+    ax.set_xlabel("parameters (M)" if cost == "params" else "GFLOPs")
+    ax.set_ylabel(f"validation {metric}")
+    ax.set_title(study.study_name, fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+    return path
+
+
+def export_architecture(
+    storage: str, study_name: str, trial_number: int, path: str | Path
+) -> dict[str, Any]:
+    """Save trial `trial_number`'s architecture as a `--config` JSON file
+    (`{"model": family, "model_options": {...}}`); warn when it is not on the front."""
+    import warnings
+
+    try:
+        study = optuna.load_study(study_name=study_name, storage=storage)
+    except KeyError:
+        raise MedbenchError(
+            f"no study {study_name!r} in {storage}; check --out/--storage and --study"
+        ) from None
+    trials = study.get_trials(deepcopy=False)
+    if not 0 <= trial_number < len(trials) or trials[trial_number].state != TrialState.COMPLETE:
+        done = [t.number for t in study.best_trials]
+        raise MedbenchError(
+            f"trial {trial_number} is not a completed trial of {study_name}; "
+            f"the Pareto front is trials {done}"
+        )
+    trial = trials[trial_number]
+    if trial_number not in {t.number for t in study.best_trials}:
+        warnings.warn(
+            f"trial {trial_number} is not on the Pareto front", MedbenchWarning, stacklevel=2
+        )
+    arch = {"model": study.user_attrs["model"], "model_options": trial.user_attrs["model_options"]}
+    atomic_write_json(path, arch)
+    return arch
+
+
+def _json(value: Any) -> str:
+    import json
+
+    return json.dumps(value, separators=(",", ":"))

@@ -1,0 +1,62 @@
+"""`medbench search`: architecture spaces, the Pareto front, exported architectures."""
+
+from __future__ import annotations
+
+import json
+
+import optuna
+import pytest
+
+from medbench.config import TrainConfig, load_config_file
+from medbench.errors import MedbenchError
+from medbench.models import build_model, model_options
+from medbench.search import SPACES, export_architecture, search
+
+
+@pytest.mark.parametrize("family", sorted(SPACES))
+def test_every_sampled_architecture_is_a_valid_model_of_the_family(family):
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(3):
+        options = SPACES[family](study.ask())
+        assert set(options) <= set(model_options(family))
+        build_model(family, 1, 2, 28, **options)
+
+
+def test_a_family_without_a_space_is_refused(tmp_path):
+    config = TrainConfig(dataset="breastmnist", model="resnet18")
+    with pytest.raises(MedbenchError, match="searchable families"):
+        search(config, tmp_path, 1, progress=False)
+
+
+def test_tiny_search_saves_the_front_and_exports_a_trainable_architecture(tmp_path):
+    from medbench.data.synthetic import write_synthetic_like
+
+    write_synthetic_like(tmp_path / "data", "breastmnist", 28, n_train=32, n_val=16, n_test=16)
+    base = TrainConfig(
+        dataset="breastmnist",
+        model="advanced_cnn",
+        epochs=1,
+        batch_size=16,
+        device="cpu",
+        data_dir=str(tmp_path / "data"),
+    )
+    result = search(base, tmp_path / "out", 2, population_size=2, progress=False)
+    front = json.loads((tmp_path / "out" / "pareto.json").read_text())["front"]
+    assert front and front == result.front
+    sizes = [row["n_params"] for row in front]
+    scores = [row["val_auc"] for row in front]
+    assert sizes == sorted(sizes) and scores == sorted(scores)  # bigger only if better
+    assert (tmp_path / "out" / "pareto.png").stat().st_size > 0
+    assert (tmp_path / "out" / "pareto.csv").read_text().startswith("trial,val_auc,n_params")
+
+    path = tmp_path / "arch.json"
+    export_architecture(
+        f"sqlite:///{tmp_path / 'out' / 'search.sqlite'}",
+        result.study_name,
+        front[0]["trial"],
+        path,
+    )
+    values = load_config_file(path)
+    assert values == {"model": "advanced_cnn", "model_options": front[0]["model_options"]}
+    config = TrainConfig.from_dict({**values, "dataset": "breastmnist"})
+    build_model(config.model, 1, 2, 28, **config.model_options)

@@ -1,0 +1,249 @@
+"""`medbench tune`: the pruning hook, the recipe, one study shared by several processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from medbench.config import TrainConfig, load_config_file
+from medbench.errors import MedbenchError
+from medbench.tune import (
+    PerTrialSeededSampler,
+    epoch_reporter,
+    recipe_from_params,
+    tune,
+)
+
+TINY_MODEL = {"width": 0.25, "depths": [1, 1, 1, 1], "attention": False}
+
+
+class PruneAll(optuna.pruners.BasePruner):
+    def prune(self, study, trial) -> bool:
+        return True
+
+
+@pytest.fixture
+def tiny_data_dir(tmp_path):
+    from medbench.data.synthetic import write_synthetic_like
+
+    write_synthetic_like(tmp_path / "data", "breastmnist", 28, n_train=32, n_val=16, n_test=16)
+    return tmp_path / "data"
+
+
+def _base(data_dir) -> TrainConfig:
+    return TrainConfig(
+        dataset="breastmnist",
+        model="advanced_cnn",
+        model_options=TINY_MODEL,
+        device="cpu",
+        batch_size=16,
+        data_dir=str(data_dir),
+    )
+
+
+def _record(epoch: int, auc: float, acc: float = 0.5) -> dict:
+    return {"epoch": epoch, "val_auc": auc, "val_acc": acc}
+
+
+def test_epoch_reporter_prunes_when_the_pruner_says_so():
+    study = optuna.create_study(direction="maximize", pruner=PruneAll())
+    trial = study.ask()
+    with pytest.raises(optuna.TrialPruned):
+        epoch_reporter(trial, "auc")(_record(1, 0.7))
+    assert study.trials[0].intermediate_values == {1: 0.7}
+
+
+def test_epoch_reporter_reports_acc_when_auc_is_undefined():
+    study = optuna.create_study(direction="maximize", pruner=optuna.pruners.NopPruner())
+    trial = study.ask()
+    epoch_reporter(trial, "auc")(_record(1, float("nan"), acc=0.6))
+    assert study.trials[0].intermediate_values == {1: 0.6}
+
+
+def test_recipe_maps_mix_choice_to_strengths_and_fixed_values_win():
+    params = {"lr": 0.01, "mix": "cutmix", "cutmix_alpha": 0.5, "batch_size": 64}
+    recipe = recipe_from_params(params, {"batch_size": 32}, max_epochs=7)
+    assert recipe == {"lr": 0.01, "mixup": 0.0, "cutmix": 0.5, "batch_size": 32, "epochs": 7}
+
+
+def test_per_trial_seeding_makes_sampling_a_function_of_seed_and_trial_number():
+    def first_params(seed: int) -> list[dict]:
+        sampler = PerTrialSeededSampler(lambda s: optuna.samplers.TPESampler(seed=s), seed)
+        study = optuna.create_study(sampler=sampler)
+        study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
+        return [t.params for t in study.trials]
+
+    a, b = first_params(0), first_params(0)
+    assert a == b and a[0] != a[1]
+
+
+def test_tiny_tune_writes_a_best_config_that_train_accepts(tiny_data_dir, tmp_path):
+    result = tune(
+        _base(tiny_data_dir),
+        tmp_path / "out",
+        2,
+        pruner="none",
+        max_epochs=1,
+        fixed={"batch_size": 16},
+        progress=False,
+    )
+    assert result.n_finished == 2
+    values = load_config_file(result.best_config_path)
+    config = TrainConfig.from_dict({**values, "dataset": "breastmnist", "model": "advanced_cnn"})
+    assert config.validate().batch_size == 16 and config.epochs == 1
+    assert (tmp_path / "out" / "history.png").stat().st_size > 0
+    summary = json.loads((tmp_path / "out" / "tune_summary.json").read_text())
+    assert summary["best_trial"] == result.best_trial
+
+
+def test_pruned_trials_count_as_finished_but_give_no_best_config(tiny_data_dir, tmp_path):
+    with pytest.raises(MedbenchError, match="no completed trial"):
+        tune(
+            _base(tiny_data_dir),
+            tmp_path / "out",
+            2,
+            pruner=PruneAll(),
+            max_epochs=2,
+            fixed={"batch_size": 16},
+            progress=False,
+        )
+    study = optuna.load_study(
+        study_name="tune-breastmnist-28-advanced_cnn",
+        storage=f"sqlite:///{tmp_path / 'out' / 'tune.sqlite'}",
+    )
+    assert [t.state for t in study.trials] == [TrialState.PRUNED] * 2
+    assert all(len(t.intermediate_values) == 1 for t in study.trials)  # stopped after epoch 1
+
+
+def test_joining_a_study_made_for_another_dataset_is_refused(tiny_data_dir, tmp_path):
+    from medbench.tune import open_study
+
+    storage = f"sqlite:///{tmp_path / 's.sqlite'}"
+    open_study(
+        storage,
+        "s",
+        optuna.samplers.RandomSampler(),
+        heartbeat_seconds=60,
+        attrs={"dataset": "breastmnist"},
+    )
+    with pytest.raises(MedbenchError, match="dataset"):
+        open_study(
+            storage,
+            "s",
+            optuna.samplers.RandomSampler(),
+            heartbeat_seconds=60,
+            attrs={"dataset": "pneumoniamnist"},
+        )
+
+
+# ---- several processes on one study (subprocesses of `python -m medbench tune`)
+
+
+def _tune_cmd(data_dir, out, trials: int) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "medbench",
+        "tune",
+        "--dataset",
+        "breastmnist",
+        "--model",
+        "advanced_cnn",
+        "--data-dir",
+        str(data_dir),
+        "--out",
+        str(out),
+        "--trials",
+        str(trials),
+        "--pruner",
+        "none",
+        "--max-epochs",
+        "1",
+        "--batch-size",
+        "16",
+        "--device",
+        "cpu",
+        "--heartbeat",
+        "1",
+        "--quiet",
+        *[f"--model-option={k}={json.dumps(v)}" for k, v in TINY_MODEL.items()],
+    ]
+
+
+def _env() -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+
+
+def _study(out) -> optuna.Study:
+    return optuna.load_study(
+        study_name="tune-breastmnist-28-advanced_cnn", storage=f"sqlite:///{out / 'tune.sqlite'}"
+    )
+
+
+def _finished(study) -> list:
+    return [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+
+
+def test_two_workers_finish_n_trials_between_them(tiny_data_dir, tmp_path):
+    out = tmp_path / "out"
+    workers = [
+        subprocess.Popen(
+            _tune_cmd(tiny_data_dir, out, 4),
+            env=_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    for w in workers:
+        _, err = w.communicate(timeout=300)
+        assert w.returncode == 0, err
+    finished = _finished(_study(out))
+    assert len(finished) == 4
+    assert len({json.dumps(t.params, sort_keys=True) for t in finished}) == 4  # no duplicate
+    assert len({t.number for t in finished}) == 4
+    assert sorted(p.name for p in (out / "trials").iterdir()) >= [
+        f"trial-{t.number:04d}" for t in finished
+    ]
+
+
+def test_a_killed_tune_resumes_to_n_trials(tiny_data_dir, tmp_path):
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        _tune_cmd(tiny_data_dir, out, 2),
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:  # kill it in the middle of its first trial
+        time.sleep(0.2)
+        if (out / "tune.sqlite").exists():
+            try:
+                if any(t.state == TrialState.RUNNING for t in _study(out).trials):
+                    break
+            except (KeyError, Exception):
+                continue
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed = [t for t in _study(out).trials if t.state == TrialState.RUNNING]
+    assert killed, "the tune finished before it could be killed"
+    done = subprocess.run(
+        _tune_cmd(tiny_data_dir, out, 2), env=_env(), capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    study = _study(out)
+    assert len(_finished(study)) == 2
+    dead = study.trials[killed[0].number]
+    assert dead.state == TrialState.FAIL  # failed by its stale heartbeat, then retried:
+    retried = [t for t in study.trials if t.system_attrs.get("failed_trial") == dead.number]
+    assert retried and retried[0].params == dead.params
