@@ -31,7 +31,7 @@ from medbench.fsutil import atomic_path
 FORMATS = ("onnx", "torchscript")
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
 TOLERANCE = 1e-4
-CHECK_IMAGES = 64
+CHECK_IMAGES = 32
 ONNX_OPSET = 17
 EXTRA_BATCH_SIZES = (1, 7)
 

@@ -1,0 +1,121 @@
+"""`medbench export`: ONNX and TorchScript files that match PyTorch, or nothing written."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from medbench import checkpoint as ckpt
+from medbench.cli import main
+from medbench.engine import load_trained_model
+from medbench.errors import MedbenchError
+from medbench.export import TOLERANCE, export_model, normalized_input
+
+
+def save_model(path: Path, name: str, in_channels: int = 3, num_classes: int = 8) -> Path:
+    """An untrained model `name` in medbench's model.pt format (bloodmnist's shape)."""
+    from medbench.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model(name, in_channels, num_classes, image_size=28)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(
+        {
+            "format": ckpt.MODEL_FORMAT,
+            "format_version": ckpt.FORMAT_VERSION,
+            "model": name,
+            "model_options": {},
+            "in_channels": in_channels,
+            "num_classes": num_classes,
+            "image_size": 28,
+            "task": "multi-class",
+            "label_names": [f"class {i}" for i in range(num_classes)],
+            "dataset": "bloodmnist",
+            "normalization": {"mean": 0.5, "std": 0.5},
+            "temperature": 1.0,
+            "seed": 0,
+            "state_dict": model.state_dict(),
+        },
+        path,
+    )
+    return path
+
+
+def random_batch(n: int) -> np.ndarray:
+    return np.random.default_rng(n).integers(0, 256, (n, 28, 28, 3), dtype=np.uint8)
+
+
+def pytorch_logits(model_file: Path, images: np.ndarray) -> np.ndarray:
+    model, _ = load_trained_model(model_file)
+    with torch.no_grad():
+        return model(normalized_input(images)).numpy()
+
+
+@pytest.mark.parametrize("name", ["advanced_cnn", "efficientnet", "resnet18"])
+def test_onnx_export_matches_pytorch_at_batch_1_and_7(tmp_path, name):
+    model_file = save_model(tmp_path / "model.pt", name)
+    result = export_model(model_file, "onnx")
+    assert result.path == tmp_path / "model.onnx" and result.max_abs_diff <= TOLERANCE
+    session = ort.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])
+    for n in (1, 7):
+        images = random_batch(n)
+        (out,) = session.run(None, {"images": normalized_input(images).numpy()})
+        np.testing.assert_allclose(out, pytorch_logits(model_file, images), atol=TOLERANCE)
+
+
+@pytest.mark.parametrize("name", ["advanced_cnn", "efficientnet", "resnet18"])
+def test_torchscript_export_matches_pytorch_at_batch_1_and_7(tmp_path, name):
+    model_file = save_model(tmp_path / "model.pt", name)
+    result = export_model(model_file, "torchscript")
+    assert result.path == tmp_path / "model.torchscript.pt"
+    module = torch.jit.load(str(result.path))
+    for n in (1, 7):
+        images = random_batch(n)
+        with torch.no_grad():
+            out = module(normalized_input(images)).numpy()
+        np.testing.assert_allclose(out, pytorch_logits(model_file, images), atol=TOLERANCE)
+
+
+def test_check_uses_the_datasets_test_images_when_the_file_is_there(tmp_path):
+    from medbench.data.synthetic import write_synthetic_like
+
+    write_synthetic_like(tmp_path / "data", "bloodmnist", n_test=10)
+    model_file = save_model(tmp_path / "run" / "model.pt", "efficientnet")
+    result = export_model(model_file, "onnx", data_dir=tmp_path / "data")
+    assert result.check_source.startswith("10 test images of")
+    assert result.batch_sizes == (10, 1, 7)
+
+
+def test_check_falls_back_to_random_images_without_the_data_file(tmp_path):
+    model_file = save_model(tmp_path / "run" / "model.pt", "efficientnet")
+    result = export_model(model_file, "onnx", data_dir=tmp_path / "no-data")
+    assert "random uint8 images" in result.check_source
+
+
+def test_failed_check_leaves_no_file_behind(tmp_path):
+    model_file = save_model(tmp_path / "run" / "model.pt", "efficientnet")
+    out = tmp_path / "out" / "m.onnx"
+    with pytest.raises(MedbenchError, match="was not written"):
+        export_model(model_file, "onnx", out, tolerance=-1.0)
+    assert not out.exists()
+    assert list(out.parent.iterdir()) == []
+
+
+def test_cli_reports_the_file_and_the_max_difference(tmp_path, capsys):
+    model_file = save_model(tmp_path / "run" / "model.pt", "efficientnet")
+    out = tmp_path / "exported.onnx"
+    assert main(["export", str(model_file), "--format", "onnx", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert f"wrote {out}" in printed and "max |difference| from PyTorch" in printed
+    assert out.is_file()
+
+
+def test_cli_refuses_a_file_that_is_not_a_medbench_model(tmp_path, capsys):
+    torch.save({"weight": torch.zeros(2)}, tmp_path / "weights.pt")
+    assert main(["export", str(tmp_path / "weights.pt"), "--format", "onnx"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "not written by medbench" in err

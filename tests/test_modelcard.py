@@ -1,0 +1,122 @@
+"""MODEL_CARD.md of a finished run: data, license, metrics with intervals, limits, use."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from medbench import metrics
+from medbench.cli import main
+from medbench.errors import MedbenchError, MedbenchWarning
+from medbench.modelcard import render_model_card, write_model_card
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    """One real (tiny, one-epoch) training run on a synthetic BreastMNIST stand-in."""
+    from medbench.config import TrainConfig
+    from medbench.data.synthetic import write_synthetic_like
+    from medbench.engine import train
+
+    tmp = tmp_path_factory.mktemp("card")
+    write_synthetic_like(tmp, "breastmnist")
+    config = TrainConfig(
+        dataset="breastmnist",
+        model="efficientnet",
+        epochs=1,
+        data_dir=str(tmp),
+        run_dir=str(tmp / "run"),
+        batch_size=32,
+        device="cpu",
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", MedbenchWarning)
+        train(config, progress=False)
+    return tmp / "run"
+
+
+@pytest.fixture(scope="module")
+def card(run_dir) -> str:
+    return write_model_card(run_dir).read_text()
+
+
+def load_run(run_dir: Path) -> tuple[dict, dict]:
+    results = json.loads((run_dir / "results.json").read_text())
+    with np.load(run_dir / "predictions.npz") as npz:
+        return results, {k: npz[k] for k in npz.files}
+
+
+def test_card_is_written_into_the_run_folder(run_dir, card):
+    assert (run_dir / "MODEL_CARD.md").read_text() == card
+    assert card.startswith("# Model card: efficientnet on breastmnist (28x28)")
+
+
+def test_card_states_license_and_that_the_file_is_not_official(card):
+    assert "License: CC BY 4.0" in card
+    assert "NOT the official file" in card
+
+
+def test_card_gives_test_acc_and_auc_with_bootstrap_intervals(run_dir, card):
+    results, arrays = load_run(run_dir)
+    probs = metrics.probabilities_from_logits(arrays["test_logits"], "binary-class")
+    low, high = metrics.bootstrap_ci(arrays["test_labels"], probs, "binary-class", "acc", seed=0)
+    acc = results["metrics"]["test"]["acc"]
+    assert f"| test | {acc:.3f} (95% CI {low:.3f}-{high:.3f}) |" in card
+
+
+def test_card_gives_ece_before_and_after_temperature_scaling(run_dir, card):
+    results, _ = load_run(run_dir)
+    m = results["metrics"]
+    assert f"| test | {m['test']['ece']:.3f} | {m['test_ece_calibrated']:.3f} |" in card
+    assert f"T = {m['temperature']:.3f}" in card
+
+
+def test_card_lists_collapse_flags_or_says_there_are_none(run_dir, card):
+    results, _ = load_run(run_dir)
+    for flag in results["flags"]:
+        assert f"- FLAG: {flag}" in card
+    if not results["flags"]:
+        assert "No flags" in card
+
+
+def test_card_computes_class_imbalance_from_the_true_labels(run_dir, card):
+    _, arrays = load_run(run_dir)
+    y = np.concatenate([arrays["val_labels"], arrays["test_labels"]]).ravel()
+    share = np.mean(y == 0)
+    assert f"malignant {share:.1%}" in card
+
+
+def test_card_names_the_28px_limit_and_the_intended_use(card):
+    assert "Resolution: 28x28 pixels" in card
+    assert "Not for diagnosis" in card and "research and education" in card
+
+
+def test_dermamnist_card_names_the_nc_license_and_lesion_duplicates(run_dir):
+    results, arrays = load_run(run_dir)
+    results["dataset"]["name"] = "dermamnist"
+    del results["dataset"]["license"]  # taken from the catalogue instead
+    card = render_model_card(results, arrays)
+    assert "CC BY-NC 4.0 (non-commercial" in card
+    assert "several images of the same lesion" in card
+
+
+def test_unfinished_run_has_no_card(tmp_path):
+    (tmp_path / "checkpoint.pt").write_bytes(b"")
+    with pytest.raises(MedbenchError, match="finished run"):
+        write_model_card(tmp_path)
+
+
+def test_card_command_rewrites_the_card(run_dir, capsys):
+    (run_dir / "MODEL_CARD.md").unlink()
+    assert main(["card", str(run_dir)]) == 0
+    assert (run_dir / "MODEL_CARD.md").is_file()
+    assert "MODEL_CARD.md" in capsys.readouterr().out
+
+
+def test_card_command_on_a_folder_that_is_not_a_run_exits_2(tmp_path, capsys):
+    assert main(["card", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.startswith("medbench: error:")
