@@ -97,7 +97,7 @@ def _table(rows: list[tuple[str, dict]], args: argparse.Namespace) -> str:
                 f"{b['n_params'] / 1e6:.2f} | {_num(b['latency_ms_per_image'], '.2f')} |"
             )
             lines.append(
-                f"| {dataset} | mean of {len(accs)} singles | 1 | {statistics.mean(accs):.4f} "
+                f"| {dataset} | mean of {len(accs)} singles | - | {statistics.mean(accs):.4f} "
                 f"(sd {statistics.pstdev(accs):.4f}) | "
                 f"{statistics.mean(m['test_auc'] for m in r['members']):.4f} | | | | | |"
             )
