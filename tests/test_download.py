@@ -216,3 +216,10 @@ def test_cli_download_needs_a_name_or_all(capsys):
     assert main(["download"]) == 2
     assert "--all" in capsys.readouterr().err
 
+
+def test_mirror_can_be_a_local_folder_url(served, tmp_path):
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    (mirror / "breastmnist.npz").write_bytes(served)
+    path = download_dataset("breastmnist", data_dir=tmp_path / "d", mirror=mirror.as_uri(), **FAST)
+    assert path.read_bytes() == served
