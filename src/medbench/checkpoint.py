@@ -41,13 +41,19 @@ def load(path: str | Path, expected_format: str | None = None) -> dict[str, Any]
     path = Path(path)
     if not path.is_file():
         raise MedbenchError(f"{path} does not exist or is not a file")
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive
+        raise MedbenchError(
+            f"{path} is not a readable checkpoint (corrupt, truncated, or not written by "
+            "torch.save); use a medbench run folder, model.pt or checkpoint.pt"
+        )
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsafe content"
+        lines = [ln.strip() for ln in str(exc).splitlines() if "GLOBAL" in ln]
+        detail = lines[0] if lines else "unsupported pickled object"
         raise MedbenchError(
-            f"{path} is not a medbench file or contains objects that could execute code "
-            f"when loaded ({first[:120]}); medbench only loads plain tensors and values"
+            f"{path} holds objects other than tensors and plain values, which could execute "
+            f"code when loaded, so medbench refuses it ({detail[:100]})"
         ) from None
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as exc:
         raise MedbenchError(

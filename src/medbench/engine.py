@@ -36,6 +36,7 @@ from medbench.augment import BatchAugment, BatchMix
 from medbench.config import TrainConfig
 from medbench.errors import MedbenchError, MedbenchWarning
 from medbench.fsutil import atomic_path, atomic_write_json
+from medbench.modelcard import write_model_card
 from medbench.runtime import Runtime, environment, resolve_runtime, seed_everything
 
 MEAN, STD = 0.5, 0.5  # MedMNIST's official Normalize(mean=.5, std=.5) on [0, 1] pixels
@@ -522,6 +523,7 @@ def train(
     )
     results["timing"]["eval_seconds"] = time.perf_counter() - eval_start
     atomic_write_json(run_dir / "results.json", results)
+    write_model_card(run_dir)  # MODEL_CARD.md: data, config, metrics with 95% CIs, limits
     return results
 
 
@@ -662,6 +664,7 @@ def _evaluate_and_save(
             "model": "model.pt",
             "predictions": "predictions.npz",
             "results": "results.json",
+            "model_card": "MODEL_CARD.md",
         },
     }
 
@@ -672,30 +675,30 @@ def measure_speed(
     runtime: Runtime,
     channels: int,
     size: int,
-    latency_repeats: int = 20,
+    latency_repeats: int = 10,
     throughput_batch: int = 256,
 ) -> tuple[float, float]:
-    """(median ms per image at batch 1, images/s at batch `throughput_batch`) in eval mode."""
+    """(median ms per image at batch 1, images/s at batch `throughput_batch`) in eval mode,
+    each after one untimed warm-up call."""
     model.eval()
 
-    def timed(batch: int, repeats: int) -> list[float]:
+    def timed(batch: int, repeats: int) -> float:
         x = torch.randn(batch, channels, size, size, device=runtime.device)
         if runtime.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         times = []
-        for i in range(repeats + 2):
+        for i in range(repeats + 1):
             t0 = time.perf_counter()
             with runtime.autocast():
                 model(x)
             if runtime.device.type == "cuda":
                 torch.cuda.synchronize(runtime.device)
-            if i >= 2:  # two warm-up calls
+            if i >= 1:
                 times.append(time.perf_counter() - t0)
-        return times
+        return float(np.median(times))
 
-    latency = float(np.median(timed(1, latency_repeats))) * 1000
-    big = timed(throughput_batch, 2 if size <= 64 else 1)
-    return latency, throughput_batch / float(np.median(big))
+    latency_ms = timed(1, latency_repeats) * 1000
+    return latency_ms, throughput_batch / timed(throughput_batch, 1 if size > 64 else 2)
 
 
 # ----------------------------------------------------------------------------- saved models
