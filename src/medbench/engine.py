@@ -226,12 +226,15 @@ def train(
     progress: bool | None = None,
     resume: bool = False,
     on_epoch: Callable[[dict], None] | None = None,
+    measure: bool = True,
 ) -> dict[str, Any]:
     """Train one run into `config.run_dir` and return its results (also in results.json).
 
     `data` is a `medbench.data.MedMNISTData` (loaded from `config` when None). With
     `resume=True` an existing `checkpoint.pt` in the run folder is continued. `on_epoch`
     is called with each round's history record (a tuner may raise to prune the run).
+    `measure=False` skips the latency/throughput measurement (tuning trials need only
+    the validation metric); those timing fields are then None.
     """
     from medbench.data import load_dataset
     from medbench.models import build_model, count_flops, count_parameters
@@ -520,6 +523,7 @@ def train(
             "history": history,
         },
         train_seconds=train_seconds,
+        measure=measure,
     )
     results["timing"]["eval_seconds"] = time.perf_counter() - eval_start
     atomic_write_json(run_dir / "results.json", results)
@@ -574,6 +578,7 @@ def _evaluate_and_save(
     options: dict,
     extra: dict,
     train_seconds: float,
+    measure: bool = True,
 ) -> dict:
     info, task = data.info, data.info.task
     val_logits = predict_logits(model, data.val.images, runtime)
@@ -593,7 +598,9 @@ def _evaluate_and_save(
     )
     for flag in flags:
         warnings.warn(f"COLLAPSE GUARD {run_dir.name}: {flag}", MedbenchWarning, stacklevel=3)
-    latency_ms, throughput = measure_speed(model, runtime, info.n_channels, config.size)
+    latency_ms, throughput = (
+        measure_speed(model, runtime, info.n_channels, config.size) if measure else (None, None)
+    )
 
     with atomic_path(run_dir / "predictions.npz") as tmp, open(tmp, "wb") as fh:
         np.savez(

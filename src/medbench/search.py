@@ -156,7 +156,7 @@ def search(
             }
         )
         try:
-            results = train(config, data=data, progress=False)
+            results = train(config, data=data, progress=False, measure=False)
         except MedbenchError as exc:
             trial.set_user_attr("error", str(exc))
             say(f"trial {trial.number}: failed: {exc}")

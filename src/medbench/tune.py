@@ -396,7 +396,11 @@ def tune(
         )
         try:
             results = train(
-                config, data=data, progress=False, on_epoch=epoch_reporter(trial, metric)
+                config,
+                data=data,
+                progress=False,
+                on_epoch=epoch_reporter(trial, metric),
+                measure=False,
             )
         except optuna.TrialPruned as pruned:
             say(f"trial {trial.number}: pruned at {pruned}")

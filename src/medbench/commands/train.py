@@ -7,6 +7,7 @@ import json
 
 from medbench.commands._options import add_data_dir, add_training_options, config_overrides
 from medbench.config import TrainConfig
+from medbench.errors import MedbenchError
 
 NAME = "train"
 HELP = "train one model on one dataset and evaluate it"
@@ -25,7 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="MedMNIST dataset, e.g. dermamnist (see 'medbench datasets')",
     )
     parser.add_argument(
-        "--model", required=True, help="model name (see 'medbench models') or timm:<name>"
+        "--model",
+        help="model name (see 'medbench models') or timm:<name>; may come from --config instead",
     )
     parser.add_argument(
         "--size", type=int, default=28, choices=(28, 64, 128, 224), help="image size (default 28)"
@@ -51,15 +53,19 @@ def run(args: argparse.Namespace) -> int:
     values = config_overrides(args)
     values.update(
         dataset=args.dataset,
-        model=args.model,
         size=args.size,
         seed=args.seed,
         data_dir=args.data_dir,
         run_dir=args.run_dir,
     )
+    if args.model:
+        values["model"] = args.model
+    if not values.get("model"):
+        raise MedbenchError(
+            "say which model to train: --model NAME (see 'medbench models') "
+            "or a --config file with a 'model' key"
+        )
     if args.resume and not args.run_dir:
-        from medbench.errors import MedbenchError
-
         raise MedbenchError("--resume needs --run-dir pointing at the interrupted run's folder")
     config = TrainConfig.from_dict(values)
     results = train(config, resume=args.resume, progress=False if args.quiet else None)
