@@ -37,7 +37,13 @@ from medbench.config import TrainConfig
 from medbench.errors import MedbenchError, MedbenchWarning
 from medbench.fsutil import atomic_path, atomic_write_json
 from medbench.modelcard import write_model_card
-from medbench.runtime import Runtime, environment, resolve_runtime, seed_everything
+from medbench.runtime import (
+    Runtime,
+    environment,
+    place_model,
+    resolve_runtime,
+    seed_everything,
+)
 
 MEAN, STD = 0.5, 0.5  # MedMNIST's official Normalize(mean=.5, std=.5) on [0, 1] pixels
 DEFAULT_EPOCHS = 40
@@ -277,9 +283,7 @@ def train(
         from medbench.transfer import prepare_pretrained
 
         lr_scales = prepare_pretrained(model, config)
-    model.to(runtime.device)
-    if runtime.channels_last:
-        model.to(memory_format=torch.channels_last)
+    place_model(model, runtime)
     optimizer = make_optimizer(model, config, lr_scales)
     ema = None
     if config.ema_decay:
@@ -749,7 +753,7 @@ def evaluate_run(
 
     model, meta = load_trained_model(run)
     runtime = resolve_runtime(device, "auto", True)
-    model.to(runtime.device)
+    place_model(model, runtime)
     data = load_dataset(meta["dataset"], meta["image_size"], data_dir, progress=progress)
     out: dict[str, Any] = {
         "model": meta["model"],

@@ -255,13 +255,13 @@ def predict_views(
 
 def _apply_tta(members: list[Member], views: list[str], data: Any, device: str) -> None:
     from medbench.engine import load_trained_model
-    from medbench.runtime import resolve_runtime
+    from medbench.runtime import place_model, resolve_runtime
 
     runtime = resolve_runtime(device, "auto", True)
     task = members[0].results["dataset"]["task"]
     for m in members:
         model, _ = load_trained_model(m.run_dir)
-        model.to(runtime.device)
+        place_model(model, runtime)
         m.val_probs = predict_views(model, data.val.images, runtime, task, m.temperature, views)
         m.test_probs = predict_views(model, data.test.images, runtime, task, m.temperature, views)
 

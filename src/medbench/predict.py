@@ -30,7 +30,7 @@ from PIL import Image
 from medbench import metrics
 from medbench.errors import MedbenchError, MedbenchWarning
 from medbench.fsutil import atomic_write_text
-from medbench.runtime import Runtime, resolve_runtime
+from medbench.runtime import Runtime, place_model, resolve_runtime
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 IMAGE_FORMATS = ("PNG", "JPEG")
@@ -58,9 +58,7 @@ class ModelPredictor:
         runtime: Runtime,
         batch_size: int = DEFAULT_BATCH_SIZE,
     ) -> None:
-        self.model = model.to(runtime.device).eval()
-        if runtime.channels_last:
-            self.model.to(memory_format=torch.channels_last)
+        self.model = place_model(model, runtime).eval()
         self.meta, self.runtime, self.batch_size = meta, runtime, batch_size
 
     def predict_logits(self, images: np.ndarray) -> np.ndarray:

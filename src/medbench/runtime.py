@@ -35,6 +35,15 @@ class Runtime:
         return torch.autocast(self.device.type, dtype=dtype)
 
 
+def place_model(model: torch.nn.Module, runtime: Runtime) -> torch.nn.Module:
+    """Move a model to the runtime's device and memory format (in place; returned too).
+    Weights and inputs in the same format give the same numbers in training and later use."""
+    model.to(runtime.device)
+    if runtime.channels_last:
+        model.to(memory_format=torch.channels_last)
+    return model
+
+
 def cpu_has_native_bf16() -> bool:
     """True when the CPU has bf16 instructions (AVX512-BF16 or AMX); without them bf16
     autocast on CPU is emulated and slower than fp32 (measured: docs/models.md)."""
