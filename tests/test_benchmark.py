@@ -218,3 +218,33 @@ def test_two_processes_on_one_grid_train_each_cell_exactly_once(tmp_path):
     assert len({c.rsplit("|", 1)[1] for c in calls}) == 2  # both processes did work
     rows = ResultsStore(out).rows()
     assert all(r["status"] == "finished" and r["attempts"] == 1 for r in rows)
+
+
+def test_live_view_prints_done_running_left_and_eta_lines_when_not_a_terminal():
+    import io
+
+    from medbench.benchmark import GridView
+
+    stream = io.StringIO()
+    view = GridView(4, stream=stream)
+    view.cell_seconds = [10.0]
+    view.update({"pending": 2, "running": 1, "finished": 1, "failed": 0}, "dermamnist/resnet18/seed0: starting")
+    line = stream.getvalue()
+    assert line.startswith("[benchmark] 1/4 done (0 failed), 1 running, 2 left, ETA 30s")
+    assert line.rstrip().endswith("dermamnist/resnet18/seed0: starting")
+
+
+def test_live_view_draws_a_progress_bar_on_a_terminal():
+    import io
+
+    from medbench.benchmark import GridView
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    stream = Terminal()
+    view = GridView(4, stream=stream)
+    view.update({"pending": 1, "running": 1, "finished": 2, "failed": 0})
+    view.close()
+    assert "2/4" in stream.getvalue() and "1 running" in stream.getvalue()
