@@ -18,10 +18,18 @@ DESCRIPTION = (
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dataset", metavar="NAME", help="take channels and classes from this dataset")
-    parser.add_argument("--size", type=int, default=28, choices=(28, 64, 128, 224), help="image size")
-    parser.add_argument("--channels", type=int, metavar="C", help="input channels (overrides --dataset)")
-    parser.add_argument("--classes", type=int, metavar="K", help="number of classes (overrides --dataset)")
+    parser.add_argument(
+        "--dataset", metavar="NAME", help="take channels and classes from this dataset"
+    )
+    parser.add_argument(
+        "--size", type=int, default=28, choices=(28, 64, 128, 224), help="image size"
+    )
+    parser.add_argument(
+        "--channels", type=int, metavar="C", help="input channels (overrides --dataset)"
+    )
+    parser.add_argument(
+        "--classes", type=int, metavar="K", help="number of classes (overrides --dataset)"
+    )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
@@ -34,7 +42,9 @@ def _shape(args: argparse.Namespace) -> tuple[int, int]:
         channels = info.n_channels if channels is None else channels
         classes = info.n_classes if classes is None else classes
     if channels < 1 or classes < 1:
-        raise MedbenchError(f"--channels and --classes must be at least 1, not {channels} and {classes}")
+        raise MedbenchError(
+            f"--channels and --classes must be at least 1, not {channels} and {classes}"
+        )
     return channels, classes
 
 

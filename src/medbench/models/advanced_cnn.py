@@ -11,8 +11,8 @@ Stride plan (the stem keeps small images whole; every stage then halves the grid
     image  stem stride  stage grids        final grid
     28     1            14, 7, 4, 2        2x2
     64     2            16, 8, 4, 2        2x2
-    128    4            32, 16, 8, 4       4x4
-    224    4            56, 28, 14, 7      7x7
+    128    4            16, 8, 4, 2        2x2
+    224    4            28, 14, 7, 4       4x4
 """
 
 from __future__ import annotations
@@ -56,9 +56,7 @@ class AdvancedCNN(nn.Module):
         stem_width = widths[0] // 2
         self.stem = nn.Sequential(
             ConvBnAct(in_channels, stem_width, 3, stride=min(stride, 2)),
-            ConvBnAct(stem_width, stem_width, 3, stride=stride // 2)
-            if stride == 4
-            else nn.Identity(),
+            ConvBnAct(stem_width, stem_width, 3, stride=2) if stride == 4 else nn.Identity(),
         )
         # Stochastic-depth rate rises linearly with depth (Huang et al. 2016).
         n_blocks = sum(depths)
@@ -78,6 +76,11 @@ class AdvancedCNN(nn.Module):
         self.num_features = widths[3] + sum(w for w in widths[1:3]) * bool(attention)
         self.head_drop = nn.Dropout(dropout)
         self.fc = nn.Linear(self.num_features, num_classes)
+        # He init, as torchvision's ResNet; BN is left alone (residual branches end at zero), and
+        # so is the gates' 1-channel psi, whose default small init starts alpha unsaturated.
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d) and m.groups == 1 and m.out_channels > 1:
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
     def _stage_outputs(self, x: torch.Tensor) -> list[torch.Tensor]:
         outputs = []
