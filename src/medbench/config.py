@@ -35,7 +35,7 @@ class TrainConfig:
     # Length: a fixed epoch count, or a wall-clock budget that plans the epoch count.
     epochs: int | None = None
     time_budget_seconds: float | None = None
-    batch_size: int = 128
+    batch_size: int | None = None  # None: 128, or 32 for training splits under 2,000 images
     optimizer: str = "adamw"
     lr: float = 2e-3
     weight_decay: float = 0.05
@@ -84,7 +84,10 @@ class TrainConfig:
             self.time_budget_seconds is None or self.time_budget_seconds > 0,
             "--time-budget must be positive",
         )
-        check(self.batch_size >= 1, f"--batch-size must be at least 1, not {self.batch_size}")
+        check(
+            self.batch_size is None or self.batch_size >= 1,
+            f"--batch-size must be at least 1, not {self.batch_size}",
+        )
         check(self.lr > 0, f"--lr must be positive, not {self.lr}")
         check(self.weight_decay >= 0, "--weight-decay must not be negative")
         check(0 <= self.label_smoothing < 1, "--label-smoothing must be in [0, 1)")

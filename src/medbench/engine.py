@@ -49,6 +49,8 @@ MEAN, STD = 0.5, 0.5  # MedMNIST's official Normalize(mean=.5, std=.5) on [0, 1]
 DEFAULT_EPOCHS = 40
 MIN_ROUNDS = 5
 EVAL_BATCH = 512
+PRECISE_BN_IMAGES = 1024
+SMALL_TRAIN_SPLIT = 2000  # below this many training images the default batch is 32
 SCHEMA_VERSION = 1
 
 
@@ -181,6 +183,51 @@ def balanced_sample_weights(labels: torch.Tensor, task: str, n_classes: int) -> 
     return (1.0 / counts)[labels]
 
 
+def default_batch_size(n_train: int) -> int:
+    """128 (MedMNIST's batch), or 32 for small training splits (BreastMNIST's 546 images,
+    RetinaMNIST's 1,080) so that a run takes enough optimiser steps per epoch."""
+    return 32 if n_train < SMALL_TRAIN_SPLIT else 128
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(
+    model: nn.Module, images: torch.Tensor, runtime: Runtime, batch_size: int
+) -> None:
+    """Recompute BatchNorm statistics for the current weights ("precise BN", Wu & Johnson
+    2021, "Rethinking 'Batch' in BatchNorm"), on un-augmented training images.
+
+    The running averages that BN keeps during training lag behind weights that move fast
+    (warm-up, short budgets, few steps per epoch); evaluated with them, an otherwise
+    learning model can predict one class for everything. Only BN layers that train are
+    touched (a frozen backbone keeps its statistics); training itself never reads them, so
+    the weights' trajectory is unchanged."""
+    bns = [
+        m
+        for m in model.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm)
+        and m.track_running_stats
+        and (m.weight is None or m.weight.requires_grad)
+    ]
+    if not bns or len(images) == 0:
+        return
+    was_training = model.training
+    momenta = [m.momentum for m in bns]
+    model.eval()
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the batches below
+        m.train()
+    try:
+        for start in range(0, len(images), batch_size):
+            x = normalize(to_unit_float(images[start : start + batch_size], runtime))
+            with runtime.autocast():
+                model(x)
+    finally:
+        for m, momentum in zip(bns, momenta, strict=True):
+            m.momentum = momentum
+        model.train(was_training)
+
+
 def default_run_dir(config: TrainConfig, root: str | Path = "runs") -> Path:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     name = config.model.replace(":", "-").replace("/", "-")
@@ -307,7 +354,9 @@ def train(
     )
 
     n_train = len(train_split)
-    batch_size = min(config.batch_size, n_train)
+    batch_size = min(
+        default_batch_size(n_train) if config.batch_size is None else config.batch_size, n_train
+    )
     steps_per_epoch = max(1, n_train // batch_size)  # drop the ragged last batch (BatchNorm)
     identity = {
         "dataset": config.dataset,
@@ -382,6 +431,11 @@ def train(
         progress, total_steps if planned else 0, f"{config.dataset}/{config.model}/s{config.seed}"
     )
     images, labels = train_split.images, train_split.labels
+    # A fixed sample of training images for BatchNorm recalibration before each validation.
+    bn_sample = torch.randperm(n_train, generator=torch.Generator().manual_seed(config.seed))[
+        :PRECISE_BN_IMAGES
+    ]
+    bn_images = images[bn_sample.sort().values]
     order_epoch, order = -1, None
     aug_gen = torch.Generator(device=runtime.device if runtime.device.type == "cuda" else "cpu")
     stopped_early = over_budget = False
@@ -445,6 +499,7 @@ def train(
         # ---- end of a round: validate, select, checkpoint
         if step % round_steps == 0 or step >= total_steps:
             round_seconds = time.perf_counter() - round_start_time
+            recalibrate_batchnorm(eval_model, bn_images, runtime, batch_size)
             val_logits = predict_logits(eval_model, data.val.images, runtime)
             model.train()
             val_probs = metrics.probabilities_from_logits(val_logits, task)
