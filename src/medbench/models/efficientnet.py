@@ -13,6 +13,8 @@ track the weights within the few thousand steps of a MedMNIST run (the TF port's
 and makes eval-mode outputs drift), and eps 1e-3 so small batches with near-constant
 channels do not blow up; the SE bottleneck is sized from the block input (EfficientNet's
 rule, not the expanded width); the head is pool -> dropout -> linear with a small init.
+Early in training, eval-mode BN statistics can still lag the weights enough to predict one
+class; re-estimating them fixes it (measured, see docs/models.md).
 
 Stride plan (B0 downsamples at the stem and in stages 2, 3, 4 and 6):
 
