@@ -11,7 +11,15 @@ import os
 import socket
 from pathlib import Path
 
-import pytest
+# One intra-op thread in tests and in the medbench processes they start: tests run many
+# tiny batches (where threads buy nothing) and, beside subprocess tests, OpenMP threads
+# spinning against each other on two cores made single steps 10-20x slower.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
 
 SHARED_DATA_ENV = "MEDBENCH_SHARED_DATA"
 # name, size: one stand-in per task type, gray and RGB, 28 and 64 px.

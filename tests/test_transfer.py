@@ -188,3 +188,16 @@ def test_adapted_timm_backbone_loads_rgb_weights_and_classifies_gray_images(root
     report = load_matching(model, load_source(str(root / "imagenet.pth"), MODEL))
     assert not report.adapted and not report.skipped
     assert model(torch.randn(2, 1, 28, 28)).shape == (2, 2)
+
+
+def test_timm_models_take_input_adapter_options_through_the_registry():
+    import torch
+
+    from medbench.models import build_model
+    from medbench.models.adapters import InputAdapter
+
+    model = build_model("timm:resnet10t", 1, 2, image_size=28, input_adapter="pad", input_size=64)
+    assert isinstance(model, InputAdapter)
+    x = torch.zeros(2, 1, 28, 28)
+    assert model(x).shape == (2, 2)
+    assert torch.equal(model(x), model.forward_head(model.forward_features(x)))

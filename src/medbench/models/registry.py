@@ -92,6 +92,15 @@ def _build_timm(
 ) -> nn.Module:
     import timm
 
+    from medbench.models.adapters import AdapterSpec
+
+    # Input adapter options (input_adapter / input_size / input_channels): resize small
+    # MedMNIST images and match channels to what a pretrained backbone expects.
+    options = dict(options)
+    spec = AdapterSpec.pop_from(options)
+    if spec is not None:
+        in_channels_outer, in_channels = in_channels, spec.backbone_channels(in_channels)
+        image_size = spec.backbone_size(image_size)
     if not timm.is_model(name):
         raise MedbenchError(
             f"timm has no model {name!r}; list them with python -c "
@@ -112,4 +121,4 @@ def _build_timm(
         ) from None
     if not (hasattr(model, "forward_features") and hasattr(model, "forward_head")):
         raise MedbenchError(f"timm model {name} has no forward_features/forward_head; pick another")
-    return model
+    return spec.wrap(model, in_channels_outer) if spec is not None else model
