@@ -121,12 +121,15 @@ def compute_findings(groups: list[Group], runs: list[Run]) -> Findings:
     everywhere = [lab for lab in labels if len({dataset_unit(g) for g in coverage[lab]}) == len(units)]
     candidates = everywhere or labels
     overall = {lab: sum(g.stat("test_acc").mean for g in coverage[lab]) / len(coverage[lab]) for lab in candidates}
-    best = max(overall, key=overall.get)
+    ranked = sorted(overall.items(), key=lambda kv: -kv[1])
+    best = ranked[0][0]
     f.best_overall = best
-    ranking = ", ".join(f"{lab} {pct(v)}" for lab, v in sorted(overall.items(), key=lambda kv: -kv[1]))
+    ranking = ", ".join(f"{lab} {pct(v)}" for lab, v in ranked)
     scope = "all datasets" if everywhere else "the datasets each model was run on"
+    tied = [lab for lab, v in ranked[1:] if abs(v - overall[best]) < 0.0005]
+    tie = f" (tied with {', '.join(tied)})" if tied else ""
     f.findings.append(
-        f"Best overall: {best}, with a mean test accuracy of {pct(overall[best])} over {scope} "
+        f"Best overall: {best}{tie}, with a mean test accuracy of {pct(overall[best])} over {scope} "
         f"({', '.join(units)}); ranking: {ranking}."
     )
 
@@ -187,10 +190,11 @@ def _gaps_and_collapse(f: Findings, runs: list[Run]) -> None:
             )
     collapsed = [r for r in runs if r.finished and r["collapsed"]]
     if collapsed:
+        more = f"; and {len(collapsed) - 6} more" if len(collapsed) > 6 else ""
         f.findings.append(
-            f"{len(collapsed)} run(s) collapsed (the collapse guard fired): " + "; ".join(
-                f"{r['model']} on {r['dataset']} seed {r['seed']} ({'; '.join(r['flags'][:2]) or 'flagged'})"
-                for r in collapsed[:6]) + "."
+            f"{len(collapsed)} of {len(done)} run(s) collapsed (the collapse guard fired): " + "; ".join(
+                f"{r['model']} on {r['dataset']} seed {r['seed']} ({_short(r['flags'][0]) if r['flags'] else 'flagged'})"
+                for r in collapsed[:6]) + more + "."
         )
     elif done:
         shares = [(((r.results or {}).get("metrics") or {}).get("test") or {}).get("majority_fraction") for r in done]
@@ -209,6 +213,10 @@ def _gaps_and_collapse(f: Findings, runs: list[Run]) -> None:
             f"{len(failed)} run(s) failed and are missing from the table: " + "; ".join(
                 f"{r['model']} on {r['dataset']} seed {r['seed']} ({r['error']})" for r in failed[:5]) + "."
         )
+
+
+def _short(text: str, limit: int = 90) -> str:
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
 
 
 def _published(f: Findings, per_dataset: dict[str, list[Group]]) -> None:
@@ -269,6 +277,19 @@ def _recommend(f: Findings, per_dataset: dict[str, list[Group]], groups: list[Gr
     rec = f.recommendations
     for cmp in f.comparisons:
         w, r = cmp.winner, cmp.runner_up
+        if all(g.collapsed_runs for g in per_dataset[cmp.dataset]):
+            rec.append(
+                f"For {cmp.dataset}, no model is usable as trained: every one collapsed in at least one "
+                "run; train longer and with --class-balance weighted_loss before choosing."
+            )
+            continue
+        if w.collapsed_runs or (r is not None and r.collapsed_runs):
+            healthy = [g for g in per_dataset[cmp.dataset] if not g.collapsed_runs]
+            rec.append(
+                f"For {cmp.dataset}, use {healthy[0].label} ({pct(healthy[0].stat('test_acc').mean)}), the most "
+                "accurate model that never collapsed."
+            )
+            continue
         if r is None:
             rec.append(f"For {cmp.dataset}, {w.label} is the only model measured; add others to compare.")
         elif cmp.significant:
@@ -282,6 +303,11 @@ def _recommend(f: Findings, per_dataset: dict[str, list[Group]], groups: list[Gr
             )
     if f.most_efficient and f.best_overall and f.most_efficient != f.best_overall:
         e = max((g for g in groups if g.label == f.most_efficient), key=lambda g: g.stat("efficiency").mean or 0)
+        if e.collapsed_runs:
+            e = None
+    else:
+        e = None
+    if e is not None:
         best = next((g for g in per_dataset[dataset_unit(e)] if g.label == f.best_overall), None)
         if best is not None and best.stat("n_params").mean and e.stat("n_params").mean:
             ratio = best.stat("n_params").mean / e.stat("n_params").mean
@@ -290,12 +316,13 @@ def _recommend(f: Findings, per_dataset: dict[str, list[Group]], groups: list[Gr
                 f"Where size or latency matter, {e.label} keeps {100 * share:.0f}% of {best.label}'s accuracy on "
                 f"{dataset_unit(e)} with {ratio:.1f}x {'fewer' if ratio >= 1 else 'more'} parameters."
             )
-    for g in groups:
-        if g.collapsed_runs:
-            rec.append(
-                f"Do not use {g.label} on {dataset_unit(g)} as trained: it collapsed in {len(g.collapsed_runs)} of "
-                f"{g.n} runs; retrain with --class-balance weighted_loss and check per-class recall."
-            )
+    bad = [g for g in groups if g.collapsed_runs]
+    if bad:
+        rec.append(
+            "Do not use as trained (collapsed): " + ", ".join(
+                f"{g.label} on {dataset_unit(g)} ({len(g.collapsed_runs)} of {g.n} runs)" for g in bad)
+            + "; retrain with --class-balance weighted_loss and check per-class recall."
+        )
     for unit, gs in per_dataset.items():
         ref = baseline(gs[0].dataset)
         acc = gs[0].stat("test_acc").mean
