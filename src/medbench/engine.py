@@ -483,14 +483,16 @@ def train(
         if not planned:
             if step == 1:
                 calib_start = (time.perf_counter(), step)
-            elif step >= min(12, steps_per_epoch):
+            elif step >= min(12, steps_per_epoch) or (
+                step >= 3 and time.perf_counter() - run_start > 0.1 * budget
+            ):
                 total_steps, round_steps = _plan_budget(
                     budget,
                     time.perf_counter() - run_start,
                     step,
                     calib_start,
                     steps_per_epoch,
-                    len(data.val),
+                    len(data.val) + len(bn_images),  # validation + BN recalibration
                     batch_size,
                 )
                 planned = True
@@ -596,14 +598,15 @@ def _plan_budget(
     step: int,
     calib_start,
     steps_per_epoch: int,
-    n_val: int,
+    n_eval: int,
     batch_size: int,
 ) -> tuple[int, int]:
-    """Fix (total_steps, round_steps) so that training plus validation fits in `budget`."""
+    """Fix (total_steps, round_steps) so that training plus the forward-only passes of each
+    round (`n_eval` images: validation and BatchNorm recalibration) fit in `budget`."""
     t0, s0 = calib_start
     step_seconds = (time.perf_counter() - t0) / max(1, step - s0)
     # A validation pass is forward-only (about a third of a training step per image).
-    val_seconds = n_val / batch_size * step_seconds / 3
+    val_seconds = n_eval / batch_size * step_seconds / 3
     available = max(0.0, budget - elapsed)
     epoch_seconds = steps_per_epoch * step_seconds + val_seconds
     if available >= MIN_ROUNDS * epoch_seconds:
