@@ -35,22 +35,41 @@ def mean_std(values: list[float]) -> str:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data-dir", default=str(Path(__file__).resolve().parents[2] / "shared" / "medmnist"))
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--data-dir", default=str(Path(__file__).resolve().parents[2] / "shared" / "medmnist")
+    )
     p.add_argument("--models", default="advanced_cnn,efficientnet,resnet18")
     p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--budget", action="append", default=[], metavar="DATASET=SECONDS",
-                   help="time budget per run for a dataset (repeatable)")
+    p.add_argument(
+        "--budget",
+        action="append",
+        default=[],
+        metavar="DATASET=SECONDS",
+        help="time budget per run for a dataset (repeatable)",
+    )
     p.add_argument("--epochs", type=int, help="fixed epochs instead of budgets")
     p.add_argument("--out", default="/tmp/medbench-real-data")
     p.add_argument("--write", help="write the Markdown table to this file")
     args = p.parse_args()
 
-    budgets = dict(item.split("=") for item in args.budget) or {"breastmnist": "60", "pneumoniamnist": "150"}
+    budgets = dict(item.split("=") for item in args.budget) or {
+        "breastmnist": "60",
+        "pneumoniamnist": "150",
+    }
     for dataset, seconds in budgets.items():
-        run_benchmark([dataset], args.models, args.seeds, out=args.out, data_dir=args.data_dir,
-                      time_budget_seconds=None if args.epochs else float(seconds), epochs=args.epochs,
-                      report=False)
+        run_benchmark(
+            [dataset],
+            args.models,
+            args.seeds,
+            out=args.out,
+            data_dir=args.data_dir,
+            time_budget_seconds=None if args.epochs else float(seconds),
+            epochs=args.epochs,
+            report=False,
+        )
     build_report(args.out)
 
     rows = []
@@ -67,24 +86,31 @@ def main() -> int:
             auc = [r["metrics"]["test"]["auc"] for r in runs]
             secs = [r["timing"]["train_seconds"] for r in runs]
             pub_acc, pub_auc = PUBLISHED_R18_28[dataset]
-            beats = "yes" if statistics.mean(acc) > pub_acc and statistics.mean(auc) > pub_auc else "no"
+            beats = (
+                "yes" if statistics.mean(acc) > pub_acc and statistics.mean(auc) > pub_auc else "no"
+            )
             flags = sum(bool(r["flags"]) for r in runs)
             rows.append(
                 f"| {dataset} | {model} | {len(runs)} | {mean_std(acc)} | {mean_std(auc)} | "
                 f"{pub_acc:.3f} / {pub_auc:.3f} | {beats} | {statistics.mean(secs):.0f} | "
                 f"{statistics.mean([r['epochs_completed'] for r in runs]):.1f} | {flags} |"
             )
-    length = f"{args.epochs} epochs" if args.epochs else "budget per run: " + ", ".join(
-        f"{d} {s}s" for d, s in budgets.items())
-    text = "\n".join([
-        f"Default settings, {length}, {torch.get_num_threads()} CPU threads, seeds 0..{args.seeds - 1}; "
-        "test metrics of the epoch selected on validation AUC.",
-        "",
-        "| dataset | model | runs | test ACC | test AUC | published ResNet-18 (28) ACC / AUC | beats both | "
-        "train s | epochs | collapse flags |",
-        "|---|---|---:|---|---|---|---|---:|---:|---:|",
-        *rows,
-    ])
+    length = (
+        f"{args.epochs} epochs"
+        if args.epochs
+        else "budget per run: " + ", ".join(f"{d} {s}s" for d, s in budgets.items())
+    )
+    text = "\n".join(
+        [
+            f"Default settings, {length}, {torch.get_num_threads()} CPU threads, seeds 0..{args.seeds - 1}; "
+            "test metrics of the epoch selected on validation AUC.",
+            "",
+            "| dataset | model | runs | test ACC | test AUC | published ResNet-18 (28) ACC / AUC | beats both | "
+            "train s | epochs | collapse flags |",
+            "|---|---|---:|---|---|---|---|---:|---:|---:|",
+            *rows,
+        ]
+    )
     print(text)
     if args.write:
         Path(args.write).write_text(text + "\n")

@@ -21,19 +21,21 @@ import tempfile
 import time
 from pathlib import Path
 
+import medmnist
 import torch
 import torch.nn as nn
 import torch.utils.data as tud
 from torchvision import transforms
 
-import medmnist
 from medbench.config import TrainConfig
 from medbench.data import load_dataset
 from medbench.engine import train
 from medbench.models import build_model
 
 
-def official_images_per_second(data_dir: str, dataset: str, n_images: int, batch_size: int = 128) -> float:
+def official_images_per_second(
+    data_dir: str, dataset: str, n_images: int, batch_size: int = 128
+) -> float:
     """Train the official way for `n_images` images (after one warm-up batch)."""
     cls = getattr(medmnist, medmnist.INFO[dataset]["python_class"])
     tf = transforms.Compose([transforms.ToTensor(), transforms.Normalize(mean=[0.5], std=[0.5])])
@@ -62,19 +64,30 @@ def official_images_per_second(data_dir: str, dataset: str, n_images: int, batch
 def medbench_images_per_second(data, model: str, n_images: int, batch_size: int = 128) -> float:
     """medbench's engine on the first `n_images + batch_size` training images, one epoch."""
     n = n_images + batch_size
-    train_split = dataclasses.replace(data.train, images=data.train.images[:n], labels=data.train.labels[:n])
+    train_split = dataclasses.replace(
+        data.train, images=data.train.images[:n], labels=data.train.labels[:n]
+    )
     small = dataclasses.replace(data, train=train_split)
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = TrainConfig(dataset=data.info.name, model=model, epochs=1, batch_size=batch_size,
-                          run_dir=str(Path(tmp) / "run"))
+        cfg = TrainConfig(
+            dataset=data.info.name,
+            model=model,
+            epochs=1,
+            batch_size=batch_size,
+            run_dir=str(Path(tmp) / "run"),
+        )
         results = train(cfg, data=small, progress=False)
     # The engine times its training steps (validation excluded) per round.
     return results["history"][-1]["train_images_per_second"]
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data-dir", default=str(Path(__file__).resolve().parents[2] / "shared" / "medmnist"))
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--data-dir", default=str(Path(__file__).resolve().parents[2] / "shared" / "medmnist")
+    )
     p.add_argument("--dataset", default="pneumoniamnist")
     p.add_argument("--images", type=int, default=1536, help="images timed per measurement")
     p.add_argument("--repeats", type=int, default=2)
@@ -89,8 +102,11 @@ def main() -> int:
         official.append(official_images_per_second(args.data_dir, args.dataset, args.images))
         for m in models:
             ours[m].append(medbench_images_per_second(data, m, args.images))
-        print(f"official {official[-1]:.1f} img/s; " + ", ".join(f"{m} {ours[m][-1]:.1f}" for m in models),
-              file=sys.stderr)
+        print(
+            f"official {official[-1]:.1f} img/s; "
+            + ", ".join(f"{m} {ours[m][-1]:.1f}" for m in models),
+            file=sys.stderr,
+        )
     base = statistics.median(official)
     lines = [
         f"Training throughput on {args.dataset} (28px, batch 128), {torch.get_num_threads()} threads, "

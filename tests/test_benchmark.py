@@ -27,11 +27,23 @@ from medbench.errors import MedbenchError
 from medbench.store import Owner, ResultsStore
 from test_benchmark_support import make_fake_train
 
-GRID = {"datasets": "dermamnist,breastmnist", "models": "advanced_cnn,resnet18", "seeds": 2, "epochs": 2}
+GRID = {
+    "datasets": "dermamnist,breastmnist",
+    "models": "advanced_cnn,resnet18",
+    "seeds": 2,
+    "epochs": 2,
+}
 
 
 def _run(tmp_path, train_fn, **kw):
-    args = {**GRID, "out": tmp_path / "out", "train_fn": train_fn, "progress": False, "report": False, **kw}
+    args = {
+        **GRID,
+        "out": tmp_path / "out",
+        "train_fn": train_fn,
+        "progress": False,
+        "report": False,
+        **kw,
+    }
     return run_benchmark(**args)
 
 
@@ -60,8 +72,17 @@ def test_grid_has_one_cell_per_dataset_model_seed_each_in_its_own_folder(tmp_pat
 
 def test_config_hash_ignores_where_and_how_long_but_not_what_is_learned():
     base = TrainConfig("dermamnist", "resnet18", epochs=3)
-    assert config_hash(base) == config_hash(TrainConfig("dermamnist", "resnet18", epochs=3, data_dir="/x",
-                                                        time_budget_seconds=60, run_dir="/y", device="cpu"))
+    assert config_hash(base) == config_hash(
+        TrainConfig(
+            "dermamnist",
+            "resnet18",
+            epochs=3,
+            data_dir="/x",
+            time_budget_seconds=60,
+            run_dir="/y",
+            device="cpu",
+        )
+    )
     assert config_hash(base) != config_hash(TrainConfig("dermamnist", "resnet18", epochs=4))
     assert config_hash(base) != config_hash(TrainConfig("dermamnist", "resnet18", epochs=3, lr=0.1))
 
@@ -110,7 +131,9 @@ def test_interrupted_cell_resumes_from_its_checkpoint(tmp_path):
 def test_results_on_disk_are_recorded_without_training_again(tmp_path):
     out = tmp_path / "out"
     cells = plan_grid(["dermamnist"], ["advanced_cnn"], [0], out=out, base={"epochs": 1})
-    make_fake_train()(TrainConfig.from_dict(cells[0].config.to_dict()))  # died before the store heard
+    make_fake_train()(
+        TrainConfig.from_dict(cells[0].config.to_dict())
+    )  # died before the store heard
     marker = tmp_path / "calls.txt"
     outcome = run_grid(cells, out, train_fn=make_fake_train(marker=marker), progress=False)
     assert outcome.counts["finished"] == 1
@@ -208,7 +231,10 @@ def test_two_processes_on_one_grid_train_each_cell_exactly_once(tmp_path):
     out, marker = tmp_path / "out", tmp_path / "calls.txt"
     script = _WORKER.format(tests=str(Path(__file__).parent), out=str(out), marker=str(marker))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    procs = [subprocess.Popen([sys.executable, "-c", script], env=env, stderr=subprocess.PIPE) for _ in range(2)]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", script], env=env, stderr=subprocess.PIPE)
+        for _ in range(2)
+    ]
     for p in procs:
         _, err = p.communicate(timeout=120)
         assert p.returncode == 0, err.decode()[-2000:]
@@ -228,7 +254,10 @@ def test_live_view_prints_done_running_left_and_eta_lines_when_not_a_terminal():
     stream = io.StringIO()
     view = GridView(4, stream=stream)
     view.cell_seconds = [10.0]
-    view.update({"pending": 2, "running": 1, "finished": 1, "failed": 0}, "dermamnist/resnet18/seed0: starting")
+    view.update(
+        {"pending": 2, "running": 1, "finished": 1, "failed": 0},
+        "dermamnist/resnet18/seed0: starting",
+    )
     line = stream.getvalue()
     assert line.startswith("[benchmark] 1/4 done (0 failed), 1 running, 2 left, ETA 30s")
     assert line.rstrip().endswith("dermamnist/resnet18/seed0: starting")

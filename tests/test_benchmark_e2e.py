@@ -25,7 +25,17 @@ except ImportError:  # the data loader is written in parallel; these tests wait 
     pytest.skip("medbench.data.load_dataset is not available yet", allow_module_level=True)
 
 # Small and quick: quarter-width models, one epoch, CPU.
-FAST = ["--epochs", "1", "--device", "cpu", "--quiet", "--model-option", "width=0.25", "--batch-size", "32"]
+FAST = [
+    "--epochs",
+    "1",
+    "--device",
+    "cpu",
+    "--quiet",
+    "--model-option",
+    "width=0.25",
+    "--batch-size",
+    "32",
+]
 
 
 @pytest.fixture(scope="module")
@@ -39,31 +49,76 @@ def data_dir(tmp_path_factory) -> Path:
 def _table(folder: Path) -> list[tuple]:
     """The per-run numbers of a finished grid (what the report's table is made of)."""
     rows = list(csv.DictReader((folder / "results.csv").open()))
-    return sorted((r["dataset"], r["model"], r["seed"], r["status"], r["test_acc"], r["test_auc"], r["val_acc"])
-                  for r in rows)
+    return sorted(
+        (
+            r["dataset"],
+            r["model"],
+            r["seed"],
+            r["status"],
+            r["test_acc"],
+            r["test_auc"],
+            r["val_acc"],
+        )
+        for r in rows
+    )
 
 
 def test_benchmark_command_end_to_end_writes_store_report_and_plots(data_dir, tmp_path):
     out = tmp_path / "out"
-    code = main(["benchmark", "--datasets", "dermamnist,breastmnist", "--models", "advanced_cnn,efficientnet",
-                 "--seeds", "2", "--data-dir", str(data_dir), "--out", str(out), *FAST])
+    code = main(
+        [
+            "benchmark",
+            "--datasets",
+            "dermamnist,breastmnist",
+            "--models",
+            "advanced_cnn,efficientnet",
+            "--seeds",
+            "2",
+            "--data-dir",
+            str(data_dir),
+            "--out",
+            str(out),
+            *FAST,
+        ]
+    )
     assert code == 0
     rows = ResultsStore(out).rows()
     assert len(rows) == 8 and all(r["status"] == "finished" for r in rows)
     for name in ("REPORT.md", "report.html", "results.csv", "results.json", "summary.json"):
         assert (out / name).exists()
     plots = {p.name for p in (out / "plots").glob("*.png")}
-    assert {"accuracy_heatmap.png", "efficiency.png", "curves_breastmnist.png", "reliability_dermamnist.png",
-            "confusion_breastmnist.png"} <= plots
+    assert {
+        "accuracy_heatmap.png",
+        "efficiency.png",
+        "curves_breastmnist.png",
+        "reliability_dermamnist.png",
+        "confusion_breastmnist.png",
+    } <= plots
     md = (out / "REPORT.md").read_text()
     assert "not the official one" in md  # the synthetic files' MD5s differ
     assert "| dermamnist | advanced_cnn | this study (n=2) |" in md
 
 
 def _benchmark_cmd(data_dir: Path, out: Path) -> list[str]:
-    return [sys.executable, "-m", "medbench", "benchmark", "--datasets", "breastmnist",
-            "--models", "advanced_cnn", "--seeds", "2", "--data-dir", str(data_dir), "--out", str(out),
-            *FAST, "--epochs", "2"]
+    return [
+        sys.executable,
+        "-m",
+        "medbench",
+        "benchmark",
+        "--datasets",
+        "breastmnist",
+        "--models",
+        "advanced_cnn",
+        "--seeds",
+        "2",
+        "--data-dir",
+        str(data_dir),
+        "--out",
+        str(out),
+        *FAST,
+        "--epochs",
+        "2",
+    ]
 
 
 def _interrupted(out: Path) -> bool:
@@ -79,8 +134,12 @@ def test_grid_killed_mid_run_and_restarted_ends_with_the_same_table(data_dir, tm
     subprocess.run(_benchmark_cmd(data_dir, reference), check=True, env=env, capture_output=True)
 
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(_benchmark_cmd(data_dir, killed), env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        _benchmark_cmd(data_dir, killed),
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 120
     while not _interrupted(killed) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -97,8 +156,22 @@ def test_grid_killed_mid_run_and_restarted_ends_with_the_same_table(data_dir, tm
 @pytest.mark.realdata
 def test_short_real_run_report_matches_the_run_files(shared_medmnist, tmp_path):
     out = tmp_path / "out"
-    code = main(["benchmark", "--datasets", "breastmnist,pneumoniamnist", "--models", "advanced_cnn",
-                 "--seeds", "1", "--data-dir", str(shared_medmnist), "--out", str(out), *FAST])
+    code = main(
+        [
+            "benchmark",
+            "--datasets",
+            "breastmnist,pneumoniamnist",
+            "--models",
+            "advanced_cnn",
+            "--seeds",
+            "1",
+            "--data-dir",
+            str(shared_medmnist),
+            "--out",
+            str(out),
+            *FAST,
+        ]
+    )
     assert code == 0
     runs = json.loads((out / "results.json").read_text())
     assert len(runs) == 2
@@ -107,6 +180,9 @@ def test_short_real_run_report_matches_the_run_files(shared_medmnist, tmp_path):
         results = json.loads(Path(row["results_path"]).read_text())
         test = results["metrics"]["test"]
         assert (row["test_acc"], row["test_auc"]) == (test["acc"], test["auc"])
-        assert f"| {row['dataset']} | advanced_cnn | 0 | {100 * test['acc']:.1f}% | {test['auc']:.3f} |" in md
+        assert (
+            f"| {row['dataset']} | advanced_cnn | 0 | {100 * test['acc']:.1f}% | {test['auc']:.3f} |"
+            in md
+        )
     # pneumoniamnist's local file has a different training order, so its MD5 differs.
     assert "pneumoniamnist" in next(s for s in md.splitlines() if "not the official one" in s)

@@ -22,13 +22,21 @@ TINY = {"width": 0.25}  # a small efficientnet keeps these tests quick
 
 @pytest.fixture
 def blood(tmp_path):
-    write_synthetic_like(tmp_path / "data", "bloodmnist", 28, n_train=96, n_val=32, n_test=32, seed=1)
+    write_synthetic_like(
+        tmp_path / "data", "bloodmnist", 28, n_train=96, n_val=32, n_test=32, seed=1
+    )
     return load_dataset("bloodmnist", 28, tmp_path / "data", progress=False)
 
 
 def config(tmp_path, name="run", **kw) -> TrainConfig:
-    base = dict(dataset="bloodmnist", model="efficientnet", epochs=2, batch_size=32,
-                model_options=dict(TINY), run_dir=str(tmp_path / name))
+    base = dict(
+        dataset="bloodmnist",
+        model="efficientnet",
+        epochs=2,
+        batch_size=32,
+        model_options=dict(TINY),
+        run_dir=str(tmp_path / name),
+    )
     base.update(kw)
     return TrainConfig(**base)
 
@@ -53,7 +61,9 @@ def test_run_folder_holds_results_model_checkpoint_and_predictions(tmp_path, blo
 def test_results_report_size_speed_and_efficiency(tmp_path, blood):
     r = train(config(tmp_path, epochs=1), data=blood, progress=False)
     assert r["model"]["n_params"] > 0 and r["model"]["flops"] > 0
-    assert r["timing"]["latency_ms_per_image"] > 0 and r["timing"]["throughput_images_per_second"] > 0
+    assert (
+        r["timing"]["latency_ms_per_image"] > 0 and r["timing"]["throughput_images_per_second"] > 0
+    )
     expected = 100 * r["metrics"]["test"]["acc"] / (r["model"]["n_params"] / 1e6)
     assert r["efficiency"] == pytest.approx(expected)
     assert {"ece", "balanced_acc", "per_class", "confusion_matrix"} <= set(r["metrics"]["test"])
@@ -80,14 +90,21 @@ def test_resumed_run_ends_with_exactly_the_weights_of_an_uninterrupted_one(tmp_p
             raise Interrupt
 
     with pytest.raises(Interrupt):
-        train(config(tmp_path, "part", epochs=3), data=blood, progress=False, on_epoch=stop_after_first)
+        train(
+            config(tmp_path, "part", epochs=3),
+            data=blood,
+            progress=False,
+            on_epoch=stop_after_first,
+        )
     assert not (tmp_path / "part" / "results.json").exists()
     resumed = train(config(tmp_path, "part", epochs=3), data=blood, progress=False, resume=True)
 
     for key, value in final_weights(tmp_path / "full").items():
         assert torch.equal(value, final_weights(tmp_path / "part")[key]), key
     assert resumed["metrics"]["test"] == full["metrics"]["test"]
-    assert [h["train_loss"] for h in resumed["history"]] == [h["train_loss"] for h in full["history"]]
+    assert [h["train_loss"] for h in resumed["history"]] == [
+        h["train_loss"] for h in full["history"]
+    ]
 
 
 def test_resume_refuses_a_checkpoint_of_another_model(tmp_path, blood):
@@ -126,12 +143,25 @@ def test_evaluate_reproduces_the_runs_test_metrics(tmp_path, blood):
     assert again["test"]["auc"] == pytest.approx(r["metrics"]["test"]["auc"])
 
 
-@pytest.mark.parametrize(("name", "task_model"), [("chestmnist", "efficientnet"), ("breastmnist", "advanced_cnn")])
+@pytest.mark.parametrize(
+    ("name", "task_model"), [("chestmnist", "efficientnet"), ("breastmnist", "advanced_cnn")]
+)
 def test_every_task_type_trains(tmp_path, name, task_model):
     write_synthetic_like(tmp_path / "data", name, 28, n_train=64, n_val=32, n_test=32)
-    r = train(TrainConfig(dataset=name, model=task_model, epochs=1, batch_size=32, model_options={"width": 0.25},
-                          data_dir=str(tmp_path / "data"), run_dir=str(tmp_path / "run"), class_balance="weighted_loss",
-                          mixup=0.2), progress=False)
+    r = train(
+        TrainConfig(
+            dataset=name,
+            model=task_model,
+            epochs=1,
+            batch_size=32,
+            model_options={"width": 0.25},
+            data_dir=str(tmp_path / "data"),
+            run_dir=str(tmp_path / "run"),
+            class_balance="weighted_loss",
+            mixup=0.2,
+        ),
+        progress=False,
+    )
     assert 0 <= r["metrics"]["test"]["acc"] <= 1
 
 
@@ -139,27 +169,68 @@ def test_cosine_schedule_warms_up_then_decays_to_zero():
     cfg = TrainConfig(dataset="x", model="y", warmup_epochs=1)
     factors = [lr_factor(cfg, s, 100, 10) for s in range(100)]
     assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
-    assert factors[-1] < 0.01 and all(a >= b for a, b in zip(factors[10:], factors[11:]))
+    assert factors[-1] < 0.01 and all(
+        a >= b for a, b in zip(factors[10:], factors[11:], strict=False)
+    )
     official = TrainConfig(dataset="x", model="y", schedule="multistep")
-    assert [lr_factor(official, s, 100, 10) for s in (0, 49, 50, 75)] == pytest.approx([1, 1, 0.1, 0.01])
+    assert [lr_factor(official, s, 100, 10) for s in (0, 49, 50, 75)] == pytest.approx(
+        [1, 1, 0.1, 0.01]
+    )
 
 
 def test_collapse_is_flagged_in_results(tmp_path, blood):
     # lr so high that the net diverges to one class: the guard must say so.
-    r = train(config(tmp_path, epochs=1, lr=5.0, grad_clip=None, weight_decay=0.0), data=blood, progress=False)
+    r = train(
+        config(tmp_path, epochs=1, lr=5.0, grad_clip=None, weight_decay=0.0),
+        data=blood,
+        progress=False,
+    )
     assert r["collapsed"] is True and r["flags"]
     assert math.isfinite(r["metrics"]["test"]["acc"])
 
 
 def test_train_cli_reports_one_line_and_user_errors_exit_2(tmp_path, capsys):
     write_synthetic_like(tmp_path / "data", "breastmnist", 28, n_train=64, n_val=32, n_test=32)
-    code = main(["train", "--dataset", "breastmnist", "--model", "efficientnet", "--epochs", "1",
-                 "--batch-size", "32", "--model-option", "width=0.25", "--data-dir", str(tmp_path / "data"),
-                 "--run-dir", str(tmp_path / "run"), "--quiet"])
+    code = main(
+        [
+            "train",
+            "--dataset",
+            "breastmnist",
+            "--model",
+            "efficientnet",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "32",
+            "--model-option",
+            "width=0.25",
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--run-dir",
+            str(tmp_path / "run"),
+            "--quiet",
+        ]
+    )
     assert code == 0
     assert "test ACC" in capsys.readouterr().out
     assert main(["train", "--dataset", "nosuchmnist", "--model", "efficientnet"]) == 2
     assert main(["train", "--dataset", "breastmnist", "--model", "efficientnet", "--lr", "-1"]) == 2
-    assert main(["train", "--dataset", "breastmnist", "--model", "efficientnet", "--time-budget", "soon"]) == 2
+    assert (
+        main(
+            [
+                "train",
+                "--dataset",
+                "breastmnist",
+                "--model",
+                "efficientnet",
+                "--time-budget",
+                "soon",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
-    assert "Traceback" not in err and len([ln for ln in err.splitlines() if ln.startswith("medbench: error")]) == 3
+    assert (
+        "Traceback" not in err
+        and len([ln for ln in err.splitlines() if ln.startswith("medbench: error")]) == 3
+    )

@@ -17,24 +17,39 @@ from medbench.report import build_report
 from medbench.report.published import load_published
 from test_benchmark_support import make_fake_train
 
-GRID = {"datasets": "dermamnist,octmnist", "models": "advanced_cnn,resnet18", "epochs": 2,
-        "progress": False, "report": False}
+GRID = {
+    "datasets": "dermamnist,octmnist",
+    "models": "advanced_cnn,resnet18",
+    "epochs": 2,
+    "progress": False,
+    "report": False,
+}
 
 
 def _study(folder: Path, accuracy: dict, seeds=3, **fake) -> Path:
     with_warnings = fake.pop("warn", False)
     if with_warnings:
         with pytest.warns(Warning):
-            run_benchmark(**GRID, seeds=seeds, out=folder, train_fn=make_fake_train(accuracy, **fake))
+            run_benchmark(
+                **GRID, seeds=seeds, out=folder, train_fn=make_fake_train(accuracy, **fake)
+            )
     else:
         run_benchmark(**GRID, seeds=seeds, out=folder, train_fn=make_fake_train(accuracy, **fake))
     return folder
 
 
-CNN_WINS = {("dermamnist", "advanced_cnn"): 0.80, ("dermamnist", "resnet18"): 0.70,
-            ("octmnist", "advanced_cnn"): 0.78, ("octmnist", "resnet18"): 0.72}
-RESNET_WINS = {("dermamnist", "advanced_cnn"): 0.66, ("dermamnist", "resnet18"): 0.76,
-               ("octmnist", "advanced_cnn"): 0.70, ("octmnist", "resnet18"): 0.79}
+CNN_WINS = {
+    ("dermamnist", "advanced_cnn"): 0.80,
+    ("dermamnist", "resnet18"): 0.70,
+    ("octmnist", "advanced_cnn"): 0.78,
+    ("octmnist", "resnet18"): 0.72,
+}
+RESNET_WINS = {
+    ("dermamnist", "advanced_cnn"): 0.66,
+    ("dermamnist", "resnet18"): 0.76,
+    ("octmnist", "advanced_cnn"): 0.70,
+    ("octmnist", "resnet18"): 0.79,
+}
 
 
 @pytest.fixture(scope="module")
@@ -48,11 +63,24 @@ def cnn_report(cnn_study):
 
 
 def test_report_writes_markdown_html_csv_json_and_plots(cnn_report):
-    for path in (cnn_report.markdown, cnn_report.html, cnn_report.csv, cnn_report.json, cnn_report.summary):
+    for path in (
+        cnn_report.markdown,
+        cnn_report.html,
+        cnn_report.csv,
+        cnn_report.json,
+        cnn_report.summary,
+    ):
         assert path.exists() and path.stat().st_size > 0
     names = {p.name for p in cnn_report.plots}
-    for expected in ("accuracy_heatmap.png", "accuracy_vs_params.png", "accuracy_vs_flops.png", "efficiency.png",
-                     "curves_dermamnist.png", "confusion_octmnist.png", "reliability_dermamnist.png"):
+    for expected in (
+        "accuracy_heatmap.png",
+        "accuracy_vs_params.png",
+        "accuracy_vs_flops.png",
+        "efficiency.png",
+        "curves_dermamnist.png",
+        "confusion_octmnist.png",
+        "reliability_dermamnist.png",
+    ):
         assert expected in names
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in cnn_report.plots)
 
@@ -65,7 +93,10 @@ def test_html_is_self_contained_with_every_plot_embedded(cnn_report):
 
 def test_table_shows_mean_std_and_n_beside_published_and_reference_rows(cnn_report):
     md = cnn_report.markdown.read_text()
-    assert "| Dataset | Model | Source | Test accuracy | Test AUC | Parameters | FLOPs | Efficiency | Train time |" in md
+    assert (
+        "| Dataset | Model | Source | Test accuracy | Test AUC | Parameters | FLOPs | Efficiency | Train time |"
+        in md
+    )
     assert "this study (n=3)" in md
     assert "| dermamnist | ResNet-18 (28) | published: MedMNIST v2 | 73.5% | 0.917 |" in md
     assert "| octmnist | efficientnet | reference study | 25.0% (collapsed) |" in md
@@ -98,7 +129,10 @@ def test_a_clear_margin_over_seeds_is_reported_as_exceeding_the_spread(cnn_repor
     comparisons = {c.dataset: c for c in cnn_report.findings.comparisons}
     assert comparisons["dermamnist"].significant is True
     assert comparisons["dermamnist"].p_value < 0.05
-    assert any("exceeds the seed-to-seed spread" in s and "Welch" in s for s in cnn_report.findings.findings)
+    assert any(
+        "exceeds the seed-to-seed spread" in s and "Welch" in s
+        for s in cnn_report.findings.findings
+    )
 
 
 def test_close_models_are_reported_as_within_the_spread(tmp_path):
@@ -115,11 +149,16 @@ def test_one_seed_leaves_the_difference_untested(tmp_path):
 
 
 def test_collapse_and_val_test_gap_are_flagged(tmp_path):
-    report = build_report(_study(tmp_path, CNN_WINS, collapse={("octmnist", "resnet18")}), plots=False)
+    report = build_report(
+        _study(tmp_path, CNN_WINS, collapse={("octmnist", "resnet18")}), plots=False
+    )
     text = " ".join(report.findings.findings)
     assert "collapsed" in text and "resnet18 on octmnist" in text
     assert "differ by more than 5 points" in text
-    assert any("Do not use as trained" in r and "resnet18 on octmnist" in r for r in report.findings.recommendations)
+    assert any(
+        "Do not use as trained" in r and "resnet18 on octmnist" in r
+        for r in report.findings.recommendations
+    )
 
 
 def test_unofficial_data_files_and_the_dermamnist_license_are_flagged(tmp_path):
@@ -131,14 +170,18 @@ def test_unofficial_data_files_and_the_dermamnist_license_are_flagged(tmp_path):
 
 
 def test_failed_runs_are_listed_but_kept_out_of_the_table(tmp_path):
-    report = build_report(_study(tmp_path, CNN_WINS, fail={("octmnist", "resnet18")}, warn=True), plots=False)
+    report = build_report(
+        _study(tmp_path, CNN_WINS, fail={("octmnist", "resnet18")}, warn=True), plots=False
+    )
     assert any("failed" in s and "boom" in s for s in report.findings.findings)
     assert "| octmnist | resnet18 | this study" not in report.markdown.read_text()
 
 
 def test_report_never_imports_the_training_engine(cnn_study, tmp_path):
-    code = ("import sys; sys.modules['medbench.engine'] = None\n"
-            f"from medbench.report import build_report; build_report({str(cnn_study)!r}, {str(tmp_path)!r}, plots=False)")
+    code = (
+        "import sys; sys.modules['medbench.engine'] = None\n"
+        f"from medbench.report import build_report; build_report({str(cnn_study)!r}, {str(tmp_path)!r}, plots=False)"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
     assert (tmp_path / "REPORT.md").exists()
 

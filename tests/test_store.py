@@ -16,9 +16,19 @@ from medbench.store import Owner, ResultsStore, process_alive
 
 
 def _cells(tmp_path, n=3):
-    return [{"key": f"d|28|m|{i}|h", "dataset": "d", "size": 28, "model": "m", "seed": i,
-             "config_hash": "h", "config": {"seed": i}, "run_dir": tmp_path / "runs" / str(i)}
-            for i in range(n)]
+    return [
+        {
+            "key": f"d|28|m|{i}|h",
+            "dataset": "d",
+            "size": 28,
+            "model": "m",
+            "seed": i,
+            "config_hash": "h",
+            "config": {"seed": i},
+            "run_dir": tmp_path / "runs" / str(i),
+        }
+        for i in range(n)
+    ]
 
 
 def _dead_pid() -> int:
@@ -77,7 +87,10 @@ def test_cell_with_stale_heartbeat_on_another_host_is_reclaimed(tmp_path):
     store.claim([key], Owner("elsewhere", 123))
     assert store.claim([key], Owner.current(), stale_seconds=60) is None
     time.sleep(0.05)
-    assert store.claim([key], Owner.current(), stale_seconds=0.01)["claimed_host"] == socket.gethostname()
+    assert (
+        store.claim([key], Owner.current(), stale_seconds=0.01)["claimed_host"]
+        == socket.gethostname()
+    )
 
 
 def test_heartbeat_fails_for_a_cell_the_owner_lost(tmp_path):
@@ -96,13 +109,23 @@ def test_finish_records_metrics_and_paths_relative_to_the_folder(tmp_path):
     store.add_cells(cells)
     key = cells[0]["key"]
     store.claim([key])
-    results = {"metrics": {"test": {"acc": 0.8, "auc": 0.9}, "val": {"acc": 0.7, "auc": 0.85}},
-               "model": {"n_params": 1000, "gflops": 0.01}, "efficiency": 80.0,
-               "timing": {"train_seconds": 12.0}, "collapsed": False, "flags": ["x"]}
+    results = {
+        "metrics": {"test": {"acc": 0.8, "auc": 0.9}, "val": {"acc": 0.7, "auc": 0.85}},
+        "model": {"n_params": 1000, "gflops": 0.01},
+        "efficiency": 80.0,
+        "timing": {"train_seconds": 12.0},
+        "collapsed": False,
+        "flags": ["x"],
+    }
     store.finish(key, results, tmp_path / "runs" / "0" / "results.json")
     row = store.rows()[0]
     assert (row["status"], row["test_acc"], row["val_auc"], row["n_params"], row["flags"]) == (
-        "finished", 0.8, 0.85, 1000, ["x"])
+        "finished",
+        0.8,
+        0.85,
+        1000,
+        ["x"],
+    )
     raw = sqlite3.connect(store.path).execute("SELECT results_path FROM cells").fetchone()[0]
     assert raw == "runs/0/results.json"
     assert row["results_path"] == str(tmp_path / "runs" / "0" / "results.json")

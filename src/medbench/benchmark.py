@@ -42,8 +42,17 @@ DEFAULT_OUT = "medbench-results"
 DEFAULT_CPU_TOTAL_BUDGET_SECONDS = 3600.0
 # Keys that do not change what a run learns (or, for the time budget, are assigned per cell
 # when it is claimed), so they are not part of a cell's identity.
-_NOT_IDENTITY = ("dataset", "model", "size", "seed", "data_dir", "run_dir", "device",
-                 "num_workers", "time_budget_seconds")
+_NOT_IDENTITY = (
+    "dataset",
+    "model",
+    "size",
+    "seed",
+    "data_dir",
+    "run_dir",
+    "device",
+    "num_workers",
+    "time_budget_seconds",
+)
 
 TrainFn = Callable[..., dict]
 
@@ -71,9 +80,16 @@ class Cell:
 
     def store_row(self) -> dict[str, Any]:
         c = self.config
-        return {"key": self.key, "dataset": c.dataset, "size": c.size, "model": c.model,
-                "seed": c.seed, "config_hash": self.config_hash, "config": c.to_dict(),
-                "run_dir": str(self.run_dir)}
+        return {
+            "key": self.key,
+            "dataset": c.dataset,
+            "size": c.size,
+            "model": c.model,
+            "seed": c.seed,
+            "config_hash": self.config_hash,
+            "config": c.to_dict(),
+            "run_dir": str(self.run_dir),
+        }
 
 
 @dataclass
@@ -130,13 +146,20 @@ def _names(values: str | Sequence[str] | None, default: Sequence[str], what: str
         values = [v.strip() for v in values.split(",")]
     names = [v.strip().lower() for v in values if v and v.strip()]
     if not names:
-        raise MedbenchError(f"--{what} is empty; give a comma-separated list, e.g. --{what} {','.join(default)}")
+        raise MedbenchError(
+            f"--{what} is empty; give a comma-separated list, e.g. --{what} {','.join(default)}"
+        )
     return list(dict.fromkeys(names))
 
 
 def plan_grid(
-    datasets: Sequence[str], models: Sequence[str], seeds: Sequence[int], *,
-    out: str | Path, size: int = 28, base: dict[str, Any] | None = None,
+    datasets: Sequence[str],
+    models: Sequence[str],
+    seeds: Sequence[int],
+    *,
+    out: str | Path,
+    size: int = 28,
+    base: dict[str, Any] | None = None,
 ) -> list[Cell]:
     """The grid as cells in run order (dataset, then model, then seed). `base` holds
     TrainConfig keys applied to every cell (epochs, lr, data_dir, ...)."""
@@ -147,10 +170,13 @@ def plan_grid(
     for dataset in datasets:
         for model in models:
             for seed in seeds:
-                config = TrainConfig.from_dict({**base, "dataset": dataset, "model": model,
-                                                "size": size, "seed": seed}).validate()
+                config = TrainConfig.from_dict(
+                    {**base, "dataset": dataset, "model": model, "size": size, "seed": seed}
+                ).validate()
                 h = config_hash(config)
-                config.run_dir = str(Path(out) / "runs" / f"{dataset}-{size}" / model / f"seed{seed}-{h[:8]}")
+                config.run_dir = str(
+                    Path(out) / "runs" / f"{dataset}-{size}" / model / f"seed{seed}-{h[:8]}"
+                )
                 cells.append(Cell(config, h))
     return cells
 
@@ -172,8 +198,14 @@ class GridView:
         if enabled and getattr(self.stream, "isatty", lambda: False)():
             from tqdm import tqdm
 
-            self._bar = tqdm(total=total, desc="benchmark", unit="run", file=self.stream,
-                             dynamic_ncols=True, leave=True)
+            self._bar = tqdm(
+                total=total,
+                desc="benchmark",
+                unit="run",
+                file=self.stream,
+                dynamic_ncols=True,
+                leave=True,
+            )
 
     def _eta_seconds(self, counts: dict[str, int]) -> float | None:
         left = counts["pending"] + counts["running"]
@@ -189,8 +221,10 @@ class GridView:
     def status(self, counts: dict[str, int]) -> str:
         done = counts["finished"] + counts["failed"]
         eta = self._eta_seconds(counts)
-        text = (f"{done}/{self.total} done ({counts['failed']} failed), {counts['running']} running, "
-                f"{counts['pending']} left")
+        text = (
+            f"{done}/{self.total} done ({counts['failed']} failed), {counts['running']} running, "
+            f"{counts['pending']} left"
+        )
         return text + (f", ETA {format_seconds(eta)}" if eta is not None else "")
 
     def update(self, counts: dict[str, int], event: str | None = None) -> None:
@@ -237,7 +271,9 @@ class _Heartbeat:
 
     def __init__(self, store: ResultsStore, key: str, owner: Owner, every: float) -> None:
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(store, key, owner, every), daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, args=(store, key, owner, every), daemon=True
+        )
         self._thread.start()
 
     def _run(self, store: ResultsStore, key: str, owner: Owner, every: float) -> None:
@@ -281,7 +317,9 @@ def _default_train_fn() -> TrainFn:
 
 
 def run_grid(
-    cells: Sequence[Cell], out: str | Path, *,
+    cells: Sequence[Cell],
+    out: str | Path,
+    *,
     train_fn: TrainFn | None = None,
     total_time_budget_seconds: float | None = None,
     stale_seconds: float = DEFAULT_STALE_SECONDS,
@@ -307,7 +345,9 @@ def run_grid(
     keys = [c.key for c in cells]
     by_key = {c.key: c for c in cells}
     if len(by_key) != len(cells):
-        raise MedbenchError("the grid lists the same cell twice; give each dataset, model and seed once")
+        raise MedbenchError(
+            "the grid lists the same cell twice; give each dataset, model and seed once"
+        )
     store.add_cells((c.store_row() for c in cells), retry_failed=retry_failed)
     view = GridView(len(cells), enabled=True if progress is None else progress)
     deadline = None
@@ -330,19 +370,33 @@ def run_grid(
             if deadline is not None:
                 left = store.counts(keys)["pending"] + 1
                 config.time_budget_seconds = max(1.0, (deadline - time.monotonic()) / left)
-            _run_cell(cell, config, row, store, owner, train_fn, view, outcome, keys, heartbeat_seconds)
+            _run_cell(
+                cell, config, row, store, owner, train_fn, view, outcome, keys, heartbeat_seconds
+            )
     finally:
         outcome.counts = store.counts(keys)
-        view.update(outcome.counts, "grid finished" if not outcome.counts["pending"]
-                    and not outcome.counts["running"] else "stopped")
+        view.update(
+            outcome.counts,
+            "grid finished"
+            if not outcome.counts["pending"] and not outcome.counts["running"]
+            else "stopped",
+        )
         view.close()
     outcome.failed = [r for r in store.rows(keys) if r["status"] == "failed"]
     return outcome
 
 
 def _run_cell(
-    cell: Cell, config: TrainConfig, row: dict[str, Any], store: ResultsStore, owner: Owner,
-    train_fn: TrainFn, view: GridView, outcome: GridOutcome, keys: list[str], heartbeat_seconds: float,
+    cell: Cell,
+    config: TrainConfig,
+    row: dict[str, Any],
+    store: ResultsStore,
+    owner: Owner,
+    train_fn: TrainFn,
+    view: GridView,
+    outcome: GridOutcome,
+    keys: list[str],
+    heartbeat_seconds: float,
 ) -> None:
     run_dir = Path(config.run_dir)
     done = _finished_results(run_dir)
@@ -352,13 +406,20 @@ def _run_cell(
         return
     resuming = (run_dir / "checkpoint.pt").exists()
     how = "resuming" if resuming else "starting"
-    budget = f" (budget {format_seconds(config.time_budget_seconds)})" if config.time_budget_seconds else ""
+    budget = (
+        f" (budget {format_seconds(config.time_budget_seconds)})"
+        if config.time_budget_seconds
+        else ""
+    )
     view.update(store.counts(keys), f"{cell.label}: {how}{budget}, attempt {row['attempts']}")
 
     def on_epoch(record: dict) -> None:
         store.heartbeat(cell.key, owner)
-        parts = [f"{k} {record[k]:.4f}" for k in ("train_loss", "val_acc", "val_auc")
-                 if isinstance(record.get(k), (int, float))]
+        parts = [
+            f"{k} {record[k]:.4f}"
+            for k in ("train_loss", "val_acc", "val_auc")
+            if isinstance(record.get(k), (int, float))
+        ]
         view.note(f"  {cell.label} epoch {record.get('epoch')}: {', '.join(parts)}")
 
     beat = _Heartbeat(store, cell.key, owner, heartbeat_seconds)
@@ -375,7 +436,9 @@ def _run_cell(
         store.fail(cell.key, message)
         with contextlib.suppress(MedbenchError):
             atomic_write_text(run_dir / "error.log", traceback.format_exc())
-        warnings.warn(f"{cell.label} failed ({message}); the grid goes on", MedbenchWarning, stacklevel=2)
+        warnings.warn(
+            f"{cell.label} failed ({message}); the grid goes on", MedbenchWarning, stacklevel=2
+        )
         view.update(store.counts(keys), f"{cell.label}: FAILED: {message}")
         return
     beat.stop()
@@ -432,7 +495,9 @@ def run_benchmark(
     if config is not None:
         base = dict(config) if isinstance(config, dict) else load_config_file(config)
     if time_budget_seconds is not None and total_time_budget_seconds is not None:
-        raise MedbenchError("give either --time-budget (per run) or --total-time-budget (whole grid), not both")
+        raise MedbenchError(
+            "give either --time-budget (per run) or --total-time-budget (whole grid), not both"
+        )
     if epochs is not None:
         base["epochs"] = epochs
     if time_budget_seconds is not None:
@@ -444,22 +509,37 @@ def run_benchmark(
     if total_time_budget_seconds is not None:
         base.pop("time_budget_seconds", None)
     length_given = any(base.get(k) is not None for k in ("epochs", "time_budget_seconds"))
-    if not length_given and total_time_budget_seconds is None and not _on_gpu(base.get("device", "auto")):
+    if (
+        not length_given
+        and total_time_budget_seconds is None
+        and not _on_gpu(base.get("device", "auto"))
+    ):
         total_time_budget_seconds = DEFAULT_CPU_TOTAL_BUDGET_SECONDS
         warnings.warn(
             f"no GPU: the grid shares a {format_seconds(total_time_budget_seconds)} time budget "
             "(set --epochs, --time-budget or --total-time-budget to choose)",
-            MedbenchWarning, stacklevel=2,
+            MedbenchWarning,
+            stacklevel=2,
         )
     out = Path(out).resolve()
     cells = plan_grid(
-        _names(datasets, DEFAULT_DATASETS, "datasets"), _names(models, DEFAULT_MODELS, "models"),
-        parse_seeds(seeds), out=out, size=size, base=base,
+        _names(datasets, DEFAULT_DATASETS, "datasets"),
+        _names(models, DEFAULT_MODELS, "models"),
+        parse_seeds(seeds),
+        out=out,
+        size=size,
+        base=base,
     )
     if train_fn is None:  # the engine's names; a stand-in train function may use its own
         _check_names(cells)
-    outcome = run_grid(cells, out, train_fn=train_fn, total_time_budget_seconds=total_time_budget_seconds,
-                       progress=progress, stale_seconds=stale_seconds)
+    outcome = run_grid(
+        cells,
+        out,
+        train_fn=train_fn,
+        total_time_budget_seconds=total_time_budget_seconds,
+        progress=progress,
+        stale_seconds=stale_seconds,
+    )
     if report:
         from medbench.report import build_report
 

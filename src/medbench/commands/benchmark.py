@@ -34,15 +34,30 @@ DESCRIPTION = (
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("grid")
-    g.add_argument("--datasets", help=f"comma-separated datasets (default {','.join(DEFAULT_DATASETS)})")
+    g.add_argument(
+        "--datasets", help=f"comma-separated datasets (default {','.join(DEFAULT_DATASETS)})"
+    )
     g.add_argument("--models", help=f"comma-separated models (default {','.join(DEFAULT_MODELS)})")
-    g.add_argument("--seeds", default=str(DEFAULT_SEEDS),
-                   help=f"a count N (seeds 0..N-1) or a list like 0,3,7 (default {DEFAULT_SEEDS})")
-    g.add_argument("--size", type=int, default=28, choices=(28, 64, 128, 224),
-                   help="image size in pixels (default 28)")
-    g.add_argument("--total-time-budget", metavar="DURATION",
-                   help="budget for the whole grid, split evenly over the runs not yet finished, e.g. 1h")
-    g.add_argument("--out", default=DEFAULT_OUT, metavar="DIR", help=f"output folder (default {DEFAULT_OUT})")
+    g.add_argument(
+        "--seeds",
+        default=str(DEFAULT_SEEDS),
+        help=f"a count N (seeds 0..N-1) or a list like 0,3,7 (default {DEFAULT_SEEDS})",
+    )
+    g.add_argument(
+        "--size",
+        type=int,
+        default=28,
+        choices=(28, 64, 128, 224),
+        help="image size in pixels (default 28)",
+    )
+    g.add_argument(
+        "--total-time-budget",
+        metavar="DURATION",
+        help="budget for the whole grid, split evenly over the runs not yet finished, e.g. 1h",
+    )
+    g.add_argument(
+        "--out", default=DEFAULT_OUT, metavar="DIR", help=f"output folder (default {DEFAULT_OUT})"
+    )
     g.add_argument("--no-report", action="store_true", help="do not write the report at the end")
     g.add_argument("--quiet", action="store_true", help="no progress on stderr")
     add_data_dir(parser)
@@ -51,18 +66,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.time_budget and args.total_time_budget:
-        raise MedbenchError("give either --time-budget (per run) or --total-time-budget (whole grid), not both")
+        raise MedbenchError(
+            "give either --time-budget (per run) or --total-time-budget (whole grid), not both"
+        )
     outcome = run_benchmark(
-        datasets=args.datasets, models=args.models, seeds=args.seeds, size=args.size,
-        total_time_budget_seconds=parse_duration(args.total_time_budget) if args.total_time_budget else None,
-        out=args.out, config=config_overrides(args), report=not args.no_report,
+        datasets=args.datasets,
+        models=args.models,
+        seeds=args.seeds,
+        size=args.size,
+        total_time_budget_seconds=parse_duration(args.total_time_budget)
+        if args.total_time_budget
+        else None,
+        out=args.out,
+        config=config_overrides(args),
+        report=not args.no_report,
         progress=False if args.quiet else None,
     )
     c = outcome.counts
-    print(f"{c.get('finished', 0)}/{len(outcome.cells)} runs finished, {c.get('failed', 0)} failed "
-          f"({len(outcome.trained)} trained by this process); results in {outcome.out}")
+    print(
+        f"{c.get('finished', 0)}/{len(outcome.cells)} runs finished, {c.get('failed', 0)} failed "
+        f"({len(outcome.trained)} trained by this process); results in {outcome.out}"
+    )
     if outcome.report is not None:
         print(f"report: {outcome.report.markdown} and {outcome.report.html}")
     for row in outcome.failed:
-        print(f"failed: {row['dataset']}/{row['model']}/seed{row['seed']}: {row['error']}", file=sys.stderr)
+        print(
+            f"failed: {row['dataset']}/{row['model']}/seed{row['seed']}: {row['error']}",
+            file=sys.stderr,
+        )
     return 1 if outcome.failed else 0

@@ -19,7 +19,14 @@ from medbench.report.plots import draw_all
 from medbench.report.published import load_published
 from medbench.report.render import render_html, render_markdown
 
-__all__ = ["ReportFiles", "build_report", "compute_findings", "group_runs", "load_runs", "load_published"]
+__all__ = [
+    "ReportFiles",
+    "build_report",
+    "compute_findings",
+    "group_runs",
+    "load_runs",
+    "load_published",
+]
 
 
 @dataclass
@@ -49,34 +56,71 @@ def _csv_text(runs: list[Run]) -> str:
 
 def _group_summary(g: Group) -> dict:
     stats = {}
-    for name in ("test_acc", "test_auc", "val_acc", "val_auc", "n_params", "gflops", "efficiency", "train_seconds"):
+    for name in (
+        "test_acc",
+        "test_auc",
+        "val_acc",
+        "val_auc",
+        "n_params",
+        "gflops",
+        "efficiency",
+        "train_seconds",
+    ):
         s = g.stat(name)
         stats[name] = {"mean": s.mean, "std": s.std, "n": s.n}
-    return {"dataset": g.dataset, "size": g.size, "model": g.model, "label": g.label,
-            "config_hash": g.config_hash, "n_runs": g.n, "collapsed_runs": len(g.collapsed_runs),
-            "seeds": [r["seed"] for r in g.runs], **stats}
+    return {
+        "dataset": g.dataset,
+        "size": g.size,
+        "model": g.model,
+        "label": g.label,
+        "config_hash": g.config_hash,
+        "n_runs": g.n,
+        "collapsed_runs": len(g.collapsed_runs),
+        "seeds": [r["seed"] for r in g.runs],
+        **stats,
+    }
 
 
-def build_report(folder: str | Path, out_dir: str | Path | None = None, *, plots: bool = True) -> ReportFiles:
+def build_report(
+    folder: str | Path, out_dir: str | Path | None = None, *, plots: bool = True
+) -> ReportFiles:
     """Write REPORT.md, report.html (figures embedded), results.csv, results.json (one row
     per run), summary.json and plots/*.png for the benchmark folder `folder` (into
     `out_dir`, default the same folder)."""
     folder = Path(folder)
     runs = load_runs(folder)
-    runs.sort(key=lambda r: (str(r["dataset"]), str(r["model"]), r["seed"] if r["seed"] is not None else -1))
+    runs.sort(
+        key=lambda r: (
+            str(r["dataset"]),
+            str(r["model"]),
+            r["seed"] if r["seed"] is not None else -1,
+        )
+    )
     out = Path(out_dir) if out_dir else folder
     groups = group_runs(runs)
     findings = compute_findings(groups, runs)
     figures = draw_all(groups, out / "plots") if plots else []
-    files = ReportFiles(folder=out, markdown=out / "REPORT.md", html=out / "report.html",
-                        csv=out / "results.csv", json=out / "results.json", summary=out / "summary.json",
-                        plots=figures, findings=findings)
+    files = ReportFiles(
+        folder=out,
+        markdown=out / "REPORT.md",
+        html=out / "report.html",
+        csv=out / "results.csv",
+        json=out / "results.json",
+        summary=out / "summary.json",
+        plots=figures,
+        findings=findings,
+    )
     atomic_write_text(files.csv, _csv_text(runs))
     atomic_write_json(files.json, [{k: r.fields.get(k) for k in RUN_FIELDS} for r in runs])
-    atomic_write_json(files.summary, {
-        "schema_version": 1, "groups": [_group_summary(g) for g in groups],
-        "findings": findings_dict(findings), "published_citation": load_published()["citation"],
-    })
+    atomic_write_json(
+        files.summary,
+        {
+            "schema_version": 1,
+            "groups": [_group_summary(g) for g in groups],
+            "findings": findings_dict(findings),
+            "published_citation": load_published()["citation"],
+        },
+    )
     atomic_write_text(files.markdown, render_markdown(groups, runs, findings, figures, out))
     atomic_write_text(files.html, render_html(groups, runs, findings, figures))
     return files

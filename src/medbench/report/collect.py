@@ -16,10 +16,32 @@ from medbench.store import STORE_NAME, ResultsStore
 
 # Columns of results.csv / results.json, in order.
 RUN_FIELDS = (
-    "dataset", "size", "model", "seed", "config_hash", "status", "test_acc", "test_auc",
-    "val_acc", "val_auc", "test_balanced_acc", "test_macro_f1", "test_ece", "n_params",
-    "gflops", "efficiency", "train_seconds", "epochs_completed", "collapsed", "flags",
-    "data_official", "data_md5_matches", "license", "run_dir", "results_path", "error",
+    "dataset",
+    "size",
+    "model",
+    "seed",
+    "config_hash",
+    "status",
+    "test_acc",
+    "test_auc",
+    "val_acc",
+    "val_auc",
+    "test_balanced_acc",
+    "test_macro_f1",
+    "test_ece",
+    "n_params",
+    "gflops",
+    "efficiency",
+    "train_seconds",
+    "epochs_completed",
+    "collapsed",
+    "flags",
+    "data_official",
+    "data_md5_matches",
+    "license",
+    "run_dir",
+    "results_path",
+    "error",
 )
 
 
@@ -53,7 +75,9 @@ class Stat:
 
     @classmethod
     def of(cls, values: list[Any]) -> Stat:
-        vals = [float(v) for v in values if isinstance(v, (int, float)) and not math.isnan(float(v))]
+        vals = [
+            float(v) for v in values if isinstance(v, (int, float)) and not math.isnan(float(v))
+        ]
         if not vals:
             return cls(None, None, 0, [])
         std = statistics.stdev(vals) if len(vals) > 1 else None
@@ -94,15 +118,22 @@ def _flatten(row: dict[str, Any], results: dict[str, Any] | None) -> dict[str, A
     model = results.get("model") or {}
     data = results.get("dataset") or {}
     f.update(
-        test_acc=test.get("acc"), test_auc=test.get("auc"), val_acc=val.get("acc"),
-        val_auc=val.get("auc"), test_balanced_acc=test.get("balanced_acc"),
-        test_macro_f1=test.get("macro_f1"), test_ece=test.get("ece"),
-        n_params=model.get("n_params"), gflops=model.get("gflops"),
+        test_acc=test.get("acc"),
+        test_auc=test.get("auc"),
+        val_acc=val.get("acc"),
+        val_auc=val.get("auc"),
+        test_balanced_acc=test.get("balanced_acc"),
+        test_macro_f1=test.get("macro_f1"),
+        test_ece=test.get("ece"),
+        n_params=model.get("n_params"),
+        gflops=model.get("gflops"),
         efficiency=results.get("efficiency"),
         train_seconds=(results.get("timing") or {}).get("train_seconds"),
         epochs_completed=results.get("epochs_completed"),
-        collapsed=bool(results.get("collapsed")), flags=list(results.get("flags") or []),
-        data_official=data.get("official"), data_md5_matches=data.get("md5_matches"),
+        collapsed=bool(results.get("collapsed")),
+        flags=list(results.get("flags") or []),
+        data_official=data.get("official"),
+        data_md5_matches=data.get("md5_matches"),
         license=data.get("license"),
     )
     return f
@@ -123,11 +154,15 @@ def load_runs(folder: str | Path) -> list[Run]:
     `results.json` found under `folder` (e.g. runs of `medbench train`)."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise MedbenchError(f"{folder} is not a folder; give the --out folder of 'medbench benchmark'")
+        raise MedbenchError(
+            f"{folder} is not a folder; give the --out folder of 'medbench benchmark'"
+        )
     if (folder / STORE_NAME).exists():
         runs = []
         for row in ResultsStore(folder, create=False).rows():
-            results = _read_results(row.get("results_path")) if row["status"] == "finished" else None
+            results = (
+                _read_results(row.get("results_path")) if row["status"] == "finished" else None
+            )
             runs.append(Run(_flatten(row, results), results))
         return runs
     runs = []
@@ -136,9 +171,16 @@ def load_runs(folder: str | Path) -> list[Run]:
         if not results or results.get("status") != "finished" or "config" not in results:
             continue
         cfg = results["config"]
-        row = {"dataset": cfg.get("dataset"), "size": cfg.get("size"), "model": cfg.get("model"),
-               "seed": cfg.get("seed"), "config_hash": _hash(cfg), "status": "finished",
-               "run_dir": str(path.parent), "results_path": str(path)}
+        row = {
+            "dataset": cfg.get("dataset"),
+            "size": cfg.get("size"),
+            "model": cfg.get("model"),
+            "seed": cfg.get("seed"),
+            "config_hash": _hash(cfg),
+            "status": "finished",
+            "run_dir": str(path.parent),
+            "results_path": str(path),
+        }
         runs.append(Run(_flatten(row, results), results))
     if not runs:
         raise MedbenchError(
@@ -165,7 +207,9 @@ def group_runs(runs: list[Run]) -> list[Group]:
             continue
         key = (run["dataset"], run["size"], run["model"], run["config_hash"])
         if key not in groups:
-            groups[key] = Group(run["dataset"], int(run["size"] or 28), run["model"], run["config_hash"], [])
+            groups[key] = Group(
+                run["dataset"], int(run["size"] or 28), run["model"], run["config_hash"], []
+            )
         groups[key].runs.append(run)
     for g in groups.values():
         g.runs.sort(key=lambda r: r["seed"] if r["seed"] is not None else 0)

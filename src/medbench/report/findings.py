@@ -77,7 +77,9 @@ def compare_top_two(a: Group, b: Group | None) -> Comparison:
         return Comparison(dataset_unit(a), a, b, diff, None, None, overlap, method)
     if (sa.std or 0.0) == 0.0 and (sb.std or 0.0) == 0.0:
         # Every seed gave the same number: any difference is larger than the (zero) spread.
-        return Comparison(dataset_unit(a), a, b, diff, 0.0 if diff else 1.0, diff != 0, overlap, method)
+        return Comparison(
+            dataset_unit(a), a, b, diff, 0.0 if diff else 1.0, diff != 0, overlap, method
+        )
     import warnings
 
     from scipy.stats import ttest_ind
@@ -118,9 +120,14 @@ def compute_findings(groups: list[Group], runs: list[Run]) -> Findings:
     # present on every dataset first).
     labels = list(dict.fromkeys(g.label for g in groups))
     coverage = {lab: [g for g in groups if g.label == lab] for lab in labels}
-    everywhere = [lab for lab in labels if len({dataset_unit(g) for g in coverage[lab]}) == len(units)]
+    everywhere = [
+        lab for lab in labels if len({dataset_unit(g) for g in coverage[lab]}) == len(units)
+    ]
     candidates = everywhere or labels
-    overall = {lab: sum(g.stat("test_acc").mean for g in coverage[lab]) / len(coverage[lab]) for lab in candidates}
+    overall = {
+        lab: sum(g.stat("test_acc").mean for g in coverage[lab]) / len(coverage[lab])
+        for lab in candidates
+    }
     ranked = sorted(overall.items(), key=lambda kv: -kv[1])
     best = ranked[0][0]
     f.best_overall = best
@@ -170,16 +177,22 @@ def compute_findings(groups: list[Group], runs: list[Run]) -> Findings:
 
 
 def _gaps_and_collapse(f: Findings, runs: list[Run]) -> None:
-    done = [r for r in runs if r.finished and r["val_acc"] is not None and r["test_acc"] is not None]
+    done = [
+        r for r in runs if r.finished and r["val_acc"] is not None and r["test_acc"] is not None
+    ]
     if done:
         gaps = sorted(done, key=lambda r: -abs(r["val_acc"] - r["test_acc"]))
         big = [r for r in gaps if abs(r["val_acc"] - r["test_acc"]) * 100 > GAP_POINTS]
         if big:
             f.findings.append(
                 f"Validation and test accuracy differ by more than {GAP_POINTS:.0f} points in "
-                f"{len(big)} run(s): " + "; ".join(
+                f"{len(big)} run(s): "
+                + "; ".join(
                     f"{r['model']} on {r['dataset']} seed {r['seed']}: val {pct(r['val_acc'])} vs test "
-                    f"{pct(r['test_acc'])}" for r in big[:6]) + "."
+                    f"{pct(r['test_acc'])}"
+                    for r in big[:6]
+                )
+                + "."
             )
         else:
             r = gaps[0]
@@ -192,12 +205,19 @@ def _gaps_and_collapse(f: Findings, runs: list[Run]) -> None:
     if collapsed:
         more = f"; and {len(collapsed) - 6} more" if len(collapsed) > 6 else ""
         f.findings.append(
-            f"{len(collapsed)} of {len(done)} run(s) collapsed (the collapse guard fired): " + "; ".join(
+            f"{len(collapsed)} of {len(done)} run(s) collapsed (the collapse guard fired): "
+            + "; ".join(
                 f"{r['model']} on {r['dataset']} seed {r['seed']} ({_short(r['flags'][0]) if r['flags'] else 'flagged'})"
-                for r in collapsed[:6]) + more + "."
+                for r in collapsed[:6]
+            )
+            + more
+            + "."
         )
     elif done:
-        shares = [(((r.results or {}).get("metrics") or {}).get("test") or {}).get("majority_fraction") for r in done]
+        shares = [
+            (((r.results or {}).get("metrics") or {}).get("test") or {}).get("majority_fraction")
+            for r in done
+        ]
         known = [(s, r) for s, r in zip(shares, done, strict=True) if isinstance(s, (int, float))]
         if known:
             s, r = max(known, key=lambda t: t[0])
@@ -210,8 +230,12 @@ def _gaps_and_collapse(f: Findings, runs: list[Run]) -> None:
     failed = [r for r in runs if r["status"] == "failed"]
     if failed:
         f.findings.append(
-            f"{len(failed)} run(s) failed and are missing from the table: " + "; ".join(
-                f"{r['model']} on {r['dataset']} seed {r['seed']} ({r['error']})" for r in failed[:5]) + "."
+            f"{len(failed)} run(s) failed and are missing from the table: "
+            + "; ".join(
+                f"{r['model']} on {r['dataset']} seed {r['seed']} ({r['error']})"
+                for r in failed[:5]
+            )
+            + "."
         )
 
 
@@ -227,8 +251,10 @@ def _published(f: Findings, per_dataset: dict[str, list[Group]]) -> None:
             continue
         best = gs[0]
         acc = best.stat("test_acc").mean
-        text = (f"{unit}: our best ({best.label}, {pct(acc)}) is {points(acc - ref['acc'])} against the "
-                f"published {method} ({pct(ref['acc'])})")
+        text = (
+            f"{unit}: our best ({best.label}, {pct(acc)}) is {points(acc - ref['acc'])} against the "
+            f"published {method} ({pct(ref['acc'])})"
+        )
         auc = best.stat("test_auc").mean
         if auc is not None and ref.get("auc") is not None:
             text += f"; test AUC {auc:.3f} vs {ref['auc']:.3f}"
@@ -243,12 +269,20 @@ def _reference_study(f: Findings, groups: list[Group]) -> None:
         if not ref or g.size != 28:
             continue
         acc = g.stat("test_acc")
-        text = (f"Against the reference study, {g.label} on {g.dataset}: {mean_std(acc)} vs its "
-                f"{pct(ref['acc'])} ({points(acc.mean - ref['acc'])})")
+        text = (
+            f"Against the reference study, {g.label} on {g.dataset}: {mean_std(acc)} vs its "
+            f"{pct(ref['acc'])} ({points(acc.mean - ref['acc'])})"
+        )
         if ref.get("collapsed"):
             n_c = len(g.collapsed_runs)
-            text += (f"; the reference run collapsed (validation said {pct(ref.get('val_acc'))}), ours "
-                     + (f"collapsed in {n_c} of {g.n} runs" if n_c else f"did not collapse in any of {g.n} runs"))
+            text += (
+                f"; the reference run collapsed (validation said {pct(ref.get('val_acc'))}), ours "
+                + (
+                    f"collapsed in {n_c} of {g.n} runs"
+                    if n_c
+                    else f"did not collapse in any of {g.n} runs"
+                )
+            )
         f.findings.append(text + ".")
 
 
@@ -263,9 +297,13 @@ def _provenance(f: Findings, runs: list[Run]) -> None:
             "published results."
         )
     elif done and all(r["data_md5_matches"] is True for r in done):
-        f.findings.append(f"Data provenance: all {len(done)} runs used data files whose MD5 matches the official one.")
+        f.findings.append(
+            f"Data provenance: all {len(done)} runs used data files whose MD5 matches the official one."
+        )
     elif done:
-        f.findings.append("Data provenance: some runs did not record whether their data file was the official one.")
+        f.findings.append(
+            "Data provenance: some runs did not record whether their data file was the official one."
+        )
     for name, lic in sorted({(r["dataset"], r["license"]) for r in done if r["license"]}):
         if "NC" in lic.upper().split("-") or "BY-NC" in lic.upper():
             f.findings.append(
@@ -291,9 +329,13 @@ def _recommend(f: Findings, per_dataset: dict[str, list[Group]], groups: list[Gr
             )
             continue
         if r is None:
-            rec.append(f"For {cmp.dataset}, {w.label} is the only model measured; add others to compare.")
+            rec.append(
+                f"For {cmp.dataset}, {w.label} is the only model measured; add others to compare."
+            )
         elif cmp.significant:
-            rec.append(f"For {cmp.dataset}, use {w.label}: it beats {r.label} by more than the seed noise.")
+            rec.append(
+                f"For {cmp.dataset}, use {w.label}: it beats {r.label} by more than the seed noise."
+            )
         else:
             cheaper = min((w, r), key=lambda g: g.stat("n_params").mean or math.inf)
             why = "untested with one seed" if cmp.significant is None else f"p = {cmp.p_value:.2g}"
@@ -302,7 +344,10 @@ def _recommend(f: Findings, per_dataset: dict[str, list[Group]], groups: list[Gr
                 f"the smaller {cheaper.label} ({_params(cheaper)} parameters) or run more seeds (--seeds 5)."
             )
     if f.most_efficient and f.best_overall and f.most_efficient != f.best_overall:
-        e = max((g for g in groups if g.label == f.most_efficient), key=lambda g: g.stat("efficiency").mean or 0)
+        e = max(
+            (g for g in groups if g.label == f.most_efficient),
+            key=lambda g: g.stat("efficiency").mean or 0,
+        )
         if e.collapsed_runs:
             e = None
     else:
@@ -319,8 +364,11 @@ def _recommend(f: Findings, per_dataset: dict[str, list[Group]], groups: list[Gr
     bad = [g for g in groups if g.collapsed_runs]
     if bad:
         rec.append(
-            "Do not use as trained (collapsed): " + ", ".join(
-                f"{g.label} on {dataset_unit(g)} ({len(g.collapsed_runs)} of {g.n} runs)" for g in bad)
+            "Do not use as trained (collapsed): "
+            + ", ".join(
+                f"{g.label} on {dataset_unit(g)} ({len(g.collapsed_runs)} of {g.n} runs)"
+                for g in bad
+            )
             + "; retrain with --class-balance weighted_loss and check per-class recall."
         )
     for unit, gs in per_dataset.items():
@@ -335,18 +383,30 @@ def _recommend(f: Findings, per_dataset: dict[str, list[Group]], groups: list[Gr
                 "drawing conclusions."
             )
     if any("not the official" in s for s in f.findings):
-        rec.append("Re-run on the official data files before citing these numbers next to published ones.")
+        rec.append(
+            "Re-run on the official data files before citing these numbers next to published ones."
+        )
 
 
 def findings_dict(f: Findings) -> dict[str, Any]:
     """JSON-able summary of the findings (for results.json / tests)."""
     return {
-        "findings": f.findings, "recommendations": f.recommendations, "best_overall": f.best_overall,
-        "most_efficient": f.most_efficient, "winners": f.winners,
+        "findings": f.findings,
+        "recommendations": f.recommendations,
+        "best_overall": f.best_overall,
+        "most_efficient": f.most_efficient,
+        "winners": f.winners,
         "comparisons": [
-            {"dataset": c.dataset, "winner": c.winner.label,
-             "runner_up": c.runner_up.label if c.runner_up else None, "difference": c.difference,
-             "p_value": c.p_value, "significant": c.significant, "overlap": c.overlap, "method": c.method}
+            {
+                "dataset": c.dataset,
+                "winner": c.winner.label,
+                "runner_up": c.runner_up.label if c.runner_up else None,
+                "difference": c.difference,
+                "p_value": c.p_value,
+                "significant": c.significant,
+                "overlap": c.overlap,
+                "method": c.method,
+            }
             for c in f.comparisons
         ],
     }

@@ -33,7 +33,9 @@ def accuracy_heatmap(groups: list[Group], folder: Path) -> list[Path]:
     labels = list(dict.fromkeys(g.label for g in groups))
     grid = np.full((len(units), len(labels)), np.nan)
     for g in groups:
-        grid[units.index(_unit(g)), labels.index(g.label)] = 100 * (g.stat("test_acc").mean or np.nan)
+        grid[units.index(_unit(g)), labels.index(g.label)] = 100 * (
+            g.stat("test_acc").mean or np.nan
+        )
     fig = Figure(figsize=(1.6 + 1.5 * len(labels), 1.2 + 0.8 * len(units)))
     ax = fig.add_subplot()
     im = ax.imshow(np.ma.masked_invalid(grid), cmap="viridis", aspect="auto")
@@ -42,13 +44,17 @@ def accuracy_heatmap(groups: list[Group], folder: Path) -> list[Path]:
     for i in range(len(units)):
         for j in range(len(labels)):
             if not np.isnan(grid[i, j]):
-                ax.text(j, i, f"{grid[i, j]:.1f}", ha="center", va="center", color="white", fontsize=10)
+                ax.text(
+                    j, i, f"{grid[i, j]:.1f}", ha="center", va="center", color="white", fontsize=10
+                )
     fig.colorbar(im, ax=ax, label="test accuracy (%)")
     ax.set_title("Mean test accuracy")
     return [_save(fig, folder / "accuracy_heatmap.png")]
 
 
-def _scatter(groups: list[Group], folder: Path, x_field: str, x_label: str, name: str) -> list[Path]:
+def _scatter(
+    groups: list[Group], folder: Path, x_field: str, x_label: str, name: str
+) -> list[Path]:
     points = [(g, g.stat(x_field).mean, g.stat("test_acc")) for g in groups]
     points = [(g, x, s) for g, x, s in points if x and s.mean is not None]
     if not points:
@@ -57,10 +63,18 @@ def _scatter(groups: list[Group], folder: Path, x_field: str, x_label: str, name
     ax = fig.add_subplot()
     for unit in dict.fromkeys(_unit(g) for g, _, _ in points):
         sel = [(g, x, s) for g, x, s in points if _unit(g) == unit]
-        ax.errorbar([x for _, x, _ in sel], [100 * s.mean for _, _, s in sel],
-                    yerr=[100 * (s.std or 0) for _, _, s in sel], fmt="o", capsize=3, label=unit)
+        ax.errorbar(
+            [x for _, x, _ in sel],
+            [100 * s.mean for _, _, s in sel],
+            yerr=[100 * (s.std or 0) for _, _, s in sel],
+            fmt="o",
+            capsize=3,
+            label=unit,
+        )
         for g, x, s in sel:
-            ax.annotate(g.label, (x, 100 * s.mean), textcoords="offset points", xytext=(4, 4), fontsize=8)
+            ax.annotate(
+                g.label, (x, 100 * s.mean), textcoords="offset points", xytext=(4, 4), fontsize=8
+            )
     ax.set_xscale("log")
     ax.set_xlabel(x_label)
     ax.set_ylabel("test accuracy (%)")
@@ -75,7 +89,9 @@ def accuracy_vs_params(groups: list[Group], folder: Path) -> list[Path]:
 
 
 def accuracy_vs_flops(groups: list[Group], folder: Path) -> list[Path]:
-    return _scatter(groups, folder, "gflops", "GFLOPs per image (log scale)", "accuracy_vs_flops.png")
+    return _scatter(
+        groups, folder, "gflops", "GFLOPs per image (log scale)", "accuracy_vs_flops.png"
+    )
 
 
 def efficiency_bars(groups: list[Group], folder: Path) -> list[Path]:
@@ -85,8 +101,13 @@ def efficiency_bars(groups: list[Group], folder: Path) -> list[Path]:
     fig = Figure(figsize=(max(5.0, 0.9 * len(sel) + 2), 4.2))
     ax = fig.add_subplot()
     names = [f"{g.label}\n{_unit(g)}" for g in sel]
-    ax.bar(range(len(sel)), [g.stat("efficiency").mean for g in sel],
-           yerr=[g.stat("efficiency").std or 0 for g in sel], capsize=3, color="tab:green")
+    ax.bar(
+        range(len(sel)),
+        [g.stat("efficiency").mean for g in sel],
+        yerr=[g.stat("efficiency").std or 0 for g in sel],
+        capsize=3,
+        color="tab:green",
+    )
     ax.set_xticks(range(len(sel)), names, fontsize=8)
     ax.set_ylabel("test accuracy (%) per million parameters")
     ax.set_yscale("log")
@@ -95,7 +116,11 @@ def efficiency_bars(groups: list[Group], folder: Path) -> list[Path]:
 
 
 def _per_dataset_panels(
-    groups: list[Group], folder: Path, prefix: str, draw: Callable, height: float = 3.2,
+    groups: list[Group],
+    folder: Path,
+    prefix: str,
+    draw: Callable,
+    height: float = 3.2,
 ) -> list[Path]:
     paths = []
     for unit in dict.fromkeys(_unit(g) for g in groups):
@@ -122,8 +147,13 @@ def training_curves(groups: list[Group], folder: Path) -> list[Path]:
             for key, style in (("val_acc", "-"), ("train_loss", ":")):
                 ys = [h.get(key) for h in history]
                 if any(isinstance(y, (int, float)) for y in ys):
-                    ax.plot(epochs, [np.nan if y is None else y for y in ys], style, marker=".",
-                            label=f"seed {run['seed']} {key}")
+                    ax.plot(
+                        epochs,
+                        [np.nan if y is None else y for y in ys],
+                        style,
+                        marker=".",
+                        label=f"seed {run['seed']} {key}",
+                    )
                     drawn = True
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
@@ -135,7 +165,7 @@ def training_curves(groups: list[Group], folder: Path) -> list[Path]:
 
 
 def _confusion(run: Run) -> np.ndarray | None:
-    cm = ((((run.results or {}).get("metrics") or {}).get("test") or {}).get("confusion_matrix"))
+    cm = (((run.results or {}).get("metrics") or {}).get("test") or {}).get("confusion_matrix")
     if not cm:
         return None
     arr = np.asarray(cm, dtype=float)
@@ -150,7 +180,9 @@ def confusion_matrices(groups: list[Group], folder: Path) -> list[Path]:
             ax.set_axis_off()
             return False
         rows = cm.sum(axis=1, keepdims=True)
-        ax.imshow(np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0), cmap="Blues", vmin=0, vmax=1)
+        ax.imshow(
+            np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0), cmap="Blues", vmin=0, vmax=1
+        )
         if cm.shape[0] <= 10:
             for i in range(cm.shape[0]):
                 for j in range(cm.shape[1]):
@@ -192,8 +224,15 @@ def reliability_diagrams(groups: list[Group], folder: Path) -> list[Path]:
     return _per_dataset_panels(groups, folder, "reliability", draw)
 
 
-ALL_PLOTS = (accuracy_heatmap, accuracy_vs_params, accuracy_vs_flops, efficiency_bars,
-             training_curves, confusion_matrices, reliability_diagrams)
+ALL_PLOTS = (
+    accuracy_heatmap,
+    accuracy_vs_params,
+    accuracy_vs_flops,
+    efficiency_bars,
+    training_curves,
+    confusion_matrices,
+    reliability_diagrams,
+)
 
 
 def draw_all(groups: list[Group], folder: Path) -> list[Path]:

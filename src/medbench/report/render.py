@@ -12,10 +12,29 @@ from medbench.report.collect import Group, Run, Stat
 from medbench.report.findings import Findings, dataset_unit
 from medbench.report.published import load_published, published_rows, reference_study_rows
 
-TABLE_HEAD = ("Dataset", "Model", "Source", "Test accuracy", "Test AUC", "Parameters", "FLOPs",
-              "Efficiency", "Train time")
-RUN_HEAD = ("Dataset", "Model", "Seed", "Test acc", "Test AUC", "Val acc", "Epochs", "Train time",
-            "Collapsed", "Official data")
+TABLE_HEAD = (
+    "Dataset",
+    "Model",
+    "Source",
+    "Test accuracy",
+    "Test AUC",
+    "Parameters",
+    "FLOPs",
+    "Efficiency",
+    "Train time",
+)
+RUN_HEAD = (
+    "Dataset",
+    "Model",
+    "Seed",
+    "Test acc",
+    "Test AUC",
+    "Val acc",
+    "Epochs",
+    "Train time",
+    "Collapsed",
+    "Official data",
+)
 
 
 def fmt_stat(stat: Stat, scale: float = 100.0, digits: int = 1, suffix: str = "%") -> str:
@@ -59,22 +78,51 @@ def study_rows(groups: list[Group]) -> list[tuple[str, ...]]:
     for unit in dict.fromkeys(dataset_unit(g) for g in groups):
         gs = [g for g in groups if dataset_unit(g) == unit]
         for g in gs:
-            rows.append((
-                unit, g.label, f"this study (n={g.n})", fmt_stat(g.stat("test_acc")),
-                fmt_stat(g.stat("test_auc"), scale=1.0, digits=3, suffix=""),
-                fmt_params(g.stat("n_params").mean), fmt_flops(g.stat("gflops").mean),
-                fmt_stat(g.stat("efficiency"), scale=1.0, suffix=" %/M"),
-                fmt_seconds(g.stat("train_seconds").mean),
-            ))
+            rows.append(
+                (
+                    unit,
+                    g.label,
+                    f"this study (n={g.n})",
+                    fmt_stat(g.stat("test_acc")),
+                    fmt_stat(g.stat("test_auc"), scale=1.0, digits=3, suffix=""),
+                    fmt_params(g.stat("n_params").mean),
+                    fmt_flops(g.stat("gflops").mean),
+                    fmt_stat(g.stat("efficiency"), scale=1.0, suffix=" %/M"),
+                    fmt_seconds(g.stat("train_seconds").mean),
+                )
+            )
         dataset = gs[0].dataset
         checked = set((pub["datasets"].get(dataset) or {}).get("checked") or [])
         for method, vals in published_rows(dataset).items():
             mark = "" if method in checked else " *"
-            rows.append((unit, method, f"published: MedMNIST v2{mark}", _pub(vals.get("acc")),
-                         f"{vals['auc']:.3f}" if vals.get("auc") is not None else "–", "–", "–", "–", "–"))
+            rows.append(
+                (
+                    unit,
+                    method,
+                    f"published: MedMNIST v2{mark}",
+                    _pub(vals.get("acc")),
+                    f"{vals['auc']:.3f}" if vals.get("auc") is not None else "–",
+                    "–",
+                    "–",
+                    "–",
+                    "–",
+                )
+            )
         for model, vals in reference_study_rows(dataset).items():
             note = " (collapsed)" if vals.get("collapsed") else ""
-            rows.append((unit, model, "reference study", _pub(vals.get("acc")) + note, "–", "–", "–", "–", "–"))
+            rows.append(
+                (
+                    unit,
+                    model,
+                    "reference study",
+                    _pub(vals.get("acc")) + note,
+                    "–",
+                    "–",
+                    "–",
+                    "–",
+                    "–",
+                )
+            )
     return rows
 
 
@@ -82,17 +130,38 @@ def run_rows(runs: list[Run]) -> list[tuple[str, ...]]:
     out = []
     for r in runs:
         if r["status"] != "finished":
-            out.append((str(r["dataset"]), str(r["model"]), str(r["seed"]), f"{r['status']}: {r['error'] or ''}",
-                        "", "", "", "", "", ""))
+            out.append(
+                (
+                    str(r["dataset"]),
+                    str(r["model"]),
+                    str(r["seed"]),
+                    f"{r['status']}: {r['error'] or ''}",
+                    "",
+                    "",
+                    "",
+                    "",
+                    "",
+                    "",
+                )
+            )
             continue
         official = {True: "yes", False: "NO (MD5 differs)", None: "unknown"}[
-            None if r["data_md5_matches"] is None else bool(r["data_md5_matches"])]
-        out.append((
-            str(r["dataset"]), str(r["model"]), str(r["seed"]), _pub(r["test_acc"]),
-            "–" if r["test_auc"] is None else f"{r['test_auc']:.3f}", _pub(r["val_acc"]),
-            str(r["epochs_completed"] or "–"), fmt_seconds(r["train_seconds"]),
-            "YES" if r["collapsed"] else "no", official,
-        ))
+            None if r["data_md5_matches"] is None else bool(r["data_md5_matches"])
+        ]
+        out.append(
+            (
+                str(r["dataset"]),
+                str(r["model"]),
+                str(r["seed"]),
+                _pub(r["test_acc"]),
+                "–" if r["test_auc"] is None else f"{r['test_auc']:.3f}",
+                _pub(r["val_acc"]),
+                str(r["epochs_completed"] or "–"),
+                fmt_seconds(r["train_seconds"]),
+                "YES" if r["collapsed"] else "no",
+                official,
+            )
+        )
     return out
 
 
@@ -109,12 +178,16 @@ def _context(groups: list[Group], runs: list[Run]) -> dict[str, Any]:
     pub = load_published()
     done = [r for r in runs if r.finished]
     env = (done[0].results or {}).get("environment", {}) if done else {}
-    counts = {s: sum(1 for r in runs if r["status"] == s) for s in ("finished", "failed", "running", "pending")}
+    counts = {
+        s: sum(1 for r in runs if r["status"] == s)
+        for s in ("finished", "failed", "running", "pending")
+    }
     return {"pub": pub, "env": env, "counts": counts}
 
 
-def render_markdown(groups: list[Group], runs: list[Run], findings: Findings, plots: list[Path],
-                    folder: Path) -> str:
+def render_markdown(
+    groups: list[Group], runs: list[Run], findings: Findings, plots: list[Path], folder: Path
+) -> str:
     ctx = _context(groups, runs)
     c = ctx["counts"]
     parts = [
@@ -153,13 +226,22 @@ def render_markdown(groups: list[Group], runs: list[Run], findings: Findings, pl
         for p in plots:
             rel = p.relative_to(folder) if p.is_relative_to(folder) else p
             parts += [f"![{p.stem}]({rel.as_posix()})", ""]
-    parts += ["Files: `results.csv` and `results.json` (one row per run), `summary.json` (groups and "
-              "findings), `report.html` (this report with the figures embedded).", ""]
+    parts += [
+        "Files: `results.csv` and `results.json` (one row per run), `summary.json` (groups and "
+        "findings), `report.html` (this report with the figures embedded).",
+        "",
+    ]
     return "\n".join(parts)
 
 
-def _html_table(head: tuple[str, ...], rows: list[tuple[str, ...]], published_col: int | None = None) -> str:
-    out = ["<table><thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr></thead><tbody>"]
+def _html_table(
+    head: tuple[str, ...], rows: list[tuple[str, ...]], published_col: int | None = None
+) -> str:
+    out = [
+        "<table><thead><tr>"
+        + "".join(f"<th>{html.escape(h)}</th>" for h in head)
+        + "</tr></thead><tbody>"
+    ]
     for row in rows:
         cls = ""
         if published_col is not None and not row[published_col].startswith("this study"):
@@ -194,18 +276,28 @@ def render_html(groups: list[Group], runs: list[Run], findings: Findings, plots:
         f"<p><small>Published rows (italic): {e(ctx['pub']['label'])}, as published, not measured here; rows "
         f"marked * were not cross-checked against a second transcription. {e(ctx['pub']['citation'])}. "
         f"Reference study: {e(ctx['pub']['reference_study']['notes'])}</small></p>",
-        "<h2>Key findings</h2><ul>", *[f"<li>{e(s)}</li>" for s in findings.findings], "</ul>",
-        "<h2>Recommendations</h2><ul>", *[f"<li>{e(s)}</li>" for s in findings.recommendations], "</ul>",
-        "<h2>Runs</h2>", _html_table(RUN_HEAD, run_rows(runs)),
+        "<h2>Key findings</h2><ul>",
+        *[f"<li>{e(s)}</li>" for s in findings.findings],
+        "</ul>",
+        "<h2>Recommendations</h2><ul>",
+        *[f"<li>{e(s)}</li>" for s in findings.recommendations],
+        "</ul>",
+        "<h2>Runs</h2>",
+        _html_table(RUN_HEAD, run_rows(runs)),
     ]
     if ctx["env"]:
-        parts.append("<p><small>Environment: " + e(", ".join(f"{k} {v}" for k, v in ctx["env"].items()))
-                     + "</small></p>")
+        parts.append(
+            "<p><small>Environment: "
+            + e(", ".join(f"{k} {v}" for k, v in ctx["env"].items()))
+            + "</small></p>"
+        )
     if plots:
         parts.append("<h2>Figures</h2>")
         for p in plots:
             data = base64.b64encode(p.read_bytes()).decode("ascii")
-            parts.append(f"<figure><img alt='{e(p.stem)}' src='data:image/png;base64,{data}'>"
-                         f"<figcaption>{e(p.stem)}</figcaption></figure>")
+            parts.append(
+                f"<figure><img alt='{e(p.stem)}' src='data:image/png;base64,{data}'>"
+                f"<figcaption>{e(p.stem)}</figcaption></figure>"
+            )
     parts.append("</body></html>")
     return "\n".join(parts)
