@@ -162,11 +162,14 @@ def test_process_alive_tells_live_from_dead():
     assert not process_alive(_dead_pid())
 
 
-def _claim_all(folder, keys, queue):
+def _claim_all(folder, keys, queue, barrier):
     store = ResultsStore(folder)
     got = []
     while (row := store.claim(keys)) is not None:
         got.append(row["key"])
+    # Stay alive until every worker is done claiming: a cell whose owner has exited is
+    # (rightly) reclaimable, which is not what this test is about.
+    barrier.wait(timeout=60)
     queue.put(got)
 
 
@@ -177,7 +180,10 @@ def test_concurrent_processes_never_claim_the_same_cell(tmp_path):
     keys = [c["key"] for c in cells]
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    procs = [ctx.Process(target=_claim_all, args=(tmp_path, keys, queue)) for _ in range(3)]
+    barrier = ctx.Barrier(3)
+    procs = [
+        ctx.Process(target=_claim_all, args=(tmp_path, keys, queue, barrier)) for _ in range(3)
+    ]
     for p in procs:
         p.start()
     claimed = [k for _ in procs for k in queue.get(timeout=60)]
