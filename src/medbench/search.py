@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import csv
 import io
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +31,7 @@ from medbench.tune import (
     count_trials,
     default_storage,
     open_study,
+    record_trial_result,
     work_study,
 )
 
@@ -161,12 +161,7 @@ def search(
             trial.set_user_attr("error", str(exc))
             say(f"trial {trial.number}: failed: {exc}")
             raise
-        value = results["metrics"]["val"][metric]
-        if not math.isfinite(value):
-            value = results["metrics"]["val"]["acc"]
-        trial.set_user_attr("val_acc", results["metrics"]["val"]["acc"])
-        trial.set_user_attr("test_acc", results["metrics"]["test"]["acc"])
-        trial.set_user_attr("test_auc", results["metrics"]["test"]["auc"])
+        value = record_trial_result(trial, results, metric)
         c = n_params if cost == "params" else flops
         say(
             f"trial {trial.number}: val {metric} {value:.4f}, {n_params / 1e6:.3f}M params, "

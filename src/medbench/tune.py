@@ -131,6 +131,19 @@ def make_pruner(
     raise MedbenchError(f"unknown pruner {name!r}; use one of {', '.join(PRUNERS)}")
 
 
+def record_trial_result(trial: optuna.Trial, results: dict[str, Any], metric: str) -> float:
+    """Store a finished trial's numbers on it; return its objective (validation `metric`,
+    or validation accuracy where AUC is undefined)."""
+    value = results["metrics"]["val"][metric]
+    if not math.isfinite(value):
+        value = results["metrics"]["val"]["acc"]
+    trial.set_user_attr("val_acc", results["metrics"]["val"]["acc"])
+    trial.set_user_attr("test_acc", results["metrics"]["test"]["acc"])
+    trial.set_user_attr("test_auc", results["metrics"]["test"]["auc"])
+    trial.set_user_attr("train_seconds", results["timing"]["train_seconds"])
+    return value
+
+
 def epoch_reporter(trial: optuna.Trial, metric: str) -> Callable[[dict], None]:
     """An `on_epoch` hook: report the round's validation metric and prune when told to."""
 
@@ -409,12 +422,7 @@ def tune(
             trial.set_user_attr("error", str(exc))
             say(f"trial {trial.number}: failed: {exc}")
             raise
-        value = results["metrics"]["val"][metric]
-        if not math.isfinite(value):
-            value = results["metrics"]["val"]["acc"]
-        trial.set_user_attr("test_acc", results["metrics"]["test"]["acc"])
-        trial.set_user_attr("test_auc", results["metrics"]["test"]["auc"])
-        trial.set_user_attr("train_seconds", results["timing"]["train_seconds"])
+        value = record_trial_result(trial, results, metric)
         say(f"trial {trial.number}: val {metric} {value:.4f} with {_short(trial.params)}")
         return value
 
