@@ -62,5 +62,8 @@ def run(args: argparse.Namespace) -> int:
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     for row in table:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
-    print(f"\ndata folder: {resolve_data_dir(args.data_dir)}")
+    print(
+        f"\n{len(rows)} datasets x {len(SIZES)} sizes ({', '.join(map(str, SIZES))} px) in the "
+        f"catalogue; data folder: {resolve_data_dir(args.data_dir)}"
+    )
     return 0
