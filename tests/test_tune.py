@@ -250,3 +250,28 @@ def test_a_killed_tune_resumes_to_n_trials(tiny_data_dir, tmp_path):
     # before drawing them all; the rest are drawn afresh).
     assert retried
     assert {k: retried[0].params[k] for k in dead.params} == dead.params
+
+
+def _open_storage(url, queue):
+    from medbench.tune import make_storage
+
+    try:
+        make_storage(url)
+        queue.put("ok")
+    except Exception as exc:  # report, don't hang the test
+        queue.put(repr(exc)[:200])
+
+
+def test_workers_started_together_all_open_a_new_storage(tmp_path):
+    import multiprocessing as mp
+
+    url = f"sqlite:///{tmp_path / 'tune.sqlite'}"
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_open_storage, args=(url, queue)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    outcomes = [queue.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(timeout=30)
+    assert outcomes == ["ok"] * 4

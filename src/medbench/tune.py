@@ -93,26 +93,39 @@ class PerTrialSeededSampler(optuna.samplers.BaseSampler):
         self._by_trial.pop(trial.number, self._make(0)).after_trial(study, trial, state, values)
 
 
+def _schema_race(exc: Exception) -> bool:
+    text = str(exc)
+    return "UNIQUE constraint failed: alembic_version" in text or "already exists" in text
+
+
 def make_storage(url: str, heartbeat_seconds: int = 60) -> optuna.storages.RDBStorage:
     """An RDB storage with heartbeats: a RUNNING trial silent for 2 heartbeats is failed
     and re-queued (WAITING) with its parameters, up to 3 times."""
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        try:
-            return optuna.storages.RDBStorage(
-                url,
-                engine_kwargs=engine_kwargs,
-                heartbeat_interval=heartbeat_seconds,
-                grace_period=2 * heartbeat_seconds,
-                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
-                    max_retry=3
-                ),
-            )
-        except Exception as exc:  # SQLAlchemy raises many types for a bad URL or server
-            raise MedbenchError(
-                f"cannot open study storage {url}: {exc}; check --storage (an SQLAlchemy URL)"
-            ) from None
+    last_error: Exception | None = None
+    # Workers started together race to create the schema (optuna/alembic); the loser sees
+    # an IntegrityError or "table already exists" and succeeds when it tries again.
+    for attempt in range(5):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            try:
+                return optuna.storages.RDBStorage(
+                    url,
+                    engine_kwargs=engine_kwargs,
+                    heartbeat_interval=heartbeat_seconds,
+                    grace_period=2 * heartbeat_seconds,
+                    heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
+                        max_retry=3
+                    ),
+                )
+            except Exception as exc:  # SQLAlchemy raises many types for a bad URL or server
+                last_error = exc
+                if not _schema_race(exc):
+                    break
+                time.sleep(0.2 * (attempt + 1))
+    raise MedbenchError(
+        f"cannot open study storage {url}: {last_error}; check --storage (an SQLAlchemy URL)"
+    ) from None
 
 
 def make_pruner(
