@@ -78,6 +78,8 @@ def main() -> int:
             runs = []
             for path in sorted(Path(args.out).rglob("results.json")):
                 r = json.loads(path.read_text())
+                if not isinstance(r, dict):  # the report's own results.json (a list)
+                    continue
                 if r["dataset"]["name"] == dataset and r["model"]["name"] == model:
                     runs.append(r)
             if not runs:
