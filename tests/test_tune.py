@@ -230,6 +230,9 @@ def test_a_killed_tune_resumes_to_n_trials(tiny_data_dir, tmp_path):
         if (out / "tune.sqlite").exists():
             try:
                 if any(t.state == TrialState.RUNNING for t in _study(out).trials):
+                    # Let the trial's heartbeat (1 s) be recorded first: optuna only
+                    # detects a dead trial by a heartbeat that went stale.
+                    time.sleep(2.5)
                     break
             except (KeyError, Exception):
                 continue
