@@ -216,6 +216,15 @@ def test_two_workers_finish_n_trials_between_them(tiny_data_dir, tmp_path):
     ]
 
 
+def _running_with_heartbeat(out) -> bool:
+    import sqlite3
+
+    running = {t._trial_id for t in _study(out).trials if t.state == TrialState.RUNNING}
+    with sqlite3.connect(out / "tune.sqlite") as conn:
+        beating = {r[0] for r in conn.execute("SELECT trial_id FROM trial_heartbeats")}
+    return bool(running & beating)
+
+
 def test_a_killed_tune_resumes_to_n_trials(tiny_data_dir, tmp_path):
     out = tmp_path / "out"
     proc = subprocess.Popen(
@@ -229,10 +238,9 @@ def test_a_killed_tune_resumes_to_n_trials(tiny_data_dir, tmp_path):
         time.sleep(0.2)
         if (out / "tune.sqlite").exists():
             try:
-                if any(t.state == TrialState.RUNNING for t in _study(out).trials):
-                    # Let the trial's heartbeat (1 s) be recorded first: optuna only
-                    # detects a dead trial by a heartbeat that went stale.
-                    time.sleep(2.5)
+                # Kill once a running trial has a heartbeat: optuna detects a dead
+                # trial only by a heartbeat that went stale.
+                if _running_with_heartbeat(out):
                     break
             except (KeyError, Exception):
                 continue
