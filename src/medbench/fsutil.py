@@ -61,6 +61,14 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
     )
 
 
+def atomic_savefig(fig: Any, path: str | os.PathLike, dpi: int = 120) -> Path:
+    """Lay out a matplotlib figure and write it as a PNG, atomically."""
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi)
+    return Path(path)
+
+
 def _json_default(obj: Any) -> Any:
     # numpy scalars/arrays and Paths appear in results; make them plain JSON.
     if hasattr(obj, "tolist"):

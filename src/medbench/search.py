@@ -25,7 +25,7 @@ from optuna.trial import TrialState
 
 from medbench.config import TrainConfig
 from medbench.errors import MedbenchError, MedbenchWarning
-from medbench.fsutil import atomic_path, atomic_write_json, atomic_write_text
+from medbench.fsutil import atomic_savefig, atomic_write_json, atomic_write_text
 from medbench.tune import (
     PerTrialSeededSampler,
     count_trials,
@@ -256,9 +256,7 @@ def plot_front(study: optuna.Study, path: Path) -> Path:
     ax.set_ylabel(f"validation {metric}")
     ax.set_title(study.study_name, fontsize=9)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
+    atomic_savefig(fig, path)
     plt.close(fig)
     return path
 

@@ -27,7 +27,7 @@ from optuna.trial import FrozenTrial, TrialState
 from medbench.augment import POLICIES
 from medbench.config import TrainConfig
 from medbench.errors import MedbenchError, MedbenchWarning
-from medbench.fsutil import atomic_path, atomic_write_json
+from medbench.fsutil import atomic_savefig, atomic_write_json
 
 PRUNERS = ("median", "hyperband", "none")
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -539,9 +539,7 @@ def plot_history(study: optuna.Study, path: Path) -> Path:
     ax.set_ylabel(f"validation {study.user_attrs.get('metric', 'metric')}")
     ax.set_title(study.study_name, fontsize=9)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
+    atomic_savefig(fig, path)
     plt.close(fig)
     return path
 
@@ -565,9 +563,7 @@ def plot_importance(study: optuna.Study, path: Path) -> Path | None:
     fig, ax = plt.subplots(figsize=(6, 0.35 * len(names) + 1.2))
     ax.barh(names, [importances[n] for n in names])
     ax.set_xlabel("importance (fANOVA, completed trials)")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
+    atomic_savefig(fig, path)
     plt.close(fig)
     return path
 

@@ -144,3 +144,18 @@ def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
     if options:
         values["model_options"] = options
     return values
+
+
+def base_config(args: argparse.Namespace, values: dict[str, Any]) -> TrainConfig:
+    """The TrainConfig a tune or search starts from: `values` (from `config_overrides`)
+    plus the dataset, model, size, seed and data folder given on the command line."""
+    return TrainConfig.from_dict(
+        {
+            **values,
+            "dataset": args.dataset,
+            "model": args.model,
+            "size": args.size,
+            "seed": args.seed,
+            "data_dir": args.data_dir,
+        }
+    )

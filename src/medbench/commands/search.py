@@ -5,8 +5,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from medbench.commands._options import add_data_dir, add_training_options, config_overrides
-from medbench.config import TrainConfig, parse_duration
+from medbench.commands._options import (
+    add_data_dir,
+    add_training_options,
+    base_config,
+    config_overrides,
+)
+from medbench.config import parse_duration
 from medbench.search import COSTS, SPACES
 
 NAME = "search"
@@ -87,16 +92,7 @@ def run(args: argparse.Namespace) -> int:
     if not (args.dataset and args.model and args.trials):
         raise MedbenchError("a search needs --dataset, --model and --trials")
     values = config_overrides(args)
-    base = TrainConfig.from_dict(
-        {
-            **values,
-            "dataset": args.dataset,
-            "model": args.model,
-            "size": args.size,
-            "seed": args.seed,
-            "data_dir": args.data_dir,
-        }
-    )
+    base = base_config(args, values)
     out = Path(args.out or f"runs/search-{args.dataset}-{args.model}")
     result = search(
         base,

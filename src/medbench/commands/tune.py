@@ -5,8 +5,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from medbench.commands._options import add_data_dir, add_training_options, config_overrides
-from medbench.config import TrainConfig, parse_duration
+from medbench.commands._options import (
+    add_data_dir,
+    add_training_options,
+    base_config,
+    config_overrides,
+)
+from medbench.config import parse_duration
 from medbench.tune import PRUNERS, TUNABLE
 
 NAME = "tune"
@@ -71,16 +76,7 @@ def run(args: argparse.Namespace) -> int:
 
     values = config_overrides(args)
     fixed = {k: v for k, v in values.items() if k in TUNABLE}
-    base = TrainConfig.from_dict(
-        {
-            **values,
-            "dataset": args.dataset,
-            "model": args.model,
-            "size": args.size,
-            "seed": args.seed,
-            "data_dir": args.data_dir,
-        }
-    )
+    base = base_config(args, values)
     out = Path(args.out or f"runs/tune-{args.dataset}-{args.model.replace(':', '-')}")
     result = tune(
         base,

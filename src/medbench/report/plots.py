@@ -10,7 +10,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from medbench.fsutil import atomic_path
+from medbench.fsutil import atomic_savefig
 from medbench.report.collect import Group, Run
 
 DPI = 110
@@ -18,10 +18,7 @@ DPI = 110
 
 def _save(fig: Figure, path: Path) -> Path:
     FigureCanvasAgg(fig)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=DPI)
-    return path
+    return atomic_savefig(fig, path, dpi=DPI)
 
 
 def _unit(g: Group) -> str:
