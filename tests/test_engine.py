@@ -10,11 +10,12 @@ import pytest
 import torch
 
 from medbench import checkpoint as ckpt
+from medbench import engine
 from medbench.cli import main
 from medbench.config import TrainConfig
 from medbench.data import load_dataset
 from medbench.data.synthetic import write_synthetic_like
-from medbench.engine import evaluate_run, load_trained_model, lr_factor, train
+from medbench.engine import _plan_budget, evaluate_run, load_trained_model, lr_factor, train
 from medbench.errors import MedbenchError
 
 TINY = {"width": 0.25}  # a small efficientnet keeps these tests quick
@@ -119,6 +120,43 @@ def test_time_budget_plans_the_schedule_to_finish_inside_it(tmp_path, blood):
     assert r["epochs_completed"] >= 1
     assert r["timing"]["train_seconds"] < 6.0 * 1.5  # planned from the first steps' timing
     assert r["history"][-1]["lr"] < r["config"]["lr"] * 0.2  # the cosine schedule ran to its end
+
+
+def _fake_clock(monkeypatch, seconds_per_step: float, steps_done: int):
+    """_plan_budget reads the clock once: pretend `steps_done` steps took this long."""
+    monkeypatch.setattr(engine.time, "perf_counter", lambda: 100.0 + seconds_per_step * steps_done)
+    return (100.0, 0)
+
+
+def test_a_budget_with_room_for_many_epochs_plans_whole_epochs(monkeypatch):
+    calib = _fake_clock(monkeypatch, 0.1, 10)
+    total, per_round = _plan_budget(60.0, 1.0, 10, calib, 20, 256, 32)
+    assert per_round == 20 and total % 20 == 0
+    assert total * 0.1 + (total // 20) * (256 / 32 * 0.1 / 3) <= 60.0
+
+
+def test_when_validation_is_costly_the_budget_keeps_most_time_for_training(monkeypatch):
+    # A huge validation split (OCTMNIST-like) and a short budget: 1 s steps, a validation
+    # pass costing 40 s, 120 s left. Five rounds would spend 200 s validating.
+    calib = _fake_clock(monkeypatch, 1.0, 10)
+    total, per_round = _plan_budget(130.0, 10.0, 10, calib, 10_000, 3840, 32)
+    rounds = math.ceil(total / per_round)
+    assert rounds == 1  # not even one pass fits in its quarter (30 s): validate once, at the end
+    assert total - 10 == 80  # training gets the 120 s left minus that one 40 s pass
+    # With a cheaper validation (4 s), several rounds fit within the validation share.
+    total, per_round = _plan_budget(130.0, 10.0, 10, calib, 10_000, 384, 32)
+    rounds = math.ceil(total / per_round)
+    assert 2 <= rounds <= engine.MIN_ROUNDS and rounds * 4.0 <= engine.EVAL_SHARE * 120.0
+
+
+def test_a_large_validation_split_selects_on_a_fixed_sample_and_reports_on_all(
+    tmp_path, blood, monkeypatch
+):
+    monkeypatch.setattr(engine, "SELECTION_VAL_IMAGES", 10)
+    r = train(config(tmp_path, epochs=2), data=blood, progress=False)
+    assert r["selection_val_images"] == 10
+    preds = np.load(tmp_path / "run" / "predictions.npz")
+    assert preds["val_logits"].shape[0] == 32  # the final evaluation used the whole split
 
 
 def test_checkpoints_load_without_unpickling_code(tmp_path, blood):

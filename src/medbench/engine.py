@@ -6,8 +6,11 @@ precision or checkpoints (they come from here and `medbench.runtime`).
 
 Training is counted in optimiser *steps*. A round ends with a validation pass and a
 checkpoint; a round is one epoch, except when a time budget allows fewer than
-`MIN_ROUNDS` epochs, in which case the budget is cut into `MIN_ROUNDS` equal rounds so
-model selection and resumption still work on large datasets (e.g. OCTMNIST on a CPU).
+`MIN_ROUNDS` epochs, in which case the budget is cut into up to `MIN_ROUNDS` equal rounds so
+model selection and resumption still work on large datasets (e.g. OCTMNIST on a CPU); then
+validation may take at most `EVAL_SHARE` of the budget, which can mean fewer rounds. Per-round
+validation (model selection) uses a fixed sample of at most `SELECTION_VAL_IMAGES` images of
+the validation split; the final evaluation uses all of it.
 Every random choice (data order, augmentation) is derived from (seed, epoch) or
 (seed, step), and the global RNG state is checkpointed, so a resumed run on the CPU
 ends with exactly the weights of an uninterrupted one.
@@ -50,6 +53,8 @@ DEFAULT_EPOCHS = 40
 MIN_ROUNDS = 5
 EVAL_BATCH = 512
 PRECISE_BN_IMAGES = 1024
+SELECTION_VAL_IMAGES = 2048  # per-round validation sample on large validation splits
+EVAL_SHARE = 0.25  # most of a short budget that per-round validation may take
 SMALL_TRAIN_SPLIT = 2000  # below this many training images the default batch is 32
 SCHEMA_VERSION = 1
 
@@ -426,7 +431,20 @@ def train(
         )
 
     eval_model = ema.module if ema is not None else model
-    val_y = labels_numpy(data.val.labels)
+    # Model selection validates on a fixed sample when the validation split is large.
+    n_val = len(data.val)
+    val_sample = (
+        torch.randperm(n_val, generator=torch.Generator().manual_seed(config.seed + 1))[
+            :SELECTION_VAL_IMAGES
+        ]
+        .sort()
+        .values
+        if n_val > SELECTION_VAL_IMAGES
+        else None
+    )
+    sel_images = data.val.images if val_sample is None else data.val.images[val_sample]
+    sel_labels = data.val.labels if val_sample is None else data.val.labels[val_sample]
+    val_y = labels_numpy(sel_labels)
     bar = _Progress(
         progress, total_steps if planned else 0, f"{config.dataset}/{config.model}/s{config.seed}"
     )
@@ -492,7 +510,7 @@ def train(
                     step,
                     calib_start,
                     steps_per_epoch,
-                    len(data.val) + len(bn_images),  # validation + BN recalibration
+                    len(sel_images) + len(bn_images),  # validation + BN recalibration
                     batch_size,
                 )
                 planned = True
@@ -502,14 +520,14 @@ def train(
         if step % round_steps == 0 or step >= total_steps:
             round_seconds = time.perf_counter() - round_start_time
             recalibrate_batchnorm(eval_model, bn_images, runtime, batch_size)
-            val_logits = predict_logits(eval_model, data.val.images, runtime)
+            val_logits = predict_logits(eval_model, sel_images, runtime)
             model.train()
             val_probs = metrics.probabilities_from_logits(val_logits, task)
             record = {
                 "epoch": len(history) + 1,
                 "step": step,
                 "train_loss": round_loss / max(1, round_n),
-                "val_loss": _loss_value(loss_fn, val_logits, data.val.labels),
+                "val_loss": _loss_value(loss_fn, val_logits, sel_labels),
                 "val_acc": metrics.official_acc(val_y, val_probs, task),
                 "val_auc": metrics.official_auc(val_y, val_probs, task),
                 "lr": optimizer.param_groups[0]["lr"],
@@ -581,6 +599,7 @@ def train(
             "over_budget": over_budget,
             "steps": step,
             "steps_per_epoch": steps_per_epoch,
+            "selection_val_images": len(sel_images),
             "history": history,
         },
         train_seconds=train_seconds,
@@ -612,8 +631,11 @@ def _plan_budget(
     if available >= MIN_ROUNDS * epoch_seconds:
         epochs = int(available // epoch_seconds)
         return step + epochs * steps_per_epoch - step % steps_per_epoch, steps_per_epoch
-    total = step + max(MIN_ROUNDS, int((available - MIN_ROUNDS * val_seconds) // step_seconds))
-    return total, max(1, math.ceil(total / MIN_ROUNDS))
+    # Fewer than MIN_ROUNDS epochs fit: cut the budget into rounds, as many as validation
+    # allows within EVAL_SHARE of it (at least one: the end of training).
+    rounds = max(1, min(MIN_ROUNDS, int(EVAL_SHARE * available // max(val_seconds, 1e-9))))
+    total = step + max(rounds, int((available - rounds * val_seconds) // step_seconds))
+    return total, max(1, math.ceil(total / rounds))
 
 
 def _loss_value(loss_fn: Callable, logits: np.ndarray, labels: torch.Tensor) -> float:
