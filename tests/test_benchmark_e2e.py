@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from medbench.cli import main
+from medbench.ensemble import load_ensemble
 from medbench.store import ResultsStore
 
 pytest.importorskip("medbench.engine")
@@ -97,6 +98,25 @@ def test_benchmark_command_end_to_end_writes_store_report_and_plots(data_dir, tm
     md = (out / "REPORT.md").read_text()
     assert "not the official one" in md  # the synthetic files' MD5s differ
     assert "| dermamnist | advanced_cnn | this study (n=2) |" in md
+    assert "## Ensembles" not in md
+
+    # The same grid again with --ensemble: nothing retrains; one ensemble per dataset joins
+    # the report, saved where `medbench predict` can load it.
+    mtimes = {r["run_dir"]: (Path(r["run_dir"]) / "model.pt").stat().st_mtime for r in rows}
+    argv = ["benchmark", "--datasets", "dermamnist,breastmnist", "--models",
+            "advanced_cnn,efficientnet", "--seeds", "2", "--data-dir", str(data_dir),
+            "--out", str(out), *FAST, "--ensemble"]  # fmt: skip
+    assert main(argv) == 0
+    assert mtimes == {d: (Path(d) / "model.pt").stat().st_mtime for d in mtimes}
+    for dataset in ("dermamnist", "breastmnist"):
+        folder = out / "ensembles" / f"{dataset}-28-greedy"
+        ensemble = load_ensemble(folder, device="cpu")
+        assert ensemble.meta["dataset"] == dataset
+    md = (out / "REPORT.md").read_text()
+    assert "## Ensembles" in md and "| breastmnist | greedy |" in md
+    assert "the greedy ensemble of" in md  # a finding computed from the ensemble's numbers
+    summary = json.loads((out / "summary.json").read_text())
+    assert {e["dataset"]["name"] for e in summary["ensembles"]} == {"dermamnist", "breastmnist"}
 
 
 def _benchmark_cmd(data_dir: Path, out: Path) -> list[str]:

@@ -102,6 +102,7 @@ class GridOutcome:
     failed: list[dict[str, Any]] = field(default_factory=list)  # store rows of failed cells
     counts: dict[str, int] = field(default_factory=dict)
     report: Any = None  # medbench.report.ReportFiles when a report was written
+    ensembles: list[dict[str, Any]] = field(default_factory=list)  # with run_benchmark(ensemble=)
 
     @property
     def ok(self) -> bool:
@@ -481,6 +482,7 @@ def run_benchmark(
     report: bool = True,
     progress: bool | None = None,
     stale_seconds: float = DEFAULT_STALE_SECONDS,
+    ensemble: str | None = None,
 ) -> GridOutcome:
     """Plan and run the benchmark grid into `out`, then write its report there.
 
@@ -490,6 +492,9 @@ def run_benchmark(
     none of them (here or in `config`), a GPU trains the engine's default epochs and a CPU
     shares `DEFAULT_CPU_TOTAL_BUDGET_SECONDS` over the grid. `config` is a dict or a JSON
     file of TrainConfig keys applied to every run; explicit arguments win over it.
+    `ensemble` (a `medbench.ensemble` method: greedy, average, weighted) adds, per
+    dataset, an ensemble of that dataset's finished runs, saved under `out/ensembles/` and
+    shown in the report.
     """
     base: dict[str, Any] = {}
     if config is not None:
@@ -530,6 +535,13 @@ def run_benchmark(
         size=size,
         base=base,
     )
+    if ensemble is not None:
+        from medbench.ensemble import METHODS
+
+        if ensemble not in METHODS:
+            raise MedbenchError(
+                f"unknown ensemble method {ensemble!r}; choose from {', '.join(METHODS)}"
+            )
     if train_fn is None:  # the engine's names; a stand-in train function may use its own
         _check_names(cells)
     outcome = run_grid(
@@ -540,11 +552,34 @@ def run_benchmark(
         progress=progress,
         stale_seconds=stale_seconds,
     )
+    if ensemble is not None:
+        outcome.ensembles = build_grid_ensembles(cells, out, ensemble, base.get("data_dir"))
     if report:
         from medbench.report import build_report
 
         outcome.report = build_report(out)
     return outcome
+
+
+def build_grid_ensembles(
+    cells: Sequence[Cell], out: Path, method: str, data_dir: str | None = None
+) -> list[dict[str, Any]]:
+    """One ensemble per (dataset, size) over its finished runs (all models and seeds), saved
+    to `out/ensembles/<dataset>-<size>-<method>/` where `medbench predict` can load it.
+    Datasets with fewer than two finished runs get none."""
+    from medbench.ensemble import build_ensemble
+
+    by_dataset: dict[tuple[str, int], list[Path]] = {}
+    for cell in cells:
+        if _finished_results(cell.run_dir) is not None:
+            by_dataset.setdefault((cell.config.dataset, cell.config.size), []).append(cell.run_dir)
+    built = []
+    for (dataset, size), dirs in by_dataset.items():
+        if len(dirs) < 2:
+            continue
+        target = out / "ensembles" / f"{dataset}-{size}-{method}"
+        built.append(build_ensemble(dirs, method, target, data_dir=data_dir))
+    return built
 
 
 def _check_names(cells: Sequence[Cell]) -> None:

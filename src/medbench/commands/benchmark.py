@@ -16,6 +16,7 @@ from medbench.benchmark import (
 )
 from medbench.commands._options import add_data_dir, add_training_options, config_overrides
 from medbench.config import parse_duration
+from medbench.ensemble import METHODS
 from medbench.errors import MedbenchError
 
 NAME = "benchmark"
@@ -58,6 +59,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--out", default=DEFAULT_OUT, metavar="DIR", help=f"output folder (default {DEFAULT_OUT})"
     )
+    g.add_argument(
+        "--ensemble",
+        nargs="?",
+        const="greedy",
+        choices=METHODS,
+        help="also build one ensemble per dataset from its finished runs (all models and seeds): "
+        "greedy forward selection on validation (the default), average or weighted; "
+        "saved under OUT/ensembles/ and shown in the report",
+    )
     g.add_argument("--no-report", action="store_true", help="do not write the report at the end")
     g.add_argument("--quiet", action="store_true", help="no progress on stderr")
     add_data_dir(parser)
@@ -81,12 +91,20 @@ def run(args: argparse.Namespace) -> int:
         config=config_overrides(args),
         report=not args.no_report,
         progress=False if args.quiet else None,
+        ensemble=args.ensemble,
     )
     c = outcome.counts
     print(
         f"{c.get('finished', 0)}/{len(outcome.cells)} runs finished, {c.get('failed', 0)} failed "
         f"({len(outcome.trained)} trained by this process); results in {outcome.out}"
     )
+    for r in outcome.ensembles:
+        t, b = r["metrics"]["test"], r["best_single"]
+        print(
+            f"ensemble {r['dataset']['name']} ({r['method']}, {r['model']['n_members']} runs): "
+            f"test ACC {t['acc']:.4f} AUC {t['auc']:.4f}; best single {b['name']} "
+            f"ACC {b['test_acc']:.4f} AUC {b['test_auc']:.4f} -> {r['run_dir']}"
+        )
     if outcome.report is not None:
         print(f"report: {outcome.report.markdown} and {outcome.report.html}")
     for row in outcome.failed:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from medbench.fsutil import atomic_write_json, atomic_write_text
-from medbench.report.collect import RUN_FIELDS, Group, Run, group_runs, load_runs
+from medbench.report.collect import RUN_FIELDS, Group, Run, group_runs, load_ensembles, load_runs
 from medbench.report.findings import Findings, compute_findings, findings_dict
 from medbench.report.plots import draw_all
 from medbench.report.published import load_published
@@ -98,7 +98,8 @@ def build_report(
     )
     out = Path(out_dir) if out_dir else folder
     groups = group_runs(runs)
-    findings = compute_findings(groups, runs)
+    ensembles = load_ensembles(folder)
+    findings = compute_findings(groups, runs, ensembles)
     figures = draw_all(groups, out / "plots") if plots else []
     files = ReportFiles(
         folder=out,
@@ -118,9 +119,12 @@ def build_report(
             "schema_version": 1,
             "groups": [_group_summary(g) for g in groups],
             "findings": findings_dict(findings),
+            "ensembles": ensembles,
             "published_citation": load_published()["citation"],
         },
     )
-    atomic_write_text(files.markdown, render_markdown(groups, runs, findings, figures, out))
-    atomic_write_text(files.html, render_html(groups, runs, findings, figures))
+    atomic_write_text(
+        files.markdown, render_markdown(groups, runs, findings, figures, out, ensembles)
+    )
+    atomic_write_text(files.html, render_html(groups, runs, findings, figures, ensembles))
     return files

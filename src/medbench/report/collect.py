@@ -149,6 +149,17 @@ def _read_results(path: str | Path | None) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
+def load_ensembles(folder: str | Path) -> list[dict[str, Any]]:
+    """Results of the ensembles saved under `folder/ensembles/` (`medbench benchmark
+    --ensemble`), in the schema of `medbench.ensemble.build_ensemble`'s results."""
+    found = []
+    for path in sorted(Path(folder).glob("ensembles/*/ensemble.json")):
+        data = _read_results(path)
+        if data and isinstance(data.get("results"), dict):
+            found.append(data["results"])
+    return found
+
+
 def load_runs(folder: str | Path) -> list[Run]:
     """All runs of a benchmark folder (its results store), or, without a store, every
     `results.json` found under `folder` (e.g. runs of `medbench train`)."""

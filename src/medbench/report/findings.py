@@ -106,9 +106,12 @@ def _params(g: Group) -> str:
     return "n/a" if n is None else f"{n / 1e6:.2f} M"
 
 
-def compute_findings(groups: list[Group], runs: list[Run]) -> Findings:
+def compute_findings(
+    groups: list[Group], runs: list[Run], ensembles: list[dict[str, Any]] | None = None
+) -> Findings:
     """Findings and recommendations for the finished runs in `groups` (all runs in `runs`,
-    failed ones included, for the provenance and failure notes)."""
+    failed ones included, for the provenance and failure notes), and for the `ensembles`
+    built over them (results of `medbench.ensemble.build_ensemble`)."""
     f = Findings()
     if not groups:
         f.findings.append("No run has finished yet, so there is nothing to compare.")
@@ -173,7 +176,34 @@ def compute_findings(groups: list[Group], runs: list[Run]) -> Findings:
     _reference_study(f, groups)
     _provenance(f, runs)
     _recommend(f, per_dataset, groups)
+    _ensembles(f, ensembles or [])
     return f
+
+
+def _ensembles(f: Findings, ensembles: list[dict[str, Any]]) -> None:
+    """The gain of each ensemble over the best single run, the one a user would pick by
+    validation score, and whether it pays for its size."""
+    for e in ensembles:
+        t, b, m = e["metrics"]["test"], e["best_single"], e["model"]
+        d_acc, d_auc = t["acc"] - b["test_acc"], t["auc"] - b["test_auc"]
+        size = m["n_params"] / b["n_params"] if b.get("n_params") else None
+        name = f"{e['dataset']['name']}"
+        f.findings.append(
+            f"{name}: the {e['method']} ensemble of {m['n_members']} runs reaches {pct(t['acc'])} test "
+            f"accuracy and AUC {t['auc']:.3f}, {points(d_acc)} and {d_auc:+.3f} AUC against the best "
+            f"single run by validation ({b['name']}: {pct(b['test_acc'])}, AUC {b['test_auc']:.3f})"
+            + (f", with {size:.1f}x its parameters." if size else ".")
+        )
+        if d_acc > 0 and d_auc > 0:
+            f.recommendations.append(
+                f"For {name}, the {e['method']} ensemble beats the best single run on both test "
+                f"accuracy and AUC; use it where {m['n_members']}x inference cost is acceptable."
+            )
+        else:
+            f.recommendations.append(
+                f"For {name}, the {e['method']} ensemble does not beat the best single run on both "
+                "test accuracy and AUC; the single run is the better deployment."
+            )
 
 
 def _gaps_and_collapse(f: Findings, runs: list[Run]) -> None:

@@ -23,6 +23,16 @@ TABLE_HEAD = (
     "Efficiency",
     "Train time",
 )
+ENSEMBLE_HEAD = (
+    "Dataset",
+    "Ensemble",
+    "Runs used",
+    "Test accuracy",
+    "Test AUC",
+    "vs best single (acc, AUC)",
+    "Parameters",
+    "Latency",
+)
 RUN_HEAD = (
     "Dataset",
     "Model",
@@ -165,6 +175,26 @@ def run_rows(runs: list[Run]) -> list[tuple[str, ...]]:
     return out
 
 
+def ensemble_rows(ensembles: list[dict[str, Any]]) -> list[tuple[str, ...]]:
+    rows = []
+    for e in ensembles:
+        t, b, m = e["metrics"]["test"], e["best_single"], e["model"]
+        latency = e["timing"].get("latency_ms_per_image")
+        rows.append(
+            (
+                e["dataset"]["name"],
+                e["method"] + (" + TTA" if e.get("tta") else ""),
+                str(m["n_members"]),
+                f"{100 * t['acc']:.1f}%",
+                f"{t['auc']:.3f}",
+                f"{100 * (t['acc'] - b['test_acc']):+.1f} pts, {t['auc'] - b['test_auc']:+.3f}",
+                fmt_params(m["n_params"]),
+                "-" if latency is None else f"{latency:.2f} ms",
+            )
+        )
+    return rows
+
+
 def _md_table(head: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
     def esc(s: str) -> str:
         return s.replace("|", "\\|").replace("\n", " ")
@@ -186,7 +216,12 @@ def _context(groups: list[Group], runs: list[Run]) -> dict[str, Any]:
 
 
 def render_markdown(
-    groups: list[Group], runs: list[Run], findings: Findings, plots: list[Path], folder: Path
+    groups: list[Group],
+    runs: list[Run],
+    findings: Findings,
+    plots: list[Path],
+    folder: Path,
+    ensembles: list[dict[str, Any]] | None = None,
 ) -> str:
     ctx = _context(groups, runs)
     c = ctx["counts"]
@@ -205,6 +240,7 @@ def render_markdown(
         f"(rows marked * were not cross-checked against a second transcription). Citation: {ctx['pub']['citation']}. "
         f"Reference-study rows: {ctx['pub']['reference_study']['notes']}",
         "",
+        *_md_ensembles(ensembles),
         "## Key findings",
         "",
         *[f"- {s}" for s in findings.findings],
@@ -260,7 +296,27 @@ img{max-width:100%;margin:1em 0;border:1px solid #eee}
 """
 
 
-def render_html(groups: list[Group], runs: list[Run], findings: Findings, plots: list[Path]) -> str:
+_ENSEMBLE_NOTE = (
+    "Each ensemble combines the dataset's finished runs (weights chosen on the validation "
+    "split); 'vs best single' compares it with the run that has the best validation score. "
+    "Latency is the sum of the members' (ms per image at batch 1)."
+)
+
+
+def _md_ensembles(ensembles: list[dict[str, Any]] | None) -> list[str]:
+    if not ensembles:
+        return []
+    return ["## Ensembles", "", _md_table(ENSEMBLE_HEAD, ensemble_rows(ensembles)), "",
+            _ENSEMBLE_NOTE, ""]  # fmt: skip
+
+
+def render_html(
+    groups: list[Group],
+    runs: list[Run],
+    findings: Findings,
+    plots: list[Path],
+    ensembles: list[dict[str, Any]] | None = None,
+) -> str:
     ctx = _context(groups, runs)
     c = ctx["counts"]
     e = html.escape
@@ -276,6 +332,15 @@ def render_html(groups: list[Group], runs: list[Run], findings: Findings, plots:
         f"<p><small>Published rows (italic): {e(ctx['pub']['label'])}, as published, not measured here; rows "
         f"marked * were not cross-checked against a second transcription. {e(ctx['pub']['citation'])}. "
         f"Reference study: {e(ctx['pub']['reference_study']['notes'])}</small></p>",
+        *(
+            [
+                "<h2>Ensembles</h2>",
+                _html_table(ENSEMBLE_HEAD, ensemble_rows(ensembles)),
+                f"<p><small>{e(_ENSEMBLE_NOTE)}</small></p>",
+            ]
+            if ensembles
+            else []
+        ),
         "<h2>Key findings</h2><ul>",
         *[f"<li>{e(s)}</li>" for s in findings.findings],
         "</ul>",
