@@ -16,10 +16,14 @@ from optuna.trial import TrialState
 from medbench.config import TrainConfig, load_config_file
 from medbench.errors import MedbenchError
 from medbench.tune import (
+    FINISHED,
     PerTrialSeededSampler,
+    count_trials,
     epoch_reporter,
+    open_study,
     recipe_from_params,
     tune,
+    work_study,
 )
 
 TINY_MODEL = {"width": 0.25, "depths": [1, 1, 1, 1], "attention": False}
@@ -286,3 +290,20 @@ def test_workers_started_together_all_open_a_new_storage(tmp_path):
     for p in procs:
         p.join(timeout=30)
     assert outcomes == ["ok"] * 4
+
+
+def test_a_trial_whose_worker_died_before_its_first_heartbeat_is_failed_and_retried(tmp_path):
+    # study.ask() creates a RUNNING trial and sends no heartbeat: exactly what a worker
+    # killed between creating its trial and its first heartbeat leaves behind.
+    storage = f"sqlite:///{tmp_path / 'tune.db'}"
+    study = open_study(storage, "s", optuna.samplers.RandomSampler(seed=0), heartbeat_seconds=1)
+    orphan = study.ask()
+    orphan.suggest_float("x", 0.0, 1.0)
+    time.sleep(2.5)  # older than the grace period (2 heartbeats)
+    lines = []
+    work_study(study, lambda t: t.suggest_float("x", 0.0, 1.0), 1, timeout_seconds=30,
+               poll_seconds=0.2, log=lines.append)  # fmt: skip
+    trials = study.get_trials(deepcopy=False)
+    assert trials[orphan.number].state == TrialState.FAIL
+    assert count_trials(study, FINISHED) == 1  # the slot was freed and filled, no hang
+    assert any("never sent a heartbeat" in line for line in lines)

@@ -18,10 +18,12 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import optuna
+import sqlalchemy
 from optuna.trial import FrozenTrial, TrialState
 
 from medbench.augment import POLICIES
@@ -171,6 +173,38 @@ def epoch_reporter(trial: optuna.Trial, metric: str) -> Callable[[dict], None]:
     return report
 
 
+def adopt_trials_without_heartbeat(study: optuna.Study) -> list[int]:
+    """Give a heartbeat to RUNNING trials that never sent one and are older than the grace
+    period, so that they go stale like any other dead trial; returns their numbers.
+
+    optuna fails only trials whose heartbeat went stale. A worker killed between creating
+    its trial and its heartbeat thread's first beat leaves a RUNNING trial with no heartbeat
+    row, which would block the study's last slots forever. A live trial beats within
+    milliseconds of its start, so one adopted by mistake just keeps beating."""
+    # optuna offers no public way to list heartbeats: reach the RDBStorage behind the cache.
+    storage = getattr(study._storage, "_backend", study._storage)
+    interval = getattr(storage, "heartbeat_interval", None)
+    if not interval or not hasattr(storage, "engine"):
+        return []
+    grace = storage.grace_period or 2 * interval
+    now = datetime.now()  # optuna stamps datetime_start with local, naive time
+    old = [
+        t
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        if t.datetime_start is not None and (now - t.datetime_start).total_seconds() > grace
+    ]
+    if not old:
+        return []
+    with storage.engine.connect() as conn:
+        beating = {
+            row[0] for row in conn.execute(sqlalchemy.text("SELECT trial_id FROM trial_heartbeats"))
+        }
+    silent = [t for t in old if t._trial_id not in beating]
+    for t in silent:
+        storage.record_heartbeat(t._trial_id)
+    return [t.number for t in silent]
+
+
 def count_trials(study: optuna.Study, states: tuple[TrialState, ...]) -> int:
     return len(study.get_trials(deepcopy=False, states=states))
 
@@ -195,7 +229,12 @@ def work_study(
     while True:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            adopted = adopt_trials_without_heartbeat(study)
             optuna.storages.fail_stale_trials(study)
+        if adopted and log:
+            log(
+                f"trials {adopted} never sent a heartbeat (worker died at start); failing them soon"
+            )
         done = count_trials(study, FINISHED)
         if done >= n_trials:
             return
