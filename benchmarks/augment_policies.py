@@ -14,17 +14,16 @@ import statistics
 import sys
 import time
 import warnings
-from pathlib import Path
 
 import torch
 
+from _common import REPO, SHARED_DATA, replace_section, sd
 from medbench.augment import POLICIES, BatchAugment
 from medbench.config import TrainConfig
 from medbench.data import load_dataset
 from medbench.engine import train
-from medbench.fsutil import atomic_write_text
 
-DOC = Path(__file__).resolve().parents[1] / "docs" / "augmentation.md"
+DOC = REPO / "docs" / "augmentation.md"
 BEGIN, END = "<!-- augment_policies:begin -->", "<!-- augment_policies:end -->"
 
 
@@ -45,7 +44,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--data-dir", default="../shared/medmnist")
+    ap.add_argument("--data-dir", default=str(SHARED_DATA))
     ap.add_argument("--datasets", nargs="+", default=["breastmnist", "pneumoniamnist"])
     ap.add_argument("--policies", nargs="+", default=[p for p in POLICIES if p != "auto"])
     ap.add_argument("--model", default="advanced_cnn")
@@ -97,10 +96,6 @@ def main() -> int:
         "|---|---|---|---|---|---|---|",
     ]
     for dataset, policy, accs, aucs, secs, base in rows:
-
-        def sd(v):
-            return statistics.stdev(v) if len(v) > 1 else 0.0
-
         lines.append(
             f"| {dataset} | {policy} | {statistics.mean(accs):.4f} +- {sd(accs):.4f} | "
             f"{statistics.mean(aucs):.4f} +- {sd(aucs):.4f} | "
@@ -122,10 +117,7 @@ def main() -> int:
     table = "\n".join(lines)
     print(table)
     if not args.no_doc:
-        text = DOC.read_text()
-        head, _, rest = text.partition(BEGIN)
-        _, _, tail = rest.partition(END)
-        atomic_write_text(DOC, f"{head}{BEGIN}\n{table}\n{END}{tail}")
+        replace_section(DOC, BEGIN, END, table)
     return 0
 
 

@@ -13,27 +13,31 @@ The results table in the docs sits between `<!-- results -->` and `<!-- /results
 from __future__ import annotations
 
 import argparse
-import re
 import statistics
 import warnings
 from pathlib import Path
 
+from _common import SHARED_DATA, replace_section, sd
 from medbench.config import TrainConfig
 from medbench.data import load_dataset
 from medbench.ensemble import METHODS, build_ensemble, tta_views
 from medbench.transfer import train_or_reuse
 
-REPO = Path(__file__).resolve().parents[1]
-
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data-dir", default=str(REPO.parent / "shared" / "medmnist"))
+    p.add_argument("--data-dir", default=str(SHARED_DATA))
     p.add_argument("--datasets", default="breastmnist,pneumoniamnist")
     p.add_argument("--models", default="advanced_cnn,efficientnet")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--epochs", type=int, help="epochs per run (default: the engine's)")
     p.add_argument("--runs-dir", default="runs/ensemble_gain")
+    p.add_argument(
+        "--from-benchmark",
+        metavar="DIR",
+        help="use the finished runs of a `medbench benchmark` folder (e.g. the one "
+        "benchmarks/real_data.py fills) instead of training; ensembles go to --runs-dir",
+    )
     p.add_argument("--device", default="auto")
     p.add_argument("--no-tta", action="store_true", help="skip the greedy+TTA ensemble")
     p.add_argument("--write", metavar="FILE", help="replace the results section of this doc")
@@ -44,7 +48,7 @@ def main() -> None:
     for dataset in args.datasets.split(","):
         data = load_dataset(dataset, 28, args.data_dir, progress=False)
         dirs = []
-        for model in args.models.split(","):
+        for model in args.models.split(",") if not args.from_benchmark else []:
             for seed in range(args.seeds):
                 run_dir = Path(args.runs_dir) / dataset / model / f"seed{seed}"
                 config = TrainConfig(
@@ -53,6 +57,12 @@ def main() -> None:
                 )  # fmt: skip
                 train_or_reuse(config, data=data)
                 dirs.append(run_dir)
+        if args.from_benchmark:
+            for model in args.models.split(","):
+                found = sorted(
+                    Path(args.from_benchmark).glob(f"runs/{dataset}-28/{model}/*/results.json")
+                )
+                dirs += [f.parent for f in found]
         variants = [(m, False) for m in METHODS]
         if not args.no_tta and len(tta_views(dataset)) > 1:
             variants.append(("greedy", True))
@@ -64,7 +74,7 @@ def main() -> None:
     table = _table(rows, args)
     print(table)
     if args.write:
-        _write(Path(args.write), table)
+        replace_section(args.write, "<!-- results -->", "<!-- /results -->", table)
 
 
 def _line(dataset: str, r: dict) -> str:
@@ -76,10 +86,15 @@ def _line(dataset: str, r: dict) -> str:
 
 
 def _table(rows: list[tuple[str, dict]], args: argparse.Namespace) -> str:
+    source = (
+        f"--from-benchmark {args.from_benchmark}` over the finished runs of that benchmark folder"
+        if args.from_benchmark
+        else f"--epochs {args.epochs} --seeds {args.seeds}`"
+    )
     lines = [
-        f"Measured by `python benchmarks/ensemble_gain.py --epochs {args.epochs} --seeds "
-        f"{args.seeds} --models {args.models} --datasets {args.datasets}` (official test splits "
-        f"at 28 px; the best single model is the member with the best validation AUC).",
+        f"Measured by `python benchmarks/ensemble_gain.py --models {args.models} --datasets "
+        f"{args.datasets} {source} (official test splits at 28 px; the best single model is "
+        "the member with the best validation AUC).",
         "",
         "| dataset | ensemble | members used | test ACC | test AUC | ΔACC vs best single | "
         "ΔAUC vs best single | test ECE | params (M) | latency (ms/img) |",
@@ -98,7 +113,7 @@ def _table(rows: list[tuple[str, dict]], args: argparse.Namespace) -> str:
             )
             lines.append(
                 f"| {dataset} | mean of {len(accs)} singles | - | {statistics.mean(accs):.4f} "
-                f"(sd {statistics.pstdev(accs):.4f}) | "
+                f"(sd {sd(accs):.4f}) | "
                 f"{statistics.mean(m['test_auc'] for m in r['members']):.4f} | | | | | |"
             )
         t = r["metrics"]["test"]
@@ -114,21 +129,6 @@ def _table(rows: list[tuple[str, dict]], args: argparse.Namespace) -> str:
 
 def _num(v, spec: str) -> str:
     return "-" if v is None else format(v, spec)
-
-
-def _write(path: Path, table: str) -> None:
-    from medbench.fsutil import atomic_write_text
-
-    text = path.read_text()
-    new, n = re.subn(
-        r"<!-- results -->.*?<!-- /results -->",
-        lambda _: f"<!-- results -->\n{table}\n<!-- /results -->",
-        text,
-        flags=re.S,
-    )
-    if not n:
-        raise SystemExit(f"{path} has no <!-- results --> ... <!-- /results --> section")
-    atomic_write_text(path, new)
 
 
 if __name__ == "__main__":

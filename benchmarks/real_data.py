@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from _common import SHARED_DATA, mean_std
 from medbench.benchmark import run_benchmark
 from medbench.report import build_report
 
@@ -28,19 +29,11 @@ PUBLISHED_R18_28 = {  # MedMNIST v2 (Yang et al., Scientific Data 2023), test AC
 }
 
 
-def mean_std(values: list[float]) -> str:
-    if len(values) == 1:
-        return f"{values[0]:.3f}"
-    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
-
-
 def main() -> int:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument(
-        "--data-dir", default=str(Path(__file__).resolve().parents[2] / "shared" / "medmnist")
-    )
+    p.add_argument("--data-dir", default=str(SHARED_DATA))
     p.add_argument("--models", default="advanced_cnn,efficientnet,resnet18")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument(

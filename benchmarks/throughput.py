@@ -27,6 +27,7 @@ import torch.nn as nn
 import torch.utils.data as tud
 from torchvision import transforms
 
+from _common import SHARED_DATA
 from medbench.config import TrainConfig
 from medbench.data import load_dataset
 from medbench.engine import train
@@ -85,9 +86,7 @@ def main() -> int:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument(
-        "--data-dir", default=str(Path(__file__).resolve().parents[2] / "shared" / "medmnist")
-    )
+    p.add_argument("--data-dir", default=str(SHARED_DATA))
     p.add_argument("--dataset", default="pneumoniamnist")
     p.add_argument("--images", type=int, default=1536, help="images timed per measurement")
     p.add_argument("--repeats", type=int, default=2)

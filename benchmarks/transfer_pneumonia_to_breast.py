@@ -16,21 +16,20 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import re
 import statistics
 import warnings
 from pathlib import Path
 
+from _common import SHARED_DATA, replace_section, sd
 from medbench.config import TrainConfig
 from medbench.transfer import train_or_reuse, transfer
 
-REPO = Path(__file__).resolve().parents[1]
 SOURCE, TARGET = "pneumoniamnist", "breastmnist"
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data-dir", default=str(REPO.parent / "shared" / "medmnist"))
+    p.add_argument("--data-dir", default=str(SHARED_DATA))
     p.add_argument("--model", default="advanced_cnn")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--epochs", type=int, default=20, help="BreastMNIST epochs (every arm)")
@@ -61,7 +60,7 @@ def main() -> None:
     table = _table(arms, args)
     print(table)
     if args.write:
-        _write(Path(args.write), table)
+        replace_section(args.write, "<!-- results -->", "<!-- /results -->", table)
 
 
 def _table(arms: dict[str, list[dict]], args: argparse.Namespace) -> str:
@@ -81,26 +80,11 @@ def _table(arms: dict[str, list[dict]], args: argparse.Namespace) -> str:
         epochs = 0 if name.endswith("knn") else args.epochs
         delta = "" if name == "from scratch" else f" ({statistics.mean(aucs) - scratch_auc:+.4f})"
         lines.append(
-            f"| {name} | {epochs} | {statistics.mean(accs):.4f} ± {statistics.pstdev(accs):.4f} | "
-            f"{statistics.mean(aucs):.4f} ± {statistics.pstdev(aucs):.4f}{delta} | "
+            f"| {name} | {epochs} | {statistics.mean(accs):.4f} ± {sd(accs):.4f} | "
+            f"{statistics.mean(aucs):.4f} ± {sd(aucs):.4f}{delta} | "
             f"{', '.join(f'{a:.4f}' for a in aucs)} |"
         )
     return "\n".join(lines)
-
-
-def _write(path: Path, table: str) -> None:
-    from medbench.fsutil import atomic_write_text
-
-    text = path.read_text()
-    new, n = re.subn(
-        r"<!-- results -->.*?<!-- /results -->",
-        lambda _: f"<!-- results -->\n{table}\n<!-- /results -->",
-        text,
-        flags=re.S,
-    )
-    if not n:
-        raise SystemExit(f"{path} has no <!-- results --> ... <!-- /results --> section")
-    atomic_write_text(path, new)
 
 
 if __name__ == "__main__":

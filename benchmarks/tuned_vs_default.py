@@ -17,28 +17,17 @@ import argparse
 import statistics
 import sys
 import warnings
-from pathlib import Path
 
+from _common import REPO, SHARED_DATA, replace_section, sd
 from medbench.config import TrainConfig
 from medbench.data import load_dataset
 from medbench.engine import train
-from medbench.fsutil import atomic_write_text
 from medbench.search import search
-from medbench.tune import tune
+from medbench.tune import TUNABLE, tune
 
-DOC = Path(__file__).resolve().parents[1] / "docs" / "tuning.md"
+DOC = REPO / "docs" / "tuning.md"
 BEGIN, END = "<!-- tuned_vs_default:begin -->", "<!-- tuned_vs_default:end -->"
-TUNED_KEYS = (
-    "lr",
-    "weight_decay",
-    "batch_size",
-    "label_smoothing",
-    "augment",
-    "mixup",
-    "cutmix",
-    "dropout",
-    "drop_path",
-)
+TUNED_KEYS = tuple(k for k in TUNABLE if k != "epochs")  # epochs: fixed by --final-epochs
 
 
 def runs(data, args, label: str, **values) -> dict:
@@ -66,9 +55,6 @@ def runs(data, args, label: str, **values) -> dict:
             flush=True,
         )
 
-    def sd(v):
-        return statistics.stdev(v) if len(v) > 1 else 0.0
-
     return {
         "acc": f"{statistics.mean(accs):.4f} +- {sd(accs):.4f}",
         "auc": f"{statistics.mean(aucs):.4f} +- {sd(aucs):.4f}",
@@ -80,7 +66,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--data-dir", default="../shared/medmnist")
+    ap.add_argument("--data-dir", default=str(SHARED_DATA))
     ap.add_argument("--datasets", nargs="+", default=["breastmnist", "pneumoniamnist"])
     ap.add_argument("--model", default="advanced_cnn", help="model whose recipe is tuned")
     ap.add_argument("--trials", type=int, default=30)
@@ -175,10 +161,7 @@ def main() -> int:
     table = "\n".join(lines)
     print(table)
     if not args.no_doc:
-        text = DOC.read_text()
-        head, _, rest = text.partition(BEGIN)
-        _, _, tail = rest.partition(END)
-        atomic_write_text(DOC, f"{head}{BEGIN}\n{table}\n{END}{tail}")
+        replace_section(DOC, BEGIN, END, table)
     return 0
 
 

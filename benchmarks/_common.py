@@ -1,0 +1,38 @@
+"""What the benchmark scripts share: where the real data lives, mean ± sample standard
+deviation over seeds, and replacing the marked results section of a doc."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Iterable
+from pathlib import Path
+
+from medbench.fsutil import atomic_write_text
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "medmnist"  # the real BreastMNIST / PneumoniaMNIST files
+
+
+def sd(values: Iterable[float]) -> float:
+    """Sample standard deviation (0 for a single value)."""
+    values = list(values)
+    return statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def mean_std(values: Iterable[float], digits: int = 3) -> str:
+    """'mean ± sd' over seeds, or just the value when there is one."""
+    values = list(values)
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.mean(values):.{digits}f} ± {sd(values):.{digits}f}"
+
+
+def replace_section(path: str | Path, begin: str, end: str, text: str) -> None:
+    """Replace what lies between the markers `begin` and `end` in the doc at `path`."""
+    path = Path(path)
+    doc = path.read_text()
+    head, found, rest = doc.partition(begin)
+    _, found_end, tail = rest.partition(end)
+    if not (found and found_end):
+        raise SystemExit(f"{path} has no {begin} ... {end} section")
+    atomic_write_text(path, f"{head}{begin}\n{text}\n{end}{tail}")
