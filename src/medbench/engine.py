@@ -14,6 +14,11 @@ the validation split; the final evaluation uses all of it.
 Every random choice (data order, augmentation) is derived from (seed, epoch) or
 (seed, step), and the global RNG state is checkpointed, so a resumed run on the CPU
 ends with exactly the weights of an uninterrupted one.
+
+Under `torchrun` (medbench.distributed, docs/distributed.md) the same loop runs in every
+process: the model is wrapped in DistributedDataParallel, each process trains on its
+equal share of every global batch, and rank 0 alone validates, decides (budget plan, best
+round, early stop), writes files and prints, then tells the others what it decided.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from medbench import checkpoint as ckpt
-from medbench import metrics
+from medbench import distributed, metrics
 from medbench.augment import BatchAugment, BatchMix
 from medbench.config import TrainConfig
 from medbench.errors import MedbenchError, MedbenchWarning
@@ -277,6 +282,7 @@ class _Progress:
 # ----------------------------------------------------------------------------- train
 
 
+@distributed.lost_peers_as_error()
 def train(
     config: TrainConfig,
     *,
@@ -293,16 +299,25 @@ def train(
     is called with each round's history record (a tuner may raise to prune the run).
     `measure=False` skips the latency/throughput measurement (tuning trials need only
     the validation metric); those timing fields are then None.
+
+    Under torchrun every process calls this; each returns rank 0's results, and `on_epoch`
+    is called on rank 0 only.
     """
     from medbench.data import load_dataset
     from medbench.models import build_model, count_flops, count_parameters
 
     config.validate()
     runtime = resolve_runtime(config.device, config.precision, config.channels_last)
+    runtime = distributed.setup(runtime)  # under torchrun: join the job, this process's GPU
+    dist_on, is_main = distributed.is_distributed(), distributed.is_main()
+    world, rank = distributed.world_size(), distributed.rank()
+    if not is_main:
+        progress = False
     if data is None:
-        data = load_dataset(
-            config.dataset, config.size, config.data_dir, progress=progress is not False
-        )
+        with distributed.local_main_first():  # one download per machine, not per process
+            data = load_dataset(
+                config.dataset, config.size, config.data_dir, progress=progress is not False
+            )
     if data.info.name != config.dataset or data.size != config.size:
         raise MedbenchError(
             f"the data given is {data.info.name} at {data.size}px but the config asks for "
@@ -310,14 +325,8 @@ def train(
         )
     info = data.info
     task, n_classes, in_channels = info.task, info.n_classes, info.n_channels
-    run_dir = Path(config.run_dir) if config.run_dir else default_run_dir(config)
+    run_dir = distributed.on_main(lambda: _make_run_dir(config))  # rank 0's folder, made there
     config.run_dir = str(run_dir)
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise MedbenchError(
-            f"cannot create run folder {run_dir}: {exc.strerror}; choose a writable --out/--run-dir"
-        ) from None
     checkpoint_path = run_dir / "checkpoint.pt"
 
     # ---- model, optimiser, loss
@@ -336,6 +345,15 @@ def train(
 
         lr_scales = prepare_pretrained(model, config)
     place_model(model, runtime)
+    eval_copy = None
+    if dist_on:
+        # Rank 0 validates alone, so it needs a copy with plain BatchNorm (SyncBatchNorm in
+        # train mode, as in BN recalibration, would wait for the other processes).
+        eval_copy = copy.deepcopy(model) if is_main else None
+        if runtime.device.type == "cuda":
+            # BN statistics over the whole global batch, as in one process. SyncBatchNorm
+            # runs on GPUs only: on CPUs (gloo) each process normalises its own share.
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     optimizer = make_optimizer(model, config, lr_scales)
     ema = None
     if config.ema_decay:
@@ -362,6 +380,12 @@ def train(
     batch_size = min(
         default_batch_size(n_train) if config.batch_size is None else config.batch_size, n_train
     )
+    if batch_size % world:
+        raise MedbenchError(
+            f"the batch of {batch_size} images (the global batch, shared by all processes) does "
+            f"not split evenly over {world} processes; use a --batch-size that is a multiple of {world}"
+        )
+    shard = slice(rank * batch_size // world, (rank + 1) * batch_size // world)
     steps_per_epoch = max(1, n_train // batch_size)  # drop the ragged last batch (BatchNorm)
     identity = {
         "dataset": config.dataset,
@@ -382,13 +406,16 @@ def train(
         total_steps, round_steps, planned = epochs * steps_per_epoch, steps_per_epoch, True
     else:  # provisional until the first steps are timed
         total_steps, round_steps, planned = 10**9, steps_per_epoch, False
-    if resume and checkpoint_path.exists():
-        state = ckpt.load(checkpoint_path, ckpt.CHECKPOINT_FORMAT)
-        if state["identity"] != identity:
-            raise MedbenchError(
-                f"{checkpoint_path} belongs to another run ({_describe(state['identity'])}), not "
-                f"{_describe(identity)}; use a new run folder or the matching options"
-            )
+    # Rank 0 reads the checkpoint and hands it to the others (their machines may not see
+    # the run folder).
+    state = distributed.on_main(
+        lambda: (
+            _load_checkpoint(checkpoint_path, identity)
+            if resume and checkpoint_path.exists()
+            else None
+        )
+    )
+    if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         if ema is not None and state.get("ema") is not None:
@@ -430,7 +457,8 @@ def train(
             checkpoint_path,
         )
 
-    eval_model = ema.module if ema is not None else model
+    eval_source = ema.module if ema is not None else model
+    eval_model = eval_copy if dist_on else eval_source  # refreshed from the source each round
     # Model selection validates on a fixed sample when the validation split is large.
     n_val = len(data.val)
     val_sample = (
@@ -460,10 +488,21 @@ def train(
     round_start_time, round_start_step, round_loss, round_n = time.perf_counter(), step, 0.0, 0
     calib_start = None
     run_start = time.perf_counter() - train_seconds
+    train_model = model
+    if dist_on:
+        # DDP averages the gradients of equal shares: the gradient of the global batch's
+        # mean loss, as in one process.
+        train_model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[runtime.device.index] if runtime.device.type == "cuda" else None
+        )
 
     # ---- the loop
     model.train()
     while step < total_steps:
+        if dist_on and step == round_start_step:
+            # Dropout/drop-path: one random stream per process (not one shared by all),
+            # restarted each round so that a resumed run continues it.
+            torch.manual_seed(config.seed * 1_000_003 + step * 1_009 + rank)
         epoch, pos = divmod(step, steps_per_epoch)
         if epoch != order_epoch:
             order, order_epoch = epoch_order(n_train, config.seed, epoch, sample_weights), epoch
@@ -474,11 +513,13 @@ def train(
         x = normalize(augment(x, aug_gen))
         if mixer is not None:  # MixUp/CutMix: mixed images, soft targets
             x, y = mixer(x, y, aug_gen)
+        if dist_on:  # every process augments the global batch, then trains on its share
+            x, y = x[shard], y[shard]
         factor = lr_factor(config, step, total_steps, steps_per_epoch)
         for group in optimizer.param_groups:
             group["lr"] = config.lr * factor * group.get("lr_scale", 1.0)
         with runtime.autocast():
-            logits = model(x)
+            logits = train_model(x)
         loss = loss_fn(logits.float(), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -488,7 +529,8 @@ def train(
         if ema is not None:
             ema.update_parameters(model)
         step += 1
-        loss_value = loss.item()
+        # The global batch's loss, the same on every process (so all stop on divergence).
+        loss_value = distributed.mean(loss) if dist_on else loss.item()
         if not math.isfinite(loss_value):
             raise MedbenchError(
                 f"training diverged (loss {loss_value}) at step {step}; lower --lr or enable --grad-clip"
@@ -499,71 +541,82 @@ def train(
 
         # ---- with a time budget: time the first steps, then fix the plan
         if not planned:
+            plan = None
             if step == 1:
                 calib_start = (time.perf_counter(), step)
             elif step >= min(12, steps_per_epoch) or (
                 step >= 3 and time.perf_counter() - run_start > 0.1 * budget
             ):
-                total_steps, round_steps = _plan_budget(
+                plan = _plan_budget(
                     budget,
                     time.perf_counter() - run_start,
                     step,
                     calib_start,
                     steps_per_epoch,
                     len(sel_images) + len(bn_images),  # validation + BN recalibration
-                    batch_size,
+                    batch_size // world,  # images per step of the process that validates
                 )
-                planned = True
+            if dist_on:  # rank 0's timing decides for every process
+                plan = distributed.broadcast_object(plan)
+            if plan is not None:
+                (total_steps, round_steps), planned = plan, True
                 bar.set_total(total_steps)
 
         # ---- end of a round: validate, select, checkpoint
         if step % round_steps == 0 or step >= total_steps:
             round_seconds = time.perf_counter() - round_start_time
-            recalibrate_batchnorm(eval_model, bn_images, runtime, batch_size)
-            val_logits = predict_logits(eval_model, sel_images, runtime)
-            model.train()
-            val_probs = metrics.probabilities_from_logits(val_logits, task)
-            record = {
-                "epoch": len(history) + 1,
-                "step": step,
-                "train_loss": round_loss / max(1, round_n),
-                "val_loss": _loss_value(loss_fn, val_logits, sel_labels),
-                "val_acc": metrics.official_acc(val_y, val_probs, task),
-                "val_auc": metrics.official_auc(val_y, val_probs, task),
-                "lr": optimizer.param_groups[0]["lr"],
-                "seconds": round_seconds,
-                "train_images_per_second": (step - round_start_step)
-                * batch_size
-                / max(round_seconds, 1e-9),
-            }
-            history.append(record)
-            score = record[f"val_{config.select_metric}"]
-            if not math.isfinite(score):  # AUC undefined (one class in val): fall back to ACC
-                score = record["val_acc"]
-            if score > best["score"]:
-                best = {"score": score, "round": record["epoch"], "step": step}
-                best_state = copy.deepcopy(eval_model.state_dict())
-            train_seconds = time.perf_counter() - run_start
-            n_rounds = math.ceil(total_steps / round_steps)
-            bar.round(
-                f"[{config.dataset}/{config.model}/seed {config.seed}] epoch {record['epoch']}/{n_rounds} "
-                f"loss {record['train_loss']:.4f} val_acc {record['val_acc']:.4f} "
-                f"val_auc {record['val_auc']:.4f} lr {record['lr']:.2e} {round_seconds:.1f}s "
-                f"{record['train_images_per_second']:.0f} img/s"
-            )
-            if (
-                config.patience
-                and record["epoch"] - best["round"] >= config.patience
-                and step < total_steps
-            ):
-                stopped_early = True
-            if budget is not None and train_seconds > budget * 1.05 and step < total_steps:
-                over_budget = True
-            if stopped_early or over_budget:
-                total_steps = step
-            save_checkpoint()
-            if on_epoch is not None:
-                on_epoch(record)
+            if is_main:  # rank 0 alone validates, selects, decides and writes
+                if dist_on:
+                    eval_model.load_state_dict(eval_source.state_dict())
+                recalibrate_batchnorm(eval_model, bn_images, runtime, batch_size)
+                val_logits = predict_logits(eval_model, sel_images, runtime)
+                model.train()
+                val_probs = metrics.probabilities_from_logits(val_logits, task)
+                record = {
+                    "epoch": len(history) + 1,
+                    "step": step,
+                    "train_loss": round_loss / max(1, round_n),
+                    "val_loss": _loss_value(loss_fn, val_logits, sel_labels),
+                    "val_acc": metrics.official_acc(val_y, val_probs, task),
+                    "val_auc": metrics.official_auc(val_y, val_probs, task),
+                    "lr": optimizer.param_groups[0]["lr"],
+                    "seconds": round_seconds,
+                    "train_images_per_second": (step - round_start_step)
+                    * batch_size
+                    / max(round_seconds, 1e-9),
+                }
+                history.append(record)
+                score = record[f"val_{config.select_metric}"]
+                if not math.isfinite(score):  # AUC undefined (one class in val): fall back to ACC
+                    score = record["val_acc"]
+                if score > best["score"]:
+                    best = {"score": score, "round": record["epoch"], "step": step}
+                    best_state = copy.deepcopy(eval_model.state_dict())
+                train_seconds = time.perf_counter() - run_start
+                n_rounds = math.ceil(total_steps / round_steps)
+                bar.round(
+                    f"[{config.dataset}/{config.model}/seed {config.seed}] epoch {record['epoch']}/{n_rounds} "
+                    f"loss {record['train_loss']:.4f} val_acc {record['val_acc']:.4f} "
+                    f"val_auc {record['val_auc']:.4f} lr {record['lr']:.2e} {round_seconds:.1f}s "
+                    f"{record['train_images_per_second']:.0f} img/s"
+                )
+                if (
+                    config.patience
+                    and record["epoch"] - best["round"] >= config.patience
+                    and step < total_steps
+                ):
+                    stopped_early = True
+                if budget is not None and train_seconds > budget * 1.05 and step < total_steps:
+                    over_budget = True
+                if stopped_early or over_budget:
+                    total_steps = step
+                save_checkpoint()
+                if on_epoch is not None:
+                    on_epoch(record)
+            if dist_on:  # the others go on with rank 0's decisions
+                total_steps, stopped_early, over_budget = distributed.broadcast_object(
+                    (total_steps, stopped_early, over_budget)
+                )
             round_start_time, round_start_step, round_loss, round_n = (
                 time.perf_counter(),
                 step,
@@ -571,11 +624,13 @@ def train(
                 0,
             )
     bar.close()
+    if not is_main:  # wait for rank 0's final evaluation, and return its results
+        return distributed.broadcast_object(None)
     if over_budget:
         warnings.warn(
             f"{run_dir.name}: time budget exceeded; stopped after {step} steps",
             MedbenchWarning,
-            stacklevel=2,
+            stacklevel=3,  # train's caller (past the lost_peers_as_error decorator)
         )
 
     # ---- final evaluation of the selected weights
@@ -601,6 +656,17 @@ def train(
             "steps_per_epoch": steps_per_epoch,
             "selection_val_images": len(sel_images),
             "history": history,
+            **(
+                {
+                    "distributed": {
+                        "world_size": world,
+                        "backend": distributed.backend(),
+                        "sync_batchnorm": runtime.device.type == "cuda",
+                    }
+                }
+                if dist_on
+                else {}
+            ),
         },
         train_seconds=train_seconds,
         measure=measure,
@@ -608,7 +674,28 @@ def train(
     results["timing"]["eval_seconds"] = time.perf_counter() - eval_start
     atomic_write_json(run_dir / "results.json", results)
     write_model_card(run_dir)  # MODEL_CARD.md: data, config, metrics with 95% CIs, limits
-    return results
+    return distributed.broadcast_object(results) if dist_on else results
+
+
+def _make_run_dir(config: TrainConfig) -> Path:
+    run_dir = Path(config.run_dir) if config.run_dir else default_run_dir(config)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise MedbenchError(
+            f"cannot create run folder {run_dir}: {exc.strerror}; choose a writable --out/--run-dir"
+        ) from None
+    return run_dir
+
+
+def _load_checkpoint(checkpoint_path: Path, identity: dict) -> dict[str, Any]:
+    state = ckpt.load(checkpoint_path, ckpt.CHECKPOINT_FORMAT)
+    if state["identity"] != identity:
+        raise MedbenchError(
+            f"{checkpoint_path} belongs to another run ({_describe(state['identity'])}), not "
+            f"{_describe(identity)}; use a new run folder or the matching options"
+        )
+    return state
 
 
 def _plan_budget(
@@ -681,7 +768,7 @@ def _evaluate_and_save(
         val_m, test_m, n_classes=info.n_classes, task=task, margin=config.collapse_margin
     )
     for flag in flags:
-        warnings.warn(f"COLLAPSE GUARD {run_dir.name}: {flag}", MedbenchWarning, stacklevel=3)
+        warnings.warn(f"COLLAPSE GUARD {run_dir.name}: {flag}", MedbenchWarning, stacklevel=4)
     latency_ms, throughput = (
         measure_speed(model, runtime, info.n_channels, config.size) if measure else (None, None)
     )

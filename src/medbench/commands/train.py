@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import warnings
 
 from medbench.commands._options import add_data_dir, add_training_options, config_overrides
 from medbench.config import TrainConfig
-from medbench.errors import MedbenchError
+from medbench.errors import MedbenchError, MedbenchWarning
 
 NAME = "train"
 HELP = "train one model on one dataset and evaluate it"
@@ -15,7 +16,9 @@ ORDER = 20
 DESCRIPTION = (
     "Train MODEL on DATASET, select the best epoch on the validation split, then report the "
     "official MedMNIST ACC/AUC and more on the test split. Everything goes to the run folder: "
-    "checkpoint.pt (after every epoch), model.pt, predictions.npz and results.json."
+    "checkpoint.pt (after every epoch), model.pt, predictions.npz and results.json. "
+    "Under torchrun it trains with DistributedDataParallel, one process per GPU "
+    "(docs/distributed.md)."
 )
 
 
@@ -48,6 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from medbench import distributed
     from medbench.engine import train
 
     values = config_overrides(args)
@@ -68,7 +72,15 @@ def run(args: argparse.Namespace) -> int:
     if args.resume and not args.run_dir:
         raise MedbenchError("--resume needs --run-dir pointing at the interrupted run's folder")
     config = TrainConfig.from_dict(values)
-    results = train(config, resume=args.resume, progress=False if args.quiet else None)
+    speaks = distributed.is_main()  # under torchrun only rank 0 prints
+    if not speaks:
+        warnings.simplefilter("ignore", MedbenchWarning)  # cli.main restores the filters
+    results = train(
+        config, resume=args.resume, progress=False if (args.quiet or not speaks) else None
+    )
+    distributed.cleanup()
+    if not speaks:
+        return 0
     if args.json:
         print(json.dumps(results, indent=2, default=str))
     else:

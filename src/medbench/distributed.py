@@ -1,0 +1,210 @@
+"""Training on several processes: a `torchrun` launch, its process group, and who does what.
+
+`torchrun` (PyTorch's own launcher) starts one process per GPU and tells each its place in
+the environment: WORLD_SIZE processes in all, this one is RANK, and LOCAL_RANK on its
+machine. `setup()` joins them into one process group (NCCL between GPUs, gloo on CPUs) with
+a timeout, so a process whose partner died stops with an error instead of waiting forever.
+The engine asks the rest: `is_distributed()`, `is_main()` (rank 0, the one process that
+writes files and prints), and the few collectives it needs (`mean`, `broadcast_object`,
+`on_main`, `barrier`). Without torchrun (or with one process) every helper is a no-op and
+training runs exactly as before.
+
+See docs/distributed.md for launches on one machine, several machines and Slurm.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import re
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from typing import TypeVar
+
+import torch
+import torch.distributed as dist
+
+from medbench.config import parse_duration
+from medbench.errors import MedbenchError
+from medbench.runtime import Runtime
+
+T = TypeVar("T")
+TIMEOUT_ENV = "MEDBENCH_DIST_TIMEOUT"  # e.g. 600, 10m; how long a process waits for the others
+DEFAULT_TIMEOUT_SECONDS = 1800.0  # covers rank 0's final evaluation while the others wait
+
+
+def launched() -> bool:
+    """True in a process that torchrun started as one of several (WORLD_SIZE > 1)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def is_distributed() -> bool:
+    """True once this process has joined a process group of more than one process."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def rank() -> int:
+    """This process's rank (0 without torchrun); read from the environment before setup."""
+    return dist.get_rank() if is_distributed() else int(os.environ.get("RANK", "0"))
+
+
+def local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_distributed() else int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_main() -> bool:
+    """Rank 0: the one process that writes files and prints progress."""
+    return rank() == 0
+
+
+def timeout_seconds() -> float:
+    text = os.environ.get(TIMEOUT_ENV)
+    if not text:
+        return DEFAULT_TIMEOUT_SECONDS
+    try:
+        return parse_duration(text)
+    except MedbenchError:
+        raise MedbenchError(
+            f"${TIMEOUT_ENV}={text!r} is not a duration; write e.g. 600, 10m or 1h"
+        ) from None
+
+
+def setup(runtime: Runtime) -> Runtime:
+    """Join the torchrun job this process belongs to (once) and return the runtime on this
+    process's device: GPU number LOCAL_RANK with NCCL, or the CPU with gloo. Outside a
+    multi-process torchrun launch the runtime comes back unchanged."""
+    if not launched():
+        return runtime
+    kind = runtime.device.type
+    if kind not in ("cuda", "cpu"):
+        raise MedbenchError(
+            f"training under torchrun runs on CUDA GPUs (NCCL) or CPUs (gloo), not {kind}; "
+            "use --device cuda or --device cpu"
+        )
+    device = torch.device("cpu")
+    if kind == "cuda":
+        n_gpus = torch.cuda.device_count()
+        if local_rank() >= n_gpus:
+            raise MedbenchError(
+                f"torchrun started process {local_rank()} on a machine with {n_gpus} visible "
+                f"GPU(s); use --nproc_per_node {n_gpus} or fewer (one process per GPU)"
+            )
+        device = torch.device("cuda", local_rank())
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        try:
+            dist.init_process_group(
+                "nccl" if kind == "cuda" else "gloo", timeout=timedelta(seconds=timeout_seconds())
+            )
+        except (RuntimeError, ValueError) as exc:
+            raise MedbenchError(
+                f"process {rank()} could not join the other {world_size() - 1} training "
+                f"process(es) at {os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}: "
+                f"{_first_line(exc)}; check the torchrun rendezvous options"
+            ) from None
+    return dataclasses.replace(runtime, device=device)
+
+
+def cleanup() -> None:
+    """Leave the process group (call once the work is done; the CLI does)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def backend() -> str | None:
+    return dist.get_backend() if is_distributed() else None
+
+
+def _tensor_device() -> torch.device:
+    # NCCL moves only GPU tensors; gloo moves CPU tensors.
+    if backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def barrier() -> None:
+    if is_distributed():
+        dist.barrier()
+
+
+def mean(value: torch.Tensor) -> float:
+    """The mean of a scalar over all processes (the value itself without torchrun)."""
+    if not is_distributed():
+        return value.item()
+    t = value.detach().to(_tensor_device(), torch.float64).reshape(1)
+    dist.all_reduce(t)
+    return t.item() / dist.get_world_size()
+
+
+def broadcast_object(obj: T, src: int = 0) -> T:
+    """Rank `src`'s `obj` (any picklable value) on every process."""
+    if not is_distributed():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src, device=_tensor_device())
+    return box[0]
+
+
+def on_main(fn: Callable[[], T]) -> T:
+    """Run `fn` on rank 0 only and return its result on every process; a MedbenchError it
+    raises is raised on every process, so none is left waiting for the others."""
+    if not is_distributed():
+        return fn()
+    result, error = None, None
+    if is_main():
+        try:
+            result = fn()
+        except MedbenchError as exc:
+            error = str(exc)
+    result, error = broadcast_object((result, error))
+    if error is not None:
+        raise MedbenchError(error)
+    return result
+
+
+@contextlib.contextmanager
+def local_main_first() -> Iterator[None]:
+    """The first process of each machine runs the block before the others (e.g. to
+    download a dataset once per machine, not once per process)."""
+    if is_distributed() and local_rank() != 0:
+        barrier()
+    yield
+    if is_distributed() and local_rank() == 0:
+        barrier()
+
+
+# How gloo and NCCL word a partner's death or silence (gloo raises a plain RuntimeError).
+_LOST_PEER_WORDS = ("connection closed", "connection reset", "timed out", "timeout", "gloo", "nccl")
+
+
+@contextlib.contextmanager
+def lost_peers_as_error() -> Iterator[None]:
+    """Turn the error a process gets when another process of its job died or stopped
+    answering (a closed connection, a timeout) into one MedbenchError line. Usable as a
+    decorator."""
+    try:
+        yield
+    except RuntimeError as exc:
+        lost = isinstance(exc, dist.DistError) or any(
+            word in str(exc).lower() for word in _LOST_PEER_WORDS
+        )
+        if not (lost and is_distributed()):
+            raise
+        raise MedbenchError(
+            f"training process {rank()} of {world_size()} lost contact with the others "
+            f"({_first_line(exc)}): another process failed or stopped answering (torchrun's "
+            "report names it); the run folder's checkpoint.pt of the last finished round is "
+            "intact, so rerun the same command with --resume"
+        ) from None
+
+
+def _first_line(exc: BaseException) -> str:
+    """The gist of a backend error: its first sentence, without gloo's source location."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    text = re.sub(r"^\[[^\]]*:\d+\]\s*", "", lines[0] if lines else type(exc).__name__)
+    return text.split(". ")[0][:200]
