@@ -5,7 +5,7 @@ BatchNorm, two processes on CPUs normalise their half-batches separately (SyncBa
 runs on GPUs only), which moves the loss by more than any useful tolerance; GroupNorm
 normalises each image alone, so what differs from one process is only the order in which
 floats are summed (DDP's gradient all-reduce). Measured on this test's runs: at most
-3.3e-6 apart over 3 rounds; LOSS_TOLERANCE leaves a 30x margin.
+3.2e-6 apart over 3 rounds; LOSS_TOLERANCE leaves a 30x margin.
 """
 
 from __future__ import annotations
