@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from medbench import checkpoint as ckpt
+from medbench.cli import main
 from medbench.config import TrainConfig
 from medbench.data import load_dataset
 from medbench.data.synthetic import write_synthetic_like
@@ -144,3 +145,17 @@ def test_a_killed_process_ends_the_job_with_one_clear_error_and_a_resumable_chec
         single_process_config(data_dir, run_dir, epochs=6), data=data, progress=False, resume=True
     )
     assert resumed["epochs_completed"] == 6 and (run_dir / "results.json").is_file()
+
+
+@pytest.mark.parametrize("command", ["benchmark", "tune", "search"])
+def test_grid_commands_refuse_torchrun_with_one_line(command, monkeypatch, capsys):
+    # Under torchrun every process would run the whole grid/study by itself.
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    argv = {
+        "benchmark": ["benchmark"],
+        "tune": ["tune", "--dataset", "breastmnist", "--model", "advanced_cnn", "--trials", "2"],
+        "search": ["search", "--dataset", "breastmnist"],
+    }[command]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "does not run under torchrun" in err[0]

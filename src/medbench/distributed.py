@@ -39,6 +39,18 @@ def launched() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
+def refuse_launch(command: str) -> None:
+    """Commands that run many trainings (benchmark, tune, search) share their work through
+    their stores, not a process group: under torchrun every process would run the whole
+    job at once, so they refuse with a pointer to how to spread them over GPUs."""
+    if launched():
+        raise MedbenchError(
+            f"'medbench {command}' does not run under torchrun ({os.environ['WORLD_SIZE']} "
+            f"processes); start one 'medbench {command}' per GPU (CUDA_VISIBLE_DEVICES=i) "
+            "sharing the same output folder or storage: see docs/distributed.md"
+        )
+
+
 def is_distributed() -> bool:
     """True once this process has joined a process group of more than one process."""
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1

@@ -75,6 +75,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from medbench.distributed import refuse_launch
+
+    refuse_launch("benchmark")
     if args.time_budget and args.total_time_budget:
         raise MedbenchError(
             "give either --time-budget (per run) or --total-time-budget (whole grid), not both"

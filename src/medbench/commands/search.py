@@ -63,9 +63,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from medbench.distributed import refuse_launch
     from medbench.errors import MedbenchError
     from medbench.search import export_architecture, search
     from medbench.tune import default_storage
+
+    refuse_launch("search")
 
     if args.export_trial is not None:
         if not (args.name and (args.out or (args.storage and args.study))):

@@ -72,7 +72,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from medbench.distributed import refuse_launch
     from medbench.tune import tune
+
+    refuse_launch("tune")
 
     values = config_overrides(args)
     fixed = {k: v for k, v in values.items() if k in TUNABLE}
