@@ -16,6 +16,7 @@ import pytest
 from medbench.benchmark import (
     DEFAULT_DATASETS,
     DEFAULT_MODELS,
+    cell_budget,
     config_hash,
     parse_seeds,
     plan_grid,
@@ -178,6 +179,15 @@ def test_total_budget_is_split_over_the_cells_not_yet_finished(tmp_path):
     assert len(budgets) == 4
     assert 190 < budgets[0] <= 200  # 800 s over 4 cells
     assert 250 < budgets[-1] <= 800  # the last cell gets what is left
+
+
+def test_cell_budget_reserves_each_remaining_cells_overhead_and_never_starves_one():
+    assert cell_budget(1000.0, 4, [], 250.0) == 250.0  # nothing known yet: an even split
+    # Finished cells spent 40 and 60 s outside training: 50 s is reserved for each of the
+    # 4 cells left before splitting, so the grid still ends near its deadline.
+    assert cell_budget(1000.0, 4, [40.0, 60.0], 250.0) == 200.0
+    # An overrun grid gives its last cells a quarter of the even share, not a second.
+    assert cell_budget(5.0, 3, [90.0], 200.0) == 50.0
 
 
 def test_cpu_default_is_a_shared_total_budget(tmp_path, monkeypatch):

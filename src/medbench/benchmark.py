@@ -16,6 +16,7 @@ import contextlib
 import hashlib
 import json
 import math
+import statistics
 import sys
 import threading
 import time
@@ -337,7 +338,9 @@ def run_grid(
     run cells (and takes over any whose owner died), so it ends when the whole grid has.
     A cell that raises is recorded as failed and the grid goes on; a MedbenchError (e.g.
     missing data) or Ctrl-C hands the cell back and stops. `total_time_budget_seconds`
-    is split evenly over the cells not yet finished, at the moment each is claimed.
+    is split evenly over the cells not yet finished, at the moment each is claimed, after
+    reserving for each of them the time a run spent outside training (loading, evaluation,
+    speed measurement) so far, so that the last cells are not starved (see `cell_budget`).
     """
     out = Path(out)
     train_fn = train_fn or _default_train_fn()
@@ -356,6 +359,7 @@ def run_grid(
         deadline = time.monotonic() + total_time_budget_seconds
         view.deadline = deadline
     outcome = GridOutcome(out=out, cells=list(cells))
+    overheads: list[float] = []  # per cell run here: wall time minus training time
     view.update(store.counts(keys), f"{len(cells)} runs in {out} (store {store.path.name})")
     try:
         while True:
@@ -369,11 +373,20 @@ def run_grid(
             cell = by_key[row["key"]]
             config = TrainConfig.from_dict(dict(cell.config.to_dict()))
             if deadline is not None:
-                left = store.counts(keys)["pending"] + 1
-                config.time_budget_seconds = max(1.0, (deadline - time.monotonic()) / left)
+                config.time_budget_seconds = cell_budget(
+                    deadline - time.monotonic(),
+                    store.counts(keys)["pending"] + 1,
+                    overheads,
+                    total_time_budget_seconds / len(cells),
+                )
+            started = time.monotonic()
             _run_cell(
                 cell, config, row, store, owner, train_fn, view, outcome, keys, heartbeat_seconds
             )
+            done = _finished_results(cell.run_dir)
+            if done is not None and (done.get("timing") or {}).get("train_seconds") is not None:
+                wall = time.monotonic() - started
+                overheads.append(max(0.0, wall - done["timing"]["train_seconds"]))
     finally:
         outcome.counts = store.counts(keys)
         view.update(
@@ -385,6 +398,24 @@ def run_grid(
         view.close()
     outcome.failed = [r for r in store.rows(keys) if r["status"] == "failed"]
     return outcome
+
+
+MIN_SHARE = 0.25  # a cell's budget never falls below this fraction of the even share
+
+
+def cell_budget(
+    seconds_left: float, cells_left: int, overheads: Sequence[float], even_share: float
+) -> float:
+    """Training budget for the next of `cells_left` cells when `seconds_left` remain.
+
+    Each remaining cell will also spend time outside training (data loading, evaluation,
+    speed measurement); the mean of what finished cells spent (`overheads`) is reserved
+    for each before the rest is split evenly. The budget never falls below MIN_SHARE of
+    the grid's `even_share`, so a grid that overruns finishes late rather than handing
+    its last cells a budget of a second."""
+    reserve = statistics.mean(overheads) if overheads else 0.0
+    share = (seconds_left - reserve * cells_left) / cells_left
+    return max(MIN_SHARE * even_share, share, 1.0)
 
 
 def _run_cell(
