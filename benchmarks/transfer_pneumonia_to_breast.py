@@ -68,7 +68,7 @@ def _table(arms: dict[str, list[dict]], args: argparse.Namespace) -> str:
         f"Measured by `python benchmarks/transfer_pneumonia_to_breast.py --model {args.model} "
         f"--epochs {args.epochs} --pretrain-epochs {args.pretrain_epochs} --seeds {args.seeds} "
         f"--backbone-lr-scale {args.backbone_lr_scale}` (official BreastMNIST test split, 28 px; "
-        f"mean and population sd over seeds).",
+        f"mean and sample sd over seeds).",
         "",
         "| arm | BreastMNIST epochs | test ACC | test AUC | per-seed test AUC |",
         "|---|---|---|---|---|",
