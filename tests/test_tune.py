@@ -292,6 +292,7 @@ def test_workers_started_together_all_open_a_new_storage(tmp_path):
     assert outcomes == ["ok"] * 4
 
 
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used:UserWarning")
 def test_a_trial_whose_worker_died_before_its_first_heartbeat_is_failed_and_retried(tmp_path):
     # study.ask() creates a RUNNING trial and sends no heartbeat: exactly what a worker
     # killed between creating its trial and its first heartbeat leaves behind.
