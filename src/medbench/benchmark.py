@@ -379,14 +379,11 @@ def run_grid(
                     overheads,
                     total_time_budget_seconds / len(cells),
                 )
-            started = time.monotonic()
-            _run_cell(
+            overhead = _run_cell(
                 cell, config, row, store, owner, train_fn, view, outcome, keys, heartbeat_seconds
             )
-            done = _finished_results(cell.run_dir)
-            if done is not None and (done.get("timing") or {}).get("train_seconds") is not None:
-                wall = time.monotonic() - started
-                overheads.append(max(0.0, wall - done["timing"]["train_seconds"]))
+            if overhead is not None:
+                overheads.append(overhead)
     finally:
         outcome.counts = store.counts(keys)
         view.update(
@@ -429,13 +426,16 @@ def _run_cell(
     outcome: GridOutcome,
     keys: list[str],
     heartbeat_seconds: float,
-) -> None:
+) -> float | None:
+    """Train (or record) one claimed cell. Returns, for a cell trained here, the seconds
+    it spent outside training (loading, evaluation, speed timing), when its results say
+    how long it trained; None otherwise."""
     run_dir = Path(config.run_dir)
     done = _finished_results(run_dir)
     if done is not None:
         store.finish(cell.key, done, run_dir / "results.json")
         view.update(store.counts(keys), f"{cell.label}: already finished on disk, recorded")
-        return
+        return None
     resuming = (run_dir / "checkpoint.pt").exists()
     how = "resuming" if resuming else "starting"
     budget = (
@@ -472,18 +472,21 @@ def _run_cell(
             f"{cell.label} failed ({message}); the grid goes on", MedbenchWarning, stacklevel=2
         )
         view.update(store.counts(keys), f"{cell.label}: FAILED: {message}")
-        return
+        return None
     beat.stop()
     results_path = run_dir / "results.json"
     store.finish(cell.key, results, results_path)
     outcome.trained.append(cell.key)
-    view.cell_seconds.append(time.monotonic() - started)
+    wall = time.monotonic() - started
+    view.cell_seconds.append(wall)
     test = (results.get("metrics") or {}).get("test") or {}
     acc = test.get("acc")
     summary = f"test acc {acc:.4f}" if isinstance(acc, (int, float)) else "finished"
     if results.get("collapsed"):
         summary += " (COLLAPSED)"
     view.update(store.counts(keys), f"{cell.label}: {summary}")
+    trained = (results.get("timing") or {}).get("train_seconds")
+    return None if trained is None else max(0.0, wall - trained)
 
 
 def _on_gpu(device: str) -> bool:

@@ -460,28 +460,17 @@ def train(
     eval_source = ema.module if ema is not None else model
     eval_model = eval_copy if dist_on else eval_source  # refreshed from the source each round
     # Model selection validates on a fixed sample when the validation split is large.
-    n_val = len(data.val)
-    val_sample = (
-        torch.randperm(n_val, generator=torch.Generator().manual_seed(config.seed + 1))[
-            :SELECTION_VAL_IMAGES
-        ]
-        .sort()
-        .values
-        if n_val > SELECTION_VAL_IMAGES
-        else None
-    )
-    sel_images = data.val.images if val_sample is None else data.val.images[val_sample]
-    sel_labels = data.val.labels if val_sample is None else data.val.labels[val_sample]
+    sel_images, sel_labels = data.val.images, data.val.labels
+    if len(data.val) > SELECTION_VAL_IMAGES:
+        pick = _fixed_sample(len(data.val), SELECTION_VAL_IMAGES, config.seed + 1)
+        sel_images, sel_labels = sel_images[pick], sel_labels[pick]
     val_y = labels_numpy(sel_labels)
     bar = _Progress(
         progress, total_steps if planned else 0, f"{config.dataset}/{config.model}/s{config.seed}"
     )
     images, labels = train_split.images, train_split.labels
     # A fixed sample of training images for BatchNorm recalibration before each validation.
-    bn_sample = torch.randperm(n_train, generator=torch.Generator().manual_seed(config.seed))[
-        :PRECISE_BN_IMAGES
-    ]
-    bn_images = images[bn_sample.sort().values]
+    bn_images = images[_fixed_sample(n_train, PRECISE_BN_IMAGES, config.seed)]
     order_epoch, order = -1, None
     aug_gen = torch.Generator(device=runtime.device if runtime.device.type == "cuda" else "cpu")
     stopped_early = over_budget = False
@@ -675,6 +664,12 @@ def train(
     atomic_write_json(run_dir / "results.json", results)
     write_model_card(run_dir)  # MODEL_CARD.md: data, config, metrics with 95% CIs, limits
     return distributed.broadcast_object(results) if dist_on else results
+
+
+def _fixed_sample(n: int, k: int, seed: int) -> torch.Tensor:
+    """Sorted indices of a random sample of min(k, n) of n items, fixed by `seed` (and
+    drawn from its own generator, so the global RNG stream is untouched)."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:k].sort().values
 
 
 def _make_run_dir(config: TrainConfig) -> Path:

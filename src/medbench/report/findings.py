@@ -187,7 +187,7 @@ def _ensembles(f: Findings, ensembles: list[dict[str, Any]]) -> None:
         t, b, m = e["metrics"]["test"], e["best_single"], e["model"]
         d_acc, d_auc = t["acc"] - b["test_acc"], t["auc"] - b["test_auc"]
         size = m["n_params"] / b["n_params"] if b.get("n_params") else None
-        name = f"{e['dataset']['name']}"
+        name = e["dataset"]["name"]
         f.findings.append(
             f"{name}: the {e['method']} ensemble of {m['n_members']} runs reaches {pct(t['acc'])} test "
             f"accuracy and AUC {t['auc']:.3f}, {points(d_acc)} and {d_auc:+.3f} AUC against the best "
