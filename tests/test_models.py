@@ -14,9 +14,11 @@ from medbench.models import (
     build_model,
     count_flops,
     count_parameters,
+    layers,
     list_models,
     model_summary,
 )
+from medbench.models.layers import DepthwiseConv2d
 
 FAMILIES = ("advanced_cnn", "efficientnet", "resnet18")
 SMALL_TIMM = "timm:resnet10t"
@@ -202,3 +204,61 @@ def test_models_command_json_uses_the_dataset_shape(capsys):
 def test_models_command_rejects_an_unknown_dataset(capsys):
     assert main(["models", "--dataset", "nosuchmnist"]) == 2
     assert "nosuchmnist" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "size, kernel, stride, channels_last",
+    [
+        (2, 5, 1, True),
+        (2, 3, 1, False),
+        (4, 5, 1, True),
+        (4, 5, 2, False),
+        (7, 3, 2, True),
+        (3, 5, 2, False),
+        (5, 5, 1, True),
+        (8, 3, 1, False),
+    ],
+)
+def test_depthwise_conv_gradients_equal_the_native_convolution(size, kernel, stride, channels_last):
+    # Small maps take the tap-sum weight gradient, larger ones the native kernel: both must
+    # give nn.Conv2d's output and gradients for the same weights.
+    torch.manual_seed(0)
+    fast = DepthwiseConv2d(6, kernel, stride)
+    ref = nn.Conv2d(6, 6, kernel, stride, padding=fast.padding, groups=6, bias=False)
+    ref.load_state_dict(fast.state_dict())
+    x = torch.randn(5, 6, size, size)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    grad = None
+    outs, grads = [], []
+    for conv in (fast, ref):
+        xi = x.clone().requires_grad_()
+        y = conv(xi)
+        grad = torch.randn_like(y, memory_format=torch.contiguous_format) if grad is None else grad
+        y.backward(grad)
+        outs.append(y)
+        grads.append((xi.grad, conv.weight.grad))
+    torch.testing.assert_close(outs[0], outs[1])
+    torch.testing.assert_close(grads[0][0], grads[1][0])
+    torch.testing.assert_close(grads[0][1], grads[1][1], rtol=1e-4, atol=1e-5)
+    assert grads[0][1].shape == fast.weight.shape
+
+
+def test_efficientnet_trains_its_late_depthwise_convs_on_the_small_map_path(monkeypatch):
+    # At 28 px, stages 4-7 run on 4x4 and 2x2 maps: the 5x5 convs of stages 5-6 and every
+    # 2x2 conv (stages 6-7) take tap sums, 8 in all; stage 4's 3x3 convs do not.
+    calls = []
+    original = layers._depthwise_weight_grad
+    monkeypatch.setattr(
+        layers, "_depthwise_weight_grad", lambda g, *a: calls.append(g.shape) or original(g, *a)
+    )
+    model = build_model("efficientnet", 1, 2, image_size=28)
+    assert sum(isinstance(m, DepthwiseConv2d) for m in model.modules()) == 16
+    model(torch.randn(4, 1, 28, 28)).sum().backward()
+    assert len(calls) == 8 and all(s[-1] * s[-2] <= layers.SMALL_MAP_POSITIONS for s in calls)
+    calls.clear()
+    with torch.no_grad():
+        model(torch.randn(4, 1, 28, 28))
+    assert calls == []
+    # Same parameter names as the nn.Conv2d it replaces: older checkpoints still load.
+    assert "blocks.0.depthwise.0.weight" in model.state_dict()

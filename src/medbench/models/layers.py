@@ -12,6 +12,116 @@ import torch.nn.functional as F
 from timm.layers import DropPath, SEModule, create_conv2d
 from torch import nn
 
+# Depthwise convolutions on small output maps compute their weight gradient by tap sums
+# (`_depthwise_weight_grad`): PyTorch's CPU kernel takes 44-76 ms for the weight gradient
+# of a (B=128, C=384-864) 5x5 depthwise conv on a 4x4 or 2x2 map, or a 3x3 one on 2x2,
+# against 4-19 ms for the tap sums; on 3x3 kernels over 4x4 maps and on 7x7 and larger
+# maps the native kernel wins. Measured by benchmarks/depthwise_grad.py (docs/models.md).
+SMALL_MAP_POSITIONS = 16  # tap sums at most at this many output positions, for k >= 5 ...
+TINY_MAP_POSITIONS = 4  # ... and for any kernel at most at this many
+
+
+def uses_tap_sums(out_positions: int, kernel_size: int) -> bool:
+    """Whether a depthwise conv's weight gradient is summed tap by tap on CPU."""
+    return out_positions <= TINY_MAP_POSITIONS or (
+        out_positions <= SMALL_MAP_POSITIONS and kernel_size >= 5
+    )
+
+
+def _depthwise_taps(n_in: int, n_out: int, k: int, stride: int, pad: int) -> list[int]:
+    """Kernel offsets along one axis that see at least one input pixel (not only padding)."""
+    return [u for u in range(k) if any(0 <= u + stride * i - pad < n_in for i in range(n_out))]
+
+
+def _depthwise_weight_grad(
+    grad: torch.Tensor, x: torch.Tensor, k: int, stride: int, pad: int
+) -> torch.Tensor:
+    """d(loss)/d(weight) of a depthwise conv, one (C,)-sized sum per kernel tap.
+
+    weight_grad[c, u, v] = sum over b, i, j of grad[b, c, i, j] * x_padded[b, c, s*i + u, s*j + v].
+    Taps that only ever see padding get zero, as in the native kernel.
+    """
+    _, channels, height, width = x.shape
+    out_h, out_w = grad.shape[-2:]
+    xp = F.pad(x, (pad, pad, pad, pad))
+    weight_grad = x.new_zeros(channels, k, k)
+    for u in _depthwise_taps(height, out_h, k, stride, pad):
+        rows = slice(u, u + stride * (out_h - 1) + 1, stride)
+        for v in _depthwise_taps(width, out_w, k, stride, pad):
+            cols = slice(v, v + stride * (out_w - 1) + 1, stride)
+            weight_grad[:, u, v] = (grad * xp[:, :, rows, cols]).sum((0, 2, 3))
+    return weight_grad.unsqueeze(1)
+
+
+class _SmallMapDepthwise(torch.autograd.Function):
+    """Native depthwise forward and input gradient; the weight gradient by tap sums."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, stride: int, pad: int):
+        ctx.save_for_backward(x, weight)
+        ctx.stride, ctx.pad = stride, pad
+        return F.conv2d(x, weight, None, stride, pad, 1, weight.shape[0])
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, weight = ctx.saved_tensors
+        s, p = ctx.stride, ctx.pad
+        grad_x = grad_w = None
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.ops.aten.convolution_backward(
+                grad,
+                x,
+                weight,
+                None,
+                [s, s],
+                [p, p],
+                [1, 1],
+                False,
+                [0, 0],
+                weight.shape[0],
+                [True, False, False],
+            )[0]
+        if ctx.needs_input_grad[1]:
+            grad_w = _depthwise_weight_grad(grad, x, weight.shape[-1], s, p)
+        return grad_x, grad_w, None, None
+
+
+class DepthwiseConv2d(nn.Conv2d):
+    """A depthwise `nn.Conv2d` (same parameters and state dict) that trains faster on CPU.
+
+    On small output maps (`uses_tap_sums`: the late stages of an EfficientNet at 28-64
+    px) its weight gradient is summed tap by tap instead of by
+    PyTorch's CPU depthwise kernel; everything else (CUDA, autocast, inference, tracing,
+    larger maps) is the plain convolution.
+    """
+
+    def __init__(self, channels: int, kernel_size: int, stride: int = 1) -> None:
+        super().__init__(
+            channels,
+            channels,
+            kernel_size,
+            stride,
+            padding=((stride - 1) + (kernel_size - 1)) // 2,
+            groups=channels,
+            bias=False,
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        k, s, p = self.kernel_size[0], self.stride[0], self.padding[0]
+        out_positions = ((x.shape[-2] + 2 * p - k) // s + 1) * ((x.shape[-1] + 2 * p - k) // s + 1)
+        if (
+            uses_tap_sums(out_positions, k)
+            and x.device.type == "cpu"
+            and self.weight.requires_grad
+            and torch.is_grad_enabled()
+            and not torch.is_autocast_enabled("cpu")
+            and not torch.jit.is_tracing()
+            and not torch.jit.is_scripting()
+            and x.dtype == self.weight.dtype
+        ):
+            return _SmallMapDepthwise.apply(x, self.weight, s, p)
+        return super().forward(x)
+
 
 class ConvBnAct(nn.Sequential):
     """Convolution (no bias), batch norm, activation: the unit every block is made of."""
@@ -27,8 +137,13 @@ class ConvBnAct(nn.Sequential):
         act_layer: type[nn.Module] | None = nn.ReLU,
         bn_eps: float = 1e-5,
     ) -> None:
+        depthwise = groups > 1 and groups == in_channels == out_channels
         super().__init__(
-            create_conv2d(in_channels, out_channels, kernel_size, stride=stride, groups=groups),
+            DepthwiseConv2d(in_channels, kernel_size, stride)
+            if depthwise
+            else create_conv2d(
+                in_channels, out_channels, kernel_size, stride=stride, groups=groups
+            ),
             nn.BatchNorm2d(out_channels, eps=bn_eps),
             act_layer(inplace=True) if act_layer is not None else nn.Identity(),
         )
