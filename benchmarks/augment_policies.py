@@ -24,7 +24,7 @@ from medbench.data import load_dataset
 from medbench.engine import train
 
 DOC = REPO / "docs" / "augmentation.md"
-BEGIN, END = "<!-- augment_policies:begin -->", "<!-- augment_policies:end -->"
+SECTION = "augment_policies"
 
 
 def policy_cost_ms(policy: str, dataset: str, channels: int, repeats: int = 20) -> float:
@@ -51,6 +51,11 @@ def main() -> int:
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--out", default="runs/augment_policies")
+    ap.add_argument(
+        "--section",
+        default=SECTION,
+        help="doc section to write: between <!-- NAME:begin --> and <!-- NAME:end -->",
+    )
     ap.add_argument("--no-doc", action="store_true", help="print the table, do not edit the doc")
     args = ap.parse_args()
     policies = ["none"] + [p for p in args.policies if p != "none"]
@@ -117,7 +122,9 @@ def main() -> int:
     table = "\n".join(lines)
     print(table)
     if not args.no_doc:
-        replace_section(DOC, BEGIN, END, table)
+        replace_section(
+            DOC, f"<!-- {args.section}:begin -->", f"<!-- {args.section}:end -->", table
+        )
     return 0
 
 

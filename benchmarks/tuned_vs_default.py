@@ -26,7 +26,7 @@ from medbench.search import search
 from medbench.tune import TUNABLE, tune
 
 DOC = REPO / "docs" / "tuning.md"
-BEGIN, END = "<!-- tuned_vs_default:begin -->", "<!-- tuned_vs_default:end -->"
+SECTION = "tuned_vs_default"
 TUNED_KEYS = tuple(k for k in TUNABLE if k != "epochs")  # epochs: fixed by --final-epochs
 
 
@@ -78,6 +78,11 @@ def main() -> int:
     ap.add_argument("--search-trials", type=int, default=30)
     ap.add_argument("--search-epochs", type=int, default=10)
     ap.add_argument("--out", default="runs/tuned_vs_default")
+    ap.add_argument(
+        "--section",
+        default=SECTION,
+        help="doc section to write: between <!-- NAME:begin --> and <!-- NAME:end -->",
+    )
     ap.add_argument("--no-doc", action="store_true")
     args = ap.parse_args()
     warnings.simplefilter("ignore")
@@ -161,7 +166,9 @@ def main() -> int:
     table = "\n".join(lines)
     print(table)
     if not args.no_doc:
-        replace_section(DOC, BEGIN, END, table)
+        replace_section(
+            DOC, f"<!-- {args.section}:begin -->", f"<!-- {args.section}:end -->", table
+        )
     return 0
 
 

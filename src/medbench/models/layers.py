@@ -13,7 +13,7 @@ from timm.layers import DropPath, SEModule, create_conv2d
 from torch import nn
 
 # Depthwise convolutions on small output maps compute their weight gradient by tap sums
-# (`_depthwise_weight_grad`): PyTorch's CPU kernel takes 44-76 ms for the weight gradient
+# (`_depthwise_weight_grad`): PyTorch's CPU kernel takes 44-101 ms for the weight gradient
 # of a (B=128, C=384-864) 5x5 depthwise conv on a 4x4 or 2x2 map, or a 3x3 one on 2x2,
 # against 4-19 ms for the tap sums; on 3x3 kernels over 4x4 maps and on 7x7 and larger
 # maps the native kernel wins. Measured by benchmarks/depthwise_grad.py (docs/models.md).
