@@ -13,10 +13,11 @@ from timm.layers import DropPath, SEModule, create_conv2d
 from torch import nn
 
 # Depthwise convolutions on small output maps compute their weight gradient by tap sums
-# (`_depthwise_weight_grad`): PyTorch's CPU kernel takes 44-101 ms for the weight gradient
-# of a (B=128, C=384-864) 5x5 depthwise conv on a 4x4 or 2x2 map, or a 3x3 one on 2x2,
-# against 4-19 ms for the tap sums; on 3x3 kernels over 4x4 maps and on 7x7 and larger
-# maps the native kernel wins. Measured by benchmarks/depthwise_grad.py (docs/models.md).
+# (`_depthwise_weight_grad`). PyTorch's CPU weight-gradient kernel dominates their backward
+# pass there: forward + backward of a (B=128, C=384-864) 5x5 depthwise conv on a 4x4 or 2x2
+# map takes 70-101 ms with it (45 ms for a 3x3 one on 2x2) and 4-19 ms with the tap sums;
+# on 3x3 kernels over 4x4 maps and on 7x7 and larger maps PyTorch's kernel wins.
+# Measured by benchmarks/depthwise_grad.py (docs/models.md).
 SMALL_MAP_POSITIONS = 16  # tap sums at most at this many output positions, for k >= 5 ...
 TINY_MAP_POSITIONS = 4  # ... and for any kernel at most at this many
 
