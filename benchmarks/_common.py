@@ -36,3 +36,8 @@ def replace_section(path: str | Path, begin: str, end: str, text: str) -> None:
     if not (found and found_end):
         raise SystemExit(f"{path} has no {begin} ... {end} section")
     atomic_write_text(path, f"{head}{begin}\n{text}\n{end}{tail}")
+
+
+def write_section(path: str | Path, name: str, text: str) -> None:
+    """Replace the doc section between `<!-- NAME:begin -->` and `<!-- NAME:end -->`."""
+    replace_section(path, f"<!-- {name}:begin -->", f"<!-- {name}:end -->", text)

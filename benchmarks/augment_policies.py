@@ -17,7 +17,7 @@ import warnings
 
 import torch
 
-from _common import REPO, SHARED_DATA, replace_section, sd
+from _common import REPO, SHARED_DATA, sd, write_section
 from medbench.augment import POLICIES, BatchAugment
 from medbench.config import TrainConfig
 from medbench.data import load_dataset
@@ -122,9 +122,7 @@ def main() -> int:
     table = "\n".join(lines)
     print(table)
     if not args.no_doc:
-        replace_section(
-            DOC, f"<!-- {args.section}:begin -->", f"<!-- {args.section}:end -->", table
-        )
+        write_section(DOC, args.section, table)
     return 0
 
 

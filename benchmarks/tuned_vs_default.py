@@ -18,7 +18,7 @@ import statistics
 import sys
 import warnings
 
-from _common import REPO, SHARED_DATA, replace_section, sd
+from _common import REPO, SHARED_DATA, sd, write_section
 from medbench.config import TrainConfig
 from medbench.data import load_dataset
 from medbench.engine import train
@@ -166,9 +166,7 @@ def main() -> int:
     table = "\n".join(lines)
     print(table)
     if not args.no_doc:
-        replace_section(
-            DOC, f"<!-- {args.section}:begin -->", f"<!-- {args.section}:end -->", table
-        )
+        write_section(DOC, args.section, table)
     return 0
 
 

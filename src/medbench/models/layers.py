@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from timm.layers import DropPath, SEModule, create_conv2d
+from timm.layers import DropPath, SEModule, create_conv2d, get_padding
 from torch import nn
 
 # Depthwise convolutions on small output maps compute their weight gradient by tap sums
@@ -91,9 +91,9 @@ class DepthwiseConv2d(nn.Conv2d):
     """A depthwise `nn.Conv2d` (same parameters and state dict) that trains faster on CPU.
 
     On small output maps (`uses_tap_sums`: the late stages of an EfficientNet at 28-64
-    px) its weight gradient is summed tap by tap instead of by
-    PyTorch's CPU depthwise kernel; everything else (CUDA, autocast, inference, tracing,
-    larger maps) is the plain convolution.
+    px) its weight gradient is summed tap by tap instead of by PyTorch's CPU depthwise
+    kernel; everything else (CUDA, autocast, inference, tracing, larger maps) is the plain
+    convolution.
     """
 
     def __init__(self, channels: int, kernel_size: int, stride: int = 1) -> None:
@@ -102,7 +102,7 @@ class DepthwiseConv2d(nn.Conv2d):
             channels,
             kernel_size,
             stride,
-            padding=((stride - 1) + (kernel_size - 1)) // 2,
+            padding=get_padding(kernel_size, stride),  # as create_conv2d pads
             groups=channels,
             bias=False,
         )
@@ -117,7 +117,6 @@ class DepthwiseConv2d(nn.Conv2d):
             and torch.is_grad_enabled()
             and not torch.is_autocast_enabled("cpu")
             and not torch.jit.is_tracing()
-            and not torch.jit.is_scripting()
             and x.dtype == self.weight.dtype
         ):
             return _SmallMapDepthwise.apply(x, self.weight, s, p)
