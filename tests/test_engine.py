@@ -15,7 +15,14 @@ from medbench.cli import main
 from medbench.config import TrainConfig
 from medbench.data import load_dataset
 from medbench.data.synthetic import write_synthetic_like
-from medbench.engine import _plan_budget, evaluate_run, load_trained_model, lr_factor, train
+from medbench.engine import (
+    _plan_budget,
+    _replan_budget,
+    evaluate_run,
+    load_trained_model,
+    lr_factor,
+    train,
+)
 from medbench.errors import MedbenchError
 
 TINY = {"width": 0.25}  # a small efficientnet keeps these tests quick
@@ -147,6 +154,56 @@ def test_when_validation_is_costly_the_budget_keeps_most_time_for_training(monke
     total, per_round = _plan_budget(130.0, 10.0, 10, calib, 10_000, 384, 32)
     rounds = math.ceil(total / per_round)
     assert 2 <= rounds <= engine.MIN_ROUNDS and rounds * 4.0 <= engine.EVAL_SHARE * 120.0
+
+
+def test_after_each_round_the_budget_is_replanned_from_the_measured_rounds():
+    # 100 s budget, rounds of 10 steps, 40 s gone after 4 rounds, the plan was 10 rounds.
+    replan = lambda walls: _replan_budget(100.0, 40.0, 40, 100, 10, walls)  # noqa: E731
+    assert replan([10.0, 10.0, 10.0]) == 100  # on schedule: the plan stands
+    assert replan([15.0, 15.0, 15.0]) == 40 + 4 * 10  # slower rounds: fewer rounds
+    assert replan([6.0, 6.0, 6.0]) == 40 + 10 * 10  # faster: the spare time trains more
+    assert replan([6.0, 6.0, 20.0]) == 40 + 3 * 10  # planned at the slowest recent round
+    assert _replan_budget(100.0, 99.0, 40, 100, 10, [10.0]) == 40  # no round fits: stop
+    assert _replan_budget(100.0, 10.0, 100, 100, 10, [1.0]) == 100  # finished stays finished
+
+
+class _BatchClock:
+    """A clock that only moves when the engine prepares a batch (training, BN recalibration
+    or validation): each batch costs `seconds * speed`, whatever the machine's load. Speed 2
+    looks like a machine that became twice as slow."""
+
+    def __init__(self, seconds: float):
+        self.now, self.seconds, self.speed = 0.0, seconds, 1.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+    def tick(self) -> None:
+        self.now += self.seconds * self.speed
+
+
+@pytest.mark.parametrize("speed", [2.0, 0.5])
+def test_a_run_whose_speed_changes_after_its_plan_still_fills_its_budget(
+    tmp_path, blood, monkeypatch, speed
+):
+    clock = _BatchClock(0.05)  # a round: 3 training + 3 recalibration + 1 validation batches
+    to_unit_float = engine.to_unit_float
+    monkeypatch.setattr(engine, "time", clock)
+    monkeypatch.setattr(engine, "to_unit_float", lambda *a: clock.tick() or to_unit_float(*a))
+    budget = 3.0  # 8 rounds at the first speed
+    r = train(
+        config(tmp_path, epochs=None, time_budget_seconds=budget),
+        data=blood,
+        progress=False,
+        measure=False,  # no latency timing with this clock
+        on_epoch=lambda record: record["epoch"] == 1 and setattr(clock, "speed", speed),
+    )
+    assert not r["over_budget"]  # slower: the plan shrank in time, no emergency stop
+    assert r["timing"]["train_seconds"] <= budget
+    assert r["history"][-1]["lr"] < r["config"]["lr"] * 0.2  # the schedule still ran out
+    if speed < 1:  # faster: the spare time was spent training, not left idle
+        assert r["timing"]["train_seconds"] > budget * 0.85
+        assert r["epochs_completed"] > 8
 
 
 def test_a_large_validation_split_selects_on_a_fixed_sample_and_reports_on_all(

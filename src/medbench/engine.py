@@ -8,7 +8,8 @@ Training is counted in optimiser *steps*. A round ends with a validation pass an
 checkpoint; a round is one epoch, except when a time budget allows fewer than
 `MIN_ROUNDS` epochs, in which case the budget is cut into up to `MIN_ROUNDS` equal rounds so
 model selection and resumption still work on large datasets (e.g. OCTMNIST on a CPU); then
-validation may take at most `EVAL_SHARE` of the budget, which can mean fewer rounds. Per-round
+validation may take at most `EVAL_SHARE` of the budget, which can mean fewer rounds. After
+each round the plan is redone from the rounds' measured wall time. Per-round
 validation (model selection) uses a fixed sample of at most `SELECTION_VAL_IMAGES` images of
 the validation split; the final evaluation uses all of it.
 Every random choice (data order, augmentation) is derived from (seed, epoch) or
@@ -477,6 +478,7 @@ def train(
     round_start_time, round_start_step, round_loss, round_n = time.perf_counter(), step, 0.0, 0
     calib_start = None
     run_start = time.perf_counter() - train_seconds
+    round_mark, round_walls = time.perf_counter(), []  # wall time of each whole round
     train_model = model
     if dist_on:
         # DDP averages the gradients of equal shares: the gradient of the global batch's
@@ -599,6 +601,17 @@ def train(
                     over_budget = True
                 if stopped_early or over_budget:
                     total_steps = step
+                elif budget is not None and config.epochs is None:
+                    # Re-plan from the last rounds' measured wall time (training,
+                    # validation, checkpoint): the first steps' timing can be 10-15% off.
+                    now = time.perf_counter()
+                    round_walls.append(now - round_mark)
+                    new_total = _replan_budget(
+                        budget, now - run_start, step, total_steps, round_steps, round_walls[-3:]
+                    )
+                    if new_total != total_steps:
+                        total_steps = new_total
+                        bar.set_total(total_steps)
                 save_checkpoint()
                 if on_epoch is not None:
                     on_epoch(record)
@@ -606,8 +619,9 @@ def train(
                 total_steps, stopped_early, over_budget = distributed.broadcast_object(
                     (total_steps, stopped_early, over_budget)
                 )
+            round_mark = time.perf_counter()
             round_start_time, round_start_step, round_loss, round_n = (
-                time.perf_counter(),
+                round_mark,
                 step,
                 0.0,
                 0,
@@ -718,6 +732,27 @@ def _plan_budget(
     rounds = max(1, min(MIN_ROUNDS, int(EVAL_SHARE * available // max(val_seconds, 1e-9))))
     total = step + max(rounds, int((available - rounds * val_seconds) // step_seconds))
     return total, max(1, math.ceil(total / rounds))
+
+
+def _replan_budget(
+    budget: float,
+    elapsed: float,
+    step: int,
+    total_steps: int,
+    round_steps: int,
+    recent_round_seconds: list[float],
+) -> int:
+    """The new `total_steps` after a round ending at `step`: as many more whole rounds as
+    still fit in the budget at the slowest of the recent rounds' wall times (training,
+    validation, checkpoint); none when the run has already reached its end. The slowest, not
+    the mean: a plan that overruns loses the end of its cosine schedule (the run is cut off
+    before the learning rate has come down), while one that is a little cautious loses at
+    most part of a round."""
+    if step >= total_steps or not recent_round_seconds:
+        return total_steps
+    per_round = max(recent_round_seconds)
+    rounds_left = int(max(0.0, budget - elapsed) // max(per_round, 1e-9))
+    return step + rounds_left * round_steps
 
 
 def _loss_value(loss_fn: Callable, logits: np.ndarray, labels: torch.Tensor) -> float:
