@@ -201,9 +201,8 @@ def test_a_run_whose_speed_changes_after_its_plan_still_fills_its_budget(
     assert not r["over_budget"]  # slower: the plan shrank in time, no emergency stop
     assert r["timing"]["train_seconds"] <= budget
     assert r["history"][-1]["lr"] < r["config"]["lr"] * 0.2  # the schedule still ran out
-    if speed < 1:  # faster: the spare time was spent training, not left idle
-        assert r["timing"]["train_seconds"] > budget * 0.85
-        assert r["epochs_completed"] > 8
+    if speed < 1:  # faster: the spare time was spent training; less than a round is left
+        assert budget - r["timing"]["train_seconds"] < 7 * 0.05 * speed
 
 
 def test_a_large_validation_split_selects_on_a_fixed_sample_and_reports_on_all(
