@@ -3,6 +3,7 @@ deviation over seeds, and replacing the marked results section of a doc."""
 
 from __future__ import annotations
 
+import argparse
 import statistics
 from collections.abc import Iterable
 from pathlib import Path
@@ -41,3 +42,23 @@ def replace_section(path: str | Path, begin: str, end: str, text: str) -> None:
 def write_section(path: str | Path, name: str, text: str) -> None:
     """Replace the doc section between `<!-- NAME:begin -->` and `<!-- NAME:end -->`."""
     replace_section(path, f"<!-- {name}:begin -->", f"<!-- {name}:end -->", text)
+
+
+def add_doc_arguments(parser: argparse.ArgumentParser, section: str) -> None:
+    """--section NAME (the doc section to write) and --no-doc (print only)."""
+    parser.add_argument(
+        "--section",
+        default=section,
+        help="doc section to write: between <!-- NAME:begin --> and <!-- NAME:end -->",
+    )
+    parser.add_argument(
+        "--no-doc", action="store_true", help="print the table, do not edit the doc"
+    )
+
+
+def publish(lines: list[str], doc: str | Path, args: argparse.Namespace) -> None:
+    """Print the table and, unless --no-doc, write it into --section of `doc`."""
+    table = "\n".join(lines)
+    print(table)
+    if not args.no_doc:
+        write_section(doc, args.section, table)

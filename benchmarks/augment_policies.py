@@ -17,7 +17,7 @@ import warnings
 
 import torch
 
-from _common import REPO, SHARED_DATA, sd, write_section
+from _common import REPO, SHARED_DATA, add_doc_arguments, publish, sd
 from medbench.augment import POLICIES, BatchAugment
 from medbench.config import TrainConfig
 from medbench.data import load_dataset
@@ -51,12 +51,7 @@ def main() -> int:
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--out", default="runs/augment_policies")
-    ap.add_argument(
-        "--section",
-        default=SECTION,
-        help="doc section to write: between <!-- NAME:begin --> and <!-- NAME:end -->",
-    )
-    ap.add_argument("--no-doc", action="store_true", help="print the table, do not edit the doc")
+    add_doc_arguments(ap, SECTION)
     args = ap.parse_args()
     policies = ["none"] + [p for p in args.policies if p != "none"]
     warnings.simplefilter("ignore")
@@ -119,10 +114,7 @@ def main() -> int:
             f"| {policy} | {policy_cost_ms(policy, 'pneumoniamnist', 1):.1f} | "
             f"{policy_cost_ms(policy, 'pathmnist', 3):.1f} |"
         )
-    table = "\n".join(lines)
-    print(table)
-    if not args.no_doc:
-        write_section(DOC, args.section, table)
+    publish(lines, DOC, args)
     return 0
 
 

@@ -22,7 +22,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from _common import REPO, SHARED_DATA, mean_std, write_section
+from _common import REPO, SHARED_DATA, add_doc_arguments, mean_std, publish
 from medbench import metrics
 from medbench.config import TrainConfig
 from medbench.data import load_dataset
@@ -32,6 +32,7 @@ from medbench.runtime import place_model, resolve_runtime
 
 DOC = REPO / "docs" / "real_data.md"
 DATASET = "breastmnist"
+SECTION = "breast_recipes"
 VARIANTS: dict[str, dict] = {
     "default": {},
     "noaug": {"augment": "none"},
@@ -85,8 +86,7 @@ def main() -> int:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--out", default="runs/breast_recipes")
-    ap.add_argument("--section", default="breast_recipes")
-    ap.add_argument("--no-doc", action="store_true", help="print the table, do not edit the doc")
+    add_doc_arguments(ap, SECTION)
     args = ap.parse_args()
     warnings.simplefilter("ignore")  # split-size and collapse warnings are in results.json
     data = load_dataset(DATASET, 28, args.data_dir, progress=False)
@@ -119,10 +119,7 @@ def main() -> int:
             f"{mean_std(r['acc'] for r in rs)} | {mean_std(r['tta_auc'] for r in rs)} | "
             f"{mean_std(r['val_auc'] for r in rs)} |"
         )
-    table = "\n".join(lines)
-    print(table)
-    if not args.no_doc:
-        write_section(DOC, args.section, table)
+    publish(lines, DOC, args)
     return 0
 
 

@@ -18,7 +18,7 @@ import statistics
 import sys
 import warnings
 
-from _common import REPO, SHARED_DATA, sd, write_section
+from _common import REPO, SHARED_DATA, add_doc_arguments, publish, sd
 from medbench.config import TrainConfig
 from medbench.data import load_dataset
 from medbench.engine import train
@@ -78,12 +78,7 @@ def main() -> int:
     ap.add_argument("--search-trials", type=int, default=30)
     ap.add_argument("--search-epochs", type=int, default=10)
     ap.add_argument("--out", default="runs/tuned_vs_default")
-    ap.add_argument(
-        "--section",
-        default=SECTION,
-        help="doc section to write: between <!-- NAME:begin --> and <!-- NAME:end -->",
-    )
-    ap.add_argument("--no-doc", action="store_true")
+    add_doc_arguments(ap, SECTION)
     args = ap.parse_args()
     warnings.simplefilter("ignore")
 
@@ -163,10 +158,7 @@ def main() -> int:
         lines.append(
             f"| {dataset} | {label} | {r['n_params'] / 1e6:.3f} | {r['acc']} | {r['auc']} | {options or ''} |"
         )
-    table = "\n".join(lines)
-    print(table)
-    if not args.no_doc:
-        write_section(DOC, args.section, table)
+    publish(lines, DOC, args)
     return 0
 
 

@@ -478,7 +478,7 @@ def train(
     round_start_time, round_start_step, round_loss, round_n = time.perf_counter(), step, 0.0, 0
     calib_start = None
     run_start = time.perf_counter() - train_seconds
-    round_mark, round_walls = time.perf_counter(), []  # wall time of each whole round
+    round_walls: list[float] = []  # wall time of each whole round
     train_model = model
     if dist_on:
         # DDP averages the gradients of equal shares: the gradient of the global batch's
@@ -605,7 +605,7 @@ def train(
                     # Re-plan from the last rounds' measured wall time (training,
                     # validation, checkpoint): the first steps' timing can be 10-15% off.
                     now = time.perf_counter()
-                    round_walls.append(now - round_mark)
+                    round_walls.append(now - round_start_time)
                     new_total = _replan_budget(
                         budget, now - run_start, step, total_steps, round_steps, round_walls[-3:]
                     )
@@ -619,9 +619,8 @@ def train(
                 total_steps, stopped_early, over_budget = distributed.broadcast_object(
                     (total_steps, stopped_early, over_budget)
                 )
-            round_mark = time.perf_counter()
             round_start_time, round_start_step, round_loss, round_n = (
-                round_mark,
+                time.perf_counter(),
                 step,
                 0.0,
                 0,
