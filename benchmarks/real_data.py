@@ -7,6 +7,10 @@ the published MedMNIST v2 ResNet-18 (28 px) numbers. Finished runs in --out are 
 
     python benchmarks/real_data.py --seeds 3 --budget breastmnist=60 --budget pneumoniamnist=150 \
         --write docs/real_data.md
+
+`--config JSON` applies training options to every run (as `medbench benchmark --config`),
+e.g. `'{"model_options": {"width": 0.25}}'`; a model's non-default options appear beside
+its name in the table.
 """
 
 from __future__ import annotations
@@ -30,6 +34,14 @@ PUBLISHED_R18_28 = {  # MedMNIST v2 (Yang et al., Scientific Data 2023), test AC
 }
 
 
+def label(model: str, config: dict | None) -> str:
+    """`model`, or `model (width=0.25)` when the config sets model options."""
+    options = (config or {}).get("model_options") or {}
+    return model + (
+        " (" + ", ".join(f"{k}={v}" for k, v in options.items()) + ")" if options else ""
+    )
+
+
 def main() -> int:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -45,6 +57,7 @@ def main() -> int:
         help="time budget per run for a dataset (repeatable)",
     )
     p.add_argument("--epochs", type=int, help="fixed epochs instead of budgets")
+    p.add_argument("--config", type=json.loads, help="training options (JSON) for every run")
     p.add_argument("--out", default="/tmp/medbench-real-data")
     p.add_argument("--write", help="write the Markdown table to this file")
     args = p.parse_args()
@@ -63,6 +76,7 @@ def main() -> int:
             data_dir=args.data_dir,
             time_budget_seconds=None if args.epochs else float(seconds),
             epochs=args.epochs,
+            config=args.config,
             report=False,
         )
     build_report(args.out)
@@ -75,7 +89,12 @@ def main() -> int:
                 r = json.loads(path.read_text())
                 if not isinstance(r, dict):  # the report's own results.json (a list)
                     continue
-                if r["dataset"]["name"] == dataset and r["model"]["name"] == model:
+                options = r["config"].get("model_options") or {}
+                if (
+                    r["dataset"]["name"] == dataset
+                    and r["model"]["name"] == model
+                    and options == ((args.config or {}).get("model_options") or {})
+                ):
                     runs.append(r)
             if not runs:
                 continue
@@ -88,7 +107,7 @@ def main() -> int:
             )
             flags = sum(bool(r["flags"]) for r in runs)
             rows.append(
-                f"| {dataset} | {model} | {len(runs)} | {mean_std(acc)} | {mean_std(auc)} | "
+                f"| {dataset} | {label(model, args.config)} | {len(runs)} | {mean_std(acc)} | {mean_std(auc)} | "
                 f"{pub_acc:.3f} / {pub_auc:.3f} | {beats} | {statistics.mean(secs):.0f} | "
                 f"{statistics.mean([r['epochs_completed'] for r in runs]):.1f} | {flags} |"
             )

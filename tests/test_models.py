@@ -141,6 +141,30 @@ def test_width_and_depth_options_scale_the_medbench_families():
     assert count_parameters(build_model("efficientnet", 3, 7, width=1.0, depth=1.2)) > 4e6
 
 
+def test_resnet_width_thins_every_stage_and_keeps_the_full_resolution_stem():
+    model = build_model("resnet18", 1, 2, 28, width=0.25)
+    # Stages 16, 32, 64, 128: BasicBlocks built by torchvision's _make_layer at those widths.
+    assert [model.get_submodule(f"layer{i}")[0].conv1.out_channels for i in (1, 2, 3, 4)] == [
+        16,
+        32,
+        64,
+        128,
+    ]
+    assert model.conv1.stride == (1, 1) and model.num_features == 128
+    assert count_parameters(model) == 700_146
+    assert model(torch.randn(2, 1, 28, 28)).shape == (2, 2)
+    wide = build_model("resnet50", 3, 7, 64, width=0.5)
+    assert wide.num_features == 1024 and wide(torch.randn(2, 3, 64, 64)).shape == (2, 7)
+    # width 1 is the published model, parameter for parameter.
+    assert count_parameters(build_model("resnet18", 3, 7, width=1.0)) == 11_172_423
+
+
+def test_a_non_positive_width_is_a_user_error():
+    for name in FAMILIES:
+        with pytest.raises(MedbenchError, match="width"):
+            build_model(name, 3, 7, width=0)
+
+
 def test_small_images_keep_a_feature_grid_larger_than_1x1():
     for name in FAMILIES:
         features = build_model(name, 3, 7, 28).forward_features(torch.randn(2, 3, 28, 28))

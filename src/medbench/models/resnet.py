@@ -9,7 +9,9 @@ own `BasicBlock` / `Bottleneck` / `ResNet`. Like the official MedMNIST experimen
   max-pool (final grids 2x2, 4x4, 7x7 at 64, 128, 224).
 
 Only the input channels, class count, the stem and an optional classifier dropout differ
-from torchvision; weights are initialised as torchvision does.
+from torchvision; weights are initialised as torchvision does. `width` (default 1) scales
+the stage widths 64, 128, 256, 512 for experiments with thinner full-resolution ResNets;
+at 1 the models are exactly the published ones.
 """
 
 from __future__ import annotations
@@ -19,6 +21,15 @@ from torch import nn
 from torchvision.models import resnet as tv
 
 from medbench.models.registry import register_model
+
+BASE_WIDTHS = (64, 128, 256, 512)
+
+
+def stage_widths(width: float) -> list[int]:
+    """torchvision's stage widths times `width`, rounded to multiples of 8 (at least 8)."""
+    if not width > 0:
+        raise ValueError(f"width must be positive, not {width}")
+    return [max(8, int(round(w * width / 8)) * 8) for w in BASE_WIDTHS]
 
 
 class ResNet(tv.ResNet):
@@ -32,15 +43,28 @@ class ResNet(tv.ResNet):
         num_classes: int,
         image_size: int = 28,
         dropout: float = 0.0,
+        width: float = 1.0,
     ) -> None:
         super().__init__(block, layers, num_classes=num_classes)
+        widths = stage_widths(width)
+        if tuple(widths) != BASE_WIDTHS:
+            # Rebuild the stages at the new widths with torchvision's own _make_layer and init.
+            self.inplanes = widths[0]
+            self.bn1 = nn.BatchNorm2d(widths[0])
+            for i, (planes, blocks) in enumerate(zip(widths, layers, strict=True)):
+                stage = self._make_layer(block, planes, blocks, stride=1 if i == 0 else 2)
+                for m in stage.modules():
+                    if isinstance(m, nn.Conv2d):
+                        nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                setattr(self, f"layer{i + 1}", stage)
+            self.fc = nn.Linear(widths[3] * block.expansion, num_classes)
         if image_size <= 32:
-            self.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
+            self.conv1 = nn.Conv2d(in_channels, widths[0], 3, stride=1, padding=1, bias=False)
             self.maxpool = nn.Identity()
         else:
-            self.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+            self.conv1 = nn.Conv2d(in_channels, widths[0], 7, stride=2, padding=3, bias=False)
         nn.init.kaiming_normal_(self.conv1.weight, mode="fan_out", nonlinearity="relu")
-        self.num_features = 512 * block.expansion
+        self.num_features = widths[3] * block.expansion
         self.head_drop = nn.Dropout(dropout)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -58,15 +82,27 @@ class ResNet(tv.ResNet):
 
 @register_model
 def resnet18(
-    in_channels: int, num_classes: int, image_size: int = 28, *, dropout: float = 0.0
+    in_channels: int,
+    num_classes: int,
+    image_size: int = 28,
+    *,
+    dropout: float = 0.0,
+    width: float = 1.0,
 ) -> ResNet:
-    """ResNet-18 (BasicBlock, 2-2-2-2); `dropout` before the classifier (default none)."""
-    return ResNet(tv.BasicBlock, [2, 2, 2, 2], in_channels, num_classes, image_size, dropout)
+    """ResNet-18 (BasicBlock, 2-2-2-2); `dropout` before the classifier (default none);
+    `width` multiplies the stage widths 64, 128, 256, 512 (default 1, the published model)."""
+    return ResNet(tv.BasicBlock, [2, 2, 2, 2], in_channels, num_classes, image_size, dropout, width)
 
 
 @register_model
 def resnet50(
-    in_channels: int, num_classes: int, image_size: int = 28, *, dropout: float = 0.0
+    in_channels: int,
+    num_classes: int,
+    image_size: int = 28,
+    *,
+    dropout: float = 0.0,
+    width: float = 1.0,
 ) -> ResNet:
-    """ResNet-50 (Bottleneck, 3-4-6-3); `dropout` before the classifier (default none)."""
-    return ResNet(tv.Bottleneck, [3, 4, 6, 3], in_channels, num_classes, image_size, dropout)
+    """ResNet-50 (Bottleneck, 3-4-6-3); `dropout` before the classifier (default none);
+    `width` multiplies the stage widths 64, 128, 256, 512 (default 1, the published model)."""
+    return ResNet(tv.Bottleneck, [3, 4, 6, 3], in_channels, num_classes, image_size, dropout, width)
