@@ -167,6 +167,19 @@ def test_after_each_round_the_budget_is_replanned_from_the_measured_rounds():
     assert _replan_budget(100.0, 10.0, 100, 100, 10, [1.0]) == 100  # finished stays finished
 
 
+def test_time_left_over_after_the_last_whole_round_trains_a_shorter_round():
+    # Rounds of 10 steps take 60 s: 40 s training (4 s a step) + 20 s validation/checkpoint.
+    # 50 s are left: no whole round fits, but 7 steps (28 s) and a validation (20 s) do.
+    assert _replan_budget(100.0, 50.0, 10, 20, 10, [60.0], [40.0]) == 10 + 7
+    assert _replan_budget(100.0, 50.0, 10, 20, 10, [60.0]) == 10  # whole rounds only: stop
+    # One whole round (60 s) and the 20 s after it, which holds no step beside a validation.
+    assert _replan_budget(200.0, 120.0, 10, 20, 10, [60.0], [40.0]) == 10 + 10
+    # Planned at the slowest recent step (4 s) and the largest recent overhead (25 s).
+    assert _replan_budget(100.0, 50.0, 10, 20, 10, [60.0, 30.0], [40.0, 5.0]) == 10 + 6
+    # Less time left than the validation itself: stop.
+    assert _replan_budget(100.0, 85.0, 10, 20, 10, [60.0], [40.0]) == 10
+
+
 class _BatchClock:
     """A clock that only moves when the engine prepares a batch (training, BN recalibration
     or validation): each batch costs `seconds * speed`, whatever the machine's load. Speed 2

@@ -479,6 +479,7 @@ def train(
     calib_start = None
     run_start = time.perf_counter() - train_seconds
     round_walls: list[float] = []  # wall time of each whole round
+    round_trains: list[float] = []  # the training part of each (the rest: validation, checkpoint)
     train_model = model
     if dist_on:
         # DDP averages the gradients of equal shares: the gradient of the global batch's
@@ -606,8 +607,15 @@ def train(
                     # validation, checkpoint): the first steps' timing can be 10-15% off.
                     now = time.perf_counter()
                     round_walls.append(now - round_start_time)
+                    round_trains.append(round_seconds)
                     new_total = _replan_budget(
-                        budget, now - run_start, step, total_steps, round_steps, round_walls[-3:]
+                        budget,
+                        now - run_start,
+                        step,
+                        total_steps,
+                        round_steps,
+                        round_walls[-3:],
+                        round_trains[-3:],
                     )
                     if new_total != total_steps:
                         total_steps = new_total
@@ -740,18 +748,31 @@ def _replan_budget(
     total_steps: int,
     round_steps: int,
     recent_round_seconds: list[float],
+    recent_train_seconds: list[float] | None = None,
 ) -> int:
     """The new `total_steps` after a round ending at `step`: as many more whole rounds as
     still fit in the budget at the slowest of the recent rounds' wall times (training,
-    validation, checkpoint); none when the run has already reached its end. The slowest, not
-    the mean: a plan that overruns loses the end of its cosine schedule (the run is cut off
-    before the learning rate has come down), while one that is a little cautious loses at
-    most part of a round."""
+    validation, checkpoint), then a shorter last round in the time left over when
+    `recent_train_seconds` (the training part of the same rounds) says some training steps
+    and that round's validation still fit; none when the run has already reached its end.
+    The slowest, not the mean: a plan that overruns loses the end of its cosine schedule (the
+    run is cut off before the learning rate has come down), while a cautious one loses less
+    than a round. The short last round matters when a round is a large part of the budget
+    (a slow model with a costly validation: one round may be half of it)."""
     if step >= total_steps or not recent_round_seconds:
         return total_steps
     per_round = max(recent_round_seconds)
-    rounds_left = int(max(0.0, budget - elapsed) // max(per_round, 1e-9))
-    return step + rounds_left * round_steps
+    remaining = max(0.0, budget - elapsed)
+    rounds_left = int(remaining // max(per_round, 1e-9))
+    extra = 0
+    if recent_train_seconds:
+        step_seconds = max(recent_train_seconds) / round_steps
+        overhead = max(
+            w - t for w, t in zip(recent_round_seconds, recent_train_seconds, strict=True)
+        )
+        leftover = remaining - rounds_left * per_round - overhead
+        extra = min(round_steps - 1, max(0, int(leftover // max(step_seconds, 1e-9))))
+    return step + rounds_left * round_steps + extra
 
 
 def _loss_value(loss_fn: Callable, logits: np.ndarray, labels: torch.Tensor) -> float:
