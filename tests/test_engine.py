@@ -126,7 +126,10 @@ def test_time_budget_plans_the_schedule_to_finish_inside_it(tmp_path, blood):
     r = train(config(tmp_path, epochs=None, time_budget_seconds=6.0), data=blood, progress=False)
     assert r["epochs_completed"] >= 1
     assert r["timing"]["train_seconds"] < 6.0 * 1.5  # planned from the first steps' timing
-    assert r["history"][-1]["lr"] < r["config"]["lr"] * 0.2  # the cosine schedule ran to its end
+    # That the schedule also runs to its end is checked with a clock that ignores the
+    # machine's load (test_a_run_whose_speed_changes_after_its_plan_still_fills_its_budget):
+    # on a real clock, a machine that slows down mid-run rightly ends the run early, before
+    # its learning rate has come down (seen once in CI beside a benchmark: 0.36 of the peak).
 
 
 def _fake_clock(monkeypatch, seconds_per_step: float, steps_done: int):
