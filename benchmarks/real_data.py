@@ -34,9 +34,8 @@ PUBLISHED_R18_28 = {  # MedMNIST v2 (Yang et al., Scientific Data 2023), test AC
 }
 
 
-def label(model: str, config: dict | None) -> str:
+def label(model: str, options: dict) -> str:
     """`model`, or `model (width=0.25)` when the config sets model options."""
-    options = (config or {}).get("model_options") or {}
     return model + (
         " (" + ", ".join(f"{k}={v}" for k, v in options.items()) + ")" if options else ""
     )
@@ -81,6 +80,7 @@ def main() -> int:
         )
     build_report(args.out)
 
+    options = (args.config or {}).get("model_options") or {}
     rows = []
     for dataset in budgets:
         for model in args.models.split(","):
@@ -89,11 +89,10 @@ def main() -> int:
                 r = json.loads(path.read_text())
                 if not isinstance(r, dict):  # the report's own results.json (a list)
                     continue
-                options = r["config"].get("model_options") or {}
                 if (
                     r["dataset"]["name"] == dataset
                     and r["model"]["name"] == model
-                    and options == ((args.config or {}).get("model_options") or {})
+                    and (r["config"].get("model_options") or {}) == options
                 ):
                     runs.append(r)
             if not runs:
@@ -107,7 +106,7 @@ def main() -> int:
             )
             flags = sum(bool(r["flags"]) for r in runs)
             rows.append(
-                f"| {dataset} | {label(model, args.config)} | {len(runs)} | {mean_std(acc)} | {mean_std(auc)} | "
+                f"| {dataset} | {label(model, options)} | {len(runs)} | {mean_std(acc)} | {mean_std(auc)} | "
                 f"{pub_acc:.3f} / {pub_auc:.3f} | {beats} | {statistics.mean(secs):.0f} | "
                 f"{statistics.mean([r['epochs_completed'] for r in runs]):.1f} | {flags} |"
             )
