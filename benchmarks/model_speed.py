@@ -11,6 +11,9 @@ the robust figure.
     # precision / memory format for three models; update the docs' mode table
     python benchmarks/model_speed.py --models resnet18 advanced_cnn efficientnet \
         --modes fp32 fp32+CL bf16 bf16+CL --batch 32 --write docs/models.md --table modes
+    # the same on a CUDA GPU (bf16 autocast on the GPU; timed between device syncs)
+    python benchmarks/model_speed.py --device cuda --models resnet18 advanced_cnn \
+        efficientnet --modes fp32 fp32+CL bf16 bf16+CL --size 224 --steps 10
 
 The docs tables sit between `<!-- model-table -->` and `<!-- /model-table -->` (and
 `mode-table`) markers.
@@ -44,18 +47,38 @@ SIZES = (28, 64, 128, 224)
 class Trainer:
     """One model, its optimiser and a fixed random batch, ready to time training steps."""
 
-    def __init__(self, name: str, size: int, batch: int, channels: int, classes: int, mode: str):
+    def __init__(
+        self,
+        name: str,
+        size: int,
+        batch: int,
+        channels: int,
+        classes: int,
+        mode: str,
+        device: str = "cpu",
+    ):
         torch.manual_seed(0)
+        self.device = torch.device(device)
         self.bf16, channels_last = MODES[mode]
         fmt = torch.channels_last if channels_last else torch.contiguous_format
-        self.model = build_model(name, channels, classes, size).to(memory_format=fmt).train()
+        model = build_model(name, channels, classes, size).to(self.device)
+        self.model = model.to(memory_format=fmt).train()
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-3)
-        self.x = torch.randn(batch, channels, size, size).contiguous(memory_format=fmt)
-        self.y = torch.randint(0, classes, (batch,))
+        x = torch.randn(batch, channels, size, size, device=self.device)
+        self.x = x.contiguous(memory_format=fmt)
+        self.y = torch.randint(0, classes, (batch,), device=self.device)
         self.loss = nn.CrossEntropyLoss()
 
+    def sync(self) -> None:
+        if self.device.type == "cuda":  # GPU work is asynchronous: wait before reading a clock
+            torch.cuda.synchronize(self.device)
+
     def step(self) -> None:
-        amp = torch.autocast("cpu", dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
+        amp = (
+            torch.autocast(self.device.type, dtype=torch.bfloat16)
+            if self.bf16
+            else contextlib.nullcontext()
+        )
         with amp:
             loss = self.loss(self.model(self.x), self.y)
         self.opt.zero_grad(set_to_none=True)
@@ -63,19 +86,28 @@ class Trainer:
         self.opt.step()
 
     def images_per_second(self, steps: int) -> float:
+        self.sync()
         start = time.perf_counter()
         for _ in range(steps):
             self.step()
+        self.sync()
         return steps * self.x.shape[0] / (time.perf_counter() - start)
 
 
 def measure(
-    entries: list[tuple[str, str]], size: int, batch: int, steps: int, repeats: int
+    entries: list[tuple[str, str]],
+    size: int,
+    batch: int,
+    steps: int,
+    repeats: int,
+    device: str = "cpu",
 ) -> dict[tuple[str, str], float]:
     """Median training images/s of each (model, mode), interleaved within each repeat."""
-    trainers = {(m, mode): Trainer(m, size, batch, 3, 7, mode) for m, mode in entries}
-    for t in trainers.values():  # warm-up: allocator, oneDNN kernel selection
-        t.step()
+    trainers = {(m, mode): Trainer(m, size, batch, 3, 7, mode, device) for m, mode in entries}
+    for t in trainers.values():  # warm-up: allocator, oneDNN / cuDNN kernel selection
+        for _ in range(1 if device == "cpu" else 3):
+            t.step()
+        t.sync()
     samples: dict[tuple[str, str], list[float]] = {k: [] for k in trainers}
     keys = list(trainers)
     for r in range(repeats):
@@ -137,20 +169,34 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=1, help="training steps per sample")
     parser.add_argument("--repeats", type=int, default=3, help="samples per entry (median kept)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument(
+        "--cudnn-benchmark", action="store_true", help="let cuDNN time its algorithms (CUDA)"
+    )
     parser.add_argument("--write", type=Path, help="docs file whose table to update")
     parser.add_argument("--table", choices=("models", "modes"), default="models", help="which one")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
     models = list(dict.fromkeys([args.reference, *args.models]))
+    if args.device == "cuda":
+        if not torch.cuda.is_available():
+            raise SystemExit("--device cuda: no CUDA GPU is visible")
+        torch.backends.cudnn.benchmark = args.cudnn_benchmark
+        where = (
+            f"{torch.cuda.get_device_name()} (CUDA {torch.version.cuda}, cuDNN "
+            f"{torch.backends.cudnn.version()}, cudnn.benchmark {args.cudnn_benchmark})"
+        )
+    else:
+        where = f"{platform.machine()} ({os.cpu_count()} cores, shared), {args.threads} thread(s)"
     context = (
-        f"torch {torch.__version__}, {platform.machine()} ({os.cpu_count()} cores, shared), "
-        f"{args.threads} thread(s), batch {args.batch}, {args.size} px, 3 channels, 7 classes, "
+        f"torch {torch.__version__}, {where}, "
+        f"batch {args.batch}, {args.size} px, 3 channels, 7 classes, "
         f"forward+backward+AdamW, median of {args.repeats} samples x {args.steps} step(s)"
     )
     print(context)
     speed = measure([(m, mode) for m in models for mode in args.modes], args.size, args.batch,
-                    args.steps, args.repeats)  # fmt: skip
+                    args.steps, args.repeats, args.device)  # fmt: skip
     # The model table reports each model in the mode that is fastest for the reference model.
     best = max(args.modes, key=lambda mode: speed[(args.reference, mode)])
     tables = {

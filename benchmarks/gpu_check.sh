@@ -1,0 +1,116 @@
+#!/usr/bin/env bash
+# medbench's GPU checks (issue 9) as one prepared pass, for a machine with one CUDA GPU.
+#
+#   OUT=/tmp/gpu-check bash benchmarks/gpu_check.sh          # on the GPU machine
+#   QUICK=1 OUT=/tmp/gpu-dry bash benchmarks/gpu_check.sh    # dry run of the plumbing on a CPU
+#
+# Run from the repository root. Each step has its own time limit, so a slow step cannot
+# take the later ones with it; everything is logged to $OUT/gpu_check.log. If a folder .whl
+# of wheels is there (packages the machine lacks: medmnist, optuna, ...), they are installed
+# into /tmp/site first. The datasets are full-size synthetic stand-ins of DermaMNIST and
+# OCTMNIST at 28 px (the default grid), written on the machine.
+#
+# Steps, most important first:
+#  1. environment and imports (stops here if medbench cannot be imported);
+#  2. training images/s of advanced_cnn, efficientnet and resnet18 at 28 and 224 px,
+#     fp32 / bf16 autocast, with and without channels-last (benchmarks/model_speed.py);
+#  3. `medbench train` under torchrun on the GPU (NCCL process group) with one process,
+#     and with more processes than GPUs (must stop with a one-line error);
+#  4. the default benchmark's OCTMNIST runs for 2 epochs (1 seed), then its DermaMNIST runs
+#     at their default length (1 seed), summarised by benchmarks/grid_timing.py with a
+#     projection to the default 40 epochs x 3 seeds;
+#  5. the same seed trained twice on the GPU, to see what CUDA leaves non-deterministic;
+#  6. the 224-px speeds again with cudnn.benchmark on.
+set -u
+OUT=${OUT:-/tmp/gpu-check}
+mkdir -p "$OUT"
+exec > >(tee -a "$OUT/gpu_check.log") 2>&1
+export PYTHONUNBUFFERED=1
+PY=${PYTHON:-python3}
+T0=$(date +%s)
+step() { echo; echo "=== [$(($(date +%s) - T0)) s] $*"; }
+
+if [ "${QUICK:-0}" = 1 ]; then
+    DEVICE=cpu; DERMA="n_train=256, n_val=64, n_test=64"; OCT="n_train=512, n_val=128, n_test=64"
+    SPEED28="--steps 1 --repeats 1 --batch 8"; SPEED224="--steps 1 --repeats 1 --batch 2"
+    DERMA_EPOCHS="--epochs 2"; SPEED_DEVICE=cpu
+else
+    DEVICE=cuda; DERMA="n_train=7007, n_val=1003, n_test=2005"
+    OCT="n_train=97477, n_val=10832, n_test=1000"
+    SPEED28="--steps 50 --repeats 3"; SPEED224="--steps 10 --repeats 3"
+    DERMA_EPOCHS=""; SPEED_DEVICE=cuda
+fi
+DATA=/tmp/medbench-gpu-data
+
+step "1. environment"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null || echo "no nvidia-smi"
+if [ -d .whl ] && [ "${QUICK:-0}" != 1 ]; then
+    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/site .whl/*.whl || exit 1
+    export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH}
+$PY - <<PYEOF || exit 1
+import torch, torchvision, timm, medmnist, optuna, medbench, medbench.cli
+print("torch", torch.__version__, "torchvision", torchvision.__version__, "timm", timm.__version__,
+      "medmnist", medmnist.__version__, "optuna", optuna.__version__, "medbench", medbench.__file__)
+print("cuda", torch.version.cuda, "available", torch.cuda.is_available(),
+      torch.cuda.get_device_name() if torch.cuda.is_available() else "")
+from medbench.data.synthetic import write_synthetic_like
+write_synthetic_like("$DATA", "dermamnist", 28, $DERMA)
+write_synthetic_like("$DATA", "octmnist", 28, $OCT)
+print("stand-ins written")
+PYEOF
+
+step "2. training images/s, 28 px"
+timeout 100 $PY benchmarks/model_speed.py --device $SPEED_DEVICE --models advanced_cnn efficientnet \
+    --modes fp32 fp32+CL bf16 bf16+CL --size 28 $SPEED28 | tee "$OUT/speed28.txt"
+step "2. training images/s, 224 px"
+timeout 100 $PY benchmarks/model_speed.py --device $SPEED_DEVICE --models advanced_cnn efficientnet \
+    --modes fp32 fp32+CL bf16 bf16+CL --size 224 $SPEED224 | tee "$OUT/speed224.txt"
+
+TRAIN="-m medbench train --dataset dermamnist --data-dir $DATA --model resnet18 --device $DEVICE --quiet"
+step "3. torchrun, 1 process"
+timeout 120 $PY -m torch.distributed.run --standalone --nproc_per_node 1 $TRAIN --epochs 1 \
+    --run-dir /tmp/ddp1
+echo "rc=$?"
+$PY -c "import json; r=json.load(open('/tmp/ddp1/results.json')); print('results:', r['status'], r['environment'].get('gpu'), r['metrics']['test']['acc'], r.get('distributed'))"
+step "3. torchrun, 2 processes on a machine with 1 GPU (must be a one-line error)"
+timeout 60 $PY -m torch.distributed.run --standalone --nproc_per_node 2 $TRAIN --epochs 1 \
+    --run-dir /tmp/ddp2 2>&1 | grep -v "^\s*$" | tail -25
+echo "rc=${PIPESTATUS[0]}"
+
+step "4. default grid, OCTMNIST for 2 epochs, 1 seed"
+t=$(date +%s)
+timeout 150 $PY -m medbench benchmark --data-dir $DATA --out /tmp/grid-oct --datasets octmnist \
+    --seeds 1 --epochs 2 --device $DEVICE --quiet
+echo "rc=$? wall=$(($(date +%s) - t)) s"
+$PY benchmarks/grid_timing.py /tmp/grid-oct --project-epochs 40 --seeds 3 --json "$OUT/grid_oct.json"
+
+step "4. default grid, DermaMNIST at the default length, 1 seed"
+t=$(date +%s)
+timeout 200 $PY -m medbench benchmark --data-dir $DATA --out /tmp/grid-derma --datasets dermamnist \
+    --seeds 1 --device $DEVICE --quiet $DERMA_EPOCHS
+echo "rc=$? wall=$(($(date +%s) - t)) s"
+$PY benchmarks/grid_timing.py /tmp/grid-derma --project-epochs 40 --seeds 3 --json "$OUT/grid_derma.json"
+step "5. the same seed twice"
+for i in 1 2; do
+    timeout 90 $PY -m medbench train --dataset dermamnist --data-dir $DATA --model efficientnet \
+        --device $DEVICE --epochs 3 --seed 0 --quiet --run-dir /tmp/det$i > /dev/null
+done
+$PY - <<PYEOF
+import json, torch
+a, b = (json.load(open(f"/tmp/det{i}/results.json")) for i in (1, 2))
+for x, y in zip(a["history"], b["history"]):
+    print("round", x["epoch"], "train loss", x["train_loss"], y["train_loss"], "val loss", x["val_loss"], y["val_loss"])
+wa = torch.load("/tmp/det1/model.pt", weights_only=True)
+wb = torch.load("/tmp/det2/model.pt", weights_only=True)
+sa, sb = wa["state_dict"], wb["state_dict"]
+diff = max((sa[k].float() - sb[k].float()).abs().max().item() for k in sa if torch.is_tensor(sa[k]) and sa[k].is_floating_point())
+print("largest weight difference after 3 epochs:", diff)
+PYEOF
+
+step "6. 224 px with cudnn.benchmark"
+timeout 120 $PY benchmarks/model_speed.py --device $SPEED_DEVICE --models advanced_cnn efficientnet \
+    --modes bf16 bf16+CL --size 224 $SPEED224 $([ $SPEED_DEVICE = cuda ] && echo --cudnn-benchmark) | tee "$OUT/speed224_cudnn_benchmark.txt"
+step "done"

@@ -1,0 +1,109 @@
+"""Where a benchmark grid's time went, run by run, from its results store.
+
+Reads OUT/results.json (the store's export) and each finished run's results.json, and
+prints per run: epochs, steps per epoch, training seconds, mean seconds per round
+(training + validation + checkpoint), seconds of the final evaluation, the median training
+images/s of its rounds, and the share of its time budget it trained (when it had one).
+
+    python benchmarks/grid_timing.py medbench-results
+    # what the same runs would take at 40 epochs each (a projection from the measured
+    # round and evaluation times, not a measurement)
+    python benchmarks/grid_timing.py OUT --project-epochs 40 --seeds 3 --json timing.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+
+def run_rows(out: Path) -> list[dict]:
+    store = out / "results.json"
+    if not store.is_file():
+        raise SystemExit(f"{store} not found: is {out} a benchmark output folder?")
+    rows = []
+    for entry in json.loads(store.read_text()):
+        if entry.get("status") != "finished":
+            continue
+        result = json.loads(Path(entry["results_path"]).read_text())
+        history = result["history"]
+        timing = result["timing"]
+        rounds = [h["seconds"] for h in history]
+        epochs_per_round = (history[-1]["step"] / result["steps_per_epoch"]) / len(history)
+        budget = result["config"].get("time_budget_seconds")
+        rows.append(
+            {
+                "dataset": entry["dataset"],
+                "size": entry["size"],
+                "model": entry["model"],
+                "seed": entry["seed"],
+                "device": result["environment"].get("gpu") or result["environment"]["device"],
+                "epochs": round(history[-1]["step"] / result["steps_per_epoch"], 2),
+                "steps_per_epoch": result["steps_per_epoch"],
+                "train_seconds": timing["train_seconds"],
+                "round_seconds": statistics.mean(rounds),
+                "epoch_seconds": statistics.mean(rounds) / epochs_per_round,
+                "eval_seconds": timing["eval_seconds"],
+                "train_images_per_second": statistics.median(
+                    h["train_images_per_second"] for h in history
+                ),
+                "budget_seconds": budget,
+                "budget_used": timing["train_seconds"] / budget if budget else None,
+            }
+        )
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out", type=Path, help="the benchmark's --out folder")
+    parser.add_argument("--project-epochs", type=int, help="also project each cell to N epochs")
+    parser.add_argument("--seeds", type=int, default=1, help="seeds per cell in the projection")
+    parser.add_argument("--json", type=Path, help="also write the rows (and projection) here")
+    args = parser.parse_args()
+
+    rows = run_rows(args.out)
+    if not rows:
+        raise SystemExit(f"no finished runs in {args.out}")
+    print(
+        "| dataset | model | seed | epochs | steps/epoch | train s | s/epoch | eval s "
+        "| train img/s | budget used |"
+    )
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        used = f"{r['budget_used']:.0%}" if r["budget_used"] is not None else "-"
+        print(
+            f"| {r['dataset']}-{r['size']} | {r['model']} | {r['seed']} | {r['epochs']:g} "
+            f"| {r['steps_per_epoch']} | {r['train_seconds']:.1f} | {r['epoch_seconds']:.2f} "
+            f"| {r['eval_seconds']:.1f} | {r['train_images_per_second']:.0f} | {used} |"
+        )
+    print(f"\n{len(rows)} runs on {sorted({r['device'] for r in rows})}; "
+          f"training {sum(r['train_seconds'] for r in rows):.0f} s, "
+          f"final evaluations {sum(r['eval_seconds'] for r in rows):.0f} s")  # fmt: skip
+    summary: dict = {"runs": rows}
+    if args.project_epochs:
+        cells: dict[tuple, list[dict]] = {}
+        for r in rows:
+            cells.setdefault((r["dataset"], r["size"], r["model"]), []).append(r)
+        total = 0.0
+        print(f"\nprojected at {args.project_epochs} epochs x {args.seeds} seed(s) per cell:")
+        for (dataset, size, model), rs in cells.items():
+            per_run = statistics.mean(
+                r["eval_seconds"] + args.project_epochs * r["epoch_seconds"] for r in rs
+            )
+            total += per_run * args.seeds
+            print(f"  {dataset}-{size} {model}: {per_run:.0f} s per run")
+        print(f"  all cells: {total / 60:.1f} min of training and evaluation")
+        summary["projection"] = {
+            "epochs": args.project_epochs,
+            "seeds": args.seeds,
+            "seconds": total,
+        }
+    if args.json:
+        args.json.write_text(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()
