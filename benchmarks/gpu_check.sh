@@ -86,6 +86,7 @@ timeout 150 $PY -m medbench benchmark --data-dir $DATA --out /tmp/grid-oct --dat
     --seeds 1 --epochs 2 --device $DEVICE --quiet
 echo "rc=$? wall=$(($(date +%s) - t)) s"
 $PY benchmarks/grid_timing.py /tmp/grid-oct --project-epochs 40 --seeds 3 --json "$OUT/grid_oct.json"
+tar czf "$OUT/grid-oct.tgz" -C /tmp --exclude="*.pt" --exclude="*.npz" grid-oct
 
 step "4. default grid, DermaMNIST at the default length, 1 seed"
 t=$(date +%s)
@@ -93,6 +94,7 @@ timeout 200 $PY -m medbench benchmark --data-dir $DATA --out /tmp/grid-derma --d
     --seeds 1 --device $DEVICE --quiet $DERMA_EPOCHS
 echo "rc=$? wall=$(($(date +%s) - t)) s"
 $PY benchmarks/grid_timing.py /tmp/grid-derma --project-epochs 40 --seeds 3 --json "$OUT/grid_derma.json"
+tar czf "$OUT/grid-derma.tgz" -C /tmp --exclude="*.pt" --exclude="*.npz" grid-derma
 step "5. the same seed twice"
 for i in 1 2; do
     timeout 90 $PY -m medbench train --dataset dermamnist --data-dir $DATA --model efficientnet \
