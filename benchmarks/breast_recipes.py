@@ -94,8 +94,12 @@ def run_variant(data, model: str, epochs: int, name: str, seed: int, out: Path) 
 
 
 def seed_list(text: str) -> list[int]:
-    """`3` -> [0, 1, 2]; `1,2` -> [1, 2]."""
-    return [int(s) for s in text.split(",")] if "," in text else list(range(int(text)))
+    """`3` -> [0, 1, 2]; `1,2` -> [1, 2]; `5,` -> [5] (one explicit seed)."""
+    if "," in text:
+        return [int(s) for s in text.split(",") if s.strip()]
+    if int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text} seeds: give N >= 1, or a list such as 0, or 1,2")
+    return list(range(int(text)))
 
 
 def main() -> int:
@@ -105,7 +109,12 @@ def main() -> int:
     ap.add_argument("--data-dir", default=str(SHARED_DATA))
     ap.add_argument("--model", default="efficientnet")
     ap.add_argument("--epochs", type=int, default=20)
-    ap.add_argument("--seeds", type=seed_list, default=seed_list("3"), help="N or a,b,...")
+    ap.add_argument(
+        "--seeds",
+        type=seed_list,
+        default=seed_list("3"),
+        help="N seeds (0..N-1), or a list: a,b or a, for one",
+    )
     ap.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS, choices=list(VARIANTS))
     ap.add_argument("--out", default="runs/breast_recipes")
     add_doc_arguments(ap, SECTION)
