@@ -108,20 +108,20 @@ PYEOF
 
 fi
 if want 5; then
-step "5. default grid, OCTMNIST for 1 epoch, 1 seed"
-t=$(date +%s)
-timeout 180 $PY -m medbench benchmark --data-dir $DATA --out /tmp/grid-oct --datasets octmnist \
-    --seeds 1 --epochs 1 --device $DEVICE --quiet
-echo "rc=$? wall=$(($(date +%s) - t)) s"
-$PY benchmarks/grid_timing.py /tmp/grid-oct --project-epochs 40 --seeds 3 --json "$OUT/grid_oct.json"
-tar czf "$OUT/grid-oct.tgz" -C /tmp --exclude="*.pt" --exclude="*.npz" grid-oct
-step "5. default grid, DermaMNIST for 2 epochs, 1 seed"
-t=$(date +%s)
-timeout 100 $PY -m medbench benchmark --data-dir $DATA --out /tmp/grid-derma --datasets dermamnist \
-    --seeds 1 --epochs 2 --device $DEVICE --quiet
-echo "rc=$? wall=$(($(date +%s) - t)) s"
-$PY benchmarks/grid_timing.py /tmp/grid-derma --project-epochs 40 --seeds 3 --json "$OUT/grid_derma.json"
-tar czf "$OUT/grid-derma.tgz" -C /tmp --exclude="*.pt" --exclude="*.npz" grid-derma
+# grid_cells NAME DATASET EPOCHS LIMIT: one seed of the default grid's DATASET cells, timed,
+# summarised with a projection to 40 epochs x 3 seeds, and kept (without weights) in $OUT.
+grid_cells() {
+    step "5. default grid, $2 for $3 epoch(s), 1 seed"
+    local t
+    t=$(date +%s)
+    timeout "$4" $PY -m medbench benchmark --data-dir $DATA --out "/tmp/grid-$1" --datasets "$2" \
+        --seeds 1 --epochs "$3" --device $DEVICE --quiet
+    echo "rc=$? wall=$(($(date +%s) - t)) s"
+    $PY benchmarks/grid_timing.py "/tmp/grid-$1" --project-epochs 40 --seeds 3 --json "$OUT/grid_$1.json"
+    tar czf "$OUT/grid-$1.tgz" -C /tmp --exclude="*.pt" --exclude="*.npz" "grid-$1"
+}
+grid_cells oct octmnist 1 180
+grid_cells derma dermamnist 2 100
 
 fi
 if want 6; then
