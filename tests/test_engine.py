@@ -346,25 +346,30 @@ def test_train_cli_reports_one_line_and_user_errors_exit_2(tmp_path, capsys):
     )
 
 
-def test_a_non_finite_loss_stops_the_run_naming_its_step(tmp_path, blood, monkeypatch):
-    # The engine reads each step's loss one step late (so a GPU can queue the next step);
-    # a divergence must still be reported at the step where the loss went non-finite.
+def make_training_loss_non_finite(monkeypatch, from_step: int, value: float) -> None:
+    """From training step `from_step` on (1-based), the engine's loss is multiplied by `value`."""
     make_loss = engine.make_loss
 
-    def nan_from_step_3(*args, **kwargs):
+    def breaking(*args, **kwargs):
         loss_fn, calls = make_loss(*args, **kwargs), []
 
         def wrapped(logits, target):
             loss = loss_fn(logits, target)
             if logits.requires_grad:  # training steps, not the validation loss
                 calls.append(1)
-                if len(calls) >= 3:
-                    loss = loss * float("nan")
+                if len(calls) >= from_step:
+                    loss = loss * value
             return loss
 
         return wrapped
 
-    monkeypatch.setattr(engine, "make_loss", nan_from_step_3)
+    monkeypatch.setattr(engine, "make_loss", breaking)
+
+
+def test_a_non_finite_loss_stops_the_run_naming_its_step(tmp_path, blood, monkeypatch):
+    # The engine reads each step's loss one step late (so a GPU can queue the next step);
+    # a divergence must still be reported at the step where the loss went non-finite.
+    make_training_loss_non_finite(monkeypatch, 3, float("nan"))
     with pytest.raises(MedbenchError, match=r"training diverged \(loss nan\) at step 3;"):
         train(config(tmp_path, epochs=2), data=blood, progress=False)
 
@@ -372,22 +377,7 @@ def test_a_non_finite_loss_stops_the_run_naming_its_step(tmp_path, blood, monkey
 def test_a_loss_going_non_finite_on_the_last_step_of_a_round_is_caught(
     tmp_path, blood, monkeypatch
 ):
-    make_loss = engine.make_loss
     steps_per_epoch = 96 // 32
-
-    def nan_on_last_step(*args, **kwargs):
-        loss_fn, calls = make_loss(*args, **kwargs), []
-
-        def wrapped(logits, target):
-            loss = loss_fn(logits, target)
-            if logits.requires_grad:
-                calls.append(1)
-                if len(calls) == steps_per_epoch:
-                    loss = loss * float("inf")
-            return loss
-
-        return wrapped
-
-    monkeypatch.setattr(engine, "make_loss", nan_on_last_step)
+    make_training_loss_non_finite(monkeypatch, steps_per_epoch, float("inf"))
     with pytest.raises(MedbenchError, match=f"at step {steps_per_epoch};"):
         train(config(tmp_path, epochs=2), data=blood, progress=False)

@@ -503,7 +503,7 @@ def train(
         round_n += n
         bar.step(1, value)
 
-    pending = None  # (loss, images, step) of the last step, not read yet
+    pending = None  # (loss, batch size, step) of the last step, not read yet
 
     # ---- the loop
     model.train()
