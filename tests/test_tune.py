@@ -221,39 +221,47 @@ def test_two_workers_finish_n_trials_between_them(tiny_data_dir, tmp_path):
 
 
 def _running_with_heartbeat(out) -> bool:
+    """A trial is RUNNING and has sent a heartbeat (optuna detects a dead trial only by a
+    heartbeat that went stale). Read straight from the SQLite file: cheap enough to poll."""
     import sqlite3
 
-    running = {t._trial_id for t in _study(out).trials if t.state == TrialState.RUNNING}
-    with sqlite3.connect(out / "tune.sqlite") as conn:
-        beating = {r[0] for r in conn.execute("SELECT trial_id FROM trial_heartbeats")}
-    return bool(running & beating)
+    with sqlite3.connect(out / "tune.sqlite", timeout=0.1) as conn:
+        rows = conn.execute(
+            "SELECT 1 FROM trials JOIN trial_heartbeats USING (trial_id)"
+            " WHERE trials.state = 'RUNNING' LIMIT 1"
+        ).fetchall()
+    return bool(rows)
 
 
 def test_a_killed_tune_resumes_to_n_trials(tiny_data_dir, tmp_path):
     out = tmp_path / "out"
+    # 40 fixed epochs make each trial last seconds, not a fraction of one, so the poll
+    # below cannot miss the window in which a trial is running (it did on a loaded machine).
+    long_trials = ["--epochs", "40", "--patience", "40"]
     proc = subprocess.Popen(
-        _tune_cmd(tiny_data_dir, out, 2),
+        _tune_cmd(tiny_data_dir, out, 2) + long_trials,
         env=_env(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 240
-    while time.monotonic() < deadline:  # kill it in the middle of its first trial
-        time.sleep(0.2)
-        if (out / "tune.sqlite").exists():
-            try:
-                # Kill once a running trial has a heartbeat: optuna detects a dead
-                # trial only by a heartbeat that went stale.
-                if _running_with_heartbeat(out):
-                    break
-            except (KeyError, Exception):
-                continue
+    while time.monotonic() < deadline and proc.poll() is None:  # kill it mid-trial
+        time.sleep(0.05)
+        try:
+            if (out / "tune.sqlite").exists() and _running_with_heartbeat(out):
+                break
+        except Exception:  # the tables do not exist yet, or the file is locked: poll again
+            continue
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     killed = [t for t in _study(out).trials if t.state == TrialState.RUNNING]
     assert killed, "the tune finished before it could be killed"
     done = subprocess.run(
-        _tune_cmd(tiny_data_dir, out, 2), env=_env(), capture_output=True, text=True, timeout=300
+        _tune_cmd(tiny_data_dir, out, 2) + long_trials,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert done.returncode == 0, done.stderr
     study = _study(out)
