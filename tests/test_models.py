@@ -268,6 +268,27 @@ def test_depthwise_conv_gradients_equal_the_native_convolution(size, kernel, str
     assert grads[0][1].shape == fast.weight.shape
 
 
+@pytest.mark.parametrize("size", [2, 8])  # the tap-sum path and the native one
+def test_depthwise_conv_trains_in_fp32_under_cpu_bf16_autocast(size):
+    # PyTorch's bf16 depthwise backward is many times slower than fp32's on CPU, so under
+    # autocast the conv runs in fp32: the same output and gradients as without autocast.
+    torch.manual_seed(0)
+    conv = DepthwiseConv2d(6, 5, 1)
+    x = torch.randn(3, 6, size, size).to(torch.bfloat16).float()
+    results = []
+    for autocast in (True, False):
+        conv.zero_grad()
+        xi = x.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            y = conv(xi.to(torch.bfloat16) if autocast else xi)
+        assert y.dtype == torch.float32
+        y.backward(torch.ones_like(y))
+        results.append((y.detach(), conv.weight.grad.clone()))
+    torch.testing.assert_close(results[0], results[1])
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):  # inference: untouched
+        assert conv(x.to(torch.bfloat16)).dtype == torch.bfloat16
+
+
 def test_efficientnet_trains_its_late_depthwise_convs_on_the_small_map_path(monkeypatch):
     # At 28 px, stages 4-7 run on 4x4 and 2x2 maps: the 5x5 convs of stages 5-6 and every
     # 2x2 conv (stages 6-7) take tap sums, 8 in all; stage 4's 3x3 convs do not.
