@@ -4,7 +4,8 @@ For every depthwise conv of `efficientnet` at one image size, times forward + ba
 (input and weight gradients) at the training batch size with PyTorch's `nn.Conv2d` and with
 `medbench.models.layers.DepthwiseConv2d` forced onto its tap-sum weight gradient, in one
 run, interleaved. The rows decide `layers.uses_tap_sums`: the tap sums must win on every
-conv it sends to them.
+conv it sends to them. The last two columns do the same under bf16 autocast: PyTorch's
+kernel on bf16 tensors, against `DepthwiseConv2d`, which trains in fp32 under CPU autocast.
 
     OMP_NUM_THREADS=1 python benchmarks/depthwise_grad.py --image-size 28
 """
@@ -51,11 +52,12 @@ def main() -> int:
         h.remove()
     print(f"threads {torch.get_num_threads()}, batch {args.batch}, {args.image_size} px")
     print(
-        "| channels | map in -> out | kernel / stride | PyTorch ms | tap sums ms | speed-up | used |"
+        "| channels | map in -> out | kernel / stride | PyTorch ms | tap sums ms | speed-up | used "
+        "| bf16 autocast: PyTorch ms | medbench ms |"
     )
-    print("|---:|---|---|---:|---:|---:|---|")
+    print("|---:|---|---|---:|---:|---:|---|---:|---:|")
     seen = set()
-    total_native = total_best = 0.0
+    total_native = total_best = total_bf16 = total_ours_bf16 = 0.0
     for conv, shape in shapes:
         c, h = shape[1], shape[2]
         k, s = conv.kernel_size[0], conv.stride[0]
@@ -75,24 +77,42 @@ def main() -> int:
             y = layers._SmallMapDepthwise.apply(x, conv.weight, s, conv.padding[0])
             torch.autograd.grad(y, [x, conv.weight], grad)
 
-        t_native = t_taps = 0.0
+        xb = x.detach().to(torch.bfloat16).requires_grad_()
+
+        def run_bf16(native=native, xb=xb, grad=grad):
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                y = native(xb)
+            torch.autograd.grad(y, [xb, native.weight], grad.to(y.dtype))
+
+        def run_ours_bf16(conv=conv, xb=xb, grad=grad):
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                y = conv(xb)
+            torch.autograd.grad(y, [xb, conv.weight], grad.to(y.dtype))
+
+        t_native = t_taps = t_bf16 = t_ours_bf16 = 0.0
         for _ in range(2):  # interleave
             t_native += _time(run_native, args.repeats) / 2
             t_taps += _time(run_taps, args.repeats) / 2
+            t_bf16 += _time(run_bf16, args.repeats) / 2
+            t_ours_bf16 += _time(run_ours_bf16, args.repeats) / 2
         taps = layers.uses_tap_sums(out * out, k)
         used = t_taps if taps else t_native
         total_native += t_native
         total_best += used
+        total_bf16 += t_bf16
+        total_ours_bf16 += t_ours_bf16
         if key in seen:
             continue
         seen.add(key)
         print(
             f"| {c} | {h}x{h} -> {out}x{out} | {k}x{k} / {s} | {t_native:.1f} | {t_taps:.1f} "
-            f"| {t_native / t_taps:.2f}x | {'tap sums' if taps else 'PyTorch'} |"
+            f"| {t_native / t_taps:.2f}x | {'tap sums' if taps else 'PyTorch'} "
+            f"| {t_bf16:.1f} | {t_ours_bf16:.1f} |"
         )
     print(
         f"all {len(shapes)} depthwise convs, one training step: PyTorch {total_native:.0f} ms, "
-        f"medbench {total_best:.0f} ms"
+        f"medbench {total_best:.0f} ms; under bf16 autocast: PyTorch {total_bf16:.0f} ms, "
+        f"medbench {total_ours_bf16:.0f} ms"
     )
     return 0
 

@@ -289,9 +289,14 @@ def test_depthwise_conv_trains_in_fp32_under_cpu_bf16_autocast(size):
         assert conv(x.to(torch.bfloat16)).dtype == torch.bfloat16
 
 
-def test_efficientnet_trains_its_late_depthwise_convs_on_the_small_map_path(monkeypatch):
-    # At 28 px, stages 4-7 run on 4x4 and 2x2 maps: the 5x5 convs of stages 5-6 and every
-    # 2x2 conv (stages 6-7) take tap sums, 8 in all; stage 4's 3x3 convs do not.
+@pytest.mark.parametrize("avx512, n_tap_sums", [(False, 8), (True, 5)])
+def test_efficientnet_trains_its_late_depthwise_convs_on_the_small_map_path(
+    monkeypatch, avx512, n_tap_sums
+):
+    # At 28 px, stages 4-7 run on 4x4 and 2x2 maps. Every conv with a 2x2 output (5 convs)
+    # takes tap sums; on CPUs without AVX-512 the three 5x5 convs on 4x4 maps do too, 8 in
+    # all; stage 4's 3x3 convs never do.
+    monkeypatch.setattr(layers, "native_depthwise_grad_is_fast", lambda: avx512)
     calls = []
     original = layers._depthwise_weight_grad
     monkeypatch.setattr(
@@ -300,7 +305,10 @@ def test_efficientnet_trains_its_late_depthwise_convs_on_the_small_map_path(monk
     model = build_model("efficientnet", 1, 2, image_size=28)
     assert sum(isinstance(m, DepthwiseConv2d) for m in model.modules()) == 16
     model(torch.randn(4, 1, 28, 28)).sum().backward()
-    assert len(calls) == 8 and all(s[-1] * s[-2] <= layers.SMALL_MAP_POSITIONS for s in calls)
+    assert len(calls) == n_tap_sums
+    assert all(s[-1] * s[-2] <= layers.SMALL_MAP_POSITIONS for s in calls)
+    if avx512:
+        assert all(s[-1] * s[-2] <= layers.TINY_MAP_POSITIONS for s in calls)
     calls.clear()
     with torch.no_grad():
         model(torch.randn(4, 1, 28, 28))

@@ -7,25 +7,38 @@ field trusts; the blocks here only compose them.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from timm.layers import DropPath, SEModule, create_conv2d, get_padding
 from torch import nn
 
 # Depthwise convolutions on small output maps compute their weight gradient by tap sums
-# (`_depthwise_weight_grad`). PyTorch's CPU weight-gradient kernel dominates their backward
-# pass there: forward + backward of a (B=128, C=384-864) 5x5 depthwise conv on a 4x4 or 2x2
-# map takes 70-101 ms with it (45 ms for a 3x3 one on 2x2) and 4-19 ms with the tap sums;
-# on 3x3 kernels over 4x4 maps and on 7x7 and larger maps PyTorch's kernel wins.
-# Measured by benchmarks/depthwise_grad.py (docs/models.md).
+# (`_depthwise_weight_grad`) where PyTorch's CPU weight-gradient kernel is slow. Forward +
+# backward at batch 128, by benchmarks/depthwise_grad.py (docs/models.md):
+# - AVX2 CPU (1 thread): a (C=384-864) 5x5 conv on a 4x4 or 2x2 map takes 70-101 ms with
+#   PyTorch's kernel (45 ms for a 3x3 one on 2x2) and 4-19 ms with the tap sums.
+# - AVX-512 CPU (2 threads): PyTorch's kernel is fast; the tap sums still win 1.15-2.2x on
+#   2x2 maps but lose 2-3x on 4x4 ones (7-11 ms against 16-33 ms for 5x5 kernels).
+# On 3x3 kernels over 4x4 maps and on 7x7 and larger maps PyTorch's kernel wins on both.
 SMALL_MAP_POSITIONS = 16  # tap sums at most at this many output positions, for k >= 5 ...
 TINY_MAP_POSITIONS = 4  # ... and for any kernel at most at this many
 
 
+@functools.cache
+def native_depthwise_grad_is_fast() -> bool:
+    """Whether PyTorch's CPU kernels use AVX-512, where its depthwise weight gradient is
+    fast on 4x4 maps too (measured on an AVX-512 EPYC; slow on an AVX2 one)."""
+    return torch.backends.cpu.get_cpu_capability() == "AVX512"
+
+
 def uses_tap_sums(out_positions: int, kernel_size: int) -> bool:
-    """Whether a depthwise conv's weight gradient is summed tap by tap on CPU."""
+    """Whether a depthwise conv's weight gradient is summed tap by tap on this CPU."""
     return out_positions <= TINY_MAP_POSITIONS or (
-        out_positions <= SMALL_MAP_POSITIONS and kernel_size >= 5
+        out_positions <= SMALL_MAP_POSITIONS
+        and kernel_size >= 5
+        and not native_depthwise_grad_is_fast()
     )
 
 
