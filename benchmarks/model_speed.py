@@ -153,10 +153,10 @@ def mode_table(models: list[str], modes: list[str], speed: dict[tuple[str, str],
 
 
 def replace_between(text: str, marker: str, body: str) -> str:
-    pattern = re.compile(rf"(<!-- {marker} -->\n).*?(\n<!-- /{marker} -->)", re.S)
+    pattern = re.compile(rf"(<!-- {marker} -->\n).*?(<!-- /{marker} -->)", re.S)
     if not pattern.search(text):
         raise SystemExit(f"no <!-- {marker} --> ... <!-- /{marker} --> markers in the docs file")
-    return pattern.sub(lambda m: m.group(1) + body + m.group(2), text)
+    return pattern.sub(lambda m: m.group(1) + body + "\n" + m.group(2), text)
 
 
 def main() -> None:

@@ -19,8 +19,8 @@ from torch import nn
 # backward at batch 128, by benchmarks/depthwise_grad.py (docs/models.md):
 # - AVX2 CPU (1 thread): a (C=384-864) 5x5 conv on a 4x4 or 2x2 map takes 70-101 ms with
 #   PyTorch's kernel (45 ms for a 3x3 one on 2x2) and 4-19 ms with the tap sums.
-# - AVX-512 CPU (2 threads): PyTorch's kernel is fast; the tap sums still win 1.15-2.2x on
-#   2x2 maps but lose 2-3x on 4x4 ones (7-11 ms against 16-33 ms for 5x5 kernels).
+# - AVX-512 CPU (2 threads): PyTorch's kernel is fast; the tap sums still win 1.2-2.5x on
+#   2x2 maps but tie or lose on 4x4 ones (0.34-1.07x for 5x5 kernels in two runs).
 # On 3x3 kernels over 4x4 maps and on 7x7 and larger maps PyTorch's kernel wins on both.
 SMALL_MAP_POSITIONS = 16  # tap sums at most at this many output positions, for k >= 5 ...
 TINY_MAP_POSITIONS = 4  # ... and for any kernel at most at this many
