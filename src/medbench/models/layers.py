@@ -128,9 +128,10 @@ class DepthwiseConv2d(nn.Conv2d):
             and not torch.jit.is_tracing()
         ):
             # Train in fp32 under CPU autocast: PyTorch's bf16 CPU depthwise backward
-            # is 8-20x slower than fp32's (a 5x5 conv over 144 channels, 14x14 -> 7x7 at
-            # batch 128: 175 ms against 9 ms per step on an AVX512-BF16 EPYC), and made
-            # efficientnet train 1.7x slower in bf16 than in fp32 (docs/models.md).
+            # is 3-30x slower than fp32's on stride-2 and 5x5 convs (a 5x5 conv over 144
+            # channels, 14x14 -> 7x7 at batch 128: 107-121 ms against 8-9 ms on an
+            # AVX512-BF16 EPYC), and made efficientnet train 1.7x slower in bf16 than in
+            # fp32 (docs/models.md).
             with torch.autocast("cpu", enabled=False):
                 return self.forward(x.float())
         k, s, p = self.kernel_size[0], self.stride[0], self.padding[0]
