@@ -13,6 +13,7 @@ kernel on bf16 tensors, against `DepthwiseConv2d`, which trains in fp32 under CP
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import time
 
@@ -79,22 +80,17 @@ def main() -> int:
 
         xb = x.detach().to(torch.bfloat16).requires_grad_()
 
-        def run_bf16(native=native, xb=xb, grad=grad):
+        def run_autocast(module, xb=xb, grad=grad):
             with torch.autocast("cpu", dtype=torch.bfloat16):
-                y = native(xb)
-            torch.autograd.grad(y, [xb, native.weight], grad.to(y.dtype))
-
-        def run_ours_bf16(conv=conv, xb=xb, grad=grad):
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                y = conv(xb)
-            torch.autograd.grad(y, [xb, conv.weight], grad.to(y.dtype))
+                y = module(xb)
+            torch.autograd.grad(y, [xb, module.weight], grad.to(y.dtype))
 
         t_native = t_taps = t_bf16 = t_ours_bf16 = 0.0
         for _ in range(2):  # interleave
             t_native += _time(run_native, args.repeats) / 2
             t_taps += _time(run_taps, args.repeats) / 2
-            t_bf16 += _time(run_bf16, args.repeats) / 2
-            t_ours_bf16 += _time(run_ours_bf16, args.repeats) / 2
+            t_bf16 += _time(functools.partial(run_autocast, native), args.repeats) / 2
+            t_ours_bf16 += _time(functools.partial(run_autocast, conv), args.repeats) / 2
         taps = layers.uses_tap_sums(out * out, k)
         used = t_taps if taps else t_native
         total_native += t_native
