@@ -25,7 +25,6 @@ import argparse
 import contextlib
 import os
 import platform
-import re
 import statistics
 import time
 from pathlib import Path
@@ -33,6 +32,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from _common import replace_section
 from medbench.models import build_model, count_flops, count_parameters, list_models
 
 MODES = {  # name -> (bf16 autocast, channels_last)
@@ -152,13 +152,6 @@ def mode_table(models: list[str], modes: list[str], speed: dict[tuple[str, str],
     return "\n".join(rows)
 
 
-def replace_between(text: str, marker: str, body: str) -> str:
-    pattern = re.compile(rf"(<!-- {marker} -->\n).*?(<!-- /{marker} -->)", re.S)
-    if not pattern.search(text):
-        raise SystemExit(f"no <!-- {marker} --> ... <!-- /{marker} --> markers in the docs file")
-    return pattern.sub(lambda m: m.group(1) + body + "\n" + m.group(2), text)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=list_models())
@@ -207,7 +200,7 @@ def main() -> None:
     print(f"\n{tables['models']}\n\n{tables['modes']}")
     if args.write:
         marker = {"models": "model-table", "modes": "mode-table"}[args.table]
-        args.write.write_text(replace_between(args.write.read_text(), marker, tables[args.table]))
+        replace_section(args.write, f"<!-- {marker} -->", f"<!-- /{marker} -->", tables[args.table])
         print(f"updated the {marker} of {args.write}")
 
 
