@@ -190,3 +190,37 @@ def test_concurrent_processes_never_claim_the_same_cell(tmp_path):
     for p in procs:
         p.join(timeout=30)
     assert sorted(claimed) == sorted(keys)
+
+
+def _open_new_stores(folders, barrier, queue):
+    errors = []
+    for folder in folders:
+        barrier.wait(timeout=60)  # every worker opens the same new store at the same moment
+        try:
+            ResultsStore(folder)
+        except MedbenchError as exc:
+            errors.append(str(exc))
+    queue.put(errors)
+
+
+def test_processes_opening_one_new_store_at_once_all_succeed(tmp_path):
+    # Racing to switch a new file to WAL made SQLite answer "database is locked" at once,
+    # without waiting (CI saw it when two `medbench benchmark` processes started together).
+    folders = [tmp_path / f"study{i}" for i in range(60)]
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    barrier = ctx.Barrier(4)
+    procs = [
+        ctx.Process(target=_open_new_stores, args=(folders, barrier, queue)) for _ in range(4)
+    ]
+    for p in procs:
+        p.start()
+    errors = [e for _ in procs for e in queue.get(timeout=120)]
+    for p in procs:
+        p.join(timeout=30)
+    assert errors == []
+    for folder in folders:
+        conn = sqlite3.connect(folder / "results.sqlite")
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert conn.execute("SELECT value FROM meta").fetchall() == [("1",)]
+        conn.close()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import socket
 import sqlite3
 import time
@@ -109,14 +110,7 @@ class ResultsStore:
             )
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
-            with self._connect() as conn:
-                conn.execute("PRAGMA journal_mode=WAL")
-                conn.execute(f"CREATE TABLE IF NOT EXISTS cells ({_COLUMNS})")
-                conn.execute("CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT)")
-                conn.execute(
-                    "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)",
-                    (str(SCHEMA_VERSION),),
-                )
+            self._create_schema()
         except sqlite3.DatabaseError as exc:
             raise MedbenchError(
                 f"cannot open results store {self.path}: {exc}; move it away to start a new study"
@@ -127,6 +121,41 @@ class ResultsStore:
             ) from exc
 
     # -- plumbing ---------------------------------------------------------------------------
+
+    def _create_schema(self, timeout: float = 60.0) -> None:
+        """Switch the file to WAL and create the tables, however many processes do it at once.
+
+        SQLite answers "database is locked" at once, without waiting in the busy handler, when
+        two connections race to switch a new file to WAL or to upgrade a read to a write (the
+        handler would deadlock there). So the switch is retried on a fresh connection, and the
+        tables are created inside a `BEGIN IMMEDIATE` transaction, which does wait.
+        """
+        deadline = time.monotonic() + timeout
+        delay = 0.01
+        while True:
+            conn = self._connect()
+            try:
+                if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                    conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("BEGIN IMMEDIATE")
+                conn.execute(f"CREATE TABLE IF NOT EXISTS cells ({_COLUMNS})")
+                conn.execute("CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT)")
+                conn.execute(
+                    "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)",
+                    (str(SCHEMA_VERSION),),
+                )
+                conn.execute("COMMIT")
+                return
+            except sqlite3.OperationalError as exc:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                busy = "locked" in str(exc) or "busy" in str(exc)
+                if not busy or time.monotonic() + delay > deadline:
+                    raise
+            finally:
+                conn.close()
+            time.sleep(delay * (1.0 + random.random()))
+            delay = min(delay * 2, 0.5)
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
