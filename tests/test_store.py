@@ -210,9 +210,7 @@ def test_processes_opening_one_new_store_at_once_all_succeed(tmp_path):
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     barrier = ctx.Barrier(4)
-    procs = [
-        ctx.Process(target=_open_new_stores, args=(folders, barrier, queue)) for _ in range(4)
-    ]
+    procs = [ctx.Process(target=_open_new_stores, args=(folders, barrier, queue)) for _ in range(4)]
     for p in procs:
         p.start()
     errors = [e for _ in procs for e in queue.get(timeout=120)]
