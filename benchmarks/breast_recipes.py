@@ -11,7 +11,8 @@ the same numbers at any load, so two can share the machine (one thread each):
         --out /tmp/ex/runs
 
 Finished runs in --out are reused. `--seeds` is a count (seeds 0..N-1) or a list such as
-`1,2`. The `official` variant (run it alone) is the official MedMNIST v2 recipe, e.g.
+`1,2`. The `official` and `official_init` variants (run them alone) are the official
+MedMNIST v2 recipe, in fp32, with medbench's or the official models.py's weight init, e.g.
 ResNet-18 for 100 epochs:
 
     OMP_NUM_THREADS=1 python benchmarks/breast_recipes.py --model resnet18 --epochs 100 \
@@ -52,7 +53,9 @@ VARIANTS: dict[str, dict] = {
     "balanced": {"class_balance": "weighted_loss"},
     "acc": {"select_metric": "acc"},
     # The official MedMNIST v2 recipe (Adam 1e-3, x0.1 at 50% and 75%, batch 128, no
-    # augmentation, no weight decay or clipping), in medbench's engine: for its seed spread.
+    # augmentation, no weight decay or clipping, fp32), in medbench's engine: for its seed
+    # spread. `official` keeps medbench's torchvision weight init; `official_init` adds the
+    # PyTorch default init that the official 28-px models.py gets.
     "official": {
         "optimizer": "adam",
         "lr": 1e-3,
@@ -61,9 +64,12 @@ VARIANTS: dict[str, dict] = {
         "augment": "none",
         "batch_size": 128,
         "grad_clip": None,
+        "precision": "fp32",
     },
 }
-DEFAULT_VARIANTS = [name for name in VARIANTS if name != "official"]
+VARIANTS["official_init"] = {**VARIANTS["official"], "model_options": {"init": "pytorch"}}
+OFFICIAL_VARIANTS = ("official", "official_init")
+DEFAULT_VARIANTS = [name for name in VARIANTS if name not in OFFICIAL_VARIANTS]
 
 
 def run_variant(data, model: str, epochs: int, name: str, seed: int, out: Path) -> dict:

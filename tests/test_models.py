@@ -165,6 +165,34 @@ def test_a_non_positive_width_is_a_user_error():
             build_model(name, 3, 7, width=0)
 
 
+def _convs(model):
+    return [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50"])
+def test_resnet_init_pytorch_is_each_layers_default_as_in_the_official_models_py(name):
+    torch.manual_seed(0)
+    default = build_model(name, 1, 2, 28)
+    official = build_model(name, 1, 2, 28, init="pytorch")
+    for a, b in zip(_convs(default), _convs(official), strict=True):
+        fan_in = b.weight[0].numel()
+        fan_out = b.weight.shape[0] * b.weight[0, 0].numel()
+        # torchvision: He normal over fan-out, std sqrt(2 / fan_out).
+        assert a.weight.std().item() == pytest.approx((2 / fan_out) ** 0.5, rel=0.15)
+        # PyTorch's own Conv2d init: Kaiming uniform, a = sqrt(5): U(-1/sqrt(fan_in), +).
+        assert b.weight.abs().max().item() <= fan_in**-0.5 * (1 + 1e-6)
+        assert b.weight.std().item() == pytest.approx((3 * fan_in) ** -0.5, rel=0.15)
+    # torchvision zero-fills nothing here (zero_init_residual is off): both start BN at 1, 0.
+    bns = [m for m in official.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert all(torch.all(m.weight == 1) and torch.all(m.bias == 0) for m in bns)
+    assert count_parameters(default) == count_parameters(official)
+
+
+def test_an_unknown_resnet_init_is_a_user_error():
+    with pytest.raises(MedbenchError, match="init"):
+        build_model("resnet18", 3, 7, init="xavier")
+
+
 def test_small_images_keep_a_feature_grid_larger_than_1x1():
     for name in FAMILIES:
         features = build_model(name, 3, 7, 28).forward_features(torch.randn(2, 3, 28, 28))

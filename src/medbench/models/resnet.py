@@ -9,7 +9,9 @@ own `BasicBlock` / `Bottleneck` / `ResNet`. Like the official MedMNIST experimen
   max-pool (final grids 2x2, 4x4, 7x7 at 64, 128, 224).
 
 Only the input channels, class count, the stem and an optional classifier dropout differ
-from torchvision; weights are initialised as torchvision does. `width` (default 1) scales
+from torchvision. `init` picks the weight initialisation: "torchvision" (He normal, fan-out)
+or "pytorch" (each layer's own default, Kaiming uniform with a = sqrt(5)), which is what
+the official 28-px models.py gets, since it initialises nothing itself. `width` (default 1) scales
 the stage widths 64, 128, 256, 512 for experiments with thinner full-resolution ResNets;
 at 1 the models are exactly the published ones.
 """
@@ -23,6 +25,7 @@ from torchvision.models import resnet as tv
 from medbench.models.registry import register_model
 
 BASE_WIDTHS = (64, 128, 256, 512)
+INITS = ("torchvision", "pytorch")
 
 
 def stage_widths(width: float) -> list[int]:
@@ -44,7 +47,10 @@ class ResNet(tv.ResNet):
         image_size: int = 28,
         dropout: float = 0.0,
         width: float = 1.0,
+        init: str = "torchvision",
     ) -> None:
+        if init not in INITS:
+            raise ValueError(f"init must be one of {', '.join(INITS)}, not {init!r}")
         super().__init__(block, layers, num_classes=num_classes)
         widths = stage_widths(width)
         if tuple(widths) != BASE_WIDTHS:
@@ -66,6 +72,10 @@ class ResNet(tv.ResNet):
         nn.init.kaiming_normal_(self.conv1.weight, mode="fan_out", nonlinearity="relu")
         self.num_features = widths[3] * block.expansion
         self.head_drop = nn.Dropout(dropout)
+        if init == "pytorch":
+            for m in self.modules():
+                if isinstance(m, (nn.Conv2d, nn.BatchNorm2d, nn.Linear)):
+                    m.reset_parameters()
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The last stage's feature map: (B, num_features, h, w)."""
@@ -88,10 +98,13 @@ def resnet18(
     *,
     dropout: float = 0.0,
     width: float = 1.0,
+    init: str = "torchvision",
 ) -> ResNet:
     """ResNet-18 (BasicBlock, 2-2-2-2); `dropout` before the classifier (default none);
     `width` multiplies the stage widths 64, 128, 256, 512 (default 1, the published model)."""
-    return ResNet(tv.BasicBlock, [2, 2, 2, 2], in_channels, num_classes, image_size, dropout, width)
+    return ResNet(
+        tv.BasicBlock, [2, 2, 2, 2], in_channels, num_classes, image_size, dropout, width, init
+    )
 
 
 @register_model
@@ -102,7 +115,10 @@ def resnet50(
     *,
     dropout: float = 0.0,
     width: float = 1.0,
+    init: str = "torchvision",
 ) -> ResNet:
     """ResNet-50 (Bottleneck, 3-4-6-3); `dropout` before the classifier (default none);
     `width` multiplies the stage widths 64, 128, 256, 512 (default 1, the published model)."""
-    return ResNet(tv.Bottleneck, [3, 4, 6, 3], in_channels, num_classes, image_size, dropout, width)
+    return ResNet(
+        tv.Bottleneck, [3, 4, 6, 3], in_channels, num_classes, image_size, dropout, width, init
+    )
