@@ -169,23 +169,36 @@ def _convs(model):
     return [m for m in model.modules() if isinstance(m, nn.Conv2d)]
 
 
+def _assert_torchvision_init(model):
+    for conv in _convs(model):  # He normal over fan-out: std sqrt(2 / fan_out)
+        fan_out = conv.weight.shape[0] * conv.weight[0, 0].numel()
+        assert conv.weight.std().item() == pytest.approx((2 / fan_out) ** 0.5, rel=0.15)
+
+
+def _assert_pytorch_init(model):
+    for conv in _convs(
+        model
+    ):  # Conv2d's own init, Kaiming uniform a = sqrt(5): U(+-1/sqrt(fan_in))
+        fan_in = conv.weight[0].numel()
+        assert conv.weight.abs().max().item() <= fan_in**-0.5 * (1 + 1e-6)
+        assert conv.weight.std().item() == pytest.approx((3 * fan_in) ** -0.5, rel=0.15)
+
+
 @pytest.mark.parametrize("name", ["resnet18", "resnet50"])
-def test_resnet_init_pytorch_is_each_layers_default_as_in_the_official_models_py(name):
+def test_resnet_init_official_is_what_the_official_experiments_get(name):
     torch.manual_seed(0)
-    default = build_model(name, 1, 2, 28)
-    official = build_model(name, 1, 2, 28, init="pytorch")
-    for a, b in zip(_convs(default), _convs(official), strict=True):
-        fan_in = b.weight[0].numel()
-        fan_out = b.weight.shape[0] * b.weight[0, 0].numel()
-        # torchvision: He normal over fan-out, std sqrt(2 / fan_out).
-        assert a.weight.std().item() == pytest.approx((2 / fan_out) ** 0.5, rel=0.15)
-        # PyTorch's own Conv2d init: Kaiming uniform, a = sqrt(5): U(-1/sqrt(fan_in), +).
-        assert b.weight.abs().max().item() <= fan_in**-0.5 * (1 + 1e-6)
-        assert b.weight.std().item() == pytest.approx((3 * fan_in) ** -0.5, rel=0.15)
-    # torchvision zero-fills nothing here (zero_init_residual is off): both start BN at 1, 0.
-    bns = [m for m in official.modules() if isinstance(m, nn.BatchNorm2d)]
+    # 28 px: the official models.py sets no init, so every layer keeps PyTorch's default.
+    official_28 = build_model(name, 1, 2, 28, init="official")
+    _assert_pytorch_init(official_28)
+    bns = [m for m in official_28.modules() if isinstance(m, nn.BatchNorm2d)]
     assert all(torch.all(m.weight == 1) and torch.all(m.bias == 0) for m in bns)
-    assert count_parameters(default) == count_parameters(official)
+    # 64 px and above: the official experiments use torchvision's resnet, and its init.
+    _assert_torchvision_init(build_model(name, 1, 2, 64, init="official"))
+    # The default is torchvision's init at every size; "pytorch" gives the other at any size.
+    default_28 = build_model(name, 1, 2, 28)
+    _assert_torchvision_init(default_28)
+    _assert_pytorch_init(build_model(name, 1, 2, 64, init="pytorch"))
+    assert count_parameters(default_28) == count_parameters(official_28)
 
 
 def test_an_unknown_resnet_init_is_a_user_error():

@@ -9,9 +9,13 @@ own `BasicBlock` / `Bottleneck` / `ResNet`. Like the official MedMNIST experimen
   max-pool (final grids 2x2, 4x4, 7x7 at 64, 128, 224).
 
 Only the input channels, class count, the stem and an optional classifier dropout differ
-from torchvision. `init` picks the weight initialisation: "torchvision" (He normal, fan-out)
-or "pytorch" (each layer's own default, Kaiming uniform with a = sqrt(5)), which is what
-the official 28-px models.py gets, since it initialises nothing itself. `width` (default 1) scales
+from torchvision. `init` picks the weight initialisation: "torchvision" (the default; He
+normal, fan-out), "pytorch" (each layer's own default, Kaiming uniform with a = sqrt(5)), or
+"official", what the official experiments get: "pytorch" at 28 px, where their models.py
+initialises nothing itself, and "torchvision" at 64 px and above, where they use
+torchvision's resnet18/50. With the official recipe the official init reproduces the
+published BreastMNIST AUC; with medbench's default recipe torchvision's trains better
+(docs/real_data.md). `width` (default 1) scales
 the stage widths 64, 128, 256, 512 for experiments with thinner full-resolution ResNets;
 at 1 the models are exactly the published ones.
 """
@@ -25,7 +29,7 @@ from torchvision.models import resnet as tv
 from medbench.models.registry import register_model
 
 BASE_WIDTHS = (64, 128, 256, 512)
-INITS = ("torchvision", "pytorch")
+INITS = ("official", "torchvision", "pytorch")
 
 
 def stage_widths(width: float) -> list[int]:
@@ -72,6 +76,8 @@ class ResNet(tv.ResNet):
         nn.init.kaiming_normal_(self.conv1.weight, mode="fan_out", nonlinearity="relu")
         self.num_features = widths[3] * block.expansion
         self.head_drop = nn.Dropout(dropout)
+        if init == "official":
+            init = "pytorch" if image_size <= 32 else "torchvision"
         if init == "pytorch":
             for m in self.modules():
                 if isinstance(m, (nn.Conv2d, nn.BatchNorm2d, nn.Linear)):
