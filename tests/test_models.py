@@ -176,9 +176,8 @@ def _assert_torchvision_init(model):
 
 
 def _assert_pytorch_init(model):
-    for conv in _convs(
-        model
-    ):  # Conv2d's own init, Kaiming uniform a = sqrt(5): U(+-1/sqrt(fan_in))
+    # Conv2d's own init, Kaiming uniform a = sqrt(5): U(+-1/sqrt(fan_in)).
+    for conv in _convs(model):
         fan_in = conv.weight[0].numel()
         assert conv.weight.abs().max().item() <= fan_in**-0.5 * (1 + 1e-6)
         assert conv.weight.std().item() == pytest.approx((3 * fan_in) ** -0.5, rel=0.15)

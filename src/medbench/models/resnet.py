@@ -55,6 +55,8 @@ class ResNet(tv.ResNet):
     ) -> None:
         if init not in INITS:
             raise ValueError(f"init must be one of {', '.join(INITS)}, not {init!r}")
+        if init == "official":
+            init = "pytorch" if image_size <= 32 else "torchvision"
         super().__init__(block, layers, num_classes=num_classes)
         widths = stage_widths(width)
         if tuple(widths) != BASE_WIDTHS:
@@ -76,9 +78,7 @@ class ResNet(tv.ResNet):
         nn.init.kaiming_normal_(self.conv1.weight, mode="fan_out", nonlinearity="relu")
         self.num_features = widths[3] * block.expansion
         self.head_drop = nn.Dropout(dropout)
-        if init == "official":
-            init = "pytorch" if image_size <= 32 else "torchvision"
-        if init == "pytorch":
+        if init == "pytorch":  # undo torchvision's init: every layer back to its own default
             for m in self.modules():
                 if isinstance(m, (nn.Conv2d, nn.BatchNorm2d, nn.Linear)):
                     m.reset_parameters()
