@@ -122,11 +122,31 @@ def make_optimizer(
         {"params": ps, "weight_decay": config.weight_decay if decays else 0.0, "lr_scale": scale}
         for (decays, scale), ps in sorted(buckets.items(), key=lambda kv: (not kv[0][0], -kv[0][1]))
     ]
+    # PyTorch's fused kernels: one pass over each parameter instead of a dozen. On the CPU,
+    # where the default is the per-tensor loop, an AdamW step over ResNet-18's 11.2M
+    # parameters took 87 ms per-tensor, 73 ms foreach and 11 ms fused (1 thread); at
+    # batch 32 that loop was a fifth of advanced_cnn's training step.
+    fused = _fused_optimizer_ok([p for g in groups for p in g["params"]])
     if config.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=config.lr)
+        return torch.optim.AdamW(groups, lr=config.lr, fused=fused)
     if config.optimizer == "adam":  # the official MedMNIST recipe: Adam, no weight decay
-        return torch.optim.Adam(groups, lr=config.lr)
-    return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=True)
+        return torch.optim.Adam(groups, lr=config.lr, fused=fused)
+    return torch.optim.SGD(
+        groups, lr=config.lr, momentum=config.momentum, nesterov=True, fused=fused
+    )
+
+
+def _fused_optimizer_ok(params: list[nn.Parameter]) -> bool | None:
+    """True where PyTorch's fused optimiser kernels run: dense floating-point parameters,
+    all on the CPU or all on one CUDA device type. None (PyTorch's choice) elsewhere (MPS)."""
+    devices = {p.device.type for p in params}
+    ok = (
+        bool(params)
+        and len(devices) == 1
+        and devices <= {"cpu", "cuda"}
+        and all(p.is_floating_point() and not p.is_sparse for p in params)
+    )
+    return True if ok else None
 
 
 def lr_factor(config: TrainConfig, step: int, total_steps: int, steps_per_epoch: int) -> float:
