@@ -52,6 +52,10 @@ VARIANTS: dict[str, dict] = {
     "drop0.3": {"dropout": 0.3},
     "balanced": {"class_balance": "weighted_loss"},
     "acc": {"select_metric": "acc"},
+    "ema0.99": {"ema_decay": 0.99},
+    "ema0.995": {"ema_decay": 0.995},
+    "ema0.998": {"ema_decay": 0.998},
+    "fp32": {"precision": "fp32"},
     # The official MedMNIST v2 recipe (Adam 1e-3, x0.1 at 50% and 75%, batch 128, no
     # augmentation, no weight decay or clipping, fp32), in medbench's engine: for its seed
     # spread. `official` keeps medbench's torchvision weight init; `official_init` adds the
