@@ -290,7 +290,7 @@ def test_cosine_schedule_warms_up_then_decays_to_zero():
 
 @pytest.mark.parametrize("name", ["adamw", "adam", "sgd"])
 def test_optimisers_run_pytorchs_fused_kernels_and_step_as_the_per_tensor_loop(name):
-    # The per-tensor loop, PyTorch's default on the CPU, was a fifth of a small-batch step.
+    # The per-tensor loop, PyTorch's default on the CPU, cost advanced_cnn 11% at batch 32.
     def model():
         torch.manual_seed(0)
         return torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, bias=False), torch.nn.BatchNorm2d(8))
