@@ -1,5 +1,5 @@
-"""What the benchmark scripts share: where the real data lives, mean ± sample standard
-deviation over seeds, and replacing the marked results section of a doc."""
+"""What the benchmark scripts share: where the real data lives, the --seeds argument, mean ±
+sample standard deviation over seeds, and replacing the marked results section of a doc."""
 
 from __future__ import annotations
 
@@ -8,10 +8,21 @@ import statistics
 from collections.abc import Iterable
 from pathlib import Path
 
+from medbench.benchmark import parse_seeds
+from medbench.errors import MedbenchError
 from medbench.fsutil import atomic_write_text
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "medmnist"  # the real BreastMNIST / PneumoniaMNIST files
+
+
+def seeds_argument(text: str) -> list[int]:
+    """argparse type of --seeds: a count (`3`: seeds 0, 1, 2) or a list (`3,4,5`; `5,` for
+    one), read by medbench's own `parse_seeds`; a bad value is argparse's one-line error."""
+    try:
+        return parse_seeds(text)
+    except MedbenchError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def sd(values: Iterable[float]) -> float:

@@ -28,7 +28,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from _common import REPO, SHARED_DATA, add_doc_arguments, mean_std, publish
+from _common import REPO, SHARED_DATA, add_doc_arguments, mean_std, publish, seeds_argument
 from medbench import metrics
 from medbench.config import TrainConfig
 from medbench.data import load_dataset
@@ -103,15 +103,6 @@ def run_variant(data, model: str, epochs: int, name: str, seed: int, out: Path) 
     }
 
 
-def seed_list(text: str) -> list[int]:
-    """`3` -> [0, 1, 2]; `1,2` -> [1, 2]; `5,` -> [5] (one explicit seed)."""
-    if "," in text:
-        return [int(s) for s in text.split(",") if s.strip()]
-    if int(text) < 1:
-        raise argparse.ArgumentTypeError(f"{text} seeds: give N >= 1, or a list such as 0, or 1,2")
-    return list(range(int(text)))
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -121,8 +112,8 @@ def main() -> int:
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument(
         "--seeds",
-        type=seed_list,
-        default=seed_list("3"),
+        type=seeds_argument,
+        default=seeds_argument("3"),
         help="N seeds (0..N-1), or a list: a,b or a, for one",
     )
     ap.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS, choices=list(VARIANTS))

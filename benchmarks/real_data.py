@@ -24,8 +24,8 @@ from pathlib import Path
 
 import torch
 
-from _common import SHARED_DATA, mean_std, replace_section
-from medbench.benchmark import parse_seeds, run_benchmark
+from _common import SHARED_DATA, mean_std, replace_section, seeds_argument
+from medbench.benchmark import run_benchmark
 from medbench.report import build_report
 
 PUBLISHED_R18_28 = {  # MedMNIST v2 (Yang et al., Scientific Data 2023), test ACC / AUC
@@ -47,7 +47,12 @@ def main() -> int:
     )
     p.add_argument("--data-dir", default=str(SHARED_DATA))
     p.add_argument("--models", default="advanced_cnn,efficientnet,resnet18")
-    p.add_argument("--seeds", default="3", help="a count (seeds 0..N-1) or a list such as 3,4,5")
+    p.add_argument(
+        "--seeds",
+        type=seeds_argument,
+        default=seeds_argument("3"),
+        help="a count (seeds 0..N-1) or a list such as 3,4,5",
+    )
     p.add_argument(
         "--budget",
         action="append",
@@ -117,7 +122,7 @@ def main() -> int:
     )
     text = "\n".join(
         [
-            f"Default settings, {length}, {torch.get_num_threads()} CPU threads, seeds {', '.join(map(str, parse_seeds(args.seeds)))}; "
+            f"Default settings, {length}, {torch.get_num_threads()} CPU threads, seeds {', '.join(map(str, args.seeds))}; "
             "test metrics of the epoch selected on validation AUC. Load average (1 min) at the "
             f"start {load_before:.1f}, at the end {os.getloadavg()[0]:.1f}, on {os.cpu_count()} cores.",
             "",

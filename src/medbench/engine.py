@@ -137,16 +137,9 @@ def make_optimizer(
 
 
 def _fused_optimizer_ok(params: list[nn.Parameter]) -> bool | None:
-    """True where PyTorch's fused optimiser kernels run: dense floating-point parameters,
-    all on the CPU or all on one CUDA device type. None (PyTorch's choice) elsewhere (MPS)."""
-    devices = {p.device.type for p in params}
-    ok = (
-        bool(params)
-        and len(devices) == 1
-        and devices <= {"cpu", "cuda"}
-        and all(p.is_floating_point() and not p.is_sparse for p in params)
-    )
-    return True if ok else None
+    """True where PyTorch's fused optimiser kernels are used: every parameter on the CPU, or
+    every one on CUDA. None (PyTorch's own choice) elsewhere, e.g. MPS."""
+    return True if {p.device.type for p in params} in ({"cpu"}, {"cuda"}) else None
 
 
 def lr_factor(config: TrainConfig, step: int, total_steps: int, steps_per_epoch: int) -> float:
