@@ -115,6 +115,42 @@ def test_resumed_run_ends_with_exactly_the_weights_of_an_uninterrupted_one(tmp_p
     ]
 
 
+def test_fp16_scales_the_loss_and_a_resumed_run_keeps_the_scalers_state(
+    tmp_path, blood, monkeypatch
+):
+    # fp16's 5-bit exponent flushes gradients below about 6e-8 to zero, so fp16 training
+    # scales the loss up (and the gradients back down before clipping and the step). fp16 is
+    # a CUDA option; the CPU's fp16 autocast stands in for it here.
+    from medbench.runtime import Runtime
+
+    fp16 = Runtime(device=torch.device("cpu"), precision="fp16", channels_last=True)
+    monkeypatch.setattr(engine, "resolve_runtime", lambda *a, **k: fp16)
+    full = train(config(tmp_path, "full", epochs=3), data=blood, progress=False)
+    state = ckpt.load(tmp_path / "full" / "checkpoint.pt")["grad_scaler"]
+    assert state["scale"] > 1 and state["_growth_tracker"] > 0
+    assert all(math.isfinite(h["train_loss"]) for h in full["history"])
+
+    class Interrupt(Exception):
+        pass
+
+    def stop_after_first(record):
+        if record["epoch"] == 1:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train(config(tmp_path, "part", epochs=3), data=blood, progress=False,
+              on_epoch=stop_after_first)
+    train(config(tmp_path, "part", epochs=3), data=blood, progress=False, resume=True)
+    assert ckpt.load(tmp_path / "part" / "checkpoint.pt")["grad_scaler"] == state
+    for key, value in final_weights(tmp_path / "full").items():
+        assert torch.equal(value, final_weights(tmp_path / "part")[key]), key
+
+
+def test_bf16_and_fp32_train_without_a_loss_scaler(tmp_path, blood):
+    train(config(tmp_path, epochs=1, precision="bf16"), data=blood, progress=False)
+    assert ckpt.load(tmp_path / "run" / "checkpoint.pt")["grad_scaler"] == {}
+
+
 def test_resume_refuses_a_checkpoint_of_another_model(tmp_path, blood):
     train(config(tmp_path, epochs=1), data=blood, progress=False)
     other = config(tmp_path, model="advanced_cnn", model_options={"width": 0.25})

@@ -369,6 +369,7 @@ def train(
             # runs on GPUs only: on CPUs (gloo) each process normalises its own share.
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     optimizer = make_optimizer(model, config, lr_scales)
+    scaler = runtime.grad_scaler()
     ema = None
     if config.ema_decay:
         ema = torch.optim.swa_utils.AveragedModel(
@@ -434,6 +435,8 @@ def train(
         optimizer.load_state_dict(state["optimizer"])
         if ema is not None and state.get("ema") is not None:
             ema.load_state_dict(state["ema"])
+        if state.get("grad_scaler"):  # fp16 runs; empty for a disabled scaler
+            scaler.load_state_dict(state["grad_scaler"])
         step, history, train_seconds = state["step"], state["history"], state["train_seconds"]
         total_steps, round_steps, planned = (
             state["total_steps"],
@@ -455,6 +458,7 @@ def train(
                 "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(),
                 "ema": ema.state_dict() if ema is not None else None,
+                "grad_scaler": scaler.state_dict(),
                 "best": best,
                 "best_state": best_state,
                 "step": step,
@@ -545,10 +549,12 @@ def train(
             logits = train_model(x)
         loss = loss_fn(logits.float(), y)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        scaler.scale(loss).backward()
         if config.grad_clip:
+            scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
             nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-        optimizer.step()
+        scaler.step(optimizer)  # skipped when fp16 gradients overflowed
+        scaler.update()
         if ema is not None:
             ema.update_parameters(model)
         step += 1

@@ -34,6 +34,13 @@ class Runtime:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=dtype)
 
+    def grad_scaler(self) -> torch.amp.GradScaler:
+        """The loss scaler training needs: active for fp16 alone, whose 5-bit exponent flushes
+        gradients below about 6e-8 to zero unless the loss is scaled up first (PyTorch's AMP
+        recipe). bf16 has fp32's exponent range and needs none; a disabled scaler passes the
+        loss and the optimiser step through unchanged."""
+        return torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+
 
 def place_model(model: torch.nn.Module, runtime: Runtime) -> torch.nn.Module:
     """Move a model to the runtime's device and memory format (in place; returned too).
