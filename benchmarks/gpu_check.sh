@@ -24,7 +24,8 @@
 #  5. the default benchmark's cells, 1 seed: OCTMNIST for 1 epoch and DermaMNIST for 2,
 #     with a projection to the default 40 epochs x 3 seeds;
 #  6. the same seed trained twice on the GPU, to see what CUDA leaves non-deterministic;
-#  7. the 224-px speeds again with cudnn.benchmark on.
+#  7. the 224-px speeds again with cudnn.benchmark on;
+#  8. fp16 with the loss scaler against fp16 without it, bf16 and fp32 (fused AdamW).
 set -u
 OUT=${OUT:-/tmp/gpu-check}
 mkdir -p "$OUT"
@@ -147,5 +148,30 @@ if want 7; then
 step "7. 224 px with cudnn.benchmark"
 timeout 120 $PY benchmarks/model_speed.py --device $SPEED_DEVICE --models advanced_cnn efficientnet \
     --modes bf16 bf16+CL --size 224 $SPEED224 $([ $SPEED_DEVICE = cuda ] && echo --cudnn-benchmark) | tee "$OUT/speed224_cudnn_benchmark.txt"
+fi
+if want 8; then
+step "8. fp16 with loss scaling against fp16 without it, bf16 and fp32 (fused AdamW)"
+timeout 150 $PY - <<PYEOF
+import torch
+from medbench import runtime as rt_module
+from medbench.config import TrainConfig
+from medbench.data import load_dataset
+from medbench.engine import train
+from medbench import checkpoint as ckpt
+data = load_dataset("dermamnist", 28, "$DATA", progress=False)
+unscaled = lambda self: torch.amp.GradScaler(self.device.type, enabled=False)
+scaled = rt_module.Runtime.grad_scaler
+for name, precision in (("fp32", "fp32"), ("bf16", "bf16"), ("fp16", "fp16"), ("fp16, no scaler", "fp16")):
+    rt_module.Runtime.grad_scaler = unscaled if "no scaler" in name else scaled
+    run_dir = f"/tmp/amp-{name.replace(' ', '').replace(',', '-')}"
+    r = train(TrainConfig(dataset="dermamnist", model="advanced_cnn", epochs=3, device="$DEVICE",
+                          precision=precision, data_dir="$DATA", run_dir=run_dir),
+              data=data, progress=False, measure=False)
+    state = ckpt.load(run_dir + "/checkpoint.pt")
+    fused = [g.get("fused") for g in state["optimizer"]["param_groups"]]
+    print(f"{name:>16}: train loss", [round(h["train_loss"], 4) for h in r["history"]],
+          "val AUC", round(r["history"][-1]["val_auc"], 4), "scaler", state.get("grad_scaler"),
+          "fused", fused[0], flush=True)
+PYEOF
 fi
 step "done"
