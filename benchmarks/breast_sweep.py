@@ -56,8 +56,16 @@ GRID: list[tuple[str, str, dict]] = [
 RULES = ("val_auc", "val_auc_last", "val_loss", "last")
 
 
-def run_one(model: str, name: str, change: dict, seed: int, device: str, data_dir: str,
-            out: str, threads: int) -> dict:
+def run_one(
+    model: str,
+    name: str,
+    change: dict,
+    seed: int,
+    device: str,
+    data_dir: str,
+    out: str,
+    threads: int,
+) -> dict:
     """Train one run, scoring the test split after every epoch; returns its summary."""
     import torch
 
@@ -97,21 +105,44 @@ def run_one(model: str, name: str, change: dict, seed: int, device: str, data_di
     engine.predict_logits = predict_and_keep
     try:
         config = TrainConfig(
-            dataset=DATASET, model=model, seed=seed, device=device, run_dir=str(run_dir),
+            dataset=DATASET,
+            model=model,
+            seed=seed,
+            device=device,
+            run_dir=str(run_dir),
             **{"epochs": EPOCHS[model], **change},
         )
-        results = engine.train(config, data=data, progress=False, measure=False, on_epoch=score_test)
+        results = engine.train(
+            config, data=data, progress=False, measure=False, on_epoch=score_test
+        )
     finally:
         engine.predict_logits = original
     summary = {
-        "model": model, "variant": name, "change": change, "seed": seed,
-        "device": str(runtime.device), "precision": runtime.precision,
-        "final": {"auc": results["metrics"]["test"]["auc"], "acc": results["metrics"]["test"]["acc"]},
+        "model": model,
+        "variant": name,
+        "change": change,
+        "seed": seed,
+        "device": str(runtime.device),
+        "precision": runtime.precision,
+        "final": {
+            "auc": results["metrics"]["test"]["auc"],
+            "acc": results["metrics"]["test"]["acc"],
+        },
         "best_epoch": results["best_epoch"],
         "train_seconds": results["timing"]["train_seconds"],
         "history": [
-            {k: h[k] for k in ("epoch", "val_auc", "val_acc", "val_loss", "test_auc", "test_acc",
-                               "test_tta_auc")}
+            {
+                k: h[k]
+                for k in (
+                    "epoch",
+                    "val_auc",
+                    "val_acc",
+                    "val_loss",
+                    "test_auc",
+                    "test_acc",
+                    "test_tta_auc",
+                )
+            }
             for h in results["history"]
         ],
     }
@@ -136,7 +167,8 @@ def summarise(out: Path) -> list[str]:
     for r in runs:
         groups.setdefault((r["model"], r["variant"]), []).append(r)
     lines = [
-        "| model | variant | runs | " + " | ".join(f"AUC, {rule}" for rule in RULES)
+        "| model | variant | runs | "
+        + " | ".join(f"AUC, {rule}" for rule in RULES)
         + " | ACC, val_auc | AUC+flip TTA, val_auc | engine's AUC (check) | s/run |",
         "|---|---|---:|" + "---|" * (len(RULES) + 4),
     ]
@@ -145,7 +177,8 @@ def summarise(out: Path) -> list[str]:
         rs = groups[key]
         cells = [mean_std(selected(r["history"], rule)["test_auc"] for r in rs) for rule in RULES]
         lines.append(
-            f"| {key[0]} | {key[1]} | {len(rs)} | " + " | ".join(cells)
+            f"| {key[0]} | {key[1]} | {len(rs)} | "
+            + " | ".join(cells)
             + f" | {mean_std(selected(r['history'], 'val_auc')['test_acc'] for r in rs)}"
             + f" | {mean_std(selected(r['history'], 'val_auc')['test_tta_auc'] for r in rs)}"
             + f" | {mean_std(r['final']['auc'] for r in rs)}"
@@ -155,8 +188,9 @@ def summarise(out: Path) -> list[str]:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--data-dir", default=str(SHARED_DATA))
     ap.add_argument("--device", default="auto")
     ap.add_argument("--workers", type=int, default=2)
@@ -176,15 +210,21 @@ def main() -> int:
     # spawn, not fork: CUDA cannot be used in a forked child of a process that touched it
     with ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         futures = {
-            pool.submit(run_one, m, v, c, s, args.device, args.data_dir, args.out, args.threads):
-            (m, v, s) for (m, v, c, s) in jobs
+            pool.submit(run_one, m, v, c, s, args.device, args.data_dir, args.out, args.threads): (
+                m,
+                v,
+                s,
+            )
+            for (m, v, c, s) in jobs
         }
         for done in as_completed(futures):
             m, v, s = futures[done]
             try:
                 r = done.result()
-                print(f"{m} {v} s{s}: test AUC {r['final']['auc']:.3f} "
-                      f"({r['train_seconds']:.0f} s)", flush=True)
+                print(
+                    f"{m} {v} s{s}: test AUC {r['final']['auc']:.3f} ({r['train_seconds']:.0f} s)",
+                    flush=True,
+                )
             except Exception as exc:  # noqa: BLE001 - one failed run must not stop the sweep
                 print(f"{m} {v} s{s}: FAILED {exc!r}", flush=True)
     print("\n".join(summarise(Path(args.out))))
