@@ -138,8 +138,12 @@ def test_fp16_scales_the_loss_and_a_resumed_run_keeps_the_scalers_state(
             raise Interrupt
 
     with pytest.raises(Interrupt):
-        train(config(tmp_path, "part", epochs=3), data=blood, progress=False,
-              on_epoch=stop_after_first)
+        train(
+            config(tmp_path, "part", epochs=3),
+            data=blood,
+            progress=False,
+            on_epoch=stop_after_first,
+        )
     train(config(tmp_path, "part", epochs=3), data=blood, progress=False, resume=True)
     assert ckpt.load(tmp_path / "part" / "checkpoint.pt")["grad_scaler"] == state
     for key, value in final_weights(tmp_path / "full").items():
@@ -149,6 +153,27 @@ def test_fp16_scales_the_loss_and_a_resumed_run_keeps_the_scalers_state(
 def test_bf16_and_fp32_train_without_a_loss_scaler(tmp_path, blood):
     train(config(tmp_path, epochs=1, precision="bf16"), data=blood, progress=False)
     assert ckpt.load(tmp_path / "run" / "checkpoint.pt")["grad_scaler"] == {}
+
+
+def test_select_last_keeps_the_final_weights_whatever_validation_says(tmp_path, blood):
+    # Selecting on a tiny validation split picks epochs that were lucky on it; `last` keeps
+    # the end of the schedule (measured on BreastMNIST: docs/real_data.md).
+    r = train(config(tmp_path, epochs=3, select_metric="last"), data=blood, progress=False)
+    assert r["best_epoch"] == r["epochs_completed"] == 3
+    assert r["metrics"]["val"]["auc"] == pytest.approx(r["history"][-1]["val_auc"])
+    saved = ckpt.load(tmp_path / "run" / "model.pt")["state_dict"]
+    final = final_weights(tmp_path / "run")
+    for key, value in saved.items():
+        assert torch.equal(value, final[key]), key
+    card = (tmp_path / "run" / "MODEL_CARD.md").read_text()
+    assert "final epoch's weights (no selection on validation)" in card
+
+
+def test_select_last_with_patience_is_a_user_error():
+    with pytest.raises(MedbenchError, match="--patience"):
+        TrainConfig(
+            dataset="bloodmnist", model="efficientnet", select_metric="last", patience=3
+        ).validate()
 
 
 def test_resume_refuses_a_checkpoint_of_another_model(tmp_path, blood):

@@ -19,7 +19,7 @@ from medbench.errors import MedbenchError
 OPTIMIZERS = ("adamw", "sgd", "adam")
 SCHEDULES = ("cosine", "multistep", "constant")
 CLASS_BALANCE = ("none", "weighted_loss", "sampler")
-SELECT_METRICS = ("auc", "acc")
+SELECT_METRICS = ("auc", "acc", "last")  # "last": the final weights, no selection
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
@@ -92,6 +92,11 @@ class TrainConfig:
         check(self.weight_decay >= 0, "--weight-decay must not be negative")
         check(0 <= self.label_smoothing < 1, "--label-smoothing must be in [0, 1)")
         check(self.ema_decay is None or 0 < self.ema_decay < 1, "--ema-decay must be in (0, 1)")
+        check(
+            not (self.patience and self.select_metric == "last"),
+            "--patience stops when validation stops improving; --select-metric last keeps the "
+            "final weights and cannot be combined with it",
+        )
         check(
             self.mixup >= 0 and self.cutmix >= 0, "--mixup/--cutmix strengths must not be negative"
         )

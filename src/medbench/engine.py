@@ -613,10 +613,11 @@ def train(
                     / max(round_seconds, 1e-9),
                 }
                 history.append(record)
-                score = record[f"val_{config.select_metric}"]
+                last = config.select_metric == "last"  # the final weights, whatever val says
+                score = record["val_auc" if last else f"val_{config.select_metric}"]
                 if not math.isfinite(score):  # AUC undefined (one class in val): fall back to ACC
                     score = record["val_acc"]
-                if score > best["score"]:
+                if last or score > best["score"]:
                     best = {"score": score, "round": record["epoch"], "step": step}
                     best_state = copy.deepcopy(eval_model.state_dict())
                 train_seconds = time.perf_counter() - run_start

@@ -98,8 +98,12 @@ def render_model_card(results: dict[str, Any], arrays: dict[str, np.ndarray]) ->
         "## Training",
         "",
         f"- Epochs: {results.get('epochs_completed')} of {results.get('epochs_planned')} planned; "
-        f"best (selected) epoch {results.get('best_epoch')} by validation "
-        f"{config.get('select_metric', 'auc').upper()}"
+        + (
+            "the final epoch's weights (no selection on validation)"
+            if config.get("select_metric") == "last"
+            else f"best (selected) epoch {results.get('best_epoch')} by validation "
+            f"{config.get('select_metric', 'auc').upper()}"
+        )
         + ("; stopped early" if results.get("stopped_early") else "")
         + ("; stopped at the time budget" if results.get("over_budget") else ""),
         f"- Training time: {results['timing']['train_seconds']:.0f} s on "

@@ -75,7 +75,8 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--select-metric",
         choices=SELECT_METRICS,
-        help="validation metric for model selection (default auc)",
+        help="validation metric for model selection (default auc); last: keep the final "
+        "weights, no selection (steadier when the validation split is tiny)",
     )
     g.add_argument(
         "--patience", type=int, help="stop after this many epochs without validation improvement"
