@@ -120,10 +120,20 @@ def main() -> int:
         if args.epochs
         else "budget per run: " + ", ".join(f"{d} {s}s" for d, s in budgets.items())
     )
+    changes = {k: v for k, v in (args.config or {}).items() if k != "model_options"}
+    settings = "Default settings" + (
+        " but " + ", ".join(f"`{k}={v}`" for k, v in changes.items()) if changes else ""
+    )
+    select = changes.get("select_metric", "auc")
+    measured = (
+        "test metrics of the final weights"
+        if select == "last"
+        else f"test metrics of the epoch selected on validation {select.upper()}"
+    )
     text = "\n".join(
         [
-            f"Default settings, {length}, {torch.get_num_threads()} CPU threads, seeds {', '.join(map(str, args.seeds))}; "
-            "test metrics of the epoch selected on validation AUC. Load average (1 min) at the "
+            f"{settings}, {length}, {torch.get_num_threads()} CPU threads, seeds {', '.join(map(str, args.seeds))}; "
+            f"{measured}. Load average (1 min) at the "
             f"start {load_before:.1f}, at the end {os.getloadavg()[0]:.1f}, on {os.cpu_count()} cores.",
             "",
             "| dataset | model | runs | test ACC | test AUC | published ResNet-18 (28) ACC / AUC | beats both | "
