@@ -73,11 +73,12 @@ def synthetic_data_dir(isolated_medbench_dirs) -> Path:
 @pytest.fixture
 def shared_medmnist() -> Path:
     """The folder of real MedMNIST files (../shared/medmnist beside the repository, or
-    $MEDBENCH_SHARED_DATA); skips the test when it is absent."""
+    $MEDBENCH_SHARED_DATA); skips the test when it or its two files are absent (an empty
+    folder of that name, e.g. left by a failed download, is not the data)."""
     folder = Path(
         os.environ.get(SHARED_DATA_ENV)
         or Path(__file__).resolve().parents[1].parent / "shared" / "medmnist"
     )
-    if not folder.is_dir():
+    if not all((folder / f"{name}.npz").is_file() for name in ("breastmnist", "pneumoniamnist")):
         pytest.skip(f"real MedMNIST data not found at {folder} (set ${SHARED_DATA_ENV})")
     return folder
