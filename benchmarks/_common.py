@@ -1,5 +1,6 @@
 """What the benchmark scripts share: where the real data lives, the --seeds argument, mean ±
-sample standard deviation over seeds, and replacing the marked results section of a doc."""
+sample standard deviation over seeds, the test AUC with flip TTA, and replacing the marked
+results section of a doc."""
 
 from __future__ import annotations
 
@@ -23,6 +24,18 @@ def seeds_argument(text: str) -> list[int]:
         return parse_seeds(text)
     except MedbenchError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def flip_tta_test_auc(net, data, runtime, dataset: str) -> float:
+    """Test AUC of `net` with its probabilities averaged over the image and the flips
+    `dataset` allows (as `medbench ensemble --tta` does)."""
+    from medbench import metrics
+    from medbench.engine import labels_numpy
+    from medbench.ensemble import predict_views, tta_views
+
+    task = data.info.task
+    probs = predict_views(net, data.test.images, runtime, task, 1.0, tta_views(dataset))
+    return metrics.official_auc(labels_numpy(data.test.labels), probs, task)
 
 
 def sd(values: Iterable[float]) -> float:

@@ -28,12 +28,18 @@ import sys
 import warnings
 from pathlib import Path
 
-from _common import REPO, SHARED_DATA, add_doc_arguments, mean_std, publish, seeds_argument
-from medbench import metrics
+from _common import (
+    REPO,
+    SHARED_DATA,
+    add_doc_arguments,
+    flip_tta_test_auc,
+    mean_std,
+    publish,
+    seeds_argument,
+)
 from medbench.config import TrainConfig
 from medbench.data import load_dataset
-from medbench.engine import labels_numpy, load_trained_model, train
-from medbench.ensemble import predict_views, tta_views
+from medbench.engine import load_trained_model, train
 from medbench.runtime import place_model, resolve_runtime
 
 DOC = REPO / "docs" / "real_data.md"
@@ -93,12 +99,10 @@ def run_variant(data, model: str, epochs: int, name: str, seed: int, out: Path) 
     net, _ = load_trained_model(run_dir)
     runtime = resolve_runtime("cpu", "auto", True)
     place_model(net, runtime)
-    task = data.info.task
-    probs = predict_views(net, data.test.images, runtime, task, 1.0, tta_views(DATASET))
     return {
         "auc": results["metrics"]["test"]["auc"],
         "acc": results["metrics"]["test"]["acc"],
-        "tta_auc": metrics.official_auc(labels_numpy(data.test.labels), probs, task),
+        "tta_auc": flip_tta_test_auc(net, data, runtime, DATASET),
         "val_auc": results["metrics"]["val"]["auc"],
     }
 

@@ -32,7 +32,7 @@ import warnings
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
-from _common import SHARED_DATA, mean_std, seeds_argument
+from _common import SHARED_DATA, flip_tta_test_auc, mean_std, seeds_argument
 
 DATASET = "breastmnist"
 EPOCHS = {"advanced_cnn": 56, "efficientnet": 40, "resnet18": 17}
@@ -74,7 +74,6 @@ def run_one(
     from medbench import engine, metrics
     from medbench.config import TrainConfig
     from medbench.data import load_dataset
-    from medbench.ensemble import predict_views, tta_views
     from medbench.runtime import resolve_runtime
 
     run_dir = Path(out) / f"{model}-{name}-s{seed}"
@@ -85,7 +84,6 @@ def run_one(
     runtime = resolve_runtime(device, "auto", True)
     y_test = engine.labels_numpy(data.test.labels)
     task = data.info.task
-    views = tta_views(DATASET)
     seen: dict = {}
     original = engine.predict_logits
 
@@ -98,8 +96,7 @@ def run_one(
         probs = metrics.probabilities_from_logits(original(net, data.test.images, runtime), task)
         record["test_auc"] = metrics.official_auc(y_test, probs, task)
         record["test_acc"] = metrics.official_acc(y_test, probs, task)
-        tta = predict_views(net, data.test.images, runtime, task, 1.0, views)
-        record["test_tta_auc"] = metrics.official_auc(y_test, tta, task)
+        record["test_tta_auc"] = flip_tta_test_auc(net, data, runtime, DATASET)
         net.train()
 
     engine.predict_logits = predict_and_keep

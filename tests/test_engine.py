@@ -87,8 +87,9 @@ def test_same_seed_gives_the_same_numbers_on_cpu(tmp_path, blood):
     assert c["history"][-1]["train_loss"] != a["history"][-1]["train_loss"]
 
 
-def test_resumed_run_ends_with_exactly_the_weights_of_an_uninterrupted_one(tmp_path, blood):
-    full = train(config(tmp_path, "full", epochs=3), data=blood, progress=False)
+def interrupt_after_first_epoch_then_resume(tmp_path, blood, name="part", **kw) -> dict:
+    """Train `name` until epoch 1 ends, break off there, then resume it; returns the
+    resumed run's results (the checkpoint of epoch 1 is all it continues from)."""
 
     class Interrupt(Exception):
         pass
@@ -98,17 +99,22 @@ def test_resumed_run_ends_with_exactly_the_weights_of_an_uninterrupted_one(tmp_p
             raise Interrupt
 
     with pytest.raises(Interrupt):
-        train(
-            config(tmp_path, "part", epochs=3),
-            data=blood,
-            progress=False,
-            on_epoch=stop_after_first,
-        )
-    assert not (tmp_path / "part" / "results.json").exists()
-    resumed = train(config(tmp_path, "part", epochs=3), data=blood, progress=False, resume=True)
+        train(config(tmp_path, name, **kw), data=blood, progress=False, on_epoch=stop_after_first)
+    assert not (tmp_path / name / "results.json").exists()
+    return train(config(tmp_path, name, **kw), data=blood, progress=False, resume=True)
 
-    for key, value in final_weights(tmp_path / "full").items():
-        assert torch.equal(value, final_weights(tmp_path / "part")[key]), key
+
+def assert_same_final_weights(run_a, run_b) -> None:
+    theirs = final_weights(run_b)
+    for key, value in final_weights(run_a).items():
+        assert torch.equal(value, theirs[key]), key
+
+
+def test_resumed_run_ends_with_exactly_the_weights_of_an_uninterrupted_one(tmp_path, blood):
+    full = train(config(tmp_path, "full", epochs=3), data=blood, progress=False)
+    resumed = interrupt_after_first_epoch_then_resume(tmp_path, blood, epochs=3)
+
+    assert_same_final_weights(tmp_path / "full", tmp_path / "part")
     assert resumed["metrics"]["test"] == full["metrics"]["test"]
     assert [h["train_loss"] for h in resumed["history"]] == [
         h["train_loss"] for h in full["history"]
@@ -130,27 +136,12 @@ def test_fp16_scales_the_loss_and_a_resumed_run_keeps_the_scalers_state(
     assert state["scale"] > 1 and state["_growth_tracker"] > 0
     assert all(math.isfinite(h["train_loss"]) for h in full["history"])
 
-    class Interrupt(Exception):
-        pass
-
-    def stop_after_first(record):
-        if record["epoch"] == 1:
-            raise Interrupt
-
-    with pytest.raises(Interrupt):
-        train(
-            config(tmp_path, "part", epochs=3),
-            data=blood,
-            progress=False,
-            on_epoch=stop_after_first,
-        )
-    train(config(tmp_path, "part", epochs=3), data=blood, progress=False, resume=True)
+    interrupt_after_first_epoch_then_resume(tmp_path, blood, epochs=3)
     assert ckpt.load(tmp_path / "part" / "checkpoint.pt")["grad_scaler"] == state
-    for key, value in final_weights(tmp_path / "full").items():
-        assert torch.equal(value, final_weights(tmp_path / "part")[key]), key
+    assert_same_final_weights(tmp_path / "full", tmp_path / "part")
 
 
-def test_bf16_and_fp32_train_without_a_loss_scaler(tmp_path, blood):
+def test_bf16_trains_without_a_loss_scaler(tmp_path, blood):
     train(config(tmp_path, epochs=1, precision="bf16"), data=blood, progress=False)
     assert ckpt.load(tmp_path / "run" / "checkpoint.pt")["grad_scaler"] == {}
 

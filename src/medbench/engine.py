@@ -483,6 +483,7 @@ def train(
         pick = _fixed_sample(len(data.val), SELECTION_VAL_IMAGES, config.seed + 1)
         sel_images, sel_labels = sel_images[pick], sel_labels[pick]
     val_y = labels_numpy(sel_labels)
+    select_last = config.select_metric == "last"  # keep the final weights, whatever val says
     bar = _Progress(
         progress, total_steps if planned else 0, f"{config.dataset}/{config.model}/s{config.seed}"
     )
@@ -613,11 +614,15 @@ def train(
                     / max(round_seconds, 1e-9),
                 }
                 history.append(record)
-                last = config.select_metric == "last"  # the final weights, whatever val says
-                score = record["val_auc" if last else f"val_{config.select_metric}"]
+                score = record["val_auc" if select_last else f"val_{config.select_metric}"]
                 if not math.isfinite(score):  # AUC undefined (one class in val): fall back to ACC
                     score = record["val_acc"]
-                if last or score > best["score"]:
+                if select_last:  # the final weights are eval_model's own: nothing to copy
+                    best, best_state = (
+                        {"score": score, "round": record["epoch"], "step": step},
+                        None,
+                    )
+                elif score > best["score"]:
                     best = {"score": score, "round": record["epoch"], "step": step}
                     best_state = copy.deepcopy(eval_model.state_dict())
                 train_seconds = time.perf_counter() - run_start
