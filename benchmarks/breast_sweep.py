@@ -74,6 +74,7 @@ def run_one(
     from medbench import engine, metrics
     from medbench.config import TrainConfig
     from medbench.data import load_dataset
+    from medbench.fsutil import atomic_write_json
     from medbench.runtime import resolve_runtime
 
     run_dir = Path(out) / f"{model}-{name}-s{seed}"
@@ -143,7 +144,7 @@ def run_one(
             for h in results["history"]
         ],
     }
-    summary_path.write_text(json.dumps(summary))
+    atomic_write_json(summary_path, summary)  # a killed sweep leaves no half-written run
     return summary
 
 
