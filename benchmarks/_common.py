@@ -30,8 +30,8 @@ def flip_tta_test_auc(net, data, runtime, dataset: str) -> float:
     """Test AUC of `net` with its probabilities averaged over the image and the flips
     `dataset` allows (as `medbench ensemble --tta` does)."""
     from medbench import metrics
-    from medbench.engine import labels_numpy
     from medbench.ensemble import predict_views, tta_views
+    from medbench.inference import labels_numpy
 
     task = data.info.task
     probs = predict_views(net, data.test.images, runtime, task, 1.0, tta_views(dataset))

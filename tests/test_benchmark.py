@@ -13,17 +13,17 @@ from pathlib import Path
 
 import pytest
 
+from medbench.callbacks import Callback
 from medbench.benchmark import (
     DEFAULT_DATASETS,
     DEFAULT_MODELS,
     cell_budget,
-    config_hash,
     parse_seeds,
     plan_grid,
     run_benchmark,
     run_grid,
 )
-from medbench.config import TrainConfig
+from medbench.config import TrainConfig, config_hash
 from medbench.errors import MedbenchError
 from medbench.store import Owner, ResultsStore
 from test_benchmark_support import make_fake_train
@@ -119,9 +119,13 @@ def test_interrupted_cell_resumes_from_its_checkpoint(tmp_path):
     epochs_seen = []
     fake = make_fake_train()
 
+    class SeeRounds(Callback):
+        def on_round_end(self, event):
+            epochs_seen.append(event.record["round"])
+
     def train(config, **kw):
-        on_epoch = kw.pop("on_epoch")
-        return fake(config, on_epoch=lambda r: (epochs_seen.append(r["epoch"]), on_epoch(r)), **kw)
+        kw["callbacks"] = [*kw["callbacks"], SeeRounds()]
+        return fake(config, **kw)
 
     outcome = run_grid(cells, out, train_fn=train, progress=False)
     assert epochs_seen == [2, 3]

@@ -13,7 +13,9 @@ from typing import Any
 
 import numpy as np
 
+from medbench.callbacks import RoundEnd
 from medbench.config import TrainConfig
+from medbench.results import RunResults
 from medbench.fsutil import atomic_write, atomic_write_json
 
 N_PARAMS = {
@@ -45,8 +47,8 @@ def make_fake_train(
     fail = fail or set()
 
     def train(
-        config: TrainConfig, *, data=None, progress=None, resume=False, on_epoch=None
-    ) -> dict:
+        config: TrainConfig, *, data=None, progress=None, resume=False, callbacks=()
+    ) -> RunResults:
         run_dir = Path(config.run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         if marker is not None:  # one line per call that trains: counts runs across processes
@@ -68,7 +70,7 @@ def make_fake_train(
         for epoch in range(start + 1, epochs + 1):
             time.sleep(seconds_per_epoch)
             record = {
-                "epoch": epoch,
+                "round": epoch,
                 "train_loss": 1.0 / epoch,
                 "val_loss": 1.1 / epoch,
                 "val_acc": val_acc * epoch / epochs,
@@ -79,8 +81,8 @@ def make_fake_train(
             }
             history.append(record)
             atomic_write_json(ckpt, {"epoch": epoch, "history": history})
-            if on_epoch:
-                on_epoch(record)
+            for cb in callbacks:
+                cb.on_round_end(RoundEnd(None, record, None, None, epochs, True))
         collapsed = key in collapse
         test_acc = 0.25 if collapsed else acc
         n_classes, n = 3, 40
@@ -173,6 +175,6 @@ def make_fake_train(
             ),
         )
         atomic_write_json(run_dir / "results.json", results)
-        return results
+        return RunResults.from_json(results)
 
     return train

@@ -11,9 +11,9 @@ import torch
 
 from medbench import checkpoint as ckpt
 from medbench.cli import main
-from medbench.engine import load_trained_model
 from medbench.errors import MedbenchError
 from medbench.export import TOLERANCE, export_model, normalized_input
+from medbench.inference import load_trained_model
 
 
 def save_model(path: Path, name: str, in_channels: int = 3, num_classes: int = 8) -> Path:

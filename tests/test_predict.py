@@ -79,7 +79,7 @@ def write_pngs(folder: Path, images: np.ndarray, names: list[str]) -> list[Path]
 
 def reference_probs(model_file: Path, images: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     """What the model says for uint8 (N, H, W, C) images, straight through the engine."""
-    from medbench.engine import load_trained_model, predict_logits
+    from medbench.inference import load_trained_model, predict_logits
     from medbench.runtime import resolve_runtime
 
     model, meta = load_trained_model(model_file)

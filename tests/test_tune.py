@@ -10,6 +10,8 @@ import sys
 import time
 
 import optuna
+
+from medbench.callbacks import RoundEnd
 import pytest
 from optuna.trial import TrialState
 
@@ -19,7 +21,7 @@ from medbench.tune import (
     FINISHED,
     PerTrialSeededSampler,
     count_trials,
-    epoch_reporter,
+    PruningCallback,
     open_study,
     recipe_from_params,
     tune,
@@ -53,22 +55,23 @@ def _base(data_dir) -> TrainConfig:
     )
 
 
-def _record(epoch: int, auc: float, acc: float = 0.5) -> dict:
-    return {"epoch": epoch, "val_auc": auc, "val_acc": acc}
+def _round_end(round_: int, auc: float, acc: float = 0.5) -> RoundEnd:
+    record = {"round": round_, "val_auc": auc, "val_acc": acc}
+    return RoundEnd(run=None, record=record, model=None, runtime=None, total_steps=0, is_best=False)
 
 
-def test_epoch_reporter_prunes_when_the_pruner_says_so():
+def test_the_pruning_callback_prunes_when_the_pruner_says_so():
     study = optuna.create_study(direction="maximize", pruner=PruneAll())
     trial = study.ask()
     with pytest.raises(optuna.TrialPruned):
-        epoch_reporter(trial, "auc")(_record(1, 0.7))
+        PruningCallback(trial, "auc").on_round_end(_round_end(1, 0.7))
     assert study.trials[0].intermediate_values == {1: 0.7}
 
 
-def test_epoch_reporter_reports_acc_when_auc_is_undefined():
+def test_the_pruning_callback_reports_acc_when_auc_is_undefined():
     study = optuna.create_study(direction="maximize", pruner=optuna.pruners.NopPruner())
     trial = study.ask()
-    epoch_reporter(trial, "auc")(_record(1, float("nan"), acc=0.6))
+    PruningCallback(trial, "auc").on_round_end(_round_end(1, float("nan"), acc=0.6))
     assert study.trials[0].intermediate_values == {1: 0.6}
 
 

@@ -13,7 +13,6 @@ At the end the report is written from the store (`medbench.report`); nothing her
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import math
 import statistics
@@ -27,7 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medbench.config import TrainConfig, load_config_file
+from medbench.callbacks import RecordCallback
+from medbench.results import RunResults, read_results
+from medbench.config import TrainConfig, config_hash, format_seconds, load_config_file
 from medbench.errors import MedbenchError, MedbenchWarning
 from medbench.fsutil import atomic_write_text
 from medbench.store import DEFAULT_STALE_SECONDS, Owner, ResultsStore
@@ -41,21 +42,7 @@ DEFAULT_OUT = "medbench-results"
 # Without a GPU and without --epochs/--time-budget, the whole grid shares this wall-clock
 # budget, so the default grid ends in about an hour on a laptop CPU.
 DEFAULT_CPU_TOTAL_BUDGET_SECONDS = 3600.0
-# Keys that do not change what a run learns (or, for the time budget, are assigned per cell
-# when it is claimed), so they are not part of a cell's identity.
-_NOT_IDENTITY = (
-    "dataset",
-    "model",
-    "size",
-    "seed",
-    "data_dir",
-    "run_dir",
-    "device",
-    "num_workers",
-    "time_budget_seconds",
-)
-
-TrainFn = Callable[..., dict]
+TrainFn = Callable[..., RunResults]
 
 
 @dataclass(frozen=True)
@@ -108,13 +95,6 @@ class GridOutcome:
     @property
     def ok(self) -> bool:
         return not self.failed and self.counts.get("finished", 0) == len(self.cells)
-
-
-def config_hash(config: TrainConfig) -> str:
-    """A short hash of everything in `config` that decides what a run learns."""
-    identity = {k: v for k, v in config.to_dict().items() if k not in _NOT_IDENTITY}
-    blob = json.dumps(identity, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
 def parse_seeds(seeds: int | str | Sequence[int]) -> list[int]:
@@ -256,15 +236,6 @@ class GridView:
             self._bar.close()
 
 
-def format_seconds(seconds: float) -> str:
-    seconds = int(round(seconds))
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds // 3600}h{(seconds % 3600) // 60:02d}m"
-
-
 # -- running ---------------------------------------------------------------------------------
 
 
@@ -289,15 +260,14 @@ class _Heartbeat:
         self._thread.join(timeout=5)
 
 
-def _finished_results(run_dir: Path) -> dict[str, Any] | None:
+def _finished_results(run_dir: Path) -> RunResults | None:
     """The run's results.json when it says the run finished (e.g. the process died after
     writing it but before the store heard of it), else None."""
-    path = run_dir / "results.json"
     try:
-        results = json.loads(path.read_text())
-    except (OSError, ValueError):
+        results = read_results(run_dir / "results.json")
+    except MedbenchError:
         return None
-    return results if isinstance(results, dict) and results.get("status") == "finished" else None
+    return results if results.status == "finished" else None
 
 
 def _default_train_fn() -> TrainFn:
@@ -308,7 +278,7 @@ def _default_train_fn() -> TrainFn:
 
     cache: dict[tuple, Any] = {}
 
-    def train_cached(config: TrainConfig, **kwargs: Any) -> dict:
+    def train_cached(config: TrainConfig, **kwargs: Any) -> RunResults:
         key = (config.dataset, config.size, config.data_dir)
         if key not in cache:
             cache.clear()  # keep one dataset in memory at a time
@@ -452,12 +422,14 @@ def _run_cell(
             for k in ("train_loss", "val_acc", "val_auc")
             if isinstance(record.get(k), (int, float))
         ]
-        view.note(f"  {cell.label} epoch {record.get('epoch')}: {', '.join(parts)}")
+        view.note(f"  {cell.label} round {record.get('round')}: {', '.join(parts)}")
 
     beat = _Heartbeat(store, cell.key, owner, heartbeat_seconds)
     started = time.monotonic()
     try:
-        results = train_fn(config, resume=True, on_epoch=on_epoch, progress=False)
+        results = train_fn(
+            config, resume=True, callbacks=[RecordCallback(on_epoch)], progress=False
+        )
     except (MedbenchError, KeyboardInterrupt):
         beat.stop()
         store.release(cell.key, owner)
@@ -479,14 +451,12 @@ def _run_cell(
     outcome.trained.append(cell.key)
     wall = time.monotonic() - started
     view.cell_seconds.append(wall)
-    test = (results.get("metrics") or {}).get("test") or {}
-    acc = test.get("acc")
+    acc = results.test.get("acc")
     summary = f"test acc {acc:.4f}" if isinstance(acc, (int, float)) else "finished"
-    if results.get("collapsed"):
+    if results.collapsed:
         summary += " (COLLAPSED)"
     view.update(store.counts(keys), f"{cell.label}: {summary}")
-    trained = (results.get("timing") or {}).get("train_seconds")
-    return None if trained is None else max(0.0, wall - trained)
+    return max(0.0, wall - results.timing.train_seconds)
 
 
 def _on_gpu(device: str) -> bool:

@@ -8,6 +8,7 @@ over the defaults, and explicit command-line flags win over the file.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import re
 from dataclasses import dataclass, field
@@ -155,3 +156,34 @@ def parse_duration(text: str) -> float:
     if not m or float(m.group(1)) <= 0:
         raise MedbenchError(f"cannot read duration {text!r}; write e.g. 90s, 10m or 1.5h")
     return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+
+
+def format_seconds(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{(seconds % 3600) // 60:02d}m"
+
+
+# Keys that do not change what a run learns (or, for the time budget, are assigned per cell
+# when it is claimed), so they are not part of a cell's identity.
+NOT_IDENTITY = (
+    "dataset",
+    "model",
+    "size",
+    "seed",
+    "data_dir",
+    "run_dir",
+    "device",
+    "num_workers",
+    "time_budget_seconds",
+)
+
+
+def config_hash(config: TrainConfig) -> str:
+    """A short hash of everything in `config` that decides what a run learns."""
+    identity = {k: v for k, v in config.to_dict().items() if k not in NOT_IDENTITY}
+    blob = json.dumps(identity, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]

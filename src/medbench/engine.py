@@ -29,7 +29,7 @@ import math
 import sys
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -42,10 +42,23 @@ import torch.nn.functional as F
 from medbench import checkpoint as ckpt
 from medbench import distributed, metrics
 from medbench.augment import BatchAugment, BatchMix
+from medbench.callbacks import Callback, CallbackList, RoundEnd, RunInfo
 from medbench.config import TrainConfig
 from medbench.errors import MedbenchError, MedbenchWarning
 from medbench.fsutil import atomic_path, atomic_write_json
+from medbench.inference import (
+    MEAN,
+    STD,
+    is_multilabel,
+    labels_numpy,
+    load_trained_model,
+    measure_speed,
+    normalize,
+    predict_logits,
+    to_unit_float,
+)
 from medbench.modelcard import write_model_card
+from medbench.results import ModelInfo, RoundRecord, RunResults, Timing
 from medbench.runtime import (
     Runtime,
     environment,
@@ -54,53 +67,15 @@ from medbench.runtime import (
     seed_everything,
 )
 
-MEAN, STD = 0.5, 0.5  # MedMNIST's official Normalize(mean=.5, std=.5) on [0, 1] pixels
 DEFAULT_EPOCHS = 40
 MIN_ROUNDS = 5
-EVAL_BATCH = 512
 PRECISE_BN_IMAGES = 1024
 SELECTION_VAL_IMAGES = 2048  # per-round validation sample on large validation splits
 EVAL_SHARE = 0.25  # most of a short budget that per-round validation may take
 SMALL_TRAIN_SPLIT = 2000  # below this many training images the default batch is 32
-SCHEMA_VERSION = 1
 
 
 # ----------------------------------------------------------------------------- tensors
-
-
-def to_unit_float(images: torch.Tensor, runtime: Runtime) -> torch.Tensor:
-    """uint8 (N, H, W, C) -> float (N, C, H, W) in [0, 1] on the device. The permute of an
-    NHWC tensor *is* channels-last, so channels-last costs no copy here."""
-    x = images.to(runtime.device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
-    return x if runtime.channels_last else x.contiguous()
-
-
-def normalize(x: torch.Tensor) -> torch.Tensor:
-    return x.sub_(MEAN).div_(STD)
-
-
-def is_multilabel(task: str) -> bool:
-    return task.startswith("multi-label")
-
-
-@torch.no_grad()
-def predict_logits(
-    model: nn.Module, images: torch.Tensor, runtime: Runtime, batch_size: int = EVAL_BATCH
-) -> np.ndarray:
-    """Logits (float32 numpy) of a model in eval mode for uint8 (N, H, W, C) images."""
-    model.eval()
-    out = []
-    for start in range(0, len(images), batch_size):
-        x = normalize(to_unit_float(images[start : start + batch_size], runtime))
-        with runtime.autocast():
-            out.append(model(x).float().cpu())
-    return torch.cat(out).numpy() if out else np.zeros((0, 0), dtype=np.float32)
-
-
-def labels_numpy(labels: torch.Tensor) -> np.ndarray:
-    """Labels as MedMNIST's evaluator takes them: (N, 1) ints or (N, L) multi-label."""
-    y = labels.cpu().numpy()
-    return y[:, None] if y.ndim == 1 else y
 
 
 # ----------------------------------------------------------------------------- pieces
@@ -303,19 +278,19 @@ def train(
     data: Any = None,
     progress: bool | None = None,
     resume: bool = False,
-    on_epoch: Callable[[dict], None] | None = None,
+    callbacks: Sequence[Callback] = (),
     measure: bool = True,
-) -> dict[str, Any]:
+) -> RunResults:
     """Train one run into `config.run_dir` and return its results (also in results.json).
 
     `data` is a `medbench.data.MedMNISTData` (loaded from `config` when None). With
-    `resume=True` an existing `checkpoint.pt` in the run folder is continued. `on_epoch`
-    is called with each round's history record (a tuner may raise to prune the run).
+    `resume=True` an existing `checkpoint.pt` in the run folder is continued. `callbacks`
+    (medbench.callbacks) see every round's record and model; one may raise to stop the run.
     `measure=False` skips the latency/throughput measurement (tuning trials need only
     the validation metric); those timing fields are then None.
 
-    Under torchrun every process calls this; each returns rank 0's results, and `on_epoch`
-    is called on rank 0 only.
+    Under torchrun every process calls this; each returns rank 0's results, and the callbacks
+    run on rank 0 only.
     """
     from medbench.data import load_dataset
     from medbench.models import build_model, count_flops, count_parameters
@@ -484,6 +459,11 @@ def train(
         sel_images, sel_labels = sel_images[pick], sel_labels[pick]
     val_y = labels_numpy(sel_labels)
     select_last = config.select_metric == "last"  # keep the final weights, whatever val says
+    cbs = CallbackList(callbacks if is_main else ())
+    run_info = RunInfo(
+        config, run_dir, steps_per_epoch, batch_size, total_steps if planned else 0, step
+    )
+    cbs.on_train_start(run_info)
     bar = _Progress(
         progress, total_steps if planned else 0, f"{config.dataset}/{config.model}/s{config.seed}"
     )
@@ -598,11 +578,11 @@ def train(
                     eval_model.load_state_dict(eval_source.state_dict())
                 recalibrate_batchnorm(eval_model, bn_images, runtime, batch_size)
                 val_logits = predict_logits(eval_model, sel_images, runtime)
-                model.train()
                 val_probs = metrics.probabilities_from_logits(val_logits, task)
                 record = {
-                    "epoch": len(history) + 1,
+                    "round": len(history) + 1,
                     "step": step,
+                    "epochs": step / steps_per_epoch,
                     "train_loss": round_loss / max(1, round_n),
                     "val_loss": _loss_value(loss_fn, val_logits, sel_labels),
                     "val_acc": metrics.official_acc(val_y, val_probs, task),
@@ -619,23 +599,23 @@ def train(
                     score = record["val_acc"]
                 if select_last:  # the final weights are eval_model's own: nothing to copy
                     best, best_state = (
-                        {"score": score, "round": record["epoch"], "step": step},
+                        {"score": score, "round": record["round"], "step": step},
                         None,
                     )
                 elif score > best["score"]:
-                    best = {"score": score, "round": record["epoch"], "step": step}
+                    best = {"score": score, "round": record["round"], "step": step}
                     best_state = copy.deepcopy(eval_model.state_dict())
                 train_seconds = time.perf_counter() - run_start
                 n_rounds = math.ceil(total_steps / round_steps)
                 bar.round(
-                    f"[{config.dataset}/{config.model}/seed {config.seed}] epoch {record['epoch']}/{n_rounds} "
+                    f"[{config.dataset}/{config.model}/seed {config.seed}] epoch {record['round']}/{n_rounds} "
                     f"loss {record['train_loss']:.4f} val_acc {record['val_acc']:.4f} "
                     f"val_auc {record['val_auc']:.4f} lr {record['lr']:.2e} {round_seconds:.1f}s "
                     f"{record['train_images_per_second']:.0f} img/s"
                 )
                 if (
                     config.patience
-                    and record["epoch"] - best["round"] >= config.patience
+                    and record["round"] - best["round"] >= config.patience
                     and step < total_steps
                 ):
                     stopped_early = True
@@ -662,8 +642,12 @@ def train(
                         total_steps = new_total
                         bar.set_total(total_steps)
                 save_checkpoint()
-                if on_epoch is not None:
-                    on_epoch(record)
+                cbs.on_round_end(
+                    RoundEnd(
+                        run_info, record, eval_model, runtime, total_steps, best["step"] == step
+                    )
+                )
+                model.train()
             if dist_on:  # the others go on with rank 0's decisions
                 total_steps, stopped_early, over_budget = distributed.broadcast_object(
                     (total_steps, stopped_early, over_budget)
@@ -698,33 +682,30 @@ def train(
         flops=flops,
         options=options,
         extra={
-            "epochs_planned": math.ceil(total_steps / round_steps),
-            "epochs_completed": len(history),
-            "best_epoch": best["round"],
+            "rounds_planned": math.ceil(total_steps / round_steps),
+            "rounds_completed": len(history),
+            "best_round": best["round"],
             "stopped_early": stopped_early,
             "over_budget": over_budget,
             "steps": step,
             "steps_per_epoch": steps_per_epoch,
             "selection_val_images": len(sel_images),
-            "history": history,
-            **(
-                {
-                    "distributed": {
-                        "world_size": world,
-                        "backend": distributed.backend(),
-                        "sync_batchnorm": runtime.device.type == "cuda",
-                    }
-                }
-                if dist_on
-                else {}
-            ),
+            "history": [RoundRecord.from_json(r) for r in history],
+            "distributed": {
+                "world_size": world,
+                "backend": distributed.backend(),
+                "sync_batchnorm": runtime.device.type == "cuda",
+            }
+            if dist_on
+            else None,
         },
         train_seconds=train_seconds,
         measure=measure,
     )
-    results["timing"]["eval_seconds"] = time.perf_counter() - eval_start
-    atomic_write_json(run_dir / "results.json", results)
+    results.timing.eval_seconds = time.perf_counter() - eval_start
+    atomic_write_json(run_dir / "results.json", results.to_json())
     write_model_card(run_dir)  # MODEL_CARD.md: data, config, metrics with 95% CIs, limits
+    cbs.on_train_end(results)
     return distributed.broadcast_object(results) if dist_on else results
 
 
@@ -847,7 +828,7 @@ def _evaluate_and_save(
     extra: dict,
     train_seconds: float,
     measure: bool = True,
-) -> dict:
+) -> RunResults:
     info, task = data.info, data.info.task
     val_logits = predict_logits(model, data.val.images, runtime)
     test_logits = predict_logits(model, data.test.images, runtime)
@@ -902,111 +883,34 @@ def _evaluate_and_save(
         },
         run_dir / "model.pt",
     )
-    test_acc = test_m["acc"]
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "status": "finished",
-        "run_dir": str(run_dir),
-        "config": config.to_dict(),
-        "dataset": data.provenance(),
-        "model": {
-            "name": config.model,
-            "n_params": n_params,
-            "params_m": n_params / 1e6,
-            "flops": flops,
-            "gflops": flops / 1e9,
-            "options": options,
-        },
-        **extra,
-        "metrics": {
+    return RunResults(
+        run_dir=str(run_dir),
+        config=config.to_dict(),
+        dataset=data.provenance(),
+        model=ModelInfo(config.model, n_params, flops, options),
+        metrics={
             "val": val_m,
             "test": test_m,
             "temperature": float(temperature),
             "val_ece_calibrated": metrics.expected_calibration_error(val_y, val_probs_cal, task),
             "test_ece_calibrated": metrics.expected_calibration_error(test_y, test_probs_cal, task),
         },
-        "flags": flags,
-        "collapsed": bool(flags),
-        "timing": {
-            "train_seconds": train_seconds,
-            "latency_ms_per_image": latency_ms,
-            "throughput_images_per_second": throughput,
-        },
-        "efficiency": 100.0 * test_acc / (n_params / 1e6),
-        "environment": environment(runtime),
-        "files": {
+        timing=Timing(train_seconds, None, latency_ms, throughput),
+        flags=flags,
+        efficiency=100.0 * test_m["acc"] / (n_params / 1e6),
+        environment=environment(runtime),
+        files={
             "checkpoint": "checkpoint.pt",
             "model": "model.pt",
             "predictions": "predictions.npz",
             "results": "results.json",
             "model_card": "MODEL_CARD.md",
         },
-    }
-
-
-@torch.no_grad()
-def measure_speed(
-    model: nn.Module,
-    runtime: Runtime,
-    channels: int,
-    size: int,
-    latency_repeats: int = 10,
-    throughput_batch: int = 256,
-) -> tuple[float, float]:
-    """(median ms per image at batch 1, images/s at batch `throughput_batch`) in eval mode,
-    each after one untimed warm-up call."""
-    model.eval()
-
-    def timed(batch: int, repeats: int) -> float:
-        x = torch.randn(batch, channels, size, size, device=runtime.device)
-        if runtime.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        times = []
-        for i in range(repeats + 1):
-            t0 = time.perf_counter()
-            with runtime.autocast():
-                model(x)
-            if runtime.device.type == "cuda":
-                torch.cuda.synchronize(runtime.device)
-            if i >= 1:
-                times.append(time.perf_counter() - t0)
-        return float(np.median(times))
-
-    latency_ms = timed(1, latency_repeats) * 1000
-    return latency_ms, throughput_batch / timed(throughput_batch, 1 if size > 64 else 2)
+        **extra,
+    )
 
 
 # ----------------------------------------------------------------------------- saved models
-
-
-def load_trained_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild a trained model from a run folder or its model.pt; returns (model, meta)."""
-    from medbench.models import build_model
-
-    file = ckpt.resolve_model_file(path)
-    obj = ckpt.load(file)
-    if obj["format"] == ckpt.CHECKPOINT_FORMAT:
-        raise MedbenchError(
-            f"{file} is a training checkpoint of an unfinished run; finish it with --resume first"
-        )
-    if obj["format"] != ckpt.MODEL_FORMAT:
-        raise MedbenchError(f"{file} is a {obj['format']!r} file, not a medbench model")
-    model = build_model(
-        obj["model"],
-        obj["in_channels"],
-        obj["num_classes"],
-        image_size=obj["image_size"],
-        **obj["model_options"],
-    )
-    try:
-        model.load_state_dict(obj["state_dict"])
-    except RuntimeError as exc:
-        raise MedbenchError(
-            f"{file} does not match the {obj['model']} architecture: {str(exc)[:160]}"
-        ) from None
-    model.eval()
-    meta = {k: v for k, v in obj.items() if k != "state_dict"}
-    return model, meta
 
 
 def evaluate_run(

@@ -240,7 +240,7 @@ def predict_views(
     views: list[str],
 ) -> np.ndarray:
     """Calibrated probabilities averaged over `views` of the images."""
-    from medbench.engine import predict_logits
+    from medbench.inference import predict_logits
 
     return np.mean(
         [
@@ -254,7 +254,7 @@ def predict_views(
 
 
 def _apply_tta(members: list[Member], views: list[str], data: Any, device: str) -> None:
-    from medbench.engine import load_trained_model
+    from medbench.inference import load_trained_model
     from medbench.runtime import place_model, resolve_runtime
 
     runtime = resolve_runtime(device, "auto", True)
@@ -498,7 +498,7 @@ class Ensemble:
 
 def load_ensemble(path: str | Path, *, device: str = "auto") -> Ensemble:
     """Load an ensemble saved by `build_ensemble(out_dir=...)`: its folder or ensemble.json."""
-    from medbench.engine import load_trained_model
+    from medbench.inference import load_trained_model
 
     path = Path(path)
     file = path / "ensemble.json" if path.is_dir() else path

@@ -79,7 +79,7 @@ def check_images(
 
 def normalized_input(images: np.ndarray) -> torch.Tensor:
     """uint8 (N, H, W, C) -> the float32 (N, C, H, W) input of the model and its export."""
-    from medbench.engine import normalize
+    from medbench.inference import normalize
 
     x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255.0)
     return normalize(x.contiguous())
@@ -94,7 +94,7 @@ def export_model(
     tolerance: float = TOLERANCE,
 ) -> ExportResult:
     """Export a run folder's (or model.pt's) model to `fmt` at `out`; see the module doc."""
-    from medbench.engine import load_trained_model
+    from medbench.inference import load_trained_model
 
     if fmt not in FORMATS:
         raise MedbenchError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")

@@ -62,7 +62,7 @@ class ModelPredictor:
         self.meta, self.runtime, self.batch_size = meta, runtime, batch_size
 
     def predict_logits(self, images: np.ndarray) -> np.ndarray:
-        from medbench.engine import predict_logits
+        from medbench.inference import predict_logits
 
         return predict_logits(self.model, torch.from_numpy(images), self.runtime, self.batch_size)
 
@@ -81,7 +81,7 @@ def load_predictor(
     batch_size: int = DEFAULT_BATCH_SIZE,
 ) -> ModelPredictor:
     """A `ModelPredictor` for a run folder or its model.pt."""
-    from medbench.engine import load_trained_model
+    from medbench.inference import load_trained_model
 
     model, meta = load_trained_model(path)
     return ModelPredictor(model, meta, resolve_runtime(device, precision, True), batch_size)

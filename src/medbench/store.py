@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from medbench.results import RunResults
 from medbench.errors import MedbenchError
 
 STORE_NAME = "results.sqlite"
@@ -277,12 +278,9 @@ class ResultsStore:
             )
             return cur.rowcount == 1
 
-    def finish(self, key: str, results: dict[str, Any], results_path: str | os.PathLike) -> None:
-        """Record a finished run from its results.json dict."""
-        metrics = results.get("metrics") or {}
-        test, val = metrics.get("test") or {}, metrics.get("val") or {}
-        model = results.get("model") or {}
-        timing = results.get("timing") or {}
+    def finish(self, key: str, results: RunResults, results_path: str | os.PathLike) -> None:
+        """Record a finished run from its results."""
+        row = results.flat_row()
         with self._transaction() as conn:
             conn.execute(
                 "UPDATE cells SET status='finished', finished_at=?, heartbeat=?, results_path=?, "
@@ -292,16 +290,16 @@ class ResultsStore:
                     time.time(),
                     time.time(),
                     self._rel(results_path),
-                    test.get("acc"),
-                    test.get("auc"),
-                    val.get("acc"),
-                    val.get("auc"),
-                    model.get("n_params"),
-                    model.get("gflops"),
-                    results.get("efficiency"),
-                    timing.get("train_seconds"),
-                    int(bool(results.get("collapsed"))),
-                    json.dumps(results.get("flags") or []),
+                    row["test_acc"],
+                    row["test_auc"],
+                    row["val_acc"],
+                    row["val_auc"],
+                    row["n_params"],
+                    row["gflops"],
+                    row["efficiency"],
+                    row["train_seconds"],
+                    int(row["collapsed"]),
+                    json.dumps(row["flags"]),
                     key,
                 ),
             )

@@ -270,7 +270,7 @@ def prepare_pretrained(model: nn.Module, config: TrainConfig) -> dict[int, float
 def embed(model: nn.Module, images: torch.Tensor, runtime, batch_size: int = 256) -> np.ndarray:
     """Globally pooled features `forward_head(forward_features(x), pre_logits=True)`,
     L2-normalised, for uint8 (N, H, W, C) images."""
-    from medbench.engine import normalize, to_unit_float
+    from medbench.inference import normalize, to_unit_float
 
     model.eval()
     out = []
@@ -313,7 +313,7 @@ def knn_evaluate(
     split as the reference set, official ACC/AUC of neighbour-vote probabilities on val
     and test. `model_or_path`: a model, or a medbench run folder / model.pt."""
     from medbench import metrics
-    from medbench.engine import labels_numpy, load_trained_model
+    from medbench.inference import labels_numpy, load_trained_model
     from medbench.models import count_parameters
     from medbench.runtime import resolve_runtime
 
@@ -389,7 +389,7 @@ def train_or_reuse(config: TrainConfig, *, data: Any = None, progress: bool | No
         results = json.loads(results_file.read_text())
         if results.get("status") == "finished":
             return results
-    return train(config, data=data, progress=progress, resume=True)
+    return train(config, data=data, progress=progress, resume=True).to_json()
 
 
 def transfer(

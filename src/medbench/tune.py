@@ -27,9 +27,11 @@ import sqlalchemy
 from optuna.trial import FrozenTrial, TrialState
 
 from medbench.augment import POLICIES
+from medbench.callbacks import Callback, RoundEnd
 from medbench.config import TrainConfig
 from medbench.errors import MedbenchError, MedbenchWarning
 from medbench.fsutil import atomic_savefig, atomic_write_json
+from medbench.results import RunResults
 
 PRUNERS = ("median", "hyperband", "none")
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -146,31 +148,33 @@ def make_pruner(
     raise MedbenchError(f"unknown pruner {name!r}; use one of {', '.join(PRUNERS)}")
 
 
-def record_trial_result(trial: optuna.Trial, results: dict[str, Any], metric: str) -> float:
+def record_trial_result(trial: optuna.Trial, results: RunResults, metric: str) -> float:
     """Store a finished trial's numbers on it; return its objective (validation `metric`,
     or validation accuracy where AUC is undefined)."""
-    value = results["metrics"]["val"][metric]
+    value = results.val[metric]
     if not math.isfinite(value):
-        value = results["metrics"]["val"]["acc"]
-    trial.set_user_attr("val_acc", results["metrics"]["val"]["acc"])
-    trial.set_user_attr("test_acc", results["metrics"]["test"]["acc"])
-    trial.set_user_attr("test_auc", results["metrics"]["test"]["auc"])
-    trial.set_user_attr("train_seconds", results["timing"]["train_seconds"])
+        value = results.val["acc"]
+    trial.set_user_attr("val_acc", results.val["acc"])
+    trial.set_user_attr("test_acc", results.test["acc"])
+    trial.set_user_attr("test_auc", results.test["auc"])
+    trial.set_user_attr("train_seconds", results.timing.train_seconds)
     return value
 
 
-def epoch_reporter(trial: optuna.Trial, metric: str) -> Callable[[dict], None]:
-    """An `on_epoch` hook: report the round's validation metric and prune when told to."""
+class PruningCallback(Callback):
+    """Report each round's validation metric to the trial and prune when Optuna says so."""
 
-    def report(record: dict) -> None:
-        value = record[f"val_{metric}"]
+    def __init__(self, trial: optuna.Trial, metric: str) -> None:
+        self.trial, self.metric = trial, metric
+
+    def on_round_end(self, event: RoundEnd) -> None:
+        record = event.record
+        value = record[f"val_{self.metric}"]
         if not math.isfinite(value):  # AUC undefined (one class in val)
             value = record["val_acc"]
-        trial.report(value, record["epoch"])
-        if trial.should_prune():
-            raise optuna.TrialPruned(f"epoch {record['epoch']}: val {metric} {value:.4f}")
-
-    return report
+        self.trial.report(value, record["round"])
+        if self.trial.should_prune():
+            raise optuna.TrialPruned(f"round {record['round']}: val {self.metric} {value:.4f}")
 
 
 def adopt_trials_without_heartbeat(study: optuna.Study) -> list[int]:
@@ -464,7 +468,7 @@ def tune(
                 config,
                 data=data,
                 progress=False,
-                on_epoch=epoch_reporter(trial, metric),
+                callbacks=[PruningCallback(trial, metric)],
                 measure=False,
             )
         except optuna.TrialPruned as pruned:

@@ -11,11 +11,10 @@ from medbench.benchmark import (
     DEFAULT_MODELS,
     DEFAULT_OUT,
     DEFAULT_SEEDS,
-    format_seconds,
     run_benchmark,
 )
 from medbench.commands._options import add_data_dir, add_training_options, config_overrides
-from medbench.config import parse_duration
+from medbench.config import format_seconds, parse_duration
 from medbench.ensemble import METHODS
 from medbench.errors import MedbenchError
 

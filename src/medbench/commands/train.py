@@ -9,6 +9,7 @@ import warnings
 from medbench.commands._options import add_data_dir, add_training_options, config_overrides
 from medbench.config import TrainConfig
 from medbench.errors import MedbenchError, MedbenchWarning
+from medbench.results import RunResults
 
 NAME = "train"
 HELP = "train one model on one dataset and evaluate it"
@@ -82,19 +83,19 @@ def run(args: argparse.Namespace) -> int:
     if not speaks:
         return 0
     if args.json:
-        print(json.dumps(results, indent=2, default=str))
+        print(json.dumps(results.to_json(), indent=2, default=str))
     else:
         print(summary_line(results))
     return 0
 
 
-def summary_line(results: dict) -> str:
-    t, v = results["metrics"]["test"], results["metrics"]["val"]
-    flag = "  COLLAPSE: " + "; ".join(results["flags"]) if results["flags"] else ""
+def summary_line(results: RunResults) -> str:
+    t, v = results.test, results.val
+    flag = "  COLLAPSE: " + "; ".join(results.flags) if results.flags else ""
     return (
-        f"{results['dataset']['name']}/{results['model']['name']} seed {results['config']['seed']}: "
+        f"{results.dataset['name']}/{results.model.name} seed {results.config['seed']}: "
         f"test ACC {t['acc']:.4f} AUC {t['auc']:.4f} (val ACC {v['acc']:.4f} AUC {v['auc']:.4f}), "
-        f"{results['model']['params_m']:.2f}M params, {results['model']['gflops']:.3f} GFLOPs, "
-        f"efficiency {results['efficiency']:.2f} %/M, {results['timing']['train_seconds']:.0f}s -> "
-        f"{results['run_dir']}{flag}"
+        f"{results.model.params_m:.2f}M params, {results.model.gflops:.3f} GFLOPs, "
+        f"efficiency {results.efficiency:.2f} %/M, {results.timing.train_seconds:.0f}s -> "
+        f"{results.run_dir}{flag}"
     )

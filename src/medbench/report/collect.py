@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from medbench.config import TrainConfig, config_hash
 from medbench.errors import MedbenchError
 from medbench.store import STORE_NAME, ResultsStore
 
@@ -201,9 +202,6 @@ def load_runs(folder: str | Path) -> list[Run]:
 
 
 def _hash(config: dict[str, Any]) -> str:
-    from medbench.benchmark import config_hash
-    from medbench.config import TrainConfig
-
     try:
         return config_hash(TrainConfig.from_dict(config))
     except (MedbenchError, TypeError):

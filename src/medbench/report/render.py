@@ -8,6 +8,7 @@ import html
 from pathlib import Path
 from typing import Any
 
+from medbench.config import format_seconds
 from medbench.report.collect import Group, Run, Stat
 from medbench.report.findings import Findings, dataset_unit
 from medbench.report.published import load_published, published_rows, reference_study_rows
@@ -71,8 +72,6 @@ def fmt_flops(gflops: float | None) -> str:
 def fmt_seconds(seconds: float | None) -> str:
     if seconds is None:
         return "–"
-    from medbench.benchmark import format_seconds
-
     return format_seconds(seconds)
 
 

@@ -1,0 +1,119 @@
+"""Inference: the tensors a model sees, batched prediction, speed, and loading a trained model.
+
+Everything that runs a trained model (evaluation, ensembles, predict, export, transfer)
+goes through here, so the input pipeline is one piece of code: uint8 NHWC images -> float
+NCHW in [0, 1] -> MedMNIST's official normalisation.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from medbench import checkpoint as ckpt
+from medbench.errors import MedbenchError
+from medbench.models import build_model
+from medbench.runtime import Runtime
+
+MEAN, STD = 0.5, 0.5  # MedMNIST's official Normalize(mean=.5, std=.5) on [0, 1] pixels
+EVAL_BATCH = 512
+
+
+def to_unit_float(images: torch.Tensor, runtime: Runtime) -> torch.Tensor:
+    """uint8 (N, H, W, C) -> float (N, C, H, W) in [0, 1] on the device. The permute of an
+    NHWC tensor *is* channels-last, so channels-last costs no copy here."""
+    x = images.to(runtime.device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
+    return x if runtime.channels_last else x.contiguous()
+
+
+def normalize(x: torch.Tensor) -> torch.Tensor:
+    return x.sub_(MEAN).div_(STD)
+
+
+def is_multilabel(task: str) -> bool:
+    return task.startswith("multi-label")
+
+
+@torch.no_grad()
+def predict_logits(
+    model: nn.Module, images: torch.Tensor, runtime: Runtime, batch_size: int = EVAL_BATCH
+) -> np.ndarray:
+    """Logits (float32 numpy) of a model in eval mode for uint8 (N, H, W, C) images."""
+    model.eval()
+    out = []
+    for start in range(0, len(images), batch_size):
+        x = normalize(to_unit_float(images[start : start + batch_size], runtime))
+        with runtime.autocast():
+            out.append(model(x).float().cpu())
+    return torch.cat(out).numpy() if out else np.zeros((0, 0), dtype=np.float32)
+
+
+def labels_numpy(labels: torch.Tensor) -> np.ndarray:
+    """Labels as MedMNIST's evaluator takes them: (N, 1) ints or (N, L) multi-label."""
+    y = labels.cpu().numpy()
+    return y[:, None] if y.ndim == 1 else y
+
+
+@torch.no_grad()
+def measure_speed(
+    model: nn.Module,
+    runtime: Runtime,
+    channels: int,
+    size: int,
+    latency_repeats: int = 10,
+    throughput_batch: int = 256,
+) -> tuple[float, float]:
+    """(median ms per image at batch 1, images/s at batch `throughput_batch`) in eval mode,
+    each after one untimed warm-up call."""
+    model.eval()
+
+    def timed(batch: int, repeats: int) -> float:
+        x = torch.randn(batch, channels, size, size, device=runtime.device)
+        if runtime.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        times = []
+        for i in range(repeats + 1):
+            t0 = time.perf_counter()
+            with runtime.autocast():
+                model(x)
+            if runtime.device.type == "cuda":
+                torch.cuda.synchronize(runtime.device)
+            if i >= 1:
+                times.append(time.perf_counter() - t0)
+        return float(np.median(times))
+
+    latency_ms = timed(1, latency_repeats) * 1000
+    return latency_ms, throughput_batch / timed(throughput_batch, 1 if size > 64 else 2)
+
+
+def load_trained_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a trained model from a run folder or its model.pt; returns (model, meta)."""
+    file = ckpt.resolve_model_file(path)
+    obj = ckpt.load(file)
+    if obj["format"] == ckpt.CHECKPOINT_FORMAT:
+        raise MedbenchError(
+            f"{file} is a training checkpoint of an unfinished run; finish it with --resume first"
+        )
+    if obj["format"] != ckpt.MODEL_FORMAT:
+        raise MedbenchError(f"{file} is a {obj['format']!r} file, not a medbench model")
+    model = build_model(
+        obj["model"],
+        obj["in_channels"],
+        obj["num_classes"],
+        image_size=obj["image_size"],
+        **obj["model_options"],
+    )
+    try:
+        model.load_state_dict(obj["state_dict"])
+    except RuntimeError as exc:
+        raise MedbenchError(
+            f"{file} does not match the {obj['model']} architecture: {str(exc)[:160]}"
+        ) from None
+    model.eval()
+    meta = {k: v for k, v in obj.items() if k != "state_dict"}
+    return model, meta

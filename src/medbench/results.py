@@ -1,0 +1,288 @@
+"""A run's results as types: one dataclass per record, one serialiser, one flat row.
+
+`results.json` in a run folder is `RunResults.to_json()`; every reader (the results store,
+the report, tuning, the CLI, model cards, ensembles) goes through `RunResults.from_json` or
+`read_results`, so the file's shape is defined here alone. Files written before schema 2
+(rounds were called "epochs": `epochs_completed`, `best_epoch`, records keyed "epoch") still
+load.
+
+Names: a *round* ends with a validation pass and a checkpoint. It is one epoch, except
+under a short time budget, where the budget is cut into a few equal rounds; so training
+length is counted in optimiser steps (`steps`), in epochs as a fraction
+(`epochs_trained = steps / steps_per_epoch`) and in rounds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from medbench.errors import MedbenchError
+
+SCHEMA_VERSION = 2
+
+# Columns of the flat row (results.csv, the results store, tune summaries), in order.
+FLAT_FIELDS = (
+    "dataset",
+    "size",
+    "model",
+    "seed",
+    "status",
+    "test_acc",
+    "test_auc",
+    "val_acc",
+    "val_auc",
+    "test_balanced_acc",
+    "test_macro_f1",
+    "test_ece",
+    "n_params",
+    "gflops",
+    "efficiency",
+    "train_seconds",
+    "steps",
+    "epochs_trained",
+    "rounds_completed",
+    "collapsed",
+    "flags",
+    "data_official",
+    "data_md5_matches",
+    "license",
+)
+
+
+@dataclass
+class RoundRecord:
+    """One round of training as the history records it."""
+
+    round: int  # 1-based
+    step: int  # optimiser steps done at the end of the round
+    train_loss: float
+    val_loss: float
+    val_acc: float
+    val_auc: float
+    lr: float
+    seconds: float  # training wall time of the round
+    train_images_per_second: float
+    epochs: float | None = None  # step / steps_per_epoch (None in files before schema 2)
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> RoundRecord:
+        d = dict(d)
+        if "round" not in d and "epoch" in d:  # schema 1
+            d["round"] = d.pop("epoch")
+        return cls(**{f.name: d.get(f.name) for f in dataclasses.fields(cls)})
+
+
+@dataclass
+class ModelInfo:
+    name: str
+    n_params: int
+    flops: int
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def params_m(self) -> float:
+        return self.n_params / 1e6
+
+    @property
+    def gflops(self) -> float:
+        return self.flops / 1e9
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "n_params": self.n_params,
+            "params_m": self.params_m,
+            "flops": self.flops,
+            "gflops": self.gflops,
+            "options": self.options,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> ModelInfo:
+        return cls(d["name"], int(d["n_params"]), int(d.get("flops") or 0), d.get("options") or {})
+
+
+@dataclass
+class Timing:
+    train_seconds: float
+    eval_seconds: float | None = None
+    latency_ms_per_image: float | None = None
+    throughput_images_per_second: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Timing:
+        return cls(**{f.name: d.get(f.name) for f in dataclasses.fields(cls)})
+
+
+@dataclass
+class RunResults:
+    """Everything a finished run reports. `metrics` holds `val` and `test` (the dicts of
+    `medbench.metrics.evaluate`: plain floats for `acc` and `auc`), `temperature` and the
+    calibrated ECEs."""
+
+    run_dir: str
+    config: dict[str, Any]
+    dataset: dict[str, Any]  # the data's provenance (medbench.data.MedMNISTData.provenance)
+    model: ModelInfo
+    metrics: dict[str, Any]
+    timing: Timing
+    steps: int
+    steps_per_epoch: int
+    rounds_planned: int
+    rounds_completed: int
+    best_round: int
+    stopped_early: bool = False
+    over_budget: bool = False
+    selection_val_images: int = 0
+    history: list[RoundRecord] = field(default_factory=list)
+    flags: list[str] = field(default_factory=list)
+    efficiency: float | None = None  # test accuracy (%) per million parameters
+    environment: dict[str, Any] = field(default_factory=dict)
+    files: dict[str, str] = field(default_factory=dict)
+    distributed: dict[str, Any] | None = None
+    status: str = "finished"
+    schema_version: int = SCHEMA_VERSION
+
+    @property
+    def collapsed(self) -> bool:
+        return bool(self.flags)
+
+    @property
+    def epochs_trained(self) -> float:
+        return self.steps / max(1, self.steps_per_epoch)
+
+    @property
+    def test(self) -> dict[str, Any]:
+        return self.metrics.get("test") or {}
+
+    @property
+    def val(self) -> dict[str, Any]:
+        return self.metrics.get("val") or {}
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "schema_version": SCHEMA_VERSION,
+            "status": self.status,
+            "run_dir": self.run_dir,
+            "config": self.config,
+            "dataset": self.dataset,
+            "model": self.model.to_json(),
+            "steps": self.steps,
+            "steps_per_epoch": self.steps_per_epoch,
+            "epochs_trained": self.epochs_trained,
+            "rounds_planned": self.rounds_planned,
+            "rounds_completed": self.rounds_completed,
+            "best_round": self.best_round,
+            "stopped_early": self.stopped_early,
+            "over_budget": self.over_budget,
+            "selection_val_images": self.selection_val_images,
+            "history": [r.to_json() for r in self.history],
+            "metrics": self.metrics,
+            "flags": list(self.flags),
+            "collapsed": self.collapsed,
+            "timing": self.timing.to_json(),
+            "efficiency": self.efficiency,
+            "environment": self.environment,
+            "files": self.files,
+        }
+        if self.distributed:
+            out["distributed"] = self.distributed
+        return out
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any], source: str | Path = "results") -> RunResults:
+        """Read a results dict of any schema; a wrong shape is one MedbenchError."""
+        try:
+            return cls._from_json(d)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise MedbenchError(
+                f"{source} is not a medbench results file ({type(exc).__name__}: {exc}); "
+                "re-run the run or remove the file"
+            ) from None
+
+    @classmethod
+    def _from_json(cls, d: dict[str, Any]) -> RunResults:
+        old = int(d.get("schema_version") or 1) < 2
+        rounds = d["epochs_completed"] if old else d["rounds_completed"]
+        return cls(
+            run_dir=str(d.get("run_dir") or ""),
+            config=dict(d["config"]),
+            dataset=dict(d.get("dataset") or {}),
+            model=ModelInfo.from_json(d["model"]),
+            metrics=dict(d["metrics"]),
+            timing=Timing.from_json(d.get("timing") or {}),
+            steps=int(d.get("steps") or 0),
+            steps_per_epoch=int(d.get("steps_per_epoch") or 1),
+            rounds_planned=int(d["epochs_planned"] if old else d["rounds_planned"]),
+            rounds_completed=int(rounds),
+            best_round=int(d["best_epoch"] if old else d["best_round"]),
+            stopped_early=bool(d.get("stopped_early")),
+            over_budget=bool(d.get("over_budget")),
+            selection_val_images=int(d.get("selection_val_images") or 0),
+            history=[RoundRecord.from_json(r) for r in d.get("history") or []],
+            flags=list(d.get("flags") or []),
+            efficiency=d.get("efficiency"),
+            environment=dict(d.get("environment") or {}),
+            files=dict(d.get("files") or {}),
+            distributed=d.get("distributed"),
+            status=str(d.get("status") or "finished"),
+            schema_version=SCHEMA_VERSION,
+        )
+
+    def flat_row(self) -> dict[str, Any]:
+        """One flat record of the fields tables are made of (see FLAT_FIELDS)."""
+        test, val = self.test, self.val
+        return {
+            "dataset": self.config.get("dataset"),
+            "size": self.config.get("size"),
+            "model": self.model.name,
+            "seed": self.config.get("seed"),
+            "status": self.status,
+            "test_acc": test.get("acc"),
+            "test_auc": test.get("auc"),
+            "val_acc": val.get("acc"),
+            "val_auc": val.get("auc"),
+            "test_balanced_acc": test.get("balanced_acc"),
+            "test_macro_f1": test.get("macro_f1"),
+            "test_ece": test.get("ece"),
+            "n_params": self.model.n_params,
+            "gflops": self.model.gflops,
+            "efficiency": self.efficiency,
+            "train_seconds": self.timing.train_seconds,
+            "steps": self.steps,
+            "epochs_trained": self.epochs_trained,
+            "rounds_completed": self.rounds_completed,
+            "collapsed": self.collapsed,
+            "flags": list(self.flags),
+            "data_official": self.dataset.get("official"),
+            "data_md5_matches": self.dataset.get("md5_matches"),
+            "license": self.dataset.get("license"),
+        }
+
+
+def read_results(path: str | Path) -> RunResults:
+    """Read a run's results.json (a run folder or the file itself)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "results.json"
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise MedbenchError(f"{path} does not exist; is this a finished medbench run?") from None
+    except PermissionError:
+        raise MedbenchError(f"{path} cannot be read (permission denied)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise MedbenchError(f"{path} is not valid JSON ({exc}); re-run the run") from None
+    if not isinstance(data, dict):
+        raise MedbenchError(f"{path} is not a medbench results file (not a JSON object)")
+    return RunResults.from_json(data, path)
