@@ -36,6 +36,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -247,11 +248,28 @@ class BatchAugment:
         """Draw each image's warp (an (n, 2, 3) affine `theta`), whether it needs
         interpolation, and the photometric ops each image drew (name, mask, magnitude)."""
         n, _, h, w = shape
-
-        def signed(m: torch.Tensor) -> torch.Tensor:
-            return torch.where(rand(m.shape[0]) < 0.5, -m, m)
-
         # ---- geometry: one 2x2 linear map and one shift per image, composed
+        linear, shift = self._pixel_geometry(n, h, w, rand, dev)
+        smooth = False  # whole-pixel flips/turns/shifts need no interpolation
+        if self.policy == "strong":
+            smooth = True
+            linear, shift = self._rotate_and_crop(linear, shift, rand)
+        color_plan: list[tuple[str, torch.Tensor, torch.Tensor]] = []
+        for _ in range(self.num_ops if self.ops is not None else 0):
+            for name, chosen, m in self._draw_ops(n, rand, dev):
+                if self.ops[name][0] == "color":
+                    if chosen.any():
+                        color_plan.append((name, chosen, m))
+                elif name != "identity":
+                    smooth = True
+                    linear, shift = self._geometric_op(name, m, linear, shift)
+        theta = torch.cat([linear, shift.unsqueeze(2)], 2)
+        return theta, smooth, color_plan
+
+    def _pixel_geometry(
+        self, n: int, h: int, w: int, rand: Callable[..., torch.Tensor], dev: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Flips and quarter turns the dataset's symmetry allows, and whole-pixel shifts."""
         linear = torch.eye(2, device=dev).repeat(n, 1, 1)
         shift = torch.zeros(n, 2, device=dev)
         ones = torch.ones(n, device=dev)
@@ -263,55 +281,61 @@ class BatchAugment:
         max_px_x, max_px_y = round(self.max_shift * w), round(self.max_shift * h)
         shift[:, 0] = 2 * torch.round((rand(n) * 2 - 1) * max_px_x) / w
         shift[:, 1] = 2 * torch.round((rand(n) * 2 - 1) * max_px_y) / h
-        smooth = False  # whole-pixel flips/turns/shifts need no interpolation
-        if self.policy == "strong":
-            smooth = True
-            linear = _rotation((rand(n) * 2 - 1) * self.max_rotation) @ linear
-            # Random resized crop: sampling a fraction `area` of the image with aspect `r`
-            # scales the sampling grid by sqrt(area*r), sqrt(area/r); the crop moves
-            # anywhere it fits.
-            area = 0.7 + 0.3 * rand(n)
-            log_r = (rand(n) * 2 - 1) * math.log(4 / 3)
-            zx = (area * log_r.exp()).sqrt().clamp(max=1)
-            zy = (area / log_r.exp()).sqrt().clamp(max=1)
-            linear = torch.diag_embed(torch.stack([zx, zy], 1)) @ linear
-            shift = shift + (rand(n, 2) * 2 - 1) * (1 - torch.stack([zx, zy], 1))
-        color_plan: list[tuple[str, torch.Tensor, torch.Tensor]] = []
-        if self.ops is not None:
-            names = list(self.ops)
-            for _ in range(self.num_ops):
-                choice = (rand(n) * len(names)).long().clamp_(max=len(names) - 1)
-                # RandAugment: fixed magnitude; TrivialAugment: uniform over 31 bins.
-                level = (
-                    torch.full((n,), 9 / 30, device=dev)
-                    if self.policy == "randaugment"
-                    else torch.floor(rand(n) * 31) / 30
-                )
-                for k, name in enumerate(names):
-                    kind, full, is_signed = self.ops[name]
-                    chosen = choice == k
-                    m = level * full
-                    m = signed(m) if is_signed else m
-                    m = torch.where(chosen, m, torch.zeros_like(m))
-                    if kind == "color":
-                        if chosen.any():
-                            color_plan.append((name, chosen, m))
-                        continue
-                    if name == "identity":
-                        continue
-                    smooth = True
-                    if name == "rotate":
-                        limit = 360.0 if self.symmetry.rot90 else LOCKED_ROTATION_DEGREES
-                        linear = _rotation(m.clamp(-limit, limit)) @ linear
-                    elif name in ("shear_x", "shear_y"):
-                        shear = torch.eye(2, device=dev).repeat(n, 1, 1)
-                        shear[:, 0, 1] = m if name == "shear_x" else 0
-                        shear[:, 1, 0] = m if name == "shear_y" else 0
-                        linear = shear @ linear
-                    else:
-                        shift[:, 0 if name == "translate_x" else 1] += m
-        theta = torch.cat([linear, shift.unsqueeze(2)], 2)
-        return theta, smooth, color_plan
+        return linear, shift
+
+    def _rotate_and_crop(
+        self, linear: torch.Tensor, shift: torch.Tensor, rand: Callable[..., torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The strong policy's small rotation and random resized crop."""
+        n = linear.shape[0]
+        linear = _rotation((rand(n) * 2 - 1) * self.max_rotation) @ linear
+        # Random resized crop: sampling a fraction `area` of the image with aspect `r`
+        # scales the sampling grid by sqrt(area*r), sqrt(area/r); the crop moves
+        # anywhere it fits.
+        area = 0.7 + 0.3 * rand(n)
+        log_r = (rand(n) * 2 - 1) * math.log(4 / 3)
+        zx = (area * log_r.exp()).sqrt().clamp(max=1)
+        zy = (area / log_r.exp()).sqrt().clamp(max=1)
+        linear = torch.diag_embed(torch.stack([zx, zy], 1)) @ linear
+        shift = shift + (rand(n, 2) * 2 - 1) * (1 - torch.stack([zx, zy], 1))
+        return linear, shift
+
+    def _draw_ops(
+        self, n: int, rand: Callable[..., torch.Tensor], dev: torch.device
+    ) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
+        """One op per image: (name, which images chose it, their signed magnitude) per op."""
+        names = list(self.ops)
+        choice = (rand(n) * len(names)).long().clamp_(max=len(names) - 1)
+        # RandAugment: fixed magnitude; TrivialAugment: uniform over 31 bins.
+        level = (
+            torch.full((n,), 9 / 30, device=dev)
+            if self.policy == "randaugment"
+            else torch.floor(rand(n) * 31) / 30
+        )
+        drawn = []
+        for k, name in enumerate(names):
+            _, full, is_signed = self.ops[name]
+            chosen = choice == k
+            m = level * full
+            if is_signed:
+                m = torch.where(rand(n) < 0.5, -m, m)
+            drawn.append((name, chosen, torch.where(chosen, m, torch.zeros_like(m))))
+        return drawn
+
+    def _geometric_op(
+        self, name: str, m: torch.Tensor, linear: torch.Tensor, shift: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Compose one RandAugment/TrivialAugment geometric op (magnitude `m`) into the warp."""
+        if name == "rotate":
+            limit = 360.0 if self.symmetry.rot90 else LOCKED_ROTATION_DEGREES
+            return _rotation(m.clamp(-limit, limit)) @ linear, shift
+        if name in ("shear_x", "shear_y"):
+            shear = torch.eye(2, device=linear.device).repeat(linear.shape[0], 1, 1)
+            shear[:, 0, 1] = m if name == "shear_x" else 0
+            shear[:, 1, 0] = m if name == "shear_y" else 0
+            return shear @ linear, shift
+        shift[:, 0 if name == "translate_x" else 1] += m
+        return linear, shift
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         if not self.active:
@@ -371,8 +395,6 @@ class BatchMix:
     def __call__(
         self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        import numpy as np
-
         seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator, device=generator.device))
         rng = np.random.default_rng(seed)
         n, _, h, w = x.shape

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import pickle
 import zipfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,12 @@ def load(path: str | Path, expected_format: str | None = None) -> dict[str, Any]
         raise MedbenchError(
             f"{path} is not a readable checkpoint (corrupt or truncated?): {str(exc)[:160]}"
         ) from None
+    _check_format(obj, path, expected_format)
+    return obj
+
+
+def _check_format(obj: Any, path: Path, expected_format: str | None) -> None:
+    """A MedbenchError unless `obj` is a medbench file of `expected_format` and this version."""
     if not isinstance(obj, dict) or "format" not in obj:
         raise MedbenchError(f"{path} was not written by medbench (no 'format' entry)")
     if expected_format is not None and obj["format"] != expected_format:
@@ -71,7 +78,6 @@ def load(path: str | Path, expected_format: str | None = None) -> dict[str, Any]
         raise MedbenchError(
             f"{path} uses an older, unsupported format version {obj.get('format_version')}"
         )
-    return obj
 
 
 def resolve_model_file(path: str | Path) -> Path:
@@ -87,3 +93,83 @@ def resolve_model_file(path: str | Path) -> Path:
     if not path.exists():
         raise MedbenchError(f"{path} does not exist")
     return path
+
+
+# -- the training checkpoint: everything a resumed run continues from
+
+
+@dataclass
+class TrainingState:
+    """The counters a run continues from: written after every round with the weights, the
+    optimiser, EMA and loss-scaler states and the RNG state (see `save_training`)."""
+
+    step: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)  # one record per round
+    train_seconds: float = 0.0
+    plan: dict[str, Any] = field(default_factory=dict)  # medbench.budget.BudgetPlanner.state
+    selection: dict[str, Any] = field(default_factory=dict)  # medbench.selection.Selector.state
+
+
+def save_training(
+    path: str | Path,
+    *,
+    identity: dict[str, Any],
+    config: dict[str, Any],
+    parts: dict[str, Any],
+    state: TrainingState,
+    device: torch.device,
+) -> None:
+    """Write a training checkpoint. `parts` maps names to objects with a `state_dict`
+    (model, optimizer, ema, grad_scaler); None for a part the run does not use."""
+    save(
+        {
+            "format": CHECKPOINT_FORMAT,
+            "format_version": FORMAT_VERSION,
+            "identity": identity,
+            "config": config,
+            **{name: None if p is None else p.state_dict() for name, p in parts.items()},
+            **state.selection,
+            "step": state.step,
+            **state.plan,
+            "history": state.history,
+            "train_seconds": state.train_seconds,
+            "rng_cpu": torch.get_rng_state(),
+            "rng_cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+        },
+        path,
+    )
+
+
+def load_training(path: str | Path, identity: dict[str, Any]) -> dict[str, Any]:
+    """Read a training checkpoint and check that it belongs to the run `identity` describes."""
+    obj = load(path, CHECKPOINT_FORMAT)
+    if obj["identity"] != identity:
+        raise MedbenchError(
+            f"{path} belongs to another run ({_describe(obj['identity'])}), not "
+            f"{_describe(identity)}; use a new run folder or the matching options"
+        )
+    return obj
+
+
+def restore_training(
+    obj: dict[str, Any], parts: dict[str, Any], device: torch.device
+) -> TrainingState:
+    """Load a checkpoint read by `load_training` into `parts` (as given to `save_training`)
+    and the global RNG; returns the counters to continue from."""
+    for name, part in parts.items():
+        if part is not None and obj.get(name):  # an empty state: e.g. a disabled loss scaler
+            part.load_state_dict(obj[name])
+    torch.set_rng_state(obj["rng_cpu"])
+    if device.type == "cuda" and obj.get("rng_cuda") is not None:
+        torch.cuda.set_rng_state(obj["rng_cuda"], device)
+    return TrainingState(
+        step=obj["step"],
+        history=obj["history"],
+        train_seconds=obj["train_seconds"],
+        plan={k: obj[k] for k in ("total_steps", "round_steps", "planned")},
+        selection={"best": obj["best"], "best_state": obj["best_state"]},
+    )
+
+
+def _describe(identity: dict[str, Any]) -> str:
+    return f"{identity['model']} on {identity['dataset']} at {identity['size']}px"

@@ -41,8 +41,13 @@ import numpy as np
 import torch
 
 from medbench import metrics
+from medbench.augment import ORIENTATION
+from medbench.checkpoint import resolve_model_file
+from medbench.data import load_dataset
 from medbench.errors import MedbenchError, MedbenchWarning
 from medbench.fsutil import atomic_path, atomic_write_json
+from medbench.inference import load_trained_model, predict_logits
+from medbench.runtime import place_model, resolve_runtime
 
 METHODS = ("greedy", "average", "weighted")
 ENSEMBLE_FORMAT = "medbench-ensemble"
@@ -211,8 +216,6 @@ def ensemble_weights(members: list[Member], method: str) -> np.ndarray:
 
 def tta_views(dataset: str) -> list[str]:
     """The views TTA averages over: the image, plus the flips `dataset` allows."""
-    from medbench.augment import ORIENTATION
-
     symmetry = ORIENTATION.get(dataset)
     views = ["identity"]
     if symmetry is not None and symmetry.hflip:
@@ -240,8 +243,6 @@ def predict_views(
     views: list[str],
 ) -> np.ndarray:
     """Calibrated probabilities averaged over `views` of the images."""
-    from medbench.inference import predict_logits
-
     return np.mean(
         [
             metrics.probabilities_from_logits(
@@ -254,9 +255,6 @@ def predict_views(
 
 
 def _apply_tta(members: list[Member], views: list[str], data: Any, device: str) -> None:
-    from medbench.inference import load_trained_model
-    from medbench.runtime import place_model, resolve_runtime
-
     runtime = resolve_runtime(device, "auto", True)
     task = members[0].results["dataset"]["task"]
     for m in members:
@@ -300,8 +298,6 @@ def build_ensemble(
         )
     if len(views) > 1:
         if data is None:
-            from medbench.data import load_dataset
-
             data = load_dataset(dataset, size, data_dir, progress=False)
         _apply_tta(members, views, data, device)
     weights = ensemble_weights(members, method)
@@ -356,14 +352,6 @@ def _results(
     n_params = sum(m.results["model"]["n_params"] for m, _ in chosen)
     flops = sum(m.results["model"].get("flops") or 0 for m, _ in chosen)
     n_views = len(views)
-
-    def timing_sum(key: str) -> float | None:
-        values = [m.results["timing"].get(key) for m, _ in chosen]
-        return None if any(v is None for v in values) else float(sum(values))
-
-    latency = timing_sum("latency_ms_per_image")
-    throughputs = [m.results["timing"].get("throughput_images_per_second") for m, _ in chosen]
-    throughput = 1.0 / (n_views * sum(1.0 / t for t in throughputs)) if all(throughputs) else None
     rows = [_member_row(m, w, y_val, task) for m, w in zip(members, weights, strict=True)]
     best = max(rows, key=lambda r: r["val_score"])
     return {
@@ -396,13 +384,26 @@ def _results(
         },
         "flags": flags,
         "collapsed": bool(flags),
-        "timing": {
-            "train_seconds": timing_sum("train_seconds"),
-            "latency_ms_per_image": None if latency is None else latency * n_views,
-            "throughput_images_per_second": throughput,
-        },
+        "timing": _timing([m for m, _ in chosen], n_views),
         "efficiency": 100.0 * test_m["acc"] / (n_params / 1e6) if n_params else None,
     }  # fmt: skip
+
+
+def _timing(chosen: list[Member], n_views: int) -> dict[str, float | None]:
+    """The selected members' times summed: each image goes through every member and view."""
+
+    def timing_sum(key: str) -> float | None:
+        values = [m.results["timing"].get(key) for m in chosen]
+        return None if any(v is None for v in values) else float(sum(values))
+
+    latency = timing_sum("latency_ms_per_image")
+    throughputs = [m.results["timing"].get("throughput_images_per_second") for m in chosen]
+    throughput = 1.0 / (n_views * sum(1.0 / t for t in throughputs)) if all(throughputs) else None
+    return {
+        "train_seconds": timing_sum("train_seconds"),
+        "latency_ms_per_image": None if latency is None else latency * n_views,
+        "throughput_images_per_second": throughput,
+    }
 
 
 def _save(
@@ -417,8 +418,6 @@ def _save(
     y_val: np.ndarray,
     y_test: np.ndarray,
 ) -> None:
-    from medbench.checkpoint import resolve_model_file
-
     entries = []
     for i, (m, w) in enumerate(zip(members, weights, strict=True)):
         if w <= 0:
@@ -468,8 +467,6 @@ class Ensemble:
         views: list[str],
         device: str = "auto",
     ) -> None:
-        from medbench.runtime import resolve_runtime
-
         self.runtime = resolve_runtime(device, "auto", True)
         self.models = [m.to(self.runtime.device).eval() for m in models]
         self.weights = np.asarray(weights, dtype=np.float64)
@@ -498,8 +495,6 @@ class Ensemble:
 
 def load_ensemble(path: str | Path, *, device: str = "auto") -> Ensemble:
     """Load an ensemble saved by `build_ensemble(out_dir=...)`: its folder or ensemble.json."""
-    from medbench.inference import load_trained_model
-
     path = Path(path)
     file = path / "ensemble.json" if path.is_dir() else path
     try:

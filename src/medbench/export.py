@@ -25,8 +25,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from medbench.data import load_dataset
 from medbench.errors import MedbenchError, MedbenchWarning
 from medbench.fsutil import atomic_path
+from medbench.inference import load_trained_model, normalize
 
 FORMATS = ("onnx", "torchscript")
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
@@ -58,8 +60,6 @@ def check_images(
 ) -> tuple[np.ndarray, str]:
     """(uint8 NHWC images, description): the dataset's first `n` test images when its file
     is present (never downloaded), else `n` random uint8 images of the model's shape."""
-    from medbench.data import load_dataset
-
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", MedbenchWarning)  # an unofficial file is fine here
@@ -79,8 +79,6 @@ def check_images(
 
 def normalized_input(images: np.ndarray) -> torch.Tensor:
     """uint8 (N, H, W, C) -> the float32 (N, C, H, W) input of the model and its export."""
-    from medbench.inference import normalize
-
     x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255.0)
     return normalize(x.contiguous())
 
@@ -94,8 +92,6 @@ def export_model(
     tolerance: float = TOLERANCE,
 ) -> ExportResult:
     """Export a run folder's (or model.pt's) model to `fmt` at `out`; see the module doc."""
-    from medbench.inference import load_trained_model
-
     if fmt not in FORMATS:
         raise MedbenchError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
     model, meta = load_trained_model(model_path)
@@ -107,28 +103,8 @@ def export_model(
     batches = [normalized_input(images)] + [
         normalized_input(images[np.arange(b) % len(images)]) for b in EXTRA_BATCH_SIZES
     ]
-    with torch.no_grad():
-        expected = [model(x).numpy() for x in batches]
-    example = batches[0][:2]  # traced at batch 2 so that no size is specialised to 1
-
     with atomic_path(out) as tmp:
-        if fmt == "onnx":
-            _export_onnx(model, example, tmp)
-            run = _onnx_runner(tmp)
-        else:
-            _export_torchscript(model, example, tmp)
-            run = _torchscript_runner(tmp)
-        try:
-            outputs = [run(x) for x in batches]
-        except Exception as exc:  # the exported file itself failed: never keep it
-            raise MedbenchError(
-                f"the exported {fmt} model failed to run ({type(exc).__name__}: "
-                f"{str(exc)[:160]}); it was not written"
-            ) from None
-        diff = max(
-            float(np.abs(o - e).max()) if o.shape == e.shape else float("inf")
-            for o, e in zip(outputs, expected, strict=True)
-        )
+        diff = _export_and_compare(model, fmt, batches, tmp)
         if not diff <= tolerance:
             raise MedbenchError(
                 f"the {fmt} export differs from PyTorch by up to {diff:.3g} (tolerance "
@@ -140,6 +116,33 @@ def export_model(
         max_abs_diff=diff,
         check_source=source,
         batch_sizes=tuple(len(x) for x in batches),
+    )
+
+
+def _export_and_compare(
+    model: torch.nn.Module, fmt: str, batches: list[torch.Tensor], path: Path
+) -> float:
+    """Export `model` to `path`, run the file on `batches`; the largest difference from
+    PyTorch's outputs (inf where a shape differs)."""
+    with torch.no_grad():
+        expected = [model(x).numpy() for x in batches]
+    example = batches[0][:2]  # traced at batch 2 so that no size is specialised to 1
+    if fmt == "onnx":
+        _export_onnx(model, example, path)
+        run = _onnx_runner(path)
+    else:
+        _export_torchscript(model, example, path)
+        run = _torchscript_runner(path)
+    try:
+        outputs = [run(x) for x in batches]
+    except Exception as exc:  # the exported file itself failed: never keep it
+        raise MedbenchError(
+            f"the exported {fmt} model failed to run ({type(exc).__name__}: "
+            f"{str(exc)[:160]}); it was not written"
+        ) from None
+    return max(
+        float(np.abs(o - e).max()) if o.shape == e.shape else float("inf")
+        for o, e in zip(outputs, expected, strict=True)
     )
 
 
@@ -169,7 +172,7 @@ def _export_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path) -> N
 
 
 def _onnx_runner(path: Path):
-    import onnxruntime as ort
+    import onnxruntime as ort  # optional: the `export` extra
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return lambda x: session.run(None, {"images": x.numpy()})[0]

@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -278,6 +279,92 @@ def _ratio(num: float, den: float) -> float:
     return float(num / den) if den else 0.0
 
 
+@dataclass
+class _Counts:
+    """Per-class (per-label) confusion counts and what the collapse guard needs."""
+
+    tp: np.ndarray
+    fp: np.ndarray
+    fn: np.ndarray
+    confusion: list
+    balanced_acc: float
+    prediction_counts: np.ndarray
+    true_counts: np.ndarray
+    majority_prediction: Any
+    majority_fraction: float
+    true_majority_fraction: float
+
+
+def _multi_label_counts(labels: np.ndarray, pred: np.ndarray) -> _Counts:
+    n, n_cols = pred.shape
+    tp = np.sum((pred == 1) & (labels == 1), axis=0)
+    fp = np.sum((pred == 1) & (labels == 0), axis=0)
+    fn = np.sum((pred == 0) & (labels == 1), axis=0)
+    tn = np.sum((pred == 0) & (labels == 0), axis=0)
+    balanced_acc = float(
+        np.mean(
+            [
+                _mean_recall(np.array([tn[j], tp[j]]), np.array([tn[j] + fp[j], tp[j] + fn[j]]))
+                for j in range(n_cols)
+            ]
+        )
+    )
+    predicted_sets = Counter(tuple(np.flatnonzero(row).tolist()) for row in pred)
+    true_sets = Counter(tuple(np.flatnonzero(row).tolist()) for row in labels)
+    majority_set, majority_count = predicted_sets.most_common(1)[0]
+    return _Counts(
+        tp=tp,
+        fp=fp,
+        fn=fn,
+        confusion=[[[int(tn[j]), int(fp[j])], [int(fn[j]), int(tp[j])]] for j in range(n_cols)],
+        balanced_acc=balanced_acc,
+        prediction_counts=pred.sum(axis=0),
+        true_counts=labels.sum(axis=0),
+        majority_prediction=list(majority_set),
+        majority_fraction=majority_count / n,
+        true_majority_fraction=true_sets.most_common(1)[0][1] / n,
+    )
+
+
+def _single_label_counts(labels: np.ndarray, pred: np.ndarray, n_cols: int) -> _Counts:
+    n = len(pred)
+    cm = np.zeros((n_cols, n_cols), dtype=np.int64)
+    np.add.at(cm, (labels, pred), 1)
+    tp = np.diag(cm)
+    true_counts = cm.sum(axis=1)
+    prediction_counts = cm.sum(axis=0)
+    return _Counts(
+        tp=tp,
+        fp=prediction_counts - tp,
+        fn=true_counts - tp,
+        confusion=cm.tolist(),
+        balanced_acc=_mean_recall(tp, true_counts),
+        prediction_counts=prediction_counts,
+        true_counts=true_counts,
+        majority_prediction=int(np.argmax(prediction_counts)),
+        majority_fraction=prediction_counts.max() / n,
+        true_majority_fraction=true_counts.max() / n,
+    )
+
+
+def _per_class(c: _Counts, names: list[str]) -> tuple[list[dict[str, Any]], float]:
+    """Per-class precision/recall/F1 rows and the macro F1."""
+    tp, fp, fn = c.tp, c.fp, c.fn
+    rows = [
+        {
+            "name": name,
+            "precision": _ratio(tp[i], tp[i] + fp[i]),
+            "recall": _ratio(tp[i], tp[i] + fn[i]),
+            "f1": _ratio(2 * tp[i], 2 * tp[i] + fp[i] + fn[i]),
+            "support": int(tp[i] + fn[i]),
+        }
+        for i, name in enumerate(names)
+    ]
+    # F1 is 0/0 for a class neither true nor predicted: such classes are left out of the mean.
+    defined = [row["f1"] for i, row in enumerate(rows) if tp[i] + fp[i] + fn[i] > 0]
+    return rows, float(np.mean(defined)) if defined else 0.0
+
+
 def evaluate(
     y_true: Any,
     y_score: Any,
@@ -301,79 +388,34 @@ def evaluate(
     pred = _predict(scores, task)
     n, n_cols = scores.shape
     if task == MULTI_LABEL:
-        tp = np.sum((pred == 1) & (labels == 1), axis=0)
-        fp = np.sum((pred == 1) & (labels == 0), axis=0)
-        fn = np.sum((pred == 0) & (labels == 1), axis=0)
-        tn = np.sum((pred == 0) & (labels == 0), axis=0)
-        confusion = [[[int(tn[j]), int(fp[j])], [int(fn[j]), int(tp[j])]] for j in range(n_cols)]
-        balanced_acc = float(
-            np.mean(
-                [
-                    _mean_recall(np.array([tn[j], tp[j]]), np.array([tn[j] + fp[j], tp[j] + fn[j]]))
-                    for j in range(n_cols)
-                ]
-            )
-        )
-        prediction_counts = pred.sum(axis=0)
-        true_counts = labels.sum(axis=0)
-        predicted_sets = Counter(tuple(np.flatnonzero(row).tolist()) for row in pred)
-        true_sets = Counter(tuple(np.flatnonzero(row).tolist()) for row in labels)
-        majority_set, majority_count = predicted_sets.most_common(1)[0]
-        majority_prediction: Any = list(majority_set)
-        majority_fraction = majority_count / n
-        true_majority_fraction = true_sets.most_common(1)[0][1] / n
+        counts = _multi_label_counts(labels, pred)
     else:
-        cm = np.zeros((n_cols, n_cols), dtype=np.int64)
-        np.add.at(cm, (labels, pred), 1)
-        confusion = cm.tolist()
-        tp = np.diag(cm)
-        fp = cm.sum(axis=0) - tp
-        fn = cm.sum(axis=1) - tp
-        true_counts = cm.sum(axis=1)
-        prediction_counts = cm.sum(axis=0)
-        balanced_acc = _mean_recall(tp, true_counts)
-        majority_prediction = int(np.argmax(prediction_counts))
-        majority_fraction = prediction_counts.max() / n
-        true_majority_fraction = true_counts.max() / n
-    precision = [_ratio(tp[i], tp[i] + fp[i]) for i in range(n_cols)]
-    recall = [_ratio(tp[i], tp[i] + fn[i]) for i in range(n_cols)]
-    f1 = [_ratio(2 * tp[i], 2 * tp[i] + fp[i] + fn[i]) for i in range(n_cols)]
-    # F1 is 0/0 for a class neither true nor predicted: such classes are left out of the mean.
-    defined = [i for i in range(n_cols) if tp[i] + fp[i] + fn[i] > 0]
-    names = _names(label_names, n_cols)
+        counts = _single_label_counts(labels, pred, n_cols)
+    per_class, macro_f1 = _per_class(counts, _names(label_names, n_cols))
     return {
         "n": int(n),
         "acc": _official_acc(labels, scores, task),
         "auc": _official_auc(labels, scores, task),
-        "balanced_acc": balanced_acc,
-        "macro_f1": float(np.mean([f1[i] for i in defined])) if defined else 0.0,
+        "balanced_acc": counts.balanced_acc,
+        "macro_f1": macro_f1,
         "ece": expected_calibration_error(labels, scores, task, n_bins=15),
-        "per_class": [
-            {
-                "name": names[i],
-                "precision": precision[i],
-                "recall": recall[i],
-                "f1": f1[i],
-                "support": int(tp[i] + fn[i]),
-            }
-            for i in range(n_cols)
-        ],
-        "confusion_matrix": confusion,
-        "prediction_counts": [int(c) for c in prediction_counts],
-        "true_counts": [int(c) for c in true_counts],
-        "majority_prediction": majority_prediction,
-        "majority_fraction": float(majority_fraction),
-        "true_majority_fraction": float(true_majority_fraction),
+        "per_class": per_class,
+        "confusion_matrix": counts.confusion,
+        "prediction_counts": [int(c) for c in counts.prediction_counts],
+        "true_counts": [int(c) for c in counts.true_counts],
+        "majority_prediction": counts.majority_prediction,
+        "majority_fraction": float(counts.majority_fraction),
+        "true_majority_fraction": float(counts.true_majority_fraction),
     }
 
 
 # --------------------------------------------------------------------------- collapse guard
 
 
-def _collapse_flags(
+def _majority_flag(
     split: str, result: dict[str, Any], task: str, max_majority_fraction: float | None
-) -> list[str]:
-    flags = []
+) -> str | None:
+    """A message if one class (label set) takes more of the predictions than allowed."""
     n = result["n"]
     names = [c["name"] for c in result["per_class"]]
     true_share = result["true_majority_fraction"]
@@ -383,19 +425,26 @@ def _collapse_flags(
     else:
         limit = max_majority_fraction
     share = result["majority_fraction"]
-    if share > limit:
-        if task == MULTI_LABEL:
-            chosen = result["majority_prediction"]
-            what = "label set {" + ", ".join(repr(names[j]) for j in chosen) + "}"
-            what = what if chosen else "no label (empty set)"
-            truth = f"most common true label set {true_share:.0%}"
-        else:
-            what = f"class {names[result['majority_prediction']]!r}"
-            truth = f"true share {result['true_counts'][result['majority_prediction']] / n:.0%}"
-        flags.append(
-            f"{split} predictions collapsed: {share:.0%} of {n} {split} images predicted as "
-            f"{what} ({truth}; flagged above {limit:.1%})"
-        )
+    if share <= limit:
+        return None
+    if task == MULTI_LABEL:
+        chosen = result["majority_prediction"]
+        what = "label set {" + ", ".join(repr(names[j]) for j in chosen) + "}"
+        what = what if chosen else "no label (empty set)"
+        truth = f"most common true label set {true_share:.0%}"
+    else:
+        what = f"class {names[result['majority_prediction']]!r}"
+        truth = f"true share {result['true_counts'][result['majority_prediction']] / n:.0%}"
+    return (
+        f"{split} predictions collapsed: {share:.0%} of {n} {split} images predicted as "
+        f"{what} ({truth}; flagged above {limit:.1%})"
+    )
+
+
+def _missing_classes_flag(split: str, result: dict[str, Any], task: str) -> str | None:
+    """A message if common classes (labels) are never predicted."""
+    n = result["n"]
+    names = [c["name"] for c in result["per_class"]]
     kind = "labels" if task == MULTI_LABEL else "classes"
     missing = [
         f"{names[i]!r} ({t / n:.0%})"
@@ -404,12 +453,22 @@ def _collapse_flags(
         )
         if p == 0 and t >= MISSING_CLASS_MIN_COUNT and t / n >= MISSING_CLASS_MIN_SHARE
     ]
-    if missing:
-        flags.append(
-            f"{split} {kind} never predicted although each is at least "
-            f"{MISSING_CLASS_MIN_SHARE:.0%} of the {n} {split} images: {', '.join(missing)}"
-        )
-    return flags
+    if not missing:
+        return None
+    return (
+        f"{split} {kind} never predicted although each is at least "
+        f"{MISSING_CLASS_MIN_SHARE:.0%} of the {n} {split} images: {', '.join(missing)}"
+    )
+
+
+def _collapse_flags(
+    split: str, result: dict[str, Any], task: str, max_majority_fraction: float | None
+) -> list[str]:
+    flags = [
+        _majority_flag(split, result, task, max_majority_fraction),
+        _missing_classes_flag(split, result, task),
+    ]
+    return [f for f in flags if f is not None]
 
 
 def collapse_check(

@@ -30,6 +30,7 @@ from PIL import Image
 from medbench import metrics
 from medbench.errors import MedbenchError, MedbenchWarning
 from medbench.fsutil import atomic_write_text
+from medbench.inference import load_trained_model, predict_logits
 from medbench.runtime import Runtime, place_model, resolve_runtime
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -62,8 +63,6 @@ class ModelPredictor:
         self.meta, self.runtime, self.batch_size = meta, runtime, batch_size
 
     def predict_logits(self, images: np.ndarray) -> np.ndarray:
-        from medbench.inference import predict_logits
-
         return predict_logits(self.model, torch.from_numpy(images), self.runtime, self.batch_size)
 
     def predict_proba(self, images: np.ndarray, *, calibrated: bool = False) -> np.ndarray:
@@ -81,8 +80,6 @@ def load_predictor(
     batch_size: int = DEFAULT_BATCH_SIZE,
 ) -> ModelPredictor:
     """A `ModelPredictor` for a run folder or its model.pt."""
-    from medbench.inference import load_trained_model
-
     model, meta = load_trained_model(path)
     return ModelPredictor(model, meta, resolve_runtime(device, precision, True), batch_size)
 
@@ -114,18 +111,7 @@ def resolve_inputs(
         if not path.exists():
             raise MedbenchError(f"{path} does not exist; check the path")
         if path.is_dir():
-            files = sorted(
-                f
-                for f in path.rglob("*")
-                if f.suffix.lower() in IMAGE_SUFFIXES
-                and f.is_file()
-                and not any(part.startswith(".") for part in f.relative_to(path).parts)
-            )
-            if not files:
-                raise MedbenchError(
-                    f"folder {path} holds no PNG or JPEG images (searched recursively)"
-                )
-            out.extend(files)
+            out.extend(_folder_images(path))
         elif path.suffix.lower() == ".npz":
             out.append(read_npz(path, split))
         elif path.suffix.lower() in IMAGE_SUFFIXES:
@@ -135,23 +121,27 @@ def resolve_inputs(
     return out
 
 
+def _folder_images(folder: Path) -> list[Path]:
+    """The PNG/JPEG files below `folder`, sorted, outside hidden files and folders."""
+    files = sorted(
+        f
+        for f in folder.rglob("*")
+        if f.suffix.lower() in IMAGE_SUFFIXES
+        and f.is_file()
+        and not any(part.startswith(".") for part in f.relative_to(folder).parts)
+    )
+    if not files:
+        raise MedbenchError(f"folder {folder} holds no PNG or JPEG images (searched recursively)")
+    return files
+
+
 def read_npz(path: str | os.PathLike, split: str | None = None) -> ArrayInput:
     """The images of an npz: `<split>_images` if `split` is given, else `test_images`
     (MedMNIST layout), else `images`."""
     path = Path(path)
     try:
         with np.load(path, allow_pickle=False) as npz:
-            keys = list(npz.keys())
-            if split is not None:
-                key = f"{split}_images"
-            else:
-                key = next((k for k in ("test_images", "images") if k in keys), None)
-            if key is None or key not in keys:
-                wanted = repr(key) if key else "'test_images' or 'images'"
-                raise MedbenchError(
-                    f"{path} has no {wanted} array (it has: {', '.join(keys) or 'none'}); "
-                    f"use --split or an npz with an 'images' array"
-                )
+            key = _npz_images_key(path, list(npz.keys()), split)
             images = npz[key]
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise MedbenchError(
@@ -165,6 +155,20 @@ def read_npz(path: str | os.PathLike, split: str | None = None) -> ArrayInput:
     if images.ndim == 4 and images.shape[3] not in (1, 3):
         raise MedbenchError(f"{path}:{key} must have 1 or 3 channels, got {images.shape[3]}")
     return ArrayInput(path, key, images)
+
+
+def _npz_images_key(path: Path, keys: list[str], split: str | None) -> str:
+    if split is not None:
+        key = f"{split}_images"
+    else:
+        key = next((k for k in ("test_images", "images") if k in keys), None)
+    if key is None or key not in keys:
+        wanted = repr(key) if key else "'test_images' or 'images'"
+        raise MedbenchError(
+            f"{path} has no {wanted} array (it has: {', '.join(keys) or 'none'}); "
+            f"use --split or an npz with an 'images' array"
+        )
+    return key
 
 
 # ----------------------------------------------------------------------------- conversion
