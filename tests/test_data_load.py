@@ -12,9 +12,10 @@ import pytest
 import torch
 
 from medbench.cli import main
-from medbench.data import arrays as arrays_module
 from medbench.data import dataset_path, load_dataset
+from medbench.data.arrays import file_md5, open_npz
 from medbench.data.synthetic import make_synthetic_splits, write_synthetic_like
+from medbench.data.validate import KEYS
 from medbench.errors import MedbenchError, MedbenchWarning
 
 
@@ -204,20 +205,29 @@ def test_corrupt_member_data_is_an_error(tmp_path):
 # --- the array cache --------------------------------------------------------------------
 
 
-def test_md5_is_computed_once_per_file_version(synthetic_data_dir, monkeypatch):
+def test_md5_is_computed_once_per_file_version(synthetic_data_dir):
     calls = []
-    real = arrays_module.file_md5
-    monkeypatch.setattr(arrays_module, "file_md5", lambda p: calls.append(p) or real(p))
-    _load("breastmnist")
-    _load("breastmnist")
-    assert len(calls) == 1
+
+    def counting_md5(path):
+        calls.append(path)
+        return file_md5(path)
+
     path = synthetic_data_dir / "breastmnist.npz"
+    _, first = open_npz(path, KEYS, md5=counting_md5)
+    _, again = open_npz(path, KEYS, md5=counting_md5)
+    assert len(calls) == 1 and again == first == file_md5(path)
     write_synthetic_like(synthetic_data_dir, "breastmnist", seed=1)
     os.utime(path, ns=(1, 1))  # a new mtime (and the same size) must still be noticed
-    data = _load("breastmnist")
-    assert len(calls) == 2
+    arrays, md5 = open_npz(path, KEYS, md5=counting_md5)
+    assert len(calls) == 2 and md5 != first
     with np.load(path) as npz:
-        assert np.array_equal(data.train.images[..., 0].numpy(), npz["train_images"])
+        assert np.array_equal(arrays["train_images"], npz["train_images"])
+
+
+def test_load_dataset_reads_the_md5_from_the_cache(synthetic_data_dir):
+    path = synthetic_data_dir / "breastmnist.npz"
+    open_npz(path, KEYS, md5=lambda p: "0" * 32)  # what the cache holds is what is reported
+    assert _load("breastmnist").md5 == "0" * 32
 
 
 def test_cache_lives_beside_a_writable_data_folder(synthetic_data_dir):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import threading
 from collections import Counter
@@ -13,7 +12,7 @@ import pytest
 
 from medbench.cli import main
 from medbench.data import SIZES, dataset_info, download_dataset, load_dataset
-from medbench.data import download as download_module
+from medbench.data.catalogue import medmnist_info
 from medbench.data.download import download_url
 from medbench.data.synthetic import write_synthetic_like
 from medbench.errors import MedbenchError
@@ -75,15 +74,14 @@ def server():
 
 @pytest.fixture
 def served(server, tmp_path, monkeypatch) -> bytes:
-    """A synthetic breastmnist.npz on the server, made 'official' by patching its MD5 in."""
+    """A synthetic breastmnist.npz on the server, made 'official' by listing its MD5 in the
+    catalogue medbench reads (medmnist's INFO) for the length of the test."""
     body = write_synthetic_like(tmp_path / "src", "breastmnist").read_bytes()
     server.files["/breastmnist.npz"] = body
     md5 = hashlib.md5(body).hexdigest()
-    real = download_module.dataset_info
-    monkeypatch.setattr(
-        download_module, "dataset_info",
-        lambda name: dataclasses.replace(real(name), md5s=dict.fromkeys(SIZES, md5)),
-    )  # fmt: skip
+    entry = medmnist_info().INFO["breastmnist"]
+    for size in SIZES:
+        monkeypatch.setitem(entry, "MD5" if size == 28 else f"MD5_{size}", md5)
     return body
 
 
@@ -119,14 +117,13 @@ def test_server_error_is_retried(server, served, tmp_path):
     assert len(server.requests) == 2
 
 
-def test_retries_wait_with_exponential_backoff(server, tmp_path, monkeypatch):
+def test_retries_wait_with_exponential_backoff(server, tmp_path):
     server.files["/breastmnist.npz"] = b"x"
     server.script["/breastmnist.npz"] = ["500"]
     waits = []
-    monkeypatch.setattr(download_module.time, "sleep", waits.append)
     with pytest.raises(MedbenchError, match="after 4 attempts"):
         download_dataset("breastmnist", data_dir=tmp_path, mirror=server.url, retries=3,
-                         backoff_seconds=0.5, progress=False)  # fmt: skip
+                         backoff_seconds=0.5, progress=False, sleep=waits.append)  # fmt: skip
     assert waits == [0.5, 1.0, 2.0]
 
 

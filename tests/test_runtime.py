@@ -32,9 +32,14 @@ def test_mixed_precision_on_a_gpu_on_request(cuda_machine, precision):
 
 
 @pytest.mark.parametrize("native", [True, False])
-def test_auto_on_a_cpu_uses_bf16_only_where_the_cpu_has_it(monkeypatch, native):
-    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: native)
-    assert runtime.resolve_runtime("cpu").precision == ("bf16" if native else "fp32")
+def test_auto_on_a_cpu_uses_bf16_only_where_the_cpu_has_it(native):
+    rt = runtime.resolve_runtime("cpu", cpu_has_bf16=native)
+    assert rt.precision == ("bf16" if native else "fp32")
+
+
+def test_auto_on_a_cpu_asks_the_cpu_when_not_told():
+    expected = "bf16" if runtime.cpu_has_native_bf16() else "fp32"
+    assert runtime.resolve_runtime("cpu").precision == expected
 
 
 def test_fp16_on_the_cpu_is_a_user_error():

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from medbench import __version__
 from medbench.errors import MedbenchError
 
 
@@ -63,38 +64,48 @@ def cpu_has_native_bf16() -> bool:
 
 
 def resolve_runtime(
-    device: str = "auto", precision: str = "auto", channels_last: bool = True
+    device: str = "auto",
+    precision: str = "auto",
+    channels_last: bool = True,
+    *,
+    cpu_has_bf16: bool | None = None,
 ) -> Runtime:
     """Pick the device and precision. 'auto' means: CUDA if present, else MPS, else CPU;
     bf16 autocast on CPUs with native bf16, else fp32 (on CUDA GPUs too: on an H100, fp32
     with TF32 convolutions trained medbench's models at 28 px 1.6-1.7x faster than bf16
-    autocast, and resnet18 as fast; docs/models.md). bf16 or fp16 on request."""
-    if device == "auto":
-        if torch.cuda.is_available():
-            device = "cuda"
-        elif getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            device = "mps"
-        else:
-            device = "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise MedbenchError(
-            "--device cuda was asked for but no CUDA GPU is available; use --device cpu or auto"
-        )
-    if device == "mps" and not (
-        getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
-    ):
-        raise MedbenchError(
-            "--device mps was asked for but MPS is not available; use --device cpu or auto"
-        )
-    dev = torch.device(device)
+    autocast, and resnet18 as fast; docs/models.md). bf16 or fp16 on request.
+    `cpu_has_bf16` says whether the CPU has native bf16; None asks the CPU."""
+    dev = torch.device(_pick_device(device))
     if precision == "auto":
         if dev.type == "cpu":
-            precision = "bf16" if cpu_has_native_bf16() else "fp32"
+            native = cpu_has_native_bf16() if cpu_has_bf16 is None else cpu_has_bf16
+            precision = "bf16" if native else "fp32"
         else:
             precision = "fp32"
     if precision == "fp16" and dev.type == "cpu":
         raise MedbenchError("--precision fp16 is not supported on the CPU; use bf16 or fp32")
     return Runtime(device=dev, precision=precision, channels_last=channels_last)
+
+
+def _mps_available() -> bool:
+    return bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
+
+
+def _pick_device(device: str) -> str:
+    """`device`, or for 'auto' the best one present; one that is absent is a MedbenchError."""
+    if device == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        return "mps" if _mps_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise MedbenchError(
+            "--device cuda was asked for but no CUDA GPU is available; use --device cpu or auto"
+        )
+    if device == "mps" and not _mps_available():
+        raise MedbenchError(
+            "--device mps was asked for but MPS is not available; use --device cpu or auto"
+        )
+    return device
 
 
 def seed_everything(seed: int) -> None:
@@ -105,8 +116,6 @@ def seed_everything(seed: int) -> None:
 
 def environment(runtime: Runtime | None = None) -> dict:
     """Library versions and hardware facts recorded with every result."""
-    from medbench import __version__
-
     env = {
         "medbench": __version__,
         "torch": torch.__version__,

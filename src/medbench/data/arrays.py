@@ -16,6 +16,7 @@ import math
 import os
 import zipfile
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -51,19 +52,23 @@ def _read_manifest(cache_dir: Path) -> dict | None:
 
 
 def open_npz(
-    npz_path: str | os.PathLike, keys: tuple[str, ...]
+    npz_path: str | os.PathLike,
+    keys: tuple[str, ...],
+    *,
+    md5: Callable[[Path], str] = file_md5,
 ) -> tuple[dict[str, np.ndarray], str]:
     """Return ({key: memory-mapped array} for those of `keys` the npz holds, md5 of the npz).
 
-    Unpacks the npz into its cache folder on first use (or when the npz changed since);
-    a file that is not a readable npz raises MedbenchError naming it.
+    Unpacks the npz into its cache folder on first use (or when the npz changed since),
+    hashing it with `md5` then only; a file that is not a readable npz raises
+    MedbenchError naming it.
     """
     npz_path = Path(npz_path)
     cache_dir = cache_dir_for(npz_path)
     source = _source_key(npz_path)
     manifest = _read_manifest(cache_dir)
     if not _manifest_is_current(manifest, source, cache_dir, keys):
-        manifest = _unpack(npz_path, cache_dir, source, keys)
+        manifest = _unpack(npz_path, cache_dir, source, keys, md5)
     arrays = {key: _map(cache_dir / f"{key}.npy") for key in manifest["arrays"]}
     return arrays, manifest["md5"]
 
@@ -90,9 +95,15 @@ def _map(npy_path: Path) -> np.ndarray:
         return np.load(npy_path, allow_pickle=False)
 
 
-def _unpack(npz_path: Path, cache_dir: Path, source: dict, keys: tuple[str, ...]) -> dict:
+def _unpack(
+    npz_path: Path,
+    cache_dir: Path,
+    source: dict,
+    keys: tuple[str, ...],
+    md5_of: Callable[[Path], str],
+) -> dict:
     try:
-        md5 = file_md5(npz_path)
+        md5 = md5_of(npz_path)
         arrays = {}
         with zipfile.ZipFile(npz_path) as zf:
             members = set(zf.namelist())

@@ -15,6 +15,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 from tqdm import tqdm
@@ -54,36 +55,28 @@ def download_dataset(
     backoff_seconds: float = 1.0,
     progress: bool = True,
     timeout_seconds: float = 60,
+    sleep: Callable[[float], object] = time.sleep,
 ) -> Path:
     """Download `name` at `size` into the data folder and return its path.
 
     An existing file is returned as it is, never downloaded over. Failed attempts are
-    retried `retries` times, waiting backoff_seconds * 2**attempt in between.
+    retried `retries` times, waiting backoff_seconds * 2**attempt in between (by `sleep`).
     """
     info = dataset_info(name)
     path = dataset_path(name, size, data_dir)
     if path.exists():
         return path
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise MedbenchError(
-            f"cannot create the data folder {path.parent}: {exc.strerror or exc}; "
-            "choose a writable one with --data-dir or $MEDBENCH_DATA_DIR"
-        ) from exc
+    _make_folder(path.parent)
     url = download_url(name, size, mirror)
     part = path.with_name(path.name + ".part")
     expected_md5 = info.md5(size)
     last_error = ""
     for attempt in range(retries + 1):
         if attempt:
-            time.sleep(backoff_seconds * 2 ** (attempt - 1))
+            sleep(backoff_seconds * 2 ** (attempt - 1))
         try:
             _fetch(url, part, progress=progress, timeout_seconds=timeout_seconds)
-            actual = file_md5(part)
-            if actual != expected_md5:
-                part.unlink(missing_ok=True)  # bad bytes cannot be resumed from
-                raise _Retry(f"MD5 {actual} does not match the official {expected_md5}")
+            _verify(part, expected_md5)
             os.replace(part, path)
             return path
         except _Retry as exc:
@@ -105,6 +98,23 @@ def download_dataset(
     )
 
 
+def _make_folder(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise MedbenchError(
+            f"cannot create the data folder {folder}: {exc.strerror or exc}; "
+            "choose a writable one with --data-dir or $MEDBENCH_DATA_DIR"
+        ) from exc
+
+
+def _verify(part: Path, expected_md5: str) -> None:
+    actual = file_md5(part)
+    if actual != expected_md5:
+        part.unlink(missing_ok=True)  # bad bytes cannot be resumed from
+        raise _Retry(f"MD5 {actual} does not match the official {expected_md5}")
+
+
 def _fetch(url: str, part: Path, *, progress: bool, timeout_seconds: float) -> None:
     """One attempt: append to (or restart) `part` until the server's body is complete."""
     offset = part.stat().st_size if part.exists() else 0
@@ -118,27 +128,34 @@ def _fetch(url: str, part: Path, *, progress: bool, timeout_seconds: float) -> N
             return
         raise
     with response:
-        status = getattr(response, "status", None) or 200  # file:// has no status
-        if status == 206 and _range_start(response.headers.get("Content-Range")) == offset:
-            mode = "ab"
-        else:  # the server ignored the Range request: start again from byte 0
-            offset, mode = 0, "wb"
-        length = response.headers.get("Content-Length")
-        body_bytes = int(length) if length and length.isdigit() else None
-        total = offset + body_bytes if body_bytes is not None else None
-        received = 0
-        with (
-            open(part, mode) as out,
-            tqdm(total=total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024,
-                 desc=part.name.removesuffix(".part"), disable=not progress, file=sys.stderr,
-                 leave=False) as bar,
-        ):  # fmt: skip
-            while chunk := response.read(CHUNK_BYTES):
-                out.write(chunk)
-                received += len(chunk)
-                bar.update(len(chunk))
+        received, body_bytes = _write_body(response, part, offset, progress)
     if body_bytes is not None and received < body_bytes:
         raise _Retry(f"connection closed after {received} of {body_bytes} bytes")
+
+
+def _write_body(response, part: Path, offset: int, progress: bool) -> tuple[int, int | None]:
+    """Append the response to `part` (or rewrite it, where the server ignored the Range
+    request); (bytes received, bytes the server promised or None)."""
+    status = getattr(response, "status", None) or 200  # file:// has no status
+    if status == 206 and _range_start(response.headers.get("Content-Range")) == offset:
+        mode = "ab"
+    else:  # the server ignored the Range request: start again from byte 0
+        offset, mode = 0, "wb"
+    length = response.headers.get("Content-Length")
+    body_bytes = int(length) if length and length.isdigit() else None
+    total = offset + body_bytes if body_bytes is not None else None
+    received = 0
+    with (
+        open(part, mode) as out,
+        tqdm(total=total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024,
+             desc=part.name.removesuffix(".part"), disable=not progress, file=sys.stderr,
+             leave=False) as bar,
+    ):  # fmt: skip
+        while chunk := response.read(CHUNK_BYTES):
+            out.write(chunk)
+            received += len(chunk)
+            bar.update(len(chunk))
+    return received, body_bytes
 
 
 def _range_start(content_range: str | None) -> int | None:

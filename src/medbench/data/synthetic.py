@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from medbench.data.catalogue import medmnist_info
+
 TASKS = ("multi-class", "binary-class", "multi-label, binary-class", "ordinal-regression")
 
 
@@ -80,9 +82,7 @@ def write_synthetic_like(
     Task, channels and number of classes follow the medmnist catalogue; split sizes are
     the small ones given (so the file is recognised as not official).
     """
-    from medmnist.info import INFO
-
-    info = INFO[name]
+    info = medmnist_info().INFO[name]
     file_name = f"{name}.npz" if size == 28 else f"{name}_{size}.npz"
     return write_synthetic_npz(
         Path(data_dir) / file_name,
