@@ -1,20 +1,32 @@
 """Fixtures shared by the whole test suite.
 
 Every test runs with $MEDBENCH_DATA_DIR and $MEDBENCH_CACHE_DIR pointing at its own temporary
-folders (nothing is written into ~/.medmnist) and with the network closed to anything but
-this machine (no test may touch the internet).
+folders (nothing is written into ~/.medmnist), with the network closed to anything but
+this machine (no test may touch the internet) and the Hugging Face hub offline, over an
+empty cache of the test session's own.
 """
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import socket
+import tempfile
 from pathlib import Path
 
 # One intra-op thread in tests and in the medbench processes they start: tests run many
 # tiny batches (where threads buy nothing) and, beside subprocess tests, OpenMP threads
 # spinning against each other on two cores made single steps 10-20x slower.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# huggingface_hub reads these once, when it is first imported (by timm, for hub weights), so
+# setting them inside a test is too late: set here, before any test module imports it, they
+# make the hub answer from an empty cache at once instead of retrying a network tests may
+# not use, and keep tests away from the user's own cached weights.
+_HF_HOME = tempfile.mkdtemp(prefix="medbench-tests-hf-")
+atexit.register(shutil.rmtree, _HF_HOME, ignore_errors=True)
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_HOME"] = _HF_HOME
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

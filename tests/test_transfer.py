@@ -5,6 +5,7 @@ The timm weights are written by the tests: nothing is downloaded."""
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,14 +16,9 @@ from medbench.config import TrainConfig
 from medbench.errors import MedbenchError
 from medbench.models import build_model
 from medbench.models.adapters import InputAdapter
-from medbench.transfer import (
-    knn_evaluate,
-    knn_probabilities,
-    load_matching,
-    load_source,
-    prepare_pretrained,
-    transfer,
-)
+from medbench.pretrained import load_matching, load_source, prepare_pretrained
+from medbench.results import RunResults
+from medbench.transfer import knn_evaluate, knn_probabilities, train_or_reuse, transfer
 
 MODEL = "timm:test_efficientnet"  # ~0.1M parameters
 
@@ -95,10 +91,11 @@ def test_linear_probe_trains_only_the_head_and_keeps_backbone_statistics(root):
     torch.testing.assert_close(model.bn1.running_mean, before)
 
 
-def test_hub_weights_offline_are_a_clear_error(root, monkeypatch, tmp_path):
+def test_hub_weights_offline_are_a_clear_error(root):
+    from huggingface_hub import constants
+
     root, _ = root
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    assert constants.HF_HUB_OFFLINE  # set by conftest before huggingface_hub was imported
     with pytest.raises(MedbenchError, match="--pretrained PATH"):
         prepare_pretrained(build_model(MODEL, 1, 2), _config(root, pretrained="hub"))
 
@@ -126,6 +123,18 @@ def test_transfer_pretrains_on_the_source_then_finetunes_on_the_target(root):
     assert target["dataset"]["name"] == "breastmnist" and target["status"] == "finished"
     assert target["config"]["pretrained"] == source["run_dir"]
     assert target["config"]["finetune"] == "full"
+
+
+def test_a_finished_run_is_read_back_not_trained_again(root):
+    root, result = root
+    stage = result["pretrain"][0]
+    results_file = Path(stage["run_dir"]) / "results.json"
+    written = results_file.stat().st_mtime_ns
+    config = TrainConfig.from_dict(stage["config"])
+    again = train_or_reuse(config)
+    assert isinstance(again, RunResults)
+    assert again.run_dir == stage["run_dir"] and again.steps == stage["steps"]
+    assert results_file.stat().st_mtime_ns == written
 
 
 def test_knn_probabilities_are_neighbour_votes():
