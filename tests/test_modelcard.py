@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import warnings
 from pathlib import Path
 
@@ -13,6 +14,9 @@ from medbench import metrics
 from medbench.cli import main
 from medbench.errors import MedbenchError, MedbenchWarning
 from medbench.modelcard import render_model_card, write_model_card
+from medbench.results import read_results
+
+RESULTS_V1 = Path(__file__).parent / "fixtures" / "results_v1.json"
 
 
 @pytest.fixture(scope="module")
@@ -75,6 +79,14 @@ def test_card_gives_ece_before_and_after_temperature_scaling(run_dir, card):
     assert f"T = {m['temperature']:.3f}" in card
 
 
+def test_card_gives_the_epochs_trained_and_the_selected_one(run_dir, card):
+    results, _ = load_run(run_dir)
+    assert (
+        f"- Epochs: {results['rounds_completed']} of {results['rounds_planned']} planned; "
+        f"best (selected) epoch {results['best_round']} by validation AUC"
+    ) in card
+
+
 def test_card_lists_collapse_flags_or_says_there_are_none(run_dir, card):
     results, _ = load_run(run_dir)
     for flag in results["flags"]:
@@ -96,9 +108,10 @@ def test_card_names_the_28px_limit_and_the_intended_use(card):
 
 
 def test_dermamnist_card_names_the_nc_license_and_lesion_duplicates(run_dir):
-    results, arrays = load_run(run_dir)
-    results["dataset"]["name"] = "dermamnist"
-    del results["dataset"]["license"]  # taken from the catalogue instead
+    _, arrays = load_run(run_dir)
+    results = read_results(run_dir)
+    results.dataset = {k: v for k, v in results.dataset.items() if k != "license"}
+    results.dataset["name"] = "dermamnist"  # the license is taken from the catalogue instead
     card = render_model_card(results, arrays)
     assert "CC BY-NC 4.0 (non-commercial" in card
     assert "several images of the same lesion" in card
@@ -120,3 +133,32 @@ def test_card_command_rewrites_the_card(run_dir, capsys):
 def test_card_command_on_a_folder_that_is_not_a_run_exits_2(tmp_path, capsys):
     assert main(["card", str(tmp_path)]) == 2
     assert capsys.readouterr().err.startswith("medbench: error:")
+
+
+@pytest.fixture
+def v1_run_dir(tmp_path) -> Path:
+    """A run folder of schema 1 (rounds named epochs): the results.json of a one-epoch
+    BloodMNIST run with predictions for its 32 test images beside it."""
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(RESULTS_V1, run / "results.json")
+    labels = (np.arange(32) % 8)[:, None]
+    logits = np.random.default_rng(0).normal(size=(32, 8)).astype(np.float32)
+    np.savez(run / "predictions.npz", val_labels=labels, test_labels=labels, test_logits=logits)
+    return run
+
+
+def test_card_of_a_schema_1_run_gives_its_epochs_and_best_epoch(v1_run_dir):
+    old = json.loads(RESULTS_V1.read_text())
+    card = write_model_card(v1_run_dir).read_text()
+    assert (
+        f"- Epochs: {old['epochs_completed']} of {old['epochs_planned']} planned; "
+        f"best (selected) epoch {old['best_epoch']} by validation AUC"
+    ) in card
+
+
+def test_card_of_a_schema_1_run_gives_its_metrics(v1_run_dir):
+    old = json.loads(RESULTS_V1.read_text())["metrics"]
+    card = write_model_card(v1_run_dir).read_text()
+    assert f"| val | {old['val']['acc']:.3f} | {old['val']['auc']:.3f} |" in card
+    assert f"| test | {old['test']['ece']:.3f} | {old['test_ece_calibrated']:.3f} |" in card

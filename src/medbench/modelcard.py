@@ -18,8 +18,10 @@ from typing import Any
 import numpy as np
 
 from medbench import metrics
+from medbench.data import dataset_info
 from medbench.errors import MedbenchError
 from medbench.fsutil import atomic_write_text
+from medbench.results import RunResults, read_results
 
 CARD_NAME = "MODEL_CARD.md"
 N_BOOT = 1000
@@ -28,86 +30,114 @@ CITATION = (
     'benchmark for 2D and 3D biomedical image classification." Scientific Data, 2023.'
 )
 
+INTENDED_USE = [
+    "- For research and education: benchmarking methods on MedMNIST and teaching.",
+    "- Not for diagnosis, screening or any clinical decision. The model has not been "
+    "validated on patients, other hospitals or other devices, and its probabilities are "
+    "not clinical risk estimates.",
+]
+
 
 def write_model_card(run_dir: str | os.PathLike) -> Path:
     """Write `MODEL_CARD.md` into a finished run folder (atomically) and return its path."""
     run_dir = Path(run_dir)
-    results_path, predictions_path = run_dir / "results.json", run_dir / "predictions.npz"
-    for path in (results_path, predictions_path):
+    predictions_path = run_dir / "predictions.npz"
+    for path in (run_dir / "results.json", predictions_path):
         if not path.is_file():
             raise MedbenchError(
                 f"{run_dir} has no {path.name}; a model card needs a finished run "
                 f"(finish it with 'medbench train --resume')"
             )
+    results = read_results(run_dir)
     try:
-        results = json.loads(results_path.read_text(encoding="utf-8"))
         with np.load(predictions_path, allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}
     except (OSError, ValueError) as exc:
         raise MedbenchError(
-            f"cannot read the results of {run_dir} (corrupt?): {str(exc)[:160]}"
+            f"cannot read the predictions of {run_dir} (corrupt?): {str(exc)[:160]}"
         ) from None
     return atomic_write_text(run_dir / CARD_NAME, render_model_card(results, arrays))
 
 
-def render_model_card(results: dict[str, Any], arrays: dict[str, np.ndarray]) -> str:
+def render_model_card(results: RunResults, arrays: dict[str, np.ndarray]) -> str:
     """The card's Markdown for a run's results and predictions arrays."""
-    data = results["dataset"]
-    config = results["config"]
-    task, names = data["task"], list(data["label_names"])
-    name, size = data["name"], int(data["size"])
-    test_m, val_m = results["metrics"]["test"], results["metrics"]["val"]
-    temperature = float(results["metrics"]["temperature"])
-    test_probs = metrics.probabilities_from_logits(arrays["test_logits"], task)
-    test_y = arrays["test_labels"]
-    ci = {
-        m: metrics.bootstrap_ci(test_y, test_probs, task, m, n_boot=N_BOOT, seed=0)
-        for m in ("acc", "auc")
-    }
-    model = results["model"]
     lines = [
-        f"# Model card: {model['name']} on {name} ({size}x{size})",
+        *_title(results),
+        *_section("Model", _model(results)),
+        *_section("Training data", _training_data(results)),
+        *_section("Training", _training(results)),
+        *_section("Performance", _performance(results, arrays)),
+        *_section("Calibration", _calibration(results)),
+        *_section("Collapse guard", _collapse_guard(results)),
+        *_section("Known limits", [f"- {item}" for item in _limits(results, arrays)]),
+        *_section("Intended use", INTENDED_USE),
+    ]
+    return "\n".join(lines)
+
+
+def _section(title: str, body: list[str]) -> list[str]:
+    return [f"## {title}", "", *body, ""]
+
+
+def _size(results: RunResults) -> int:
+    return int(results.dataset["size"])
+
+
+def _temperature(results: RunResults) -> float:
+    return float(results.metrics["temperature"])
+
+
+def _title(results: RunResults) -> list[str]:
+    size = _size(results)
+    return [
+        f"# Model card: {results.model.name} on {results.dataset['name']} ({size}x{size})",
         "",
         f"Written by medbench from `results.json` and `predictions.npz` of run "
-        f"`{Path(results.get('run_dir', '.')).name}`.",
+        f"`{Path(results.run_dir or '.').name}`.",
         "",
-        "## Model",
-        "",
-        f"- Architecture: `{model['name']}`, {model['params_m']:.2f} M parameters, "
-        f"{model['gflops']:.3f} GFLOPs per image; options {json.dumps(model.get('options', {}))}",
+    ]
+
+
+def _model(results: RunResults) -> list[str]:
+    data, model, size = results.dataset, results.model, _size(results)
+    task, names = data["task"], list(data["label_names"])
+    kind = "labels" if task == metrics.MULTI_LABEL else "classes"
+    return [
+        f"- Architecture: `{model.name}`, {model.params_m:.2f} M parameters, "
+        f"{model.gflops:.3f} GFLOPs per image; options {json.dumps(model.options)}",
         f"- Input: {size}x{size} pixels, {data['n_channels']} channel(s), uint8 pixels "
         "normalised as (x / 255 - 0.5) / 0.5",
-        f"- Output: {task}, {len(names)} {'labels' if task == metrics.MULTI_LABEL else 'classes'}: "
+        f"- Output: {task}, {len(names)} {kind}: "
         + ", ".join(f"{i}: {n}" for i, n in enumerate(names)),
-        f"- Calibration temperature: {temperature:.3f} (fitted on the validation split)",
-        "",
-        "## Training data",
-        "",
-        f"- Dataset: {name} (MedMNIST v2), {size}x{size}; split sizes "
+        f"- Calibration temperature: {_temperature(results):.3f} (fitted on the validation split)",
+    ]
+
+
+def _training_data(results: RunResults) -> list[str]:
+    data, size = results.dataset, _size(results)
+    if data.get("md5_matches"):
+        official = "the official file (MD5 matches)"
+    else:
+        official = (
+            f"NOT the official file (official MD5 `{data['official_md5']}`), "
+            "so results are not comparable with published ones"
+        )
+    return [
+        f"- Dataset: {data['name']} (MedMNIST v2), {size}x{size}; split sizes "
         + " / ".join(f"{s} {n}" for s, n in data["split_sizes"].items()),
         f"- License: {_license(data)}",
-        f"- Data file: `{data['file']}`, MD5 `{data['md5']}`: "
-        + (
-            "the official file (MD5 matches)"
-            if data.get("md5_matches")
-            else f"NOT the official file (official MD5 `{data['official_md5']}`), "
-            "so results are not comparable with published ones"
-        ),
+        f"- Data file: `{data['file']}`, MD5 `{data['md5']}`: {official}",
         f"- Cite: {CITATION}",
-        "",
-        "## Training",
-        "",
-        f"- Epochs: {results.get('epochs_completed')} of {results.get('epochs_planned')} planned; "
-        + (
-            "the final epoch's weights (no selection on validation)"
-            if config.get("select_metric") == "last"
-            else f"best (selected) epoch {results.get('best_epoch')} by validation "
-            f"{config.get('select_metric', 'auc').upper()}"
-        )
-        + ("; stopped early" if results.get("stopped_early") else "")
-        + ("; stopped at the time budget" if results.get("over_budget") else ""),
-        f"- Training time: {results['timing']['train_seconds']:.0f} s on "
-        f"{results.get('environment', {}).get('device', 'unknown device')}",
+    ]
+
+
+def _training(results: RunResults) -> list[str]:
+    config = results.config
+    device = results.environment.get("device", "unknown device")
+    return [
+        f"- Epochs: {results.rounds_completed} of {results.rounds_planned} planned; "
+        + _selection(results),
+        f"- Training time: {results.timing.train_seconds:.0f} s on {device}",
         "- Configuration:",
         "",
         "| option | value |",
@@ -117,96 +147,113 @@ def render_model_card(results: dict[str, Any], arrays: dict[str, np.ndarray]) ->
             for k, v in config.items()
             if v is not None and k not in ("run_dir", "data_dir")
         ),
-        "",
-        "## Performance",
-        "",
+    ]
+
+
+def _selection(results: RunResults) -> str:
+    """Which weights the run kept, and why it stopped when it stopped early."""
+    metric = results.config.get("select_metric", "auc")
+    if metric == "last":
+        text = "the final epoch's weights (no selection on validation)"
+    else:
+        text = f"best (selected) epoch {results.best_round} by validation {metric.upper()}"
+    if results.stopped_early:
+        text += "; stopped early"
+    if results.over_budget:
+        text += "; stopped at the time budget"
+    return text
+
+
+def _performance(results: RunResults, arrays: dict[str, np.ndarray]) -> list[str]:
+    """Test and val metrics; test ACC and AUC with bootstrap intervals from the saved logits."""
+    task = results.dataset["task"]
+    test_y = arrays["test_labels"]
+    test_probs = metrics.probabilities_from_logits(arrays["test_logits"], task)
+    ci = {
+        m: metrics.bootstrap_ci(test_y, test_probs, task, m, n_boot=N_BOOT, seed=0)
+        for m in ("acc", "auc")
+    }
+    test, val = results.test, results.val
+    return [
         f"Official MedMNIST metrics; 95% intervals are percentile bootstraps ({N_BOOT} "
         f"resamples of the {len(test_y)} test images).",
         "",
         "| split | ACC | AUC | balanced ACC | macro F1 |",
         "|---|---|---|---|---|",
-        f"| test | {_num(test_m['acc'])} ({_interval(ci['acc'])}) | "
-        f"{_num(test_m['auc'])} ({_interval(ci['auc'])}) | {_num(test_m.get('balanced_acc'))} | "
-        f"{_num(test_m.get('macro_f1'))} |",
-        f"| val | {_num(val_m['acc'])} | {_num(val_m['auc'])} | "
-        f"{_num(val_m.get('balanced_acc'))} | {_num(val_m.get('macro_f1'))} |",
-        "",
-        "## Calibration",
-        "",
+        f"| test | {_num(test['acc'])} ({_interval(ci['acc'])}) | "
+        f"{_num(test['auc'])} ({_interval(ci['auc'])}) | {_num(test.get('balanced_acc'))} | "
+        f"{_num(test.get('macro_f1'))} |",
+        f"| val | {_num(val['acc'])} | {_num(val['auc'])} | "
+        f"{_num(val.get('balanced_acc'))} | {_num(val.get('macro_f1'))} |",
+    ]
+
+
+def _calibration(results: RunResults) -> list[str]:
+    m = results.metrics
+    return [
         "Expected calibration error (15 equal-width bins, top label), before and after "
-        f"temperature scaling (T = {temperature:.3f}):",
+        f"temperature scaling (T = {_temperature(results):.3f}):",
         "",
         "| split | ECE | ECE after scaling |",
         "|---|---|---|",
-        f"| test | {_num(test_m['ece'])} | {_num(results['metrics'].get('test_ece_calibrated'))} |",
-        f"| val | {_num(val_m['ece'])} | {_num(results['metrics'].get('val_ece_calibrated'))} |",
-        "",
-        "## Collapse guard",
-        "",
+        f"| test | {_num(results.test['ece'])} | {_num(m.get('test_ece_calibrated'))} |",
+        f"| val | {_num(results.val['ece'])} | {_num(m.get('val_ece_calibrated'))} |",
     ]
-    flags = results.get("flags") or []
-    lines += [f"- FLAG: {f}" for f in flags] or ["- No flags: predictions are not collapsed."]
-    lines += ["", "## Known limits", ""]
-    lines += [f"- {item}" for item in _limits(results, arrays, names, task, flags)]
-    lines += [
-        "",
-        "## Intended use",
-        "",
-        "- For research and education: benchmarking methods on MedMNIST and teaching.",
-        "- Not for diagnosis, screening or any clinical decision. The model has not been "
-        "validated on patients, other hospitals or other devices, and its probabilities are "
-        "not clinical risk estimates.",
-        "",
-    ]
-    return "\n".join(lines)
 
 
-def _limits(
-    results: dict[str, Any],
-    arrays: dict[str, np.ndarray],
-    names: list[str],
-    task: str,
-    flags: list[str],
-) -> list[str]:
-    data = results["dataset"]
-    size = int(data["size"])
-    items = []
-    if size == 28:
-        items.append(
-            "Resolution: 28x28 pixels. Fine structure visible at full resolution is lost; "
-            "the model has never seen larger images (medbench downsizes any input to 28x28)."
-        )
-    if data["name"] == "dermamnist":
-        items.append(
-            "DermaMNIST comes from HAM10000, which has several images of the same lesion; the "
-            "MedMNIST splits are by image, not by lesion, so near-duplicates of a lesion can "
-            "sit in both training and test and test scores are likely optimistic."
-        )
+def _collapse_guard(results: RunResults) -> list[str]:
+    return [f"- FLAG: {f}" for f in results.flags] or ["- No flags: predictions are not collapsed."]
+
+
+RESOLUTION_LIMIT = (
+    "Resolution: 28x28 pixels. Fine structure visible at full resolution is lost; "
+    "the model has never seen larger images (medbench downsizes any input to 28x28)."
+)
+LESION_DUPLICATES = (
+    "DermaMNIST comes from HAM10000, which has several images of the same lesion; the "
+    "MedMNIST splits are by image, not by lesion, so near-duplicates of a lesion can "
+    "sit in both training and test and test scores are likely optimistic."
+)
+UNOFFICIAL_DATA = (
+    "Trained and tested on a data file that is not the official one: scores are not "
+    "comparable with published MedMNIST results."
+)
+COLLAPSE_LIMIT = "The collapse guard raised flags (above): do not rely on this model."
+
+
+def _limits(results: RunResults, arrays: dict[str, np.ndarray]) -> list[str]:
+    """What the card's reader must know before trusting the numbers, from the run's data."""
+    data = results.dataset
+    items = [
+        RESOLUTION_LIMIT if _size(results) == 28 else None,
+        LESION_DUPLICATES if data["name"] == "dermamnist" else None,
+        _class_imbalance(data, arrays),
+        UNOFFICIAL_DATA if not data.get("md5_matches") else None,
+        COLLAPSE_LIMIT if results.flags else None,
+    ]
+    return [item for item in items if item]
+
+
+def _class_imbalance(data: dict[str, Any], arrays: dict[str, np.ndarray]) -> str | None:
+    """Class shares (or positives per label) in the val + test labels, most common first."""
+    task, names = data["task"], list(data["label_names"])
     counts = _class_counts(arrays, task, len(names))
-    if counts is not None and counts.min() >= 0:
-        order = np.argsort(-counts)
-        total = (
-            counts.sum()
-            if task != metrics.MULTI_LABEL
-            else len(arrays["test_labels"]) + len(arrays["val_labels"])
-        )
-        shares = ", ".join(f"{names[i]} {counts[i] / total:.1%}" for i in order)
-        lo = counts[order[-1]]
-        ratio = f"{counts[order[0]] / lo:.1f}:1" if lo else "unbounded (a class has no images)"
-        kind = "positives per label" if task == metrics.MULTI_LABEL else "class shares"
-        items.append(
-            f"Class imbalance ({kind} in the val + test labels): {shares}; most to least "
-            f"common {ratio}. Accuracy favours common classes; read balanced ACC and the "
-            "per-class results too."
-        )
-    if not data.get("md5_matches"):
-        items.append(
-            "Trained and tested on a data file that is not the official one: scores are not "
-            "comparable with published MedMNIST results."
-        )
-    if flags:
-        items.append("The collapse guard raised flags (above): do not rely on this model.")
-    return items
+    if counts is None or counts.min() < 0:
+        return None
+    order = np.argsort(-counts)
+    if task == metrics.MULTI_LABEL:
+        total = len(arrays["test_labels"]) + len(arrays["val_labels"])
+    else:
+        total = counts.sum()
+    shares = ", ".join(f"{names[i]} {counts[i] / total:.1%}" for i in order)
+    lo = counts[order[-1]]
+    ratio = f"{counts[order[0]] / lo:.1f}:1" if lo else "unbounded (a class has no images)"
+    kind = "positives per label" if task == metrics.MULTI_LABEL else "class shares"
+    return (
+        f"Class imbalance ({kind} in the val + test labels): {shares}; most to least "
+        f"common {ratio}. Accuracy favours common classes; read balanced ACC and the "
+        "per-class results too."
+    )
 
 
 def _class_counts(arrays: dict[str, np.ndarray], task: str, n: int) -> np.ndarray | None:
@@ -220,8 +267,6 @@ def _class_counts(arrays: dict[str, np.ndarray], task: str, n: int) -> np.ndarra
 
 
 def _license(data: dict[str, Any]) -> str:
-    from medbench.data import dataset_info
-
     license_ = data.get("license") or dataset_info(data["name"]).license
     if "NC" in license_:
         return f"{license_} (non-commercial use only; attribution required)"
