@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,10 @@ import pytest
 from medbench.benchmark import run_benchmark
 from medbench.cli import main
 from medbench.report import build_report
+from medbench.report.collect import Group, Run
+from medbench.report.findings import compare_top_two
 from medbench.report.published import load_published
+from medbench.results import RunResults
 from test_benchmark_support import make_fake_train
 
 GRID = {
@@ -37,6 +41,8 @@ def _study(folder: Path, accuracy: dict, seeds=3, **fake) -> Path:
         run_benchmark(**GRID, seeds=seeds, out=folder, train_fn=make_fake_train(accuracy, **fake))
     return folder
 
+
+RESULTS_V1 = Path(__file__).parent / "fixtures" / "results_v1.json"
 
 CNN_WINS = {
     ("dermamnist", "advanced_cnn"): 0.80,
@@ -175,6 +181,67 @@ def test_failed_runs_are_listed_but_kept_out_of_the_table(tmp_path):
     )
     assert any("failed" in s and "boom" in s for s in report.findings.findings)
     assert "| octmnist | resnet18 | this study" not in report.markdown.read_text()
+
+
+def _group(model: str, accuracies: list[float]) -> Group:
+    runs = [
+        Run({"test_acc": acc, "seed": seed, "status": "finished"}, None)
+        for seed, acc in enumerate(accuracies)
+    ]
+    return Group("dermamnist", 28, model, "h", runs, label=model)
+
+
+def test_seeds_that_agree_exactly_separate_any_difference():
+    cmp = compare_top_two(_group("a", [0.8, 0.8]), _group("b", [0.7, 0.7]))
+    assert cmp.significant is True and cmp.p_value == 0.0
+
+
+def test_seeds_that_agree_exactly_on_the_same_number_do_not_separate():
+    cmp = compare_top_two(_group("a", [0.8, 0.8]), _group("b", [0.8, 0.8]))
+    assert cmp.significant is False and cmp.p_value == 1.0
+
+
+@pytest.fixture
+def v1_folder(tmp_path) -> Path:
+    """A folder of runs (no results store) holding one results.json of schema 1, written
+    before rounds were named rounds, and a results.json that is not a run's."""
+    runs = tmp_path / "runs"
+    (runs / "old").mkdir(parents=True)
+    shutil.copy(RESULTS_V1, runs / "old" / "results.json")
+    (runs / "other").mkdir()
+    (runs / "other" / "results.json").write_text('[{"not": "a run"}]')
+    return runs
+
+
+def test_a_schema_1_run_is_reported_with_its_numbers(v1_folder, tmp_path):
+    old = json.loads(RESULTS_V1.read_text())
+    report = build_report(v1_folder, tmp_path / "report", plots=False)
+    (row,) = list(csv.DictReader(report.csv.open()))
+    assert row["model"] == "efficientnet" and row["dataset"] == "bloodmnist"
+    assert float(row["test_acc"]) == old["metrics"]["test"]["acc"]
+    assert int(row["n_params"]) == old["model"]["n_params"]
+    assert row["epochs_completed"] == str(old["epochs_completed"])
+
+
+def test_a_schema_2_run_reports_its_rounds_completed_as_epochs_completed(tmp_path):
+    results = RunResults.from_json(json.loads(RESULTS_V1.read_text()))
+    results.rounds_completed = 3
+    (tmp_path / "runs" / "new").mkdir(parents=True)
+    (tmp_path / "runs" / "new" / "results.json").write_text(json.dumps(results.to_json()))
+    report = build_report(tmp_path / "runs", tmp_path / "report", plots=False)
+    (row,) = list(csv.DictReader(report.csv.open()))
+    assert row["epochs_completed"] == "3"
+
+
+def test_a_schema_1_run_has_its_findings(v1_folder, tmp_path):
+    report = build_report(v1_folder, tmp_path / "report", plots=False)
+    assert report.findings.best_overall == "efficientnet"
+    assert report.findings.winners == {"bloodmnist": "efficientnet"}
+
+
+def test_a_schema_1_run_has_its_training_curve_drawn(v1_folder, tmp_path):
+    report = build_report(v1_folder, tmp_path / "report")
+    assert "curves_bloodmnist.png" in {p.name for p in report.plots}
 
 
 def test_report_never_imports_the_training_engine(cnn_study, tmp_path):

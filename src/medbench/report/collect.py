@@ -7,12 +7,14 @@ from __future__ import annotations
 import json
 import math
 import statistics
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from medbench.config import TrainConfig, config_hash
 from medbench.errors import MedbenchError
+from medbench.results import RunResults, read_results
 from medbench.store import STORE_NAME, ResultsStore
 
 # Columns of results.csv / results.json, in order.
@@ -45,13 +47,29 @@ RUN_FIELDS = (
     "error",
 )
 
+# Columns that say which run a row is: from the store row (or from where results.json lies).
+_ROW_COLUMNS = (
+    "dataset",
+    "size",
+    "model",
+    "seed",
+    "config_hash",
+    "status",
+    "run_dir",
+    "results_path",
+    "error",
+)
+# Every other column is the run's RunResults.flat_row field of the same name, except one
+# that kept its name when schema 2 renamed epochs to rounds.
+_FLAT_NAME = {"epochs_completed": "rounds_completed"}
+
 
 @dataclass
 class Run:
-    """One run: its flat fields (RUN_FIELDS) and its full results.json (None unless finished)."""
+    """One run: its flat fields (RUN_FIELDS) and its full results (None unless finished)."""
 
     fields: dict[str, Any]
-    results: dict[str, Any] | None = None
+    results: RunResults | None = None
 
     def __getitem__(self, name: str) -> Any:
         return self.fields.get(name)
@@ -108,46 +126,32 @@ class Group:
         return [r for r in self.runs if r["collapsed"]]
 
 
-def _flatten(row: dict[str, Any], results: dict[str, Any] | None) -> dict[str, Any]:
-    """One run's flat fields: from results.json when there is one, else the store row."""
+def _flatten(row: dict[str, Any], results: RunResults | None) -> dict[str, Any]:
+    """One run's flat fields: from its results when there are some, else the store row."""
     f = {k: row.get(k) for k in RUN_FIELDS}
     f["flags"] = list(row.get("flags") or [])
-    if results is None:
-        return f
-    metrics = results.get("metrics") or {}
-    test, val = metrics.get("test") or {}, metrics.get("val") or {}
-    model = results.get("model") or {}
-    data = results.get("dataset") or {}
-    f.update(
-        test_acc=test.get("acc"),
-        test_auc=test.get("auc"),
-        val_acc=val.get("acc"),
-        val_auc=val.get("auc"),
-        test_balanced_acc=test.get("balanced_acc"),
-        test_macro_f1=test.get("macro_f1"),
-        test_ece=test.get("ece"),
-        n_params=model.get("n_params"),
-        gflops=model.get("gflops"),
-        efficiency=results.get("efficiency"),
-        train_seconds=(results.get("timing") or {}).get("train_seconds"),
-        epochs_completed=results.get("epochs_completed"),
-        collapsed=bool(results.get("collapsed")),
-        flags=list(results.get("flags") or []),
-        data_official=data.get("official"),
-        data_md5_matches=data.get("md5_matches"),
-        license=data.get("license"),
-    )
+    if results is not None:
+        flat = results.flat_row()
+        f.update({k: flat[_FLAT_NAME.get(k, k)] for k in RUN_FIELDS if k not in _ROW_COLUMNS})
     return f
 
 
-def _read_results(path: str | Path | None) -> dict[str, Any] | None:
-    if not path:
-        return None
+def _read_json(path: Path) -> dict[str, Any] | None:
     try:
-        data = json.loads(Path(path).read_text())
+        data = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
+
+
+def _read_results(path: str | Path | None) -> RunResults | None:
+    """A run's results, or None when the file is missing or is not a results file."""
+    if not path:
+        return None
+    try:
+        return read_results(path)
+    except MedbenchError:
+        return None
 
 
 def load_ensembles(folder: str | Path) -> list[dict[str, Any]]:
@@ -155,7 +159,7 @@ def load_ensembles(folder: str | Path) -> list[dict[str, Any]]:
     --ensemble`), in the schema of `medbench.ensemble.build_ensemble`'s results."""
     found = []
     for path in sorted(Path(folder).glob("ensembles/*/ensemble.json")):
-        data = _read_results(path)
+        data = _read_json(path)
         if data and isinstance(data.get("results"), dict):
             found.append(data["results"])
     return found
@@ -170,19 +174,31 @@ def load_runs(folder: str | Path) -> list[Run]:
             f"{folder} is not a folder; give the --out folder of 'medbench benchmark'"
         )
     if (folder / STORE_NAME).exists():
-        runs = []
-        for row in ResultsStore(folder, create=False).rows():
-            results = (
-                _read_results(row.get("results_path")) if row["status"] == "finished" else None
-            )
-            runs.append(Run(_flatten(row, results), results))
-        return runs
+        return _runs_in_store(folder)
+    runs = _runs_in_files(folder)
+    if not runs:
+        raise MedbenchError(
+            f"no results in {folder}: no {STORE_NAME} and no finished results.json; run 'medbench benchmark --out {folder}'"
+        )
+    return runs
+
+
+def _runs_in_store(folder: Path) -> list[Run]:
+    runs = []
+    for row in ResultsStore(folder, create=False).rows():
+        finished = row["status"] == "finished"
+        results = _read_results(row.get("results_path")) if finished else None
+        runs.append(Run(_flatten(row, results), results))
+    return runs
+
+
+def _runs_in_files(folder: Path) -> list[Run]:
     runs = []
     for path in sorted(folder.rglob("results.json")):
         results = _read_results(path)
-        if not results or results.get("status") != "finished" or "config" not in results:
+        if results is None or results.status != "finished":
             continue
-        cfg = results["config"]
+        cfg = results.config
         row = {
             "dataset": cfg.get("dataset"),
             "size": cfg.get("size"),
@@ -194,10 +210,6 @@ def load_runs(folder: str | Path) -> list[Run]:
             "results_path": str(path),
         }
         runs.append(Run(_flatten(row, results), results))
-    if not runs:
-        raise MedbenchError(
-            f"no results in {folder}: no {STORE_NAME} and no finished results.json; run 'medbench benchmark --out {folder}'"
-        )
     return runs
 
 
@@ -211,9 +223,7 @@ def _hash(config: dict[str, Any]) -> str:
 def group_runs(runs: list[Run]) -> list[Group]:
     """Finished runs grouped over seeds, ordered by dataset (first appearance) then model."""
     groups: dict[tuple, Group] = {}
-    for run in runs:
-        if not run.finished:
-            continue
+    for run in (r for r in runs if r.finished):
         key = (run["dataset"], run["size"], run["model"], run["config_hash"])
         if key not in groups:
             groups[key] = Group(
@@ -222,12 +232,15 @@ def group_runs(runs: list[Run]) -> list[Group]:
         groups[key].runs.append(run)
     for g in groups.values():
         g.runs.sort(key=lambda r: r["seed"] if r["seed"] is not None else 0)
-    # A model trained with several configs on one dataset/size is labelled by its hash.
-    per_model: dict[tuple, int] = {}
-    for g in groups.values():
-        per_model[(g.dataset, g.size, g.model)] = per_model.get((g.dataset, g.size, g.model), 0) + 1
-    for g in groups.values():
-        many = per_model[(g.dataset, g.size, g.model)] > 1
-        g.label = f"{g.model} [{g.config_hash[:6]}]" if many else g.model
+    _label(list(groups.values()))
     dataset_order = list(dict.fromkeys(g.dataset for g in groups.values()))
     return sorted(groups.values(), key=lambda g: (dataset_order.index(g.dataset), g.size, g.label))
+
+
+def _label(groups: list[Group]) -> None:
+    """Label each group by its model, and by its config hash too when one model was trained
+    with several configs on one dataset and size."""
+    configs = Counter((g.dataset, g.size, g.model) for g in groups)
+    for g in groups:
+        many = configs[(g.dataset, g.size, g.model)] > 1
+        g.label = f"{g.model} [{g.config_hash[:6]}]" if many else g.model

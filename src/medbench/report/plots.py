@@ -11,7 +11,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from medbench.fsutil import atomic_savefig
-from medbench.report.collect import Group, Run
+from medbench.metrics import reliability_bins
+from medbench.report.collect import Group, Run, Stat
 
 DPI = 110
 
@@ -52,26 +53,15 @@ def accuracy_heatmap(groups: list[Group], folder: Path) -> list[Path]:
 def _scatter(
     groups: list[Group], folder: Path, x_field: str, x_label: str, name: str
 ) -> list[Path]:
-    points = [(g, g.stat(x_field).mean, g.stat("test_acc")) for g in groups]
-    points = [(g, x, s) for g, x, s in points if x and s.mean is not None]
+    """Mean test accuracy (error bars: std over seeds) against `x_field`, one colour per
+    dataset, each point labelled with its model."""
+    points = _accuracy_points(groups, x_field)
     if not points:
         return []
     fig = Figure(figsize=(6.4, 4.4))
     ax = fig.add_subplot()
     for unit in dict.fromkeys(_unit(g) for g, _, _ in points):
-        sel = [(g, x, s) for g, x, s in points if _unit(g) == unit]
-        ax.errorbar(
-            [x for _, x, _ in sel],
-            [100 * s.mean for _, _, s in sel],
-            yerr=[100 * (s.std or 0) for _, _, s in sel],
-            fmt="o",
-            capsize=3,
-            label=unit,
-        )
-        for g, x, s in sel:
-            ax.annotate(
-                g.label, (x, 100 * s.mean), textcoords="offset points", xytext=(4, 4), fontsize=8
-            )
+        _scatter_dataset(ax, [(g, x, s) for g, x, s in points if _unit(g) == unit], unit)
     ax.set_xscale("log")
     ax.set_xlabel(x_label)
     ax.set_ylabel("test accuracy (%)")
@@ -79,6 +69,27 @@ def _scatter(
     ax.grid(alpha=0.3)
     ax.set_title(f"Accuracy vs {x_label.split(' (')[0]}")
     return [_save(fig, folder / name)]
+
+
+def _accuracy_points(groups: list[Group], x_field: str) -> list[tuple[Group, float, Stat]]:
+    """(group, mean of x_field, test accuracy) of each group that has both."""
+    points = [(g, g.stat(x_field).mean, g.stat("test_acc")) for g in groups]
+    return [(g, x, s) for g, x, s in points if x and s.mean is not None]
+
+
+def _scatter_dataset(ax, points: list[tuple[Group, float, Stat]], unit: str) -> None:
+    ax.errorbar(
+        [x for _, x, _ in points],
+        [100 * s.mean for _, _, s in points],
+        yerr=[100 * (s.std or 0) for _, _, s in points],
+        fmt="o",
+        capsize=3,
+        label=unit,
+    )
+    for g, x, s in points:
+        ax.annotate(
+            g.label, (x, 100 * s.mean), textcoords="offset points", xytext=(4, 4), fontsize=8
+        )
 
 
 def accuracy_vs_params(groups: list[Group], folder: Path) -> list[Path]:
@@ -137,15 +148,15 @@ def training_curves(groups: list[Group], folder: Path) -> list[Path]:
     def draw(ax, g: Group) -> bool:
         drawn = False
         for run in g.runs:
-            history = (run.results or {}).get("history") or []
-            epochs = [h.get("epoch") for h in history]
-            if not epochs:
+            history = run.results.history if run.results else []
+            rounds = [h.round for h in history]
+            if not rounds:
                 continue
             for key, style in (("val_acc", "-"), ("train_loss", ":")):
-                ys = [h.get(key) for h in history]
+                ys = [getattr(h, key) for h in history]
                 if any(isinstance(y, (int, float)) for y in ys):
                     ax.plot(
-                        epochs,
+                        rounds,
                         [np.nan if y is None else y for y in ys],
                         style,
                         marker=".",
@@ -162,7 +173,7 @@ def training_curves(groups: list[Group], folder: Path) -> list[Path]:
 
 
 def _confusion(run: Run) -> np.ndarray | None:
-    cm = (((run.results or {}).get("metrics") or {}).get("test") or {}).get("confusion_matrix")
+    cm = run.results.test.get("confusion_matrix") if run.results else None
     if not cm:
         return None
     arr = np.asarray(cm, dtype=float)
@@ -192,13 +203,11 @@ def confusion_matrices(groups: list[Group], folder: Path) -> list[Path]:
 
 
 def reliability_diagrams(groups: list[Group], folder: Path) -> list[Path]:
-    from medbench.metrics import reliability_bins
-
     def draw(ax, g: Group) -> bool:
         drawn = False
         for run in g.runs:
             npz = run.run_dir / "predictions.npz" if run.run_dir else None
-            task = ((run.results or {}).get("dataset") or {}).get("task")
+            task = run.results.dataset.get("task") if run.results else None
             if npz is None or not npz.exists() or not task:
                 continue
             with np.load(npz) as data:

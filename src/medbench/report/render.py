@@ -79,59 +79,52 @@ def _pub(x: float | None) -> str:
     return "–" if x is None else f"{100 * x:.1f}%"
 
 
+NO_VALUE = "–"
+
+
 def study_rows(groups: list[Group]) -> list[tuple[str, ...]]:
     """The study table: per dataset our groups (mean ± std, n), then the published
     MedMNIST v2 rows and the reference study's rows for that dataset."""
-    pub = load_published()
     rows: list[tuple[str, ...]] = []
     for unit in dict.fromkeys(dataset_unit(g) for g in groups):
         gs = [g for g in groups if dataset_unit(g) == unit]
-        for g in gs:
-            rows.append(
-                (
-                    unit,
-                    g.label,
-                    f"this study (n={g.n})",
-                    fmt_stat(g.stat("test_acc")),
-                    fmt_stat(g.stat("test_auc"), scale=1.0, digits=3, suffix=""),
-                    fmt_params(g.stat("n_params").mean),
-                    fmt_flops(g.stat("gflops").mean),
-                    fmt_stat(g.stat("efficiency"), scale=1.0, suffix=" %/M"),
-                    fmt_seconds(g.stat("train_seconds").mean),
-                )
-            )
-        dataset = gs[0].dataset
-        checked = set((pub["datasets"].get(dataset) or {}).get("checked") or [])
-        for method, vals in published_rows(dataset).items():
-            mark = "" if method in checked else " *"
-            rows.append(
-                (
-                    unit,
-                    method,
-                    f"published: MedMNIST v2{mark}",
-                    _pub(vals.get("acc")),
-                    f"{vals['auc']:.3f}" if vals.get("auc") is not None else "–",
-                    "–",
-                    "–",
-                    "–",
-                    "–",
-                )
-            )
-        for model, vals in reference_study_rows(dataset).items():
-            note = " (collapsed)" if vals.get("collapsed") else ""
-            rows.append(
-                (
-                    unit,
-                    model,
-                    "reference study",
-                    _pub(vals.get("acc")) + note,
-                    "–",
-                    "–",
-                    "–",
-                    "–",
-                    "–",
-                )
-            )
+        rows += [_our_row(unit, g) for g in gs]
+        rows += _published_study_rows(unit, gs[0].dataset)
+        rows += _reference_study_rows(unit, gs[0].dataset)
+    return rows
+
+
+def _our_row(unit: str, g: Group) -> tuple[str, ...]:
+    return (
+        unit,
+        g.label,
+        f"this study (n={g.n})",
+        fmt_stat(g.stat("test_acc")),
+        fmt_stat(g.stat("test_auc"), scale=1.0, digits=3, suffix=""),
+        fmt_params(g.stat("n_params").mean),
+        fmt_flops(g.stat("gflops").mean),
+        fmt_stat(g.stat("efficiency"), scale=1.0, suffix=" %/M"),
+        fmt_seconds(g.stat("train_seconds").mean),
+    )
+
+
+def _published_study_rows(unit: str, dataset: str) -> list[tuple[str, ...]]:
+    """MedMNIST v2's published rows; * marks those not cross-checked."""
+    checked = set((load_published()["datasets"].get(dataset) or {}).get("checked") or [])
+    rows = []
+    for method, vals in published_rows(dataset).items():
+        mark = "" if method in checked else " *"
+        auc = NO_VALUE if vals.get("auc") is None else f"{vals['auc']:.3f}"
+        source = f"published: MedMNIST v2{mark}"
+        rows.append((unit, method, source, _pub(vals.get("acc")), auc) + (NO_VALUE,) * 4)
+    return rows
+
+
+def _reference_study_rows(unit: str, dataset: str) -> list[tuple[str, ...]]:
+    rows = []
+    for model, vals in reference_study_rows(dataset).items():
+        acc = _pub(vals.get("acc")) + (" (collapsed)" if vals.get("collapsed") else "")
+        rows.append((unit, model, "reference study", acc) + (NO_VALUE,) * 5)
     return rows
 
 
@@ -206,7 +199,7 @@ def _md_table(head: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
 def _context(groups: list[Group], runs: list[Run]) -> dict[str, Any]:
     pub = load_published()
     done = [r for r in runs if r.finished]
-    env = (done[0].results or {}).get("environment", {}) if done else {}
+    env = done[0].results.environment if done else {}
     counts = {
         s: sum(1 for r in runs if r["status"] == s)
         for s in ("finished", "failed", "running", "pending")
