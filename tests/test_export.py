@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -88,6 +89,22 @@ def test_check_uses_the_datasets_test_images_when_the_file_is_there(tmp_path):
     result = export_model(model_file, "onnx", data_dir=tmp_path / "data")
     assert result.check_source.startswith("10 test images of")
     assert result.batch_sizes == (10, 1, 7)
+
+
+def test_check_finds_the_data_folder_the_run_was_trained_from(tmp_path):
+    from medbench.data.synthetic import write_synthetic_like
+    from medbench.results import ModelInfo, RunResults, Timing
+
+    write_synthetic_like(tmp_path / "data", "bloodmnist", n_test=10)
+    model_file = save_model(tmp_path / "run" / "model.pt", "efficientnet")
+    results = RunResults(
+        run_dir=str(tmp_path / "run"), config={"data_dir": str(tmp_path / "data")}, dataset={},
+        model=ModelInfo("efficientnet", 1, 0), metrics={}, timing=Timing(0.0), steps=1,
+        steps_per_epoch=1, rounds_planned=1, rounds_completed=1, best_round=1,
+    )  # fmt: skip
+    (tmp_path / "run" / "results.json").write_text(json.dumps(results.to_json()))
+    result = export_model(model_file, "torchscript")
+    assert result.check_source.startswith("10 test images of")
 
 
 def test_check_falls_back_to_random_images_without_the_data_file(tmp_path):

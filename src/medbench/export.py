@@ -16,7 +16,6 @@ dynamo exporter needs the onnxscript package, which medbench does not depend on.
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from medbench.data import load_dataset
 from medbench.errors import MedbenchError, MedbenchWarning
 from medbench.fsutil import atomic_path
 from medbench.inference import load_trained_model, normalize
+from medbench.results import read_results
 
 FORMATS = ("onnx", "torchscript")
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
@@ -151,8 +151,8 @@ def _run_data_dir(model_path: str | os.PathLike) -> str | None:
     path = Path(model_path)
     results = (path if path.is_dir() else path.parent) / "results.json"
     try:
-        return json.loads(results.read_text(encoding="utf-8"))["config"].get("data_dir")
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return read_results(results).config.get("data_dir")
+    except MedbenchError:  # no results beside the model, or unreadable ones: no hint
         return None
 
 
