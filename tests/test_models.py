@@ -14,11 +14,10 @@ from medbench.models import (
     build_model,
     count_flops,
     count_parameters,
-    layers,
     list_models,
     model_summary,
 )
-from medbench.models.layers import DepthwiseConv2d
+from medbench.models.layers import DepthwiseConv2d, MBConv, ResidualBlock, uses_tap_sums
 
 FAMILIES = ("advanced_cnn", "efficientnet", "resnet18")
 SMALL_TIMM = "timm:resnet10t"
@@ -78,16 +77,41 @@ def test_eval_forward_at_224px_gives_one_logit_per_class(name, channels, classes
         assert model(torch.randn(2, channels, 224, 224)).shape == (2, classes)
 
 
-@pytest.mark.parametrize("name", [*FAMILIES, SMALL_TIMM])
-def test_forward_is_forward_head_of_forward_features(name):
+@pytest.mark.parametrize("name", [*list_models(), SMALL_TIMM])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_forward_features_is_a_map_and_forward_head_pools_and_classifies_it(name, channels_last):
     torch.manual_seed(0)
     model = build_model(name, 3, 5).eval()
     x = torch.randn(2, 3, 28, 28)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
         features = model.forward_features(x)
         embedding = model.forward_head(features, pre_logits=True)
         assert torch.equal(model.forward_head(features), model(x))
+    assert features.ndim == 4 and features.shape[:2] == (2, model.num_features)
     assert embedding.shape == (2, model.num_features)
+
+
+def test_advanced_cnn_map_holds_the_pooled_gated_features_then_the_final_stage():
+    torch.manual_seed(0)
+    model = build_model("advanced_cnn", 3, 7).eval()
+    x = torch.randn(2, 3, 28, 28)
+    with torch.no_grad():
+        *_, stage2, stage3, final = model._stage_outputs(x)
+        gated = [gate(f, final)[0] for gate, f in zip(model.gates, (stage2, stage3), strict=True)]
+        features = model.forward_features(x)
+        embedding = model.forward_head(features, pre_logits=True)
+    n_gated = model.num_gated_features
+    assert n_gated == 112 + 224 and features.shape == (2, n_gated + 448, 2, 2)
+    assert torch.equal(features[:, n_gated:], final)
+    # Each gated channel is its gate output's global mean, the same at every position.
+    assert torch.equal(
+        features[:, :n_gated], features[:, :n_gated, :1, :1].expand_as(features[:, :n_gated])
+    )
+    # The classifier reads what the paper's aggregation gives it: pooled gated + pooled final.
+    expected = torch.cat([g.mean((2, 3)) for g in (*gated, final)], dim=1)
+    assert torch.equal(embedding, expected)
 
 
 @pytest.mark.parametrize("name", FAMILIES)
@@ -159,6 +183,31 @@ def test_resnet_width_thins_every_stage_and_keeps_the_full_resolution_stem():
     assert count_parameters(build_model("resnet18", 3, 7, width=1.0)) == 11_172_423
 
 
+def test_advanced_cnn_rounds_scaled_widths_to_multiples_of_8_with_ties_to_even():
+    # Width 0.75: 56, 112, 224, 448 -> 42, 84, 168, 336 -> 40, 80 (10.5 x 8 goes to 10 x 8), 168, 336.
+    model = build_model("advanced_cnn", 3, 7, width=0.75)
+    assert [stage[0].conv1[0].out_channels for stage in model.stages] == [40, 80, 168, 336]
+    assert count_parameters(model) == 2_836_909
+
+
+def _block_drop_rates(model):
+    blocks = [m for m in model.modules() if isinstance(m, (ResidualBlock, MBConv))]
+    return [getattr(b.drop_path, "drop_prob", 0.0) for b in blocks]
+
+
+@pytest.mark.parametrize(("name", "n_blocks"), [("advanced_cnn", 7), ("efficientnet", 16)])
+def test_stochastic_depth_rises_linearly_from_0_to_drop_path_over_all_blocks(name, n_blocks):
+    model = build_model(name, 3, 7, drop_path=0.3)
+    rates = _block_drop_rates(model)
+    expected = [0.3 * i / (n_blocks - 1) for i in range(n_blocks)]
+    if name == "efficientnet":  # blocks that change shape have no residual to drop
+        expected = [
+            r if b.has_residual else 0.0 for r, b in zip(expected, model.blocks, strict=True)
+        ]
+    assert rates == pytest.approx(expected)
+    assert max(_block_drop_rates(build_model(name, 3, 7))) == 0.0
+
+
 def test_a_non_positive_width_is_a_user_error():
     for name in FAMILIES:
         with pytest.raises(MedbenchError, match="width"):
@@ -208,7 +257,7 @@ def test_an_unknown_resnet_init_is_a_user_error():
 def test_small_images_keep_a_feature_grid_larger_than_1x1():
     for name in FAMILIES:
         features = build_model(name, 3, 7, 28).forward_features(torch.randn(2, 3, 28, 28))
-        assert features.ndim == 2 or features.shape[-1] >= 2, name
+        assert features.shape[-2] >= 2 and features.shape[-1] >= 2, name
 
 
 def test_timm_models_build_with_one_channel_and_the_class_count():
@@ -329,29 +378,48 @@ def test_depthwise_conv_trains_in_fp32_under_cpu_bf16_autocast(size):
         assert conv(x.to(torch.bfloat16)).dtype == torch.bfloat16
 
 
+def test_tap_sums_take_tiny_maps_always_and_5x5_kernels_on_4x4_maps_unless_native_is_fast():
+    for fast in (False, True):
+        assert uses_tap_sums(4, 3, native_grad_is_fast=fast)
+        assert uses_tap_sums(16, 5, native_grad_is_fast=fast) is not fast
+        assert not uses_tap_sums(16, 3, native_grad_is_fast=fast)
+        assert not uses_tap_sums(25, 5, native_grad_is_fast=fast)
+
+
+def _took_tap_sums(output: torch.Tensor) -> bool:
+    return type(output.grad_fn).__name__ == "_SmallMapDepthwiseBackward"
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_depthwise_conv_follows_the_injected_cpu_kind(fast):
+    conv = DepthwiseConv2d(8, 5, native_grad_is_fast=fast)
+    assert _took_tap_sums(conv(torch.randn(2, 8, 4, 4))) is not fast
+    assert _took_tap_sums(conv(torch.randn(2, 8, 2, 2)))
+    with torch.no_grad():
+        assert conv(torch.randn(2, 8, 2, 2)).grad_fn is None
+
+
 @pytest.mark.parametrize("avx512, n_tap_sums", [(False, 8), (True, 5)])
-def test_efficientnet_trains_its_late_depthwise_convs_on_the_small_map_path(
-    monkeypatch, avx512, n_tap_sums
-):
+def test_efficientnet_trains_its_late_depthwise_convs_on_the_small_map_path(avx512, n_tap_sums):
     # At 28 px, stages 4-7 run on 4x4 and 2x2 maps. Every conv with a 2x2 output (5 convs)
     # takes tap sums; on CPUs without AVX-512 the three 5x5 convs on 4x4 maps do too, 8 in
     # all; stage 4's 3x3 convs never do.
-    monkeypatch.setattr(layers, "native_depthwise_grad_is_fast", lambda: avx512)
-    calls = []
-    original = layers._depthwise_weight_grad
-    monkeypatch.setattr(
-        layers, "_depthwise_weight_grad", lambda g, *a: calls.append(g.shape) or original(g, *a)
-    )
     model = build_model("efficientnet", 1, 2, image_size=28)
-    assert sum(isinstance(m, DepthwiseConv2d) for m in model.modules()) == 16
+    convs = [m for m in model.modules() if isinstance(m, DepthwiseConv2d)]
+    assert len(convs) == 16
+    taken = []
+    for conv in convs:
+        conv.native_grad_is_fast = avx512  # the CPU kind, as the constructor takes it
+        conv.register_forward_hook(
+            lambda m, i, out: taken.append(out.shape) if _took_tap_sums(out) else None
+        )
     model(torch.randn(4, 1, 28, 28)).sum().backward()
-    assert len(calls) == n_tap_sums
-    assert all(s[-1] * s[-2] <= layers.SMALL_MAP_POSITIONS for s in calls)
-    if avx512:
-        assert all(s[-1] * s[-2] <= layers.TINY_MAP_POSITIONS for s in calls)
-    calls.clear()
+    assert len(taken) == n_tap_sums
+    assert all(s[-1] * s[-2] <= (4 if avx512 else 16) for s in taken)
+    assert all(conv.weight.grad is not None for conv in convs)
+    taken.clear()
     with torch.no_grad():
         model(torch.randn(4, 1, 28, 28))
-    assert calls == []
+    assert taken == []
     # Same parameter names as the nn.Conv2d it replaces: older checkpoints still load.
     assert "blocks.0.depthwise.0.weight" in model.state_dict()

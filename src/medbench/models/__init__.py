@@ -3,8 +3,9 @@
     >>> from medbench.models import build_model, list_models
     >>> model = build_model("advanced_cnn", in_channels=3, num_classes=7, image_size=28)
 
-Every model has `forward_features(x)`, `forward_head(features, pre_logits=False)` and
-`num_features`, and holds no device, precision or checkpoint logic. `timm:<name>` builds
+Every model has `forward_features(x)` (a `(B, num_features, h, w)` map),
+`forward_head(features, pre_logits=False)` (pool, then classify) and `num_features`, and
+holds no device, precision or checkpoint logic. `timm:<name>` builds
 any timm model. See docs/models.md for the architectures.
 """
 

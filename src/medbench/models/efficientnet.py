@@ -31,7 +31,7 @@ import math
 from collections.abc import Sequence
 
 import torch
-from timm.layers import make_divisible
+from timm.layers import calculate_drop_path_rates, make_divisible
 from torch import nn
 
 from medbench.models.layers import ConvBnAct, MBConv
@@ -77,8 +77,10 @@ class EfficientNet(nn.Module):
         self.stem = ConvBnAct(
             in_channels, stem_channels, 3, stem_stride, act_layer=nn.SiLU, bn_eps=BN_EPS
         )
-        n_blocks = sum(s[4] for s in stages)
-        blocks, in_ch, index = [], stem_channels, 0
+        # Stochastic depth rises linearly from 0 at the first block to `drop_path` at the
+        # last, by timm's rule (the one advanced_cnn uses).
+        rates = iter(calculate_drop_path_rates(drop_path, sum(s[4] for s in stages)))
+        blocks, in_ch = [], stem_channels
         for expand, kernel, stride, channels, repeats in stages:
             for i in range(repeats):
                 blocks.append(
@@ -90,11 +92,10 @@ class EfficientNet(nn.Module):
                         expand_ratio=expand,
                         se_ratio=se_ratio,
                         bn_eps=BN_EPS,
-                        # Stochastic depth rises linearly with depth, as in EfficientNet.
-                        drop_path=drop_path * index / n_blocks,
+                        drop_path=next(rates),
                     )
                 )
-                in_ch, index = channels, index + 1
+                in_ch = channels
         self.blocks = nn.Sequential(*blocks)
         self.head = ConvBnAct(in_ch, head_channels, 1, act_layer=nn.SiLU, bn_eps=BN_EPS)
         self.num_features = head_channels
@@ -128,6 +129,48 @@ class EfficientNet(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
+def scaled_stages(
+    width: float,
+    depth: float,
+    expand_ratio: float | None = None,
+    kernel_sizes: Sequence[int] | None = None,
+) -> list[tuple[float, int, int, int, int]]:
+    """B0's stages with channels times `width` (rounded by timm's `make_divisible`, as in
+    EfficientNet), repeats times `depth` (rounded up), and the expansion of stages 2-7 and
+    the kernel of every stage overridden where given."""
+    stages = []
+    for i, (expand, kernel, stride, channels, repeats) in enumerate(B0_STAGES):
+        stages.append(
+            (
+                expand if expand_ratio is None or i == 0 else expand_ratio,
+                kernel if kernel_sizes is None else kernel_sizes[i],
+                stride,
+                make_divisible(channels * width, 8),
+                int(math.ceil(repeats * depth)),
+            )
+        )
+    return stages
+
+
+def _check_options(
+    width: float,
+    depth: float,
+    se_ratio: float,
+    expand_ratio: float | None,
+    kernel_sizes: Sequence[int] | None,
+) -> None:
+    if not (width > 0 and depth > 0):
+        raise ValueError(f"width and depth must be positive, not {width} and {depth}")
+    if not 0 <= se_ratio <= 1:
+        raise ValueError(f"se_ratio must be in [0, 1], not {se_ratio}")
+    if expand_ratio is not None and not expand_ratio >= 1:
+        raise ValueError(f"expand_ratio must be at least 1, not {expand_ratio}")
+    if kernel_sizes is not None and (
+        len(kernel_sizes) != len(B0_STAGES) or any(k < 1 or k % 2 == 0 for k in kernel_sizes)
+    ):
+        raise ValueError(f"kernel_sizes needs {len(B0_STAGES)} odd sizes, not {kernel_sizes}")
+
+
 @register_model
 def efficientnet(
     in_channels: int,
@@ -142,39 +185,19 @@ def efficientnet(
     drop_path: float = 0.0,
     dropout: float = 0.0,
 ) -> EfficientNet:
-    """EfficientNet-B0 layout at width 0.75: 2.45M parameters at 3 channels / 7 classes.
+    """EfficientNet-B0 layout at width 0.75: 2.46M parameters at 3 channels / 7 classes.
 
     `width` multiplies every stage's channels (the 1280-channel head conv only grows, never
-    shrinks, as in MobileNetV2), `depth` every stage's
-    repeats; `se_ratio` sizes SE (0 removes it); `expand_ratio` overrides B0's per-stage
-    MBConv expansion (1 for the first stage, 6 after) for stages 2-7; `kernel_sizes` gives
-    the depthwise kernel of each of the 7 stages (B0: 3, 3, 5, 3, 5, 5, 3).
+    shrinks, as in MobileNetV2), `depth` every stage's repeats; `se_ratio` sizes SE (0
+    removes it); `expand_ratio` overrides B0's per-stage MBConv expansion (1 for the first
+    stage, 6 after) for stages 2-7; `kernel_sizes` gives the depthwise kernel of each of the
+    7 stages (B0: 3, 3, 5, 3, 5, 5, 3).
     """
-    if not (width > 0 and depth > 0):
-        raise ValueError(f"width and depth must be positive, not {width} and {depth}")
-    if not 0 <= se_ratio <= 1:
-        raise ValueError(f"se_ratio must be in [0, 1], not {se_ratio}")
-    if expand_ratio is not None and not expand_ratio >= 1:
-        raise ValueError(f"expand_ratio must be at least 1, not {expand_ratio}")
-    if kernel_sizes is not None and (
-        len(kernel_sizes) != len(B0_STAGES) or any(k < 1 or k % 2 == 0 for k in kernel_sizes)
-    ):
-        raise ValueError(f"kernel_sizes needs {len(B0_STAGES)} odd sizes, not {kernel_sizes}")
-    stages = []
-    for i, (expand, kernel, stride, channels, repeats) in enumerate(B0_STAGES):
-        stages.append(
-            (
-                expand if expand_ratio is None or i == 0 else expand_ratio,
-                kernel if kernel_sizes is None else kernel_sizes[i],
-                stride,
-                make_divisible(channels * width, 8),
-                int(math.ceil(repeats * depth)),
-            )
-        )
+    _check_options(width, depth, se_ratio, expand_ratio, kernel_sizes)
     return EfficientNet(
         in_channels,
         num_classes,
-        stages,
+        scaled_stages(width, depth, expand_ratio, kernel_sizes),
         stem_channels=make_divisible(STEM_CHANNELS * width, 8),
         # MobileNetV2's rule: a width below 1 does not thin the last conv (it feeds the classifier).
         head_channels=make_divisible(HEAD_CHANNELS * max(width, 1.0), 8),

@@ -14,31 +14,45 @@ import torch.nn.functional as F
 from timm.layers import DropPath, SEModule, create_conv2d, get_padding
 from torch import nn
 
-# Depthwise convolutions on small output maps compute their weight gradient by tap sums
-# (`_depthwise_weight_grad`) where PyTorch's CPU weight-gradient kernel is slow. Forward +
-# backward at batch 128, by benchmarks/depthwise_grad.py (docs/models.md):
-# - AVX2 CPU (1 thread): a (C=384-864) 5x5 conv on a 4x4 or 2x2 map takes 70-101 ms with
-#   PyTorch's kernel (45 ms for a 3x3 one on 2x2) and 4-19 ms with the tap sums.
-# - AVX-512 CPU (2 threads): PyTorch's kernel is fast; the tap sums still win 1.2-2.5x on
-#   2x2 maps but tie or lose on 4x4 ones (0.34-1.07x for 5x5 kernels in two runs).
-# On 3x3 kernels over 4x4 maps and on 7x7 and larger maps PyTorch's kernel wins on both.
+# Where a depthwise conv's weight gradient is summed tap by tap (`_depthwise_weight_grad`)
+# instead of by PyTorch's CPU kernel, which is slow on small maps. The thresholds come
+# from benchmarks/depthwise_grad.py; its figures, machines and command are in
+# docs/models.md ("Depthwise convolutions on CPU").
 SMALL_MAP_POSITIONS = 16  # tap sums at most at this many output positions, for k >= 5 ...
 TINY_MAP_POSITIONS = 4  # ... and for any kernel at most at this many
+
+
+def round_channels(channels: float, divisor: int = 8) -> int:
+    """`channels` rounded to the nearest multiple of `divisor` (Python's round: a tie goes
+    to the even quotient), and at least `divisor`.
+
+    advanced_cnn's and the ResNets' width rule. timm's `make_divisible` (efficientnet's)
+    rounds halves up and adds `divisor` when rounding loses over 10%, so it gives other
+    widths (88 rather than 80 channels for advanced_cnn's 112 at width 0.75) and other
+    checkpoints.
+    """
+    return max(divisor, int(round(channels / divisor)) * divisor)
 
 
 @functools.cache
 def native_depthwise_grad_is_fast() -> bool:
     """Whether PyTorch's CPU kernels use AVX-512, where its depthwise weight gradient is
-    fast on 4x4 maps too (measured on an AVX-512 EPYC; slow on an AVX2 one)."""
+    fast on 4x4 maps too (docs/models.md: fast on an AVX-512 EPYC, slow on an AVX2 one)."""
     return torch.backends.cpu.get_cpu_capability() == "AVX512"
 
 
-def uses_tap_sums(out_positions: int, kernel_size: int) -> bool:
-    """Whether a depthwise conv's weight gradient is summed tap by tap on this CPU."""
+def uses_tap_sums(
+    out_positions: int, kernel_size: int, native_grad_is_fast: bool | None = None
+) -> bool:
+    """Whether a depthwise conv's weight gradient is summed tap by tap.
+
+    `native_grad_is_fast`: whether PyTorch's kernel is fast on 4x4 maps (None: ask this
+    CPU, `native_depthwise_grad_is_fast`).
+    """
+    if native_grad_is_fast is None:
+        native_grad_is_fast = native_depthwise_grad_is_fast()
     return out_positions <= TINY_MAP_POSITIONS or (
-        out_positions <= SMALL_MAP_POSITIONS
-        and kernel_size >= 5
-        and not native_depthwise_grad_is_fast()
+        out_positions <= SMALL_MAP_POSITIONS and kernel_size >= 5 and not native_grad_is_fast
     )
 
 
@@ -106,10 +120,18 @@ class DepthwiseConv2d(nn.Conv2d):
     On small output maps (`uses_tap_sums`: the late stages of an EfficientNet at 28-64
     px) its weight gradient is summed tap by tap instead of by PyTorch's CPU depthwise
     kernel; under CPU autocast it trains in fp32. Everything else (CUDA, inference,
-    tracing, larger maps) is the plain convolution.
+    tracing, larger maps) is the plain convolution. `native_grad_is_fast` is passed to
+    `uses_tap_sums` (None: ask this CPU).
     """
 
-    def __init__(self, channels: int, kernel_size: int, stride: int = 1) -> None:
+    def __init__(
+        self,
+        channels: int,
+        kernel_size: int,
+        stride: int = 1,
+        *,
+        native_grad_is_fast: bool | None = None,
+    ) -> None:
         super().__init__(
             channels,
             channels,
@@ -119,33 +141,33 @@ class DepthwiseConv2d(nn.Conv2d):
             groups=channels,
             bias=False,
         )
+        self.native_grad_is_fast = native_grad_is_fast
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (
-            x.device.type == "cpu"
-            and torch.is_autocast_enabled("cpu")
-            and torch.is_grad_enabled()
-            and not torch.jit.is_tracing()
-        ):
-            # Train in fp32 under CPU autocast: PyTorch's bf16 CPU depthwise backward
-            # is 3-30x slower than fp32's on stride-2 and 5x5 convs (a 5x5 conv over 144
-            # channels, 14x14 -> 7x7 at batch 128: 107-121 ms against 8-9 ms on an
-            # AVX512-BF16 EPYC), and made efficientnet train 1.7x slower in bf16 than in
-            # fp32 (docs/models.md).
+        if _cpu_training(x) and torch.is_autocast_enabled("cpu"):
+            # PyTorch's bf16 CPU depthwise backward is many times slower than fp32's on
+            # stride-2 and 5x5 convs (docs/models.md), so under CPU autocast train in fp32.
             with torch.autocast("cpu", enabled=False):
                 return self.forward(x.float())
+        if self._takes_tap_sums(x):
+            return _SmallMapDepthwise.apply(x, self.weight, self.stride[0], self.padding[0])
+        return super().forward(x)
+
+    def _takes_tap_sums(self, x: torch.Tensor) -> bool:
+        """Whether the weight gradient of this conv on `x` (outside autocast) is tap sums."""
         k, s, p = self.kernel_size[0], self.stride[0], self.padding[0]
         out_positions = ((x.shape[-2] + 2 * p - k) // s + 1) * ((x.shape[-1] + 2 * p - k) // s + 1)
-        if (
-            uses_tap_sums(out_positions, k)
-            and x.device.type == "cpu"
+        return (
+            _cpu_training(x)
             and self.weight.requires_grad
-            and torch.is_grad_enabled()
-            and not torch.jit.is_tracing()
             and x.dtype == self.weight.dtype
-        ):
-            return _SmallMapDepthwise.apply(x, self.weight, s, p)
-        return super().forward(x)
+            and uses_tap_sums(out_positions, k, self.native_grad_is_fast)
+        )
+
+
+def _cpu_training(x: torch.Tensor) -> bool:
+    """Whether `x` is a CPU tensor on its way through a graph that autograd records."""
+    return x.device.type == "cpu" and torch.is_grad_enabled() and not torch.jit.is_tracing()
 
 
 class ConvBnAct(nn.Sequential):

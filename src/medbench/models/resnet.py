@@ -26,6 +26,7 @@ import torch
 from torch import nn
 from torchvision.models import resnet as tv
 
+from medbench.models.layers import round_channels
 from medbench.models.registry import register_model
 
 BASE_WIDTHS = (64, 128, 256, 512)
@@ -36,7 +37,7 @@ def stage_widths(width: float) -> list[int]:
     """torchvision's stage widths times `width`, rounded to multiples of 8 (at least 8)."""
     if not width > 0:
         raise ValueError(f"width must be positive, not {width}")
-    return [max(8, int(round(w * width / 8)) * 8) for w in BASE_WIDTHS]
+    return [round_channels(w * width) for w in BASE_WIDTHS]
 
 
 class ResNet(tv.ResNet):
@@ -60,16 +61,7 @@ class ResNet(tv.ResNet):
         super().__init__(block, layers, num_classes=num_classes)
         widths = stage_widths(width)
         if tuple(widths) != BASE_WIDTHS:
-            # Rebuild the stages at the new widths with torchvision's own _make_layer and init.
-            self.inplanes = widths[0]
-            self.bn1 = nn.BatchNorm2d(widths[0])
-            for i, (planes, blocks) in enumerate(zip(widths, layers, strict=True)):
-                stage = self._make_layer(block, planes, blocks, stride=1 if i == 0 else 2)
-                for m in stage.modules():
-                    if isinstance(m, nn.Conv2d):
-                        nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                setattr(self, f"layer{i + 1}", stage)
-            self.fc = nn.Linear(widths[3] * block.expansion, num_classes)
+            self._rebuild_stages(block, layers, widths, num_classes)
         if image_size <= 32:
             self.conv1 = nn.Conv2d(in_channels, widths[0], 3, stride=1, padding=1, bias=False)
             self.maxpool = nn.Identity()
@@ -82,6 +74,25 @@ class ResNet(tv.ResNet):
             for m in self.modules():
                 if isinstance(m, (nn.Conv2d, nn.BatchNorm2d, nn.Linear)):
                     m.reset_parameters()
+
+    def _rebuild_stages(
+        self,
+        block: type[tv.BasicBlock | tv.Bottleneck],
+        layers: list[int],
+        widths: list[int],
+        num_classes: int,
+    ) -> None:
+        """The stages and classifier again at `widths`, by torchvision's own _make_layer and
+        init."""
+        self.inplanes = widths[0]
+        self.bn1 = nn.BatchNorm2d(widths[0])
+        for i, (planes, blocks) in enumerate(zip(widths, layers, strict=True)):
+            stage = self._make_layer(block, planes, blocks, stride=1 if i == 0 else 2)
+            for m in stage.modules():
+                if isinstance(m, nn.Conv2d):
+                    nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            setattr(self, f"layer{i + 1}", stage)
+        self.fc = nn.Linear(widths[3] * block.expansion, num_classes)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The last stage's feature map: (B, num_features, h, w)."""
