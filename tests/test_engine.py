@@ -10,20 +10,20 @@ import pytest
 import torch
 
 from medbench import checkpoint as ckpt
-from medbench import engine
+from medbench.budget import EVAL_SHARE, MIN_ROUNDS, plan_budget, replan_budget
+from medbench.callbacks import Callback
 from medbench.cli import main
 from medbench.config import TrainConfig
 from medbench.data import load_dataset
 from medbench.data.synthetic import write_synthetic_like
-from medbench.engine import (
-    _plan_budget,
-    _replan_budget,
-    evaluate_run,
-    load_trained_model,
-    lr_factor,
-    train,
-)
+from medbench.distributed import Coordinator
+from medbench.engine import LossMeter, train
 from medbench.errors import MedbenchError
+from medbench.evaluation import evaluate_run
+from medbench.inference import load_trained_model
+from medbench.recipe import lr_factor, make_optimizer
+from medbench.results import RunResults, read_results
+from medbench.runtime import Runtime
 
 TINY = {"width": 0.25}  # a small efficientnet keeps these tests quick
 
@@ -59,8 +59,10 @@ def test_run_folder_holds_results_model_checkpoint_and_predictions(tmp_path, blo
     for name in ("results.json", "model.pt", "checkpoint.pt", "predictions.npz"):
         assert (run / name).is_file(), name
     on_disk = json.loads((run / "results.json").read_text())
-    assert on_disk["metrics"]["test"]["acc"] == results["metrics"]["test"]["acc"]
-    assert on_disk["status"] == "finished" and on_disk["epochs_completed"] == 2
+    assert on_disk == results.to_json()
+    assert RunResults.from_json(on_disk).to_json() == on_disk  # one serialiser, both ways
+    assert on_disk["status"] == "finished" and on_disk["rounds_completed"] == 2
+    assert on_disk["steps"] == 6 and on_disk["epochs_trained"] == 2.0
     assert on_disk["dataset"]["md5_matches"] is False  # a synthetic stand-in is not official
     preds = np.load(run / "predictions.npz")
     assert preds["test_logits"].shape == (32, 8)
@@ -68,40 +70,69 @@ def test_run_folder_holds_results_model_checkpoint_and_predictions(tmp_path, blo
 
 def test_results_report_size_speed_and_efficiency(tmp_path, blood):
     r = train(config(tmp_path, epochs=1), data=blood, progress=False)
-    assert r["model"]["n_params"] > 0 and r["model"]["flops"] > 0
-    assert (
-        r["timing"]["latency_ms_per_image"] > 0 and r["timing"]["throughput_images_per_second"] > 0
-    )
-    expected = 100 * r["metrics"]["test"]["acc"] / (r["model"]["n_params"] / 1e6)
-    assert r["efficiency"] == pytest.approx(expected)
-    assert {"ece", "balanced_acc", "per_class", "confusion_matrix"} <= set(r["metrics"]["test"])
-    assert "test_ece_calibrated" in r["metrics"] and r["metrics"]["temperature"] > 0
+    assert r.model.n_params > 0 and r.model.flops > 0
+    assert r.timing.latency_ms_per_image > 0 and r.timing.throughput_images_per_second > 0
+    expected = 100 * r.test["acc"] / (r.model.n_params / 1e6)
+    assert r.efficiency == pytest.approx(expected)
+    assert {"ece", "balanced_acc", "per_class", "confusion_matrix"} <= set(r.test)
+    assert "test_ece_calibrated" in r.metrics and r.metrics["temperature"] > 0
+
+
+def test_a_results_file_written_before_schema_2_still_loads(tmp_path, blood):
+    train(config(tmp_path, epochs=2), data=blood, progress=False)
+    old = json.loads((tmp_path / "run" / "results.json").read_text())
+    old["schema_version"] = 1
+    for new, was in (
+        ("rounds_completed", "epochs_completed"),
+        ("rounds_planned", "epochs_planned"),
+        ("best_round", "best_epoch"),
+    ):
+        old[was] = old.pop(new)
+    for key in ("steps", "epochs_trained"):
+        old.pop(key)
+    for record in old["history"]:
+        record["epoch"] = record.pop("round")
+        record.pop("epochs")
+    (tmp_path / "run" / "results.json").write_text(json.dumps(old))
+    r = read_results(tmp_path / "run")
+    assert r.rounds_completed == 2 and r.best_round >= 1 and [h.round for h in r.history] == [1, 2]
 
 
 def test_same_seed_gives_the_same_numbers_on_cpu(tmp_path, blood):
     a = train(config(tmp_path, "a"), data=blood, progress=False)
     b = train(config(tmp_path, "b"), data=blood, progress=False)
-    assert a["history"][-1]["train_loss"] == b["history"][-1]["train_loss"]
-    assert a["metrics"]["test"]["auc"] == b["metrics"]["test"]["auc"]
+    assert a.history[-1].train_loss == b.history[-1].train_loss
+    assert a.test["auc"] == b.test["auc"]
     c = train(config(tmp_path, "c", seed=1), data=blood, progress=False)
-    assert c["history"][-1]["train_loss"] != a["history"][-1]["train_loss"]
+    assert c.history[-1].train_loss != a.history[-1].train_loss
 
 
-def interrupt_after_first_epoch_then_resume(tmp_path, blood, name="part", **kw) -> dict:
-    """Train `name` until epoch 1 ends, break off there, then resume it; returns the
-    resumed run's results (the checkpoint of epoch 1 is all it continues from)."""
+class Interrupt(Exception):
+    pass
 
-    class Interrupt(Exception):
-        pass
 
-    def stop_after_first(record):
-        if record["epoch"] == 1:
+class InterruptAfterFirstRound(Callback):
+    def on_round_end(self, event):
+        if event.record["round"] == 1:
             raise Interrupt
 
+
+def interrupt_after_first_epoch_then_resume(
+    tmp_path, blood, name="part", *, train_kw=None, **kw
+) -> RunResults:
+    """Train `name` until epoch 1 ends, break off there, then resume it; returns the
+    resumed run's results (the checkpoint of epoch 1 is all it continues from)."""
+    train_kw = train_kw or {}
     with pytest.raises(Interrupt):
-        train(config(tmp_path, name, **kw), data=blood, progress=False, on_epoch=stop_after_first)
+        train(
+            config(tmp_path, name, **kw),
+            data=blood,
+            progress=False,
+            callbacks=[InterruptAfterFirstRound()],
+            **train_kw,
+        )
     assert not (tmp_path / name / "results.json").exists()
-    return train(config(tmp_path, name, **kw), data=blood, progress=False, resume=True)
+    return train(config(tmp_path, name, **kw), data=blood, progress=False, resume=True, **train_kw)
 
 
 def assert_same_final_weights(run_a, run_b) -> None:
@@ -115,28 +146,21 @@ def test_resumed_run_ends_with_exactly_the_weights_of_an_uninterrupted_one(tmp_p
     resumed = interrupt_after_first_epoch_then_resume(tmp_path, blood, epochs=3)
 
     assert_same_final_weights(tmp_path / "full", tmp_path / "part")
-    assert resumed["metrics"]["test"] == full["metrics"]["test"]
-    assert [h["train_loss"] for h in resumed["history"]] == [
-        h["train_loss"] for h in full["history"]
-    ]
+    assert resumed.test == full.test
+    assert [h.train_loss for h in resumed.history] == [h.train_loss for h in full.history]
 
 
-def test_fp16_scales_the_loss_and_a_resumed_run_keeps_the_scalers_state(
-    tmp_path, blood, monkeypatch
-):
+def test_fp16_scales_the_loss_and_a_resumed_run_keeps_the_scalers_state(tmp_path, blood):
     # fp16's 5-bit exponent flushes gradients below about 6e-8 to zero, so fp16 training
     # scales the loss up (and the gradients back down before clipping and the step). fp16 is
     # a CUDA option; the CPU's fp16 autocast stands in for it here.
-    from medbench.runtime import Runtime
-
     fp16 = Runtime(device=torch.device("cpu"), precision="fp16", channels_last=True)
-    monkeypatch.setattr(engine, "resolve_runtime", lambda *a, **k: fp16)
-    full = train(config(tmp_path, "full", epochs=3), data=blood, progress=False)
+    full = train(config(tmp_path, "full", epochs=3), data=blood, progress=False, runtime=fp16)
     state = ckpt.load(tmp_path / "full" / "checkpoint.pt")["grad_scaler"]
     assert state["scale"] > 1 and state["_growth_tracker"] > 0
-    assert all(math.isfinite(h["train_loss"]) for h in full["history"])
+    assert all(math.isfinite(h.train_loss) for h in full.history)
 
-    interrupt_after_first_epoch_then_resume(tmp_path, blood, epochs=3)
+    interrupt_after_first_epoch_then_resume(tmp_path, blood, epochs=3, train_kw={"runtime": fp16})
     assert ckpt.load(tmp_path / "part" / "checkpoint.pt")["grad_scaler"] == state
     assert_same_final_weights(tmp_path / "full", tmp_path / "part")
 
@@ -150,8 +174,8 @@ def test_select_last_keeps_the_final_weights_whatever_validation_says(tmp_path, 
     # Selecting on a tiny validation split picks epochs that were lucky on it; `last` keeps
     # the end of the schedule (measured on BreastMNIST: docs/real_data.md).
     r = train(config(tmp_path, epochs=3, select_metric="last"), data=blood, progress=False)
-    assert r["best_epoch"] == r["epochs_completed"] == 3
-    assert r["metrics"]["val"]["auc"] == pytest.approx(r["history"][-1]["val_auc"])
+    assert r.best_round == r.rounds_completed == 3
+    assert r.val["auc"] == pytest.approx(r.history[-1].val_auc)
     saved = ckpt.load(tmp_path / "run" / "model.pt")["state_dict"]
     final = final_weights(tmp_path / "run")
     for key, value in saved.items():
@@ -176,109 +200,105 @@ def test_resume_refuses_a_checkpoint_of_another_model(tmp_path, blood):
 
 def test_time_budget_plans_the_schedule_to_finish_inside_it(tmp_path, blood):
     r = train(config(tmp_path, epochs=None, time_budget_seconds=6.0), data=blood, progress=False)
-    assert r["epochs_completed"] >= 1
-    assert r["timing"]["train_seconds"] < 6.0 * 1.5  # planned from the first steps' timing
+    assert r.rounds_completed >= 1
+    assert r.timing.train_seconds < 6.0 * 1.5  # planned from the first steps' timing
     # That the schedule also runs to its end is checked with a clock that ignores the
     # machine's load (test_a_run_whose_speed_changes_after_its_plan_still_fills_its_budget):
     # on a real clock, a machine that slows down mid-run rightly ends the run early, before
     # its learning rate has come down (seen once in CI beside a benchmark: 0.36 of the peak).
 
 
-def _fake_clock(monkeypatch, seconds_per_step: float, steps_done: int):
-    """_plan_budget reads the clock once: pretend `steps_done` steps took this long."""
-    monkeypatch.setattr(engine.time, "perf_counter", lambda: 100.0 + seconds_per_step * steps_done)
-    return (100.0, 0)
-
-
-def test_a_budget_with_room_for_many_epochs_plans_whole_epochs(monkeypatch):
-    calib = _fake_clock(monkeypatch, 0.1, 10)
-    total, per_round = _plan_budget(60.0, 1.0, 10, calib, 20, 256, 32)
+def test_a_budget_with_room_for_many_epochs_plans_whole_epochs():
+    # 10 steps timed at 0.1 s each.
+    total, per_round = plan_budget(60.0, 1.0, 10, (100.0, 0), 20, 256, 32, now=101.0)
     assert per_round == 20 and total % 20 == 0
     assert total * 0.1 + (total // 20) * (256 / 32 * 0.1 / 3) <= 60.0
 
 
-def test_when_validation_is_costly_the_budget_keeps_most_time_for_training(monkeypatch):
+def test_when_validation_is_costly_the_budget_keeps_most_time_for_training():
     # A huge validation split (OCTMNIST-like) and a short budget: 1 s steps, a validation
     # pass costing 40 s, 120 s left. Five rounds would spend 200 s validating.
-    calib = _fake_clock(monkeypatch, 1.0, 10)
-    total, per_round = _plan_budget(130.0, 10.0, 10, calib, 10_000, 3840, 32)
+    calib, now = (100.0, 0), 110.0  # 10 steps timed at 1 s each
+    total, per_round = plan_budget(130.0, 10.0, 10, calib, 10_000, 3840, 32, now)
     rounds = math.ceil(total / per_round)
     assert rounds == 1  # not even one pass fits in its quarter (30 s): validate once, at the end
     assert total - 10 == 80  # training gets the 120 s left minus that one 40 s pass
     # With a cheaper validation (4 s), several rounds fit within the validation share.
-    total, per_round = _plan_budget(130.0, 10.0, 10, calib, 10_000, 384, 32)
+    total, per_round = plan_budget(130.0, 10.0, 10, calib, 10_000, 384, 32, now)
     rounds = math.ceil(total / per_round)
-    assert 2 <= rounds <= engine.MIN_ROUNDS and rounds * 4.0 <= engine.EVAL_SHARE * 120.0
+    assert 2 <= rounds <= MIN_ROUNDS and rounds * 4.0 <= EVAL_SHARE * 120.0
 
 
 def test_after_each_round_the_budget_is_replanned_from_the_measured_rounds():
     # 100 s budget, rounds of 10 steps, 40 s gone after 4 rounds, the plan was 10 rounds.
-    replan = lambda walls: _replan_budget(100.0, 40.0, 40, 100, 10, walls)  # noqa: E731
+    replan = lambda walls: replan_budget(100.0, 40.0, 40, 100, 10, walls)  # noqa: E731
     assert replan([10.0, 10.0, 10.0]) == 100  # on schedule: the plan stands
     assert replan([15.0, 15.0, 15.0]) == 40 + 4 * 10  # slower rounds: fewer rounds
     assert replan([6.0, 6.0, 6.0]) == 40 + 10 * 10  # faster: the spare time trains more
     assert replan([6.0, 6.0, 20.0]) == 40 + 3 * 10  # planned at the slowest recent round
-    assert _replan_budget(100.0, 99.0, 40, 100, 10, [10.0]) == 40  # no round fits: stop
-    assert _replan_budget(100.0, 10.0, 100, 100, 10, [1.0]) == 100  # finished stays finished
+    assert replan_budget(100.0, 99.0, 40, 100, 10, [10.0]) == 40  # no round fits: stop
+    assert replan_budget(100.0, 10.0, 100, 100, 10, [1.0]) == 100  # finished stays finished
 
 
 def test_time_left_over_after_the_last_whole_round_trains_a_shorter_round():
     # Rounds of 10 steps take 60 s: 40 s training (4 s a step) + 20 s validation/checkpoint.
     # 50 s are left: no whole round fits, but 7 steps (28 s) and a validation (20 s) do.
-    assert _replan_budget(100.0, 50.0, 10, 20, 10, [60.0], [40.0]) == 10 + 7
-    assert _replan_budget(100.0, 50.0, 10, 20, 10, [60.0]) == 10  # whole rounds only: stop
+    assert replan_budget(100.0, 50.0, 10, 20, 10, [60.0], [40.0]) == 10 + 7
+    assert replan_budget(100.0, 50.0, 10, 20, 10, [60.0]) == 10  # whole rounds only: stop
     # One whole round (60 s) and the 20 s after it, which holds no step beside a validation.
-    assert _replan_budget(200.0, 120.0, 10, 20, 10, [60.0], [40.0]) == 10 + 10
+    assert replan_budget(200.0, 120.0, 10, 20, 10, [60.0], [40.0]) == 10 + 10
     # Planned at the slowest recent step (4 s) and the largest recent overhead (25 s).
-    assert _replan_budget(100.0, 50.0, 10, 20, 10, [60.0, 30.0], [40.0, 5.0]) == 10 + 6
+    assert replan_budget(100.0, 50.0, 10, 20, 10, [60.0, 30.0], [40.0, 5.0]) == 10 + 6
     # Less time left than the validation itself: stop.
-    assert _replan_budget(100.0, 85.0, 10, 20, 10, [60.0], [40.0]) == 10
+    assert replan_budget(100.0, 85.0, 10, 20, 10, [60.0], [40.0]) == 10
 
 
-class _BatchClock:
-    """A clock that only moves when the engine prepares a batch (training, BN recalibration
-    or validation): each batch costs `seconds * speed`, whatever the machine's load. Speed 2
-    looks like a machine that became twice as slow."""
+class FakeMachine(Callback):
+    """A clock that moves only as the run trains: each training step costs `seconds *
+    speed`, and the last step of each epoch four times more (the round's 3 BatchNorm
+    recalibration batches and 1 validation batch), whatever the machine's load. Speed 2
+    from round 2 on looks like a machine that became twice as slow."""
 
-    def __init__(self, seconds: float):
-        self.now, self.seconds, self.speed = 0.0, seconds, 1.0
+    def __init__(self, seconds: float, speed_from_round_2: float):
+        self.now, self.seconds, self.speed, self.later = 0.0, seconds, 1.0, speed_from_round_2
+        self.steps_per_epoch = None
 
-    def perf_counter(self) -> float:
+    def __call__(self) -> float:
         return self.now
 
-    def tick(self) -> None:
-        self.now += self.seconds * self.speed
+    def on_train_start(self, run):
+        self.steps_per_epoch = run.steps_per_epoch
+
+    def on_step(self, step, loss):  # called as a step's loss is read, before its round ends
+        batches = 1 + 4 * (step % self.steps_per_epoch == 0)
+        self.now += batches * self.seconds * self.speed
+
+    def on_round_end(self, event):
+        self.speed = self.later
 
 
 @pytest.mark.parametrize("speed", [2.0, 0.5])
-def test_a_run_whose_speed_changes_after_its_plan_still_fills_its_budget(
-    tmp_path, blood, monkeypatch, speed
-):
-    clock = _BatchClock(0.05)  # a round: 3 training + 3 recalibration + 1 validation batches
-    to_unit_float = engine.to_unit_float
-    monkeypatch.setattr(engine, "time", clock)
-    monkeypatch.setattr(engine, "to_unit_float", lambda *a: clock.tick() or to_unit_float(*a))
+def test_a_run_whose_speed_changes_after_its_plan_still_fills_its_budget(tmp_path, blood, speed):
+    machine = FakeMachine(0.05, speed)
     budget = 3.0  # 8 rounds at the first speed
     r = train(
         config(tmp_path, epochs=None, time_budget_seconds=budget),
         data=blood,
         progress=False,
         measure=False,  # no latency timing with this clock
-        on_epoch=lambda record: record["epoch"] == 1 and setattr(clock, "speed", speed),
+        clock=machine,
+        callbacks=[machine],
     )
-    assert not r["over_budget"]  # slower: the plan shrank in time, no emergency stop
-    assert r["timing"]["train_seconds"] <= budget
-    assert r["history"][-1]["lr"] < r["config"]["lr"] * 0.2  # the schedule still ran out
+    assert not r.over_budget  # slower: the plan shrank in time, no emergency stop
+    assert r.timing.train_seconds <= budget
+    assert r.history[-1].lr < r.config["lr"] * 0.2  # the schedule still ran out
     if speed < 1:  # faster: the spare time was spent training; less than a round is left
-        assert budget - r["timing"]["train_seconds"] < 7 * 0.05 * speed
+        assert budget - r.timing.train_seconds < 7 * 0.05 * speed
 
 
-def test_a_large_validation_split_selects_on_a_fixed_sample_and_reports_on_all(
-    tmp_path, blood, monkeypatch
-):
-    monkeypatch.setattr(engine, "SELECTION_VAL_IMAGES", 10)
-    r = train(config(tmp_path, epochs=2), data=blood, progress=False)
-    assert r["selection_val_images"] == 10
+def test_a_large_validation_split_selects_on_a_fixed_sample_and_reports_on_all(tmp_path, blood):
+    r = train(config(tmp_path, epochs=2), data=blood, progress=False, selection_val_images=10)
+    assert r.selection_val_images == 10
     preds = np.load(tmp_path / "run" / "predictions.npz")
     assert preds["val_logits"].shape[0] == 32  # the final evaluation used the whole split
 
@@ -301,8 +321,8 @@ def test_a_corrupt_checkpoint_is_a_user_error(tmp_path):
 def test_evaluate_reproduces_the_runs_test_metrics(tmp_path, blood):
     r = train(config(tmp_path, epochs=1), data=blood, progress=False)
     again = evaluate_run(tmp_path / "run", data_dir=str(tmp_path / "data"), progress=False)
-    assert again["test"]["acc"] == r["metrics"]["test"]["acc"]
-    assert again["test"]["auc"] == pytest.approx(r["metrics"]["test"]["auc"])
+    assert again["test"]["acc"] == r.test["acc"]
+    assert again["test"]["auc"] == pytest.approx(r.test["auc"])
 
 
 @pytest.mark.parametrize(
@@ -324,7 +344,7 @@ def test_every_task_type_trains(tmp_path, name, task_model):
         ),
         progress=False,
     )
-    assert 0 <= r["metrics"]["test"]["acc"] <= 1
+    assert 0 <= r.test["acc"] <= 1
 
 
 def test_cosine_schedule_warms_up_then_decays_to_zero():
@@ -349,9 +369,9 @@ def test_optimisers_run_pytorchs_fused_kernels_and_step_as_the_per_tensor_loop(n
 
     cfg = TrainConfig(dataset="x", model="y", optimizer=name, lr=0.01)
     fused_net, loop_net = model(), model()
-    fused = engine.make_optimizer(fused_net, cfg)
+    fused = make_optimizer(fused_net, cfg)
     assert all(group["fused"] for group in fused.param_groups)
-    loop = engine.make_optimizer(loop_net, cfg)
+    loop = make_optimizer(loop_net, cfg)
     for group in loop.param_groups:
         group["fused"], group["foreach"] = False, False
     x, target = torch.randn(4, 3, 6, 6), torch.randn(4, 8, 4, 4)
@@ -371,8 +391,8 @@ def test_collapse_is_flagged_in_results(tmp_path, blood):
         data=blood,
         progress=False,
     )
-    assert r["collapsed"] is True and r["flags"]
-    assert math.isfinite(r["metrics"]["test"]["acc"])
+    assert r.collapsed is True and r.flags
+    assert math.isfinite(r.test["acc"])
 
 
 def test_train_cli_reports_one_line_and_user_errors_exit_2(tmp_path, capsys):
@@ -422,38 +442,54 @@ def test_train_cli_reports_one_line_and_user_errors_exit_2(tmp_path, capsys):
     )
 
 
-def make_training_loss_non_finite(monkeypatch, from_step: int, value: float) -> None:
-    """From training step `from_step` on (1-based), the engine's loss is multiplied by `value`."""
-    make_loss = engine.make_loss
+class _OneProcess:
+    """LossMeter's view of the job: one process, and every loss read recorded."""
 
-    def breaking(*args, **kwargs):
-        loss_fn, calls = make_loss(*args, **kwargs), []
+    def __init__(self):
+        self.read = []
 
-        def wrapped(logits, target):
-            loss = loss_fn(logits, target)
-            if logits.requires_grad:  # training steps, not the validation loss
-                calls.append(1)
-                if len(calls) >= from_step:
-                    loss = loss * value
-            return loss
-
-        return wrapped
-
-    monkeypatch.setattr(engine, "make_loss", breaking)
+    def on_step(self, step, loss):
+        self.read.append(step)
 
 
-def test_a_non_finite_loss_stops_the_run_naming_its_step(tmp_path, blood, monkeypatch):
+def test_a_non_finite_loss_stops_the_run_naming_its_step():
     # The engine reads each step's loss one step late (so a GPU can queue the next step);
     # a divergence must still be reported at the step where the loss went non-finite.
-    make_training_loss_non_finite(monkeypatch, 3, float("nan"))
-    with pytest.raises(MedbenchError, match=r"training diverged \(loss nan\) at step 3;"):
-        train(config(tmp_path, epochs=2), data=blood, progress=False)
+    seen = _OneProcess()
+    meter = LossMeter(Coordinator(runtime=None), seen)
+    meter.push(torch.tensor(1.0), 32, 1)
+    meter.push(torch.tensor(float("nan")), 32, 2)
+    assert seen.read == [1]  # step 2's loss is not read yet
+    with pytest.raises(MedbenchError, match=r"training diverged \(loss nan\) at step 2;"):
+        meter.push(torch.tensor(1.0), 32, 3)
 
 
-def test_a_loss_going_non_finite_on_the_last_step_of_a_round_is_caught(
-    tmp_path, blood, monkeypatch
-):
-    steps_per_epoch = 96 // 32
-    make_training_loss_non_finite(monkeypatch, steps_per_epoch, float("inf"))
-    with pytest.raises(MedbenchError, match=f"at step {steps_per_epoch};"):
-        train(config(tmp_path, epochs=2), data=blood, progress=False)
+def test_a_loss_going_non_finite_on_the_last_step_of_a_round_is_caught():
+    meter = LossMeter(Coordinator(runtime=None), _OneProcess())
+    meter.push(torch.tensor(2.0), 32, 1)
+    meter.push(torch.tensor(float("inf")), 32, 2)
+    with pytest.raises(MedbenchError, match="at step 2;"):
+        meter.mean()  # the round's end reads the last step's loss
+
+
+def test_the_rounds_mean_loss_weights_steps_by_their_images():
+    meter = LossMeter(Coordinator(runtime=None), _OneProcess())
+    meter.push(torch.tensor(1.0), 30, 1)
+    meter.push(torch.tensor(4.0), 10, 2)
+    assert meter.mean() == pytest.approx((30 + 40) / 40)
+    assert meter.mean() == 0.0  # the next round starts empty
+
+
+def test_a_diverging_run_ends_with_one_clear_error(tmp_path, blood):
+    with pytest.raises(MedbenchError, match=r"training diverged \(loss (nan|inf)\) at step \d+;"):
+        train(
+            config(tmp_path, epochs=3, lr=1e30, grad_clip=None, weight_decay=0.0),
+            data=blood,
+            progress=False,
+        )
+
+
+def test_resuming_without_a_run_folder_is_a_user_error(blood):
+    cfg = TrainConfig(dataset="bloodmnist", model="efficientnet", epochs=1)
+    with pytest.raises(MedbenchError, match="--run-dir"):
+        train(cfg, data=blood, progress=False, resume=True)

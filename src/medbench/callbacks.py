@@ -48,6 +48,7 @@ class RoundEnd:
     runtime: Runtime
     total_steps: int  # the plan after this round
     is_best: bool  # whether this round's weights are now the selected ones
+    rounds_planned: int = 0  # the plan after this round, in rounds
 
 
 class Callback:
@@ -63,7 +64,7 @@ class Callback:
         """When a time budget fixes or revises the number of steps."""
 
     def on_round_end(self, event: RoundEnd) -> None:
-        """After each round's validation and selection, before its checkpoint is written."""
+        """After each round's validation, selection and checkpoint."""
 
     def on_train_end(self, results: dict[str, Any]) -> None:
         """Once, with the run's final results (as written to results.json)."""

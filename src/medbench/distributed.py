@@ -15,6 +15,7 @@ See docs/distributed.md for launches on one machine, several machines and Slurm.
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import os
 import re
@@ -220,3 +221,86 @@ def _first_line(exc: BaseException) -> str:
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
     text = re.sub(r"^\[[^\]]*:\d+\]\s*", "", lines[0] if lines else type(exc).__name__)
     return text.split(". ")[0][:200]
+
+
+@dataclasses.dataclass(frozen=True)
+class Coordinator:
+    """Who does what in one run: a single process, or every process of a torchrun job.
+
+    The engine asks it instead of branching on torchrun itself: rank 0 (`main`) alone
+    validates, decides (budget plan, best round, early stop), writes files and prints, and
+    `broadcast` hands its decisions to the others. Without torchrun every method is the
+    single-process identity."""
+
+    runtime: Runtime
+    active: bool = False  # a multi-process job
+    main: bool = True
+    world: int = 1
+    rank: int = 0
+
+    @classmethod
+    def join(cls, runtime: Runtime) -> Coordinator:
+        """Join the torchrun job, if launched in one, on this process's device."""
+        runtime = setup(runtime)
+        return cls(runtime, is_distributed(), is_main(), world_size(), rank())
+
+    def shard(self, batch_size: int) -> slice:
+        """This process's share of every global batch of `batch_size` images."""
+        if batch_size % self.world:
+            raise MedbenchError(
+                f"the batch of {batch_size} images (the global batch, shared by all processes) "
+                f"does not split evenly over {self.world} processes; use a --batch-size that "
+                f"is a multiple of {self.world}"
+            )
+        return slice(
+            self.rank * batch_size // self.world, (self.rank + 1) * batch_size // self.world
+        )
+
+    def broadcast(self, obj: T) -> T:
+        return broadcast_object(obj) if self.active else obj
+
+    def on_main(self, fn: Callable[[], T]) -> T:
+        return on_main(fn)
+
+    def loss_value(self, loss: torch.Tensor) -> float:
+        """The global batch's loss, the same on every process (so all stop on divergence)."""
+        return mean(loss) if self.active else loss.item()
+
+    def prepare(self, model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module | None]:
+        """(the model to train, rank 0's validation copy or None). Rank 0 validates alone,
+        so under torchrun it needs a copy with plain BatchNorm (SyncBatchNorm in train mode,
+        as in BN recalibration, would wait for the other processes)."""
+        if not self.active:
+            return model, None
+        eval_copy = copy.deepcopy(model) if self.main else None
+        if self.runtime.device.type == "cuda":
+            # BN statistics over the whole global batch, as in one process. SyncBatchNorm
+            # runs on GPUs only: on CPUs (gloo) each process normalises its own share.
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        return model, eval_copy
+
+    def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        """The module the training step calls: under torchrun, DistributedDataParallel, which
+        averages the gradients of equal shares (the gradient of the global batch's mean loss,
+        as in one process)."""
+        if not self.active:
+            return model
+        device = self.runtime.device
+        return torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+
+    def seed_round(self, seed: int, step: int) -> None:
+        """Dropout/drop-path under torchrun: one random stream per process (not one shared
+        by all), restarted each round so that a resumed run continues it."""
+        if self.active:
+            torch.manual_seed(seed * 1_000_003 + step * 1_009 + self.rank)
+
+    def describe(self) -> dict | None:
+        if not self.active:
+            return None
+        return {
+            "world_size": self.world,
+            "backend": backend(),
+            "sync_batchnorm": self.runtime.device.type == "cuda",
+        }

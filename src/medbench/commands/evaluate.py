@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from medbench.commands._options import add_data_dir
+from medbench.commands._options import add_data_dir, add_device
 
 NAME = "evaluate"
 HELP = "re-evaluate a trained run (official ACC/AUC, per-class metrics, calibration)"
@@ -14,13 +14,13 @@ ORDER = 25
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dir", metavar="RUN_DIR", help="run folder (or its model.pt)")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    add_device(parser)
     parser.add_argument("--json", action="store_true", help="print everything as JSON")
     add_data_dir(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    from medbench.engine import evaluate_run
+    from medbench.evaluation import evaluate_run
 
     out = evaluate_run(args.run_dir, data_dir=args.data_dir, device=args.device)
     if args.json:

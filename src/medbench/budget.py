@@ -1,0 +1,210 @@
+"""How long a run trains: a fixed number of epochs, or what a wall-clock budget buys.
+
+Training is counted in optimiser *steps*; a *round* ends with a validation pass and a
+checkpoint. With `--epochs` (or no budget) a round is one epoch. Under a time budget the
+planner times the first steps, fixes the plan, and re-plans after every round from the
+rounds' measured wall time. When the budget allows fewer than `MIN_ROUNDS` epochs it is cut
+into up to `MIN_ROUNDS` equal rounds, so model selection and resumption still work on large
+datasets (e.g. OCTMNIST on a CPU); validation may then take at most `EVAL_SHARE` of the
+budget, which can mean fewer rounds.
+
+Every reading of the time goes through the injected `clock` (seconds, monotonic), so the
+planner is tested with a fake clock, not with wall time.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+
+MIN_ROUNDS = 5
+EVAL_SHARE = 0.25  # most of a short budget that per-round validation may take
+OVER_BUDGET = 1.05  # a run past this multiple of its budget stops at the end of the round
+UNPLANNED = 10**9  # the provisional step total before the first steps are timed
+
+Clock = Callable[[], float]
+
+
+class BudgetPlanner:
+    """The run's `total_steps` and `round_steps`, and the clock its wall time is read from."""
+
+    def __init__(
+        self,
+        *,
+        steps_per_epoch: int,
+        epochs: int | None,
+        budget_seconds: float | None,
+        eval_images: int,
+        images_per_step: int,
+        default_epochs: int,
+        clock: Clock = time.perf_counter,
+    ) -> None:
+        self.steps_per_epoch = steps_per_epoch
+        self.budget = budget_seconds
+        self.eval_images = eval_images  # forward-only images per round (validation, BN)
+        self.images_per_step = images_per_step  # of the process that validates
+        self.clock = clock
+        # Re-planned after each round only when the budget alone sets the length.
+        self.replans = budget_seconds is not None and epochs is None
+        self.planned = not self.replans
+        self.round_steps = steps_per_epoch
+        self.total_steps = (
+            (epochs or default_epochs) * steps_per_epoch if self.planned else UNPLANNED
+        )
+        self._run_start = clock()
+        self._calib: tuple[float, int] | None = None
+        self._round_walls: list[float] = []  # wall time of each whole round
+        self._round_trains: list[float] = []  # the training part of each
+
+    # -- state kept in the checkpoint
+
+    def state(self) -> dict[str, int | bool]:
+        return {
+            "total_steps": self.total_steps,
+            "round_steps": self.round_steps,
+            "planned": self.planned,
+        }
+
+    def restore(self, state: dict) -> None:
+        self.total_steps = state["total_steps"]
+        self.round_steps = state["round_steps"]
+        self.planned = state["planned"]
+
+    # -- time
+
+    def start(self, train_seconds: float) -> None:
+        """Start (or, resumed, continue) the run's clock at `train_seconds` already spent."""
+        self._run_start = self.clock() - train_seconds
+
+    def elapsed(self) -> float:
+        return self.clock() - self._run_start
+
+    # -- decisions
+
+    def first_plan(self, step: int) -> tuple[int, int] | None:
+        """After `step` steps of an unplanned run: the (total_steps, round_steps) to fix once
+        the first steps are timed, else None."""
+        if self.planned:
+            return None
+        if step == 1 or self._calib is None:
+            self._calib = (self.clock(), step)
+            return None
+        if step >= min(12, self.steps_per_epoch) or (
+            step >= 3 and self.elapsed() > 0.1 * self.budget
+        ):
+            return plan_budget(
+                self.budget,
+                self.elapsed(),
+                step,
+                self._calib,
+                self.steps_per_epoch,
+                self.eval_images,
+                self.images_per_step,
+                self.clock(),
+            )
+        return None
+
+    def apply(self, plan: tuple[int, int]) -> None:
+        (self.total_steps, self.round_steps), self.planned = plan, True
+
+    def round_ends(self, step: int) -> bool:
+        return step % self.round_steps == 0 or step >= self.total_steps
+
+    def over_budget(self, step: int) -> bool:
+        """Whether a run not yet at its end has run past its budget (a slow machine)."""
+        return (
+            self.budget is not None
+            and self.elapsed() > self.budget * OVER_BUDGET
+            and step < self.total_steps
+        )
+
+    def replan(self, step: int, round_start: float, round_train_seconds: float) -> bool:
+        """Re-plan after a round that started at `round_start` and trained for
+        `round_train_seconds`: the first steps' timing can be 10-15% off. True when the
+        total changed."""
+        if not self.replans:
+            return False
+        now = self.clock()
+        self._round_walls.append(now - round_start)
+        self._round_trains.append(round_train_seconds)
+        new_total = replan_budget(
+            self.budget,
+            now - self._run_start,
+            step,
+            self.total_steps,
+            self.round_steps,
+            self._round_walls[-3:],
+            self._round_trains[-3:],
+        )
+        changed, self.total_steps = new_total != self.total_steps, new_total
+        return changed
+
+    def stop_at(self, step: int) -> None:
+        self.total_steps = step
+
+    def rounds_planned(self) -> int:
+        return math.ceil(self.total_steps / self.round_steps)
+
+
+def plan_budget(
+    budget: float,
+    elapsed: float,
+    step: int,
+    calib_start: tuple[float, int],
+    steps_per_epoch: int,
+    n_eval: int,
+    batch_size: int,
+    now: float,
+) -> tuple[int, int]:
+    """Fix (total_steps, round_steps) so that training plus the forward-only passes of each
+    round (`n_eval` images: validation and BatchNorm recalibration) fit in `budget`, from the
+    steps timed since `calib_start` (time, step) up to `now`."""
+    t0, s0 = calib_start
+    step_seconds = (now - t0) / max(1, step - s0)
+    # A validation pass is forward-only (about a third of a training step per image).
+    val_seconds = n_eval / batch_size * step_seconds / 3
+    available = max(0.0, budget - elapsed)
+    epoch_seconds = steps_per_epoch * step_seconds + val_seconds
+    if available >= MIN_ROUNDS * epoch_seconds:
+        epochs = int(available // epoch_seconds)
+        return step + epochs * steps_per_epoch - step % steps_per_epoch, steps_per_epoch
+    # Fewer than MIN_ROUNDS epochs fit: cut the budget into rounds, as many as validation
+    # allows within EVAL_SHARE of it (at least one: the end of training).
+    rounds = max(1, min(MIN_ROUNDS, int(EVAL_SHARE * available // max(val_seconds, 1e-9))))
+    total = step + max(rounds, int((available - rounds * val_seconds) // step_seconds))
+    return total, max(1, math.ceil(total / rounds))
+
+
+def replan_budget(
+    budget: float,
+    elapsed: float,
+    step: int,
+    total_steps: int,
+    round_steps: int,
+    recent_round_seconds: list[float],
+    recent_train_seconds: list[float] | None = None,
+) -> int:
+    """The new `total_steps` after a round ending at `step`: as many more whole rounds as
+    still fit in the budget at the slowest of the recent rounds' wall times (training,
+    validation, checkpoint), then a shorter last round in the time left over when
+    `recent_train_seconds` (the training part of the same rounds) says some training steps
+    and that round's validation still fit; none when the run has already reached its end.
+    The slowest, not the mean: a plan that overruns loses the end of its cosine schedule (the
+    run is cut off before the learning rate has come down), while a cautious one loses less
+    than a round. The short last round matters when a round is a large part of the budget
+    (a slow model with a costly validation: one round may be half of it)."""
+    if step >= total_steps or not recent_round_seconds:
+        return total_steps
+    per_round = max(recent_round_seconds)
+    remaining = max(0.0, budget - elapsed)
+    rounds_left = int(remaining // max(per_round, 1e-9))
+    extra = 0
+    if recent_train_seconds:
+        step_seconds = max(recent_train_seconds) / round_steps
+        overhead = max(
+            w - t for w, t in zip(recent_round_seconds, recent_train_seconds, strict=True)
+        )
+        leftover = remaining - rounds_left * per_round - overhead
+        extra = min(round_steps - 1, max(0, int(leftover // max(step_seconds, 1e-9))))
+    return step + rounds_left * round_steps + extra
