@@ -73,7 +73,7 @@ def main() -> int:
                     device="cpu",
                     run_dir=f"{args.out}/{dataset}-{policy}-seed{seed}",
                 )
-                r = train(config, data=data, progress=False)
+                r = train(config, data=data, progress=False).to_json()
                 accs.append(r["metrics"]["test"]["acc"])
                 aucs.append(r["metrics"]["test"]["auc"])
                 secs.append(r["timing"]["train_seconds"])

@@ -39,7 +39,8 @@ from _common import (
 )
 from medbench.config import TrainConfig
 from medbench.data import load_dataset
-from medbench.engine import load_trained_model, train
+from medbench.engine import train
+from medbench.inference import load_trained_model
 from medbench.runtime import place_model, resolve_runtime
 
 DOC = REPO / "docs" / "real_data.md"
@@ -95,7 +96,7 @@ def run_variant(data, model: str, epochs: int, name: str, seed: int, out: Path) 
             run_dir=str(run_dir),
             **VARIANTS[name],
         )
-        results = train(config, data=data, progress=False, measure=False)
+        results = train(config, data=data, progress=False, measure=False).to_json()
     net, _ = load_trained_model(run_dir)
     runtime = resolve_runtime("cpu", "auto", True)
     place_model(net, runtime)

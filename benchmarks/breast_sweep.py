@@ -71,10 +71,13 @@ def run_one(
 
     torch.set_num_threads(threads)
     warnings.simplefilter("ignore")  # split-size and collapse warnings are in results.json
-    from medbench import engine, metrics
+    from medbench import metrics
+    from medbench.callbacks import Callback
     from medbench.config import TrainConfig
     from medbench.data import load_dataset
+    from medbench.engine import train
     from medbench.fsutil import atomic_write_json
+    from medbench.inference import labels_numpy, predict_logits
     from medbench.runtime import resolve_runtime
 
     run_dir = Path(out) / f"{model}-{name}-s{seed}"
@@ -83,38 +86,40 @@ def run_one(
         return json.loads(summary_path.read_text())
     data = load_dataset(DATASET, 28, data_dir, progress=False)
     runtime = resolve_runtime(device, "auto", True)
-    y_test = engine.labels_numpy(data.test.labels)
+    y_test = labels_numpy(data.test.labels)
     task = data.info.task
-    seen: dict = {}
-    original = engine.predict_logits
+    history: list[dict] = []
 
-    def predict_and_keep(net, images, rt, *args, **kwargs):
-        seen["net"] = net  # the model as validated this epoch (BN recalibrated)
-        return original(net, images, rt, *args, **kwargs)
+    class ScoreTest(Callback):
+        """Every round's test metrics, from the model as validated that round (BN
+        recalibrated): recorded only, never used for selection."""
 
-    def score_test(record: dict) -> None:
-        net = seen["net"]
-        probs = metrics.probabilities_from_logits(original(net, data.test.images, runtime), task)
-        record["test_auc"] = metrics.official_auc(y_test, probs, task)
-        record["test_acc"] = metrics.official_acc(y_test, probs, task)
-        record["test_tta_auc"] = flip_tta_test_auc(net, data, runtime, DATASET)
-        net.train()
+        def on_round_end(self, event) -> None:
+            net, r = event.model, event.record
+            probs = metrics.probabilities_from_logits(
+                predict_logits(net, data.test.images, runtime), task
+            )
+            history.append(
+                {
+                    "epoch": r["round"],
+                    "val_auc": r["val_auc"],
+                    "val_acc": r["val_acc"],
+                    "val_loss": r["val_loss"],
+                    "test_auc": metrics.official_auc(y_test, probs, task),
+                    "test_acc": metrics.official_acc(y_test, probs, task),
+                    "test_tta_auc": flip_tta_test_auc(net, data, runtime, DATASET),
+                }
+            )
 
-    engine.predict_logits = predict_and_keep
-    try:
-        config = TrainConfig(
-            dataset=DATASET,
-            model=model,
-            seed=seed,
-            device=device,
-            run_dir=str(run_dir),
-            **{"epochs": EPOCHS[model], **change},
-        )
-        results = engine.train(
-            config, data=data, progress=False, measure=False, on_epoch=score_test
-        )
-    finally:
-        engine.predict_logits = original
+    config = TrainConfig(
+        dataset=DATASET,
+        model=model,
+        seed=seed,
+        device=device,
+        run_dir=str(run_dir),
+        **{"epochs": EPOCHS[model], **change},
+    )
+    results = train(config, data=data, progress=False, measure=False, callbacks=[ScoreTest()])
     summary = {
         "model": model,
         "variant": name,
@@ -122,27 +127,10 @@ def run_one(
         "seed": seed,
         "device": str(runtime.device),
         "precision": runtime.precision,
-        "final": {
-            "auc": results["metrics"]["test"]["auc"],
-            "acc": results["metrics"]["test"]["acc"],
-        },
-        "best_epoch": results["best_epoch"],
-        "train_seconds": results["timing"]["train_seconds"],
-        "history": [
-            {
-                k: h[k]
-                for k in (
-                    "epoch",
-                    "val_auc",
-                    "val_acc",
-                    "val_loss",
-                    "test_auc",
-                    "test_acc",
-                    "test_tta_auc",
-                )
-            }
-            for h in results["history"]
-        ],
+        "final": {"auc": results.test["auc"], "acc": results.test["acc"]},
+        "best_epoch": results.best_round,
+        "train_seconds": results.timing.train_seconds,
+        "history": history,
     }
     atomic_write_json(summary_path, summary)  # a killed sweep leaves no half-written run
     return summary

@@ -113,7 +113,7 @@ def main() -> int:
             rows.append(
                 f"| {dataset} | {label(model, options)} | {len(runs)} | {mean_std(acc)} | {mean_std(auc)} | "
                 f"{pub_acc:.3f} / {pub_auc:.3f} | {beats} | {statistics.mean(secs):.0f} | "
-                f"{statistics.mean([r['epochs_completed'] for r in runs]):.1f} | {flags} |"
+                f"{statistics.mean([r.get('rounds_completed', r.get('epochs_completed')) for r in runs]):.1f} | {flags} |"
             )
     length = (
         f"{args.epochs} epochs"

@@ -80,7 +80,7 @@ def medbench_images_per_second(data, model: str, n_images: int, batch_size: int 
             batch_size=batch_size,
             run_dir=str(Path(tmp) / "run"),
         )
-        results = train(cfg, data=small, progress=False)
+        results = train(cfg, data=small, progress=False).to_json()
     # The engine times its training steps (validation excluded) per round: the second
     # round has no first-step warm-up (oneDNN primitive creation, first allocations).
     return results["history"][-1]["train_images_per_second"]

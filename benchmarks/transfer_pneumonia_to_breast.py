@@ -50,7 +50,7 @@ def main() -> None:
         )  # fmt: skip
         root = Path(args.runs_dir) / args.model / f"seed{seed}"
         scratch = dataclasses.replace(base, run_dir=str(root / f"scratch-{TARGET}"))
-        arms["from scratch"].append(train_or_reuse(scratch))
+        arms["from scratch"].append(train_or_reuse(scratch).to_json())
         for mode in args.modes.split(","):
             r = transfer([SOURCE], base, root, mode=mode, pretrain_epochs=args.pretrain_epochs)
             arms.setdefault(f"{SOURCE} -> {mode}", []).append(r["target"])

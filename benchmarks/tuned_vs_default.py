@@ -45,7 +45,7 @@ def runs(data, args, label: str, **values) -> dict:
                 **values,
             }
         )
-        r = train(config, data=data, progress=False)
+        r = train(config, data=data, progress=False).to_json()
         accs.append(r["metrics"]["test"]["acc"])
         aucs.append(r["metrics"]["test"]["auc"])
         n_params = r["model"]["n_params"]
