@@ -12,6 +12,7 @@ import time
 import pytest
 
 from medbench.errors import MedbenchError
+from medbench.results import ModelInfo, RunResults, Timing
 from medbench.store import Owner, ResultsStore, process_alive
 
 
@@ -29,6 +30,14 @@ def _cells(tmp_path, n=3):
         }
         for i in range(n)
     ]
+
+
+def _store_with_one_cell(tmp_path) -> tuple[ResultsStore, str]:
+    """A new store in `tmp_path` holding one pending cell, and that cell's key."""
+    store = ResultsStore(tmp_path)
+    cells = _cells(tmp_path, 1)
+    store.add_cells(cells)
+    return store, cells[0]["key"]
 
 
 def _dead_pid() -> int:
@@ -62,28 +71,21 @@ def test_each_cell_is_claimed_once_in_key_order(tmp_path):
 
 
 def test_cell_of_a_live_owner_is_not_reclaimed(tmp_path):
-    store = ResultsStore(tmp_path)
-    cells = _cells(tmp_path, 1)
-    store.add_cells(cells)
-    store.claim([cells[0]["key"]], Owner.current())
-    assert store.claim([cells[0]["key"]], Owner(socket.gethostname(), 1)) is None
+    store, key = _store_with_one_cell(tmp_path)
+    store.claim([key], Owner.current())
+    assert store.claim([key], Owner(socket.gethostname(), 1)) is None
 
 
 def test_cell_of_a_dead_process_on_this_host_is_reclaimed(tmp_path):
-    store = ResultsStore(tmp_path)
-    cells = _cells(tmp_path, 1)
-    store.add_cells(cells)
-    store.claim([cells[0]["key"]], Owner(socket.gethostname(), _dead_pid()))
-    row = store.claim([cells[0]["key"]], Owner.current())
+    store, key = _store_with_one_cell(tmp_path)
+    store.claim([key], Owner(socket.gethostname(), _dead_pid()))
+    row = store.claim([key], Owner.current())
     assert row["claimed_pid"] == Owner.current().pid
     assert row["attempts"] == 2
 
 
 def test_cell_with_stale_heartbeat_on_another_host_is_reclaimed(tmp_path):
-    store = ResultsStore(tmp_path)
-    cells = _cells(tmp_path, 1)
-    store.add_cells(cells)
-    key = cells[0]["key"]
+    store, key = _store_with_one_cell(tmp_path)
     store.claim([key], Owner("elsewhere", 123))
     assert store.claim([key], Owner.current(), stale_seconds=60) is None
     time.sleep(0.05)
@@ -94,29 +96,30 @@ def test_cell_with_stale_heartbeat_on_another_host_is_reclaimed(tmp_path):
 
 
 def test_heartbeat_fails_for_a_cell_the_owner_lost(tmp_path):
-    store = ResultsStore(tmp_path)
-    cells = _cells(tmp_path, 1)
-    store.add_cells(cells)
-    key = cells[0]["key"]
+    store, key = _store_with_one_cell(tmp_path)
     store.claim([key], Owner("elsewhere", 1))
     assert not store.heartbeat(key, Owner.current())
     assert store.heartbeat(key, Owner("elsewhere", 1))
 
 
 def test_finish_records_metrics_and_paths_relative_to_the_folder(tmp_path):
-    store = ResultsStore(tmp_path)
-    cells = _cells(tmp_path, 1)
-    store.add_cells(cells)
-    key = cells[0]["key"]
+    store, key = _store_with_one_cell(tmp_path)
     store.claim([key])
-    results = {
-        "metrics": {"test": {"acc": 0.8, "auc": 0.9}, "val": {"acc": 0.7, "auc": 0.85}},
-        "model": {"n_params": 1000, "gflops": 0.01},
-        "efficiency": 80.0,
-        "timing": {"train_seconds": 12.0},
-        "collapsed": False,
-        "flags": ["x"],
-    }
+    results = RunResults(
+        run_dir=str(tmp_path / "runs" / "0"),
+        config={"dataset": "d", "size": 28, "model": "m", "seed": 0},
+        dataset={},
+        model=ModelInfo("m", n_params=1000, flops=10_000_000),
+        metrics={"test": {"acc": 0.8, "auc": 0.9}, "val": {"acc": 0.7, "auc": 0.85}},
+        timing=Timing(train_seconds=12.0),
+        steps=20,
+        steps_per_epoch=10,
+        rounds_planned=2,
+        rounds_completed=2,
+        best_round=2,
+        flags=["x"],
+        efficiency=80.0,
+    )
     store.finish(key, results, tmp_path / "runs" / "0" / "results.json")
     row = store.rows()[0]
     assert (row["status"], row["test_acc"], row["val_auc"], row["n_params"], row["flags"]) == (
@@ -126,29 +129,26 @@ def test_finish_records_metrics_and_paths_relative_to_the_folder(tmp_path):
         1000,
         ["x"],
     )
+    assert (row["gflops"], row["train_seconds"], row["collapsed"]) == (0.01, 12.0, True)
     raw = sqlite3.connect(store.path).execute("SELECT results_path FROM cells").fetchone()[0]
     assert raw == "runs/0/results.json"
     assert row["results_path"] == str(tmp_path / "runs" / "0" / "results.json")
 
 
 def test_failed_cells_go_back_to_pending_only_when_retried(tmp_path):
-    store = ResultsStore(tmp_path)
-    cells = _cells(tmp_path, 1)
-    store.add_cells(cells)
-    store.claim([cells[0]["key"]])
-    store.fail(cells[0]["key"], "RuntimeError: boom")
-    store.add_cells(cells)
+    store, key = _store_with_one_cell(tmp_path)
+    store.claim([key])
+    store.fail(key, "RuntimeError: boom")
+    store.add_cells(_cells(tmp_path, 1))
     assert store.rows()[0]["status"] == "failed"
-    store.add_cells(cells, retry_failed=True)
+    store.add_cells(_cells(tmp_path, 1), retry_failed=True)
     assert store.rows()[0]["status"] == "pending"
 
 
 def test_released_cell_is_pending_again(tmp_path):
-    store = ResultsStore(tmp_path)
-    cells = _cells(tmp_path, 1)
-    store.add_cells(cells)
-    store.claim([cells[0]["key"]])
-    store.release(cells[0]["key"])
+    store, key = _store_with_one_cell(tmp_path)
+    store.claim([key])
+    store.release(key)
     assert store.counts()["pending"] == 1
 
 
