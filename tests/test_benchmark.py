@@ -3,28 +3,35 @@ stand-in train function so each test takes well under a second of training."""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import socket
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
 
-from medbench.callbacks import Callback
 from medbench.benchmark import (
+    DEFAULT_CPU_TOTAL_BUDGET_SECONDS,
     DEFAULT_DATASETS,
     DEFAULT_MODELS,
+    GridCellCallback,
+    GridView,
     cell_budget,
     parse_seeds,
     plan_grid,
     run_benchmark,
     run_grid,
 )
+from medbench.callbacks import Callback, RoundEnd
 from medbench.config import TrainConfig, config_hash
 from medbench.errors import MedbenchError
+from medbench.results import read_results
 from medbench.store import Owner, ResultsStore
 from test_benchmark_support import make_fake_train
 
@@ -46,6 +53,17 @@ def _run(tmp_path, train_fn, **kw):
         **kw,
     }
     return run_benchmark(**args)
+
+
+def _noting(configs: list[TrainConfig]):
+    """The stand-in train function, noting in `configs` each config the grid hands it."""
+    fake = make_fake_train()
+
+    def train(config, **kw):
+        configs.append(config)
+        return fake(config, **kw)
+
+    return train
 
 
 def test_default_grid_is_the_reference_study():
@@ -104,31 +122,49 @@ def test_rerun_skips_finished_cells(tmp_path):
     assert len(marker.read_text().splitlines()) == 8
 
 
+def _dead_owner() -> Owner:
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    return Owner(socket.gethostname(), dead.pid)
+
+
+def _cut_off_after_one_round(cell, train) -> None:
+    """Leave `cell` as a process that died during its second round would: a checkpoint
+    after round 1 and no results."""
+    partial = TrainConfig.from_dict({**cell.config.to_dict(), "epochs": 1})
+    train(partial)
+    (cell.run_dir / "results.json").unlink()
+
+
+class SeeRounds(Callback):
+    """Notes the round of every round end the engine reports."""
+
+    def __init__(self) -> None:
+        self.rounds: list[int] = []
+
+    def on_round_end(self, event: RoundEnd) -> None:
+        self.rounds.append(event.record["round"])
+
+
+def _seeing(train, seen: SeeRounds):
+    """`train`, with `seen` among the callbacks the grid hands it."""
+
+    def train_seen(config, **kw):
+        return train(config, **{**kw, "callbacks": [*kw["callbacks"], seen]})
+
+    return train_seen
+
+
 def test_interrupted_cell_resumes_from_its_checkpoint(tmp_path):
-    # First process dies after epoch 1 of the first cell: simulate with a train that stops.
     out = tmp_path / "out"
     cells = plan_grid(["dermamnist"], ["advanced_cnn"], [0], out=out, base={"epochs": 3})
     store = ResultsStore(out)
     store.add_cells([c.store_row() for c in cells])
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
-    store.claim([cells[0].key], Owner(socket.gethostname(), dead.pid))
-    partial = TrainConfig.from_dict({**cells[0].config.to_dict(), "epochs": 1})
-    make_fake_train()(partial)  # leaves checkpoint.pt at epoch 1 (and a results.json we remove)
-    (Path(partial.run_dir) / "results.json").unlink()
-    epochs_seen = []
-    fake = make_fake_train()
-
-    class SeeRounds(Callback):
-        def on_round_end(self, event):
-            epochs_seen.append(event.record["round"])
-
-    def train(config, **kw):
-        kw["callbacks"] = [*kw["callbacks"], SeeRounds()]
-        return fake(config, **kw)
-
-    outcome = run_grid(cells, out, train_fn=train, progress=False)
-    assert epochs_seen == [2, 3]
+    store.claim([cells[0].key], _dead_owner())
+    _cut_off_after_one_round(cells[0], make_fake_train())
+    seen = SeeRounds()
+    outcome = run_grid(cells, out, train_fn=_seeing(make_fake_train(), seen), progress=False)
+    assert seen.rounds == [2, 3]
     assert outcome.counts["finished"] == 1
     assert store.rows()[0]["attempts"] == 2
 
@@ -172,14 +208,9 @@ def test_a_user_error_in_a_cell_stops_the_grid_and_hands_the_cell_back(tmp_path)
 
 
 def test_total_budget_is_split_over_the_cells_not_yet_finished(tmp_path):
-    budgets = []
-    fake = make_fake_train()
-
-    def train(config, **kw):
-        budgets.append(config.time_budget_seconds)
-        return fake(config, **kw)
-
-    _run(tmp_path, train, epochs=None, total_time_budget_seconds=800.0, seeds=1)
+    configs = []
+    _run(tmp_path, _noting(configs), epochs=None, total_time_budget_seconds=800.0, seeds=1)
+    budgets = [c.time_budget_seconds for c in configs]
     assert len(budgets) == 4
     assert 190 < budgets[0] <= 200  # 800 s over 4 cells
     assert 250 < budgets[-1] <= 800  # the last cell gets what is left
@@ -194,21 +225,14 @@ def test_cell_budget_reserves_each_remaining_cells_overhead_and_never_starves_on
     assert cell_budget(5.0, 3, [90.0], 200.0) == 50.0
 
 
-def test_cpu_default_is_a_shared_total_budget(tmp_path, monkeypatch):
-    import medbench.benchmark as bm
-
-    monkeypatch.setattr(bm, "_on_gpu", lambda device: False)
-    seen = []
-    fake = make_fake_train()
-
-    def train(config, **kw):
-        seen.append((config.epochs, config.time_budget_seconds))
-        return fake(config, **kw)
-
+def test_cpu_default_is_a_shared_total_budget(tmp_path):
+    configs = []
     with pytest.warns(Warning, match="time budget"):
-        _run(tmp_path, train, epochs=None, seeds=1)
-    assert all(e is None and b is not None for e, b in seen)
-    assert seen[0][1] == pytest.approx(bm.DEFAULT_CPU_TOTAL_BUDGET_SECONDS / 4, rel=0.01)
+        _run(tmp_path, _noting(configs), epochs=None, seeds=1, on_gpu=False)
+    assert all(c.epochs is None and c.time_budget_seconds is not None for c in configs)
+    assert configs[0].time_budget_seconds == pytest.approx(
+        DEFAULT_CPU_TOTAL_BUDGET_SECONDS / 4, rel=0.01
+    )
 
 
 def test_per_run_and_total_budgets_together_are_refused(tmp_path):
@@ -216,18 +240,28 @@ def test_per_run_and_total_budgets_together_are_refused(tmp_path):
         _run(tmp_path, make_fake_train(), time_budget_seconds=10, total_time_budget_seconds=100)
 
 
+def test_a_per_run_budget_in_the_config_file_is_each_runs_budget(tmp_path):
+    cfg = tmp_path / "budget.json"
+    cfg.write_text(json.dumps({"time_budget_seconds": 30}))
+    configs = []
+    _run(tmp_path, _noting(configs), epochs=None, config=cfg, seeds=1, on_gpu=False)
+    assert [c.time_budget_seconds for c in configs] == [30, 30, 30, 30]  # and no CPU default
+
+
+def test_a_per_run_budget_in_the_config_file_and_a_total_budget_are_refused(tmp_path):
+    cfg = tmp_path / "budget.json"
+    cfg.write_text(json.dumps({"time_budget_seconds": 30}))
+    with pytest.raises(MedbenchError, match="time_budget_seconds in --config"):
+        _run(tmp_path, make_fake_train(), epochs=None, config=cfg, total_time_budget_seconds=600)
+    assert not (tmp_path / "out").exists()  # refused before anything was planned or run
+
+
 def test_config_file_applies_to_every_cell_and_flags_win(tmp_path):
     cfg = tmp_path / "best.json"
     cfg.write_text(json.dumps({"config": {"lr": 0.01, "epochs": 5, "batch_size": 32}}))
-    seen = []
-    fake = make_fake_train()
-
-    def train(config, **kw):
-        seen.append((config.lr, config.epochs, config.batch_size))
-        return fake(config, **kw)
-
-    _run(tmp_path, train, config=cfg, epochs=1)
-    assert set(seen) == {(0.01, 1, 32)}
+    configs = []
+    _run(tmp_path, _noting(configs), config=cfg, epochs=1)
+    assert {(c.lr, c.epochs, c.batch_size) for c in configs} == {(0.01, 1, 32)}
 
 
 _WORKER = textwrap.dedent("""
@@ -261,10 +295,6 @@ def test_two_processes_on_one_grid_train_each_cell_exactly_once(tmp_path):
 
 
 def test_live_view_prints_done_running_left_and_eta_lines_when_not_a_terminal():
-    import io
-
-    from medbench.benchmark import GridView
-
     stream = io.StringIO()
     view = GridView(4, stream=stream)
     view.cell_seconds = [10.0]
@@ -278,10 +308,6 @@ def test_live_view_prints_done_running_left_and_eta_lines_when_not_a_terminal():
 
 
 def test_live_view_draws_a_progress_bar_on_a_terminal():
-    import io
-
-    from medbench.benchmark import GridView
-
     class Terminal(io.StringIO):
         def isatty(self) -> bool:
             return True
@@ -291,3 +317,70 @@ def test_live_view_draws_a_progress_bar_on_a_terminal():
     view.update({"pending": 1, "running": 1, "finished": 2, "failed": 0})
     view.close()
     assert "2/4" in stream.getvalue() and "1 running" in stream.getvalue()
+
+
+def test_grid_cell_callback_keeps_the_cell_claimed_and_notes_each_round(tmp_path):
+    out = tmp_path / "out"
+    (cell,) = plan_grid(["dermamnist"], ["advanced_cnn"], [0], out=out, base={"epochs": 1})
+    store = ResultsStore(out)
+    store.add_cells([cell.store_row()])
+    me = Owner.current()
+    beat_at_claim = store.claim([cell.key], me)["heartbeat"]
+    time.sleep(0.01)  # so that a new heartbeat is a later one
+    stream = io.StringIO()
+    callback = GridCellCallback(cell, store, me, GridView(1, stream=stream))
+    record = {"round": 3, "train_loss": 0.5, "val_acc": 0.75, "val_auc": float("nan")}
+    callback.on_round_end(RoundEnd(None, record, None, None, 10, True))
+    assert store.rows()[0]["heartbeat"] > beat_at_claim
+    assert stream.getvalue() == (
+        "  dermamnist/advanced_cnn/seed0 round 3: train_loss 0.5000, val_acc 0.7500, val_auc nan\n"
+    )
+
+
+def _grid_from_before_schema_2(out: Path) -> list:
+    """A grid folder as medbench wrote it before results schema 2 (results.json with
+    epochs_completed, best_epoch, records keyed "epoch"; the store's layout has not
+    changed since), cut off: two cells finished, one finished on disk but not yet in the
+    store, one in its second round."""
+    cells = plan_grid(
+        ["dermamnist"], ["advanced_cnn", "resnet18"], [0, 1], out=out, base={"epochs": 2}
+    )
+    old_train, store, dead = make_fake_train(schema=1), ResultsStore(out), _dead_owner()
+    store.add_cells([c.store_row() for c in cells])
+    for cell in cells:
+        store.claim([cell.key], dead)
+    for cell in cells[:3]:
+        old_train(cell.config)
+    for cell in cells[:2]:
+        store.finish(cell.key, read_results(cell.run_dir), cell.run_dir / "results.json")
+    _cut_off_after_one_round(cells[3], old_train)
+    return cells
+
+
+def test_a_grid_from_before_rounds_had_their_name_loads_reports_and_resumes(tmp_path):
+    out = (tmp_path / "out").resolve()
+    cells = _grid_from_before_schema_2(out)
+    old_file = json.loads((cells[0].run_dir / "results.json").read_text())
+    assert (old_file["schema_version"], old_file["epochs_completed"]) == (1, 2)
+    assert "rounds_completed" not in old_file and "epoch" in old_file["history"][0]
+
+    seen = SeeRounds()
+    outcome = run_benchmark(
+        datasets="dermamnist",
+        models="advanced_cnn,resnet18",
+        seeds=2,
+        epochs=2,
+        out=out,
+        train_fn=_seeing(make_fake_train(), seen),
+        progress=False,
+    )
+    assert outcome.ok and outcome.trained == [cells[3].key]  # cells[2] recorded from disk
+    assert seen.rounds == [2]  # resumed after its first round
+    rows = ResultsStore(out).rows([c.key for c in cells])
+    for cell, row in zip(cells, rows, strict=True):
+        results = read_results(cell.run_dir)
+        assert (results.rounds_completed, results.best_round) == (2, 2)
+        assert (row["test_acc"], row["val_auc"]) == (results.test["acc"], results.val["auc"])
+    table = list(csv.DictReader(outcome.report.csv.open()))
+    assert sorted(float(r["test_acc"]) for r in table) == sorted(r["test_acc"] for r in rows)
+    assert "| dermamnist | advanced_cnn | this study (n=2) |" in outcome.report.markdown.read_text()

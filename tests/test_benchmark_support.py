@@ -1,6 +1,6 @@
 """A stand-in for `medbench.engine.train` used by the benchmark/store/report tests: it writes
-a schema-conforming results.json, predictions.npz and a per-epoch checkpoint, with test
-accuracies taken from a table so tests can choose who wins. No tests live here."""
+a results.json (`RunResults.to_json()`), predictions.npz and a per-round checkpoint, with
+test accuracies taken from a table so tests can choose who wins. No tests live here."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ import numpy as np
 
 from medbench.callbacks import RoundEnd
 from medbench.config import TrainConfig
-from medbench.results import RunResults
 from medbench.fsutil import atomic_write, atomic_write_json
+from medbench.results import ModelInfo, RoundRecord, RunResults, Timing
 
 N_PARAMS = {
     "advanced_cnn": 400_000,
@@ -24,11 +24,120 @@ N_PARAMS = {
     "resnet18": 11_000_000,
     "tiny": 50_000,
 }
+STEPS_PER_EPOCH = 10
+N_CLASSES, N_IMAGES = 3, 40
+ENVIRONMENT = {
+    "medbench": "test",
+    "torch": "x",
+    "python": "3",
+    "platform": "linux",
+    "device": "cpu",
+    "precision": "fp32",
+    "channels_last": False,
+    "threads": 1,
+}
 
 
 def _jitter(*parts: Any) -> float:
     """A deterministic small number in [-0.01, 0.01] from the parts (same seed, same value)."""
     return (zlib.crc32("|".join(map(str, parts)).encode()) % 2001 - 1000) / 100_000
+
+
+def schema1_json(results: RunResults) -> dict[str, Any]:
+    """`results` as medbench wrote results.json before schema 2, when rounds were called
+    epochs: `epochs_planned`, `epochs_completed`, `best_epoch`, history records keyed
+    "epoch" and without their `epochs`, no `epochs_trained`."""
+    d = results.to_json()
+    d["schema_version"] = 1
+    d["epochs_planned"] = d.pop("rounds_planned")
+    d["epochs_completed"] = d.pop("rounds_completed")
+    d["best_epoch"] = d.pop("best_round")
+    del d["epochs_trained"]
+    d["history"] = [
+        {"epoch": r["round"], **{k: v for k, v in r.items() if k not in ("round", "epochs")}}
+        for r in d["history"]
+    ]
+    return d
+
+
+def _split_metrics(acc: float, collapsed: bool) -> dict[str, Any]:
+    return {
+        "acc": acc,
+        "auc": 0.8 + acc / 10,
+        "balanced_acc": acc,
+        "macro_f1": acc,
+        "per_class": [],
+        "ece": 0.05,
+        "confusion_matrix": [[10, 2, 1], [3, 9, 1], [1, 1, 12]],
+        "prediction_counts": [14, 12, 14],
+        "true_counts": [13, 13, 14],
+        "majority_fraction": 1.0 if collapsed else round(0.3 + acc / 10, 4),
+        "n": N_IMAGES,
+    }
+
+
+def _provenance(config: TrainConfig, md5_matches: bool) -> dict[str, Any]:
+    return {
+        "name": config.dataset,
+        "size": config.size,
+        "task": "multi-class",
+        "n_classes": N_CLASSES,
+        "n_channels": 1,
+        "label_names": ["a", "b", "c"],
+        "license": "CC BY-NC 4.0" if config.dataset == "dermamnist" else "CC BY 4.0",
+        "file": "x.npz",
+        "md5": "0",
+        "official_md5": "0" if md5_matches else "1",
+        "md5_matches": md5_matches,
+        "official": md5_matches,
+        "warnings": [],
+    }
+
+
+def _train_rounds(
+    ckpt: Path, rounds: int, val_acc: float, *, resume: bool, callbacks, seconds: float
+) -> list[RoundRecord]:
+    """The history after `rounds` rounds, continuing from `ckpt` when resuming; each round
+    rewrites the checkpoint and is handed to the callbacks."""
+    history: list[RoundRecord] = []
+    if resume and ckpt.exists():
+        history = [RoundRecord.from_json(r) for r in json.loads(ckpt.read_text())["history"]]
+    for n in range(len(history) + 1, rounds + 1):
+        time.sleep(seconds)
+        record = RoundRecord(
+            round=n,
+            step=n * STEPS_PER_EPOCH,
+            train_loss=1.0 / n,
+            val_loss=1.1 / n,
+            val_acc=val_acc * n / rounds,
+            val_auc=0.8,
+            lr=1e-3,
+            seconds=0.01,
+            train_images_per_second=1000.0,
+            epochs=float(n),
+        )
+        history.append(record)
+        atomic_write_json(ckpt, {"round": n, "history": [r.to_json() for r in history]})
+        for cb in callbacks:
+            cb.on_round_end(RoundEnd(None, record.to_json(), None, None, rounds, True))
+    return history
+
+
+def _write_predictions(run_dir: Path, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    labels = (np.arange(N_IMAGES) % N_CLASSES).astype(np.int64)[:, None]
+    probs = rng.dirichlet(np.ones(N_CLASSES), size=N_IMAGES)
+    atomic_write(
+        run_dir / "predictions.npz",
+        lambda fh: np.savez(
+            fh,
+            val_logits=probs,
+            val_labels=labels,
+            test_logits=probs,
+            test_labels=labels,
+            test_probs=probs,
+        ),
+    )
 
 
 def make_fake_train(
@@ -39,15 +148,17 @@ def make_fake_train(
     collapse: set[tuple[str, str]] | None = None,
     fail: set[tuple[str, str]] | None = None,
     md5_matches: bool = True,
+    schema: int = 2,
 ):
     """Return a train(config, ...) whose test accuracy for (dataset, model) is
-    `accuracy[...]` (default 0.7) plus a small seed-dependent jitter."""
+    `accuracy[...]` (default 0.7) plus a small seed-dependent jitter. `schema=1` writes
+    results.json as medbench did before schema 2 (see `schema1_json`)."""
     accuracy = accuracy or {}
     collapse = collapse or set()
     fail = fail or set()
 
     def train(
-        config: TrainConfig, *, data=None, progress=None, resume=False, callbacks=()
+        config: TrainConfig, *, data=None, progress=None, resume=False, callbacks=(), measure=True
     ) -> RunResults:
         run_dir = Path(config.run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -55,126 +166,49 @@ def make_fake_train(
             fd = os.open(marker, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
             os.write(fd, f"{config.dataset}|{config.model}|{config.seed}|{os.getpid()}\n".encode())
             os.close(fd)
-        if (config.dataset, config.model) in fail:
-            raise RuntimeError(f"boom in {config.model}")
-        epochs = config.epochs or 2
-        ckpt = run_dir / "checkpoint.pt"
-        history = []
-        start = 0
-        if resume and ckpt.exists():
-            state = json.loads(ckpt.read_text())
-            start, history = state["epoch"], state["history"]
         key = (config.dataset, config.model)
+        if key in fail:
+            raise RuntimeError(f"boom in {config.model}")
+        rounds = config.epochs or 2
         acc = accuracy.get(key, 0.7) + _jitter(*key, config.seed)
         val_acc = min(1.0, acc * 1.03)
-        for epoch in range(start + 1, epochs + 1):
-            time.sleep(seconds_per_epoch)
-            record = {
-                "round": epoch,
-                "train_loss": 1.0 / epoch,
-                "val_loss": 1.1 / epoch,
-                "val_acc": val_acc * epoch / epochs,
-                "val_auc": 0.8,
-                "lr": 1e-3,
-                "seconds": 0.01,
-                "train_images_per_second": 1000.0,
-            }
-            history.append(record)
-            atomic_write_json(ckpt, {"epoch": epoch, "history": history})
-            for cb in callbacks:
-                cb.on_round_end(RoundEnd(None, record, None, None, epochs, True))
+        history = _train_rounds(
+            run_dir / "checkpoint.pt",
+            rounds,
+            val_acc,
+            resume=resume,
+            callbacks=callbacks,
+            seconds=seconds_per_epoch,
+        )
         collapsed = key in collapse
         test_acc = 0.25 if collapsed else acc
-        n_classes, n = 3, 40
-        rng = np.random.default_rng(config.seed)
-        labels = (np.arange(n) % n_classes).astype(np.int64)
-        probs = rng.dirichlet(np.ones(n_classes), size=n)
-        split = lambda a: {  # noqa: E731
-            "acc": a,
-            "auc": 0.8 + a / 10,
-            "balanced_acc": a,
-            "macro_f1": a,
-            "per_class": [],
-            "ece": 0.05,
-            "confusion_matrix": [[10, 2, 1], [3, 9, 1], [1, 1, 12]],
-            "prediction_counts": [14, 12, 14],
-            "true_counts": [13, 13, 14],
-            "majority_fraction": 1.0 if collapsed else round(0.3 + a / 10, 4),
-            "n": n,
-        }
         n_params = N_PARAMS.get(config.model, 100_000)
-        results = {
-            "schema_version": 1,
-            "status": "finished",
-            "run_dir": str(run_dir),
-            "config": config.to_dict(),
-            "dataset": {
-                "name": config.dataset,
-                "size": config.size,
-                "task": "multi-class",
-                "n_classes": n_classes,
-                "n_channels": 1,
-                "label_names": ["a", "b", "c"],
-                "license": "CC BY-NC 4.0" if config.dataset == "dermamnist" else "CC BY 4.0",
-                "file": "x.npz",
-                "md5": "0",
-                "official_md5": "0" if md5_matches else "1",
-                "md5_matches": md5_matches,
-                "official": md5_matches,
-                "warnings": [],
-            },
-            "model": {
-                "name": config.model,
-                "n_params": n_params,
-                "params_m": n_params / 1e6,
-                "flops": n_params * 10,
-                "gflops": n_params * 10 / 1e9,
-                "options": {},
-            },
-            "epochs_planned": epochs,
-            "epochs_completed": epochs,
-            "best_epoch": epochs,
-            "stopped_early": False,
-            "history": history,
-            "metrics": {
-                "val": split(val_acc),
-                "test": split(test_acc),
+        results = RunResults(
+            run_dir=str(run_dir),
+            config=config.to_dict(),
+            dataset=_provenance(config, md5_matches),
+            model=ModelInfo(config.model, n_params, n_params * 10),
+            metrics={
+                "val": _split_metrics(val_acc, collapsed),
+                "test": _split_metrics(test_acc, collapsed),
                 "temperature": 1.0,
                 "test_ece_calibrated": 0.04,
                 "val_ece_calibrated": 0.04,
             },
-            "flags": ["predicts one class for 100% of test images"] if collapsed else [],
-            "collapsed": collapsed,
-            "timing": {
-                "train_seconds": epochs * seconds_per_epoch + 0.5,
-                "eval_seconds": 0.1,
-                "latency_ms_per_image": 0.1,
-                "throughput_images_per_second": 1e4,
-            },
-            "efficiency": 100 * test_acc / (n_params / 1e6),
-            "environment": {
-                "medbench": "test",
-                "torch": "x",
-                "python": "3",
-                "platform": "linux",
-                "device": "cpu",
-                "precision": "fp32",
-                "channels_last": False,
-                "threads": 1,
-            },
-        }
-        atomic_write(
-            run_dir / "predictions.npz",
-            lambda fh: np.savez(
-                fh,
-                val_logits=probs,
-                val_labels=labels[:, None],
-                test_logits=probs,
-                test_labels=labels[:, None],
-                test_probs=probs,
-            ),
+            timing=Timing(rounds * seconds_per_epoch + 0.5, 0.1, 0.1, 1e4),
+            steps=rounds * STEPS_PER_EPOCH,
+            steps_per_epoch=STEPS_PER_EPOCH,
+            rounds_planned=rounds,
+            rounds_completed=rounds,
+            best_round=rounds,
+            history=history,
+            flags=["predicts one class for 100% of test images"] if collapsed else [],
+            efficiency=100 * test_acc / (n_params / 1e6),
+            environment=dict(ENVIRONMENT),
         )
-        atomic_write_json(run_dir / "results.json", results)
-        return RunResults.from_json(results)
+        _write_predictions(run_dir, config.seed)
+        written = results.to_json() if schema == 2 else schema1_json(results)
+        atomic_write_json(run_dir / "results.json", written)
+        return results
 
     return train

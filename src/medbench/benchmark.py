@@ -13,7 +13,6 @@ At the end the report is written from the store (`medbench.report`); nothing her
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import statistics
 import sys
@@ -26,11 +25,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medbench.callbacks import RecordCallback
-from medbench.results import RunResults, read_results
+import torch
+from tqdm import tqdm
+
+from medbench import engine
+from medbench.callbacks import Callback, RoundEnd
 from medbench.config import TrainConfig, config_hash, format_seconds, load_config_file
+from medbench.data import dataset_info, load_dataset
+from medbench.ensemble import METHODS, build_ensemble
 from medbench.errors import MedbenchError, MedbenchWarning
 from medbench.fsutil import atomic_write_text
+from medbench.models import TIMM_PREFIX, model_options
+from medbench.report import build_report
+from medbench.results import RunResults, read_results
 from medbench.store import DEFAULT_STALE_SECONDS, Owner, ResultsStore
 
 # The reference study: DermaMNIST and OCTMNIST at 28 px, its two models and the published
@@ -97,28 +104,39 @@ class GridOutcome:
         return not self.failed and self.counts.get("finished", 0) == len(self.cells)
 
 
+# -- planning --------------------------------------------------------------------------------
+
+
 def parse_seeds(seeds: int | str | Sequence[int]) -> list[int]:
     """`3` -> [0, 1, 2]; `"0,5,7"` -> [0, 5, 7]; a list is taken as it is."""
     if isinstance(seeds, str):
-        text = seeds.strip()
-        try:
-            if "," in text:
-                values = [int(s) for s in text.split(",") if s.strip()]
-            else:
-                return parse_seeds(int(text))
-        except ValueError:
-            raise MedbenchError(
-                f"--seeds {seeds!r} is neither a count nor a comma-separated list; write e.g. 3 or 0,1,2"
-            ) from None
+        values = _seeds_from_text(seeds)
     elif isinstance(seeds, int):
-        if seeds < 1:
-            raise MedbenchError(f"--seeds must be at least 1, not {seeds}")
-        values = list(range(seeds))
+        values = _first_seeds(seeds)
     else:
         values = [int(s) for s in seeds]
     if not values or len(set(values)) != len(values):
         raise MedbenchError(f"--seeds must list distinct seeds, not {seeds!r}")
     return values
+
+
+def _first_seeds(count: int) -> list[int]:
+    if count < 1:
+        raise MedbenchError(f"--seeds must be at least 1, not {count}")
+    return list(range(count))
+
+
+def _seeds_from_text(text: str) -> list[int]:
+    """'3' is a count, '0,5,7' a list."""
+    try:
+        if "," in text:
+            return [int(s) for s in text.split(",") if s.strip()]
+        count = int(text)
+    except ValueError:
+        raise MedbenchError(
+            f"--seeds {text!r} is neither a count nor a comma-separated list; write e.g. 3 or 0,1,2"
+        ) from None
+    return _first_seeds(count)
 
 
 def _names(values: str | Sequence[str] | None, default: Sequence[str], what: str) -> list[str]:
@@ -178,8 +196,6 @@ class GridView:
         self.deadline: float | None = None  # monotonic time, when a total budget applies
         self._bar = None
         if enabled and getattr(self.stream, "isatty", lambda: False)():
-            from tqdm import tqdm
-
             self._bar = tqdm(
                 total=total,
                 desc="benchmark",
@@ -223,7 +239,7 @@ class GridView:
             print(line, file=self.stream, flush=True)
 
     def note(self, text: str) -> None:
-        """A line under the bar (per-epoch news) that does not change the counts."""
+        """A line under the bar (per-round news) that does not change the counts."""
         if not self.enabled:
             return
         if self._bar is not None:
@@ -239,25 +255,50 @@ class GridView:
 # -- running ---------------------------------------------------------------------------------
 
 
+class GridCellCallback(Callback):
+    """What a grid cell's run reports each round: it refreshes the cell's heartbeat in the
+    store (the cell is still being worked on) and notes the round's numbers in the view."""
+
+    def __init__(self, cell: Cell, store: ResultsStore, owner: Owner, view: GridView) -> None:
+        self.cell = cell
+        self.store = store
+        self.owner = owner
+        self.view = view
+
+    def on_round_end(self, event: RoundEnd) -> None:
+        self.store.heartbeat(self.cell.key, self.owner)
+        record = event.record
+        parts = [
+            f"{k} {record[k]:.4f}"
+            for k in ("train_loss", "val_acc", "val_auc")
+            if isinstance(record.get(k), (int, float))
+        ]
+        self.view.note(f"  {self.cell.label} round {record.get('round')}: {', '.join(parts)}")
+
+
 class _Heartbeat:
-    """Refresh a claimed cell's heartbeat every `every` seconds from a daemon thread."""
+    """Refresh a claimed cell's heartbeat every `every` seconds from a daemon thread, for as
+    long as the `with` block runs (a round can take longer than the stale limit)."""
 
     def __init__(self, store: ResultsStore, key: str, owner: Owner, every: float) -> None:
         self._stop = threading.Event()
         self._thread = threading.Thread(
             target=self._run, args=(store, key, owner, every), daemon=True
         )
+
+    def __enter__(self) -> _Heartbeat:
         self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
 
     def _run(self, store: ResultsStore, key: str, owner: Owner, every: float) -> None:
         while not self._stop.wait(every):
             # A busy database must not kill training; the next beat retries.
             with contextlib.suppress(Exception):
                 store.heartbeat(key, owner)
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
 
 
 def _finished_results(run_dir: Path) -> RunResults | None:
@@ -273,9 +314,6 @@ def _finished_results(run_dir: Path) -> RunResults | None:
 def _default_train_fn() -> TrainFn:
     """The engine's train, with the dataset loaded once for all the cells that use it in a
     row (the grid runs dataset by dataset)."""
-    from medbench.data import load_dataset
-    from medbench.engine import train
-
     cache: dict[tuple, Any] = {}
 
     def train_cached(config: TrainConfig, **kwargs: Any) -> RunResults:
@@ -283,7 +321,7 @@ def _default_train_fn() -> TrainFn:
         if key not in cache:
             cache.clear()  # keep one dataset in memory at a time
             cache[key] = load_dataset(config.dataset, config.size, config.data_dir, progress=False)
-        return train(config, data=cache[key], **kwargs)
+        return engine.train(config, data=cache[key], **kwargs)
 
     return train_cached
 
@@ -315,56 +353,21 @@ def run_grid(
     out = Path(out)
     train_fn = train_fn or _default_train_fn()
     store = ResultsStore(out)
-    owner = Owner.current()
-    keys = [c.key for c in cells]
-    by_key = {c.key: c for c in cells}
-    if len(by_key) != len(cells):
+    if len({c.key for c in cells}) != len(cells):
         raise MedbenchError(
             "the grid lists the same cell twice; give each dataset, model and seed once"
         )
     store.add_cells((c.store_row() for c in cells), retry_failed=retry_failed)
     view = GridView(len(cells), enabled=True if progress is None else progress)
-    deadline = None
-    if total_time_budget_seconds:
-        deadline = time.monotonic() + total_time_budget_seconds
-        view.deadline = deadline
-    outcome = GridOutcome(out=out, cells=list(cells))
-    overheads: list[float] = []  # per cell run here: wall time minus training time
-    view.update(store.counts(keys), f"{len(cells)} runs in {out} (store {store.path.name})")
+    grid = _GridRun(out, cells, store, train_fn, view, total_time_budget_seconds)
+    grid.event(f"{len(cells)} runs in {out} (store {store.path.name})")
     try:
-        while True:
-            row = store.claim(keys, owner, stale_seconds=stale_seconds)
-            if row is None:
-                counts = store.counts(keys)
-                if counts["running"] and wait_for_others:
-                    time.sleep(poll_seconds)
-                    continue
-                break
-            cell = by_key[row["key"]]
-            config = TrainConfig.from_dict(dict(cell.config.to_dict()))
-            if deadline is not None:
-                config.time_budget_seconds = cell_budget(
-                    deadline - time.monotonic(),
-                    store.counts(keys)["pending"] + 1,
-                    overheads,
-                    total_time_budget_seconds / len(cells),
-                )
-            overhead = _run_cell(
-                cell, config, row, store, owner, train_fn, view, outcome, keys, heartbeat_seconds
-            )
-            if overhead is not None:
-                overheads.append(overhead)
+        while (row := grid.claim(stale_seconds, poll_seconds, wait_for_others)) is not None:
+            grid.run_cell(grid.by_key[row["key"]], row, heartbeat_seconds)
     finally:
-        outcome.counts = store.counts(keys)
-        view.update(
-            outcome.counts,
-            "grid finished"
-            if not outcome.counts["pending"] and not outcome.counts["running"]
-            else "stopped",
-        )
-        view.close()
-    outcome.failed = [r for r in store.rows(keys) if r["status"] == "failed"]
-    return outcome
+        grid.close()
+    grid.outcome.failed = [r for r in store.rows(grid.keys) if r["status"] == "failed"]
+    return grid.outcome
 
 
 MIN_SHARE = 0.25  # a cell's budget never falls below this fraction of the even share
@@ -385,88 +388,125 @@ def cell_budget(
     return max(MIN_SHARE * even_share, share, 1.0)
 
 
-def _run_cell(
-    cell: Cell,
-    config: TrainConfig,
-    row: dict[str, Any],
-    store: ResultsStore,
-    owner: Owner,
-    train_fn: TrainFn,
-    view: GridView,
-    outcome: GridOutcome,
-    keys: list[str],
-    heartbeat_seconds: float,
-) -> float | None:
-    """Train (or record) one claimed cell. Returns, for a cell trained here, the seconds
-    it spent outside training (loading, evaluation, speed timing), when its results say
-    how long it trained; None otherwise."""
-    run_dir = Path(config.run_dir)
-    done = _finished_results(run_dir)
-    if done is not None:
-        store.finish(cell.key, done, run_dir / "results.json")
-        view.update(store.counts(keys), f"{cell.label}: already finished on disk, recorded")
-        return None
-    resuming = (run_dir / "checkpoint.pt").exists()
-    how = "resuming" if resuming else "starting"
-    budget = (
-        f" (budget {format_seconds(config.time_budget_seconds)})"
-        if config.time_budget_seconds
-        else ""
-    )
-    view.update(store.counts(keys), f"{cell.label}: {how}{budget}, attempt {row['attempts']}")
+class _GridRun:
+    """One process's pass over a grid: it claims cells from the store one at a time, trains
+    each (or records it, when its results are already on disk) and keeps the view current."""
 
-    def on_epoch(record: dict) -> None:
-        store.heartbeat(cell.key, owner)
-        parts = [
-            f"{k} {record[k]:.4f}"
-            for k in ("train_loss", "val_acc", "val_auc")
-            if isinstance(record.get(k), (int, float))
-        ]
-        view.note(f"  {cell.label} round {record.get('round')}: {', '.join(parts)}")
+    def __init__(
+        self,
+        out: Path,
+        cells: Sequence[Cell],
+        store: ResultsStore,
+        train_fn: TrainFn,
+        view: GridView,
+        total_time_budget_seconds: float | None,
+    ) -> None:
+        self.keys = [c.key for c in cells]
+        self.by_key = {c.key: c for c in cells}
+        self.store = store
+        self.owner = Owner.current()
+        self.train_fn = train_fn
+        self.view = view
+        self.outcome = GridOutcome(out=out, cells=list(cells))
+        self.total_seconds = total_time_budget_seconds
+        self.deadline: float | None = None  # monotonic time by which the grid should end
+        if total_time_budget_seconds:
+            self.deadline = view.deadline = time.monotonic() + total_time_budget_seconds
+        self.overheads: list[float] = []  # per cell trained here: wall time minus training
 
-    beat = _Heartbeat(store, cell.key, owner, heartbeat_seconds)
-    started = time.monotonic()
-    try:
-        results = train_fn(
-            config, resume=True, callbacks=[RecordCallback(on_epoch)], progress=False
-        )
-    except (MedbenchError, KeyboardInterrupt):
-        beat.stop()
-        store.release(cell.key, owner)
-        raise
-    except Exception as exc:
-        beat.stop()
+    def event(self, text: str) -> None:
+        self.view.update(self.store.counts(self.keys), text)
+
+    def claim(self, stale_seconds: float, poll_seconds: float, wait: bool) -> dict | None:
+        """The store row of the next cell this process claims; None when there is none (and,
+        with `wait`, no other process is running one either)."""
+        while True:
+            row = self.store.claim(self.keys, self.owner, stale_seconds=stale_seconds)
+            if row is not None or not (wait and self.store.counts(self.keys)["running"]):
+                return row
+            time.sleep(poll_seconds)
+
+    def cell_config(self, cell: Cell) -> TrainConfig:
+        """The cell's config, with its share of the grid's time budget when there is one."""
+        config = TrainConfig.from_dict(dict(cell.config.to_dict()))
+        if self.deadline is not None:
+            config.time_budget_seconds = cell_budget(
+                self.deadline - time.monotonic(),
+                self.store.counts(self.keys)["pending"] + 1,
+                self.overheads,
+                self.total_seconds / len(self.keys),
+            )
+        return config
+
+    def run_cell(self, cell: Cell, row: dict[str, Any], heartbeat_seconds: float) -> None:
+        """Train (or record) one claimed cell."""
+        config = self.cell_config(cell)
+        done = _finished_results(cell.run_dir)
+        if done is not None:
+            self.store.finish(cell.key, done, cell.run_dir / "results.json")
+            self.event(f"{cell.label}: already finished on disk, recorded")
+            return
+        how = "resuming" if (cell.run_dir / "checkpoint.pt").exists() else "starting"
+        budget = config.time_budget_seconds
+        budget_note = f" (budget {format_seconds(budget)})" if budget else ""
+        self.event(f"{cell.label}: {how}{budget_note}, attempt {row['attempts']}")
+        started = time.monotonic()
+        results = self.train(cell, config, heartbeat_seconds)
+        if results is not None:
+            self.record_trained(cell, results, started)
+
+    def train(self, cell: Cell, config: TrainConfig, heartbeat_seconds: float) -> RunResults | None:
+        """The cell's results; None when training raised a bug-like error (recorded as failed).
+        A MedbenchError or Ctrl-C hands the cell back and propagates."""
+        callback = GridCellCallback(cell, self.store, self.owner, self.view)
+        try:
+            with _Heartbeat(self.store, cell.key, self.owner, heartbeat_seconds):
+                return self.train_fn(config, resume=True, callbacks=[callback], progress=False)
+        except (MedbenchError, KeyboardInterrupt):
+            self.store.release(cell.key, self.owner)
+            raise
+        except Exception as exc:
+            self.record_failure(cell, exc)
+            return None
+
+    def record_failure(self, cell: Cell, exc: Exception) -> None:
+        """Called while `exc` is being handled, so that its traceback goes to error.log."""
         message = f"{type(exc).__name__}: {exc}".splitlines()[0]
-        store.fail(cell.key, message)
+        self.store.fail(cell.key, message)
         with contextlib.suppress(MedbenchError):
-            atomic_write_text(run_dir / "error.log", traceback.format_exc())
+            atomic_write_text(cell.run_dir / "error.log", traceback.format_exc())
         warnings.warn(
-            f"{cell.label} failed ({message}); the grid goes on", MedbenchWarning, stacklevel=2
+            f"{cell.label} failed ({message}); the grid goes on", MedbenchWarning, stacklevel=4
         )
-        view.update(store.counts(keys), f"{cell.label}: FAILED: {message}")
-        return None
-    beat.stop()
-    results_path = run_dir / "results.json"
-    store.finish(cell.key, results, results_path)
-    outcome.trained.append(cell.key)
-    wall = time.monotonic() - started
-    view.cell_seconds.append(wall)
-    acc = results.test.get("acc")
-    summary = f"test acc {acc:.4f}" if isinstance(acc, (int, float)) else "finished"
-    if results.collapsed:
-        summary += " (COLLAPSED)"
-    view.update(store.counts(keys), f"{cell.label}: {summary}")
-    return max(0.0, wall - results.timing.train_seconds)
+        self.event(f"{cell.label}: FAILED: {message}")
+
+    def record_trained(self, cell: Cell, results: RunResults, started: float) -> None:
+        self.store.finish(cell.key, results, cell.run_dir / "results.json")
+        self.outcome.trained.append(cell.key)
+        wall = time.monotonic() - started
+        self.view.cell_seconds.append(wall)
+        self.overheads.append(max(0.0, wall - results.timing.train_seconds))
+        acc = results.test.get("acc")
+        summary = f"test acc {acc:.4f}" if isinstance(acc, (int, float)) else "finished"
+        if results.collapsed:
+            summary += " (COLLAPSED)"
+        self.event(f"{cell.label}: {summary}")
+
+    def close(self) -> None:
+        counts = self.outcome.counts = self.store.counts(self.keys)
+        over = not counts["pending"] and not counts["running"]
+        self.view.update(counts, "grid finished" if over else "stopped")
+        self.view.close()
 
 
-def _on_gpu(device: str) -> bool:
+# -- the whole benchmark ------------------------------------------------------------------------
+
+
+def detect_gpu(device: str) -> bool:
+    """Whether runs on `device` ("auto", "cuda", "cpu", ...) train on a GPU."""
     if device == "cuda":
         return True
-    if device != "auto":
-        return False
-    import torch
-
-    return torch.cuda.is_available()
+    return device == "auto" and torch.cuda.is_available()
 
 
 def run_benchmark(
@@ -482,6 +522,7 @@ def run_benchmark(
     data_dir: str | Path | None = None,
     config: dict[str, Any] | str | Path | None = None,
     device: str | None = None,
+    on_gpu: bool | None = None,
     train_fn: TrainFn | None = None,
     report: bool = True,
     progress: bool | None = None,
@@ -494,42 +535,21 @@ def run_benchmark(
     efficientnet, resnet18 at 28 px, 3 seeds). Run length: `epochs` or
     `time_budget_seconds` per run, or `total_time_budget_seconds` for the whole grid; with
     none of them (here or in `config`), a GPU trains the engine's default epochs and a CPU
-    shares `DEFAULT_CPU_TOTAL_BUDGET_SECONDS` over the grid. `config` is a dict or a JSON
-    file of TrainConfig keys applied to every run; explicit arguments win over it.
-    `ensemble` (a `medbench.ensemble` method: greedy, average, weighted) adds, per
-    dataset, an ensemble of that dataset's finished runs, saved under `out/ensembles/` and
-    shown in the report.
+    shares `DEFAULT_CPU_TOTAL_BUDGET_SECONDS` over the grid. `on_gpu` says which of the two
+    this machine is; by default it is detected from the device (see `detect_gpu`).
+    `config` is a dict or a JSON file of TrainConfig keys applied to every run; explicit
+    arguments win over it. `ensemble` (a `medbench.ensemble` method: greedy, average,
+    weighted) adds, per dataset, an ensemble of that dataset's finished runs, saved under
+    `out/ensembles/` and shown in the report.
     """
-    base: dict[str, Any] = {}
-    if config is not None:
-        base = dict(config) if isinstance(config, dict) else load_config_file(config)
-    if time_budget_seconds is not None and total_time_budget_seconds is not None:
+    base = _grid_config(config, epochs, time_budget_seconds, data_dir, device)
+    if base.get("time_budget_seconds") is not None and total_time_budget_seconds is not None:
         raise MedbenchError(
-            "give either --time-budget (per run) or --total-time-budget (whole grid), not both"
+            "give either a per-run budget (--time-budget, or time_budget_seconds in --config) "
+            "or --total-time-budget (whole grid), not both"
         )
-    if epochs is not None:
-        base["epochs"] = epochs
-    if time_budget_seconds is not None:
-        base["time_budget_seconds"] = time_budget_seconds
-    if data_dir is not None:
-        base["data_dir"] = str(data_dir)
-    if device is not None:
-        base["device"] = device
-    if total_time_budget_seconds is not None:
-        base.pop("time_budget_seconds", None)
-    length_given = any(base.get(k) is not None for k in ("epochs", "time_budget_seconds"))
-    if (
-        not length_given
-        and total_time_budget_seconds is None
-        and not _on_gpu(base.get("device", "auto"))
-    ):
-        total_time_budget_seconds = DEFAULT_CPU_TOTAL_BUDGET_SECONDS
-        warnings.warn(
-            f"no GPU: the grid shares a {format_seconds(total_time_budget_seconds)} time budget "
-            "(set --epochs, --time-budget or --total-time-budget to choose)",
-            MedbenchWarning,
-            stacklevel=2,
-        )
+    if total_time_budget_seconds is None:
+        total_time_budget_seconds = _default_total_budget(base, on_gpu)
     out = Path(out).resolve()
     cells = plan_grid(
         _names(datasets, DEFAULT_DATASETS, "datasets"),
@@ -539,13 +559,10 @@ def run_benchmark(
         size=size,
         base=base,
     )
-    if ensemble is not None:
-        from medbench.ensemble import METHODS
-
-        if ensemble not in METHODS:
-            raise MedbenchError(
-                f"unknown ensemble method {ensemble!r}; choose from {', '.join(METHODS)}"
-            )
+    if ensemble is not None and ensemble not in METHODS:
+        raise MedbenchError(
+            f"unknown ensemble method {ensemble!r}; choose from {', '.join(METHODS)}"
+        )
     if train_fn is None:  # the engine's names; a stand-in train function may use its own
         _check_names(cells)
     outcome = run_grid(
@@ -559,10 +576,46 @@ def run_benchmark(
     if ensemble is not None:
         outcome.ensembles = build_grid_ensembles(cells, out, ensemble, base.get("data_dir"))
     if report:
-        from medbench.report import build_report
-
         outcome.report = build_report(out)
     return outcome
+
+
+def _grid_config(
+    config: dict[str, Any] | str | Path | None,
+    epochs: int | None,
+    time_budget_seconds: float | None,
+    data_dir: str | Path | None,
+    device: str | None,
+) -> dict[str, Any]:
+    """The TrainConfig keys every cell shares: `config` (a dict or a JSON file), then the
+    arguments that were given."""
+    base: dict[str, Any] = {}
+    if config is not None:
+        base = dict(config) if isinstance(config, dict) else load_config_file(config)
+    given = {
+        "epochs": epochs,
+        "time_budget_seconds": time_budget_seconds,
+        "data_dir": None if data_dir is None else str(data_dir),
+        "device": device,
+    }
+    base.update({k: v for k, v in given.items() if v is not None})
+    return base
+
+
+def _default_total_budget(base: dict[str, Any], on_gpu: bool | None) -> float | None:
+    """The grid's budget when none was given: none when the runs have a length (epochs or a
+    per-run budget) or train on a GPU; else the CPU default, with a warning that says so."""
+    if any(base.get(k) is not None for k in ("epochs", "time_budget_seconds")):
+        return None
+    if detect_gpu(base.get("device", "auto")) if on_gpu is None else on_gpu:
+        return None
+    warnings.warn(
+        f"no GPU: the grid shares a {format_seconds(DEFAULT_CPU_TOTAL_BUDGET_SECONDS)} time "
+        "budget (set --epochs, --time-budget or --total-time-budget to choose)",
+        MedbenchWarning,
+        stacklevel=3,
+    )
+    return DEFAULT_CPU_TOTAL_BUDGET_SECONDS
 
 
 def build_grid_ensembles(
@@ -571,8 +624,6 @@ def build_grid_ensembles(
     """One ensemble per (dataset, size) over its finished runs (all models and seeds), saved
     to `out/ensembles/<dataset>-<size>-<method>/` where `medbench predict` can load it.
     Datasets with fewer than two finished runs get none."""
-    from medbench.ensemble import build_ensemble
-
     by_dataset: dict[tuple[str, int], list[Path]] = {}
     for cell in cells:
         if _finished_results(cell.run_dir) is not None:
@@ -588,9 +639,6 @@ def build_grid_ensembles(
 
 def _check_names(cells: Sequence[Cell]) -> None:
     """Fail early, before any training, on an unknown dataset or model name."""
-    from medbench.data import dataset_info
-    from medbench.models import TIMM_PREFIX, model_options
-
     for name in dict.fromkeys(c.config.dataset for c in cells):
         dataset_info(name)  # raises MedbenchError naming the known datasets
     for name in dict.fromkeys(c.config.model for c in cells):
