@@ -47,6 +47,12 @@ def data_dir(tmp_path_factory) -> Path:
     return d
 
 
+def _benchmark_args(datasets: str, models: str, seeds: str, data_dir: Path, out: Path) -> list:
+    """`medbench benchmark`'s arguments for a grid of small, quick runs."""
+    return ["benchmark", "--datasets", datasets, "--models", models, "--seeds", seeds,
+            "--data-dir", str(data_dir), "--out", str(out), *FAST]  # fmt: skip
+
+
 def _table(folder: Path) -> list[tuple]:
     """The per-run numbers of a finished grid (what the report's table is made of)."""
     rows = list(csv.DictReader((folder / "results.csv").open()))
@@ -66,23 +72,10 @@ def _table(folder: Path) -> list[tuple]:
 
 def test_benchmark_command_end_to_end_writes_store_report_and_plots(data_dir, tmp_path):
     out = tmp_path / "out"
-    code = main(
-        [
-            "benchmark",
-            "--datasets",
-            "dermamnist,breastmnist",
-            "--models",
-            "advanced_cnn,efficientnet",
-            "--seeds",
-            "2",
-            "--data-dir",
-            str(data_dir),
-            "--out",
-            str(out),
-            *FAST,
-        ]
+    argv = _benchmark_args(
+        "dermamnist,breastmnist", "advanced_cnn,efficientnet", "2", data_dir, out
     )
-    assert code == 0
+    assert main(argv) == 0
     rows = ResultsStore(out).rows()
     assert len(rows) == 8 and all(r["status"] == "finished" for r in rows)
     for name in ("REPORT.md", "report.html", "results.csv", "results.json", "summary.json"):
@@ -103,12 +96,13 @@ def test_benchmark_command_end_to_end_writes_store_report_and_plots(data_dir, tm
     # The same grid again with --ensemble: nothing retrains; one ensemble per dataset joins
     # the report, saved where `medbench predict` can load it.
     mtimes = {r["run_dir"]: (Path(r["run_dir"]) / "model.pt").stat().st_mtime for r in rows}
-    argv = ["benchmark", "--datasets", "dermamnist,breastmnist", "--models",
-            "advanced_cnn,efficientnet", "--seeds", "2", "--data-dir", str(data_dir),
-            "--out", str(out), *FAST, "--ensemble"]  # fmt: skip
-    assert main(argv) == 0
+    assert main([*argv, "--ensemble"]) == 0
     assert mtimes == {d: (Path(d) / "model.pt").stat().st_mtime for d in mtimes}
-    for dataset in ("dermamnist", "breastmnist"):
+    _assert_ensembles_saved_and_reported(out, ("dermamnist", "breastmnist"))
+
+
+def _assert_ensembles_saved_and_reported(out: Path, datasets: tuple[str, ...]) -> None:
+    for dataset in datasets:
         folder = out / "ensembles" / f"{dataset}-28-greedy"
         ensemble = load_ensemble(folder, device="cpu")
         assert ensemble.meta["dataset"] == dataset
@@ -116,29 +110,12 @@ def test_benchmark_command_end_to_end_writes_store_report_and_plots(data_dir, tm
     assert "## Ensembles" in md and "| breastmnist | greedy |" in md
     assert "the greedy ensemble of" in md  # a finding computed from the ensemble's numbers
     summary = json.loads((out / "summary.json").read_text())
-    assert {e["dataset"]["name"] for e in summary["ensembles"]} == {"dermamnist", "breastmnist"}
+    assert {e["dataset"]["name"] for e in summary["ensembles"]} == set(datasets)
 
 
 def _benchmark_cmd(data_dir: Path, out: Path) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "medbench",
-        "benchmark",
-        "--datasets",
-        "breastmnist",
-        "--models",
-        "advanced_cnn",
-        "--seeds",
-        "2",
-        "--data-dir",
-        str(data_dir),
-        "--out",
-        str(out),
-        *FAST,
-        "--epochs",
-        "2",
-    ]
+    args = _benchmark_args("breastmnist", "advanced_cnn", "2", data_dir, out)
+    return [sys.executable, "-m", "medbench", *args, "--epochs", "2"]
 
 
 def _interrupted(out: Path) -> bool:
@@ -177,20 +154,7 @@ def test_grid_killed_mid_run_and_restarted_ends_with_the_same_table(data_dir, tm
 def test_short_real_run_report_matches_the_run_files(shared_medmnist, tmp_path):
     out = tmp_path / "out"
     code = main(
-        [
-            "benchmark",
-            "--datasets",
-            "breastmnist,pneumoniamnist",
-            "--models",
-            "advanced_cnn",
-            "--seeds",
-            "1",
-            "--data-dir",
-            str(shared_medmnist),
-            "--out",
-            str(out),
-            *FAST,
-        ]
+        _benchmark_args("breastmnist,pneumoniamnist", "advanced_cnn", "1", shared_medmnist, out)
     )
     assert code == 0
     runs = json.loads((out / "results.json").read_text())
