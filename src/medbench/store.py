@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from medbench.results import RunResults
 from medbench.errors import MedbenchError
+from medbench.results import RunResults
 
 STORE_NAME = "results.sqlite"
 SCHEMA_VERSION = 1
