@@ -213,7 +213,10 @@ class RunResults:
     @classmethod
     def _from_json(cls, d: dict[str, Any]) -> RunResults:
         old = int(d.get("schema_version") or 1) < 2
-        rounds = d["epochs_completed"] if old else d["rounds_completed"]
+
+        def renamed(new: str, was: str) -> int:  # a field schema 1 called by its old name
+            return int(d[was] if old else d[new])
+
         return cls(
             run_dir=str(d.get("run_dir") or ""),
             config=dict(d["config"]),
@@ -223,9 +226,9 @@ class RunResults:
             timing=Timing.from_json(d.get("timing") or {}),
             steps=int(d.get("steps") or 0),
             steps_per_epoch=int(d.get("steps_per_epoch") or 1),
-            rounds_planned=int(d["epochs_planned"] if old else d["rounds_planned"]),
-            rounds_completed=int(rounds),
-            best_round=int(d["best_epoch"] if old else d["best_round"]),
+            rounds_planned=renamed("rounds_planned", "epochs_planned"),
+            rounds_completed=renamed("rounds_completed", "epochs_completed"),
+            best_round=renamed("best_round", "best_epoch"),
             stopped_early=bool(d.get("stopped_early")),
             over_budget=bool(d.get("over_budget")),
             selection_val_images=int(d.get("selection_val_images") or 0),
@@ -236,7 +239,6 @@ class RunResults:
             files=dict(d.get("files") or {}),
             distributed=d.get("distributed"),
             status=str(d.get("status") or "finished"),
-            schema_version=SCHEMA_VERSION,
         )
 
     def flat_row(self) -> dict[str, Any]:

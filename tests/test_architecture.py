@@ -1,0 +1,233 @@
+"""The shape of the code: short functions, no import cycles, no patching of medbench.
+
+These are the rules docs/STYLE-level reviews kept asking for, written as tests so that they
+hold: radon's cyclomatic complexity of at most 15 and at most 80 lines per function
+(nested functions included), no cycle among medbench's modules (counting imports inside
+functions too: an import moved into a function to dodge a cycle is still a cycle), and no
+test or benchmark that replaces an attribute of a medbench module (dependencies are
+injected instead: a clock, a runtime, a callback).
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+from radon.complexity import cc_visit
+from radon.visitors import Function
+
+ROOT = Path(__file__).resolve().parents[1]
+SRC = ROOT / "src" / "medbench"
+MAX_COMPLEXITY = 15
+MAX_LINES = 80
+
+
+def _sources() -> list[Path]:
+    return sorted(SRC.rglob("*.py"))
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(SRC.parent).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def _functions(blocks) -> list[Function]:
+    """Every function radon sees, methods and nested functions included."""
+    out = []
+    for block in blocks:
+        if isinstance(block, Function):
+            out.append(block)
+            out.extend(_functions(block.closures))
+        else:  # a class: its methods and their closures
+            out.extend(_functions(block.methods))
+            out.extend(_functions(getattr(block, "inner_classes", [])))
+    return out
+
+
+def _all_functions() -> list[tuple[str, Function]]:
+    found = {
+        (str(path.relative_to(ROOT)), f.lineno, f.fullname): f
+        for path in _sources()
+        for f in _functions(cc_visit(path.read_text()))
+    }  # radon lists a method both alone and under its class: count it once
+    return [(path, f) for (path, _, _), f in found.items()]
+
+
+def test_no_function_is_more_complex_than_15():
+    too_complex = [
+        f"{path}:{f.lineno} {f.fullname} ({f.complexity})"
+        for path, f in _all_functions()
+        if f.complexity > MAX_COMPLEXITY
+    ]
+    assert not too_complex, "split these functions:\n" + "\n".join(too_complex)
+
+
+def test_no_function_is_longer_than_80_lines():
+    too_long = [
+        f"{path}:{f.lineno} {f.fullname} ({f.endline - f.lineno + 1} lines)"
+        for path, f in _all_functions()
+        if f.endline - f.lineno + 1 > MAX_LINES
+    ]
+    assert not too_long, "split these functions:\n" + "\n".join(too_long)
+
+
+def _is_type_checking(node: ast.If) -> bool:
+    test = node.test
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
+
+
+def _imports(path: Path, known: set[str]) -> set[str]:
+    """The medbench modules `path` imports anywhere (at the top or inside functions),
+    except under `if TYPE_CHECKING:` (annotations, never executed)."""
+    module = _module_name(path)
+    package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
+    found: set[str] = set()
+
+    def visit(node: ast.AST) -> None:
+        if isinstance(node, ast.If) and _is_type_checking(node):
+            for child in node.orelse:
+                visit(child)
+            return
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.startswith("medbench"))
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parent = package.split(".")
+                base = ".".join(parent[: len(parent) - node.level + 1] + ([base] if base else []))
+            if base.startswith("medbench"):
+                found.add(base)
+                # `from medbench import engine` imports the module medbench.engine
+                found.update(f"{base}.{a.name}" for a in node.names if f"{base}.{a.name}" in known)
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    visit(ast.parse(path.read_text()))
+    return {m for m in found if m in known and m != module}
+
+
+def _import_graph() -> dict[str, set[str]]:
+    known = {_module_name(p) for p in _sources()}
+    graph = {_module_name(p): _imports(p, known) for p in _sources()}
+    # Importing a module runs its package's __init__ first; a package importing its own
+    # modules is the package's API, not a cycle.
+    return {
+        m: {d for d in deps if not (m.startswith(d + ".") and d != "medbench")}
+        for m, deps in graph.items()
+    }
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    out: list[list[str]] = []
+
+    def connect(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph.get(v, ())):
+            if w not in index:
+                connect(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                out.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            connect(v)
+    return out
+
+
+def test_the_cycle_finder_finds_a_cycle():
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert _cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_no_import_cycle_among_medbench_modules():
+    cycles = _cycles(_import_graph())
+    assert not cycles, "import cycles: " + "; ".join(" <-> ".join(c) for c in cycles)
+
+
+def _medbench_names(tree: ast.Module) -> set[str]:
+    """Names bound to medbench modules (or their attributes) by the file's imports."""
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                if a.name.startswith("medbench"):
+                    names.add((a.asname or a.name).split(".")[0])
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("medbench"):
+            names.update(a.asname or a.name for a in node.names)
+    return names
+
+
+def _root(node: ast.AST) -> str | None:
+    while isinstance(node, ast.Attribute):
+        node = node.value
+    return node.id if isinstance(node, ast.Name) else None
+
+
+def _patches(path: Path) -> list[str]:
+    tree = ast.parse(path.read_text())
+    medbench = _medbench_names(tree)
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and node.args:
+            fn = node.func
+            name = fn.attr if isinstance(fn, ast.Attribute) else getattr(fn, "id", None)
+            target = node.args[0]
+            if name == "setattr" and (
+                _root(target) in medbench
+                or (isinstance(target, ast.Constant) and str(target.value).startswith("medbench"))
+            ):
+                found.append(
+                    f"{path.relative_to(ROOT)}:{node.lineno} setattr on {ast.unparse(target)}"
+                )
+        if isinstance(node, ast.Assign | ast.AugAssign):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            for t in targets:
+                if isinstance(t, ast.Attribute) and _root(t) in medbench:
+                    found.append(f"{path.relative_to(ROOT)}:{node.lineno} assigns {ast.unparse(t)}")
+    return found
+
+
+def test_the_patch_finder_finds_a_patched_medbench_module(tmp_path):
+    (tmp_path / "test_x.py").write_text(
+        "from medbench import engine as e\n"
+        "import medbench.runtime\n"
+        "def test(monkeypatch):\n"
+        "    monkeypatch.setattr(e, 'time', None)\n"
+        "    medbench.runtime.cpu_has_native_bf16 = lambda: True\n"
+        "    monkeypatch.setattr('medbench.engine.train', None)\n"
+    )
+    global ROOT
+    saved, ROOT = ROOT, tmp_path
+    try:
+        assert len(_patches(tmp_path / "test_x.py")) == 3
+    finally:
+        ROOT = saved
+
+
+@pytest.mark.parametrize("folder", ["tests", "benchmarks"])
+def test_no_test_or_benchmark_patches_a_medbench_module(folder):
+    found = [p for path in sorted((ROOT / folder).glob("*.py")) for p in _patches(path)]
+    assert not found, "inject the dependency instead:\n" + "\n".join(found)
