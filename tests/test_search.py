@@ -60,3 +60,36 @@ def test_tiny_search_saves_the_front_and_exports_a_trainable_architecture(tmp_pa
     assert values == {"model": "advanced_cnn", "model_options": front[0]["model_options"]}
     config = TrainConfig.from_dict({**values, "dataset": "breastmnist"})
     build_model(config.model, 1, 2, 28, **config.model_options)
+
+
+def _search_study(storage: str, name: str) -> None:
+    """A finished one-trial search study, made without training."""
+    study = optuna.create_study(
+        study_name=name, storage=storage, directions=["maximize", "minimize"]
+    )
+    study.set_user_attr("model", "advanced_cnn")
+    trial = study.ask()
+    trial.set_user_attr("model_options", {"width": 0.5})
+    study.tell(trial, [0.9, 1000.0])
+
+
+def test_exporting_without_a_study_name_takes_the_storage_s_only_study(tmp_path):
+    storage = f"sqlite:///{tmp_path / 'search.sqlite'}"
+    _search_study(storage, "only")
+    arch = export_architecture(storage, None, 0, tmp_path / "arch.json")
+    assert arch == {"model": "advanced_cnn", "model_options": {"width": 0.5}}
+
+
+def test_exporting_without_a_study_name_from_a_storage_of_several_is_refused(tmp_path):
+    storage = f"sqlite:///{tmp_path / 'search.sqlite'}"
+    _search_study(storage, "a")
+    _search_study(storage, "b")
+    with pytest.raises(MedbenchError, match="pick one with --study"):
+        export_architecture(storage, None, 0, tmp_path / "arch.json")
+    assert not (tmp_path / "arch.json").exists()
+
+
+def test_a_search_with_an_unknown_cost_is_refused(tmp_path):
+    config = TrainConfig(dataset="breastmnist", model="advanced_cnn")
+    with pytest.raises(MedbenchError, match="--cost must be one of params, flops"):
+        search(config, tmp_path / "out", 1, cost="latency", progress=False)

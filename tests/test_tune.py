@@ -10,20 +10,21 @@ import sys
 import time
 
 import optuna
-
-from medbench.callbacks import RoundEnd
 import pytest
 from optuna.trial import TrialState
 
+from medbench.callbacks import RoundEnd
 from medbench.config import TrainConfig, load_config_file
 from medbench.errors import MedbenchError
 from medbench.tune import (
     FINISHED,
     PerTrialSeededSampler,
-    count_trials,
     PruningCallback,
+    claim_slot,
+    count_trials,
     open_study,
     recipe_from_params,
+    suggest_recipe,
     tune,
     work_study,
 )
@@ -92,6 +93,78 @@ def test_per_trial_seeding_makes_sampling_a_function_of_seed_and_trial_number():
     assert a == b and a[0] != a[1]
 
 
+def test_the_recipe_samples_only_what_is_not_fixed_and_what_the_model_takes():
+    trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask()
+    recipe = suggest_recipe(
+        trial, {"lr": 0.01, "mixup": 0.2}, min_epochs=3, max_epochs=3, model_options={}
+    )
+    assert set(recipe) == {"weight_decay", "batch_size", "label_smoothing", "augment", "epochs"}
+    assert recipe["epochs"] == 3 and set(trial.params) == set(recipe) - {"epochs"}
+
+
+def test_the_recipe_samples_one_of_mixup_and_cutmix_and_the_regularisers_a_model_takes():
+    trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask()
+    recipe = suggest_recipe(trial, {}, min_epochs=1, max_epochs=9, model_options={"dropout": 0.0})
+    assert "drop_path" not in recipe and 0.0 <= recipe["dropout"] <= 0.5
+    assert 1 <= recipe["epochs"] <= 9
+    assert sorted([recipe["mixup"], recipe["cutmix"]])[0] == 0.0
+
+
+def test_a_tune_with_a_bad_epoch_range_is_refused_before_any_work(tmp_path):
+    with pytest.raises(MedbenchError, match="--min-epochs must be between 1 and --max-epochs"):
+        tune(_base(tmp_path), tmp_path / "out", 1, min_epochs=5, max_epochs=2, progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_tune_with_no_trials_is_refused_before_any_work(tmp_path):
+    with pytest.raises(MedbenchError, match="--trials must be at least 1"):
+        tune(_base(tmp_path), tmp_path / "out", 0, progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_trial_started_after_the_study_is_full_is_given_up_as_surplus():
+    study = optuna.create_study()
+    study.ask()  # a worker's trial, running
+    late = study.ask()
+    with pytest.raises(Exception, match="already has 1 trials"):
+        claim_slot(late, 1)
+    assert study.get_trials(deepcopy=False)[late.number].user_attrs == {"surplus": True}
+
+
+def test_a_worker_stops_starting_trials_at_its_timeout():
+    study = optuna.create_study()
+    readings = iter([0.0, 0.0, 100.0])  # start, before the first trial, before the second
+    lines = []
+    work_study(study, lambda t: t.suggest_float("x", 0, 1), 5, timeout_seconds=10,
+               log=lines.append, clock=lambda: next(readings))  # fmt: skip
+    assert count_trials(study, FINISHED) == 1
+    assert lines == ["timeout reached with 1/5 trials finished"]
+
+
+def test_a_worker_waits_while_running_trials_of_others_fill_the_study():
+    study = optuna.create_study()
+    other = study.ask()  # another worker's trial: the study's one slot is taken
+    naps = []
+
+    def sleep(seconds: float) -> None:
+        naps.append(seconds)
+        study.tell(other, 0.5)  # meanwhile the other worker finishes it
+
+    work_study(study, pytest.fail, 1, poll_seconds=0.25, sleep=sleep)
+    assert naps == [0.25] and count_trials(study, FINISHED) == 1
+
+
+def test_three_failed_trials_in_a_row_stop_the_worker_with_the_last_error():
+    study = optuna.create_study()
+
+    def objective(trial):
+        trial.set_user_attr("error", f"broken {trial.number}")
+        raise MedbenchError("broken")
+
+    with pytest.raises(MedbenchError, match="3 trials in a row failed; the last: broken 2"):
+        work_study(study, objective, 5)
+
+
 def test_tiny_tune_writes_a_best_config_that_train_accepts(tiny_data_dir, tmp_path):
     result = tune(
         _base(tiny_data_dir),
@@ -130,9 +203,7 @@ def test_pruned_trials_count_as_finished_but_give_no_best_config(tiny_data_dir, 
     assert all(len(t.intermediate_values) == 1 for t in study.trials)  # stopped after epoch 1
 
 
-def test_joining_a_study_made_for_another_dataset_is_refused(tiny_data_dir, tmp_path):
-    from medbench.tune import open_study
-
+def test_joining_a_study_made_for_another_dataset_is_refused(tmp_path):
     storage = f"sqlite:///{tmp_path / 's.sqlite'}"
     open_study(
         storage,
@@ -279,7 +350,7 @@ def test_a_killed_tune_resumes_to_n_trials(tiny_data_dir, tmp_path):
 
 
 def _open_storage(url, queue):
-    from medbench.tune import make_storage
+    from medbench.study_storage import make_storage
 
     try:
         make_storage(url)

@@ -15,22 +15,28 @@ from __future__ import annotations
 
 import csv
 import io
+import json
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import optuna
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 from optuna.trial import TrialState
 
 from medbench.config import TrainConfig
+from medbench.data import DatasetInfo
 from medbench.errors import MedbenchError, MedbenchWarning
 from medbench.fsutil import atomic_savefig, atomic_write_json, atomic_write_text
+from medbench.models import build_model, count_flops, count_parameters
 from medbench.tune import (
     PerTrialSeededSampler,
+    StudySetup,
+    check_study_arguments,
     count_trials,
-    default_storage,
-    open_study,
     record_trial_result,
     work_study,
 )
@@ -95,83 +101,57 @@ def search(
 ) -> SearchResult:
     """Search `base.model`'s architecture space until the study has `n_trials` finished
     trials, training each with `base`'s recipe; write the Pareto front to `out_dir`."""
-    from medbench.data import load_dataset
-    from medbench.engine import train
-    from medbench.models import build_model, count_flops, count_parameters
-
     _check_family(base.model)
     if cost not in COSTS:
         raise MedbenchError(f"--cost must be one of {', '.join(COSTS)}, not {cost!r}")
-    if metric not in ("auc", "acc"):
-        raise MedbenchError(f"--metric must be auc or acc, not {metric!r}")
-    if n_trials < 1:
-        raise MedbenchError(f"--trials must be at least 1, not {n_trials}")
-    base.validate()
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    storage = storage or default_storage(out_dir, "search.sqlite")
-    study_name = study_name or f"search-{base.dataset}-{base.size}-{base.model}"
-    say = (lambda line: print(line, flush=True)) if progress else (lambda line: None)
-    if data is None:
-        data = load_dataset(base.dataset, base.size, base.data_dir, progress=progress)
-    info = data.info
+    check_study_arguments(base, n_trials, metric)
+    setup = StudySetup.prepare(
+        "search",
+        base,
+        out_dir,
+        storage=storage,
+        study_name=study_name,
+        data=data,
+        progress=progress,
+    )
     sampler = PerTrialSeededSampler(
         lambda s: optuna.samplers.NSGAIISampler(seed=s, population_size=population_size),
         base.seed,
     )
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = open_study(
-        storage,
-        study_name,
+    study = setup.open(
         sampler,
         heartbeat_seconds=heartbeat_seconds,
         directions=["maximize", "minimize"],
-        attrs={
-            "kind": "search",
-            "dataset": base.dataset,
-            "model": base.model,
-            "size": base.size,
-            "metric": metric,
-            "cost": cost,
-        },
+        attrs={"metric": metric, "cost": cost},
     )
 
     def objective(trial: optuna.Trial) -> tuple[float, float]:
-        from medbench.tune import claim_slot
-
-        claim_slot(trial, n_trials)
         options = {**base.model_options, **SPACES[base.model](trial)}
-        model = build_model(base.model, info.n_channels, info.n_classes, base.size, **options)
-        n_params = count_parameters(model)
-        flops = count_flops(model, (info.n_channels, base.size, base.size))
-        del model
-        trial.set_user_attr("model_options", options)
-        trial.set_user_attr("n_params", n_params)
-        trial.set_user_attr("flops", flops)
-        config = TrainConfig.from_dict(
-            {
-                **base.to_dict(),
-                "model_options": options,
-                "run_dir": str(out_dir / "trials" / f"trial-{trial.number:04d}"),
-            }
-        )
-        try:
-            results = train(config, data=data, progress=False, measure=False)
-        except MedbenchError as exc:
-            trial.set_user_attr("error", str(exc))
-            say(f"trial {trial.number}: failed: {exc}")
-            raise
+        n_params, flops = record_architecture(trial, base, setup.data.info, options)
+        results = setup.train_trial(trial, {"model_options": options})
         value = record_trial_result(trial, results, metric)
-        c = n_params if cost == "params" else flops
-        say(
+        setup.say(
             f"trial {trial.number}: val {metric} {value:.4f}, {n_params / 1e6:.3f}M params, "
             f"{flops / 1e9:.4f} GFLOPs, {options}"
         )
-        return value, float(c)
+        return value, float(n_params if cost == "params" else flops)
 
-    work_study(study, objective, n_trials, timeout_seconds=timeout_seconds, log=say)
-    front, files = write_front(study, out_dir)
+    work_study(study, objective, n_trials, timeout_seconds=timeout_seconds, log=setup.say)
+    front, files = write_front(study, setup.out_dir)
     return SearchResult(study.study_name, count_trials(study, (TrialState.COMPLETE,)), front, files)
+
+
+def record_architecture(
+    trial: optuna.Trial, base: TrainConfig, info: DatasetInfo, options: dict[str, Any]
+) -> tuple[int, int]:
+    """Store a trial's architecture and its size on it; return (parameters, FLOPs)."""
+    model = build_model(base.model, info.n_channels, info.n_classes, base.size, **options)
+    n_params = count_parameters(model)
+    flops = count_flops(model, (info.n_channels, base.size, base.size))
+    trial.set_user_attr("model_options", options)
+    trial.set_user_attr("n_params", n_params)
+    trial.set_user_attr("flops", flops)
+    return n_params, flops
 
 
 def _row(trial: optuna.trial.FrozenTrial, metric: str) -> dict[str, Any]:
@@ -216,18 +196,15 @@ def write_front(study: optuna.Study, out_dir: Path) -> tuple[list[dict[str, Any]
 
 
 def plot_front(study: optuna.Study, path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    """Every completed trial by cost and validation metric, the Pareto front joined."""
     metric = study.user_attrs.get("metric", "auc")
     cost = study.user_attrs.get("cost", "params")
     key = "n_params" if cost == "params" else "flops"
     scale = 1e6 if cost == "params" else 1e9
     done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     front = sorted(study.best_trials, key=lambda t: t.user_attrs[key])
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = Figure(figsize=(6, 4))
+    ax = fig.add_subplot()
     ax.scatter(
         [t.user_attrs[key] / scale for t in done],
         [t.values[0] for t in done],
@@ -256,29 +233,22 @@ def plot_front(study: optuna.Study, path: Path) -> Path:
     ax.set_ylabel(f"validation {metric}")
     ax.set_title(study.study_name, fontsize=9)
     ax.legend(fontsize=8)
-    atomic_savefig(fig, path)
-    plt.close(fig)
-    return path
+    FigureCanvasAgg(fig)
+    return atomic_savefig(fig, path)
 
 
 def export_architecture(
-    storage: str, study_name: str, trial_number: int, path: str | Path
+    storage: str, study_name: str | None, trial_number: int, path: str | Path
 ) -> dict[str, Any]:
     """Save trial `trial_number`'s architecture as a `--config` JSON file
-    (`{"model": family, "model_options": {...}}`); warn when it is not on the front."""
-    import warnings
-
-    try:
-        study = optuna.load_study(study_name=study_name, storage=storage)
-    except KeyError:
-        raise MedbenchError(
-            f"no study {study_name!r} in {storage}; check --out/--storage and --study"
-        ) from None
+    (`{"model": family, "model_options": {...}}`); warn when it is not on the front.
+    `study_name` None: the one study in `storage`."""
+    study = _load_search_study(storage, study_name)
     trials = study.get_trials(deepcopy=False)
     if not 0 <= trial_number < len(trials) or trials[trial_number].state != TrialState.COMPLETE:
         done = [t.number for t in study.best_trials]
         raise MedbenchError(
-            f"trial {trial_number} is not a completed trial of {study_name}; "
+            f"trial {trial_number} is not a completed trial of {study.study_name}; "
             f"the Pareto front is trials {done}"
         )
     trial = trials[trial_number]
@@ -291,7 +261,19 @@ def export_architecture(
     return arch
 
 
-def _json(value: Any) -> str:
-    import json
+def _load_search_study(storage: str, study_name: str | None) -> optuna.Study:
+    if study_name is None:
+        names = optuna.get_all_study_names(storage)
+        if len(names) != 1:
+            raise MedbenchError(f"{storage} holds studies {names}; pick one with --study")
+        study_name = names[0]
+    try:
+        return optuna.load_study(study_name=study_name, storage=storage)
+    except KeyError:
+        raise MedbenchError(
+            f"no study {study_name!r} in {storage}; check --out/--storage and --study"
+        ) from None
 
+
+def _json(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"))

@@ -2,38 +2,49 @@
 
 Each trial trains one run with `medbench.engine.train` (data loaded once per process) and
 scores it by its best validation metric. TPE samples the recipe; a median or Hyperband
-pruner stops poor trials from the per-epoch validation metric (`on_epoch` -> `trial.report`).
+pruner stops poor trials from the per-round validation metric (`PruningCallback` ->
+`trial.report`).
 
 The study lives in a database (SQLite in the output folder by default, any SQLAlchemy URL
 otherwise), so a study survives a kill and several processes or machines can work on one:
 `n_trials` counts finished (complete or pruned) trials of the whole study, and a trial whose
 process died stops sending heartbeats, is failed and retried with the same parameters.
 Sampling is seeded per trial number, so two workers never draw the same startup trial.
+
+The study plumbing here (`StudySetup`, `work_study`, `PerTrialSeededSampler`) is shared
+with `medbench.search`; what it needs beneath Optuna's public API is in
+`medbench.study_storage`.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import optuna
-import sqlalchemy
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 from optuna.trial import FrozenTrial, TrialState
 
 from medbench.augment import POLICIES
 from medbench.callbacks import Callback, RoundEnd
 from medbench.config import TrainConfig
+from medbench.data import load_dataset
+from medbench.engine import train
 from medbench.errors import MedbenchError, MedbenchWarning
 from medbench.fsutil import atomic_savefig, atomic_write_json
+from medbench.models import model_options
 from medbench.results import RunResults
+from medbench.study_storage import fail_dead_trials, make_storage
 
 PRUNERS = ("median", "hyperband", "none")
+METRICS = ("auc", "acc")  # validation metrics a study can maximise
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 # The recipe keys a study searches; values given by the user are held fixed instead.
 TUNABLE = (
@@ -97,41 +108,6 @@ class PerTrialSeededSampler(optuna.samplers.BaseSampler):
         self._by_trial.pop(trial.number, self._make(0)).after_trial(study, trial, state, values)
 
 
-def _schema_race(exc: Exception) -> bool:
-    text = str(exc)
-    return "UNIQUE constraint failed: alembic_version" in text or "already exists" in text
-
-
-def make_storage(url: str, heartbeat_seconds: int = 60) -> optuna.storages.RDBStorage:
-    """An RDB storage with heartbeats: a RUNNING trial silent for 2 heartbeats is failed
-    and re-queued (WAITING) with its parameters, up to 3 times."""
-    engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None
-    last_error: Exception | None = None
-    # Workers started together race to create the schema (optuna/alembic); the loser sees
-    # an IntegrityError or "table already exists" and succeeds when it tries again.
-    for attempt in range(5):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            try:
-                return optuna.storages.RDBStorage(
-                    url,
-                    engine_kwargs=engine_kwargs,
-                    heartbeat_interval=heartbeat_seconds,
-                    grace_period=2 * heartbeat_seconds,
-                    heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
-                        max_retry=3
-                    ),
-                )
-            except Exception as exc:  # SQLAlchemy raises many types for a bad URL or server
-                last_error = exc
-                if not _schema_race(exc):
-                    break
-                time.sleep(0.2 * (attempt + 1))
-    raise MedbenchError(
-        f"cannot open study storage {url}: {last_error}; check --storage (an SQLAlchemy URL)"
-    ) from None
-
-
 def make_pruner(
     name: str | optuna.pruners.BasePruner, max_epochs: int
 ) -> optuna.pruners.BasePruner:
@@ -177,38 +153,6 @@ class PruningCallback(Callback):
             raise optuna.TrialPruned(f"round {record['round']}: val {self.metric} {value:.4f}")
 
 
-def adopt_trials_without_heartbeat(study: optuna.Study) -> list[int]:
-    """Give a heartbeat to RUNNING trials that never sent one and are older than the grace
-    period, so that they go stale like any other dead trial; returns their numbers.
-
-    optuna fails only trials whose heartbeat went stale. A worker killed between creating
-    its trial and its heartbeat thread's first beat leaves a RUNNING trial with no heartbeat
-    row, which would block the study's last slots forever. A live trial beats within
-    milliseconds of its start, so one adopted by mistake just keeps beating."""
-    # optuna offers no public way to list heartbeats: reach the RDBStorage behind the cache.
-    storage = getattr(study._storage, "_backend", study._storage)
-    interval = getattr(storage, "heartbeat_interval", None)
-    if not interval or not hasattr(storage, "engine"):
-        return []
-    grace = storage.grace_period or 2 * interval
-    now = datetime.now()  # optuna stamps datetime_start with local, naive time
-    old = [
-        t
-        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-        if t.datetime_start is not None and (now - t.datetime_start).total_seconds() > grace
-    ]
-    if not old:
-        return []
-    with storage.engine.connect() as conn:
-        beating = {
-            row[0] for row in conn.execute(sqlalchemy.text("SELECT trial_id FROM trial_heartbeats"))
-        }
-    silent = [t for t in old if t._trial_id not in beating]
-    for t in silent:
-        storage.record_heartbeat(t._trial_id)
-    return [t.number for t in silent]
-
-
 def count_trials(study: optuna.Study, states: tuple[TrialState, ...]) -> int:
     return len(study.get_trials(deepcopy=False, states=states))
 
@@ -221,6 +165,8 @@ def work_study(
     timeout_seconds: float | None = None,
     poll_seconds: float = 1.0,
     log: Callable[[str], None] | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> None:
     """Run trials of `study` until it has `n_trials` finished ones (all workers together).
 
@@ -228,44 +174,60 @@ def work_study(
     `n_trials`; otherwise it waits for the others (a dead one's trial comes back as waiting
     after its heartbeat goes stale). A trial that raises MedbenchError is recorded as
     failed; after 3 failures in a row the error is raised."""
-    start = time.monotonic()
+    log = log or _silent
+    deadline = None if timeout_seconds is None else clock() + timeout_seconds
     failures = 0
     while True:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            adopted = adopt_trials_without_heartbeat(study)
-            optuna.storages.fail_stale_trials(study)
-        if adopted and log:
+        adopted = fail_dead_trials(study)
+        if adopted:
             log(
                 f"trials {adopted} never sent a heartbeat (worker died at start); failing them soon"
             )
         done = count_trials(study, FINISHED)
         if done >= n_trials:
             return
-        if timeout_seconds is not None and time.monotonic() - start > timeout_seconds:
-            if log:
-                log(f"timeout reached with {done}/{n_trials} trials finished")
+        if deadline is not None and clock() > deadline:
+            log(f"timeout reached with {done}/{n_trials} trials finished")
             return
-        pending = count_trials(study, (TrialState.RUNNING, TrialState.WAITING))
-        if done + pending >= n_trials and count_trials(study, (TrialState.WAITING,)) == 0:
-            time.sleep(poll_seconds)
+        if not _slot_free(study, done, n_trials):
+            sleep(poll_seconds)
             continue
-        started: list[int] = []
+        last = _run_one_trial(study, objective, n_trials)
+        failures = failures + 1 if _counts_as_failure(last) else 0
+        if failures >= MAX_CONSECUTIVE_FAILURES:
+            raise MedbenchError(
+                f"{failures} trials in a row failed; the last: {last.user_attrs.get('error')}"
+            )
 
-        def tracked(trial: optuna.Trial, started: list[int] = started) -> Any:
-            started.append(trial.number)
-            return objective(trial)
 
-        study.optimize(tracked, n_trials=1, catch=(MedbenchError, _Surplus))
-        last = study.get_trials(deepcopy=False)[started[-1]] if started else None
-        if last is not None and last.state == TrialState.FAIL and "surplus" not in last.user_attrs:
-            failures += 1
-            if failures >= MAX_CONSECUTIVE_FAILURES:
-                raise MedbenchError(
-                    f"{failures} trials in a row failed; the last: {last.user_attrs.get('error')}"
-                )
-        else:
-            failures = 0
+def _slot_free(study: optuna.Study, done: int, n_trials: int) -> bool:
+    """Whether this worker may start (or take up a waiting) trial."""
+    waiting = count_trials(study, (TrialState.WAITING,))
+    return waiting > 0 or done + waiting + count_trials(study, (TrialState.RUNNING,)) < n_trials
+
+
+def _run_one_trial(
+    study: optuna.Study, objective: Callable[[optuna.Trial], Any], n_trials: int
+) -> FrozenTrial | None:
+    ran: list[FrozenTrial] = []
+
+    def slotted(trial: optuna.Trial) -> Any:
+        claim_slot(trial, n_trials)
+        return objective(trial)
+
+    study.optimize(
+        slotted,
+        n_trials=1,
+        catch=(MedbenchError, _Surplus),
+        callbacks=[lambda _study, trial: ran.append(trial)],
+    )
+    return ran[-1] if ran else None
+
+
+def _counts_as_failure(trial: FrozenTrial | None) -> bool:
+    return (
+        trial is not None and trial.state == TrialState.FAIL and "surplus" not in trial.user_attrs
+    )
 
 
 class _Surplus(Exception):
@@ -318,11 +280,129 @@ def open_study(
     return study
 
 
-def default_storage(out_dir: str | Path, filename: str) -> str:
-    return f"sqlite:///{Path(out_dir).resolve() / filename}"
+def default_storage(out_dir: str | Path, kind: str) -> str:
+    """Where a `kind` ("tune" or "search") study lives unless told: SQLite in `out_dir`."""
+    return f"sqlite:///{Path(out_dir).resolve() / f'{kind}.sqlite'}"
+
+
+def check_study_arguments(base: TrainConfig, n_trials: int, metric: str) -> None:
+    """The checks a tune and a search share: a trial count, an objective, a valid recipe."""
+    if n_trials < 1:
+        raise MedbenchError(f"--trials must be at least 1, not {n_trials}")
+    if metric not in METRICS:
+        raise MedbenchError(f"--metric must be {' or '.join(METRICS)}, not {metric!r}")
+    base.validate()
+
+
+@dataclass
+class StudySetup:
+    """What a tune and a search share: the study's storage and name, the folder its trials
+    train into, the data they all train on, and where progress lines go."""
+
+    kind: str
+    base: TrainConfig
+    out_dir: Path
+    storage: str
+    study_name: str
+    data: Any
+    say: Callable[[str], None]
+
+    @classmethod
+    def prepare(
+        cls,
+        kind: str,
+        base: TrainConfig,
+        out_dir: str | Path,
+        *,
+        storage: str | None = None,
+        study_name: str | None = None,
+        data: Any = None,
+        progress: bool = True,
+    ) -> StudySetup:
+        """Make `out_dir`, fill in the default storage and study name, load the data once."""
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if data is None:
+            data = load_dataset(base.dataset, base.size, base.data_dir, progress=progress)
+        return cls(
+            kind=kind,
+            base=base,
+            out_dir=out_dir,
+            storage=storage or default_storage(out_dir, kind),
+            study_name=study_name or f"{kind}-{base.dataset}-{base.size}-{base.model}",
+            data=data,
+            say=_print_line if progress else _silent,
+        )
+
+    def open(
+        self,
+        sampler: optuna.samplers.BaseSampler,
+        *,
+        heartbeat_seconds: int,
+        attrs: dict[str, Any],
+        pruner: optuna.pruners.BasePruner | None = None,
+        directions: list[str] | None = None,
+    ) -> optuna.Study:
+        """Create or join the study; `attrs` (with kind, dataset, model, size) must match
+        those of a study joined."""
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        identity = {
+            "kind": self.kind,
+            "dataset": self.base.dataset,
+            "model": self.base.model,
+            "size": self.base.size,
+        }
+        return open_study(
+            self.storage,
+            self.study_name,
+            sampler,
+            heartbeat_seconds=heartbeat_seconds,
+            pruner=pruner,
+            directions=directions,
+            attrs={**identity, **attrs},
+        )
+
+    def train_trial(
+        self, trial: optuna.Trial, values: dict[str, Any], callbacks: Sequence[Callback] = ()
+    ) -> RunResults:
+        """Train `base` with `values` over it into `out_dir/trials/trial-NNNN`; a failure is
+        recorded on the trial and raised again."""
+        run_dir = self.out_dir / "trials" / f"trial-{trial.number:04d}"
+        config = TrainConfig.from_dict({**self.base.to_dict(), **values, "run_dir": str(run_dir)})
+        try:
+            return train(config, data=self.data, progress=False, callbacks=callbacks, measure=False)
+        except optuna.TrialPruned as pruned:
+            self.say(f"trial {trial.number}: pruned at {pruned}")
+            raise
+        except MedbenchError as exc:
+            trial.set_user_attr("error", str(exc))
+            self.say(f"trial {trial.number}: failed: {exc}")
+            raise
+
+
+def _print_line(line: str) -> None:
+    print(line, flush=True)
+
+
+def _silent(line: str) -> None:
+    pass
 
 
 # ----------------------------------------------------------------------------- the recipe
+
+# How a trial samples each recipe value that needs no other (in this order: the sampler's
+# random stream depends on it).
+_SIMPLE_SPACE: dict[str, Callable[[optuna.Trial], Any]] = {
+    "lr": lambda trial: trial.suggest_float("lr", 1e-4, 1e-2, log=True),
+    "weight_decay": lambda trial: trial.suggest_float("weight_decay", 1e-5, 0.3, log=True),
+    "batch_size": lambda trial: trial.suggest_categorical("batch_size", [32, 64, 128, 256]),
+    "label_smoothing": lambda trial: trial.suggest_float("label_smoothing", 0.0, 0.2),
+    "augment": lambda trial: trial.suggest_categorical(
+        "augment", [p for p in POLICIES if p != "auto"]
+    ),
+}
+# Regularisers a model may not take: sampled only where its options include them.
+_MODEL_REGULARISERS = {"dropout": 0.5, "drop_path": 0.3}  # name -> largest value tried
 
 
 def suggest_recipe(
@@ -335,36 +415,27 @@ def suggest_recipe(
 ) -> dict[str, Any]:
     """Sample the TrainConfig values of a recipe; keys in `fixed` are not sampled.
     `model_options` (None for timm models) says whether dropout/drop_path apply."""
-    values: dict[str, Any] = {}
-
-    def want(key: str) -> bool:
-        return key not in fixed
-
-    if want("lr"):
-        values["lr"] = trial.suggest_float("lr", 1e-4, 1e-2, log=True)
-    if want("weight_decay"):
-        values["weight_decay"] = trial.suggest_float("weight_decay", 1e-5, 0.3, log=True)
-    if want("batch_size"):
-        values["batch_size"] = trial.suggest_categorical("batch_size", [32, 64, 128, 256])
-    if want("label_smoothing"):
-        values["label_smoothing"] = trial.suggest_float("label_smoothing", 0.0, 0.2)
-    if want("augment"):
-        values["augment"] = trial.suggest_categorical(
-            "augment", [p for p in POLICIES if p != "auto"]
+    values = {key: suggest(trial) for key, suggest in _SIMPLE_SPACE.items() if key not in fixed}
+    if "mixup" not in fixed and "cutmix" not in fixed:
+        values.update(_suggest_mix(trial))
+    for key, high in _MODEL_REGULARISERS.items():
+        if key not in fixed and (model_options is None or key in model_options):
+            values[key] = trial.suggest_float(key, 0.0, high)
+    if "epochs" not in fixed:
+        values["epochs"] = (
+            trial.suggest_int("epochs", min_epochs, max_epochs)
+            if min_epochs < max_epochs
+            else max_epochs
         )
-    if want("mixup") and want("cutmix"):
-        mix = trial.suggest_categorical("mix", ["none", "mixup", "cutmix"])
-        values["mixup"] = values["cutmix"] = 0.0
-        if mix != "none":
-            values[mix] = trial.suggest_float(f"{mix}_alpha", 0.1, 1.0)
-    if want("dropout") and (model_options is None or "dropout" in model_options):
-        values["dropout"] = trial.suggest_float("dropout", 0.0, 0.5)
-    if want("drop_path") and (model_options is None or "drop_path" in model_options):
-        values["drop_path"] = trial.suggest_float("drop_path", 0.0, 0.3)
-    if want("epochs") and min_epochs < max_epochs:
-        values["epochs"] = trial.suggest_int("epochs", min_epochs, max_epochs)
-    elif want("epochs"):
-        values["epochs"] = max_epochs
+    return values
+
+
+def _suggest_mix(trial: optuna.Trial) -> dict[str, float]:
+    """One of no mixing, MixUp or CutMix, and its strength."""
+    mix = trial.suggest_categorical("mix", ["none", "mixup", "cutmix"])
+    values = {"mixup": 0.0, "cutmix": 0.0}
+    if mix != "none":
+        values[mix] = trial.suggest_float(f"{mix}_alpha", 0.1, 1.0)
     return values
 
 
@@ -381,6 +452,16 @@ def recipe_from_params(
 
 
 # ----------------------------------------------------------------------------- tune
+
+
+def check_epoch_range(min_epochs: int | None, max_epochs: int) -> int:
+    """The shortest trial's epochs (default a quarter of the longest); refuses a bad range."""
+    if max_epochs < 1:
+        raise MedbenchError(f"--max-epochs must be at least 1, not {max_epochs}")
+    min_epochs = min_epochs or max(1, max_epochs // 4)
+    if not 1 <= min_epochs <= max_epochs:
+        raise MedbenchError(f"--min-epochs must be between 1 and --max-epochs ({max_epochs})")
+    return min_epochs
 
 
 def tune(
@@ -405,86 +486,37 @@ def tune(
 
     `fixed` holds TrainConfig values not to search (e.g. those the user gave). Trials train
     into `out_dir/trials/trial-NNNN`. Pass `data` to reuse a loaded dataset."""
-    from medbench.data import load_dataset
-    from medbench.engine import train
-    from medbench.models import model_options
-
-    if n_trials < 1:
-        raise MedbenchError(f"--trials must be at least 1, not {n_trials}")
-    if metric not in ("auc", "acc"):
-        raise MedbenchError(f"--metric must be auc or acc, not {metric!r}")
-    if max_epochs < 1:
-        raise MedbenchError(f"--max-epochs must be at least 1, not {max_epochs}")
-    min_epochs = min_epochs or max(1, max_epochs // 4)
-    if not 1 <= min_epochs <= max_epochs:
-        raise MedbenchError(f"--min-epochs must be between 1 and --max-epochs ({max_epochs})")
+    check_study_arguments(base, n_trials, metric)
+    min_epochs = check_epoch_range(min_epochs, max_epochs)
     fixed = {k: v for k, v in (fixed or {}).items() if k in TUNABLE}
-    base.validate()
     options = None if base.model.startswith("timm:") else model_options(base.model)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    storage = storage or default_storage(out_dir, "tune.sqlite")
-    study_name = study_name or f"tune-{base.dataset}-{base.size}-{base.model}"
-    say = (lambda line: print(line, flush=True)) if progress else (lambda line: None)
-    if data is None:
-        data = load_dataset(base.dataset, base.size, base.data_dir, progress=progress)
-
+    setup = StudySetup.prepare(
+        "tune", base, out_dir, storage=storage, study_name=study_name, data=data, progress=progress
+    )
     sampler = PerTrialSeededSampler(
         lambda s: optuna.samplers.TPESampler(seed=s, n_startup_trials=5), base.seed
     )
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = open_study(
-        storage,
-        study_name,
+    study = setup.open(
         sampler,
         heartbeat_seconds=heartbeat_seconds,
         pruner=make_pruner(pruner, max_epochs),
-        attrs={
-            "kind": "tune",
-            "dataset": base.dataset,
-            "model": base.model,
-            "size": base.size,
-            "metric": metric,
-            "max_epochs": max_epochs,
-            "fixed": fixed,
-        },
+        attrs={"metric": metric, "max_epochs": max_epochs, "fixed": fixed},
     )
 
     def objective(trial: optuna.Trial) -> float:
-        claim_slot(trial, n_trials)
         recipe = suggest_recipe(
             trial, fixed, min_epochs=min_epochs, max_epochs=max_epochs, model_options=options
         )
-        config = TrainConfig.from_dict(
-            {
-                **base.to_dict(),
-                **fixed,
-                **recipe,
-                "run_dir": str(out_dir / "trials" / f"trial-{trial.number:04d}"),
-            }
+        results = setup.train_trial(
+            trial, {**fixed, **recipe}, callbacks=[PruningCallback(trial, metric)]
         )
-        try:
-            results = train(
-                config,
-                data=data,
-                progress=False,
-                callbacks=[PruningCallback(trial, metric)],
-                measure=False,
-            )
-        except optuna.TrialPruned as pruned:
-            say(f"trial {trial.number}: pruned at {pruned}")
-            raise
-        except MedbenchError as exc:
-            trial.set_user_attr("error", str(exc))
-            say(f"trial {trial.number}: failed: {exc}")
-            raise
         value = record_trial_result(trial, results, metric)
-        say(f"trial {trial.number}: val {metric} {value:.4f} with {_short(trial.params)}")
+        setup.say(f"trial {trial.number}: val {metric} {value:.4f} with {_short(trial.params)}")
         return value
 
-    work_study(study, objective, n_trials, timeout_seconds=timeout_seconds, log=say)
+    work_study(study, objective, n_trials, timeout_seconds=timeout_seconds, log=setup.say)
     return write_tune_outputs(
-        study, base, out_dir, storage=storage, fixed=fixed, max_epochs=max_epochs
+        study, base, setup.out_dir, storage=setup.storage, fixed=fixed, max_epochs=max_epochs
     )
 
 
@@ -509,31 +541,7 @@ def write_tune_outputs(
     recipe = recipe_from_params(best.params, fixed, max_epochs)
     best_config = {"model_options": dict(base.model_options), **recipe}
     path = atomic_write_json(out_dir / "best_config.json", best_config)
-    trials = study.get_trials(deepcopy=False)
-    atomic_write_json(
-        out_dir / "tune_summary.json",
-        {
-            "study": study.study_name,
-            "dataset": base.dataset,
-            "model": base.model,
-            "size": base.size,
-            "metric": study.user_attrs.get("metric"),
-            "best_trial": best.number,
-            "best_value": best.value,
-            "best_config": best_config,
-            "trials": [
-                {
-                    "number": t.number,
-                    "state": t.state.name,
-                    "value": t.value,
-                    "params": t.params,
-                    "epochs_reported": len(t.intermediate_values),
-                    **t.user_attrs,
-                }
-                for t in trials
-            ],
-        },
-    )
+    atomic_write_json(out_dir / "tune_summary.json", _summary(study, base, best, best_config))
     plots = [plot_history(study, out_dir / "history.png")]
     importance = plot_importance(study, out_dir / "importance.png")
     if importance is not None:
@@ -550,25 +558,48 @@ def write_tune_outputs(
     )
 
 
+def _summary(
+    study: optuna.Study, base: TrainConfig, best: FrozenTrial, best_config: dict[str, Any]
+) -> dict[str, Any]:
+    """tune_summary.json: the study, its best trial and every trial's numbers."""
+    return {
+        "study": study.study_name,
+        "dataset": base.dataset,
+        "model": base.model,
+        "size": base.size,
+        "metric": study.user_attrs.get("metric"),
+        "best_trial": best.number,
+        "best_value": best.value,
+        "best_config": best_config,
+        "trials": [
+            {
+                "number": t.number,
+                "state": t.state.name,
+                "value": t.value,
+                "params": t.params,
+                "epochs_reported": len(t.intermediate_values),
+                **t.user_attrs,
+            }
+            for t in study.get_trials(deepcopy=False)
+        ],
+    }
+
+
 def plot_history(study: optuna.Study, path: Path) -> Path:
     """Objective of each completed trial and the best so far, by trial number."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     done = sorted(
         study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), key=lambda t: t.number
     )
-    pruned = study.get_trials(deepcopy=False, states=(TrialState.PRUNED,))
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = Figure(figsize=(6, 4))
+    ax = fig.add_subplot()
     ax.scatter([t.number for t in done], [t.value for t in done], s=18, label="completed")
-    running_best, best = [], -math.inf
-    for t in done:
-        best = max(best, t.value)
-        running_best.append(best)
+    running_best = list(itertools.accumulate((t.value for t in done), max))
     ax.step([t.number for t in done], running_best, where="post", color="C3", label="best so far")
-    pruned = [t for t in pruned if t.last_step is not None]
+    pruned = [
+        t
+        for t in study.get_trials(deepcopy=False, states=(TrialState.PRUNED,))
+        if t.last_step is not None
+    ]
     if pruned:
         ax.scatter(
             [t.number for t in pruned],
@@ -582,33 +613,30 @@ def plot_history(study: optuna.Study, path: Path) -> Path:
     ax.set_ylabel(f"validation {study.user_attrs.get('metric', 'metric')}")
     ax.set_title(study.study_name, fontsize=9)
     ax.legend(fontsize=8)
-    atomic_savefig(fig, path)
-    plt.close(fig)
-    return path
+    FigureCanvasAgg(fig)
+    return atomic_savefig(fig, path)
 
 
 def plot_importance(study: optuna.Study, path: Path) -> Path | None:
     """fANOVA parameter importances as a bar chart; None (with a warning) when the study
     has too few completed trials to estimate them."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     try:
-        importances = optuna.importance.get_param_importances(study)
+        # fANOVA named, not Optuna's default evaluator: the default changed in Optuna 5.
+        importances = optuna.importance.get_param_importances(
+            study, evaluator=optuna.importance.FanovaImportanceEvaluator()
+        )
     except (ValueError, RuntimeError) as exc:
         warnings.warn(f"no importance plot: {exc}", MedbenchWarning, stacklevel=2)
         return None
     if not importances:
         return None
     names = list(importances)[::-1]
-    fig, ax = plt.subplots(figsize=(6, 0.35 * len(names) + 1.2))
+    fig = Figure(figsize=(6, 0.35 * len(names) + 1.2))
+    ax = fig.add_subplot()
     ax.barh(names, [importances[n] for n in names])
     ax.set_xlabel("importance (fANOVA, completed trials)")
-    atomic_savefig(fig, path)
-    plt.close(fig)
-    return path
+    FigureCanvasAgg(fig)
+    return atomic_savefig(fig, path)
 
 
 def _short(params: dict[str, Any]) -> str:
