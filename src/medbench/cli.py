@@ -14,7 +14,7 @@ import sys
 import warnings
 from collections.abc import Sequence
 
-from medbench import __version__
+from medbench import __version__, commands
 from medbench.errors import MedbenchError, MedbenchWarning
 
 EXIT_USER_ERROR = 2
@@ -28,11 +28,9 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _command_modules() -> list:
-    import medbench.commands as pkg
-
     mods = [
-        importlib.import_module(f"{pkg.__name__}.{m.name}")
-        for m in pkgutil.iter_modules(pkg.__path__)
+        importlib.import_module(f"{commands.__name__}.{m.name}")
+        for m in pkgutil.iter_modules(commands.__path__)
     ]
     return sorted((m for m in mods if hasattr(m, "run")), key=lambda m: (m.ORDER, m.NAME))
 

@@ -1,4 +1,7 @@
-"""Command-line options shared by train, benchmark and tune, mapped onto TrainConfig."""
+"""Command-line options shared by the commands, and their mapping onto the Python API.
+
+Choices are the library's own constants, so a flag accepts exactly what the API does.
+"""
 
 from __future__ import annotations
 
@@ -18,16 +21,43 @@ from medbench.config import (
     load_config_file,
     parse_duration,
 )
+from medbench.data.catalogue import SIZES
+from medbench.data.locations import DATA_DIR_ENV
 from medbench.errors import MedbenchError
+from medbench.pretrained import FINETUNE_MODES
+from medbench.tune import METRICS
+
+DEFAULT_SIZE = TrainConfig.size  # the dataclass default
+# TrainConfig fields that say which run this is: set from their own flags by base_config.
+_IDENTITY = ("dataset", "model", "seed", "size", "model_options")
+_FLAG_TO_FIELD = {"time_budget": "time_budget_seconds"}
 
 
-def add_data_dir(parser: argparse.ArgumentParser) -> None:
+def add_data_dir(parser: argparse._ActionsContainer) -> None:
     parser.add_argument(
         "--data-dir",
         metavar="DIR",
-        help="folder of MedMNIST npz files (default: $MEDBENCH_DATA_DIR, else ~/.medmnist as the medmnist package uses); "
-        "point it at files you already have to work offline",
+        help=f"folder of MedMNIST npz files (default: ${DATA_DIR_ENV}, else ~/.medmnist as the "
+        "medmnist package uses); point it at files you already have to work offline",
     )
+
+
+def add_size(
+    parser: argparse._ActionsContainer, help: str = f"image size in pixels (default {DEFAULT_SIZE})"
+) -> None:
+    parser.add_argument("--size", type=int, default=DEFAULT_SIZE, choices=SIZES, help=help)
+
+
+def add_device(
+    parser: argparse._ActionsContainer, *, default: str | None = "auto", help: str | None = None
+) -> None:
+    parser.add_argument("--device", default=default, choices=DEVICES, help=help)
+
+
+def add_precision(
+    parser: argparse._ActionsContainer, *, default: str | None = "auto", help: str | None = None
+) -> None:
+    parser.add_argument("--precision", default=default, choices=PRECISIONS, help=help)
 
 
 def add_training_options(parser: argparse.ArgumentParser) -> None:
@@ -39,6 +69,21 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="JSON file of training options (e.g. from 'medbench tune'); flags win",
     )
+    _add_length_options(g)
+    _add_recipe_options(g)
+    _add_transfer_options(parser.add_argument_group("transfer learning"))
+    r = parser.add_argument_group("runtime")
+    add_device(r, default=None, help="auto (default): CUDA, else MPS, else CPU")
+    add_precision(
+        r,
+        default=None,
+        help="auto (default): bf16 on CPUs with native bf16, else fp32 (GPUs too: measured "
+        "faster for small images)",
+    )
+    r.add_argument("--no-channels-last", dest="channels_last", action="store_false", default=None)
+
+
+def _add_length_options(g: argparse._ActionsContainer) -> None:
     g.add_argument(
         "--epochs", type=int, help="number of epochs (default 40 unless --time-budget is given)"
     )
@@ -47,6 +92,9 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
         metavar="DURATION",
         help="wall-clock budget per run, e.g. 90s, 10m: the schedule is planned to finish inside it",
     )
+
+
+def _add_recipe_options(g: argparse._ActionsContainer) -> None:
     g.add_argument("--batch-size", type=int)
     g.add_argument("--optimizer", choices=OPTIMIZERS)
     g.add_argument("--lr", type=float, help="peak learning rate")
@@ -88,7 +136,9 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="architecture option (JSON value), e.g. width=1.5 or 'depths=[1,2,2,1]'; repeatable",
     )
-    t = parser.add_argument_group("transfer learning")
+
+
+def _add_transfer_options(t: argparse._ActionsContainer) -> None:
     t.add_argument(
         "--pretrained",
         metavar="PATH",
@@ -97,7 +147,7 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
     )
     t.add_argument(
         "--finetune",
-        choices=("full", "linear-probe"),
+        choices=FINETUNE_MODES,
         help="with --pretrained: train all layers (full) or only the head (linear-probe)",
     )
     t.add_argument(
@@ -105,36 +155,38 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
         type=float,
         help="with --pretrained: backbone learning rate = lr x this (default 0.1)",
     )
-    r = parser.add_argument_group("runtime")
-    r.add_argument("--device", choices=DEVICES, help="auto (default): CUDA, else MPS, else CPU")
-    r.add_argument(
-        "--precision",
-        choices=PRECISIONS,
-        help="auto (default): bf16 on CPUs with native bf16, else fp32 (GPUs too: measured faster for small images)",
-    )
-    r.add_argument("--no-channels-last", dest="channels_last", action="store_false", default=None)
-
-
-_FLAG_TO_FIELD = {"time_budget": "time_budget_seconds"}
 
 
 def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The TrainConfig values given by `--config` and flags (flags win)."""
     values: dict[str, Any] = load_config_file(args.config) if getattr(args, "config", None) else {}
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    for key, value in vars(args).items():
-        field = _FLAG_TO_FIELD.get(key, key)
-        if (
-            value is None
-            or field not in fields
-            or field in ("dataset", "model", "seed", "size", "model_options")
-        ):
-            continue
-        values[field] = parse_duration(value) if field == "time_budget_seconds" else value
+    values.update(_flag_values(args))
     if values.get("grad_clip") == 0:
         values["grad_clip"] = None
-    options = dict(values.get("model_options") or {})
-    for item in getattr(args, "model_option", []) or []:
+    options = {
+        **(values.get("model_options") or {}),
+        **parse_model_options(getattr(args, "model_option", None) or []),
+    }
+    if options:
+        values["model_options"] = options
+    return values
+
+
+def _flag_values(args: argparse.Namespace) -> dict[str, Any]:
+    """The TrainConfig fields (but the run's identity) that flags gave a value."""
+    fields = {f.name for f in dataclasses.fields(TrainConfig)} - set(_IDENTITY)
+    values = {}
+    for key, value in vars(args).items():
+        field = _FLAG_TO_FIELD.get(key, key)
+        if value is not None and field in fields:
+            values[field] = parse_duration(value) if field == "time_budget_seconds" else value
+    return values
+
+
+def parse_model_options(items: list[str]) -> dict[str, Any]:
+    """`--model-option KEY=VALUE` items as a dict; VALUE is JSON where it parses as JSON."""
+    options: dict[str, Any] = {}
+    for item in items:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise MedbenchError(f"--model-option expects KEY=VALUE, got {item!r}")
@@ -142,21 +194,91 @@ def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
             options[key] = json.loads(raw)
         except ValueError:
             options[key] = raw
-    if options:
-        values["model_options"] = options
-    return values
+    return options
 
 
-def base_config(args: argparse.Namespace, values: dict[str, Any]) -> TrainConfig:
-    """The TrainConfig a tune or search starts from: `values` (from `config_overrides`)
-    plus the dataset, model, size, seed and data folder given on the command line."""
-    return TrainConfig.from_dict(
-        {
-            **values,
-            "dataset": args.dataset,
-            "model": args.model,
-            "size": args.size,
-            "seed": args.seed,
-            "data_dir": args.data_dir,
-        }
+def base_config(args: argparse.Namespace, values: dict[str, Any], **more: Any) -> TrainConfig:
+    """The TrainConfig of `values` (from `config_overrides`) with the dataset, model (where
+    given, else from `--config`), size, seed and data folder of the command line over them,
+    and `more` over all."""
+    identity = {
+        "dataset": args.dataset,
+        "size": args.size,
+        "seed": args.seed,
+        "data_dir": args.data_dir,
+    }
+    if args.model:
+        identity["model"] = args.model
+    merged = {**values, **identity, **more}
+    if not merged.get("model"):
+        raise MedbenchError(
+            "say which model to train: --model NAME (see 'medbench models') "
+            "or a --config file with a 'model' key"
+        )
+    return TrainConfig.from_dict(merged)
+
+
+# ----------------------------------------------------------------------------- tune, search
+
+
+def add_study_target(
+    parser: argparse.ArgumentParser, kind: str, *, model_help: str, required: bool
+) -> None:
+    """What a `kind` (tune or search) study is of, and how many trials it should have."""
+    parser.add_argument("--dataset", required=required, help="MedMNIST dataset, e.g. breastmnist")
+    parser.add_argument("--model", required=required, help=model_help)
+    add_size(parser)
+    parser.add_argument("--seed", type=int, default=0, help="seed of every trial and the sampler")
+    parser.add_argument(
+        "--out", metavar="DIR", help=f"output folder (default runs/{kind}-<dataset>-<model>)"
     )
+    parser.add_argument(
+        "--trials",
+        type=int,
+        required=required,
+        help="finished trials the study should have in total (existing ones count)",
+    )
+    parser.add_argument(
+        "--metric", choices=METRICS, default="auc", help="validation metric to maximise"
+    )
+
+
+def add_study_options(parser: argparse.ArgumentParser, kind: str) -> None:
+    """Where a `kind` study lives and how its workers share it; the data folder and the
+    training options every trial shares."""
+    g = parser.add_argument_group("study")
+    g.add_argument(
+        "--storage",
+        metavar="URL",
+        help="SQLAlchemy URL of the study database, e.g. postgresql://host/db "
+        "(default sqlite in --out)",
+    )
+    g.add_argument(
+        "--study", metavar="NAME", help=f"study name (default {kind}-<dataset>-<size>-<model>)"
+    )
+    g.add_argument(
+        "--timeout", metavar="DURATION", help="start no new trial after this long, e.g. 2h"
+    )
+    g.add_argument(
+        "--heartbeat",
+        type=int,
+        default=60,
+        metavar="SECONDS",
+        help="a trial silent for 2 heartbeats is taken as dead and retried (default 60)",
+    )
+    g.add_argument("--quiet", action="store_true", help="no per-trial lines")
+    add_data_dir(parser)
+    add_training_options(parser)
+
+
+def study_arguments(args: argparse.Namespace, kind: str) -> dict[str, Any]:
+    """The keyword arguments tune() and search() share, from `add_study_*`'s flags."""
+    return {
+        "out_dir": args.out or f"runs/{kind}-{args.dataset}-{args.model.replace(':', '-')}",
+        "metric": args.metric,
+        "storage": args.storage,
+        "study_name": args.study,
+        "heartbeat_seconds": args.heartbeat,
+        "timeout_seconds": parse_duration(args.timeout) if args.timeout else None,
+        "progress": not args.quiet,
+    }

@@ -13,10 +13,15 @@ from medbench.benchmark import (
     DEFAULT_SEEDS,
     run_benchmark,
 )
-from medbench.commands._options import add_data_dir, add_training_options, config_overrides
+from medbench.commands._options import (
+    add_data_dir,
+    add_size,
+    add_training_options,
+    config_overrides,
+)
 from medbench.config import format_seconds, parse_duration
+from medbench.distributed import refuse_launch
 from medbench.ensemble import METHODS
-from medbench.errors import MedbenchError
 
 NAME = "benchmark"
 ORDER = 0
@@ -43,13 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=str(DEFAULT_SEEDS),
         help=f"a count N (seeds 0..N-1) or a list like 0,3,7 (default {DEFAULT_SEEDS})",
     )
-    g.add_argument(
-        "--size",
-        type=int,
-        default=28,
-        choices=(28, 64, 128, 224),
-        help="image size in pixels (default 28)",
-    )
+    add_size(g)
     g.add_argument(
         "--total-time-budget",
         metavar="DURATION",
@@ -74,13 +73,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from medbench.distributed import refuse_launch
-
     refuse_launch("benchmark")
-    if args.time_budget and args.total_time_budget:
-        raise MedbenchError(
-            "give either --time-budget (per run) or --total-time-budget (whole grid), not both"
-        )
     outcome = run_benchmark(
         datasets=args.datasets,
         models=args.models,

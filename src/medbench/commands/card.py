@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from medbench.modelcard import write_model_card
+
 NAME = "card"
 HELP = "write the model card (MODEL_CARD.md) of a finished run"
 ORDER = 32
@@ -19,7 +21,5 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from medbench.modelcard import write_model_card
-
     print(f"wrote {write_model_card(args.run_dir)}")
     return 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from medbench.commands._options import add_data_dir
 from medbench.data import SIZES, dataset_path, list_datasets, resolve_data_dir
 
 NAME = "datasets"
@@ -17,10 +18,7 @@ DESCRIPTION = (
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--data-dir", metavar="DIR",
-        help="data folder (default: $MEDBENCH_DATA_DIR, else medmnist's ~/.medmnist)",
-    )  # fmt: skip
+    add_data_dir(parser)
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 

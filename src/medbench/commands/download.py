@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from medbench.commands._options import add_data_dir
 from medbench.data import SIZES, dataset_info, dataset_path, download_dataset
 from medbench.data.catalogue import DATASETS, check_size
 from medbench.errors import MedbenchError
@@ -27,10 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--size", type=int, action="append", metavar="N",
         help=f"image size, one of {', '.join(map(str, SIZES))} (repeatable; default 28)",
     )  # fmt: skip
-    parser.add_argument(
-        "--data-dir", metavar="DIR",
-        help="data folder (default: $MEDBENCH_DATA_DIR, else medmnist's ~/.medmnist)",
-    )  # fmt: skip
+    add_data_dir(parser)
     parser.add_argument(
         "--mirror", metavar="URL",
         help="base URL holding the official file names, instead of zenodo.org "

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from medbench.commands._options import add_data_dir
+from medbench.commands._options import add_data_dir, add_device
+from medbench.ensemble import METHODS, build_ensemble, format_table
 
 NAME = "ensemble"
 HELP = "combine finished runs (any models and seeds) into an ensemble"
@@ -25,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--method",
-        choices=("greedy", "average", "weighted"),
+        choices=METHODS,
         default="greedy",
         help="greedy selection (default), plain average, or weights from validation AUC",
     )
@@ -35,14 +36,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="average over the flips the dataset allows (re-runs members)",
     )
-    parser.add_argument("--device", default="auto", help="device for --tta (default auto)")
+    add_device(parser, help="device for --tta (default auto)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     add_data_dir(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    from medbench.ensemble import build_ensemble, format_table
-
     results = build_ensemble(
         args.runs, args.method, args.out, args.tta, data_dir=args.data_dir, device=args.device
     )

@@ -6,6 +6,7 @@ import argparse
 import json
 
 from medbench.commands._options import add_data_dir, add_device
+from medbench.evaluation import evaluate_run
 
 NAME = "evaluate"
 HELP = "re-evaluate a trained run (official ACC/AUC, per-class metrics, calibration)"
@@ -20,8 +21,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from medbench.evaluation import evaluate_run
-
     out = evaluate_run(args.run_dir, data_dir=args.data_dir, device=args.device)
     if args.json:
         print(json.dumps(out, indent=2, default=str))

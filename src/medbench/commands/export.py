@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from medbench.commands._options import add_data_dir
+from medbench.export import FORMATS, TOLERANCE, export_model
 
 NAME = "export"
 HELP = "export a trained model to ONNX or TorchScript (checked against PyTorch)"
@@ -19,8 +20,6 @@ DESCRIPTION = (
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from medbench.export import FORMATS, TOLERANCE
-
     parser.add_argument("model", metavar="MODEL", help="run folder or model.pt")
     parser.add_argument("--format", required=True, choices=FORMATS, help="export format")
     parser.add_argument(
@@ -38,8 +37,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from medbench.export import export_model
-
     result = export_model(
         args.model, args.format, args.out, data_dir=args.data_dir, tolerance=args.tolerance
     )

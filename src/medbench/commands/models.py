@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 
+from medbench.commands._options import add_size
+from medbench.data import dataset_info
 from medbench.errors import MedbenchError
+from medbench.models import list_models, model_summary
 
 NAME = "models"
 HELP = "list the models with their parameter counts and FLOPs"
@@ -21,9 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dataset", metavar="NAME", help="take channels and classes from this dataset"
     )
-    parser.add_argument(
-        "--size", type=int, default=28, choices=(28, 64, 128, 224), help="image size"
-    )
+    add_size(parser)
     parser.add_argument(
         "--channels", type=int, metavar="C", help="input channels (overrides --dataset)"
     )
@@ -36,8 +37,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _shape(args: argparse.Namespace) -> tuple[int, int]:
     channels, classes = args.channels, args.classes
     if channels is None or classes is None:
-        from medbench.data import dataset_info
-
         info = dataset_info(args.dataset or "dermamnist")
         channels = info.n_channels if channels is None else channels
         classes = info.n_classes if classes is None else classes
@@ -49,8 +48,6 @@ def _shape(args: argparse.Namespace) -> tuple[int, int]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from medbench.models import list_models, model_summary
-
     channels, classes = _shape(args)
     rows = [model_summary(name, channels, classes, args.size) for name in list_models()]
     if args.json:

@@ -5,6 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 
+from medbench.commands._options import add_device, add_precision
+from medbench.data.catalogue import SPLITS
+from medbench.predict import predict
+
 NAME = "predict"
 HELP = "predict classes of PNG/JPEG images, folders of them or an npz with a trained model"
 ORDER = 30
@@ -23,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", metavar="INPUT", nargs="+", help="image file, folder or .npz")
     parser.add_argument(
         "--split",
-        choices=("train", "val", "test"),
+        choices=SPLITS,
         help="which images of a MedMNIST npz to use (default test)",
     )
     parser.add_argument("--json", action="store_true", help="print the predictions as JSON")
@@ -32,13 +36,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--workers", type=int, help="threads decoding images (default: CPU count, at most 8)"
     )
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
-    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
+    add_device(parser)
+    add_precision(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    from medbench.predict import predict
-
     result = predict(
         args.model,
         args.inputs,

@@ -6,13 +6,16 @@ import argparse
 from pathlib import Path
 
 from medbench.commands._options import (
-    add_data_dir,
-    add_training_options,
+    add_study_options,
+    add_study_target,
     base_config,
     config_overrides,
+    study_arguments,
 )
-from medbench.config import parse_duration
-from medbench.search import COSTS, SPACES
+from medbench.distributed import refuse_launch
+from medbench.errors import MedbenchError
+from medbench.search import COSTS, SPACES, export_architecture, search
+from medbench.tune import default_storage
 
 NAME = "search"
 HELP = "search a model family's architectures for the accuracy/size Pareto front"
@@ -28,87 +31,53 @@ DESCRIPTION = (
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dataset", help="MedMNIST dataset, e.g. breastmnist")
-    parser.add_argument("--model", help=f"model family: {', '.join(SPACES)}")
-    parser.add_argument("--size", type=int, default=28, choices=(28, 64, 128, 224))
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--out", metavar="DIR", help="output folder (default runs/search-<dataset>-<model>)"
+    add_study_target(
+        parser, "search", model_help=f"model family: {', '.join(SPACES)}", required=False
     )
-    parser.add_argument("--trials", type=int, help="finished trials the study should have in total")
     parser.add_argument(
         "--cost", choices=COSTS, default="params", help="objective to minimise (default params)"
     )
-    parser.add_argument("--metric", choices=("auc", "acc"), default="auc")
     parser.add_argument("--population", type=int, default=20, help="NSGA-II population size")
-    parser.add_argument("--storage", metavar="URL", help="SQLAlchemy URL (default sqlite in --out)")
-    parser.add_argument(
-        "--study", metavar="NAME", help="study name (default search-<dataset>-<size>-<model>)"
-    )
-    parser.add_argument("--timeout", metavar="DURATION", help="start no new trial after this long")
-    parser.add_argument("--heartbeat", type=int, default=60, metavar="SECONDS")
-    parser.add_argument(
+    add_study_options(parser, "search")
+    e = parser.add_argument_group("export")
+    e.add_argument(
         "--export-trial",
         type=int,
         metavar="N",
         help="instead of searching: save trial N's architecture (see pareto.csv) as a config file",
     )
-    parser.add_argument(
+    e.add_argument(
         "--name",
         help="with --export-trial: the architecture's name (file OUT/architectures/NAME.json)",
     )
-    parser.add_argument("--quiet", action="store_true")
-    add_data_dir(parser)
-    add_training_options(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    from medbench.distributed import refuse_launch
-    from medbench.errors import MedbenchError
-    from medbench.search import export_architecture, search
-    from medbench.tune import default_storage
-
     refuse_launch("search")
+    return _export(args) if args.export_trial is not None else _search(args)
 
-    if args.export_trial is not None:
-        if not (args.name and (args.out or (args.storage and args.study))):
-            raise MedbenchError(
-                "--export-trial needs --name and the search's --out (or --storage and --study)"
-            )
-        storage = args.storage or default_storage(args.out, "search.sqlite")
-        if args.study:
-            study = args.study
-        else:
-            import optuna
 
-            names = optuna.get_all_study_names(storage)
-            if len(names) != 1:
-                raise MedbenchError(f"{storage} holds studies {names}; pick one with --study")
-            study = names[0]
-        path = Path(args.out or ".") / "architectures" / f"{args.name}.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        arch = export_architecture(storage, study, args.export_trial, path)
-        print(
-            f"saved trial {args.export_trial} ({arch['model']} {arch['model_options']}) as {path}"
+def _export(args: argparse.Namespace) -> int:
+    if not (args.name and (args.out or (args.storage and args.study))):
+        raise MedbenchError(
+            "--export-trial needs --name and the search's --out (or --storage and --study)"
         )
-        return 0
+    storage = args.storage or default_storage(args.out, "search")
+    path = Path(args.out or ".") / "architectures" / f"{args.name}.json"
+    arch = export_architecture(storage, args.study, args.export_trial, path)
+    print(f"saved trial {args.export_trial} ({arch['model']} {arch['model_options']}) as {path}")
+    return 0
+
+
+def _search(args: argparse.Namespace) -> int:
     if not (args.dataset and args.model and args.trials):
         raise MedbenchError("a search needs --dataset, --model and --trials")
-    values = config_overrides(args)
-    base = base_config(args, values)
-    out = Path(args.out or f"runs/search-{args.dataset}-{args.model}")
     result = search(
-        base,
-        out,
-        args.trials,
+        base_config(args, config_overrides(args)),
+        n_trials=args.trials,
         cost=args.cost,
-        metric=args.metric,
-        storage=args.storage,
-        study_name=args.study,
         population_size=args.population,
-        heartbeat_seconds=args.heartbeat,
-        timeout_seconds=parse_duration(args.timeout) if args.timeout else None,
-        progress=not args.quiet,
+        **study_arguments(args, "search"),
     )
     print(
         f"study {result.study_name}: {result.n_finished} trials; Pareto front (trial, val, params):"

@@ -6,9 +6,16 @@ import argparse
 import json
 import warnings
 
-from medbench.commands._options import add_data_dir, add_training_options, config_overrides
-from medbench.config import TrainConfig
-from medbench.errors import MedbenchError, MedbenchWarning
+from medbench import distributed
+from medbench.commands._options import (
+    add_data_dir,
+    add_size,
+    add_training_options,
+    base_config,
+    config_overrides,
+)
+from medbench.engine import train
+from medbench.errors import MedbenchWarning
 from medbench.results import RunResults
 
 NAME = "train"
@@ -33,9 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--model",
         help="model name (see 'medbench models') or timm:<name>; may come from --config instead",
     )
-    parser.add_argument(
-        "--size", type=int, default=28, choices=(28, 64, 128, 224), help="image size (default 28)"
-    )
+    add_size(parser)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--run-dir",
@@ -52,27 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from medbench import distributed
-    from medbench.engine import train
-
-    values = config_overrides(args)
-    values.update(
-        dataset=args.dataset,
-        size=args.size,
-        seed=args.seed,
-        data_dir=args.data_dir,
-        run_dir=args.run_dir,
-    )
-    if args.model:
-        values["model"] = args.model
-    if not values.get("model"):
-        raise MedbenchError(
-            "say which model to train: --model NAME (see 'medbench models') "
-            "or a --config file with a 'model' key"
-        )
-    if args.resume and not args.run_dir:
-        raise MedbenchError("--resume needs --run-dir pointing at the interrupted run's folder")
-    config = TrainConfig.from_dict(values)
+    config = base_config(args, config_overrides(args), run_dir=args.run_dir)
     speaks = distributed.is_main()  # under torchrun only rank 0 prints
     if not speaks:
         warnings.simplefilter("ignore", MedbenchWarning)  # cli.main restores the filters

@@ -6,8 +6,14 @@ from __future__ import annotations
 import argparse
 import json
 
-from medbench.commands._options import add_data_dir, add_training_options, config_overrides
-from medbench.config import TrainConfig
+from medbench.commands._options import (
+    add_data_dir,
+    add_size,
+    add_training_options,
+    base_config,
+    config_overrides,
+)
+from medbench.transfer import KNN_K, TRANSFER_MODES, transfer
 
 NAME = "transfer"
 HELP = "pretrain on some datasets, then fine-tune / probe on another"
@@ -33,15 +39,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--mode",
-        choices=("full", "linear-probe", "knn"),
+        choices=TRANSFER_MODES,
         help="how to use the pretrained backbone (default: --finetune, else full)",
     )
-    parser.add_argument("--size", type=int, default=28, choices=(28, 64, 128, 224))
+    add_size(parser)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--pretrain-epochs", type=int, help="epochs per pretraining stage (default: --epochs)"
     )
-    parser.add_argument("--k", type=int, default=11, help="neighbours for --mode knn (default 11)")
+    parser.add_argument(
+        "--k", type=int, default=KNN_K, help=f"neighbours for --mode knn (default {KNN_K})"
+    )
     parser.add_argument(
         "--out",
         metavar="DIR",
@@ -54,24 +62,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from medbench.transfer import transfer
-
     sources = [s.strip() for s in args.pretrain_on.split(",") if s.strip()]
-    values = config_overrides(args)
-    values.update(
-        dataset=args.dataset, model=args.model, size=args.size, seed=args.seed,
-        data_dir=args.data_dir,
-    )  # fmt: skip
-    config = TrainConfig.from_dict(values)
-    mode = args.mode or values.get("finetune") or "full"
-    name = args.model.replace(":", "-").replace("/", "-")
-    out = args.out or (
-        f"runs/transfer-{'+'.join(sources) or 'weights'}-to-{args.dataset}-{name}-seed{args.seed}"
-    )
+    config = base_config(args, config_overrides(args))
     results = transfer(
-        sources, config, out, mode=mode, pretrain_epochs=args.pretrain_epochs, k=args.k,
+        sources,
+        config,
+        args.out or _default_out(args, sources),
+        mode=args.mode or config.finetune or "full",
+        pretrain_epochs=args.pretrain_epochs,
+        k=args.k,
         progress=False if args.quiet else None,
-    )  # fmt: skip
+    )
     if args.json:
         print(json.dumps(results, indent=2, default=str))
         return 0
@@ -83,3 +84,10 @@ def run(args: argparse.Namespace) -> int:
             f"AUC {t['auc']:.4f} -> {where}"
         )
     return 0
+
+
+def _default_out(args: argparse.Namespace, sources: list[str]) -> str:
+    name = args.model.replace(":", "-").replace("/", "-")
+    return (
+        f"runs/transfer-{'+'.join(sources) or 'weights'}-to-{args.dataset}-{name}-seed{args.seed}"
+    )

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from medbench.commands._options import (
-    add_data_dir,
-    add_training_options,
+    add_study_options,
+    add_study_target,
     base_config,
     config_overrides,
+    study_arguments,
 )
-from medbench.config import parse_duration
-from medbench.tune import PRUNERS, TUNABLE
+from medbench.distributed import refuse_launch
+from medbench.tune import PRUNERS, TUNABLE, tune
 
 NAME = "tune"
 HELP = "tune learning rate, regularisation, augmentation and epochs with Optuna"
@@ -29,72 +29,24 @@ DESCRIPTION = (
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dataset", required=True, help="MedMNIST dataset, e.g. breastmnist")
-    parser.add_argument("--model", required=True, help="model name or timm:<name>")
-    parser.add_argument("--size", type=int, default=28, choices=(28, 64, 128, 224))
-    parser.add_argument("--seed", type=int, default=0, help="seed of every trial and the sampler")
-    parser.add_argument(
-        "--out", metavar="DIR", help="output folder (default runs/tune-<dataset>-<model>)"
-    )
-    parser.add_argument(
-        "--trials",
-        type=int,
-        required=True,
-        help="finished trials the study should have in total (existing ones count)",
-    )
+    add_study_target(parser, "tune", model_help="model name or timm:<name>", required=True)
     parser.add_argument("--pruner", choices=PRUNERS, default="median", help="default median")
-    parser.add_argument(
-        "--metric", choices=("auc", "acc"), default="auc", help="validation metric to maximise"
-    )
     parser.add_argument("--max-epochs", type=int, default=20, help="longest trial (default 20)")
     parser.add_argument("--min-epochs", type=int, help="shortest trial (default max-epochs/4)")
-    parser.add_argument(
-        "--storage",
-        metavar="URL",
-        help="SQLAlchemy URL of the study database, e.g. postgresql://host/db (default sqlite in --out)",
-    )
-    parser.add_argument(
-        "--study", metavar="NAME", help="study name (default tune-<dataset>-<size>-<model>)"
-    )
-    parser.add_argument(
-        "--timeout", metavar="DURATION", help="start no new trial after this long, e.g. 2h"
-    )
-    parser.add_argument(
-        "--heartbeat",
-        type=int,
-        default=60,
-        metavar="SECONDS",
-        help="a trial silent for 2 heartbeats is taken as dead and retried (default 60)",
-    )
-    parser.add_argument("--quiet", action="store_true", help="no per-trial lines")
-    add_data_dir(parser)
-    add_training_options(parser)
+    add_study_options(parser, "tune")
 
 
 def run(args: argparse.Namespace) -> int:
-    from medbench.distributed import refuse_launch
-    from medbench.tune import tune
-
     refuse_launch("tune")
-
     values = config_overrides(args)
-    fixed = {k: v for k, v in values.items() if k in TUNABLE}
-    base = base_config(args, values)
-    out = Path(args.out or f"runs/tune-{args.dataset}-{args.model.replace(':', '-')}")
     result = tune(
-        base,
-        out,
-        args.trials,
-        fixed=fixed,
-        storage=args.storage,
-        study_name=args.study,
+        base_config(args, values),
+        n_trials=args.trials,
+        fixed={k: v for k, v in values.items() if k in TUNABLE},
         pruner=args.pruner,
-        metric=args.metric,
         min_epochs=args.min_epochs,
         max_epochs=args.max_epochs,
-        heartbeat_seconds=args.heartbeat,
-        timeout_seconds=parse_duration(args.timeout) if args.timeout else None,
-        progress=not args.quiet,
+        **study_arguments(args, "tune"),
     )
     print(
         f"study {result.study_name}: {result.n_finished} trials finished; best trial "
