@@ -62,7 +62,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    sources = [s.strip() for s in args.pretrain_on.split(",") if s.strip()]
+    sources = [name.strip() for name in args.pretrain_on.split(",") if name.strip()]
     config = base_config(args, config_overrides(args))
     results = transfer(
         sources,
@@ -75,15 +75,19 @@ def run(args: argparse.Namespace) -> int:
     )
     if args.json:
         print(json.dumps(results, indent=2, default=str))
-        return 0
-    for r in [*results["pretrain"], results["target"]]:
-        t = r["metrics"]["test"]
-        where = r.get("run_dir") or r.get("config", {}).get("run_dir")
-        print(
-            f"{r['dataset']['name']}/{r['model']['name']}: test ACC {t['acc']:.4f} "
-            f"AUC {t['auc']:.4f} -> {where}"
-        )
+    else:
+        for r in [*results["pretrain"], results["target"]]:
+            print(_summary_line(r))
     return 0
+
+
+def _summary_line(r: dict) -> str:
+    t = r["metrics"]["test"]
+    where = r.get("run_dir") or r.get("config", {}).get("run_dir")
+    return (
+        f"{r['dataset']['name']}/{r['model']['name']}: test ACC {t['acc']:.4f} "
+        f"AUC {t['auc']:.4f} -> {where}"
+    )
 
 
 def _default_out(args: argparse.Namespace, sources: list[str]) -> str:
