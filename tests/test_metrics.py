@@ -23,11 +23,13 @@ from medbench.metrics import (
     evaluate,
     expected_calibration_error,
     fit_temperature,
+    missed_classes,
     official_acc,
     official_auc,
     predictions,
     probabilities_from_logits,
     reliability_bins,
+    val_test_gap,
 )
 
 MULTI_LABEL = "multi-label, binary-class"
@@ -235,8 +237,10 @@ def test_collapse_check_flags_octmnist_style_collapse():
         and "true share 25%" in f
         for f in flags
     )
-    assert any("never predicted" in f and "'DME' (25%)" in f for f in flags)
+    assert any("collapsed onto 1 of the 4 classes" in f for f in flags)
+    assert any("validation did not show the test collapse" in f for f in flags)
     assert any("val ACC 0.735 vs test ACC 0.250" in f for f in flags)
+    assert not any(f.startswith("val ") for f in flags)
 
 
 def test_collapse_check_passes_healthy_balanced_predictions():
@@ -248,15 +252,16 @@ def test_collapse_check_passes_healthy_balanced_predictions():
     assert collapse_check(val, test, n_classes=4, task="multi-class") == []
 
 
-def test_collapse_check_flags_only_the_val_test_gap_when_predictions_are_spread():
+def test_a_val_test_gap_alone_is_not_a_collapse_but_is_reported_by_val_test_gap():
     y = np.repeat(np.arange(4), 50)
     wrong = (y + 1) % 4
     val = evaluate(y, np.eye(4)[np.where(np.arange(200) % 10 < 9, y, wrong)], "multi-class")
     test = evaluate(y, np.eye(4)[np.where(np.arange(200) % 10 < 6, y, wrong)], "multi-class")
-    flags = collapse_check(val, test, n_classes=4, task="multi-class")
-    assert flags == [
+    assert collapse_check(val, test, n_classes=4, task="multi-class") == []
+    assert val_test_gap(val, test, margin=0.15) == (
         "val/test accuracy gap: val ACC 0.900 vs test ACC 0.600 (|gap| 0.300 > margin 0.15)"
-    ]
+    )
+    assert val_test_gap(val, test, margin=0.35) is None
 
 
 def test_collapse_check_flags_multi_label_all_negative_predictions():
@@ -267,6 +272,56 @@ def test_collapse_check_flags_multi_label_all_negative_predictions():
     result = evaluate(y, np.full((100, 3), 0.1), MULTI_LABEL)
     flags = collapse_check(result, result, n_classes=3, task=MULTI_LABEL)
     assert any("100% of 100 val images predicted as no label" in f for f in flags)
+
+
+def rare_class_case(rare_found: bool):
+    """Seven classes, the last one 3% of the split; the model is right on 80% of every
+    common class and spreads its predictions over them, and finds the rare class or not."""
+    counts = [300, 150, 120, 100, 80, 60, 30]
+    y = np.repeat(np.arange(7), counts)
+    pred = y.copy()
+    for c in range(6):
+        idx = np.flatnonzero(y == c)
+        pred[idx[: len(idx) // 5]] = (c + 1) % 6  # 20% of each common class confused
+    if not rare_found:
+        pred[y == 6] = 0
+    names = ["nevus", "melanoma", "bkl", "bcc", "akiec", "vasc", "df"]
+    return evaluate(y, np.eye(7)[pred], "multi-class", names)
+
+
+def test_a_missed_rare_class_is_not_a_collapse():
+    result = rare_class_case(rare_found=False)
+    assert collapse_check(result, result, n_classes=7, task="multi-class") == []
+
+
+def test_a_missed_rare_class_is_a_per_class_recall_finding():
+    (missed,) = missed_classes(rare_class_case(rare_found=False))
+    assert (missed.name, missed.support, missed.never_predicted) == ("df", 30, True)
+    assert missed.describe("test") == "'df' (30 test images, 3.6%): never predicted"
+    assert missed_classes(rare_class_case(rare_found=True)) == []
+
+
+def test_a_poorly_recalled_class_is_reported_with_its_recall():
+    y = np.repeat([0, 1], [90, 10])
+    pred = np.zeros(100, dtype=int)
+    pred[90] = 1  # one of the ten found
+    pred[:3] = 1
+    (missed,) = missed_classes(evaluate(y, np.eye(2)[pred], "binary-class"))
+    assert (missed.index, missed.never_predicted, missed.recall) == (1, False, 0.1)
+    assert "recall 10%" in missed.describe()
+
+
+def test_predictions_on_far_fewer_classes_than_the_split_holds_are_a_collapse():
+    y = np.repeat(np.arange(8), 50)
+    pred = np.where(y < 4, 0, 1)  # two of eight classes predicted, neither above 62.5%
+    result = evaluate(y, np.eye(8)[pred], "multi-class")
+    flags = collapse_check(result, result, n_classes=8, task="multi-class")
+    assert flags == [
+        "val predictions collapsed onto 2 of the 8 classes in the split (flagged at 33% or "
+        "fewer; a class counts when it takes 1% of the predictions)",
+        "test predictions collapsed onto 2 of the 8 classes in the split (flagged at 33% or "
+        "fewer; a class counts when it takes 1% of the predictions)",
+    ]
 
 
 def test_bootstrap_ci_contains_point_estimate():

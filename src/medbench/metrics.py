@@ -33,10 +33,14 @@ from medbench.errors import MedbenchError
 TASKS = ("multi-class", "binary-class", "multi-label, binary-class", "ordinal-regression")
 MULTI_LABEL = "multi-label, binary-class"
 TEMPERATURE_RANGE = (0.05, 20.0)
-# A class (or label) this common in y_true that is never predicted is a collapse flag...
-MISSING_CLASS_MIN_SHARE = 0.05
-# ...provided it has at least this many true examples (fewer is noise on tiny splits).
+# Predictions on at most this fraction of the classes a split holds are a collapse...
+COLLAPSE_CLASS_FRACTION = 1 / 3
+# ...where a class counts as predicted when it takes at least this share of the predictions.
+PREDICTED_CLASS_MIN_SHARE = 0.01
+# A class with at least this many true images and a recall at most POOR_RECALL is a missed
+# class: a per-class recall finding, not a collapse (fewer images is noise on tiny splits).
 MISSING_CLASS_MIN_COUNT = 5
+POOR_RECALL = 0.1
 
 
 # --------------------------------------------------------------------------- inputs
@@ -410,6 +414,24 @@ def evaluate(
 
 
 # --------------------------------------------------------------------------- collapse guard
+#
+# Two different failures, told apart. A *collapse* is a model whose predictions pile up on
+# one class (label set), or spread over far fewer classes than the split holds: the
+# reference study's OCTMNIST EfficientNet predicted one class for every test image while
+# its validation accuracy read 73.5%. Such a model must not be used; `collapse_check` flags
+# it (and only it: RunResults.collapsed is bool(flags)). A *missed class* is a class, often
+# a rare one, that a model otherwise spread over the classes seldom or never gets right;
+# that is a per-class recall finding (`missed_classes`), not a collapse.
+
+
+def _predicted_classes(result: dict[str, Any]) -> int:
+    """Classes that take at least PREDICTED_CLASS_MIN_SHARE of a split's predictions."""
+    n = result["n"]
+    return sum(1 for p in result["prediction_counts"] if p and p / n >= PREDICTED_CLASS_MIN_SHARE)
+
+
+def _present_classes(result: dict[str, Any]) -> int:
+    return sum(1 for t in result["true_counts"] if t > 0)
 
 
 def _majority_flag(
@@ -417,7 +439,7 @@ def _majority_flag(
 ) -> str | None:
     """A message if one class (label set) takes more of the predictions than allowed."""
     n = result["n"]
-    names = [c["name"] for c in result["per_class"]]
+    names = _result_names(result)
     true_share = result["true_majority_fraction"]
     # Halfway between the true majority share and total collapse, unless given.
     if max_majority_fraction is None:
@@ -441,23 +463,19 @@ def _majority_flag(
     )
 
 
-def _missing_classes_flag(split: str, result: dict[str, Any], task: str) -> str | None:
-    """A message if common classes (labels) are never predicted."""
-    n = result["n"]
-    names = [c["name"] for c in result["per_class"]]
-    kind = "labels" if task == MULTI_LABEL else "classes"
-    missing = [
-        f"{names[i]!r} ({t / n:.0%})"
-        for i, (t, p) in enumerate(
-            zip(result["true_counts"], result["prediction_counts"], strict=True)
-        )
-        if p == 0 and t >= MISSING_CLASS_MIN_COUNT and t / n >= MISSING_CLASS_MIN_SHARE
-    ]
-    if not missing:
+def _few_classes_flag(split: str, result: dict[str, Any], task: str) -> str | None:
+    """A message if the predictions cover at most COLLAPSE_CLASS_FRACTION of the classes
+    the split holds (single-label tasks with at least three classes present)."""
+    present = _present_classes(result)
+    if task == MULTI_LABEL or present < 3:
+        return None
+    predicted = _predicted_classes(result)
+    if predicted > COLLAPSE_CLASS_FRACTION * present:
         return None
     return (
-        f"{split} {kind} never predicted although each is at least "
-        f"{MISSING_CLASS_MIN_SHARE:.0%} of the {n} {split} images: {', '.join(missing)}"
+        f"{split} predictions collapsed onto {predicted} of the {present} classes in the split "
+        f"(flagged at {COLLAPSE_CLASS_FRACTION:.0%} or fewer; a class counts when it takes "
+        f"{PREDICTED_CLASS_MIN_SHARE:.0%} of the predictions)"
     )
 
 
@@ -466,9 +484,21 @@ def _collapse_flags(
 ) -> list[str]:
     flags = [
         _majority_flag(split, result, task, max_majority_fraction),
-        _missing_classes_flag(split, result, task),
+        _few_classes_flag(split, result, task),
     ]
     return [f for f in flags if f is not None]
+
+
+def _unseen_by_validation(val: dict, test: dict, margin: float) -> str | None:
+    """When test collapsed but validation did not and read much higher: say so, since a
+    checkpoint chosen on validation then hides the collapse (the reference study's case)."""
+    gap = val["acc"] - test["acc"]
+    if gap <= margin:
+        return None
+    return (
+        f"validation did not show the test collapse: val ACC {val['acc']:.3f} vs test ACC "
+        f"{test['acc']:.3f} (gap {gap:.3f} > margin {margin:.2f})"
+    )
 
 
 def collapse_check(
@@ -480,13 +510,17 @@ def collapse_check(
     margin: float = 0.15,
     max_majority_fraction: float | None = None,
 ) -> list[str]:
-    """Warning messages for a model that collapsed or does not transfer; empty if fine.
+    """Messages for a model whose predictions collapsed; empty if they did not.
 
     Takes two `evaluate()` results. For each split it flags (a) a majority share of
     predictions above `max_majority_fraction`, by default halfway between the true
-    majority share and 1 (balanced 4 classes: above 62.5%); (b) classes (labels) that make
-    up at least 5% and 5 images of the split yet are never predicted. Across splits it
-    flags |val acc - test acc| > `margin`.
+    majority share and 1 (balanced 4 classes: above 62.5%); (b) single-label predictions
+    that cover a third or fewer of the classes the split holds (a class is covered when
+    it takes 1% of the predictions). When the test split collapsed and validation did
+    not, and validation accuracy exceeds test accuracy by more than `margin`, that is
+    said too. A class that is merely missed (a rare one never predicted) is not a
+    collapse: see `missed_classes`. A val/test gap alone is not one either: see
+    `val_test_gap`.
     """
     _check_task(task)
     for split, result in (("val", val), ("test", test)):
@@ -494,15 +528,96 @@ def collapse_check(
             raise MedbenchError(
                 f"{split} result has {len(result['prediction_counts'])} classes, expected {n_classes}"
             )
-    flags = _collapse_flags("val", val, task, max_majority_fraction)
-    flags += _collapse_flags("test", test, task, max_majority_fraction)
-    gap = val["acc"] - test["acc"]
-    if abs(gap) > margin:
-        flags.append(
-            f"val/test accuracy gap: val ACC {val['acc']:.3f} vs test ACC {test['acc']:.3f} "
-            f"(|gap| {abs(gap):.3f} > margin {margin:.2f})"
-        )
+    val_flags = _collapse_flags("val", val, task, max_majority_fraction)
+    test_flags = _collapse_flags("test", test, task, max_majority_fraction)
+    flags = val_flags + test_flags
+    if test_flags and not val_flags:
+        flags += [m for m in [_unseen_by_validation(val, test, margin)] if m]
     return flags
+
+
+def val_test_gap(val: dict[str, Any], test: dict[str, Any], margin: float = 0.15) -> str | None:
+    """A message when validation and test accuracy differ by more than `margin` (then
+    validation is a poor guide to test performance), else None."""
+    gap = val["acc"] - test["acc"]
+    if abs(gap) <= margin:
+        return None
+    return (
+        f"val/test accuracy gap: val ACC {val['acc']:.3f} vs test ACC {test['acc']:.3f} "
+        f"(|gap| {abs(gap):.3f} > margin {margin:.2f})"
+    )
+
+
+@dataclass
+class MissedClass:
+    """A class (label) of one split that a model rarely or never gets right."""
+
+    index: int
+    name: str
+    support: int  # true images (multi-label: positives) of the class in the split
+    share: float  # support / images in the split
+    recall: float
+    predicted: int  # images predicted as the class (multi-label: predicted positive)
+
+    @property
+    def never_predicted(self) -> bool:
+        return self.predicted == 0
+
+    def describe(self, split: str = "test") -> str:
+        what = "never predicted" if self.never_predicted else f"recall {self.recall:.0%}"
+        return f"{self.name!r} ({self.support} {split} images, {self.share:.1%}): {what}"
+
+
+def _result_names(result: dict[str, Any]) -> list[str]:
+    rows = result.get("per_class") or []
+    n = len(result["true_counts"])
+    return [str(r["name"]) for r in rows] if len(rows) == n else [str(i) for i in range(n)]
+
+
+def _recalls(result: dict[str, Any]) -> list[float]:
+    rows = result.get("per_class") or []
+    if len(rows) == len(result["true_counts"]):
+        return [float(r["recall"]) for r in rows]
+    # Older or partial results: recall from the confusion matrix's diagonal.
+    cm = np.asarray(result.get("confusion_matrix") or [], dtype=np.float64)
+    if cm.ndim == 3:
+        hits = cm[:, 1, 1]
+    elif cm.ndim == 2 and cm.size:
+        hits = np.diag(cm)
+    else:
+        return [math.nan] * len(result["true_counts"])
+    return [_ratio(h, t) for h, t in zip(hits, result["true_counts"], strict=True)]
+
+
+def missed_classes(
+    result: dict[str, Any],
+    *,
+    max_recall: float = POOR_RECALL,
+    min_count: int = MISSING_CLASS_MIN_COUNT,
+) -> list[MissedClass]:
+    """Classes (labels) of one split's stored `evaluate()` result with at least
+    `min_count` true images whose recall is at most `max_recall` (never predicted
+    included), rarest first. This is a per-class recall finding, not a collapse."""
+    n = result["n"]
+    names, recalls = _result_names(result), _recalls(result)
+    out = [
+        MissedClass(i, names[i], int(t), t / n, recalls[i], int(p))
+        for i, (t, p) in enumerate(
+            zip(result["true_counts"], result["prediction_counts"], strict=True)
+        )
+        if t >= min_count and (p == 0 or recalls[i] <= max_recall)
+    ]
+    return sorted(out, key=lambda m: (m.support, m.index))
+
+
+MISSED_CLASS_ADVICE = (
+    "retrain with --class-balance weighted_loss (or sampler) and read per-class recall; "
+    "accuracy hides a rare class that is never found"
+)
+COLLAPSE_ADVICE = (
+    "do not use it as trained: train longer, with --class-balance weighted_loss, and check "
+    "that validation and test predictions spread over the classes"
+)
 
 
 # --------------------------------------------------------------------------- uncertainty
