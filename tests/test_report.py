@@ -100,7 +100,7 @@ def test_html_is_self_contained_with_every_plot_embedded(cnn_report):
 def test_table_shows_mean_std_and_n_beside_published_and_reference_rows(cnn_report):
     md = cnn_report.markdown.read_text()
     assert (
-        "| Dataset | Model | Source | Test accuracy | Test AUC | Parameters | FLOPs | Efficiency | Train time |"
+        "| Dataset | Model | Source | Test accuracy | Test AUC | Parameters | FLOPs | Efficiency | Trained (mean) |"
         in md
     )
     assert "this study (n=3)" in md
@@ -126,7 +126,13 @@ def test_findings_name_the_winner_from_the_numbers(cnn_report, tmp_path):
     assert cnn_report.findings.winners == {"dermamnist": "advanced_cnn", "octmnist": "advanced_cnn"}
     assert other.findings.winners == {"dermamnist": "resnet18", "octmnist": "resnet18"}
     # Every sentence reads differently, except the license note (a fact of the dataset).
-    numbers = [s for s in cnn_report.findings.findings if not s.startswith("License:")]
+    # (and the majority-class baseline and the collapse check's count, facts of the test set).
+    facts = ("License:", "No run collapsed")
+    numbers = [
+        s
+        for s in cnn_report.findings.findings
+        if not s.startswith(facts) and "majority-class baseline" not in s
+    ]
     assert set(numbers).isdisjoint(other.findings.findings)
     assert cnn_report.findings.recommendations != other.findings.recommendations
 
@@ -179,8 +185,15 @@ def test_failed_runs_are_listed_but_kept_out_of_the_table(tmp_path):
     report = build_report(
         _study(tmp_path, CNN_WINS, fail={("octmnist", "resnet18")}, warn=True), plots=False
     )
-    assert any("failed" in s and "boom" in s for s in report.findings.findings)
-    assert "| octmnist | resnet18 | this study" not in report.markdown.read_text()
+    assert any("3 failed" in s for s in report.findings.findings)
+    md = report.markdown.read_text()
+    assert "| octmnist | resnet18 | this study" not in md
+    unfinished = md.split("### Cells not finished", 1)[1].split("###", 1)[0]
+    assert all(
+        f"| octmnist | resnet18 | {seed} | failed |" in unfinished
+        and "boom in resnet18" in unfinished
+        for seed in range(3)
+    )
 
 
 def _group(model: str, accuracies: list[float]) -> Group:

@@ -615,8 +615,8 @@ MISSED_CLASS_ADVICE = (
     "accuracy hides a rare class that is never found"
 )
 COLLAPSE_ADVICE = (
-    "do not use it as trained: train longer, with --class-balance weighted_loss, and check "
-    "that validation and test predictions spread over the classes"
+    "train longer, with --class-balance weighted_loss, and check that the predictions spread "
+    "over the classes"
 )
 
 

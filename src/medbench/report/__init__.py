@@ -40,6 +40,7 @@ class ReportFiles:
     json: Path
     summary: Path
     plots: list[Path] = field(default_factory=list)
+    captions: dict[str, str] = field(default_factory=dict)  # plot file name -> caption
     findings: Findings | None = None
 
 
@@ -65,6 +66,8 @@ def _group_summary(g: Group) -> dict:
         "gflops",
         "efficiency",
         "train_seconds",
+        "steps",
+        "epochs_trained",
     ):
         s = g.stat(name)
         stats[name] = {"mean": s.mean, "std": s.std, "n": s.n}
@@ -108,7 +111,8 @@ def build_report(
         csv=out / "results.csv",
         json=out / "results.json",
         summary=out / "summary.json",
-        plots=figures,
+        plots=[fig.path for fig in figures],
+        captions={fig.path.name: fig.caption for fig in figures},
         findings=findings,
     )
     atomic_write_text(files.csv, _csv_text(runs))

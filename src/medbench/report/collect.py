@@ -36,6 +36,8 @@ RUN_FIELDS = (
     "gflops",
     "efficiency",
     "train_seconds",
+    "steps",
+    "epochs_trained",
     "epochs_completed",
     "collapsed",
     "flags",
@@ -70,6 +72,7 @@ class Run:
 
     fields: dict[str, Any]
     results: RunResults | None = None
+    cell: dict[str, Any] = field(default_factory=dict)  # the results store's row, if any
 
     def __getitem__(self, name: str) -> Any:
         return self.fields.get(name)
@@ -81,6 +84,26 @@ class Run:
     @property
     def run_dir(self) -> Path | None:
         return Path(self.fields["run_dir"]) if self.fields.get("run_dir") else None
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The run's training config (from its results, else as the grid planned it)."""
+        if self.results is not None:
+            return self.results.config
+        return dict(self.cell.get("config") or {})
+
+    @property
+    def reason(self) -> str:
+        """Why a cell is not finished, in words a user can act on."""
+        status = self.fields.get("status")
+        if status == "failed":
+            return str(self.fields.get("error") or "failed without an error message")
+        if status == "running":
+            host, pid = self.cell.get("claimed_host"), self.cell.get("claimed_pid")
+            return f"running (claimed by {host} pid {pid}); the report was made before it finished"
+        if status == "finished":
+            return "finished, but its results.json is missing or unreadable; re-run the cell"
+        return "not started yet; re-run the same 'medbench benchmark' command to train it"
 
 
 @dataclass
@@ -188,7 +211,7 @@ def _runs_in_store(folder: Path) -> list[Run]:
     for row in ResultsStore(folder, create=False).rows():
         finished = row["status"] == "finished"
         results = _read_results(row.get("results_path")) if finished else None
-        runs.append(Run(_flatten(row, results), results))
+        runs.append(Run(_flatten(row, results), results, row))
     return runs
 
 

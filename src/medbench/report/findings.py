@@ -1,30 +1,37 @@
 """Key findings and recommendations, computed from the study's numbers.
 
 Every sentence is built from the results it describes (names, values, tests), so two
-different result sets give different findings. Significance between the top two models of
-a dataset is Welch's two-sided t-test over seeds at alpha = 0.05 (needs >= 2 seeds each).
+different result sets give different findings. A finding is one or two lines; the runs it
+counts are rows of a table (`Findings.tables`). Rows are ranked only within a cohort whose
+trained lengths agree (medbench.report.compare); "best" and "most efficient" skip models
+that collapsed. Significance between the top two models of a cohort is Welch's two-sided
+t-test over seeds at alpha = 0.05 (needs >= 2 seeds each).
 """
 
 from __future__ import annotations
 
 import math
 import warnings
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
 from scipy.stats import ttest_ind
 
+from medbench.metrics import COLLAPSE_ADVICE, MISSED_CLASS_ADVICE
+from medbench.report import details
 from medbench.report.collect import Group, Run, Stat
+from medbench.report.compare import Baseline, Cohort, cohorts, majority_baseline
+from medbench.report.details import Table, pct
 from medbench.report.published import baseline, load_published, reference_study_rows
 
 ALPHA = 0.05
-GAP_POINTS = 5.0  # a val-vs-test accuracy gap above this many points is reported
 METHOD = "Welch's t-test (two-sided, alpha 0.05) over seeds"
 
 
 @dataclass
 class Comparison:
-    """The top two models of one dataset and whether seeds separate them."""
+    """The top two healthy models of one cohort and whether seeds separate them."""
 
     dataset: str
     winner: Group
@@ -44,10 +51,10 @@ class Findings:
     most_efficient: str | None = None
     winners: dict[str, str] = field(default_factory=dict)
     comparisons: list[Comparison] = field(default_factory=list)
-
-
-def pct(x: float | None, digits: int = 1) -> str:
-    return "n/a" if x is None else f"{100 * x:.{digits}f}%"
+    cohorts: list[Cohort] = field(default_factory=list)
+    baselines: dict[str, Baseline] = field(default_factory=dict)
+    ranking: list[tuple[str, float, int]] = field(default_factory=list)  # label, acc, datasets
+    tables: list[Table] = field(default_factory=list)
 
 
 def points(d: float) -> str:
@@ -63,34 +70,21 @@ def mean_std(stat: Stat, scale: float = 100.0, digits: int = 1, unit: str = "%")
     return f"{text}{unit} (n={stat.n})"
 
 
-def dataset_unit(group: Group) -> str:
-    return group.dataset if group.size == 28 else f"{group.dataset}@{group.size}px"
+def dataset_unit(group: Group | Run) -> str:
+    size = int(group.size if isinstance(group, Group) else (group["size"] or 28))
+    name = group.dataset if isinstance(group, Group) else group["dataset"]
+    return name if size == 28 else f"{name}@{size}px"
 
 
-def compare_top_two(a: Group, b: Group | None) -> Comparison:
-    """Welch's t-test on the seeds' test accuracies of the two best groups of a dataset."""
+def compare_top_two(a: Group, b: Group | None, name: str | None = None) -> Comparison:
+    """Welch's t-test on the seeds' test accuracies of the two best groups of a cohort."""
+    unit = name or dataset_unit(a)
     if b is None:
-        return Comparison(dataset_unit(a), a, None, None, None, None, None, METHOD)
+        return Comparison(unit, a, None, None, None, None, None, METHOD)
     sa, sb = a.stat("test_acc"), b.stat("test_acc")
     p = _welch_p_value(sa, sb)
     significant = None if p is None else p < ALPHA
-    return Comparison(
-        dataset_unit(a), a, b, sa.mean - sb.mean, p, significant, _overlap(sa, sb), METHOD
-    )
-
-
-def _welch_p_value(a: Stat, b: Stat) -> float | None:
-    """Two-sided p-value of Welch's t-test; None when not testable (a group has fewer than
-    two seeds, or the test is undefined)."""
-    if a.n < 2 or b.n < 2:
-        return None
-    if not a.std and not b.std:
-        # Every seed gave the same number: any difference is larger than the (zero) spread.
-        return 0.0 if a.mean != b.mean else 1.0
-    with warnings.catch_warnings():  # nearly identical seeds: scipy warns, the p-value stands
-        warnings.simplefilter("ignore", RuntimeWarning)
-        p = float(ttest_ind(a.values, b.values, equal_var=False).pvalue)
-    return None if math.isnan(p) else p
+    return Comparison(unit, a, b, sa.mean - sb.mean, p, significant, _overlap(sa, sb), METHOD)
 
 
 def _overlap(a: Stat, b: Stat) -> bool | None:
@@ -100,44 +94,44 @@ def _overlap(a: Stat, b: Stat) -> bool | None:
     return (a.mean - a.std) <= (b.mean + b.std)
 
 
-def _by_dataset(groups: list[Group]) -> dict[str, list[Group]]:
-    out: dict[str, list[Group]] = {}
-    for g in groups:
-        out.setdefault(dataset_unit(g), []).append(g)
-    for unit in out:
-        out[unit].sort(key=lambda g: -(g.stat("test_acc").mean or 0.0))
-    return out
-
-
 def _params(g: Group) -> str:
     n = g.stat("n_params").mean
     return "n/a" if n is None else f"{n / 1e6:.2f} M"
 
 
-def _run_name(r: Run) -> str:
-    return f"{r['model']} on {r['dataset']} seed {r['seed']}"
+def _cohort_name(c: Cohort, many: bool) -> str:
+    return f"{c.unit} ({c.label})" if many else c.unit
 
 
 def compute_findings(
     groups: list[Group], runs: list[Run], ensembles: list[dict[str, Any]] | None = None
 ) -> Findings:
     """Findings and recommendations for the finished runs in `groups` (all runs in `runs`,
-    failed ones included, for the provenance and failure notes), and for the `ensembles`
+    unfinished ones included, for the notes on cells left out), and for the `ensembles`
     built over them (results of `medbench.ensemble.build_ensemble`)."""
     f = Findings()
+    f.findings += _present(_unfinished(runs))
+    f.tables.append(details.unfinished_table(runs))
     if not groups:
-        f.findings.append("No run has finished yet, so there is nothing to compare.")
+        f.findings.insert(0, "No run has finished yet, so there is nothing to compare.")
         return f
-    per_dataset = _by_dataset(groups)
-    _best_overall(f, groups, list(per_dataset))
-    _most_efficient(f, groups)
-    for gs in per_dataset.values():
-        _winner(f, gs)
-    f.findings += _present(_val_test_gap(runs), _collapse(runs), _failures(runs))
-    f.findings += _published(per_dataset)
+    f.cohorts = cohorts(groups, dataset_unit)
+    units = list(dict.fromkeys(c.unit for c in f.cohorts))
+    f.baselines = {
+        u: b
+        for u in units
+        if (b := majority_baseline(u, [g for g in groups if dataset_unit(g) == u])) is not None
+    }
+    _best_overall(f)
+    _most_efficient(f)
+    for c in f.cohorts:
+        _rank_cohort(f, c, many=sum(1 for o in f.cohorts if o.unit == c.unit) > 1)
+    f.findings += _present(*(_mixed_rules(f, u) for u in units))
+    f.findings += _run_checks(f, runs)
+    f.findings += _published(f)
     f.findings += _reference_study(groups)
     f.findings += _present(_data_provenance(runs), *_licenses(runs))
-    _recommend(f, per_dataset, groups)
+    _recommend(f, runs)
     _ensembles(f, ensembles or [])
     return f
 
@@ -146,25 +140,70 @@ def _present(*sentences: str | None) -> list[str]:
     return [s for s in sentences if s]
 
 
-def _best_overall(f: Findings, groups: list[Group], units: list[str]) -> None:
-    """The highest mean test accuracy over the datasets a model covers (models present on
-    every dataset first)."""
-    overall, everywhere = _overall_accuracy(groups, units)
-    ranked = sorted(overall.items(), key=lambda kv: -kv[1])
-    best = f.best_overall = ranked[0][0]
-    ranking = ", ".join(f"{lab} {pct(v)}" for lab, v in ranked)
-    scope = "all datasets" if everywhere else "the datasets each model was run on"
-    tied = [lab for lab, v in ranked[1:] if abs(v - overall[best]) < 0.0005]
-    tie = f" (tied with {', '.join(tied)})" if tied else ""
-    f.findings.append(
-        f"Best overall: {best}{tie}, with a mean test accuracy of {pct(overall[best])} over {scope} "
-        f"({', '.join(units)}); ranking: {ranking}."
+def _run_checks(f: Findings, runs: list[Run]) -> list[str]:
+    """The per-run checks, each a short finding over a table that lists every run it counts."""
+    f.tables += [
+        details.baseline_table(runs, f.baselines, dataset_unit),
+        details.collapse_table(runs),
+        details.missed_table(runs),
+        details.gap_table(runs),
+    ]
+    return _present(
+        *(_baseline(f, runs, u) for u in f.baselines),
+        _collapse(runs),
+        _missed(runs),
+        _val_test_gap(runs),
     )
 
 
-def _overall_accuracy(groups: list[Group], units: list[str]) -> tuple[dict[str, float], bool]:
-    """Each model's mean test accuracy over its groups: of the models run on every dataset
-    (and True), or, when there is none, of all models (and False)."""
+def _unfinished(runs: list[Run]) -> str | None:
+    left = details.unfinished(runs)
+    if not left:
+        return None
+    counts = Counter(str(r["status"]) for r in left)
+    what = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+    return (
+        f"{len(left)} cell(s) have no results and are left out of the comparison ({what}); "
+        "each is listed with its reason under 'Cells not finished'."
+    )
+
+
+def _healthy_comparable(f: Findings) -> list[Group]:
+    """Groups that never collapsed, in cohorts whose rows may be ranked."""
+    return [g for c in f.cohorts if c.comparable for g in c.healthy]
+
+
+def _best_overall(f: Findings) -> None:
+    """The highest mean test accuracy over the datasets a model covers, among models that
+    never collapsed and were trained to comparable lengths (models on every dataset first)."""
+    pool = _healthy_comparable(f)
+    if not pool:
+        f.findings.append(
+            "No overall ranking: no model both avoided collapse and was trained to a length "
+            "comparable with the others on its dataset."
+        )
+        return
+    units = list(dict.fromkeys(dataset_unit(g) for g in pool))
+    overall, everywhere = _overall_accuracy(pool, units)
+    f.ranking = sorted(
+        ((lab, acc, n) for lab, (acc, n) in overall.items()), key=lambda t: (-t[1], t[0])
+    )
+    best, acc, n = f.ranking[0]
+    f.best_overall = best
+    tied = [lab for lab, v, _ in f.ranking[1:] if abs(v - acc) < 0.0005]
+    tie = f" (tied with {', '.join(tied)})" if tied else ""
+    scope = "every dataset" if everywhere else f"{n} of {len(units)} datasets"
+    f.findings.append(
+        f"Best overall: {best}{tie}, mean test accuracy {pct(acc)} over {scope}, among models "
+        "that never collapsed and trained to comparable lengths (full ranking in its table)."
+    )
+
+
+def _overall_accuracy(
+    groups: list[Group], units: list[str]
+) -> tuple[dict[str, tuple[float, int]], bool]:
+    """Each model's (mean test accuracy over its groups, datasets covered): of the models
+    run on every dataset (and True), or, when there is none, of all models (and False)."""
     coverage: dict[str, list[Group]] = {}
     for g in groups:
         coverage.setdefault(g.label, []).append(g)
@@ -172,46 +211,183 @@ def _overall_accuracy(groups: list[Group], units: list[str]) -> tuple[dict[str, 
         lab: gs for lab, gs in coverage.items() if len({dataset_unit(g) for g in gs}) == len(units)
     }
     overall = {
-        lab: sum(g.stat("test_acc").mean for g in gs) / len(gs)
+        lab: (sum(g.stat("test_acc").mean for g in gs) / len(gs), len(gs))
         for lab, gs in (everywhere or coverage).items()
     }
     return overall, bool(everywhere)
 
 
-def _most_efficient(f: Findings, groups: list[Group]) -> None:
-    """The group with the most accuracy (%) per million parameters."""
-    eff_groups = [g for g in groups if g.stat("efficiency").mean is not None]
-    if not eff_groups:
+def _most_efficient(f: Findings) -> None:
+    """The healthy group with the most accuracy (%) per million parameters."""
+    pool = [g for c in f.cohorts for g in c.healthy if g.stat("efficiency").mean is not None]
+    if not pool:
         return
-    e = max(eff_groups, key=lambda g: g.stat("efficiency").mean)
+    e = max(pool, key=lambda g: g.stat("efficiency").mean)
     f.most_efficient = e.label
     f.findings.append(
         f"Most efficient: {e.label} on {dataset_unit(e)}, {e.stat('efficiency').mean:.1f} accuracy "
-        f"points per million parameters ({pct(e.stat('test_acc').mean)} with {_params(e)} parameters)."
+        f"points per million parameters ({pct(e.stat('test_acc').mean)} with {_params(e)}); "
+        "collapsed models are left out."
     )
 
 
-def _winner(f: Findings, gs: list[Group]) -> None:
-    """The best group of one dataset (`gs`, best first), and whether seeds separate it from
-    the runner-up."""
-    cmp = compare_top_two(gs[0], gs[1] if len(gs) > 1 else None)
-    f.comparisons.append(cmp)
-    f.winners[cmp.dataset] = cmp.winner.label
-    text = f"{cmp.dataset}: {cmp.winner.label} wins with {mean_std(cmp.winner.stat('test_acc'))}"
-    if cmp.runner_up is None:
-        f.findings.append(text + " (the only model run on it).")
+def _rank_cohort(f: Findings, c: Cohort, many: bool) -> None:
+    """The best healthy group of one cohort, when its rows may be ranked, and whether seeds
+    separate it from the runner-up; otherwise why the rows are not ranked."""
+    name = _cohort_name(c, many)
+    if not c.comparable:
+        f.findings.append(
+            f"{name}: rows not ranked, their trained lengths differ by more than "
+            f"{c.tolerance:.0%} ({c.spread})."
+        )
         return
-    text += f", {points(cmp.difference)} ahead of {cmp.runner_up.label} ({mean_std(cmp.runner_up.stat('test_acc'))})"
+    healthy = c.healthy
+    if not healthy:
+        return  # the collapse finding covers it
+    cmp = compare_top_two(healthy[0], healthy[1] if len(healthy) > 1 else None, name)
+    f.comparisons.append(cmp)
+    f.winners[name] = cmp.winner.label
+    text = f"{name}: {cmp.winner.label} wins with {mean_std(cmp.winner.stat('test_acc'))}"
+    if cmp.runner_up is None:
+        f.findings.append(text + " (the only healthy model run on it).")
+        return
+    text += f", {points(cmp.difference)} over {cmp.runner_up.label}"
     f.findings.append(text + _separation(cmp))
 
 
 def _separation(cmp: Comparison) -> str:
     if cmp.significant is None:
-        return "; with fewer than two seeds per model the seed-to-seed spread is unknown, so the difference is untested."
+        return "; with one seed per model the difference is untested."
     verdict = "exceeds" if cmp.significant else "is within"
+    return f"; the difference {verdict} the seed-to-seed spread (Welch's t-test p = {cmp.p_value:.3g})."
+
+
+def _mixed_rules(f: Findings, unit: str) -> str | None:
+    mine = [c for c in f.cohorts if c.unit == unit]
+    if len(mine) < 2:
+        return None
     return (
-        f"; the difference {verdict} the seed-to-seed spread ({cmp.method}: p = {cmp.p_value:.3g})."
+        f"{unit}: rows trained under different length rules ({', '.join(c.label for c in mine)}) "
+        "are ranked only within their own rule."
     )
+
+
+def _baseline(f: Findings, runs: list[Run], unit: str) -> str:
+    b = f.baselines[unit]
+    done = [r for r in details.finished(runs) if dataset_unit(r) == unit]
+    below = [r for r in details.below_baseline(done, f.baselines, dataset_unit)]
+    verdict = (
+        f"{len(below)} of {len(done)} runs are no better (listed in their table)"
+        if below
+        else f"all {len(done)} runs beat it"
+    )
+    return (
+        f"{unit}: the majority-class baseline ({b.predicts}) scores {pct(b.acc)} test accuracy, "
+        f"AUC {b.auc:.3f}; {verdict}."
+    )
+
+
+def _collapse(runs: list[Run]) -> str | None:
+    done, bad = details.finished(runs), details.collapsed(runs)
+    if not done:
+        return None
+    if not bad:
+        return f"No run collapsed ({len(done)} runs checked by the collapse guard)."
+    per_group = Counter((r["model"], r["dataset"]) for r in bad)
+    listed = ", ".join(f"{m} on {d} ({n})" for (m, d), n in per_group.most_common(4))
+    more = f" and {len(per_group) - 4} more models" if len(per_group) > 4 else ""
+    return (
+        f"{len(bad)} of {len(done)} runs collapsed: {listed}{more}; every flag is in the "
+        "'Collapsed runs' table."
+    )
+
+
+def _missed(runs: list[Run]) -> str | None:
+    found = [(r, m) for r in details.finished(runs) for m in details.run_missed(r)]
+    if not found:
+        return None
+    per_class = Counter((r["dataset"], m.name) for r, m in found)
+    listed = ", ".join(f"{name!r} in {d} ({n} runs)" for (d, name), n in per_class.most_common(3))
+    more = f" and {len(per_class) - 3} more classes" if len(per_class) > 3 else ""
+    n_runs = len({id(r) for r, _ in found})
+    return (
+        f"{n_runs} run(s) not collapsed still miss a class (recall at most 10%): {listed}{more}; "
+        "a per-class recall problem, listed under 'Missed classes'."
+    )
+
+
+def _val_test_gap(runs: list[Run]) -> str | None:
+    done = [r for r in details.finished(runs) if details.gap(r) is not None]
+    if not done:
+        return None
+    big = details.big_gaps(runs)
+    worst = big[0] if big else max(done, key=details.gap)
+    where = f"{worst['model']} on {worst['dataset']}, seed {worst['seed']}"
+    if not big:
+        return (
+            f"Validation accuracy predicts test accuracy within {details.GAP_POINTS:.0f} points "
+            f"in every run (largest gap {100 * details.gap(worst):.1f} points, {where})."
+        )
+    return (
+        f"Validation and test accuracy differ by more than {details.GAP_POINTS:.0f} points in "
+        f"{len(big)} of {len(done)} runs (largest {100 * details.gap(worst):.1f} points, {where}); "
+        "all are in the 'Validation/test gaps' table."
+    )
+
+
+def _published(f: Findings) -> list[str]:
+    """Each dataset's best healthy, comparable group against the published baseline."""
+    method = load_published()["baseline_method"]
+    out = []
+    best_of: dict[str, Group] = {}
+    for c in f.cohorts:
+        if c.comparable and c.healthy:
+            g = c.healthy[0]
+            if (
+                c.unit not in best_of
+                or g.stat("test_acc").mean > best_of[c.unit].stat("test_acc").mean
+            ):
+                best_of[c.unit] = g
+    for unit, best in best_of.items():
+        ref = baseline(best.dataset)
+        if not ref:
+            continue
+        acc = best.stat("test_acc").mean
+        where = "above" if acc > ref["acc"] else "below"
+        text = (
+            f"{unit}: our best healthy model, {best.label} at {pct(acc)}, is "
+            f"{abs(100 * (acc - ref['acc'])):.1f} points {where} the published {method} ({pct(ref['acc'])})"
+        )
+        auc = best.stat("test_auc").mean
+        if auc is not None and ref.get("auc") is not None:
+            text += f"; test AUC {auc:.3f} vs {ref['auc']:.3f}"
+        out.append(text + ".")
+    return out
+
+
+def _reference_study(groups: list[Group]) -> list[str]:
+    """Each 28-px group against the reference study's run of the same model (those rows
+    are in the results table beside ours)."""
+    out = []
+    for g in groups:
+        ref = reference_study_rows(g.dataset).get(g.model)
+        if not ref or g.size != 28:
+            continue
+        acc = g.stat("test_acc")
+        text = (
+            f"{g.label} on {g.dataset}: {mean_std(acc)} against the reference study's "
+            f"{pct(ref['acc'])} ({points(acc.mean - ref['acc'])})"
+        )
+        if ref.get("collapsed"):
+            text += _reference_collapse(g, ref)
+        out.append(text + ".")
+    return out
+
+
+def _reference_collapse(g: Group, ref: dict[str, Any]) -> str:
+    n_c = len(g.collapsed_runs)
+    ours = f"ours in {n_c} of {g.n} runs" if n_c else f"ours in none of {g.n} runs"
+    return f"; that run collapsed (validation said {pct(ref.get('val_acc'))}), {ours}"
 
 
 def _ensembles(f: Findings, ensembles: list[dict[str, Any]]) -> None:
@@ -238,127 +414,6 @@ def _ensembles(f: Findings, ensembles: list[dict[str, Any]]) -> None:
                 f"For {name}, the {e['method']} ensemble does not beat the best single run on both "
                 "test accuracy and AUC; the single run is the better deployment."
             )
-
-
-def _checked(runs: list[Run]) -> list[Run]:
-    """The finished runs with both a validation and a test accuracy."""
-    return [
-        r for r in runs if r.finished and r["val_acc"] is not None and r["test_acc"] is not None
-    ]
-
-
-def _gap(r: Run) -> float:
-    return abs(r["val_acc"] - r["test_acc"])
-
-
-def _val_test_gap(runs: list[Run]) -> str | None:
-    """The runs whose validation accuracy misses their test accuracy by more than
-    GAP_POINTS, or else the largest gap."""
-    gaps = sorted(_checked(runs), key=lambda r: -_gap(r))
-    if not gaps:
-        return None
-    big = [r for r in gaps if _gap(r) * 100 > GAP_POINTS]
-    if not big:
-        r = gaps[0]
-        return (
-            f"Validation accuracy predicts test accuracy within {GAP_POINTS:.0f} points in every run; the "
-            f"largest gap is {_gap(r) * 100:.1f} points ({r['model']} on "
-            f"{r['dataset']}, seed {r['seed']})."
-        )
-    listed = "; ".join(
-        f"{_run_name(r)}: val {pct(r['val_acc'])} vs test {pct(r['test_acc'])}" for r in big[:6]
-    )
-    return (
-        f"Validation and test accuracy differ by more than {GAP_POINTS:.0f} points in "
-        f"{len(big)} run(s): {listed}."
-    )
-
-
-def _collapse(runs: list[Run]) -> str | None:
-    """The runs the collapse guard flagged, or else the most one-sided predictions."""
-    done = _checked(runs)
-    collapsed = [r for r in runs if r.finished and r["collapsed"]]
-    if not collapsed:
-        return _most_one_sided(done) if done else None
-    more = f"; and {len(collapsed) - 6} more" if len(collapsed) > 6 else ""
-    listed = "; ".join(
-        f"{_run_name(r)} ({_short(r['flags'][0]) if r['flags'] else 'flagged'})"
-        for r in collapsed[:6]
-    )
-    return (
-        f"{len(collapsed)} of {len(done)} run(s) collapsed (the collapse guard fired): "
-        f"{listed}{more}."
-    )
-
-
-def _most_one_sided(done: list[Run]) -> str:
-    shares = [(r.results.test.get("majority_fraction"), r) for r in done]
-    known = [(s, r) for s, r in shares if isinstance(s, (int, float))]
-    if not known:
-        return f"No run collapsed to one class ({len(done)} runs checked)."
-    s, r = max(known, key=lambda t: t[0])
-    return (
-        f"No run collapsed to one class; the most one-sided predictions put {pct(s)} of the test "
-        f"images in one class ({r['model']} on {r['dataset']}, seed {r['seed']})."
-    )
-
-
-def _failures(runs: list[Run]) -> str | None:
-    failed = [r for r in runs if r["status"] == "failed"]
-    if not failed:
-        return None
-    listed = "; ".join(f"{_run_name(r)} ({r['error']})" for r in failed[:5])
-    return f"{len(failed)} run(s) failed and are missing from the table: {listed}."
-
-
-def _short(text: str, limit: int = 90) -> str:
-    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
-
-
-def _published(per_dataset: dict[str, list[Group]]) -> list[str]:
-    """Each dataset's best group against the published baseline."""
-    method = load_published()["baseline_method"]
-    out = []
-    for unit, gs in per_dataset.items():
-        ref = baseline(gs[0].dataset)
-        if not ref:
-            continue
-        best = gs[0]
-        acc = best.stat("test_acc").mean
-        text = (
-            f"{unit}: our best ({best.label}, {pct(acc)}) is {points(acc - ref['acc'])} against the "
-            f"published {method} ({pct(ref['acc'])})"
-        )
-        auc = best.stat("test_auc").mean
-        if auc is not None and ref.get("auc") is not None:
-            text += f"; test AUC {auc:.3f} vs {ref['auc']:.3f}"
-        beaten = [g.label for g in gs if (g.stat("test_acc").mean or 0) > ref["acc"]]
-        out.append(text + f". Models above it: {', '.join(beaten) if beaten else 'none'}.")
-    return out
-
-
-def _reference_study(groups: list[Group]) -> list[str]:
-    """Each 28-px group against the reference study's run of the same model."""
-    out = []
-    for g in groups:
-        ref = reference_study_rows(g.dataset).get(g.model)
-        if not ref or g.size != 28:
-            continue
-        acc = g.stat("test_acc")
-        text = (
-            f"Against the reference study, {g.label} on {g.dataset}: {mean_std(acc)} vs its "
-            f"{pct(ref['acc'])} ({points(acc.mean - ref['acc'])})"
-        )
-        if ref.get("collapsed"):
-            text += _reference_collapse(g, ref)
-        out.append(text + ".")
-    return out
-
-
-def _reference_collapse(g: Group, ref: dict[str, Any]) -> str:
-    n_c = len(g.collapsed_runs)
-    ours = f"collapsed in {n_c} of {g.n} runs" if n_c else f"did not collapse in any of {g.n} runs"
-    return f"; the reference run collapsed (validation said {pct(ref.get('val_acc'))}), ours {ours}"
 
 
 def _data_provenance(runs: list[Run]) -> str | None:
@@ -398,70 +453,87 @@ def _non_commercial(license_: str) -> bool:
     return "NC" in upper.split("-") or "BY-NC" in upper
 
 
-def _recommend(f: Findings, per_dataset: dict[str, list[Group]], groups: list[Group]) -> None:
+def _welch_p_value(a: Stat, b: Stat) -> float | None:
+    """Two-sided p-value of Welch's t-test; None when not testable (a group has fewer than
+    two seeds, or the test is undefined)."""
+    if a.n < 2 or b.n < 2:
+        return None
+    if not a.std and not b.std:
+        # Every seed gave the same number: any difference is larger than the (zero) spread.
+        return 0.0 if a.mean != b.mean else 1.0
+    with warnings.catch_warnings():  # nearly identical seeds: scipy warns, the p-value stands
+        warnings.simplefilter("ignore", RuntimeWarning)
+        p = float(ttest_ind(a.values, b.values, equal_var=False).pvalue)
+    return None if math.isnan(p) else p
+
+
+def _recommend(f: Findings, runs: list[Run]) -> None:
     """Recommendations from the findings already made, in the order the report lists them."""
     rec = f.recommendations
-    rec += [_choose(cmp, per_dataset[cmp.dataset]) for cmp in f.comparisons]
-    rec += _present(_smaller_alternative(f, per_dataset, groups), _do_not_use(groups))
-    rec += _train_longer(per_dataset)
+    many = Counter(c.unit for c in f.cohorts)
+    for c in f.cohorts:
+        rec += _present(_choose(f, c, many[c.unit] > 1))
+    rec += _present(
+        _smaller_alternative(f),
+        _do_not_use(f),
+        _fix_missed(runs),
+        _beat_baseline(f, runs),
+    )
+    rec += _train_longer(f)
     if any("not the official" in s for s in f.findings):
         rec.append(
             "Re-run on the official data files before citing these numbers next to published ones."
         )
 
 
-def _choose(cmp: Comparison, gs: list[Group]) -> str:
-    """Which model to use on one dataset (`gs`, best first)."""
-    if all(g.collapsed_runs for g in gs):
+def _choose(f: Findings, c: Cohort, many: bool) -> str | None:
+    """Which model to use on one cohort."""
+    name = _cohort_name(c, many)
+    if not c.comparable:
+        unit = "wall seconds" if c.rule == "time budget" else "epochs trained"
         return (
-            f"For {cmp.dataset}, no model is usable as trained: every one collapsed in at least one "
-            "run; train longer and with --class-balance weighted_loss before choosing."
+            f"For {name}, train every model to the same length (compare {unit}) before choosing; "
+            "the rows differ too much to rank."
         )
-    if any(g.collapsed_runs for g in (cmp.winner, cmp.runner_up) if g is not None):
-        healthy = next(g for g in gs if not g.collapsed_runs)
+    if not c.healthy:
         return (
-            f"For {cmp.dataset}, use {healthy.label} ({pct(healthy.stat('test_acc').mean)}), the most "
-            "accurate model that never collapsed."
+            f"For {name}, no model is usable as trained: every one collapsed in at least one run; "
+            "train longer and with --class-balance weighted_loss before choosing."
         )
+    cmp = next((x for x in f.comparisons if x.dataset == name), None)
+    if cmp is None:
+        return None
     return _choose_between_healthy(cmp)
 
 
 def _choose_between_healthy(cmp: Comparison) -> str:
-    """Which of the top two (neither collapsed) to use: the winner when seeds separate them,
+    """Which of the top two healthy groups to use: the winner when seeds separate them,
     else the smaller."""
     w, r = cmp.winner, cmp.runner_up
     if r is None:
-        return f"For {cmp.dataset}, {w.label} is the only model measured; add others to compare."
+        return f"For {cmp.dataset}, {w.label} is the only healthy model measured; add others to compare."
     if cmp.significant:
         return f"For {cmp.dataset}, use {w.label}: it beats {r.label} by more than the seed noise."
     cheaper = min((w, r), key=lambda g: g.stat("n_params").mean or math.inf)
     why = "untested with one seed" if cmp.significant is None else f"p = {cmp.p_value:.2g}"
     return (
         f"For {cmp.dataset}, {w.label} and {r.label} are not separated by the seeds ({why}): prefer "
-        f"the smaller {cheaper.label} ({_params(cheaper)} parameters) or run more seeds (--seeds 5)."
+        f"the smaller {cheaper.label} ({_params(cheaper)}) or run more seeds (--seeds 5)."
     )
 
 
-def _efficient_alternative(f: Findings, groups: list[Group]) -> Group | None:
-    """The most efficient model's best group, when it is not the best overall model and
-    never collapsed."""
+def _smaller_alternative(f: Findings) -> str | None:
+    """How much of the best model's accuracy the most efficient one keeps, and at what size."""
     if not f.most_efficient or not f.best_overall or f.most_efficient == f.best_overall:
         return None
-    e = max(
-        (g for g in groups if g.label == f.most_efficient),
-        key=lambda g: g.stat("efficiency").mean or 0,
-    )
-    return None if e.collapsed_runs else e
-
-
-def _smaller_alternative(
-    f: Findings, per_dataset: dict[str, list[Group]], groups: list[Group]
-) -> str | None:
-    """How much of the best model's accuracy the most efficient one keeps, and at what size."""
-    e = _efficient_alternative(f, groups)
-    if e is None:
+    pool = _healthy_comparable(f)
+    eff = [g for g in pool if g.label == f.most_efficient]
+    if not eff:
         return None
-    best = next((g for g in per_dataset[dataset_unit(e)] if g.label == f.best_overall), None)
+    e = max(eff, key=lambda g: g.stat("efficiency").mean or 0)
+    best = next(
+        (g for g in pool if g.label == f.best_overall and dataset_unit(g) == dataset_unit(e)), None
+    )
     if best is None or not best.stat("n_params").mean or not e.stat("n_params").mean:
         return None
     ratio = best.stat("n_params").mean / e.stat("n_params").mean
@@ -472,45 +544,102 @@ def _smaller_alternative(
     )
 
 
-def _do_not_use(groups: list[Group]) -> str | None:
-    bad = [g for g in groups if g.collapsed_runs]
+def _do_not_use(f: Findings) -> str | None:
+    bad = [g for c in f.cohorts for g in c.groups if g.collapsed_runs]
     if not bad:
         return None
     listed = ", ".join(
-        f"{g.label} on {dataset_unit(g)} ({len(g.collapsed_runs)} of {g.n} runs)" for g in bad
+        f"{g.label} on {dataset_unit(g)} ({len(g.collapsed_runs)}/{g.n} runs)" for g in bad[:3]
     )
+    more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+    return f"Do not use as trained (collapsed): {listed}{more}; {COLLAPSE_ADVICE}."
+
+
+def _fix_missed(runs: list[Run]) -> str | None:
+    found = {(r["dataset"], m.name) for r in details.finished(runs) for m in details.run_missed(r)}
+    if not found:
+        return None
+    names = ", ".join(f"{n!r} ({d})" for d, n in sorted(found)[:3])
+    more = f" and {len(found) - 3} more" if len(found) > 3 else ""
+    return f"For the missed classes {names}{more}: {MISSED_CLASS_ADVICE}."
+
+
+def _beat_baseline(f: Findings, runs: list[Run]) -> str | None:
+    below = details.below_baseline(runs, f.baselines, dataset_unit)
+    if not below:
+        return None
+    groups = sorted({f"{r['model']} on {dataset_unit(r)}" for r in below})
+    listed = ", ".join(groups[:4]) + (f" and {len(groups) - 4} more" if len(groups) > 4 else "")
     return (
-        f"Do not use as trained (collapsed): {listed}; retrain with --class-balance "
-        "weighted_loss and check per-class recall."
+        f"Runs of {listed} are no better than always predicting the majority class: do not "
+        "report them as results; train longer or fix the class balance first."
     )
 
 
-def _train_longer(per_dataset: dict[str, list[Group]]) -> list[str]:
-    """For each dataset whose best model is below the published baseline."""
-    out = []
-    for unit, gs in per_dataset.items():
-        ref = baseline(gs[0].dataset)
-        acc = gs[0].stat("test_acc").mean
+def trained_length(g: Group) -> str:
+    """What a group's runs really trained, e.g. "1-3 epochs (30-90 steps, 40 s-2 m)"."""
+    epochs = [r["epochs_trained"] for r in g.runs if isinstance(r["epochs_trained"], (int, float))]
+    steps = [int(r["steps"]) for r in g.runs if isinstance(r["steps"], (int, float))]
+    seconds = [r["train_seconds"] for r in g.runs if isinstance(r["train_seconds"], (int, float))]
+    if not epochs:
+        return "an unknown length"
+    span = _range(epochs, lambda v: f"{v:.2g}")
+    parts = [span + (" epoch" if span == "1" else " epochs")]
+    if steps:
+        parts.append(_range(steps, str) + " steps")
+    if seconds:
+        parts.append(_range(seconds, lambda v: f"{v:.0f}") + " s")
+    return f"{parts[0]} ({', '.join(parts[1:])})" if len(parts) > 1 else parts[0]
+
+
+def _range(values: list, fmt) -> str:
+    lo, hi = fmt(min(values)), fmt(max(values))
+    return lo if lo == hi else f"{lo}-{hi}"
+
+
+def _train_longer(f: Findings) -> list[str]:
+    """For each dataset whose best healthy model is below the published baseline."""
+    out, seen = [], set()
+    for c in f.cohorts:
+        if c.unit in seen or not c.healthy:
+            continue
+        g = c.healthy[0]
+        ref, acc = baseline(g.dataset), g.stat("test_acc").mean
         if not ref or acc is None or acc >= ref["acc"]:
             continue
-        rounds = gs[0].stat("epochs_completed").mean
-        trained = f" (it trained {rounds:.0f} epochs)" if rounds else ""
+        seen.add(c.unit)
         out.append(
-            f"{unit}: the best model{trained} is {abs(100 * (acc - ref['acc'])):.1f} points below the published "
-            "ResNet-18 (28); train longer (--epochs or a larger --total-time-budget) or on a GPU before "
-            "drawing conclusions."
+            f"{c.unit}: {g.label} trained {trained_length(g)} and is {abs(100 * (acc - ref['acc'])):.1f} "
+            "points below the published ResNet-18 (28); train longer (--epochs or a larger "
+            "--total-time-budget) or on a GPU before drawing conclusions."
         )
     return out
 
 
 def findings_dict(f: Findings) -> dict[str, Any]:
-    """JSON-able summary of the findings (for results.json / tests)."""
+    """JSON-able summary of the findings (for summary.json / tests)."""
     return {
         "findings": f.findings,
         "recommendations": f.recommendations,
         "best_overall": f.best_overall,
         "most_efficient": f.most_efficient,
         "winners": f.winners,
+        "ranking": [{"model": lab, "test_acc": acc, "datasets": n} for lab, acc, n in f.ranking],
+        "baselines": {
+            u: {"acc": b.acc, "auc": b.auc, "predicts": b.predicts, "n": b.n}
+            for u, b in f.baselines.items()
+        },
+        "cohorts": [
+            {
+                "dataset": c.unit,
+                "rule": c.rule,
+                "planned": c.planned,
+                "ranked": c.comparable,
+                "lengths": c.spread,
+                "models": [g.label for g in c.groups],
+            }
+            for c in f.cohorts
+        ],
         "comparisons": [
             {
                 "dataset": c.dataset,

@@ -1,74 +1,89 @@
-"""The report's figures, as PNG files. Uses matplotlib's object API with the Agg canvas (no
-pyplot, no display). Each function returns the paths it wrote (none when nothing to draw)."""
+"""The report's figures, as PNG files with a caption each. Uses matplotlib's object API with
+the Agg canvas (no pyplot, no display) and scikit-learn's displays (ConfusionMatrixDisplay,
+RocCurveDisplay) where they fit, so classes and axes are labelled for us. Each function
+returns the figures it wrote (none when nothing to draw)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay
 
-from medbench.fsutil import atomic_savefig
-from medbench.metrics import reliability_bins
+from medbench.fsutil import atomic_path
+from medbench.metrics import MULTI_LABEL, reliability_bins
 from medbench.report.collect import Group, Run, Stat
 
 DPI = 110
+MARKERS = "osD^vP*XhH<>p"
 
 
-def _save(fig: Figure, path: Path) -> Path:
+@dataclass
+class FigureFile:
+    path: Path
+    caption: str
+
+
+def _save(fig: Figure, path: Path, caption: str) -> FigureFile:
+    """Write the figure (laid out by its own constrained layout) atomically."""
     FigureCanvasAgg(fig)
-    return atomic_savefig(fig, path, dpi=DPI)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=DPI)
+    return FigureFile(Path(path), caption)
 
 
 def _unit(g: Group) -> str:
     return g.dataset if g.size == 28 else f"{g.dataset}@{g.size}"
 
 
-def accuracy_heatmap(groups: list[Group], folder: Path) -> list[Path]:
-    units = list(dict.fromkeys(_unit(g) for g in groups))
+def _units(groups: list[Group]) -> list[str]:
+    return list(dict.fromkeys(_unit(g) for g in groups))
+
+
+def _slug(unit: str) -> str:
+    return unit.replace("@", "_")
+
+
+def _rotate(ax: Axes, degrees: int = 35) -> None:
+    for label in ax.get_xticklabels():
+        label.set_rotation(degrees)
+        label.set_ha("right")
+
+
+def accuracy_heatmap(groups: list[Group], folder: Path) -> list[FigureFile]:
+    units = _units(groups)
     labels = list(dict.fromkeys(g.label for g in groups))
     grid = np.full((len(units), len(labels)), np.nan)
     for g in groups:
         grid[units.index(_unit(g)), labels.index(g.label)] = 100 * (
             g.stat("test_acc").mean or np.nan
         )
-    fig = Figure(figsize=(1.6 + 1.5 * len(labels), 1.2 + 0.8 * len(units)))
+    fig = Figure(figsize=(2.4 + 1.3 * len(labels), 1.6 + 0.6 * len(units)), layout="constrained")
     ax = fig.add_subplot()
-    im = ax.imshow(np.ma.masked_invalid(grid), cmap="viridis", aspect="auto")
-    ax.set_xticks(range(len(labels)), labels, rotation=20, ha="right")
+    im = ax.imshow(np.ma.masked_invalid(grid), cmap="viridis", aspect="auto", vmin=0, vmax=100)
+    ax.set_xticks(range(len(labels)), labels)
+    _rotate(ax)
     ax.set_yticks(range(len(units)), units)
     for i in range(len(units)):
         for j in range(len(labels)):
             if not np.isnan(grid[i, j]):
-                ax.text(
-                    j, i, f"{grid[i, j]:.1f}", ha="center", va="center", color="white", fontsize=10
-                )
+                colour = "white" if grid[i, j] < 60 else "black"
+                ax.text(j, i, f"{grid[i, j]:.1f}", ha="center", va="center", color=colour)
     fig.colorbar(im, ax=ax, label="test accuracy (%)")
-    ax.set_title("Mean test accuracy")
-    return [_save(fig, folder / "accuracy_heatmap.png")]
-
-
-def _scatter(
-    groups: list[Group], folder: Path, x_field: str, x_label: str, name: str
-) -> list[Path]:
-    """Mean test accuracy (error bars: std over seeds) against `x_field`, one colour per
-    dataset, each point labelled with its model."""
-    points = _accuracy_points(groups, x_field)
-    if not points:
-        return []
-    fig = Figure(figsize=(6.4, 4.4))
-    ax = fig.add_subplot()
-    for unit in dict.fromkeys(_unit(g) for g, _, _ in points):
-        _scatter_dataset(ax, [(g, x, s) for g, x, s in points if _unit(g) == unit], unit)
-    ax.set_xscale("log")
-    ax.set_xlabel(x_label)
-    ax.set_ylabel("test accuracy (%)")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    ax.set_title(f"Accuracy vs {x_label.split(' (')[0]}")
-    return [_save(fig, folder / name)]
+    ax.set_xlabel("model")
+    ax.set_ylabel("dataset")
+    return [
+        _save(
+            fig,
+            folder / "accuracy_heatmap.png",
+            "Mean test accuracy (%) of each model (columns) on each dataset (rows), over seeds.",
+        )
+    ]
 
 
 def _accuracy_points(groups: list[Group], x_field: str) -> list[tuple[Group, float, Stat]]:
@@ -77,157 +92,271 @@ def _accuracy_points(groups: list[Group], x_field: str) -> list[tuple[Group, flo
     return [(g, x, s) for g, x, s in points if x and s.mean is not None]
 
 
-def _scatter_dataset(ax, points: list[tuple[Group, float, Stat]], unit: str) -> None:
-    ax.errorbar(
-        [x for _, x, _ in points],
-        [100 * s.mean for _, _, s in points],
-        yerr=[100 * (s.std or 0) for _, _, s in points],
-        fmt="o",
-        capsize=3,
-        label=unit,
-    )
+def _scatter(
+    groups: list[Group], folder: Path, x_field: str, x_label: str, name: str
+) -> list[FigureFile]:
+    """Mean test accuracy (error bars: std over seeds) against `x_field`: colour per dataset,
+    marker per model, both in legends (no text on the points, so nothing overlaps); a
+    model with collapsed runs is drawn hollow."""
+    points = _accuracy_points(groups, x_field)
+    if not points:
+        return []
+    models = list(dict.fromkeys(g.label for g, _, _ in points))
+    units = list(dict.fromkeys(_unit(g) for g, _, _ in points))
+    colours = {u: f"C{i % 10}" for i, u in enumerate(units)}
+    fig = Figure(figsize=(7.5, 4.6), layout="constrained")
+    ax = fig.add_subplot()
     for g, x, s in points:
-        ax.annotate(
-            g.label, (x, 100 * s.mean), textcoords="offset points", xytext=(4, 4), fontsize=8
-        )
+        colour, marker = colours[_unit(g)], MARKERS[models.index(g.label) % len(MARKERS)]
+        face = "none" if g.collapsed_runs else colour
+        ax.errorbar(x, 100 * s.mean, yerr=100 * (s.std or 0), fmt=marker, color=colour,
+                    mfc=face, ms=8, capsize=3)  # fmt: skip
+    _two_legends(ax, fig, units, models, colours)
+    ax.set_xscale("log")
+    ax.set_xlabel(x_label)
+    ax.set_ylabel("test accuracy (%)")
+    ax.grid(alpha=0.3, which="both")
+    what = x_label.split(" (")[0]
+    caption = (
+        f"Mean test accuracy against {what} (log scale); error bars are the standard deviation "
+        "over seeds. Colour: dataset; marker: model; hollow: the model collapsed in a run."
+    )
+    return [_save(fig, folder / name, caption)]
 
 
-def accuracy_vs_params(groups: list[Group], folder: Path) -> list[Path]:
+def _two_legends(ax: Axes, fig: Figure, units: list[str], models: list[str], colours) -> None:
+    data = [Line2D([], [], color=colours[u], marker="o", ls="", label=u) for u in units]
+    kinds = [
+        Line2D([], [], color="0.3", marker=MARKERS[i % len(MARKERS)], ls="", label=m)
+        for i, m in enumerate(models)
+    ]
+    first = ax.legend(handles=data, title="dataset", loc="upper left", bbox_to_anchor=(1.01, 1))
+    ax.add_artist(first)
+    ax.legend(handles=kinds, title="model", loc="lower left", bbox_to_anchor=(1.01, 0))
+
+
+def accuracy_vs_params(groups: list[Group], folder: Path) -> list[FigureFile]:
     return _scatter(groups, folder, "n_params", "parameters (log scale)", "accuracy_vs_params.png")
 
 
-def accuracy_vs_flops(groups: list[Group], folder: Path) -> list[Path]:
+def accuracy_vs_flops(groups: list[Group], folder: Path) -> list[FigureFile]:
     return _scatter(
         groups, folder, "gflops", "GFLOPs per image (log scale)", "accuracy_vs_flops.png"
     )
 
 
-def efficiency_bars(groups: list[Group], folder: Path) -> list[Path]:
+def efficiency_bars(groups: list[Group], folder: Path) -> list[FigureFile]:
     sel = [g for g in groups if g.stat("efficiency").mean is not None]
     if not sel:
         return []
-    fig = Figure(figsize=(max(5.0, 0.9 * len(sel) + 2), 4.2))
+    fig = Figure(figsize=(max(5.0, 0.7 * len(sel) + 2.5), 4.4), layout="constrained")
     ax = fig.add_subplot()
-    names = [f"{g.label}\n{_unit(g)}" for g in sel]
     ax.bar(
         range(len(sel)),
         [g.stat("efficiency").mean for g in sel],
         yerr=[g.stat("efficiency").std or 0 for g in sel],
         capsize=3,
-        color="tab:green",
+        color=["0.75" if g.collapsed_runs else "tab:green" for g in sel],
     )
-    ax.set_xticks(range(len(sel)), names, fontsize=8)
+    ax.set_xticks(range(len(sel)), [f"{g.label} ({_unit(g)})" for g in sel], fontsize=8)
+    _rotate(ax, 40)
     ax.set_ylabel("test accuracy (%) per million parameters")
     ax.set_yscale("log")
-    ax.set_title("Efficiency")
-    return [_save(fig, folder / "efficiency.png")]
+    caption = (
+        "Efficiency: mean test accuracy (%) per million parameters (log scale), error bars over "
+        "seeds; grey bars are models that collapsed in a run."
+    )
+    return [_save(fig, folder / "efficiency.png", caption)]
 
 
-def _per_dataset_panels(
-    groups: list[Group],
-    folder: Path,
-    prefix: str,
-    draw: Callable,
-    height: float = 3.2,
-) -> list[Path]:
-    paths = []
-    for unit in dict.fromkeys(_unit(g) for g in groups):
+def _history_x(run: Run) -> list[float]:
+    """Epochs trained at the end of each round (rounds when the file has no epochs)."""
+    history = run.results.history if run.results else []
+    return [h.epochs if h.epochs is not None else float(h.round) for h in history]
+
+
+def _curve(ax: Axes, xs: list[float], ys: list, **style) -> bool:
+    values = [np.nan if y is None else float(y) for y in ys]
+    if not xs or all(np.isnan(values)):
+        return False
+    ax.plot(xs, values, marker="o", ms=4, **style)
+    return True
+
+
+def _draw_curves(loss_ax: Axes, acc_ax: Axes, gs: list[Group]) -> bool:
+    drawn = False
+    for i, g in enumerate(gs):
+        colour = f"C{i % 10}"
+        for k, run in enumerate(g.runs):
+            xs, history = _history_x(run), run.results.history if run.results else []
+            label = g.label if k == 0 else None
+            drawn |= _curve(loss_ax, xs, [h.train_loss for h in history], color=colour,
+                            label=label)  # fmt: skip
+            _curve(loss_ax, xs, [h.val_loss for h in history], color=colour, ls="--")
+            _curve(acc_ax, xs, [h.val_acc for h in history], color=colour, label=label)
+    return drawn
+
+
+def training_curves(groups: list[Group], folder: Path) -> list[FigureFile]:
+    """Per dataset: loss (train solid, validation dashed) and validation accuracy, on
+    separate axes, against epochs trained (one line per seed, one colour per model)."""
+    out = []
+    for unit in _units(groups):
         gs = [g for g in groups if _unit(g) == unit]
-        fig = Figure(figsize=(3.6 * len(gs), height))
-        drawn = False
-        for i, g in enumerate(gs):
-            ax = fig.add_subplot(1, len(gs), i + 1)
-            drawn = draw(ax, g) or drawn
-            ax.set_title(f"{g.label} ({unit})", fontsize=9)
-        if drawn:
-            paths.append(_save(fig, folder / f"{prefix}_{unit.replace('@', '_')}.png"))
-    return paths
-
-
-def training_curves(groups: list[Group], folder: Path) -> list[Path]:
-    def draw(ax, g: Group) -> bool:
-        drawn = False
-        for run in g.runs:
-            history = run.results.history if run.results else []
-            rounds = [h.round for h in history]
-            if not rounds:
-                continue
-            for key, style in (("val_acc", "-"), ("train_loss", ":")):
-                ys = [getattr(h, key) for h in history]
-                if any(isinstance(y, (int, float)) for y in ys):
-                    ax.plot(
-                        rounds,
-                        [np.nan if y is None else y for y in ys],
-                        style,
-                        marker=".",
-                        label=f"seed {run['seed']} {key}",
-                    )
-                    drawn = True
-        ax.set_xlabel("epoch")
-        ax.grid(alpha=0.3)
-        if drawn:
-            ax.legend(fontsize=6)
-        return drawn
-
-    return _per_dataset_panels(groups, folder, "curves", draw)
-
-
-def _confusion(run: Run) -> np.ndarray | None:
-    cm = run.results.test.get("confusion_matrix") if run.results else None
-    if not cm:
-        return None
-    arr = np.asarray(cm, dtype=float)
-    return arr.sum(axis=0) if arr.ndim == 3 else arr  # multi-label: all labels' 2x2 summed
-
-
-def confusion_matrices(groups: list[Group], folder: Path) -> list[Path]:
-    def draw(ax, g: Group) -> bool:
-        run = g.runs[0]
-        cm = _confusion(run)
-        if cm is None:
-            ax.set_axis_off()
-            return False
-        rows = cm.sum(axis=1, keepdims=True)
-        ax.imshow(
-            np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0), cmap="Blues", vmin=0, vmax=1
+        fig = Figure(figsize=(11, 4.0), layout="constrained")
+        loss_ax, acc_ax = fig.subplots(1, 2)
+        if not _draw_curves(loss_ax, acc_ax, gs):
+            continue
+        longest = max((max(_history_x(r), default=0) for g in gs for r in g.runs), default=1)
+        for ax, ylabel in ((loss_ax, "loss"), (acc_ax, "validation accuracy")):
+            ax.set_xlim(0, 1.08 * longest)  # from 0, so a one-round run is a point, not a zoom
+            ax.set_xlabel("epochs trained")
+            ax.set_ylabel(ylabel)
+            ax.grid(alpha=0.3)
+        acc_ax.set_ylim(0, 1)
+        loss_ax.set_ylim(bottom=0)
+        loss_ax.set_title("loss (solid: train, dashed: validation)", fontsize=10)
+        acc_ax.set_title("validation accuracy", fontsize=10)
+        acc_ax.legend(fontsize=8, title="model", loc="lower right")
+        caption = (
+            f"Training curves on {unit}: loss (left; solid train, dashed validation) and "
+            "validation accuracy (right) at the end of each round, against epochs trained; "
+            "one line per seed, one colour per model."
         )
-        if cm.shape[0] <= 10:
-            for i in range(cm.shape[0]):
-                for j in range(cm.shape[1]):
-                    ax.text(j, i, f"{int(cm[i, j])}", ha="center", va="center", fontsize=7)
-        ax.set_xlabel(f"predicted (seed {run['seed']})")
-        ax.set_ylabel("true")
-        return True
-
-    return _per_dataset_panels(groups, folder, "confusion", draw)
+        out.append(_save(fig, folder / f"curves_{_slug(unit)}.png", caption))
+    return out
 
 
-def reliability_diagrams(groups: list[Group], folder: Path) -> list[Path]:
-    def draw(ax, g: Group) -> bool:
-        drawn = False
-        for run in g.runs:
-            npz = run.run_dir / "predictions.npz" if run.run_dir else None
-            task = run.results.dataset.get("task") if run.results else None
-            if npz is None or not npz.exists() or not task:
+def _class_names(run: Run, n: int) -> list[str]:
+    names = list((run.results.dataset if run.results else {}).get("label_names") or [])
+    return [str(x) for x in names] if len(names) == n else [str(i) for i in range(n)]
+
+
+def _single_label_confusion(run: Run) -> np.ndarray | None:
+    if not run.results or run.results.dataset.get("task") == MULTI_LABEL:
+        return None
+    cm = np.asarray(run.results.test.get("confusion_matrix") or [], dtype=np.int64)
+    return cm if cm.ndim == 2 and cm.size else None
+
+
+def _draw_confusion(axes, run: Run, cm: np.ndarray, label: str) -> None:
+    names = _class_names(run, cm.shape[0])
+    rows = cm.sum(axis=1, keepdims=True)
+    share = np.divide(cm, rows, out=np.zeros(cm.shape), where=rows > 0)
+    small = cm.shape[0] <= 12
+    for ax, values, fmt, what in ((axes[0], cm, "d", "counts"), (axes[1], share, ".2f", "row-normalised (recall on the diagonal)")):  # fmt: skip
+        disp = ConfusionMatrixDisplay(values, display_labels=names)
+        disp.plot(ax=ax, cmap="Blues", values_format=fmt, colorbar=False, include_values=small)
+        _rotate(ax, 40)
+        ax.set_title(f"{label}, seed {run['seed']}: {what}", fontsize=9)
+        ax.set_xlabel("predicted class")
+        ax.set_ylabel("true class")
+
+
+def confusion_matrices(groups: list[Group], folder: Path) -> list[FigureFile]:
+    """Per dataset: each model's first seed, test split, as counts and row-normalised."""
+    out = []
+    for unit in _units(groups):
+        drawn = [(g, g.runs[0], _single_label_confusion(g.runs[0])) for g in groups if _unit(g) == unit]  # fmt: skip
+        drawn = [(g, r, cm) for g, r, cm in drawn if cm is not None]
+        if not drawn:
+            continue
+        side = 2.2 + 0.45 * drawn[0][2].shape[0]
+        fig = Figure(figsize=(2 * side + 1, side * len(drawn)), layout="constrained")
+        axes = fig.subplots(len(drawn), 2, squeeze=False)
+        for row, (g, run, cm) in zip(axes, drawn, strict=True):
+            _draw_confusion(row, run, cm, g.label)
+        caption = (
+            f"Confusion matrices on the {unit} test split, one row per model (its first seed): "
+            "counts (left) and row-normalised shares (right); rows true class, columns predicted."
+        )
+        out.append(_save(fig, folder / f"confusion_{_slug(unit)}.png", caption))
+    return out
+
+
+def _test_predictions(run: Run) -> tuple[np.ndarray, np.ndarray, str] | None:
+    """(test labels, test probabilities, task) from a run's predictions.npz, or None."""
+    npz = run.run_dir / "predictions.npz" if run.run_dir else None
+    task = run.results.dataset.get("task") if run.results else None
+    if npz is None or not npz.exists() or not task:
+        return None
+    with np.load(npz) as data:
+        if "test_probs" not in data or "test_labels" not in data:
+            return None
+        return data["test_labels"], data["test_probs"], str(task)
+
+
+def _roc_inputs(labels: np.ndarray, probs: np.ndarray, task: str) -> tuple[np.ndarray, np.ndarray]:
+    """Binary-class: P(class 1). Otherwise micro-averaged one-vs-rest (every class or label
+    a binary problem, pooled)."""
+    if task == "binary-class":
+        return labels.reshape(-1), probs[:, -1]
+    if task == MULTI_LABEL:
+        return labels.ravel(), probs.ravel()
+    onehot = np.eye(probs.shape[1], dtype=np.int64)[labels.reshape(-1).astype(np.int64)]
+    return onehot.ravel(), probs.ravel()
+
+
+def roc_curves(groups: list[Group], folder: Path) -> list[FigureFile]:
+    """Per dataset: the test ROC curve of each model's first seed with saved predictions."""
+    out = []
+    for unit in _units(groups):
+        fig = Figure(figsize=(6.2, 5.4), layout="constrained")
+        ax = fig.add_subplot()
+        task = None
+        for i, g in enumerate(g for g in groups if _unit(g) == unit):
+            found = next((p for p in map(_test_predictions, g.runs) if p is not None), None)
+            if found is None:
                 continue
-            with np.load(npz) as data:
-                if "test_probs" not in data or "test_labels" not in data:
-                    continue
-                bins = reliability_bins(data["test_labels"], data["test_probs"], task)
-            xs = [c for c, n in zip(bins["confidence"], bins["count"], strict=True) if n]
-            ys = [a for a, n in zip(bins["accuracy"], bins["count"], strict=True) if n]
-            ax.plot(xs, ys, marker="o", label=f"seed {run['seed']}")
-            drawn = True
-        ax.plot([0, 1], [0, 1], "k--", lw=0.8)
-        ax.set_xlim(0, 1)
-        ax.set_ylim(0, 1)
-        ax.set_xlabel("confidence (calibrated)")
-        ax.set_ylabel("accuracy")
-        if drawn:
-            ax.legend(fontsize=7)
-        return drawn
+            y, score = _roc_inputs(*found)
+            task = found[2]
+            RocCurveDisplay.from_predictions(y, score, ax=ax, name=g.label,
+                                             curve_kwargs={"color": f"C{i % 10}"},
+                                             plot_chance_level=i == 0)  # fmt: skip
+        if task is None:
+            continue
+        how = "" if task == "binary-class" else " (micro-averaged one-vs-rest over classes)"
+        ax.set_title(f"ROC on the {unit} test split{how}", fontsize=10)
+        ax.legend(fontsize=8, loc="lower right")
+        caption = (
+            f"ROC curves on the {unit} test split{how}, one per model (its first seed), from the "
+            "saved test probabilities; the legend gives each curve's area. The tables give the "
+            "official MedMNIST AUC."
+        )
+        out.append(_save(fig, folder / f"roc_{_slug(unit)}.png", caption))
+    return out
 
-    return _per_dataset_panels(groups, folder, "reliability", draw)
+
+def reliability_diagrams(groups: list[Group], folder: Path) -> list[FigureFile]:
+    """Per dataset: top-label reliability of each model (first seed with predictions)."""
+    out = []
+    for unit in _units(groups):
+        fig = Figure(figsize=(6.2, 5.4), layout="constrained")
+        ax = fig.add_subplot()
+        drawn = False
+        for i, g in enumerate(g for g in groups if _unit(g) == unit):
+            found = next((p for p in map(_test_predictions, g.runs) if p is not None), None)
+            if found is None:
+                continue
+            bins = reliability_bins(*found)
+            keep = [k for k, n in enumerate(bins["count"]) if n]
+            ax.plot([bins["confidence"][k] for k in keep], [bins["accuracy"][k] for k in keep],
+                    marker="o", color=f"C{i % 10}", label=g.label)  # fmt: skip
+            drawn = True
+        if not drawn:
+            continue
+        ax.plot([0, 1], [0, 1], "k--", lw=0.8, label="perfectly calibrated")
+        ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="top-label confidence (temperature-scaled)",
+               ylabel="accuracy in the bin")  # fmt: skip
+        ax.legend(fontsize=8, loc="upper left")
+        ax.grid(alpha=0.3)
+        caption = (
+            f"Reliability diagram on the {unit} test split: accuracy against confidence in 15 "
+            "equal-width bins (empty bins left out), after temperature scaling; one line per "
+            "model (its first seed)."
+        )
+        out.append(_save(fig, folder / f"reliability_{_slug(unit)}.png", caption))
+    return out
 
 
 ALL_PLOTS = (
@@ -237,16 +366,17 @@ ALL_PLOTS = (
     efficiency_bars,
     training_curves,
     confusion_matrices,
+    roc_curves,
     reliability_diagrams,
 )
 
 
-def draw_all(groups: list[Group], folder: Path) -> list[Path]:
+def draw_all(groups: list[Group], folder: Path) -> list[FigureFile]:
     """Every figure for `groups` into `folder`; [] when there is nothing finished."""
     if not groups:
         return []
     folder.mkdir(parents=True, exist_ok=True)
-    paths: list[Path] = []
+    figures: list[FigureFile] = []
     for plot in ALL_PLOTS:
-        paths.extend(plot(groups, folder))
-    return paths
+        figures.extend(plot(groups, folder))
+    return figures

@@ -10,7 +10,9 @@ from typing import Any
 
 from medbench.config import format_seconds
 from medbench.report.collect import Group, Run, Stat
+from medbench.report.compare import Baseline
 from medbench.report.findings import Findings, dataset_unit
+from medbench.report.plots import FigureFile
 from medbench.report.published import load_published, published_rows, reference_study_rows
 
 TABLE_HEAD = (
@@ -22,7 +24,7 @@ TABLE_HEAD = (
     "Parameters",
     "FLOPs",
     "Efficiency",
-    "Train time",
+    "Trained (mean)",
 )
 ENSEMBLE_HEAD = (
     "Dataset",
@@ -41,11 +43,14 @@ RUN_HEAD = (
     "Test acc",
     "Test AUC",
     "Val acc",
-    "Epochs",
+    "Steps",
+    "Epochs trained",
     "Train time",
+    "Above baseline",
     "Collapsed",
     "Official data",
 )
+RANKING_HEAD = ("Rank", "Model", "Mean test accuracy", "Datasets")
 
 
 def fmt_stat(stat: Stat, scale: float = 100.0, digits: int = 1, suffix: str = "%") -> str:
@@ -82,30 +87,74 @@ def _pub(x: float | None) -> str:
 NO_VALUE = "–"
 
 
-def study_rows(groups: list[Group]) -> list[tuple[str, ...]]:
-    """The study table: per dataset our groups (mean ± std, n), then the published
-    MedMNIST v2 rows and the reference study's rows for that dataset."""
+def study_rows(groups: list[Group], findings: Findings) -> list[tuple[str, ...]]:
+    """The study table: per dataset our groups (mean ± std, n), its majority-class
+    baseline, then the published MedMNIST v2 rows and the reference study's rows."""
     rows: list[tuple[str, ...]] = []
     for unit in dict.fromkeys(dataset_unit(g) for g in groups):
         gs = [g for g in groups if dataset_unit(g) == unit]
-        rows += [_our_row(unit, g) for g in gs]
+        base = findings.baselines.get(unit)
+        rows += [_our_row(unit, g, base) for g in gs]
+        if base is not None:
+            rows.append(_baseline_row(base))
         rows += _published_study_rows(unit, gs[0].dataset)
         rows += _reference_study_rows(unit, gs[0].dataset)
     return rows
 
 
-def _our_row(unit: str, g: Group) -> tuple[str, ...]:
+def _baseline_row(b: Baseline) -> tuple[str, ...]:
+    return (
+        b.unit,
+        "majority-class baseline",
+        f"baseline: {b.predicts} (test labels)",
+        _pub(b.acc),
+        f"{b.auc:.3f}",
+    ) + (NO_VALUE,) * 4
+
+
+def _our_row(unit: str, g: Group, base: Baseline | None) -> tuple[str, ...]:
+    acc = fmt_stat(g.stat("test_acc"))
+    if base is not None and not all(base.beaten_by(r["test_acc"]) for r in g.runs):
+        acc += " (≤ baseline)"
+    if g.collapsed_runs:
+        acc += f" ({len(g.collapsed_runs)} collapsed)"
+    epochs, seconds = g.stat("epochs_trained").mean, g.stat("train_seconds").mean
+    trained = NO_VALUE if epochs is None else f"{epochs:.2g} ep, {fmt_seconds(seconds)}"
     return (
         unit,
         g.label,
         f"this study (n={g.n})",
-        fmt_stat(g.stat("test_acc")),
+        acc,
         fmt_stat(g.stat("test_auc"), scale=1.0, digits=3, suffix=""),
         fmt_params(g.stat("n_params").mean),
         fmt_flops(g.stat("gflops").mean),
         fmt_stat(g.stat("efficiency"), scale=1.0, suffix=" %/M"),
-        fmt_seconds(g.stat("train_seconds").mean),
+        trained,
     )
+
+
+def ranking_rows(findings: Findings) -> list[tuple[str, ...]]:
+    return [(str(i), lab, _pub(acc), str(n)) for i, (lab, acc, n) in enumerate(findings.ranking, 1)]
+
+
+def reference_note(groups: list[Group]) -> str:
+    """What the reference-study rows in the table are, naming only those shown."""
+    shown = sorted({g.dataset for g in groups if reference_study_rows(g.dataset)})
+    if not shown:
+        return ""
+    collapsed = [
+        f"{m} on {d}"
+        for d in shown
+        for m, v in reference_study_rows(d).items()
+        if v.get("collapsed")
+    ]
+    text = (
+        f"Reference-study rows ({', '.join(shown)}): the study medbench's default benchmark "
+        "reproduces; test accuracy only, as it reported."
+    )
+    if collapsed:
+        text += f" '(collapsed)' marks a run that predicted one class: {', '.join(collapsed)}."
+    return text
 
 
 def _published_study_rows(unit: str, dataset: str) -> list[tuple[str, ...]]:
@@ -128,38 +177,37 @@ def _reference_study_rows(unit: str, dataset: str) -> list[tuple[str, ...]]:
     return rows
 
 
-def run_rows(runs: list[Run]) -> list[tuple[str, ...]]:
+def run_rows(runs: list[Run], findings: Findings) -> list[tuple[str, ...]]:
+    """One row per finished run, with what it really trained; unfinished cells are in
+    their own table."""
     out = []
-    for r in runs:
-        if r["status"] != "finished":
-            out.append(
-                (
-                    str(r["dataset"]),
-                    str(r["model"]),
-                    str(r["seed"]),
-                    f"{r['status']}: {r['error'] or ''}",
-                    "",
-                    "",
-                    "",
-                    "",
-                    "",
-                    "",
-                )
-            )
-            continue
+    for r in (r for r in runs if r.finished):
         official = {True: "yes", False: "NO (MD5 differs)", None: "unknown"}[
             None if r["data_md5_matches"] is None else bool(r["data_md5_matches"])
         ]
+        base = findings.baselines.get(dataset_unit(r))
+        above = (
+            NO_VALUE
+            if base is None
+            else (
+                f"{100 * (r['test_acc'] - base.acc):+.1f} pts"
+                if base.beaten_by(r["test_acc"])
+                else "NO (≤ baseline)"
+            )
+        )
+        epochs = r["epochs_trained"]
         out.append(
             (
                 str(r["dataset"]),
                 str(r["model"]),
                 str(r["seed"]),
                 _pub(r["test_acc"]),
-                "–" if r["test_auc"] is None else f"{r['test_auc']:.3f}",
+                NO_VALUE if r["test_auc"] is None else f"{r['test_auc']:.3f}",
                 _pub(r["val_acc"]),
-                str(r["epochs_completed"] or "–"),
+                NO_VALUE if r["steps"] is None else str(r["steps"]),
+                NO_VALUE if epochs is None else f"{epochs:.2f}",
                 fmt_seconds(r["train_seconds"]),
+                above,
                 "YES" if r["collapsed"] else "no",
                 official,
             )
@@ -207,30 +255,61 @@ def _context(groups: list[Group], runs: list[Run]) -> dict[str, Any]:
     return {"pub": pub, "env": env, "counts": counts}
 
 
+def _intro(ctx: dict[str, Any]) -> str:
+    c = ctx["counts"]
+    return (
+        f"Cells: {c['finished']} finished, {c['failed']} failed, {c['running']} running, "
+        f"{c['pending']} pending. Accuracy and AUC are on each dataset's official test split, "
+        "mean ± sample standard deviation over seeds (n = number of seeds). Efficiency = test "
+        "accuracy (%) per million parameters. 'Trained' is what the runs really trained."
+    )
+
+
+def _table_note(groups: list[Group], ctx: dict[str, Any]) -> str:
+    pub = ctx["pub"]
+    return " ".join(
+        t
+        for t in (
+            f"Published rows: {pub['label']}, test ACC/AUC as published, not measured here "
+            f"(rows marked * were not cross-checked against a second transcription). "
+            f"Citation: {pub['citation']}.",
+            reference_note(groups),
+            "The majority-class baseline always predicts the test split's most common class.",
+        )
+        if t
+    )
+
+
+def _md_details(findings: Findings) -> list[str]:
+    """The ranking and the tables behind the findings (those with rows)."""
+    parts = []
+    if findings.ranking:
+        parts += ["### Overall ranking", "", _md_table(RANKING_HEAD, ranking_rows(findings)), ""]
+    for t in findings.tables:
+        if t.rows:
+            parts += [f"### {t.title}", "", _md_table(t.head, t.rows), "", t.note, ""]
+    return parts
+
+
 def render_markdown(
     groups: list[Group],
     runs: list[Run],
     findings: Findings,
-    plots: list[Path],
+    plots: list[FigureFile],
     folder: Path,
     ensembles: list[dict[str, Any]] | None = None,
 ) -> str:
     ctx = _context(groups, runs)
-    c = ctx["counts"]
     parts = [
         "# medbench benchmark report",
         "",
-        f"Runs: {c['finished']} finished, {c['failed']} failed, {c['running']} running, {c['pending']} pending. "
-        "Accuracy and AUC are on each dataset's official test split, mean ± sample standard deviation over "
-        "seeds (n = number of seeds). Efficiency = test accuracy (%) per million parameters.",
+        _intro(ctx),
         "",
         "## Results",
         "",
-        _md_table(TABLE_HEAD, study_rows(groups)),
+        _md_table(TABLE_HEAD, study_rows(groups, findings)),
         "",
-        f"Published rows: {ctx['pub']['label']}, test ACC/AUC as published, not measured here "
-        f"(rows marked * were not cross-checked against a second transcription). Citation: {ctx['pub']['citation']}. "
-        f"Reference-study rows: {ctx['pub']['reference_study']['notes']}",
+        _table_note(groups, ctx),
         "",
         *_md_ensembles(ensembles),
         "## Key findings",
@@ -241,9 +320,10 @@ def render_markdown(
         "",
         *([f"- {s}" for s in findings.recommendations] or ["- None: no finished runs."]),
         "",
+        *_md_details(findings),
         "## Runs",
         "",
-        _md_table(RUN_HEAD, run_rows(runs)),
+        _md_table(RUN_HEAD, run_rows(runs, findings)),
         "",
     ]
     if ctx["env"]:
@@ -251,9 +331,10 @@ def render_markdown(
         parts += ["Environment: " + ", ".join(f"{k} {v}" for k, v in e.items()), ""]
     if plots:
         parts += ["## Figures", ""]
-        for p in plots:
+        for fig in plots:
+            p = fig.path
             rel = p.relative_to(folder) if p.is_relative_to(folder) else p
-            parts += [f"![{p.stem}]({rel.as_posix()})", ""]
+            parts += [f"![{fig.caption}]({rel.as_posix()})", "", f"*{fig.caption}*", ""]
     parts += [
         "Files: `results.csv` and `results.json` (one row per run), `summary.json` (groups and "
         "findings), `report.html` (this report with the figures embedded).",
@@ -272,7 +353,9 @@ def _html_table(
     ]
     for row in rows:
         cls = ""
-        if published_col is not None and not row[published_col].startswith("this study"):
+        if published_col is not None and row[published_col].startswith("baseline"):
+            cls = ' class="baseline"'
+        elif published_col is not None and not row[published_col].startswith("this study"):
             cls = ' class="published"'
         out.append(f"<tr{cls}>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>")
     out.append("</tbody></table>")
@@ -283,8 +366,10 @@ _CSS = """
 body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:1em 0;font-size:14px}
 th,td{border:1px solid #ccc;padding:4px 8px;text-align:left}
-th{background:#f0f0f0} tr.published td{color:#555;font-style:italic;background:#fafafa}
-img{max-width:100%;margin:1em 0;border:1px solid #eee}
+th{background:#f0f0f0} tr.baseline td{background:#fff6e0}
+tr.published td{color:#555;font-style:italic;background:#fafafa}
+img{max-width:100%;margin:1em 0 0.3em;border:1px solid #eee}
+figcaption{font-size:14px;color:#444;margin-bottom:2em}
 """
 
 
@@ -302,28 +387,50 @@ def _md_ensembles(ensembles: list[dict[str, Any]] | None) -> list[str]:
             _ENSEMBLE_NOTE, ""]  # fmt: skip
 
 
+def _html_details(findings: Findings) -> list[str]:
+    e = html.escape
+    parts = []
+    if findings.ranking:
+        parts += ["<h3>Overall ranking</h3>", _html_table(RANKING_HEAD, ranking_rows(findings))]
+    for t in findings.tables:
+        if t.rows:
+            parts += [
+                f"<h3>{e(t.title)}</h3>",
+                _html_table(t.head, t.rows),
+                f"<p><small>{e(t.note)}</small></p>",
+            ]
+    return parts
+
+
+def _html_figures(plots: list[FigureFile]) -> list[str]:
+    e = html.escape
+    parts = ["<h2>Figures</h2>"] if plots else []
+    for fig in plots:
+        data = base64.b64encode(fig.path.read_bytes()).decode("ascii")
+        parts.append(
+            f"<figure><img alt='{e(fig.caption)}' src='data:image/png;base64,{data}'>"
+            f"<figcaption>{e(fig.caption)}</figcaption></figure>"
+        )
+    return parts
+
+
 def render_html(
     groups: list[Group],
     runs: list[Run],
     findings: Findings,
-    plots: list[Path],
+    plots: list[FigureFile],
     ensembles: list[dict[str, Any]] | None = None,
 ) -> str:
     ctx = _context(groups, runs)
-    c = ctx["counts"]
     e = html.escape
     parts = [
         "<!DOCTYPE html><html><head><meta charset='utf-8'><title>medbench benchmark report</title>",
         f"<style>{_CSS}</style></head><body>",
         "<h1>medbench benchmark report</h1>",
-        f"<p>Runs: {c['finished']} finished, {c['failed']} failed, {c['running']} running, {c['pending']} pending. "
-        "Test accuracy and AUC on the official test split, mean ± sample standard deviation over seeds. "
-        "Efficiency = test accuracy (%) per million parameters.</p>",
+        f"<p>{e(_intro(ctx))}</p>",
         "<h2>Results</h2>",
-        _html_table(TABLE_HEAD, study_rows(groups), published_col=2),
-        f"<p><small>Published rows (italic): {e(ctx['pub']['label'])}, as published, not measured here; rows "
-        f"marked * were not cross-checked against a second transcription. {e(ctx['pub']['citation'])}. "
-        f"Reference study: {e(ctx['pub']['reference_study']['notes'])}</small></p>",
+        _html_table(TABLE_HEAD, study_rows(groups, findings), published_col=2),
+        f"<p><small>{e(_table_note(groups, ctx))}</small></p>",
         *(
             [
                 "<h2>Ensembles</h2>",
@@ -339,8 +446,9 @@ def render_html(
         "<h2>Recommendations</h2><ul>",
         *[f"<li>{e(s)}</li>" for s in findings.recommendations],
         "</ul>",
+        *_html_details(findings),
         "<h2>Runs</h2>",
-        _html_table(RUN_HEAD, run_rows(runs)),
+        _html_table(RUN_HEAD, run_rows(runs, findings)),
     ]
     if ctx["env"]:
         parts.append(
@@ -348,13 +456,6 @@ def render_html(
             + e(", ".join(f"{k} {v}" for k, v in ctx["env"].items()))
             + "</small></p>"
         )
-    if plots:
-        parts.append("<h2>Figures</h2>")
-        for p in plots:
-            data = base64.b64encode(p.read_bytes()).decode("ascii")
-            parts.append(
-                f"<figure><img alt='{e(p.stem)}' src='data:image/png;base64,{data}'>"
-                f"<figcaption>{e(p.stem)}</figcaption></figure>"
-            )
+    parts += _html_figures(plots)
     parts.append("</body></html>")
     return "\n".join(parts)
