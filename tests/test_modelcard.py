@@ -82,9 +82,27 @@ def test_card_gives_ece_before_and_after_temperature_scaling(run_dir, card):
 def test_card_gives_the_epochs_trained_and_the_selected_one(run_dir, card):
     results, _ = load_run(run_dir)
     assert (
-        f"- Epochs: {results['rounds_completed']} of {results['rounds_planned']} planned; "
+        f"- Trained: {results['steps']} steps = {results['epochs_trained']:.2f} epochs in "
+        f"{results['rounds_completed']} of {results['rounds_planned']} planned rounds; "
         f"best (selected) epoch {results['best_round']} by validation AUC"
     ) in card
+
+
+def test_card_names_a_missed_class_apart_from_collapse(run_dir):
+    _, arrays = load_run(run_dir)
+    results = read_results(run_dir)
+    results.flags = []
+    y = np.repeat([0, 1], [90, 10])
+    pred = np.zeros(100, int)
+    pred[:20] = 1  # predictions spread over both classes, but no benign image found
+    results.metrics["test"] = metrics.evaluate(y, np.eye(2)[pred], "binary-class",
+                                               ["malignant", "benign"])  # fmt: skip
+    assert (
+        metrics.collapse_check(results.test, results.test, n_classes=2, task="binary-class") == []
+    )
+    card = render_model_card(results, arrays)
+    assert "- Missed class (test): 'benign' (10 test images, 10.0%): recall 0%" in card
+    assert metrics.MISSED_CLASS_ADVICE in card and "No flags" in card
 
 
 def test_card_lists_collapse_flags_or_says_there_are_none(run_dir, card):
@@ -152,7 +170,7 @@ def test_card_of_a_schema_1_run_gives_its_epochs_and_best_epoch(v1_run_dir):
     old = json.loads(RESULTS_V1.read_text())
     card = write_model_card(v1_run_dir).read_text()
     assert (
-        f"- Epochs: {old['epochs_completed']} of {old['epochs_planned']} planned; "
+        f"{old['epochs_completed']} of {old['epochs_planned']} planned rounds; "
         f"best (selected) epoch {old['best_epoch']} by validation AUC"
     ) in card
 

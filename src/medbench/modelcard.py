@@ -135,7 +135,8 @@ def _training(results: RunResults) -> list[str]:
     config = results.config
     device = results.environment.get("device", "unknown device")
     return [
-        f"- Epochs: {results.rounds_completed} of {results.rounds_planned} planned; "
+        f"- Trained: {results.steps} steps = {results.epochs_trained:.2f} epochs in "
+        f"{results.rounds_completed} of {results.rounds_planned} planned rounds; "
         + _selection(results),
         f"- Training time: {results.timing.train_seconds:.0f} s on {device}",
         "- Configuration:",
@@ -202,7 +203,18 @@ def _calibration(results: RunResults) -> list[str]:
 
 
 def _collapse_guard(results: RunResults) -> list[str]:
-    return [f"- FLAG: {f}" for f in results.flags] or ["- No flags: predictions are not collapsed."]
+    """Collapse flags (do not use the model), then missed classes (a per-class recall
+    problem of a model that did not collapse), each with its own advice."""
+    lines = [f"- FLAG: {f}" for f in results.flags] or [
+        "- No flags: predictions are not collapsed."
+    ]
+    if results.flags:
+        return lines + [f"- What to do: {metrics.COLLAPSE_ADVICE}."]
+    missed = metrics.missed_classes(results.test) if results.test.get("true_counts") else []
+    lines += [f"- Missed class (test): {m.describe('test')}" for m in missed]
+    if missed:
+        lines.append(f"- What to do: {metrics.MISSED_CLASS_ADVICE}.")
+    return lines
 
 
 RESOLUTION_LIMIT = (

@@ -192,7 +192,11 @@ def _best_overall(f: Findings) -> None:
     f.best_overall = best
     tied = [lab for lab, v, _ in f.ranking[1:] if abs(v - acc) < 0.0005]
     tie = f" (tied with {', '.join(tied)})" if tied else ""
-    scope = "every dataset" if everywhere else f"{n} of {len(units)} datasets"
+    every_unit = {c.unit for c in f.cohorts}
+    if everywhere and len(units) == len(every_unit):
+        scope = "every dataset"
+    else:
+        scope = f"{n} dataset(s) with ranked rows ({', '.join(units)})"
     f.findings.append(
         f"Best overall: {best}{tie}, mean test accuracy {pct(acc)} over {scope}, among models "
         "that never collapsed and trained to comparable lengths (full ranking in its table)."

@@ -5,6 +5,7 @@ returns the figures it wrote (none when nothing to draw)."""
 
 from __future__ import annotations
 
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -228,8 +229,10 @@ def training_curves(groups: list[Group], folder: Path) -> list[FigureFile]:
 
 
 def _class_names(run: Run, n: int) -> list[str]:
+    """The catalogue's class names, long ones wrapped onto lines of about 18 characters."""
     names = list((run.results.dataset if run.results else {}).get("label_names") or [])
-    return [str(x) for x in names] if len(names) == n else [str(i) for i in range(n)]
+    names = [str(x) for x in names] if len(names) == n else [str(i) for i in range(n)]
+    return [textwrap.fill(x, 18) for x in names]
 
 
 def _single_label_confusion(run: Run) -> np.ndarray | None:
@@ -244,10 +247,11 @@ def _draw_confusion(axes, run: Run, cm: np.ndarray, label: str) -> None:
     rows = cm.sum(axis=1, keepdims=True)
     share = np.divide(cm, rows, out=np.zeros(cm.shape), where=rows > 0)
     small = cm.shape[0] <= 12
-    for ax, values, fmt, what in ((axes[0], cm, "d", "counts"), (axes[1], share, ".2f", "row-normalised (recall on the diagonal)")):  # fmt: skip
+    for ax, values, fmt, what in ((axes[0], cm, "d", "counts"), (axes[1], share, ".0%", "row-normalised")):  # fmt: skip
         disp = ConfusionMatrixDisplay(values, display_labels=names)
         disp.plot(ax=ax, cmap="Blues", values_format=fmt, colorbar=False, include_values=small)
-        _rotate(ax, 40)
+        _rotate(ax, 45)
+        ax.tick_params(labelsize=8)
         ax.set_title(f"{label}, seed {run['seed']}: {what}", fontsize=9)
         ax.set_xlabel("predicted class")
         ax.set_ylabel("true class")
@@ -261,14 +265,15 @@ def confusion_matrices(groups: list[Group], folder: Path) -> list[FigureFile]:
         drawn = [(g, r, cm) for g, r, cm in drawn if cm is not None]
         if not drawn:
             continue
-        side = 2.2 + 0.45 * drawn[0][2].shape[0]
-        fig = Figure(figsize=(2 * side + 1, side * len(drawn)), layout="constrained")
+        side = 1.5 + 0.55 * drawn[0][2].shape[0]
+        fig = Figure(figsize=(2 * side + 4, (side + 1.5) * len(drawn)), layout="constrained")
         axes = fig.subplots(len(drawn), 2, squeeze=False)
         for row, (g, run, cm) in zip(axes, drawn, strict=True):
             _draw_confusion(row, run, cm, g.label)
         caption = (
             f"Confusion matrices on the {unit} test split, one row per model (its first seed): "
-            "counts (left) and row-normalised shares (right); rows true class, columns predicted."
+            "counts (left) and row-normalised shares (right, recall on the diagonal); rows are "
+            "the true class, columns the predicted one."
         )
         out.append(_save(fig, folder / f"confusion_{_slug(unit)}.png", caption))
     return out
@@ -317,6 +322,8 @@ def roc_curves(groups: list[Group], folder: Path) -> list[FigureFile]:
             continue
         how = "" if task == "binary-class" else " (micro-averaged one-vs-rest over classes)"
         ax.set_title(f"ROC on the {unit} test split{how}", fontsize=10)
+        ax.set_xlabel("false positive rate")
+        ax.set_ylabel("true positive rate")
         ax.legend(fontsize=8, loc="lower right")
         caption = (
             f"ROC curves on the {unit} test split{how}, one per model (its first seed), from the "
