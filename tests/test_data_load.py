@@ -271,3 +271,18 @@ def test_real_pneumoniamnist_loads_with_an_md5_warning(shared_medmnist):
     assert not data.official and data.md5 == "1778dfcd3efbf972ff368d48ec894aae"
     assert data.provenance()["split_sizes"] == {"train": 4708, "val": 524, "test": 624}
     assert data.train.images.shape == (4708, 28, 28, 1)
+
+
+def test_a_missing_data_dir_is_refused_and_not_created(tmp_path):
+    missing = tmp_path / "shared" / "medmnist"
+    with pytest.raises(MedbenchError, match="does not exist .*medbench download"):
+        load_dataset("breastmnist", data_dir=missing)
+    assert not missing.exists() and not missing.parent.exists()
+
+
+def test_a_missing_data_dir_on_the_command_line_is_one_line_and_exit_2(tmp_path, capsys):
+    argv = ["train", "--dataset", "breastmnist", "--model", "advanced_cnn", "--epochs", "1"]
+    assert main([*argv, "--data-dir", str(tmp_path / "typo")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--data-dir" in err and "does not exist" in err
+    assert not (tmp_path / "typo").exists()

@@ -220,3 +220,24 @@ def test_mirror_can_be_a_local_folder_url(served, tmp_path):
     (mirror / "breastmnist.npz").write_bytes(served)
     path = download_dataset("breastmnist", data_dir=tmp_path / "d", mirror=mirror.as_uri(), **FAST)
     assert path.read_bytes() == served
+
+
+def test_failed_download_advice_names_data_dir_and_its_environment_variable(server, tmp_path):
+    server.files["/breastmnist.npz"] = b"x"
+    server.script["/breastmnist.npz"] = ["500"]
+    with pytest.raises(MedbenchError, match=r"--data-dir / \$MEDBENCH_DATA_DIR"):
+        download_dataset("breastmnist", data_dir=tmp_path, mirror=server.url, retries=0, **FAST)
+    with pytest.raises(MedbenchError, match=r"HTTP 404.*--data-dir / \$MEDBENCH_DATA_DIR"):
+        download_dataset("dermamnist", data_dir=tmp_path, mirror=server.url, **FAST)
+
+
+def test_download_creates_a_named_data_folder_whose_parent_exists(server, served, tmp_path):
+    path = download_dataset("breastmnist", data_dir=tmp_path / "new", mirror=server.url, **FAST)
+    assert path == _target(tmp_path / "new") and path.read_bytes() == served
+
+
+def test_download_refuses_a_named_data_folder_whose_parent_is_missing(server, served, tmp_path):
+    typo = tmp_path / "no-such-parent" / "medmnist"
+    with pytest.raises(MedbenchError, match="parent .* does not exist"):
+        download_dataset("breastmnist", data_dir=typo, mirror=server.url, **FAST)
+    assert not typo.parent.exists() and server.requests == []

@@ -4,9 +4,9 @@ Data flows one way: catalogue -> files on disk -> tensors in memory. See docs/da
 """
 
 from medbench.data.catalogue import SIZES, DatasetInfo, dataset_info, list_datasets
-from medbench.data.download import download_dataset
+from medbench.data.download import download_dataset, ensure_dataset
 from medbench.data.loader import MedMNISTData, Split, load_dataset
-from medbench.data.locations import dataset_path, resolve_data_dir
+from medbench.data.locations import dataset_path, missing_data_dir, resolve_data_dir
 
 __all__ = [
     "SIZES",
@@ -16,7 +16,9 @@ __all__ = [
     "dataset_info",
     "dataset_path",
     "download_dataset",
+    "ensure_dataset",
     "list_datasets",
     "load_dataset",
+    "missing_data_dir",
     "resolve_data_dir",
 ]

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from medbench.data.arrays import CHUNK_BYTES, file_md5
 from medbench.data.catalogue import dataset_info
-from medbench.data.locations import dataset_path
+from medbench.data.locations import DATA_DIR_ENV, dataset_path, missing_data_dir
 from medbench.errors import MedbenchError
 
 MIRROR_ENV = "MEDBENCH_MIRROR"
@@ -66,7 +66,7 @@ def download_dataset(
     path = dataset_path(name, size, data_dir)
     if path.exists():
         return path
-    _make_folder(path.parent)
+    _make_folder(path.parent, named=data_dir is not None and str(data_dir) != "")
     url = download_url(name, size, mirror)
     part = path.with_name(path.name + ".part")
     expected_md5 = info.md5(size)
@@ -85,7 +85,8 @@ def download_dataset(
             if exc.code in _PERMANENT_HTTP:
                 raise MedbenchError(
                     f"cannot download {info.file_name(size)}: {url} answered HTTP {exc.code} "
-                    f"{exc.reason}; check the --mirror URL, or put the file in {path.parent}"
+                    f"{exc.reason}; check the --mirror URL, or put the file in {path.parent} (or point "
+                    f"--data-dir / ${DATA_DIR_ENV} at a folder that holds it)"
                 ) from exc
             last_error = f"HTTP {exc.code} {exc.reason}"
         except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
@@ -93,12 +94,46 @@ def download_dataset(
             last_error = f"{type(exc).__name__}: {reason}"
     raise MedbenchError(
         f"cannot download {info.file_name(size)} from {url} after {retries + 1} attempts "
-        f"({last_error}); check the network, try --mirror URL, or copy the file into "
-        f"{path.parent} yourself"
+        f"({last_error}); check the network, try --mirror URL, copy the file into "
+        f"{path.parent} yourself, or point --data-dir / ${DATA_DIR_ENV} at a folder that "
+        "already holds it"
     )
 
 
-def _make_folder(folder: Path) -> None:
+def ensure_dataset(
+    name: str,
+    size: int = 28,
+    data_dir: str | os.PathLike | None = None,
+    *,
+    download: bool = True,
+    progress: bool = True,
+) -> Path:
+    """The path of `name`'s npz at `size`, downloading it first when it is missing (and
+    `download`). A data folder named by `data_dir` that does not exist is refused before
+    anything is created (see `missing_data_dir`)."""
+    path = dataset_path(name, size, data_dir)
+    if path.exists():
+        return path
+    refused = missing_data_dir(data_dir)
+    if refused is not None:
+        raise refused
+    if not download:
+        raise MedbenchError(
+            f"{path.name} is not in {path.parent}; run 'medbench download {dataset_info(name).name} "
+            f"--size {size}' or point --data-dir / ${DATA_DIR_ENV} at a folder holding it"
+        )
+    return download_dataset(name, size, data_dir, progress=progress)
+
+
+def _make_folder(folder: Path, *, named: bool) -> None:
+    """Create the data folder for a download. A folder named by --data-dir is created only
+    where its parent exists: asked to download, medbench makes the folder, not a path."""
+    if named and not folder.exists() and not folder.parent.exists():
+        raise MedbenchError(
+            f"cannot create the data folder {folder}: its parent {folder.parent} does not "
+            "exist (a mistyped --data-dir?); create it first, or choose another with "
+            f"--data-dir or ${DATA_DIR_ENV}"
+        )
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -12,8 +12,7 @@ import torch
 
 from medbench.data.arrays import open_npz
 from medbench.data.catalogue import SPLITS, DatasetInfo, check_size, dataset_info
-from medbench.data.download import download_dataset
-from medbench.data.locations import dataset_path
+from medbench.data.download import ensure_dataset
 from medbench.data.validate import KEYS, check_arrays
 from medbench.errors import MedbenchError, MedbenchWarning
 
@@ -80,18 +79,11 @@ def load_dataset(
     progress: bool = True,
 ) -> MedMNISTData:
     """Load `name` at `size` from the data folder, downloading it first if it is missing
-    (and `download`). Local files whose MD5 or split sizes differ from the official ones
+    (and `download`; a --data-dir that does not exist is refused, see `ensure_dataset`). Local files whose MD5 or split sizes differ from the official ones
     are used with a MedbenchWarning, recorded in `warnings` and `provenance()`."""
     info = dataset_info(name)
     size = check_size(size)
-    path = dataset_path(name, size, data_dir)
-    if not path.exists():
-        if not download:
-            raise MedbenchError(
-                f"{path.name} is not in {path.parent}; run 'medbench download {info.name} "
-                f"--size {size}' or point --data-dir / $MEDBENCH_DATA_DIR at a folder holding it"
-            )
-        path = download_dataset(name, size, data_dir, progress=progress)
+    path = ensure_dataset(name, size, data_dir, download=download, progress=progress)
     if not path.is_file():
         raise MedbenchError(f"{path} is not a file; remove it or choose another --data-dir")
     arrays, md5 = open_npz(path, KEYS)

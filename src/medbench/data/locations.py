@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from medbench.data.catalogue import dataset_info, medmnist_info
+from medbench.errors import MedbenchError
 
 DATA_DIR_ENV = "MEDBENCH_DATA_DIR"
 CACHE_DIR_ENV = "MEDBENCH_CACHE_DIR"
@@ -19,6 +20,26 @@ def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
     if data_dir is None or str(data_dir) == "":
         data_dir = os.environ.get(DATA_DIR_ENV) or medmnist_info().DEFAULT_ROOT
     return Path(data_dir).expanduser()
+
+
+def missing_data_dir(data_dir: str | os.PathLike | None) -> MedbenchError | None:
+    """The error for a data folder named by `data_dir` (--data-dir) that does not exist;
+    None when it exists or none was named.
+
+    A named folder is meant to hold the npz files already (the offline case), so a
+    mistyped one must not be created and downloaded into. The default folder and
+    $MEDBENCH_DATA_DIR are where data is configured to live: downloads create those.
+    """
+    if data_dir is None or str(data_dir) == "":
+        return None
+    folder = Path(data_dir).expanduser()
+    if folder.is_dir():
+        return None
+    return MedbenchError(
+        f"--data-dir {data_dir} does not exist (nothing was created); point it at the folder "
+        f"that holds the MedMNIST npz files, or download into it first with 'medbench "
+        f"download NAME --data-dir {data_dir}'"
+    )
 
 
 def dataset_path(name: str, size: int = 28, data_dir: str | os.PathLike | None = None) -> Path:
