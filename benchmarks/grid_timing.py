@@ -3,7 +3,8 @@
 Reads OUT/results.json (the store's export) and each finished run's results.json, and
 prints per run: epochs, steps per epoch, training seconds, mean seconds per round
 (training + validation + checkpoint), seconds of the final evaluation, the median training
-images/s of its rounds, and the share of its time budget it trained (when it had one).
+images/s of its rounds, and the share of its time budget it trained (when it had one);
+then the grid's run length and the wall seconds its runs spent, from the results store.
 
     python benchmarks/grid_timing.py medbench-results
     # what the same runs would take at 40 epochs each (a projection from the measured
@@ -17,6 +18,8 @@ import argparse
 import json
 import statistics
 from pathlib import Path
+
+from medbench.store import STORE_NAME, ResultsStore, describe_length
 
 
 def run_rows(out: Path) -> list[dict]:
@@ -56,6 +59,20 @@ def run_rows(out: Path) -> list[dict]:
     return rows
 
 
+def grid_budget(out: Path) -> dict | None:
+    """The grid's run length and the wall seconds its runs spent, as the store keeps them
+    (None for a folder without a store, e.g. runs of `medbench train`)."""
+    if not (out / STORE_NAME).is_file():
+        return None
+    store = ResultsStore(out, create=False)
+    length = store.grid_length()
+    return {
+        "length": length,
+        "described": describe_length(length) if length is not None else "not recorded",
+        "seconds_spent": store.seconds_spent(),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path, help="the benchmark's --out folder")
@@ -82,7 +99,10 @@ def main() -> None:
     print(f"\n{len(rows)} runs on {sorted({r['device'] for r in rows})}; "
           f"training {sum(r['train_seconds'] for r in rows):.0f} s, "
           f"final evaluations {sum(r['eval_seconds'] for r in rows):.0f} s")  # fmt: skip
-    summary: dict = {"runs": rows}
+    budget = grid_budget(args.out)
+    if budget is not None:
+        print(f"grid length {budget['described']}; its runs spent {budget['seconds_spent']:.0f} s")
+    summary: dict = {"runs": rows, "grid": budget}
     if args.project_epochs:
         cells: dict[tuple, list[dict]] = {}
         for r in rows:

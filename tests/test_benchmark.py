@@ -20,6 +20,7 @@ from medbench.benchmark import (
     DEFAULT_CPU_TOTAL_BUDGET_SECONDS,
     DEFAULT_DATASETS,
     DEFAULT_MODELS,
+    OVERHEAD_SHARE,
     GridCellCallback,
     GridView,
     cell_budget,
@@ -207,22 +208,20 @@ def test_a_user_error_in_a_cell_stops_the_grid_and_hands_the_cell_back(tmp_path)
     assert counts == {"pending": 8, "running": 0, "finished": 0, "failed": 0}
 
 
-def test_total_budget_is_split_over_the_cells_not_yet_finished(tmp_path):
+def test_each_runs_share_of_a_total_budget_is_fixed_when_the_grid_is_planned(tmp_path):
     configs = []
     _run(tmp_path, _noting(configs), epochs=None, total_time_budget_seconds=800.0, seeds=1)
     budgets = [c.time_budget_seconds for c in configs]
-    assert len(budgets) == 4
-    assert 190 < budgets[0] <= 200  # 800 s over 4 cells
-    assert 250 < budgets[-1] <= 800  # the last cell gets what is left
+    # 800 s over 4 runs, less what each keeps for work outside training; the last run
+    # does not inherit what the (instant) stand-in runs left over.
+    assert budgets == [pytest.approx(200.0 * (1 - OVERHEAD_SHARE))] * 4
 
 
-def test_cell_budget_reserves_each_remaining_cells_overhead_and_never_starves_one():
-    assert cell_budget(1000.0, 4, [], 250.0) == 250.0  # nothing known yet: an even split
-    # Finished cells spent 40 and 60 s outside training: 50 s is reserved for each of the
-    # 4 cells left before splitting, so the grid still ends near its deadline.
-    assert cell_budget(1000.0, 4, [40.0, 60.0], 250.0) == 200.0
-    # An overrun grid gives its last cells a quarter of the even share, not a second.
-    assert cell_budget(5.0, 3, [90.0], 200.0) == 50.0
+def test_cell_budget_is_the_planned_share_unless_the_grid_spent_more_than_planned():
+    assert cell_budget(250.0, 1000.0, 4) == 250.0  # on plan
+    assert cell_budget(250.0, 900.0, 2) == 250.0  # ahead of plan: no leftovers inherited
+    assert cell_budget(250.0, 600.0, 3) == 200.0  # behind: what is left, split evenly
+    assert cell_budget(200.0, 5.0, 3) is None  # under a quarter of the share: not comparable
 
 
 def test_cpu_default_is_a_shared_total_budget(tmp_path):
@@ -231,7 +230,7 @@ def test_cpu_default_is_a_shared_total_budget(tmp_path):
         _run(tmp_path, _noting(configs), epochs=None, seeds=1, on_gpu=False)
     assert all(c.epochs is None and c.time_budget_seconds is not None for c in configs)
     assert configs[0].time_budget_seconds == pytest.approx(
-        DEFAULT_CPU_TOTAL_BUDGET_SECONDS / 4, rel=0.01
+        DEFAULT_CPU_TOTAL_BUDGET_SECONDS / 4 * (1 - OVERHEAD_SHARE)
     )
 
 

@@ -13,7 +13,14 @@ import pytest
 
 from medbench.errors import MedbenchError
 from medbench.results import ModelInfo, RunResults, Timing
-from medbench.store import Owner, ResultsStore, process_alive
+from medbench.store import (
+    _COLUMNS,
+    SCHEMA_VERSION,
+    Owner,
+    ResultsStore,
+    describe_length,
+    process_alive,
+)
 
 
 def _cells(tmp_path, n=3):
@@ -220,5 +227,84 @@ def test_processes_opening_one_new_store_at_once_all_succeed(tmp_path):
     for folder in folders:
         conn = sqlite3.connect(folder / "results.sqlite")
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert conn.execute("SELECT value FROM meta").fetchall() == [("1",)]
+        assert conn.execute("SELECT value FROM meta").fetchall() == [(str(SCHEMA_VERSION),)]
         conn.close()
+
+
+EPOCHS_2 = {"epochs": 2, "time_budget_seconds": None, "total_time_budget_seconds": None}
+TOTAL_6M = {"epochs": None, "time_budget_seconds": None, "total_time_budget_seconds": 360.0}
+
+
+def test_a_started_grid_refuses_another_run_length_naming_the_folder_and_the_way_out(tmp_path):
+    store = ResultsStore(tmp_path)
+    store.register_grid(_cells(tmp_path), TOTAL_6M)
+    store.claim([_cells(tmp_path)[0]["key"]])
+    with pytest.raises(MedbenchError) as refused:
+        store.register_grid(_cells(tmp_path), {**TOTAL_6M, "total_time_budget_seconds": 3600.0})
+    message = str(refused.value)
+    assert str(tmp_path) in message and "--total-time-budget 6m" in message
+    assert "new --out" in message and "--total-time-budget 1h" in message
+    assert store.grid_length() == TOTAL_6M
+
+
+def test_a_grid_that_never_started_is_replaced_by_one_of_another_length(tmp_path):
+    store = ResultsStore(tmp_path)
+    store.register_grid(_cells(tmp_path, 3), TOTAL_6M)
+    store.register_grid(_cells(tmp_path, 1), EPOCHS_2)
+    assert store.grid_length() == EPOCHS_2 and len(store.rows()) == 1
+
+
+def test_runs_cannot_join_a_started_grid_that_shares_a_total_budget(tmp_path):
+    store = ResultsStore(tmp_path)
+    store.register_grid(_cells(tmp_path, 2), TOTAL_6M)
+    store.claim([_cells(tmp_path)[0]["key"]])
+    store.register_grid(_cells(tmp_path, 2), TOTAL_6M)  # the same grid again: fine
+    with pytest.raises(MedbenchError, match="change every run's share"):
+        store.register_grid(_cells(tmp_path, 3), TOTAL_6M)
+
+
+def test_check_grid_raises_what_register_would_and_writes_nothing(tmp_path):
+    store = ResultsStore(tmp_path)
+    store.register_grid(_cells(tmp_path), EPOCHS_2)
+    store.claim([_cells(tmp_path)[0]["key"]])
+    with pytest.raises(MedbenchError, match="--epochs 2"):
+        store.check_grid(_cells(tmp_path), TOTAL_6M)
+    assert store.grid_length() == EPOCHS_2
+
+
+def test_seconds_spent_add_up_over_attempts_and_the_current_one(tmp_path):
+    store, key = _store_with_one_cell(tmp_path)
+    me = Owner.current()
+    store.claim([key], me)
+    store.spend(key, 40.0)  # the first attempt ended after 40 s
+    store.release(key, me)
+    store.claim([key], me)
+    assert store.heartbeat(key, me, attempt_seconds=15.0)  # the second is 15 s in
+    assert store.seconds_spent() == 55.0
+    store.claim([key], Owner(socket.gethostname(), _dead_pid()))  # not reclaimable: live owner
+    assert store.seconds_spent() == 55.0
+
+
+def test_a_store_of_schema_1_is_upgraded_when_opened(tmp_path):
+    conn = sqlite3.connect(tmp_path / "results.sqlite")
+    old_columns = _COLUMNS.replace(
+        ",\n    seconds_spent REAL NOT NULL DEFAULT 0,\n    attempt_seconds REAL NOT NULL DEFAULT 0",
+        "",
+    )
+    assert "seconds_spent" not in old_columns
+    conn.execute(f"CREATE TABLE cells ({old_columns})")
+    conn.execute("CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT)")
+    conn.execute("INSERT INTO meta VALUES ('schema_version', '1')")
+    conn.commit()
+    conn.close()
+    store, key = _store_with_one_cell(tmp_path)
+    assert store.seconds_spent() == 0.0 and store.grid_length() is None
+    assert store.heartbeat(key) is False
+
+
+def test_a_length_reads_as_the_flags_that_give_it():
+    assert describe_length(TOTAL_6M) == "--total-time-budget 6m"
+    assert describe_length({**EPOCHS_2, "time_budget_seconds": 90.0}) == (
+        "--epochs 2 --time-budget 90s"
+    )
+    assert "recipe" in describe_length({})

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import statistics
 import sys
 import threading
 import time
@@ -31,14 +30,22 @@ from tqdm import tqdm
 from medbench import engine
 from medbench.callbacks import Callback, RoundEnd
 from medbench.config import TrainConfig, config_hash, format_seconds, load_config_file
-from medbench.data import dataset_info, load_dataset
+from medbench.data import dataset_info, ensure_dataset, load_dataset
 from medbench.ensemble import METHODS, build_ensemble
 from medbench.errors import MedbenchError, MedbenchWarning
 from medbench.fsutil import atomic_write_text
 from medbench.models import TIMM_PREFIX, model_options
+from medbench.recipe import DEFAULT_EPOCHS
 from medbench.report import build_report
 from medbench.results import RunResults, read_results
-from medbench.store import DEFAULT_STALE_SECONDS, Owner, ResultsStore
+from medbench.store import (
+    DEFAULT_STALE_SECONDS,
+    STORE_NAME,
+    Owner,
+    ResultsStore,
+    describe_length,
+    duration_flag,
+)
 
 # The reference study: DermaMNIST and OCTMNIST at 28 px, its two models and the published
 # baseline architecture (ResNet-18).
@@ -49,7 +56,11 @@ DEFAULT_OUT = "medbench-results"
 # Without a GPU and without --epochs/--time-budget, the whole grid shares this wall-clock
 # budget, so the default grid ends in about an hour on a laptop CPU.
 DEFAULT_CPU_TOTAL_BUDGET_SECONDS = 3600.0
+# Of each run's share of a total budget, this part is kept for what the run spends outside
+# training (loading its data, the final evaluation, the speed measurement).
+OVERHEAD_SHARE = 0.1
 TrainFn = Callable[..., RunResults]
+Clock = Callable[[], float]
 
 
 @dataclass(frozen=True)
@@ -98,6 +109,7 @@ class GridOutcome:
     counts: dict[str, int] = field(default_factory=dict)
     report: Any = None  # medbench.report.ReportFiles when a report was written
     ensembles: list[dict[str, Any]] = field(default_factory=list)  # with run_benchmark(ensemble=)
+    plan: GridPlan | None = None  # what run_benchmark planned before the work
 
     @property
     def ok(self) -> bool:
@@ -181,19 +193,218 @@ def plan_grid(
     return cells
 
 
+# -- run length and the plan --------------------------------------------------------------
+
+
+def grid_length(base: dict[str, Any], total_time_budget_seconds: float | None) -> dict[str, Any]:
+    """What decides how long the grid's runs train: part of the grid's identity in the
+    store (see `ResultsStore.register_grid`)."""
+    return {
+        "epochs": base.get("epochs"),
+        "time_budget_seconds": base.get("time_budget_seconds"),
+        "total_time_budget_seconds": total_time_budget_seconds,
+    }
+
+
+def run_share(total_seconds: float, n_cells: int) -> float:
+    """Each run's wall-clock share of a grid's total budget, fixed when the grid is planned:
+    an even split, so a late run does not inherit what early ones left or overspent."""
+    return total_seconds / n_cells
+
+
+def training_budget(share_seconds: float) -> float:
+    """The training budget (`time_budget_seconds`) that a run's wall share buys, after
+    keeping OVERHEAD_SHARE of it for what the run does outside training."""
+    return share_seconds * (1.0 - OVERHEAD_SHARE)
+
+
+MIN_SHARE = 0.25  # a run is never trained on less than this fraction of its planned share
+
+
+def cell_budget(share: float, seconds_left: float, cells_left: int) -> float | None:
+    """The wall share of the next of `cells_left` runs when `seconds_left` of the grid's
+    total remain: its planned `share`, or less where the grid spent more than planned
+    (what is left, split evenly), so that the grid spends only what is left. None when
+    that is under MIN_SHARE of the share: such a run would not be comparable."""
+    share_now = min(share, max(0.0, seconds_left) / max(1, cells_left))
+    return share_now if share_now >= MIN_SHARE * share else None
+
+
+@dataclass(frozen=True)
+class CellSpeed:
+    """A run's measured speed: wall seconds per optimiser step, and steps per epoch."""
+
+    step_seconds: float
+    steps_per_epoch: int
+
+    @property
+    def epoch_seconds(self) -> float:
+        return self.step_seconds * self.steps_per_epoch
+
+
+SpeedFn = Callable[[TrainConfig], "CellSpeed | None"]
+
+
+@dataclass(frozen=True)
+class CellPlan:
+    """What one run of the grid is planned to do."""
+
+    cell: Cell
+    status: str  # the store's: pending, running, finished, failed ("pending" when new)
+    speed: CellSpeed | None
+    budget_seconds: float | None  # training budget, when a budget sets the length
+    epochs: float | None  # the epochs it trains, or (under a budget) its budget buys
+    eta_seconds: float | None  # wall time, with OVERHEAD_SHARE for the rest
+
+    @property
+    def short(self) -> bool:
+        """Its budget buys less than one epoch."""
+        return self.budget_seconds is not None and self.epochs is not None and self.epochs < 1
+
+    def line(self) -> str:
+        c = self.cell.label
+        if self.status == "finished":
+            return f"  {c}: finished"
+        if self.speed is None:
+            epochs = (
+                f"{self.epochs:g} epoch(s)" if self.epochs is not None else "speed not measured"
+            )
+        else:
+            sp = self.speed
+            epochs = (
+                f"{sp.step_seconds:.3g} s/step x {sp.steps_per_epoch} steps/epoch, "
+                f"{self.epochs:.3g} epochs"
+            )
+        if self.budget_seconds is not None:
+            epochs += f" in {format_seconds(self.budget_seconds)} of training"
+        eta = f", ETA {format_seconds(self.eta_seconds)}" if self.eta_seconds is not None else ""
+        warn = " (LESS THAN ONE EPOCH)" if self.short else ""
+        return f"  {c}: {epochs}{eta}{warn}"
+
+
+@dataclass
+class GridPlan:
+    """The grid before its work: each run's speed, the epochs its share buys and the ETA."""
+
+    out: Path
+    cells: list[CellPlan]
+    length: dict[str, Any]
+    spent_seconds: float = 0.0  # what the grid's runs have spent so far (from the store)
+    recipe_epochs: int = DEFAULT_EPOCHS
+
+    @property
+    def todo(self) -> list[CellPlan]:
+        return [p for p in self.cells if p.status != "finished"]
+
+    @property
+    def total_seconds(self) -> float | None:
+        return self.length.get("total_time_budget_seconds")
+
+    @property
+    def seconds_left(self) -> float | None:
+        """What is left of a total budget (None without one)."""
+        total = self.total_seconds
+        return None if total is None else max(0.0, total - self.spent_seconds)
+
+    @property
+    def eta_seconds(self) -> float | None:
+        if self.seconds_left is not None:
+            return self.seconds_left if self.todo else 0.0
+        etas = [p.eta_seconds for p in self.todo]
+        return None if None in etas else sum(etas)  # type: ignore[arg-type]
+
+    def advice(self) -> str | None:
+        """For runs whose share buys less than one epoch: the budget that buys the recipe's
+        epochs for every run of the grid."""
+        short = [p for p in self.todo if p.short and p.speed is not None]
+        if not short:
+            return None
+        slowest = max(p.speed.epoch_seconds for p in self.todo if p.speed is not None)
+        per_run = math.ceil(slowest * self.recipe_epochs / (1.0 - OVERHEAD_SHARE))
+        names = ", ".join(p.cell.label for p in short[:3]) + (" ..." if len(short) > 3 else "")
+        if self.total_seconds is not None:
+            flag = f"--total-time-budget {duration_flag(per_run * len(self.cells))}"
+        else:
+            flag = f"--time-budget {duration_flag(per_run)}"
+        return (
+            f"{len(short)} run(s) get less than one epoch ({names}); {flag} would buy the "
+            f"recipe's {self.recipe_epochs} epochs for every run (in a new --out), or use "
+            "--epochs N"
+        )
+
+    def lines(self) -> list[str]:
+        head = f"plan: {len(self.cells)} runs in {self.out}, {describe_length(self.length)}"
+        if self.total_seconds is not None:
+            share = run_share(self.total_seconds, len(self.cells))
+            head += (
+                f"; {format_seconds(self.spent_seconds)} spent, "
+                f"{format_seconds(self.seconds_left or 0.0)} left; each run's share "
+                f"{format_seconds(share)}"
+            )
+        done = len(self.cells) - len(self.todo)
+        head += f"; {done} finished, {len(self.todo)} to run"
+        if self.eta_seconds is not None:
+            head += f", ETA {format_seconds(self.eta_seconds)}"
+        advice = self.advice()
+        return [head, *(p.line() for p in self.todo), *([f"  NOTE: {advice}"] if advice else [])]
+
+
+def plan_cells(
+    cells: Sequence[Cell],
+    length: dict[str, Any],
+    *,
+    out: Path,
+    statuses: dict[str, str] | None = None,
+    spent_seconds: float = 0.0,
+    speed_fn: SpeedFn | None = None,
+) -> GridPlan:
+    """The plan of a grid of `cells` run with `length`: each run not yet finished (per
+    `statuses`, the store's) is measured once per recipe (`speed_fn`; seeds share it)."""
+    statuses = statuses or {}
+    speeds: dict[tuple, CellSpeed | None] = {}
+    plans = []
+    for cell in cells:
+        status = statuses.get(cell.key, "pending")
+        speed = None
+        if status != "finished" and speed_fn is not None:
+            recipe = (cell.config.dataset, cell.config.size, cell.config.model, cell.config_hash)
+            if recipe not in speeds:
+                speeds[recipe] = speed_fn(cell.config)
+            speed = speeds[recipe]
+        plans.append(_cell_plan(cell, status, speed, length, len(cells)))
+    return GridPlan(out, plans, dict(length), spent_seconds)
+
+
+def _cell_plan(
+    cell: Cell, status: str, speed: CellSpeed | None, length: dict[str, Any], n_cells: int
+) -> CellPlan:
+    total = length.get("total_time_budget_seconds")
+    budget = length.get("time_budget_seconds")
+    if total is not None:
+        budget = training_budget(run_share(total, n_cells))
+    if budget is not None:
+        epochs = budget / speed.epoch_seconds if speed is not None else None
+        return CellPlan(cell, status, speed, budget, epochs, budget / (1.0 - OVERHEAD_SHARE))
+    epochs = length.get("epochs") or DEFAULT_EPOCHS
+    eta = epochs * speed.epoch_seconds / (1.0 - OVERHEAD_SHARE) if speed is not None else None
+    return CellPlan(cell, status, speed, None, float(epochs), eta)
+
+
 # -- the live view -------------------------------------------------------------------------
 
 
 class GridView:
     """Live state of the grid on stderr: a tqdm bar on a terminal, plain lines otherwise."""
 
-    def __init__(self, total: int, *, enabled: bool = True, stream=None) -> None:
+    def __init__(
+        self, total: int, *, enabled: bool = True, stream=None, clock: Clock = time.monotonic
+    ) -> None:
         self.stream = stream or sys.stderr
         self.enabled = enabled
         self.total = total
-        self.started = time.monotonic()
+        self.clock = clock
         self.cell_seconds: list[float] = []
-        self.deadline: float | None = None  # monotonic time, when a total budget applies
+        self.deadline: float | None = None  # clock time, when a total budget applies
         self._bar = None
         if enabled and getattr(self.stream, "isatty", lambda: False)():
             self._bar = tqdm(
@@ -210,7 +421,7 @@ class GridView:
         if left == 0:
             return 0.0
         if self.deadline is not None:
-            return max(0.0, self.deadline - time.monotonic())
+            return max(0.0, self.deadline - self.clock())
         if not self.cell_seconds:
             return None
         workers = max(1, counts["running"])
@@ -259,14 +470,23 @@ class GridCellCallback(Callback):
     """What a grid cell's run reports each round: it refreshes the cell's heartbeat in the
     store (the cell is still being worked on) and notes the round's numbers in the view."""
 
-    def __init__(self, cell: Cell, store: ResultsStore, owner: Owner, view: GridView) -> None:
+    def __init__(
+        self,
+        cell: Cell,
+        store: ResultsStore,
+        owner: Owner,
+        view: GridView,
+        elapsed: Callable[[], float] | None = None,
+    ) -> None:
         self.cell = cell
         self.store = store
         self.owner = owner
         self.view = view
+        self.elapsed = elapsed  # the attempt's wall seconds so far, kept in the store
 
     def on_round_end(self, event: RoundEnd) -> None:
-        self.store.heartbeat(self.cell.key, self.owner)
+        spent = None if self.elapsed is None else self.elapsed()
+        self.store.heartbeat(self.cell.key, self.owner, attempt_seconds=spent)
         record = event.record
         parts = [
             f"{k} {record[k]:.4f}"
@@ -280,10 +500,17 @@ class _Heartbeat:
     """Refresh a claimed cell's heartbeat every `every` seconds from a daemon thread, for as
     long as the `with` block runs (a round can take longer than the stale limit)."""
 
-    def __init__(self, store: ResultsStore, key: str, owner: Owner, every: float) -> None:
+    def __init__(
+        self,
+        store: ResultsStore,
+        key: str,
+        owner: Owner,
+        every: float,
+        elapsed: Callable[[], float],
+    ) -> None:
         self._stop = threading.Event()
         self._thread = threading.Thread(
-            target=self._run, args=(store, key, owner, every), daemon=True
+            target=self._run, args=(store, key, owner, every, elapsed), daemon=True
         )
 
     def __enter__(self) -> _Heartbeat:
@@ -294,11 +521,18 @@ class _Heartbeat:
         self._stop.set()
         self._thread.join(timeout=5)
 
-    def _run(self, store: ResultsStore, key: str, owner: Owner, every: float) -> None:
+    def _run(
+        self,
+        store: ResultsStore,
+        key: str,
+        owner: Owner,
+        every: float,
+        elapsed: Callable[[], float],
+    ) -> None:
         while not self._stop.wait(every):
             # A busy database must not kill training; the next beat retries.
             with contextlib.suppress(Exception):
-                store.heartbeat(key, owner)
+                store.heartbeat(key, owner, attempt_seconds=elapsed())
 
 
 def _finished_results(run_dir: Path) -> RunResults | None:
@@ -311,19 +545,50 @@ def _finished_results(run_dir: Path) -> RunResults | None:
     return results if results.status == "finished" else None
 
 
-def _default_train_fn() -> TrainFn:
-    """The engine's train, with the dataset loaded once for all the cells that use it in a
-    row (the grid runs dataset by dataset)."""
-    cache: dict[tuple, Any] = {}
+class _DataCache:
+    """The dataset of the cells in hand, loaded once for all of them in a row (the grid runs
+    dataset by dataset); one dataset is kept in memory at a time."""
+
+    def __init__(self) -> None:
+        self._key: tuple | None = None
+        self._data: Any = None
+
+    def __call__(self, config: TrainConfig) -> Any:
+        key = (config.dataset, config.size, config.data_dir)
+        if key != self._key:
+            self._key, self._data = None, None
+            self._data = load_dataset(config.dataset, config.size, config.data_dir, progress=False)
+            self._key = key
+        return self._data
+
+
+def _default_train_fn(data: _DataCache | None = None) -> TrainFn:
+    """The engine's train, on data from `data` (a `_DataCache`)."""
+    data = data or _DataCache()
 
     def train_cached(config: TrainConfig, **kwargs: Any) -> RunResults:
-        key = (config.dataset, config.size, config.data_dir)
-        if key not in cache:
-            cache.clear()  # keep one dataset in memory at a time
-            cache[key] = load_dataset(config.dataset, config.size, config.data_dir, progress=False)
-        return engine.train(config, data=cache[key], **kwargs)
+        return engine.train(config, data=data(config), **kwargs)
 
     return train_cached
+
+
+def engine_speed_fn(data: _DataCache | None = None, *, steps: int = 3) -> SpeedFn:
+    """A run's speed as the engine measures it (`engine.measure_step_seconds`: a few
+    optimiser steps after a warm-up one, in a throw-away folder). An engine without that
+    measurement gives plans without speeds."""
+    data = data or _DataCache()
+
+    def speed(config: TrainConfig) -> CellSpeed | None:
+        measure = getattr(engine, "measure_step_seconds", None)
+        per_epoch = getattr(engine, "steps_per_epoch", None)
+        if measure is None or per_epoch is None:
+            return None
+        loaded = data(config)
+        probe = TrainConfig.from_dict({**config.to_dict(), "run_dir": None})
+        seconds = measure(probe, loaded, steps=steps)
+        return CellSpeed(float(seconds), int(per_epoch(probe, len(loaded.train))))
+
+    return speed
 
 
 def run_grid(
@@ -332,12 +597,15 @@ def run_grid(
     *,
     train_fn: TrainFn | None = None,
     total_time_budget_seconds: float | None = None,
+    length: dict[str, Any] | None = None,
     stale_seconds: float = DEFAULT_STALE_SECONDS,
     heartbeat_seconds: float = 30.0,
     poll_seconds: float = 2.0,
     wait_for_others: bool = True,
     retry_failed: bool = True,
     progress: bool | None = None,
+    clock: Clock = time.monotonic,
+    on_start: Callable[[GridView], None] | None = None,
 ) -> GridOutcome:
     """Run every cell of the grid that no one has finished, into `out`.
 
@@ -345,22 +613,32 @@ def run_grid(
     With `wait_for_others`, a process with nothing left to claim waits while others still
     run cells (and takes over any whose owner died), so it ends when the whole grid has.
     A cell that raises is recorded as failed and the grid goes on; a MedbenchError (e.g.
-    missing data) or Ctrl-C hands the cell back and stops. `total_time_budget_seconds`
-    is split evenly over the cells not yet finished, at the moment each is claimed, after
-    reserving for each of them the time a run spent outside training (loading, evaluation,
-    speed measurement) so far, so that the last cells are not starved (see `cell_budget`).
+    missing data) or Ctrl-C hands the cell back and stops.
+
+    The grid is registered in the store with its run `length` (by default the cells'
+    epochs and per-run budget, and `total_time_budget_seconds`); another length for a
+    started grid is refused (`ResultsStore.register_grid`). A total budget is counted in
+    run-seconds and kept with the time spent in the store: each run gets its share, fixed
+    at planning (`run_share`, `training_budget`), and a resumed grid spends only what is
+    left (`cell_budget`). `clock` times the attempts; `on_start` gets the view once the
+    grid is registered (the benchmark prints its plan there).
     """
     out = Path(out)
     train_fn = train_fn or _default_train_fn()
-    store = ResultsStore(out)
     if len({c.key for c in cells}) != len(cells):
         raise MedbenchError(
             "the grid lists the same cell twice; give each dataset, model and seed once"
         )
-    store.add_cells((c.store_row() for c in cells), retry_failed=retry_failed)
-    view = GridView(len(cells), enabled=True if progress is None else progress)
-    grid = _GridRun(out, cells, store, train_fn, view, total_time_budget_seconds)
+    if length is None:
+        base = cells[0].config.to_dict() if cells else {}
+        length = grid_length(base, total_time_budget_seconds)
+    store = ResultsStore(out)
+    store.register_grid([c.store_row() for c in cells], length, retry_failed=retry_failed)
+    view = GridView(len(cells), enabled=True if progress is None else progress, clock=clock)
+    grid = _GridRun(out, cells, store, train_fn, view, length.get("total_time_budget_seconds"))
     grid.event(f"{len(cells)} runs in {out} (store {store.path.name})")
+    if on_start is not None:
+        on_start(view)
     try:
         while (row := grid.claim(stale_seconds, poll_seconds, wait_for_others)) is not None:
             grid.run_cell(grid.by_key[row["key"]], row, heartbeat_seconds)
@@ -368,24 +646,6 @@ def run_grid(
         grid.close()
     grid.outcome.failed = [r for r in store.rows(grid.keys) if r["status"] == "failed"]
     return grid.outcome
-
-
-MIN_SHARE = 0.25  # a cell's budget never falls below this fraction of the even share
-
-
-def cell_budget(
-    seconds_left: float, cells_left: int, overheads: Sequence[float], even_share: float
-) -> float:
-    """Training budget for the next of `cells_left` cells when `seconds_left` remain.
-
-    Each remaining cell will also spend time outside training (data loading, evaluation,
-    speed measurement); the mean of what finished cells spent (`overheads`) is reserved
-    for each before the rest is split evenly. The budget never falls below MIN_SHARE of
-    the grid's `even_share`, so a grid that overruns finishes late rather than handing
-    its last cells a budget of a second."""
-    reserve = statistics.mean(overheads) if overheads else 0.0
-    share = (seconds_left - reserve * cells_left) / cells_left
-    return max(MIN_SHARE * even_share, share, 1.0)
 
 
 class _GridRun:
@@ -407,12 +667,12 @@ class _GridRun:
         self.owner = Owner.current()
         self.train_fn = train_fn
         self.view = view
+        self.clock = view.clock
         self.outcome = GridOutcome(out=out, cells=list(cells))
         self.total_seconds = total_time_budget_seconds
-        self.deadline: float | None = None  # monotonic time by which the grid should end
         if total_time_budget_seconds:
-            self.deadline = view.deadline = time.monotonic() + total_time_budget_seconds
-        self.overheads: list[float] = []  # per cell trained here: wall time minus training
+            left = total_time_budget_seconds - store.seconds_spent(self.keys)
+            view.deadline = self.clock() + max(0.0, left)
 
     def event(self, text: str) -> None:
         self.view.update(self.store.counts(self.keys), text)
@@ -427,15 +687,24 @@ class _GridRun:
             time.sleep(poll_seconds)
 
     def cell_config(self, cell: Cell) -> TrainConfig:
-        """The cell's config, with its share of the grid's time budget when there is one."""
+        """The cell's config, with its share of the grid's total budget when there is one."""
         config = TrainConfig.from_dict(dict(cell.config.to_dict()))
-        if self.deadline is not None:
-            config.time_budget_seconds = cell_budget(
-                self.deadline - time.monotonic(),
-                self.store.counts(self.keys)["pending"] + 1,
-                self.overheads,
-                self.total_seconds / len(self.keys),
-            )
+        if self.total_seconds:
+            share = run_share(self.total_seconds, len(self.keys))
+            counts = self.store.counts(self.keys)
+            left = self.total_seconds - self.store.seconds_spent(self.keys)
+            share_now = cell_budget(share, left, counts["pending"] + counts["running"])
+            if share_now is None:
+                self.store.release(cell.key, self.owner)
+                raise MedbenchError(
+                    f"{self.outcome.out}: the grid's --total-time-budget "
+                    f"{duration_flag(self.total_seconds)} is spent "
+                    f"({format_seconds(self.total_seconds - left)} used) with "
+                    f"{counts['pending'] + counts['running']} runs left, too little for their "
+                    f"{format_seconds(share)} share; rerun into a new --out with a larger "
+                    "--total-time-budget, or with --epochs N"
+                )
+            config.time_budget_seconds = training_budget(share_now)
         return config
 
     def run_cell(self, cell: Cell, row: dict[str, Any], heartbeat_seconds: float) -> None:
@@ -450,17 +719,26 @@ class _GridRun:
         budget = config.time_budget_seconds
         budget_note = f" (budget {format_seconds(budget)})" if budget else ""
         self.event(f"{cell.label}: {how}{budget_note}, attempt {row['attempts']}")
-        started = time.monotonic()
-        results = self.train(cell, config, heartbeat_seconds)
+        started = self.clock()
+        try:
+            results = self.train(cell, config, heartbeat_seconds, started)
+        finally:
+            self.store.spend(cell.key, self.clock() - started)
         if results is not None:
-            self.record_trained(cell, results, started)
+            self.record_trained(cell, results, self.clock() - started)
 
-    def train(self, cell: Cell, config: TrainConfig, heartbeat_seconds: float) -> RunResults | None:
+    def train(
+        self, cell: Cell, config: TrainConfig, heartbeat_seconds: float, started: float
+    ) -> RunResults | None:
         """The cell's results; None when training raised a bug-like error (recorded as failed).
         A MedbenchError or Ctrl-C hands the cell back and propagates."""
-        callback = GridCellCallback(cell, self.store, self.owner, self.view)
+
+        def elapsed() -> float:
+            return self.clock() - started
+
+        callback = GridCellCallback(cell, self.store, self.owner, self.view, elapsed)
         try:
-            with _Heartbeat(self.store, cell.key, self.owner, heartbeat_seconds):
+            with _Heartbeat(self.store, cell.key, self.owner, heartbeat_seconds, elapsed):
                 return self.train_fn(config, resume=True, callbacks=[callback], progress=False)
         except (MedbenchError, KeyboardInterrupt):
             self.store.release(cell.key, self.owner)
@@ -480,12 +758,10 @@ class _GridRun:
         )
         self.event(f"{cell.label}: FAILED: {message}")
 
-    def record_trained(self, cell: Cell, results: RunResults, started: float) -> None:
+    def record_trained(self, cell: Cell, results: RunResults, wall: float) -> None:
         self.store.finish(cell.key, results, cell.run_dir / "results.json")
         self.outcome.trained.append(cell.key)
-        wall = time.monotonic() - started
         self.view.cell_seconds.append(wall)
-        self.overheads.append(max(0.0, wall - results.timing.train_seconds))
         acc = results.test.get("acc")
         summary = f"test acc {acc:.4f}" if isinstance(acc, (int, float)) else "finished"
         if results.collapsed:
@@ -524,10 +800,14 @@ def run_benchmark(
     device: str | None = None,
     on_gpu: bool | None = None,
     train_fn: TrainFn | None = None,
+    speed_fn: SpeedFn | None = None,
+    prepare_data: Callable[[str, int, str | None], object] | None = None,
+    plan: bool = False,
     report: bool = True,
     progress: bool | None = None,
     stale_seconds: float = DEFAULT_STALE_SECONDS,
     ensemble: str | None = None,
+    clock: Clock = time.monotonic,
 ) -> GridOutcome:
     """Plan and run the benchmark grid into `out`, then write its report there.
 
@@ -536,20 +816,132 @@ def run_benchmark(
     `time_budget_seconds` per run, or `total_time_budget_seconds` for the whole grid; with
     none of them (here or in `config`), a GPU trains the engine's default epochs and a CPU
     shares `DEFAULT_CPU_TOTAL_BUDGET_SECONDS` over the grid. `on_gpu` says which of the two
-    this machine is; by default it is detected from the device (see `detect_gpu`).
-    `config` is a dict or a JSON file of TrainConfig keys applied to every run; explicit
-    arguments win over it. `ensemble` (a `medbench.ensemble` method: greedy, average,
-    weighted) adds, per dataset, an ensemble of that dataset's finished runs, saved under
-    `out/ensembles/` and shown in the report.
+    this machine is; by default it is detected from the device (see `detect_gpu`). The
+    length is part of the grid's identity: an `out` whose grid started with another one is
+    refused. `config` is a dict or a JSON file of TrainConfig keys applied to every run;
+    explicit arguments win over it. `ensemble` (a `medbench.ensemble` method: greedy,
+    average, weighted) adds, per dataset, an ensemble of that dataset's finished runs,
+    saved under `out/ensembles/` and shown in the report.
+
+    Before any cell is registered, every dataset with runs to do is made available
+    (`prepare_data(name, size, data_dir)`, by default `medbench.data.ensure_dataset`, which
+    downloads) and each recipe's speed is measured (`speed_fn`, by default the engine's);
+    the plan (`GridOutcome.plan`) is printed with the progress. `plan=True` stops there:
+    nothing is trained or written. A stand-in `train_fn` gets neither default: its data
+    and speed are its own.
     """
-    base = _grid_config(config, epochs, time_budget_seconds, data_dir, device)
+    grid = _prepare_grid(
+        datasets, models, seeds, size=size, out=out, ensemble=ensemble, train_fn=train_fn,
+        base=_grid_config(config, epochs, time_budget_seconds, data_dir, device),
+        total_time_budget_seconds=total_time_budget_seconds, on_gpu=on_gpu,
+    )  # fmt: skip
+    cache = _DataCache()
+    if train_fn is None:
+        train_fn = _default_train_fn(cache)
+        speed_fn = speed_fn or engine_speed_fn(cache)
+        prepare_data = prepare_data or _ensure_data
+    grid_plan = grid.plan(speed_fn, prepare_data)
+    if plan:
+        return GridOutcome(out=grid.out, cells=grid.cells, counts=grid.counts(), plan=grid_plan)
+    outcome = run_grid(
+        grid.cells,
+        grid.out,
+        train_fn=train_fn,
+        length=grid.length,
+        progress=progress,
+        stale_seconds=stale_seconds,
+        clock=clock,
+        on_start=lambda view: [view.note(line) for line in grid_plan.lines()],
+    )
+    outcome.plan = grid_plan
+    if ensemble is not None:
+        outcome.ensembles = build_grid_ensembles(
+            grid.cells, grid.out, ensemble, grid.base.get("data_dir")
+        )
+    if report:
+        outcome.report = build_report(grid.out)
+    return outcome
+
+
+def _ensure_data(name: str, size: int, data_dir: str | None) -> object:
+    return ensure_dataset(name, size, data_dir, progress=True)
+
+
+@dataclass
+class _Grid:
+    """A benchmark grid whose arguments were checked, before anything was written."""
+
+    out: Path
+    cells: list[Cell]
+    base: dict[str, Any]
+    length: dict[str, Any]
+    default_budget: bool  # the length is the CPU default, not the user's choice
+
+    def store(self) -> ResultsStore | None:
+        """The folder's store, when it has one (opening it writes nothing new)."""
+        return ResultsStore(self.out) if (self.out / STORE_NAME).exists() else None
+
+    def counts(self) -> dict[str, int]:
+        store = self.store()
+        if store is None:
+            return {"pending": len(self.cells), "running": 0, "finished": 0, "failed": 0}
+        return store.counts([c.key for c in self.cells])
+
+    def plan(
+        self,
+        speed_fn: SpeedFn | None,
+        prepare_data: Callable[[str, int, str | None], object] | None,
+    ) -> GridPlan:
+        """Check the grid against the folder's store, make its data available and measure
+        its speeds: everything that can fail or take a while before a cell is registered."""
+        store = self.store()
+        statuses: dict[str, str] = {}
+        spent = 0.0
+        if store is not None:
+            store.check_grid([c.store_row() for c in self.cells], self.length)
+            rows = store.rows([c.key for c in self.cells])
+            statuses = {r["key"]: r["status"] for r in rows}
+            spent = store.seconds_spent([c.key for c in self.cells])
+        todo = [c for c in self.cells if statuses.get(c.key) != "finished"]
+        if todo and self.default_budget:
+            warnings.warn(
+                f"no GPU: the grid shares a {format_seconds(DEFAULT_CPU_TOTAL_BUDGET_SECONDS)} "
+                "time budget (set --epochs, --time-budget or --total-time-budget to choose)",
+                MedbenchWarning,
+                stacklevel=4,
+            )
+        if prepare_data is not None:
+            for dataset, size in dict.fromkeys((c.config.dataset, c.config.size) for c in todo):
+                prepare_data(dataset, size, self.base.get("data_dir"))
+        grid_plan = plan_cells(
+            self.cells, self.length, out=self.out, statuses=statuses,
+            spent_seconds=spent, speed_fn=speed_fn,
+        )  # fmt: skip
+        advice = grid_plan.advice()
+        if advice is not None:
+            warnings.warn(advice, MedbenchWarning, stacklevel=4)
+        return grid_plan
+
+
+def _prepare_grid(
+    datasets: str | Sequence[str] | None,
+    models: str | Sequence[str] | None,
+    seeds: int | str | Sequence[int],
+    *,
+    size: int,
+    out: str | Path,
+    ensemble: str | None,
+    train_fn: TrainFn | None,
+    base: dict[str, Any],
+    total_time_budget_seconds: float | None,
+    on_gpu: bool | None,
+) -> _Grid:
+    """The grid's cells and length from the arguments, every argument checked."""
     if base.get("time_budget_seconds") is not None and total_time_budget_seconds is not None:
         raise MedbenchError(
             "give either a per-run budget (--time-budget, or time_budget_seconds in --config) "
             "or --total-time-budget (whole grid), not both"
         )
-    if total_time_budget_seconds is None:
-        total_time_budget_seconds = _default_total_budget(base, on_gpu)
     out = Path(out).resolve()
     cells = plan_grid(
         _names(datasets, DEFAULT_DATASETS, "datasets"),
@@ -565,19 +957,11 @@ def run_benchmark(
         )
     if train_fn is None:  # the engine's names; a stand-in train function may use its own
         _check_names(cells)
-    outcome = run_grid(
-        cells,
-        out,
-        train_fn=train_fn,
-        total_time_budget_seconds=total_time_budget_seconds,
-        progress=progress,
-        stale_seconds=stale_seconds,
-    )
-    if ensemble is not None:
-        outcome.ensembles = build_grid_ensembles(cells, out, ensemble, base.get("data_dir"))
-    if report:
-        outcome.report = build_report(out)
-    return outcome
+    default = total_time_budget_seconds is None and _cpu_default_applies(base, on_gpu)
+    if default:
+        total_time_budget_seconds = DEFAULT_CPU_TOTAL_BUDGET_SECONDS
+    length = grid_length(base, total_time_budget_seconds)
+    return _Grid(out, cells, base, length, default)
 
 
 def _grid_config(
@@ -602,20 +986,12 @@ def _grid_config(
     return base
 
 
-def _default_total_budget(base: dict[str, Any], on_gpu: bool | None) -> float | None:
-    """The grid's budget when none was given: none when the runs have a length (epochs or a
-    per-run budget) or train on a GPU; else the CPU default, with a warning that says so."""
+def _cpu_default_applies(base: dict[str, Any], on_gpu: bool | None) -> bool:
+    """Whether the grid gets the CPU's default total budget: its runs have no length
+    (epochs or a per-run budget) and do not train on a GPU."""
     if any(base.get(k) is not None for k in ("epochs", "time_budget_seconds")):
-        return None
-    if detect_gpu(base.get("device", "auto")) if on_gpu is None else on_gpu:
-        return None
-    warnings.warn(
-        f"no GPU: the grid shares a {format_seconds(DEFAULT_CPU_TOTAL_BUDGET_SECONDS)} time "
-        "budget (set --epochs, --time-budget or --total-time-budget to choose)",
-        MedbenchWarning,
-        stacklevel=3,
-    )
-    return DEFAULT_CPU_TOTAL_BUDGET_SECONDS
+        return False
+    return not (detect_gpu(base.get("device", "auto")) if on_gpu is None else on_gpu)
 
 
 def build_grid_ensembles(

@@ -7,6 +7,12 @@ dead, or its heartbeat is older than `stale_seconds`) may be claimed again; the 
 resumes it from its checkpoint.
 
 Statuses: pending -> running -> finished | failed. `attempts` counts claims.
+
+The store also keeps what makes its cells one grid: the grid's run length (`grid_length`:
+epochs, per-run or total budget), fixed when the grid is registered, and the wall seconds
+each cell's attempts have spent (`seconds_spent` for ended attempts, `attempt_seconds` for
+the current one, refreshed with its heartbeat), so a resumed grid knows what is left of
+its total budget.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import random
 import socket
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +33,7 @@ from medbench.errors import MedbenchError
 from medbench.results import RunResults
 
 STORE_NAME = "results.sqlite"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: grid_length in meta; seconds_spent, attempt_seconds per cell
 STATUSES = ("pending", "running", "finished", "failed")
 DEFAULT_STALE_SECONDS = 600.0
 
@@ -59,8 +65,15 @@ _COLUMNS = """
     train_seconds REAL,
     collapsed INTEGER,
     flags_json TEXT,
-    error TEXT
+    error TEXT,
+    seconds_spent REAL NOT NULL DEFAULT 0,
+    attempt_seconds REAL NOT NULL DEFAULT 0
 """
+# Columns added since schema 1, added to a store of schema 1 when it is opened.
+_ADDED_COLUMNS = {
+    "seconds_spent": "REAL NOT NULL DEFAULT 0",
+    "attempt_seconds": "REAL NOT NULL DEFAULT 0",
+}
 
 
 @dataclass(frozen=True)
@@ -93,6 +106,35 @@ def process_alive(pid: int) -> bool:
         return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
     except (OSError, IndexError):
         return True
+
+
+def _upgrade(conn: sqlite3.Connection) -> None:
+    """Bring a store of an earlier schema to this one (inside the schema transaction)."""
+    have = {r[1] for r in conn.execute("PRAGMA table_info(cells)")}
+    for name, kind in _ADDED_COLUMNS.items():
+        if name not in have:
+            conn.execute(f"ALTER TABLE cells ADD COLUMN {name} {kind}")
+    conn.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+
+
+def duration_flag(seconds: float) -> str:
+    """Seconds as a duration the command line reads back: 3600 -> '1h', 90 -> '90s'."""
+    for unit, size in (("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds:g}s"
+
+
+def describe_length(length: dict[str, Any]) -> str:
+    """A grid's run length as the flags that give it, e.g. '--total-time-budget 6m'."""
+    parts = []
+    if length.get("epochs") is not None:
+        parts.append(f"--epochs {length['epochs']}")
+    if length.get("time_budget_seconds") is not None:
+        parts.append(f"--time-budget {duration_flag(length['time_budget_seconds'])}")
+    if length.get("total_time_budget_seconds") is not None:
+        parts.append(f"--total-time-budget {duration_flag(length['total_time_budget_seconds'])}")
+    return " ".join(parts) or "no length flags (the recipe's epochs)"
 
 
 class ResultsStore:
@@ -141,10 +183,7 @@ class ResultsStore:
                 conn.execute("BEGIN IMMEDIATE")
                 conn.execute(f"CREATE TABLE IF NOT EXISTS cells ({_COLUMNS})")
                 conn.execute("CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT)")
-                conn.execute(
-                    "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)",
-                    (str(SCHEMA_VERSION),),
-                )
+                _upgrade(conn)
                 conn.execute("COMMIT")
                 return
             except sqlite3.OperationalError as exc:
@@ -157,6 +196,10 @@ class ResultsStore:
                 conn.close()
             time.sleep(delay * (1.0 + random.random()))
             delay = min(delay * 2, 0.5)
+
+    def _meta(self, conn: sqlite3.Connection, name: str) -> str | None:
+        row = conn.execute("SELECT value FROM meta WHERE name=?", (name,)).fetchone()
+        return None if row is None else row[0]
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
@@ -192,36 +235,109 @@ class ResultsStore:
 
     # -- writing ----------------------------------------------------------------------------
 
+    @staticmethod
+    def _insert(conn: sqlite3.Connection, cells: Iterable[dict[str, Any]], retry: bool) -> int:
+        now = time.time()
+        added = 0
+        for c in cells:
+            cur = conn.execute(
+                "INSERT OR IGNORE INTO cells (key, dataset, size, model, seed, config_hash, "
+                "status, created_at, config_json, run_dir) VALUES (?,?,?,?,?,?,'pending',?,?,?)",
+                (
+                    c["key"],
+                    c["dataset"],
+                    int(c["size"]),
+                    c["model"],
+                    int(c["seed"]),
+                    c["config_hash"],
+                    now,
+                    json.dumps(c["config"], sort_keys=True),
+                    str(c["run_dir"]),
+                ),
+            )
+            added += cur.rowcount
+            if retry:
+                conn.execute(
+                    "UPDATE cells SET status='pending', error=NULL WHERE key=? AND status='failed'",
+                    (c["key"],),
+                )
+        return added
+
+    def register_grid(
+        self,
+        cells: Sequence[dict[str, Any]],
+        length: dict[str, Any],
+        *,
+        retry_failed: bool = False,
+    ) -> int:
+        """Add a grid's cells (as `add_cells`) under its run `length`, in one transaction.
+
+        A store whose grid has started (a cell was ever claimed) keeps its length: another
+        one raises MedbenchError naming the folder and the way out, and so does adding new
+        cells to a grid that shares a total budget (it would change every cell's share).
+        A grid that never started, registered with another length (or before lengths were
+        kept), is replaced: its cells, none of which anyone claimed, are dropped first."""
+        with self._transaction() as conn:
+            known = json.loads(self._meta(conn, "grid_length") or "null")
+            conflict = self._conflict(conn, cells, known, length)
+            if conflict is not None:
+                raise conflict
+            if not self._started(conn) and known != length:
+                conn.execute("DELETE FROM cells")
+            conn.execute(
+                "INSERT OR REPLACE INTO meta VALUES ('grid_length', ?)",
+                (json.dumps(length, sort_keys=True),),
+            )
+            return self._insert(conn, cells, retry_failed)
+
+    def check_grid(self, cells: Sequence[dict[str, Any]], length: dict[str, Any]) -> None:
+        """Raise the MedbenchError `register_grid` would raise for this grid; write nothing."""
+        conn = self._connect()
+        try:
+            known = json.loads(self._meta(conn, "grid_length") or "null")
+            conflict = self._conflict(conn, cells, known, length)
+        finally:
+            conn.close()
+        if conflict is not None:
+            raise conflict
+
+    @staticmethod
+    def _started(conn: sqlite3.Connection) -> bool:
+        return bool(conn.execute("SELECT COUNT(*) FROM cells WHERE attempts > 0").fetchone()[0])
+
+    def _conflict(
+        self,
+        conn: sqlite3.Connection,
+        cells: Sequence[dict[str, Any]],
+        known: dict[str, Any] | None,
+        length: dict[str, Any],
+    ) -> MedbenchError | None:
+        """Why this grid may not join the store's started grid; None when it may."""
+        if known is None or not self._started(conn):
+            return None
+        if known != length:
+            return MedbenchError(
+                f"{self.folder} holds a grid that runs with {describe_length(known)}, not "
+                f"{describe_length(length)}: one report cannot compare runs of different "
+                f"lengths; rerun with {describe_length(known)}, or choose a new --out"
+            )
+        have = {r[0] for r in conn.execute("SELECT key FROM cells")}
+        if known.get("total_time_budget_seconds") is not None and any(
+            c["key"] not in have for c in cells
+        ):
+            return MedbenchError(
+                f"{self.folder} holds a grid of {len(have)} runs sharing "
+                f"{describe_length(known)}; adding runs to it would change every run's "
+                "share: choose a new --out for the new runs"
+            )
+        return None
+
     def add_cells(self, cells: Iterable[dict[str, Any]], *, retry_failed: bool = False) -> int:
         """Insert planned cells (dicts with key, dataset, size, model, seed, config_hash,
         config, run_dir) that are not in the store yet; return how many were new. With
         `retry_failed`, failed cells among them go back to pending."""
-        now = time.time()
-        added = 0
         with self._transaction() as conn:
-            for c in cells:
-                cur = conn.execute(
-                    "INSERT OR IGNORE INTO cells (key, dataset, size, model, seed, config_hash, "
-                    "status, created_at, config_json, run_dir) VALUES (?,?,?,?,?,?,'pending',?,?,?)",
-                    (
-                        c["key"],
-                        c["dataset"],
-                        int(c["size"]),
-                        c["model"],
-                        int(c["seed"]),
-                        c["config_hash"],
-                        now,
-                        json.dumps(c["config"], sort_keys=True),
-                        str(c["run_dir"]),
-                    ),
-                )
-                added += cur.rowcount
-                if retry_failed:
-                    conn.execute(
-                        "UPDATE cells SET status='pending', error=NULL WHERE key=? AND status='failed'",
-                        (c["key"],),
-                    )
-        return added
+            return self._insert(conn, cells, retry_failed)
 
     def claim(
         self,
@@ -254,7 +370,8 @@ class ResultsStore:
                     continue
                 conn.execute(
                     "UPDATE cells SET status='running', claimed_host=?, claimed_pid=?, heartbeat=?, "
-                    "started_at=?, attempts=attempts+1, error=NULL WHERE key=?",
+                    "started_at=?, attempts=attempts+1, error=NULL, "
+                    "seconds_spent=seconds_spent+attempt_seconds, attempt_seconds=0 WHERE key=?",
                     (owner.host, owner.pid, now, now, key),
                 )
                 return dict(conn.execute("SELECT * FROM cells WHERE key=?", (key,)).fetchone())
@@ -267,16 +384,24 @@ class ResultsStore:
         same_host = row["claimed_host"] == socket.gethostname()
         return same_host and not process_alive(int(row["claimed_pid"] or 0))
 
-    def heartbeat(self, key: str, owner: Owner | None = None) -> bool:
-        """Refresh the heartbeat of a cell this owner holds; False if it lost the cell."""
+    def heartbeat(
+        self, key: str, owner: Owner | None = None, *, attempt_seconds: float | None = None
+    ) -> bool:
+        """Refresh the heartbeat of a cell this owner holds (and the wall seconds its
+        attempt has spent so far, when given); False if it lost the cell."""
         owner = owner or Owner.current()
         with self._transaction() as conn:
             cur = conn.execute(
-                "UPDATE cells SET heartbeat=? WHERE key=? AND status='running' "
-                "AND claimed_host=? AND claimed_pid=?",
-                (time.time(), key, owner.host, owner.pid),
+                "UPDATE cells SET heartbeat=?, attempt_seconds=COALESCE(?, attempt_seconds) "
+                "WHERE key=? AND status='running' AND claimed_host=? AND claimed_pid=?",
+                (time.time(), attempt_seconds, key, owner.host, owner.pid),
             )
             return cur.rowcount == 1
+
+    def spend(self, key: str, attempt_seconds: float) -> None:
+        """Record the wall seconds the cell's current attempt has spent (when it ends)."""
+        with self._transaction() as conn:
+            conn.execute("UPDATE cells SET attempt_seconds=? WHERE key=?", (attempt_seconds, key))
 
     def finish(self, key: str, results: RunResults, results_path: str | os.PathLike) -> None:
         """Record a finished run from its results."""
@@ -341,6 +466,20 @@ class ResultsStore:
             return all_rows
         by_key = {r["key"]: r for r in all_rows}
         return [by_key[k] for k in keys if k in by_key]
+
+    def grid_length(self) -> dict[str, Any] | None:
+        """The run length the grid was registered with (see `register_grid`); None for a
+        store written before lengths were kept, or with no grid yet."""
+        conn = self._connect()
+        try:
+            return json.loads(self._meta(conn, "grid_length") or "null")
+        finally:
+            conn.close()
+
+    def seconds_spent(self, keys: Iterable[str] | None = None) -> float:
+        """Wall seconds the cells' attempts have spent (all cells, or those of `keys`)."""
+        rows = self.rows(keys)
+        return sum(r["seconds_spent"] + r["attempt_seconds"] for r in rows)
 
     def counts(self, keys: Iterable[str] | None = None) -> dict[str, int]:
         """Number of cells per status (all four statuses present)."""

@@ -33,7 +33,10 @@ DESCRIPTION = (
     "resumes interrupted ones; several processes may run the same grid into the same folder at "
     "once. Run length: --epochs or --time-budget per run, or --total-time-budget for the grid; "
     f"with none of them a GPU trains the default epochs and a CPU shares a "
-    f"{format_seconds(DEFAULT_CPU_TOTAL_BUDGET_SECONDS)} budget over the grid."
+    f"{format_seconds(DEFAULT_CPU_TOTAL_BUDGET_SECONDS)} budget over the grid. The length is "
+    "part of the grid: a folder whose grid started with another one is refused (use a new "
+    "--out). The plan (speed, epochs, ETA per run) is printed before the work; --plan stops "
+    "there."
 )
 
 
@@ -52,7 +55,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--total-time-budget",
         metavar="DURATION",
-        help="budget for the whole grid, split evenly over the runs not yet finished, e.g. 1h",
+        help="budget for the whole grid, e.g. 1h, split evenly over its runs when it is planned; "
+        "a resumed grid spends what is left",
     )
     g.add_argument(
         "--out", default=DEFAULT_OUT, metavar="DIR", help=f"output folder (default {DEFAULT_OUT})"
@@ -65,6 +69,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="also build one ensemble per dataset from its finished runs (all models and seeds): "
         "greedy forward selection on validation (the default), average or weighted; "
         "saved under OUT/ensembles/ and shown in the report",
+    )
+    g.add_argument(
+        "--plan",
+        action="store_true",
+        help="print the plan (each run's measured speed, the epochs its share buys, the ETA) "
+        "and stop: nothing is trained or written",
     )
     g.add_argument("--no-report", action="store_true", help="do not write the report at the end")
     g.add_argument("--quiet", action="store_true", help="no progress on stderr")
@@ -87,7 +97,11 @@ def run(args: argparse.Namespace) -> int:
         report=not args.no_report,
         progress=False if args.quiet else None,
         ensemble=args.ensemble,
+        plan=args.plan,
     )
+    if args.plan:
+        print("\n".join(outcome.plan.lines()))
+        return 0
     c = outcome.counts
     print(
         f"{c.get('finished', 0)}/{len(outcome.cells)} runs finished, {c.get('failed', 0)} failed "

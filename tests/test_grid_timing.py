@@ -1,0 +1,35 @@
+"""benchmarks/grid_timing.py reads a grid written with the current store and report (the
+script itself is not run here: on a real grid it takes an hour to have something to read)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from medbench.benchmark import OVERHEAD_SHARE, run_benchmark
+from test_benchmark_support import make_fake_train
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "grid_timing.py"
+
+
+def _grid_timing():
+    spec = importlib.util.spec_from_file_location("grid_timing", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_grid_timing_reads_the_runs_and_the_grid_budget_of_a_benchmark_folder(tmp_path):
+    out = tmp_path / "out"
+    run_benchmark(datasets="breastmnist", models="advanced_cnn,resnet18", seeds=1, out=out,
+                  total_time_budget_seconds=600.0, train_fn=make_fake_train(),
+                  progress=False)  # fmt: skip
+    timing = _grid_timing()
+    rows = timing.run_rows(out)
+    assert [r["model"] for r in rows] == ["advanced_cnn", "resnet18"]
+    assert [r["budget_seconds"] for r in rows] == [pytest.approx(300.0 * (1 - OVERHEAD_SHARE))] * 2
+    budget = timing.grid_budget(out)
+    assert budget["described"] == "--total-time-budget 10m"
+    assert budget["seconds_spent"] >= 0.0
