@@ -136,3 +136,32 @@ def test_cli_refuses_a_file_that_is_not_a_medbench_model(tmp_path, capsys):
     assert main(["export", str(tmp_path / "weights.pt"), "--format", "onnx"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "not written by medbench" in err
+
+
+def _without(missing: str):
+    """An importer for which the package `missing` is not installed."""
+    import importlib
+
+    def import_module(name: str):
+        if name == missing:
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return importlib.import_module(name)
+
+    return import_module
+
+
+@pytest.mark.parametrize("missing", ["onnx", "onnxruntime"])
+def test_onnx_without_its_packages_names_the_extra_to_install_and_writes_nothing(tmp_path, missing):
+    model_file = save_model(tmp_path / "run" / "model.pt", "efficientnet")
+    with pytest.raises(MedbenchError) as error:
+        export_model(model_file, "onnx", import_module=_without(missing))
+    message = str(error.value)
+    assert f"needs the {missing} package" in message
+    assert 'pip install "medbench[export]"' in message and "\n" not in message
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["model.pt"]
+
+
+def test_torchscript_needs_no_optional_package(tmp_path):
+    model_file = save_model(tmp_path / "run" / "model.pt", "efficientnet")
+    result = export_model(model_file, "torchscript", import_module=_without("onnx"))
+    assert result.path.is_file()

@@ -16,8 +16,10 @@ dynamo exporter needs the onnxscript package, which medbench does not depend on.
 
 from __future__ import annotations
 
+import importlib
 import os
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +38,9 @@ TOLERANCE = 1e-4
 CHECK_IMAGES = 32
 ONNX_OPSET = 17
 EXTRA_BATCH_SIZES = (1, 7)
+# The packages a format needs beyond medbench's own: the `export` extra.
+OPTIONAL_PACKAGES = {"onnx": ("onnx", "onnxruntime"), "torchscript": ()}
+INSTALL_EXTRA = 'pip install "medbench[export]"'
 
 
 @dataclass
@@ -90,10 +95,13 @@ def export_model(
     *,
     data_dir: str | os.PathLike | None = None,
     tolerance: float = TOLERANCE,
+    import_module: Callable[[str], object] = importlib.import_module,
 ) -> ExportResult:
-    """Export a run folder's (or model.pt's) model to `fmt` at `out`; see the module doc."""
+    """Export a run folder's (or model.pt's) model to `fmt` at `out`; see the module doc.
+    `import_module` is how the format's optional packages are looked for."""
     if fmt not in FORMATS:
         raise MedbenchError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    require_packages(fmt, import_module)
     model, meta = load_trained_model(model_path)
     model = model.float().eval()
     out = Path(out) if out is not None else default_output(model_path, fmt)
@@ -117,6 +125,20 @@ def export_model(
         check_source=source,
         batch_sizes=tuple(len(x) for x in batches),
     )
+
+
+def require_packages(
+    fmt: str, import_module: Callable[[str], object] = importlib.import_module
+) -> None:
+    """Refuse, before any work, a format whose optional packages are not installed."""
+    for name in OPTIONAL_PACKAGES[fmt]:
+        try:
+            import_module(name)
+        except ImportError:
+            raise MedbenchError(
+                f"--format {fmt} needs the {name} package, which is not installed; "
+                f"install it with: {INSTALL_EXTRA}"
+            ) from None
 
 
 def _export_and_compare(
