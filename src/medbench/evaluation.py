@@ -25,7 +25,7 @@ from medbench import checkpoint as ckpt
 from medbench import metrics
 from medbench.config import TrainConfig
 from medbench.data import MedMNISTData, load_dataset
-from medbench.errors import MedbenchWarning
+from medbench.errors import MedbenchError, MedbenchWarning
 from medbench.fsutil import atomic_path
 from medbench.inference import (
     MEAN,
@@ -36,6 +36,7 @@ from medbench.inference import (
     predict_logits,
     to_unit_float,
 )
+from medbench.results import read_results
 from medbench.runtime import Runtime, place_model, resolve_runtime
 
 
@@ -223,14 +224,30 @@ def write_model_files(
 def evaluate_run(
     run: str | Path, *, data_dir: str | None = None, device: str = "auto", progress: bool = True
 ) -> dict[str, Any]:
-    """Re-evaluate a finished run's model on its dataset's validation and test splits."""
+    """Re-evaluate a finished run's model on its dataset's validation and test splits.
+
+    The data comes from `data_dir`, else from the folder the run recorded in its
+    results.json (where that folder still exists), else from the default data folder;
+    `data_source` in the result says which: "argument", "recorded" or "default"."""
     model, meta = load_trained_model(run)
     runtime = resolve_runtime(device, "auto", True)
     place_model(model, runtime)
+    source = "argument"
+    if data_dir is None:
+        run_folder = ckpt.resolve_model_file(run).parent
+        try:
+            recorded = read_results(run_folder).config.get("data_dir")
+        except MedbenchError:  # no results.json beside the model: nothing recorded
+            recorded = None
+        if recorded and Path(recorded).is_dir():
+            data_dir, source = recorded, "recorded"
+        else:
+            source = "default"
     data = load_dataset(meta["dataset"], meta["image_size"], data_dir, progress=progress)
     out: dict[str, Any] = {
         "model": meta["model"],
         "dataset": data.provenance(),
+        "data_source": source,
         "temperature": meta["temperature"],
     }
     task = meta["task"]

@@ -11,6 +11,16 @@ from medbench.evaluation import evaluate_run
 NAME = "evaluate"
 HELP = "re-evaluate a trained run (official ACC/AUC, per-class metrics, calibration)"
 ORDER = 25
+DESCRIPTION = (
+    "Re-evaluate a finished run's model.pt on its dataset's validation and test splits. The "
+    "data is read from --data-dir, else from the data folder the run recorded in its "
+    "results.json, else from the default data folder."
+)
+_SOURCES = {
+    "argument": "--data-dir",
+    "recorded": "the run's recorded data folder",
+    "default": "the default data folder",
+}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,6 +36,7 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(out, indent=2, default=str))
         return 0
     print(f"{out['dataset']['name']} / {out['model']}  (temperature {out['temperature']:.3f})")
+    print(f"  data: {out['dataset']['file']} ({_SOURCES[out['data_source']]})")
     for split in ("val", "test"):
         m = out[split]
         print(
