@@ -158,3 +158,32 @@ def test_ensemble_command_prints_the_table_and_saves_the_folder(runs, tmp_path, 
 def test_ensemble_command_without_runs_is_a_user_error(tmp_path, capsys):
     assert main(["ensemble", str(tmp_path)]) == 2
     assert "at least one finished run" in capsys.readouterr().err
+
+
+def _test_images_npz(root, path):
+    """The synthetic breastmnist file's test images as an npz of 'images'."""
+    with np.load(root / "data" / "breastmnist.npz") as npz:
+        np.savez(path, images=npz["test_images"])
+    return path
+
+
+def test_predict_takes_a_saved_ensemble_folder_and_predicts_with_the_ensemble(runs, tmp_path):
+    from medbench.predict import predict
+
+    root, dirs = runs
+    build_ensemble(dirs, method="average", out_dir=tmp_path / "ens")
+    result = predict(tmp_path / "ens", [_test_images_npz(root, tmp_path / "x.npz")], device="cpu")
+    saved = np.load(tmp_path / "ens" / "predictions.npz")["test_probs"]
+    np.testing.assert_allclose(result.probabilities, saved, atol=1e-4)
+    assert result.label_names == load_ensemble(tmp_path / "ens").meta["label_names"]
+
+
+def test_predict_command_takes_a_saved_ensemble_folder(runs, tmp_path, capsys):
+    root, dirs = runs
+    build_ensemble(dirs, method="average", out_dir=tmp_path / "ens")
+    npz = _test_images_npz(root, tmp_path / "x.npz")
+    assert main(["predict", str(tmp_path / "ens"), str(npz), "--json", "--device", "cpu"]) == 0
+    rows = json.loads(capsys.readouterr().out)["predictions"]
+    saved = np.load(tmp_path / "ens" / "predictions.npz")["test_probs"]
+    assert len(rows) == len(saved)
+    np.testing.assert_allclose(list(rows[0]["probabilities"].values()), saved[0], atol=1e-4)

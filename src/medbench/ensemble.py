@@ -456,7 +456,8 @@ def _save(
 
 
 class Ensemble:
-    """A saved ensemble, ready to predict: `predict_proba(images)` and `meta`."""
+    """A saved ensemble, ready to predict: `predict_proba(images)` and `meta`; a
+    `medbench.predict.Predictor`, so `medbench.predict.predict` takes its folder."""
 
     def __init__(
         self,
@@ -466,16 +467,21 @@ class Ensemble:
         meta: dict[str, Any],
         views: list[str],
         device: str = "auto",
+        precision: str = "auto",
     ) -> None:
-        self.runtime = resolve_runtime(device, "auto", True)
-        self.models = [m.to(self.runtime.device).eval() for m in models]
+        self.runtime = resolve_runtime(device, precision, True)
+        self.models = [place_model(m, self.runtime).eval() for m in models]
         self.weights = np.asarray(weights, dtype=np.float64)
         self.temperatures = temperatures
         self.meta = meta
         self.views = views
 
-    def predict_proba(self, images: torch.Tensor | np.ndarray) -> np.ndarray:
-        """Probabilities (N, num_classes) for uint8 images (N, H, W, C), or (N, H, W) if gray."""
+    def predict_proba(
+        self, images: torch.Tensor | np.ndarray, *, calibrated: bool = False
+    ) -> np.ndarray:
+        """Probabilities (N, num_classes) for uint8 images (N, H, W, C), or (N, H, W) if gray.
+        Each member's are temperature-scaled already, so `calibrated` (asked of any
+        `medbench.predict.Predictor`) changes nothing."""
         images = torch.as_tensor(images)
         if images.ndim == 3:
             images = images.unsqueeze(-1)
@@ -493,7 +499,7 @@ class Ensemble:
         return combine(probs, self.weights).astype(np.float32)
 
 
-def load_ensemble(path: str | Path, *, device: str = "auto") -> Ensemble:
+def load_ensemble(path: str | Path, *, device: str = "auto", precision: str = "auto") -> Ensemble:
     """Load an ensemble saved by `build_ensemble(out_dir=...)`: its folder or ensemble.json."""
     path = Path(path)
     file = path / "ensemble.json" if path.is_dir() else path
@@ -513,6 +519,7 @@ def load_ensemble(path: str | Path, *, device: str = "auto") -> Ensemble:
         spec["meta"],
         spec["tta_views"],
         device,
+        precision,
     )
 
 

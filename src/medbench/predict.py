@@ -2,7 +2,8 @@
 
 Anything with `meta` (label_names, task, image_size, in_channels, temperature) and
 `predict_proba(uint8 NHWC images, calibrated=False) -> probabilities` is a `Predictor`;
-`ModelPredictor` wraps one trained model and an ensemble can be another.
+`ModelPredictor` wraps one trained model; `medbench.ensemble.Ensemble` (a folder saved by
+`medbench ensemble --out`) is another.
 
 Images are converted to the model's input the way MedMNIST made its own: resized to a
 square with PIL's bilinear filter (antialiased when shrinking), colour -> gray by PIL's
@@ -28,6 +29,7 @@ import torch
 from PIL import Image
 
 from medbench import metrics
+from medbench.ensemble import is_ensemble, load_ensemble
 from medbench.errors import MedbenchError, MedbenchWarning
 from medbench.fsutil import atomic_write_text
 from medbench.inference import load_trained_model, predict_logits
@@ -78,8 +80,11 @@ def load_predictor(
     device: str = "auto",
     precision: str = "auto",
     batch_size: int = DEFAULT_BATCH_SIZE,
-) -> ModelPredictor:
-    """A `ModelPredictor` for a run folder or its model.pt."""
+) -> Predictor:
+    """A `ModelPredictor` for a run folder or its model.pt; the `Ensemble` of a folder
+    saved by `medbench ensemble --out` (or its ensemble.json)."""
+    if is_ensemble(path):
+        return load_ensemble(path, device=device, precision=precision)
     model, meta = load_trained_model(path)
     return ModelPredictor(model, meta, resolve_runtime(device, precision, True), batch_size)
 
@@ -367,7 +372,7 @@ def predict(
     precision: str = "auto",
 ) -> Predictions:
     """Predict every image of `inputs` (files, folders, npz) with `model` (a run folder,
-    a model.pt, or a `Predictor`). Converted images are reported by one MedbenchWarning."""
+    a model.pt, a saved ensemble's folder, or a `Predictor`). Converted images are reported by one MedbenchWarning."""
     if batch_size < 1:
         raise MedbenchError(f"--batch-size must be at least 1, not {batch_size}")
     predictor = (

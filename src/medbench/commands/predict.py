@@ -13,7 +13,8 @@ NAME = "predict"
 HELP = "predict classes of PNG/JPEG images, folders of them or an npz with a trained model"
 ORDER = 30
 DESCRIPTION = (
-    "Predict with a trained model (a run folder or its model.pt). INPUT is PNG/JPEG files, "
+    "Predict with a trained model (a run folder or its model.pt) or a saved ensemble (the "
+    "folder 'medbench ensemble --out' writes). INPUT is PNG/JPEG files, "
     "folders of them (searched recursively, in sorted order) or an npz file (MedMNIST "
     "layout: test_images unless --split is given, or an 'images' array). Images are "
     "converted to the model's size and channels. Prints a table, or --json / --csv FILE "
@@ -23,7 +24,9 @@ DESCRIPTION = (
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", metavar="MODEL", help="run folder or model.pt")
+    parser.add_argument(
+        "model", metavar="MODEL", help="run folder, model.pt or saved ensemble folder"
+    )
     parser.add_argument("inputs", metavar="INPUT", nargs="+", help="image file, folder or .npz")
     parser.add_argument(
         "--split",
