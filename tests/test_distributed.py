@@ -27,7 +27,7 @@ from medbench.engine import train
 
 MODEL = "timm:test_efficientnet_gn"
 LOSS_TOLERANCE = 1e-4  # absolute, on per-round mean training losses of about 2-3
-RUN_FILES = {"checkpoint.pt", "model.pt", "predictions.npz", "results.json", "MODEL_CARD.md"}
+RUN_FILES = {"model.pt", "predictions.npz", "results.json", "MODEL_CARD.md"}  # finished
 
 # Runs `medbench` as one torchrun process. Processes other than rank 0 may not write any
 # file (every medbench write goes through tempfile.mkstemp), and with
@@ -108,19 +108,23 @@ def test_two_processes_follow_the_loss_trajectory_of_one_with_the_same_global_ba
     done = torchrun(tmp_path, [*train_args(data_dir, tmp_path / "ddp", epochs=3), "--json"])
     assert done.returncode == 0, done.stderr[-3000:]
     ddp = json.loads(done.stdout)  # rank 0's JSON alone: rank 1 prints nothing
-    single = train(single_process_config(data_dir, tmp_path / "one", epochs=3), progress=False)
+    single = train(
+        single_process_config(data_dir, tmp_path / "one", epochs=3), progress=False
+    ).to_json()
 
     assert ddp["distributed"] == {"world_size": 2, "backend": "gloo", "sync_batchnorm": False}
-    assert ddp["steps"] == single["steps"] == 12  # 64 images, global batch 16, 3 epochs
+    assert (
+        ddp["steps_trained"] == single["steps_trained"] == 12
+    )  # 64 images, global batch 16, 3 epochs
     ddp_loss = [h["train_loss"] for h in ddp["history"]]
     one_loss = [h["train_loss"] for h in single["history"]]
     assert ddp_loss == pytest.approx(one_loss, abs=LOSS_TOLERANCE)
     # Rank 0 alone wrote (rank 1's writes would have failed) and printed its round lines.
     assert {p.name for p in (tmp_path / "ddp").iterdir()} == RUN_FILES
     assert done.stderr.count("epoch 3/3") == 1
-    # The checkpoint holds the plain model's weights (no DDP "module." prefix).
-    state = ckpt.load(tmp_path / "ddp" / "checkpoint.pt")["model"]
-    assert state.keys() == ckpt.load(tmp_path / "one" / "checkpoint.pt")["model"].keys()
+    # The saved model holds the plain model's weights (no DDP "module." prefix).
+    state = ckpt.load(tmp_path / "ddp" / "model.pt")["state_dict"]
+    assert state.keys() == ckpt.load(tmp_path / "one" / "model.pt")["state_dict"].keys()
 
 
 def test_a_killed_process_ends_the_job_with_one_clear_error_and_a_resumable_checkpoint(
@@ -144,7 +148,7 @@ def test_a_killed_process_ends_the_job_with_one_clear_error_and_a_resumable_chec
     resumed = train(
         single_process_config(data_dir, run_dir, epochs=6), data=data, progress=False, resume=True
     )
-    assert resumed["epochs_completed"] == 6 and (run_dir / "results.json").is_file()
+    assert resumed.rounds_completed == 6 and (run_dir / "results.json").is_file()
 
 
 @pytest.mark.parametrize("command", ["benchmark", "tune", "search"])

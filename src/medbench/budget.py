@@ -8,6 +8,11 @@ into up to `MIN_ROUNDS` equal rounds, so model selection and resumption still wo
 datasets (e.g. OCTMNIST on a CPU); validation may then take at most `EVAL_SHARE` of the
 budget, which can mean fewer rounds.
 
+Under a time budget the learning-rate schedule follows the elapsed share of the budget
+(`schedule_fraction`), not the planned step total: re-planning changes how many steps and
+rounds remain, never the rate (a re-plan that added steps used to raise it). With both
+`--epochs` and a budget the run ends at whichever comes first.
+
 Every reading of the time goes through the injected `clock` (seconds, monotonic), so the
 planner is tested with a fake clock, not with wall time.
 """
@@ -15,12 +20,15 @@ planner is tested with a fake clock, not with wall time.
 from __future__ import annotations
 
 import math
+import statistics
 import time
 from collections.abc import Callable
 
 MIN_ROUNDS = 5
 EVAL_SHARE = 0.25  # most of a short budget that per-round validation may take
 OVER_BUDGET = 1.05  # a run past this multiple of its budget stops at the end of the round
+TARGET = 0.985  # re-plans aim to end training here: measured rounds vary by a few per cent
+RECENT_ROUNDS = 3  # the rounds a re-plan estimates speed from (their median)
 UNPLANNED = 10**9  # the provisional step total before the first steps are timed
 
 Clock = Callable[[], float]
@@ -45,13 +53,14 @@ class BudgetPlanner:
         self.eval_images = eval_images  # forward-only images per round (validation, BN)
         self.images_per_step = images_per_step  # of the process that validates
         self.clock = clock
-        # Re-planned after each round only when the budget alone sets the length.
-        self.replans = budget_seconds is not None and epochs is None
+        # A budget plans (and re-plans) the length; `epochs`, given too, caps it.
+        self.replans = budget_seconds is not None
+        self.cap = (
+            None if self.replans and not epochs else (epochs or default_epochs) * steps_per_epoch
+        )
         self.planned = not self.replans
         self.round_steps = steps_per_epoch
-        self.total_steps = (
-            (epochs or default_epochs) * steps_per_epoch if self.planned else UNPLANNED
-        )
+        self.total_steps = self.cap if self.planned else UNPLANNED
         self._run_start = clock()
         self._calib: tuple[float, int] | None = None
         self._round_walls: list[float] = []  # wall time of each whole round
@@ -106,7 +115,19 @@ class BudgetPlanner:
         return None
 
     def apply(self, plan: tuple[int, int]) -> None:
-        (self.total_steps, self.round_steps), self.planned = plan, True
+        total, round_steps = plan
+        if self.cap is not None and total >= self.cap:  # the epochs end it before the budget
+            total, round_steps = self.cap, self.steps_per_epoch
+        self.total_steps, self.round_steps, self.planned = total, round_steps, True
+
+    def schedule_fraction(self, step: int) -> float | None:
+        """How much of the run is done, for the learning-rate schedule: None (the schedule's
+        own step / total) without a budget; under a budget its elapsed share, and with an
+        epoch cap too, whichever of the two is further."""
+        if not self.replans:
+            return None
+        fraction = min(1.0, self.elapsed() / self.budget)
+        return max(fraction, step / self.cap) if self.cap else fraction
 
     def round_ends(self, step: int) -> bool:
         return step % self.round_steps == 0 or step >= self.total_steps
@@ -134,9 +155,11 @@ class BudgetPlanner:
             step,
             self.total_steps,
             self.round_steps,
-            self._round_walls[-3:],
-            self._round_trains[-3:],
+            self._round_walls[-RECENT_ROUNDS:],
+            self._round_trains[-RECENT_ROUNDS:],
         )
+        if self.cap is not None:
+            new_total = min(new_total, self.cap)
         changed, self.total_steps = new_total != self.total_steps, new_total
         return changed
 
@@ -183,28 +206,27 @@ def replan_budget(
     total_steps: int,
     round_steps: int,
     recent_round_seconds: list[float],
-    recent_train_seconds: list[float] | None = None,
+    recent_train_seconds: list[float],
+    target: float = TARGET,
 ) -> int:
-    """The new `total_steps` after a round ending at `step`: as many more whole rounds as
-    still fit in the budget at the slowest of the recent rounds' wall times (training,
-    validation, checkpoint), then a shorter last round in the time left over when
-    `recent_train_seconds` (the training part of the same rounds) says some training steps
-    and that round's validation still fit; none when the run has already reached its end.
-    The slowest, not the mean: a plan that overruns loses the end of its cosine schedule (the
-    run is cut off before the learning rate has come down), while a cautious one loses less
-    than a round. The short last round matters when a round is a large part of the budget
-    (a slow model with a costly validation: one round may be half of it)."""
+    """The new `total_steps` after a round ending at `step`, so that training ends at about
+    `target` of the budget: as many more whole rounds as fit, then a shorter last round in
+    the time left over; unchanged when the run has already reached its end.
+
+    Speed comes from the recent rounds: the median of their training seconds per step, and
+    of their overhead (a round's wall time beyond its training: validation, checkpoint).
+    The median, so that one slow round (a busy machine for a moment) neither shrinks the
+    plan nor makes it jump back the round after; recent rounds, so that a machine that
+    really became slower is followed within two rounds."""
     if step >= total_steps or not recent_round_seconds:
         return total_steps
-    per_round = max(recent_round_seconds)
-    remaining = max(0.0, budget - elapsed)
+    step_seconds = max(statistics.median(recent_train_seconds) / round_steps, 1e-9)
+    overhead = statistics.median(
+        w - t for w, t in zip(recent_round_seconds, recent_train_seconds, strict=True)
+    )
+    per_round = round_steps * step_seconds + overhead
+    remaining = max(0.0, target * budget - elapsed)
     rounds_left = int(remaining // max(per_round, 1e-9))
-    extra = 0
-    if recent_train_seconds:
-        step_seconds = max(recent_train_seconds) / round_steps
-        overhead = max(
-            w - t for w, t in zip(recent_round_seconds, recent_train_seconds, strict=True)
-        )
-        leftover = remaining - rounds_left * per_round - overhead
-        extra = min(round_steps - 1, max(0, int(leftover // max(step_seconds, 1e-9))))
+    leftover = remaining - rounds_left * per_round - overhead
+    extra = min(round_steps - 1, max(0, int(leftover // step_seconds)))
     return step + rounds_left * round_steps + extra

@@ -32,6 +32,7 @@ class RunInfo:
     batch_size: int
     total_steps: int  # planned; 0 while a time budget has not been planned yet
     start_step: int  # > 0 when resumed
+    model: nn.Module | None = None  # the module whose weights train (not for training it)
 
 
 @dataclass(frozen=True)

@@ -68,6 +68,9 @@ class TrainConfig:
     # Where: the data folder (None = medmnist's cache) and the run folder.
     data_dir: str | None = None
     run_dir: str | None = None
+    # A finished run keeps model.pt; its checkpoint.pt (optimiser state, best weights so
+    # far: ~180 MB for ResNet-18) is deleted unless asked to keep it.
+    keep_checkpoint: bool = False
 
     def validate(self) -> TrainConfig:
         def check(ok: bool, msg: str) -> None:

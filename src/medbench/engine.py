@@ -21,7 +21,9 @@ and prints, then tells the others what it decided.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import tempfile
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -132,7 +134,8 @@ def train(
         if state.step == round_start_step:
             coord.seed_round(config.seed, state.step)
         x, y, n = run.batch(state.step)
-        factor = lr_factor(config, state.step, planner.total_steps, run.steps_per_epoch)
+        done = planner.schedule_fraction(state.step)  # None: the schedule's own step count
+        factor = lr_factor(config, state.step, planner.total_steps, run.steps_per_epoch, done)
         loss = run.optimizer_step(train_model, x, y, factor)
         state.step += 1
         losses.push(loss, n, state.step)
@@ -155,6 +158,40 @@ def train(
     results = _finish(run, state, planner, selector, stop, clock, measure)
     cbs.on_train_end(results)
     return coord.broadcast(results)
+
+
+def steps_per_epoch(config: TrainConfig, n_train: int) -> int:
+    """Optimiser steps in one epoch of `n_train` images (the ragged last batch is dropped)."""
+    batch_size = min(config.batch_size or default_batch_size(n_train), n_train)
+    return max(1, n_train // batch_size)
+
+
+def measure_step_seconds(
+    config: TrainConfig,
+    data: MedMNISTData,
+    *,
+    steps: int = 3,
+    clock: Clock = time.perf_counter,
+    runtime: Runtime | None = None,
+) -> float:
+    """Wall seconds per optimiser step of `config` on this machine: `steps` steps timed after
+    one untimed warm-up step, in a throw-away folder (nothing of the run is kept). What a
+    grid's plan multiplies by the steps a budget buys."""
+    runtime = runtime or resolve_runtime(config.device, config.precision, config.channels_last)
+    with tempfile.TemporaryDirectory(prefix="medbench-speed-") as folder:
+        probe = dataclasses.replace(
+            config, run_dir=folder, model_options=dict(config.model_options)
+        )
+        run = _build(
+            probe, _load_data(probe, data, Coordinator(runtime), False), Coordinator(runtime), 1
+        )
+        run.model.train()
+        for i in range(steps + 1):
+            if i == 1:
+                start = clock()
+            x, y, _ = run.batch(i)
+            run.optimizer_step(run.model, x, y, 1.0).item()  # .item(): wait for the device
+        return (clock() - start) / steps
 
 
 # ----------------------------------------------------------------------------- the pieces
@@ -257,7 +294,13 @@ class _Run:
     def info(self, planner: BudgetPlanner, start_step: int) -> RunInfo:
         total = planner.total_steps if planner.planned else 0
         return RunInfo(
-            self.config, self.run_dir, self.steps_per_epoch, self.batch_size, total, start_step
+            self.config,
+            self.run_dir,
+            self.steps_per_epoch,
+            self.batch_size,
+            total,
+            start_step,
+            self.model,
         )
 
     def optimizer_step(
@@ -312,8 +355,6 @@ def _build(
     """The model, optimiser, loss and data stream of a run, in a fixed order: every piece
     that draws from the global RNG (the model's initial weights) comes after the seed."""
     info, runtime = data.info, coord.runtime
-    run_dir = coord.on_main(lambda: _make_run_dir(config))  # rank 0's folder, made there
-    config.run_dir = str(run_dir)
     seed_everything(config.seed)
     options = dict(config.model_options)
     for key in ("drop_path", "dropout"):
@@ -322,6 +363,9 @@ def _build(
     model = build_model(config.model, info.n_channels, info.n_classes, config.size, **options)
     n_params = count_parameters(model)
     flops = count_flops(model, (info.n_channels, config.size, config.size))
+    # The folder only once the model is known to build: a mistyped name leaves nothing.
+    run_dir = coord.on_main(lambda: _make_run_dir(config))  # rank 0's folder, made there
+    config.run_dir = str(run_dir)
     # Pretrained weights: loaded, the backbone frozen or given a lower learning rate.
     lr_scales = prepare_pretrained(model, config) if config.pretrained else None
     place_model(model, runtime)
@@ -525,17 +569,20 @@ def _finish(
         efficiency=100.0 * evaluation.metrics["test"]["acc"] / (run.n_params / 1e6),
         environment=environment(runtime),
         files={
-            "checkpoint": "checkpoint.pt",
+            **({"checkpoint": "checkpoint.pt"} if config.keep_checkpoint else {}),
             "model": "model.pt",
             "predictions": "predictions.npz",
             "results": "results.json",
             "model_card": "MODEL_CARD.md",
         },
         distributed=run.coord.describe(),
+        batch_size=run.batch_size,
     )
     results.timing.eval_seconds = clock() - eval_start
     atomic_write_json(run.run_dir / "results.json", results.to_json())
     write_model_card(run.run_dir)  # MODEL_CARD.md: data, config, metrics with 95% CIs, limits
+    if not config.keep_checkpoint:  # finished: model.pt holds what later use needs
+        (run.run_dir / "checkpoint.pt").unlink(missing_ok=True)
     return results
 
 

@@ -55,16 +55,26 @@ def _fused_optimizer_ok(params: list[nn.Parameter]) -> bool | None:
     return True if {p.device.type for p in params} in ({"cpu"}, {"cuda"}) else None
 
 
-def lr_factor(config: TrainConfig, step: int, total_steps: int, steps_per_epoch: int) -> float:
-    """Learning-rate multiplier at `step` (0-based) of `total_steps`."""
+def lr_factor(
+    config: TrainConfig,
+    step: int,
+    total_steps: int,
+    steps_per_epoch: int,
+    fraction: float | None = None,
+) -> float:
+    """Learning-rate multiplier at `step` (0-based) of `total_steps`. `fraction`, when given,
+    is how much of the run is done (0..1) and drives the schedule after warm-up instead of
+    `step / total_steps`: under a time budget it is the elapsed share of the budget, which
+    only grows, so re-planning the step total never raises the rate."""
+    done = step / max(1, total_steps) if fraction is None else fraction
     if config.schedule == "multistep":  # official MedMNIST: x0.1 at 50% and 75% of training
-        return 0.1 ** ((step >= 0.5 * total_steps) + (step >= 0.75 * total_steps))
+        return 0.1 ** ((done >= 0.5) + (done >= 0.75))
     warmup = min(config.warmup_epochs * steps_per_epoch, 0.2 * total_steps)
     if step < warmup:
         return (step + 1) / warmup
     if config.schedule == "constant":
         return 1.0
-    progress = (step - warmup) / max(1.0, total_steps - warmup)
+    progress = (step - warmup) / max(1.0, total_steps - warmup) if fraction is None else fraction
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 

@@ -150,6 +150,7 @@ class RunResults:
     environment: dict[str, Any] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)
     distributed: dict[str, Any] | None = None
+    batch_size: int | None = None  # images per optimiser step (the global batch)
     status: str = "finished"
     schema_version: int = SCHEMA_VERSION
 
@@ -160,6 +161,21 @@ class RunResults:
     @property
     def epochs_trained(self) -> float:
         return self.steps / max(1, self.steps_per_epoch)
+
+    @property
+    def images_seen(self) -> int | None:
+        return None if self.batch_size is None else self.steps * self.batch_size
+
+    @property
+    def budget_seconds(self) -> float | None:
+        return self.config.get("time_budget_seconds")
+
+    @property
+    def over_budget_seconds(self) -> float | None:
+        """How far training ran past its time budget (0 inside it; None without one)."""
+        if self.budget_seconds is None:
+            return None
+        return max(0.0, self.timing.train_seconds - self.budget_seconds)
 
     @property
     def test(self) -> dict[str, Any]:
@@ -177,9 +193,15 @@ class RunResults:
             "config": self.config,
             "dataset": self.dataset,
             "model": self.model.to_json(),
-            "steps": self.steps,
-            "steps_per_epoch": self.steps_per_epoch,
+            # What the run really trained (never the planned length):
+            "steps_trained": self.steps,
             "epochs_trained": self.epochs_trained,
+            "images_seen": self.images_seen,
+            "train_seconds": self.timing.train_seconds,
+            "budget_seconds": self.budget_seconds,
+            "over_budget_seconds": self.over_budget_seconds,
+            "steps_per_epoch": self.steps_per_epoch,
+            "batch_size": self.batch_size,
             "rounds_planned": self.rounds_planned,
             "rounds_completed": self.rounds_completed,
             "best_round": self.best_round,
@@ -224,7 +246,7 @@ class RunResults:
             model=ModelInfo.from_json(d["model"]),
             metrics=dict(d["metrics"]),
             timing=Timing.from_json(d.get("timing") or {}),
-            steps=int(d.get("steps") or 0),
+            steps=int(d.get("steps_trained", d.get("steps")) or 0),
             steps_per_epoch=int(d.get("steps_per_epoch") or 1),
             rounds_planned=renamed("rounds_planned", "epochs_planned"),
             rounds_completed=renamed("rounds_completed", "epochs_completed"),
@@ -238,6 +260,7 @@ class RunResults:
             environment=dict(d.get("environment") or {}),
             files=dict(d.get("files") or {}),
             distributed=d.get("distributed"),
+            batch_size=d.get("batch_size"),
             status=str(d.get("status") or "finished"),
         )
 
