@@ -574,19 +574,13 @@ def _default_train_fn(data: _DataCache | None = None) -> TrainFn:
 
 def engine_speed_fn(data: _DataCache | None = None, *, steps: int = 3) -> SpeedFn:
     """A run's speed as the engine measures it (`engine.measure_step_seconds`: a few
-    optimiser steps after a warm-up one, in a throw-away folder). An engine without that
-    measurement gives plans without speeds."""
+    optimiser steps after a warm-up one, in a throw-away folder)."""
     data = data or _DataCache()
 
-    def speed(config: TrainConfig) -> CellSpeed | None:
-        measure = getattr(engine, "measure_step_seconds", None)
-        per_epoch = getattr(engine, "steps_per_epoch", None)
-        if measure is None or per_epoch is None:
-            return None
+    def speed(config: TrainConfig) -> CellSpeed:
         loaded = data(config)
-        probe = TrainConfig.from_dict({**config.to_dict(), "run_dir": None})
-        seconds = measure(probe, loaded, steps=steps)
-        return CellSpeed(float(seconds), int(per_epoch(probe, len(loaded.train))))
+        seconds = engine.measure_step_seconds(config, loaded, steps=steps)
+        return CellSpeed(float(seconds), engine.steps_per_epoch(config, len(loaded.train)))
 
     return speed
 

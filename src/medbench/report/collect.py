@@ -14,56 +14,24 @@ from typing import Any
 
 from medbench.config import TrainConfig, config_hash
 from medbench.errors import MedbenchError
-from medbench.results import RunResults, read_results
+from medbench.results import FLAT_FIELDS, RunResults, read_results
 from medbench.store import STORE_NAME, ResultsStore
 
-# Columns of results.csv / results.json, in order.
-RUN_FIELDS = (
-    "dataset",
-    "size",
-    "model",
-    "seed",
-    "config_hash",
-    "status",
-    "test_acc",
-    "test_auc",
-    "val_acc",
-    "val_auc",
-    "test_balanced_acc",
-    "test_macro_f1",
-    "test_ece",
-    "n_params",
-    "gflops",
-    "efficiency",
-    "train_seconds",
-    "steps",
-    "epochs_trained",
-    "epochs_completed",
-    "collapsed",
-    "flags",
-    "data_official",
-    "data_md5_matches",
-    "license",
-    "run_dir",
-    "results_path",
-    "error",
-)
-
-# Columns that say which run a row is: from the store row (or from where results.json lies).
-_ROW_COLUMNS = (
-    "dataset",
-    "size",
-    "model",
-    "seed",
-    "config_hash",
-    "status",
-    "run_dir",
-    "results_path",
-    "error",
-)
-# Every other column is the run's RunResults.flat_row field of the same name, except one
-# that kept its name when schema 2 renamed epochs to rounds.
+# The run's RunResults.flat_row field that kept its column name when schema 2 renamed epochs
+# to rounds.
 _FLAT_NAME = {"epochs_completed": "rounds_completed"}
+_CSV_NAME = {flat: csv for csv, flat in _FLAT_NAME.items()}
+_WHERE = ("run_dir", "results_path", "error")  # from the store row (or where results.json lies)
+_WHICH = (*FLAT_FIELDS[:4], "config_hash", "status")  # dataset, size, model, seed, ...
+
+# Columns of results.csv / results.json, in order: which run, its flat fields, where it is.
+RUN_FIELDS = (
+    *_WHICH,
+    *(_CSV_NAME.get(f, f) for f in FLAT_FIELDS if f not in _WHICH),
+    *_WHERE,
+)
+# Columns that say which run a row is; every other column comes from its RunResults.
+_ROW_COLUMNS = (*_WHICH, *_WHERE)
 
 
 @dataclass
