@@ -20,13 +20,17 @@ from medbench.tune import (
     FINISHED,
     PerTrialSeededSampler,
     PruningCallback,
+    TrialProgress,
     claim_slot,
     count_trials,
     open_study,
+    pick_best_trial,
     recipe_from_params,
     suggest_recipe,
+    trial_config,
     tune,
     work_study,
+    write_tune_outputs,
 )
 
 TINY_MODEL = {"width": 0.25, "depths": [1, 1, 1, 1], "attention": False}
@@ -177,7 +181,11 @@ def test_tiny_tune_writes_a_best_config_that_train_accepts(tiny_data_dir, tmp_pa
     )
     assert result.n_finished == 2
     values = load_config_file(result.best_config_path)
-    config = TrainConfig.from_dict({**values, "dataset": "breastmnist", "model": "advanced_cnn"})
+    config = TrainConfig.from_dict(values)  # the file alone: no dataset or model added
+    assert (config.dataset, config.model, config.size, config.seed) == (
+        "breastmnist", "advanced_cnn", 28, 0,
+    )  # fmt: skip
+    assert config.model_options == TINY_MODEL
     assert config.validate().batch_size == 16 and config.epochs == 1
     assert (tmp_path / "out" / "history.png").stat().st_size > 0
     summary = json.loads((tmp_path / "out" / "tune_summary.json").read_text())
@@ -390,3 +398,70 @@ def test_a_trial_whose_worker_died_before_its_first_heartbeat_is_failed_and_retr
     assert trials[orphan.number].state == TrialState.FAIL
     assert count_trials(study, FINISHED) == 1  # the slot was freed and filled, no hang
     assert any("never sent a heartbeat" in line for line in lines)
+
+
+def test_a_trial_prints_a_line_when_it_starts_and_after_every_round():
+    lines: list[str] = []
+    progress = TrialProgress(3, lines.append, {"lr": 0.01234, "augment": "basic"})
+    progress.on_train_start(None)
+    record = {"round": 2, "val_auc": 0.75, "val_acc": 0.6, "seconds": 12.3}
+    progress.on_round_end(
+        RoundEnd(run=None, record=record, model=None, runtime=None, total_steps=0,
+                 is_best=True, rounds_planned=5)
+    )  # fmt: skip
+    assert lines == [
+        "trial 3: started with lr=0.0123, augment=basic",
+        "trial 3: round 2/5 val AUC 0.7500 ACC 0.6000 (12s)",
+    ]
+
+
+def _completed(number: int, value: float, flags: list[str]) -> optuna.trial.FrozenTrial:
+    trial = optuna.trial.create_trial(
+        params={"lr": 0.001 * (number + 1)},
+        distributions={"lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True)},
+        value=value,
+        user_attrs={"collapsed": bool(flags), "flags": flags},
+    )
+    trial.number = number
+    return trial
+
+
+def test_the_best_trial_is_the_best_one_that_did_not_collapse():
+    trials = [_completed(0, 0.9, ["predicts one class"]), _completed(1, 0.7, [])]
+    best, notes = pick_best_trial(trials)
+    assert best.number == 1
+    assert len(notes) == 1 and "trial 0 scored higher" in notes[0] and "collapsed" in notes[0]
+
+
+def test_no_note_when_the_best_trial_did_not_collapse():
+    best, notes = pick_best_trial([_completed(0, 0.9, []), _completed(1, 0.7, ["x"])])
+    assert best.number == 0 and notes == []
+
+
+@pytest.mark.filterwarnings("ignore::medbench.errors.MedbenchWarning")  # too few for fANOVA
+def test_when_every_trial_collapsed_the_best_config_and_summary_say_so(tmp_path):
+    study = optuna.create_study(direction="maximize")
+    for number, value in ((0, 0.6), (1, 0.55)):
+        study.add_trial(_completed(number, value, ["predicts one class"]))
+    study.set_user_attr("metric", "auc")
+    result = write_tune_outputs(
+        study, _base(tmp_path), tmp_path, storage="memory", fixed={}, max_epochs=1
+    )
+    saved = json.loads(result.best_config_path.read_text())
+    summary = json.loads((tmp_path / "tune_summary.json").read_text())
+    assert result.best_trial == 0
+    assert len(result.notes) == 1 and "every completed trial (2) collapsed" in result.notes[0]
+    assert saved["notes"] == result.notes == summary["notes"]
+    assert load_config_file(result.best_config_path)["lr"] == pytest.approx(0.001)
+
+
+def test_the_best_config_keeps_what_the_trials_trained_with_but_not_where(tmp_path):
+    base = _base(tmp_path)
+    base.optimizer, base.ema_decay = "sgd", 0.99
+    values = trial_config(base, {"lr": 0.005, "epochs": 3})
+    assert {k: values[k] for k in ("dataset", "model", "size", "seed", "optimizer", "ema_decay")} == {
+        "dataset": "breastmnist", "model": "advanced_cnn", "size": 28, "seed": 0,
+        "optimizer": "sgd", "ema_decay": 0.99,
+    }  # fmt: skip
+    assert (values["lr"], values["epochs"], values["model_options"]) == (0.005, 3, TINY_MODEL)
+    assert not {"data_dir", "run_dir", "device"} & set(values)

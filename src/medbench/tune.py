@@ -23,7 +23,7 @@ import math
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ from matplotlib.figure import Figure
 from optuna.trial import FrozenTrial, TrialState
 
 from medbench.augment import POLICIES
-from medbench.callbacks import Callback, RoundEnd
+from medbench.callbacks import Callback, RoundEnd, RunInfo
 from medbench.config import TrainConfig
 from medbench.data import load_dataset
 from medbench.engine import train
@@ -72,6 +72,7 @@ class TuneResult:
     best_config: dict[str, Any]
     best_config_path: Path
     plots: list[Path]
+    notes: list[str] = field(default_factory=list)  # caveats, e.g. every trial collapsed
 
 
 # ----------------------------------------------------------------------------- study plumbing
@@ -134,6 +135,8 @@ def record_trial_result(trial: optuna.Trial, results: RunResults, metric: str) -
     trial.set_user_attr("test_acc", results.test["acc"])
     trial.set_user_attr("test_auc", results.test["auc"])
     trial.set_user_attr("train_seconds", results.timing.train_seconds)
+    trial.set_user_attr("collapsed", bool(results.flags))
+    trial.set_user_attr("flags", list(results.flags))
     return value
 
 
@@ -151,6 +154,24 @@ class PruningCallback(Callback):
         self.trial.report(value, record["round"])
         if self.trial.should_prune():
             raise optuna.TrialPruned(f"round {record['round']}: val {self.metric} {value:.4f}")
+
+
+class TrialProgress(Callback):
+    """One line when a trial starts and one per finished round: a trial trains silently
+    (no progress bar), and one may take minutes."""
+
+    def __init__(self, number: int, say: Callable[[str], None], params: dict[str, Any]) -> None:
+        self.number, self.say, self.params = number, say, params
+
+    def on_train_start(self, run: RunInfo) -> None:
+        self.say(f"trial {self.number}: started with {_short(self.params) or 'the fixed recipe'}")
+
+    def on_round_end(self, event: RoundEnd) -> None:
+        r = event.record
+        self.say(
+            f"trial {self.number}: round {r['round']}/{event.rounds_planned} val AUC "
+            f"{r['val_auc']:.4f} ACC {r['val_acc']:.4f} ({r['seconds']:.0f}s)"
+        )
 
 
 def count_trials(study: optuna.Study, states: tuple[TrialState, ...]) -> int:
@@ -369,8 +390,9 @@ class StudySetup:
         recorded on the trial and raised again."""
         run_dir = self.out_dir / "trials" / f"trial-{trial.number:04d}"
         config = TrainConfig.from_dict({**self.base.to_dict(), **values, "run_dir": str(run_dir)})
+        shown = [TrialProgress(trial.number, self.say, trial.params), *callbacks]
         try:
-            return train(config, data=self.data, progress=False, callbacks=callbacks, measure=False)
+            return train(config, data=self.data, progress=False, callbacks=shown, measure=False)
         except optuna.TrialPruned as pruned:
             self.say(f"trial {trial.number}: pruned at {pruned}")
             raise
@@ -537,11 +559,20 @@ def write_tune_outputs(
             f"study {study.study_name} has no completed trial yet (all pruned or failed); "
             "run more --trials or use --pruner none"
         )
-    best = max(completed, key=lambda t: t.value)
-    recipe = recipe_from_params(best.params, fixed, max_epochs)
-    best_config = {"model_options": dict(base.model_options), **recipe}
-    path = atomic_write_json(out_dir / "best_config.json", best_config)
-    atomic_write_json(out_dir / "tune_summary.json", _summary(study, base, best, best_config))
+    best, notes = pick_best_trial(completed)
+    best_config = trial_config(base, recipe_from_params(best.params, fixed, max_epochs))
+    path = atomic_write_json(
+        out_dir / "best_config.json",
+        {
+            "config": best_config,  # what `--config` reads (medbench.config.load_config_file)
+            "trial": best.number,
+            "value": best.value,
+            "metric": study.user_attrs.get("metric"),
+            "notes": notes,
+        },
+    )
+    summary = _summary(study, base, best, best_config)
+    atomic_write_json(out_dir / "tune_summary.json", {**summary, "notes": notes})
     plots = [plot_history(study, out_dir / "history.png")]
     importance = plot_importance(study, out_dir / "importance.png")
     if importance is not None:
@@ -555,7 +586,46 @@ def write_tune_outputs(
         best_config=best_config,
         best_config_path=path,
         plots=plots,
+        notes=notes,
     )
+
+
+def pick_best_trial(completed: list[FrozenTrial]) -> tuple[FrozenTrial, list[str]]:
+    """The best completed trial the collapse guard did not flag (where there is one), and
+    notes on what a user of its recipe should know."""
+    top = max(completed, key=lambda t: t.value)
+    usable = [t for t in completed if not t.user_attrs.get("collapsed")]
+    if not usable:
+        flags = "; ".join(top.user_attrs.get("flags") or []) or "flagged"
+        return top, [
+            f"every completed trial ({len(completed)}) collapsed, the best one too ({flags}): "
+            "its recipe is not a usable model; run more --trials, longer ones (--max-epochs) "
+            "or check the data"
+        ]
+    best = max(usable, key=lambda t: t.value)
+    if best is top:
+        return best, []
+    return best, [
+        f"trial {top.number} scored higher (val {top.value:.4f}) but collapsed "
+        f"({'; '.join(top.user_attrs.get('flags') or [])}); trial {best.number}, the best "
+        "that did not, is the one saved"
+    ]
+
+
+# Config keys that say where and on what machine a trial ran, not what it learnt: left out
+# of best_config.json so that it trains again anywhere.
+_MACHINE_KEYS = ("data_dir", "run_dir", "device", "num_workers")
+
+
+def trial_config(base: TrainConfig, recipe: dict[str, Any]) -> dict[str, Any]:
+    """Everything a trial trained with (but where and on what): the dataset, model, size,
+    seed and model options of `base`, its other options that differ from the defaults,
+    and `recipe` over them."""
+    defaults = TrainConfig(dataset=base.dataset, model=base.model).to_dict()
+    values = base.to_dict()
+    identity = {k: values[k] for k in ("dataset", "model", "size", "seed", "model_options")}
+    changed = {k: v for k, v in values.items() if k not in _MACHINE_KEYS and v != defaults[k]}
+    return {**identity, **changed, **recipe}
 
 
 def _summary(

@@ -31,6 +31,8 @@ DEFAULT_SIZE = TrainConfig.size  # the dataclass default
 # TrainConfig fields that say which run this is: set from their own flags by base_config.
 _IDENTITY = ("dataset", "model", "seed", "size", "model_options")
 _FLAG_TO_FIELD = {"time_budget": "time_budget_seconds"}
+# What base_config takes from the command line over a --config file (each where given).
+_COMMAND_LINE_IDENTITY = ("dataset", "model", "size", "seed", "data_dir")
 
 
 def add_data_dir(parser: argparse._ActionsContainer) -> None:
@@ -43,9 +45,11 @@ def add_data_dir(parser: argparse._ActionsContainer) -> None:
 
 
 def add_size(
-    parser: argparse._ActionsContainer, help: str = f"image size in pixels (default {DEFAULT_SIZE})"
+    parser: argparse._ActionsContainer,
+    help: str = f"image size in pixels (default {DEFAULT_SIZE})",
+    default: int | None = DEFAULT_SIZE,
 ) -> None:
-    parser.add_argument("--size", type=int, default=DEFAULT_SIZE, choices=SIZES, help=help)
+    parser.add_argument("--size", type=int, default=default, choices=SIZES, help=help)
 
 
 def add_device(
@@ -81,6 +85,13 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
         "faster for small images)",
     )
     r.add_argument("--no-channels-last", dest="channels_last", action="store_false", default=None)
+    r.add_argument(
+        "--keep-checkpoint",
+        action="store_true",
+        default=None,
+        help="keep checkpoint.pt once the run has finished (default: removed; model.pt holds "
+        "what evaluate, predict and export need)",
+    )
 
 
 def _add_length_options(g: argparse._ActionsContainer) -> None:
@@ -198,23 +209,18 @@ def parse_model_options(items: list[str]) -> dict[str, Any]:
 
 
 def base_config(args: argparse.Namespace, values: dict[str, Any], **more: Any) -> TrainConfig:
-    """The TrainConfig of `values` (from `config_overrides`) with the dataset, model (where
-    given, else from `--config`), size, seed and data folder of the command line over them,
-    and `more` over all."""
-    identity = {
-        "dataset": args.dataset,
-        "size": args.size,
-        "seed": args.seed,
-        "data_dir": args.data_dir,
-    }
-    if args.model:
-        identity["model"] = args.model
+    """The TrainConfig of `values` (from `config_overrides`) with the dataset, model, size,
+    seed and data folder the command line gives over them (each where given, else from
+    `--config`), and `more` over all."""
+    given = (getattr(args, key, None) for key in _COMMAND_LINE_IDENTITY)
+    identity = {k: v for k, v in zip(_COMMAND_LINE_IDENTITY, given, strict=True) if v is not None}
     merged = {**values, **identity, **more}
-    if not merged.get("model"):
-        raise MedbenchError(
-            "say which model to train: --model NAME (see 'medbench models') "
-            "or a --config file with a 'model' key"
-        )
+    for key, see in (("dataset", "medbench datasets"), ("model", "medbench models")):
+        if not merged.get(key):
+            raise MedbenchError(
+                f"say which {key} to train: --{key} NAME (see '{see}') "
+                f"or a --config file with a '{key}' key"
+            )
     return TrainConfig.from_dict(merged)
 
 
@@ -274,7 +280,7 @@ def add_study_options(parser: argparse.ArgumentParser, kind: str) -> None:
 def study_arguments(args: argparse.Namespace, kind: str) -> dict[str, Any]:
     """The keyword arguments tune() and search() share, from `add_study_*`'s flags."""
     return {
-        "out_dir": args.out or f"runs/{kind}-{args.dataset}-{args.model.replace(':', '-')}",
+        "out_dir": study_out_dir(args, kind),
         "metric": args.metric,
         "storage": args.storage,
         "study_name": args.study,
@@ -282,3 +288,8 @@ def study_arguments(args: argparse.Namespace, kind: str) -> dict[str, Any]:
         "timeout_seconds": parse_duration(args.timeout) if args.timeout else None,
         "progress": not args.quiet,
     }
+
+
+def study_out_dir(args: argparse.Namespace, kind: str) -> str:
+    """The folder a `kind` study keeps its database and trials in: --out, else its default."""
+    return args.out or f"runs/{kind}-{args.dataset}-{args.model.replace(':', '-')}"

@@ -12,7 +12,7 @@ ORDER = 32
 DESCRIPTION = (
     "Write MODEL_CARD.md into a finished run folder from its results.json and "
     "predictions.npz: data and license, training configuration, test ACC/AUC with bootstrap "
-    "95%% intervals, calibration, collapse-guard flags, known limits and intended use."
+    "95% intervals, calibration, collapse-guard flags, known limits and intended use."
 )
 
 

@@ -19,6 +19,8 @@ DESCRIPTION = (
     "a folder (ensemble.json, predictions.npz, members/) that 'medbench predict' can load."
 )
 
+resume_hint = None  # building an ensemble again is quick: there is nothing to resume
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(

@@ -18,6 +18,8 @@ DESCRIPTION = (
     "(pixel / 255 - 0.5) / 0.5; output: logits."
 )
 
+resume_hint = None  # an export is written whole or not at all: there is nothing to resume
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", metavar="MODEL", help="run folder or model.pt")

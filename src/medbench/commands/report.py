@@ -14,6 +14,8 @@ DESCRIPTION = (
     "files) from the results already there. It never trains."
 )
 
+resume_hint = None  # a report is rebuilt whole from the stored results: there is nothing to resume
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("folder", metavar="DIR", help="the benchmark --out folder")

@@ -11,6 +11,7 @@ from medbench.commands._options import (
     base_config,
     config_overrides,
     study_arguments,
+    study_out_dir,
 )
 from medbench.distributed import refuse_launch
 from medbench.errors import MedbenchError
@@ -72,6 +73,7 @@ def _export(args: argparse.Namespace) -> int:
 def _search(args: argparse.Namespace) -> int:
     if not (args.dataset and args.model and args.trials):
         raise MedbenchError("a search needs --dataset, --model and --trials")
+    args.out = study_out_dir(args, "search")  # named by Ctrl-C's resume hint (medbench.cli)
     result = search(
         base_config(args, config_overrides(args)),
         n_trials=args.trials,

@@ -7,7 +7,9 @@ import json
 import warnings
 
 from medbench import distributed
+from medbench.callbacks import Callback, RunInfo
 from medbench.commands._options import (
+    DEFAULT_SIZE,
     add_data_dir,
     add_size,
     add_training_options,
@@ -24,24 +26,28 @@ ORDER = 20
 DESCRIPTION = (
     "Train MODEL on DATASET, select the best epoch on the validation split, then report the "
     "official MedMNIST ACC/AUC and more on the test split. Everything goes to the run folder: "
-    "checkpoint.pt (after every epoch), model.pt, predictions.npz and results.json. "
-    "Under torchrun it trains with DistributedDataParallel, one process per GPU "
-    "(docs/distributed.md)."
+    "checkpoint.pt (after every epoch; removed at the end unless --keep-checkpoint), model.pt, "
+    "predictions.npz and results.json. Under torchrun it trains with DistributedDataParallel, "
+    "one process per GPU (docs/distributed.md)."
 )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dataset",
-        required=True,
-        help="MedMNIST dataset, e.g. dermamnist (see 'medbench datasets')",
+        help="MedMNIST dataset, e.g. dermamnist (see 'medbench datasets'); may come from "
+        "--config instead",
     )
     parser.add_argument(
         "--model",
         help="model name (see 'medbench models') or timm:<name>; may come from --config instead",
     )
-    add_size(parser)
-    parser.add_argument("--seed", type=int, default=0)
+    add_size(
+        parser,
+        help=f"image size in pixels (default: --config's, else {DEFAULT_SIZE})",
+        default=None,
+    )
+    parser.add_argument("--seed", type=int, help="random seed (default: --config's, else 0)")
     parser.add_argument(
         "--run-dir",
         metavar="DIR",
@@ -62,7 +68,10 @@ def run(args: argparse.Namespace) -> int:
     if not speaks:
         warnings.simplefilter("ignore", MedbenchWarning)  # cli.main restores the filters
     results = train(
-        config, resume=args.resume, progress=False if (args.quiet or not speaks) else None
+        config,
+        resume=args.resume,
+        progress=False if (args.quiet or not speaks) else None,
+        callbacks=[_RememberRunDir(args)],
     )
     distributed.cleanup()
     if not speaks:
@@ -72,6 +81,26 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(summary_line(results))
     return 0
+
+
+class _RememberRunDir(Callback):
+    """Put the run folder the engine chose on `args`, for `resume_hint`."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+
+    def on_train_start(self, run: RunInfo) -> None:
+        self.args.run_dir = str(run.run_dir)
+
+
+def resume_hint(args: argparse.Namespace) -> str:
+    """What Ctrl-C says: how to continue the run from its last checkpoint."""
+    if not args.run_dir:
+        return "it stopped before training started: run the same command again"
+    return (
+        "continue from the last checkpoint with the same command and "
+        f"--resume --run-dir {args.run_dir}"
+    )
 
 
 def summary_line(results: RunResults) -> str:

@@ -64,10 +64,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     sources = [name.strip() for name in args.pretrain_on.split(",") if name.strip()]
     config = base_config(args, config_overrides(args))
+    args.out = args.out or _default_out(args, sources)  # named by Ctrl-C's hint (medbench.cli)
     results = transfer(
         sources,
         config,
-        args.out or _default_out(args, sources),
+        args.out,
         mode=args.mode or config.finetune or "full",
         pretrain_epochs=args.pretrain_epochs,
         k=args.k,

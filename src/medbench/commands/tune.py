@@ -10,6 +10,7 @@ from medbench.commands._options import (
     base_config,
     config_overrides,
     study_arguments,
+    study_out_dir,
 )
 from medbench.distributed import refuse_launch
 from medbench.tune import PRUNERS, TUNABLE, tune
@@ -24,7 +25,8 @@ DESCRIPTION = (
     "training options you give (flags or --config) are held fixed instead. The study is kept "
     "in OUT/tune.sqlite (or --storage), so a killed tune resumes where it stopped and several "
     "processes or machines can run the same command on one study. Writes OUT/best_config.json "
-    "(use it with 'medbench train --config'), tune_summary.json, history.png, importance.png."
+    "(the best trial's dataset, model, size, seed and recipe: 'medbench train --config FILE' "
+    "trains it again), tune_summary.json, history.png, importance.png."
 )
 
 
@@ -38,6 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     refuse_launch("tune")
+    args.out = study_out_dir(args, "tune")  # named by Ctrl-C's resume hint (medbench.cli)
     values = config_overrides(args)
     result = tune(
         base_config(args, values),
@@ -52,4 +55,6 @@ def run(args: argparse.Namespace) -> int:
         f"study {result.study_name}: {result.n_finished} trials finished; best trial "
         f"{result.best_trial} val {args.metric} {result.best_value:.4f} -> {result.best_config_path}"
     )
+    for note in result.notes:
+        print(f"note: {note}")
     return 0
