@@ -10,9 +10,11 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 
+import timm
 from torch import nn
 
 from medbench.errors import MedbenchError
+from medbench.models.adapters import AdapterSpec
 
 TIMM_PREFIX = "timm:"
 IMAGE_SIZES = (28, 64, 128, 224)
@@ -90,10 +92,6 @@ _TIMM_OPTION_NAMES = {"drop_path": "drop_path_rate", "dropout": "drop_rate"}
 def _build_timm(
     name: str, in_channels: int, num_classes: int, image_size: int, options: dict[str, object]
 ) -> nn.Module:
-    import timm
-
-    from medbench.models.adapters import AdapterSpec
-
     # Input adapter options (input_adapter / input_size / input_channels): resize small
     # MedMNIST images and match channels to what a pretrained backbone expects.
     options = dict(options)
