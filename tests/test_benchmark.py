@@ -331,8 +331,9 @@ def test_grid_cell_callback_keeps_the_cell_claimed_and_notes_each_round(tmp_path
     record = {"round": 3, "train_loss": 0.5, "val_acc": 0.75, "val_auc": float("nan")}
     callback.on_round_end(RoundEnd(None, record, None, None, 10, True))
     assert store.rows()[0]["heartbeat"] > beat_at_claim
+    # The same line `medbench train` prints for a round (medbench.progress.round_line).
     assert stream.getvalue() == (
-        "  dermamnist/advanced_cnn/seed0 round 3: train_loss 0.5000, val_acc 0.7500, val_auc nan\n"
+        "  dermamnist/advanced_cnn/seed0 round 3: loss 0.5000 val_acc 0.7500 val_auc nan\n"
     )
 
 

@@ -121,7 +121,7 @@ def test_two_processes_follow_the_loss_trajectory_of_one_with_the_same_global_ba
     assert ddp_loss == pytest.approx(one_loss, abs=LOSS_TOLERANCE)
     # Rank 0 alone wrote (rank 1's writes would have failed) and printed its round lines.
     assert {p.name for p in (tmp_path / "ddp").iterdir()} == RUN_FILES
-    assert done.stderr.count("epoch 3/3") == 1
+    assert done.stderr.count("round 3/3") == 1
     # The saved model holds the plain model's weights (no DDP "module." prefix).
     state = ckpt.load(tmp_path / "ddp" / "model.pt")["state_dict"]
     assert state.keys() == ckpt.load(tmp_path / "one" / "model.pt")["state_dict"].keys()

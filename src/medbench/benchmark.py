@@ -35,6 +35,7 @@ from medbench.ensemble import METHODS, build_ensemble
 from medbench.errors import MedbenchError, MedbenchWarning
 from medbench.fsutil import atomic_write_text
 from medbench.models import TIMM_PREFIX, model_options
+from medbench.progress import round_line
 from medbench.recipe import DEFAULT_EPOCHS
 from medbench.report import build_report
 from medbench.results import RunResults, read_results
@@ -77,8 +78,7 @@ class Cell:
 
     @property
     def label(self) -> str:
-        c = self.config
-        return f"{c.dataset}/{c.model}/seed{c.seed}"
+        return self.config.label
 
     @property
     def run_dir(self) -> Path:
@@ -487,13 +487,7 @@ class GridCellCallback(Callback):
     def on_round_end(self, event: RoundEnd) -> None:
         spent = None if self.elapsed is None else self.elapsed()
         self.store.heartbeat(self.cell.key, self.owner, attempt_seconds=spent)
-        record = event.record
-        parts = [
-            f"{k} {record[k]:.4f}"
-            for k in ("train_loss", "val_acc", "val_auc")
-            if isinstance(record.get(k), (int, float))
-        ]
-        self.view.note(f"  {self.cell.label} round {record.get('round')}: {', '.join(parts)}")
+        self.view.note("  " + round_line(self.cell.label, event.record, event.rounds_planned))
 
 
 class _Heartbeat:

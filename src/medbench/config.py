@@ -72,6 +72,11 @@ class TrainConfig:
     # far: ~180 MB for ResNet-18) is deleted unless asked to keep it.
     keep_checkpoint: bool = False
 
+    @property
+    def label(self) -> str:
+        """How every line medbench prints names this run: dataset/model/seedN."""
+        return f"{self.dataset}/{self.model}/seed{self.seed}"
+
     def validate(self) -> TrainConfig:
         def check(ok: bool, msg: str) -> None:
             if not ok:

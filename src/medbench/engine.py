@@ -535,14 +535,14 @@ def _finish(
     config, runtime, info = run.config, run.runtime, run.data.info
     if stop.over_budget:
         warnings.warn(
-            f"{run.run_dir.name}: time budget exceeded; stopped after {state.step} steps",
+            f"{config.label}: time budget exceeded; stopped after {state.step} steps",
             MedbenchWarning,
             stacklevel=4,  # train's caller (past train and the lost_peers_as_error decorator)
         )
     eval_start = clock()
     selector.restore_best(run.eval_model)
     evaluation = evaluate_final(run.eval_model, run.data, runtime, config.collapse_margin)
-    warn_collapse(run.run_dir.name, evaluation.flags)
+    warn_collapse(config.label, evaluation.flags)
     latency_ms, throughput = (
         measure_speed(run.eval_model, runtime, info.n_channels, config.size)
         if measure

@@ -12,14 +12,29 @@ from tqdm.auto import tqdm
 
 from medbench.callbacks import Callback, RoundEnd, RunInfo
 
+# A round record's numbers as printed: (key, label, format), in order.
+_ROUND_FIELDS = (
+    ("train_loss", "loss", ".4f"),
+    ("val_acc", "val_acc", ".4f"),
+    ("val_auc", "val_auc", ".4f"),
+    ("lr", "lr", ".2e"),
+)
 
-def round_line(event: RoundEnd) -> str:
-    r, c = event.record, event.run.config
-    return (
-        f"[{c.dataset}/{c.model}/seed {c.seed}] epoch {r['round']}/{event.rounds_planned} "
-        f"loss {r['train_loss']:.4f} val_acc {r['val_acc']:.4f} val_auc {r['val_auc']:.4f} "
-        f"lr {r['lr']:.2e} {r['seconds']:.1f}s {r['train_images_per_second']:.0f} img/s"
-    )
+
+def round_line(label: str, record: dict[str, Any], rounds_planned: int | None = None) -> str:
+    """The one line a finished round prints, in `train` and in a grid alike."""
+    of = f"/{rounds_planned}" if rounds_planned else ""
+    epochs = f" ({record['epochs']:.2f} epochs)" if record.get("epochs") is not None else ""
+    numbers = [
+        f"{name} {record[key]:{fmt}}"
+        for key, name, fmt in _ROUND_FIELDS
+        if isinstance(record.get(key), int | float)
+    ]
+    if isinstance(record.get("seconds"), int | float):
+        numbers.append(f"{record['seconds']:.1f}s")
+    if isinstance(record.get("train_images_per_second"), int | float):
+        numbers.append(f"{record['train_images_per_second']:.0f} img/s")
+    return f"{label} round {record.get('round')}{of}{epochs}: {' '.join(numbers)}"
 
 
 class ProgressBar(Callback):
@@ -36,7 +51,7 @@ class ProgressBar(Callback):
             self.bar = tqdm(
                 total=run.total_steps,
                 initial=run.start_step if run.total_steps else 0,
-                desc=f"{c.dataset}/{c.model}/s{c.seed}",
+                desc=c.label,
                 unit="step",
                 leave=False,
                 dynamic_ncols=True,
@@ -54,7 +69,7 @@ class ProgressBar(Callback):
             self.bar.refresh()
 
     def on_round_end(self, event: RoundEnd) -> None:
-        line = round_line(event)
+        line = round_line(event.run.config.label, event.record, event.rounds_planned)
         if self.bar is not None:
             self.bar.write(line, file=self.stream)
         else:
