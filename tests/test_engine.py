@@ -424,3 +424,27 @@ def test_an_unknown_model_leaves_no_run_folder(tmp_path, blood):
     with pytest.raises(MedbenchError, match="resnet19"):
         train(config(tmp_path, model="resnet19", model_options={}), data=blood, progress=False)
     assert not (tmp_path / "run").exists()
+
+
+def test_a_finished_run_is_never_trained_over(tmp_path, blood):
+    train(config(tmp_path, epochs=1, keep_checkpoint=False), data=blood, progress=False)
+    before = (tmp_path / "run" / "results.json").read_text()
+    other = config(tmp_path, epochs=1, model="advanced_cnn", model_options={"width": 0.25})
+    with pytest.raises(MedbenchError, match="already holds a finished run"):
+        train(other, data=blood, progress=False)
+    with pytest.raises(MedbenchError, match="nothing to resume"):
+        train(config(tmp_path, epochs=1), data=blood, progress=False, resume=True)
+    assert (tmp_path / "run" / "results.json").read_text() == before
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def test_an_unfinished_run_is_continued_only_when_asked(tmp_path, blood):
+    with pytest.raises(Interrupt):
+        train(
+            config(tmp_path, epochs=3),
+            data=blood,
+            progress=False,
+            callbacks=[InterruptAfterFirstRound()],
+        )
+    with pytest.raises(MedbenchError, match="add --resume to continue it"):
+        train(config(tmp_path, epochs=3), data=blood, progress=False)

@@ -68,7 +68,7 @@ from medbench.recipe import (
     make_loss,
     make_optimizer,
 )
-from medbench.results import ModelInfo, RoundRecord, RunResults, Timing
+from medbench.results import ModelInfo, RoundRecord, RunResults, Timing, read_results
 from medbench.runtime import Runtime, environment, place_model, resolve_runtime, seed_everything
 from medbench.selection import Selector
 
@@ -112,7 +112,7 @@ def train(
     runtime = runtime or resolve_runtime(config.device, config.precision, config.channels_last)
     coord = Coordinator.join(runtime)  # under torchrun: join the job, on this process's device
     data = _load_data(config, data, coord, progress)
-    run = _build(config, data, coord, selection_val_images)
+    run = _build(config, data, coord, selection_val_images, resume)
     state = coord.on_main(lambda: _read_checkpoint(run) if resume else None)
     state = (
         ckpt.restore_training(state, run.parts(), run.runtime.device)
@@ -350,7 +350,11 @@ def _load_data(
 
 
 def _build(
-    config: TrainConfig, data: MedMNISTData, coord: Coordinator, selection_val_images: int
+    config: TrainConfig,
+    data: MedMNISTData,
+    coord: Coordinator,
+    selection_val_images: int,
+    resume: bool = False,
 ) -> _Run:
     """The model, optimiser, loss and data stream of a run, in a fixed order: every piece
     that draws from the global RNG (the model's initial weights) comes after the seed."""
@@ -364,7 +368,7 @@ def _build(
     n_params = count_parameters(model)
     flops = count_flops(model, (info.n_channels, config.size, config.size))
     # The folder only once the model is known to build: a mistyped name leaves nothing.
-    run_dir = coord.on_main(lambda: _make_run_dir(config))  # rank 0's folder, made there
+    run_dir = coord.on_main(lambda: _make_run_dir(config, resume))  # rank 0's, made there
     config.run_dir = str(run_dir)
     # Pretrained weights: loaded, the backbone frozen or given a lower learning rate.
     lr_scales = prepare_pretrained(model, config) if config.pretrained else None
@@ -610,8 +614,9 @@ def default_run_dir(config: TrainConfig, root: str | Path = "runs") -> Path:
     return Path(root) / f"{config.dataset}_{config.size}-{name}-seed{config.seed}-{stamp}"
 
 
-def _make_run_dir(config: TrainConfig) -> Path:
+def _make_run_dir(config: TrainConfig, resume: bool) -> Path:
     run_dir = Path(config.run_dir) if config.run_dir else default_run_dir(config)
+    check_run_folder(run_dir, resume)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -619,3 +624,38 @@ def _make_run_dir(config: TrainConfig) -> Path:
             f"cannot create run folder {run_dir}: {exc.strerror}; choose a writable --out/--run-dir"
         ) from None
     return run_dir
+
+
+def check_run_folder(run_dir: Path, resume: bool) -> None:
+    """Refuse to train over a run: a finished run is never overwritten, and an unfinished
+    one is continued only when asked to (`resume`)."""
+    finished = _finished_run(run_dir)
+    has_checkpoint = (run_dir / "checkpoint.pt").exists()
+    if finished and not resume:
+        raise MedbenchError(
+            f"{run_dir} already holds a finished run ({finished}); choose a new --run-dir, "
+            "or delete that folder to train it again"
+        )
+    if finished and not has_checkpoint:
+        raise MedbenchError(
+            f"{run_dir} holds a finished run ({finished}): there is nothing to resume; its "
+            f"results are in {run_dir / 'results.json'}"
+        )
+    if has_checkpoint and not resume:
+        raise MedbenchError(
+            f"{run_dir} holds an unfinished run; add --resume to continue it, or choose a "
+            "new --run-dir"
+        )
+
+
+def _finished_run(run_dir: Path) -> str | None:
+    """'model on dataset' when `run_dir` holds a finished run's results.json, else None."""
+    if not (run_dir / "results.json").is_file():
+        return None
+    try:
+        results = read_results(run_dir)
+    except MedbenchError:
+        return "an unreadable results.json"
+    if results.status != "finished":
+        return None
+    return f"{results.model.name} on {results.config.get('dataset')}"
