@@ -448,3 +448,28 @@ def test_an_unfinished_run_is_continued_only_when_asked(tmp_path, blood):
         )
     with pytest.raises(MedbenchError, match="add --resume to continue it"):
         train(config(tmp_path, epochs=3), data=blood, progress=False)
+
+
+def _flip_bytes(path, n: int = 400) -> None:
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + n] = bytes(b ^ 0xFF for b in data[middle : middle + n])
+    path.write_bytes(bytes(data))
+
+
+def test_a_byte_flipped_model_or_checkpoint_is_refused_with_one_line(tmp_path, blood):
+    interrupt_after_first_epoch_then_resume(tmp_path, blood, epochs=2)
+    _flip_bytes(tmp_path / "part" / "model.pt")
+    with pytest.raises(MedbenchError, match="corrupt") as model_error:
+        load_trained_model(tmp_path / "part")
+    assert "\n" not in str(model_error.value)
+    with pytest.raises(Interrupt):
+        train(
+            config(tmp_path, "cut", epochs=3),
+            data=blood,
+            progress=False,
+            callbacks=[InterruptAfterFirstRound()],
+        )
+    _flip_bytes(tmp_path / "cut" / "checkpoint.pt")
+    with pytest.raises(MedbenchError, match="corrupt"):
+        train(config(tmp_path, "cut", epochs=3), data=blood, progress=False, resume=True)

@@ -47,6 +47,7 @@ def load(path: str | Path, expected_format: str | None = None) -> dict[str, Any]
             f"{path} is not a readable checkpoint (corrupt, truncated, or not written by "
             "torch.save); use a medbench run folder, model.pt or checkpoint.pt"
         )
+    _check_integrity(path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -62,6 +63,26 @@ def load(path: str | Path, expected_format: str | None = None) -> dict[str, Any]
         ) from None
     _check_format(obj, path, expected_format)
     return obj
+
+
+def _check_integrity(path: Path) -> None:
+    """Check every member of the file against the CRC-32 its zip archive stores: torch.load
+    does not, so a file with flipped bytes loaded as good weights (and scored as a
+    different model)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except PermissionError:
+        raise MedbenchError(f"{path} cannot be read (permission denied)") from None
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+        raise MedbenchError(
+            f"{path} is corrupt or truncated ({str(exc)[:120]}); train or export it again"
+        ) from None
+    if bad is not None:
+        raise MedbenchError(
+            f"{path} is corrupt: its part {bad!r} fails the archive's checksum (CRC-32); "
+            "the file was damaged after it was written: train or export it again"
+        )
 
 
 def _check_format(obj: Any, path: Path, expected_format: str | None) -> None:
