@@ -187,3 +187,13 @@ def test_predict_command_takes_a_saved_ensemble_folder(runs, tmp_path, capsys):
     saved = np.load(tmp_path / "ens" / "predictions.npz")["test_probs"]
     assert len(rows) == len(saved)
     np.testing.assert_allclose(list(rows[0]["probabilities"].values()), saved[0], atol=1e-4)
+
+
+def test_an_ensemble_is_never_written_into_a_member(runs, tmp_path):
+    _, dirs = runs
+    before = (dirs[0] / "predictions.npz").read_bytes()
+    for out in (dirs[0], dirs[0] / "ensemble"):
+        with pytest.raises(MedbenchError, match="inside the member run"):
+            build_ensemble(dirs, method="average", out_dir=out)
+    assert (dirs[0] / "predictions.npz").read_bytes() == before
+    assert not (dirs[0] / "ensemble").exists()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from medbench.benchmark import run_benchmark
+from medbench.benchmark import plan_grid, run_benchmark, run_grid
 from medbench.cli import main
 from medbench.report import build_report
 from medbench.report.collect import Group, Run
@@ -274,3 +274,21 @@ def test_report_command_on_a_folder_without_results_is_a_user_error(tmp_path, ca
 def test_report_command_writes_the_report(cnn_study, tmp_path, capsys):
     assert main(["report", str(cnn_study), "--out", str(tmp_path), "--no-plots"]) == 0
     assert (tmp_path / "report.html").exists()
+
+
+def test_a_run_whose_results_file_is_garbage_is_listed_not_silently_dropped(tmp_path):
+    out = tmp_path / "out"
+    cells = plan_grid(
+        ["dermamnist"], ["advanced_cnn", "efficientnet"], [0, 1], out=out, base={"epochs": 2}
+    )
+    run_grid(cells, out, train_fn=make_fake_train(), progress=False)
+    broken = sorted(out.rglob("results.json"))[0]  # advanced_cnn, seed 0
+    broken.write_text("not json at all")
+    text = build_report(out).markdown.read_text()
+    assert "1 cell(s) have no results and are left out of the comparison" in text
+    unfinished = text[text.index("### Cells not finished") :]
+    assert (
+        "advanced_cnn | 0 | finished | finished, but its results.json is missing or unreadable"
+        in unfinished
+    )
+    assert "advanced_cnn | this study (n=1)" in text  # the run that is left, counted as one

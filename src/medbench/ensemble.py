@@ -307,6 +307,7 @@ def build_ensemble(
     results = _results(members, weights, method, views, val_probs, test_probs, y_val, y_test)
     if out_dir is not None:
         out_dir = Path(out_dir)
+        _refuse_a_member_folder(out_dir, members)
         results["run_dir"] = str(out_dir)
         _save(
             out_dir, members, weights, method, views, results, val_probs, test_probs, y_val, y_test
@@ -404,6 +405,19 @@ def _timing(chosen: list[Member], n_views: int) -> dict[str, float | None]:
         "latency_ms_per_image": None if latency is None else latency * n_views,
         "throughput_images_per_second": throughput,
     }
+
+
+def _refuse_a_member_folder(out_dir: Path, members: list[Member]) -> None:
+    """An ensemble is written beside its members, never into one or below it (it would
+    replace that run's predictions.npz, and the run would no longer read as itself)."""
+    out = out_dir.resolve()
+    for m in members:
+        run = Path(m.run_dir).resolve()
+        if out == run or run in out.parents:
+            raise MedbenchError(
+                f"--out {out_dir} is inside the member run {m.run_dir}; the ensemble would "
+                "overwrite that run's files: choose a folder of its own"
+            )
 
 
 def _save(
