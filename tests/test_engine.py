@@ -473,3 +473,27 @@ def test_a_byte_flipped_model_or_checkpoint_is_refused_with_one_line(tmp_path, b
     _flip_bytes(tmp_path / "cut" / "checkpoint.pt")
     with pytest.raises(MedbenchError, match="corrupt"):
         train(config(tmp_path, "cut", epochs=3), data=blood, progress=False, resume=True)
+
+
+def test_resuming_with_another_recipe_is_refused_naming_the_difference(tmp_path, blood):
+    with pytest.raises(Interrupt):
+        train(
+            config(tmp_path, epochs=3),
+            data=blood,
+            progress=False,
+            callbacks=[InterruptAfterFirstRound()],
+        )
+    for change, named in (
+        ({"seed": 5}, "seed 0 -> 5"),
+        ({"lr": 0.1}, "lr 0.002 -> 0.1"),
+        ({"epochs": 4}, "epochs 3 -> 4"),
+    ):
+        with pytest.raises(MedbenchError, match=named):
+            train(
+                config(tmp_path, **{"epochs": 3, **change}), data=blood, progress=False, resume=True
+            )
+    # Where it runs may change: the same recipe on another device setting resumes.
+    r = train(
+        config(tmp_path, epochs=3, channels_last=False), data=blood, progress=False, resume=True
+    )
+    assert r.config["seed"] == 0 and r.rounds_completed == 3

@@ -599,7 +599,42 @@ def _read_checkpoint(run: _Run) -> dict[str, Any] | None:
     """Rank 0 reads the checkpoint and hands it to the others (their machines may not see
     the run folder)."""
     path = run.run_dir / "checkpoint.pt"
-    return ckpt.load_training(path, run.identity) if path.exists() else None
+    if not path.exists():
+        return None
+    state = ckpt.load_training(path, run.identity)
+    _check_same_recipe(path, state["config"], run.config.to_dict())
+    return state
+
+
+# What may change when a run is resumed: where and on what it runs, not what it learns.
+_RESUMABLE_CHANGES = frozenset(
+    {
+        "device",
+        "precision",
+        "channels_last",
+        "num_workers",
+        "data_dir",
+        "run_dir",
+        "keep_checkpoint",
+        "time_budget_seconds",  # a grid may give a resumed run what is left of its share
+        "collapse_margin",  # read at the final evaluation only
+    }
+)
+
+
+def _check_same_recipe(path: Path, saved: dict[str, Any], asked: dict[str, Any]) -> None:
+    """Refuse to resume with another recipe: the results would record settings the weights
+    were not trained with."""
+    changed = sorted(
+        k for k in saved.keys() | asked.keys()
+        if k not in _RESUMABLE_CHANGES and saved.get(k) != asked.get(k)
+    )  # fmt: skip
+    if changed:
+        diff = ", ".join(f"{k} {saved.get(k)!r} -> {asked.get(k)!r}" for k in changed)
+        raise MedbenchError(
+            f"{path} was trained with another recipe ({diff}); resume with the run's own "
+            "options, or train the new recipe in a new --run-dir"
+        )
 
 
 def _fits_on_gpu(nbytes: int, device: torch.device) -> bool:
