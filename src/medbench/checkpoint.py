@@ -14,6 +14,7 @@ Both are plain `torch.save` dicts of tensors and JSON-like values, loaded with
 
 from __future__ import annotations
 
+import io
 import pickle
 import zipfile
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ from typing import Any
 import torch
 
 from medbench.errors import MedbenchError
-from medbench.fsutil import atomic_path
+from medbench.fsutil import atomic_write_bytes
 
 CHECKPOINT_FORMAT = "medbench-checkpoint"
 MODEL_FORMAT = "medbench-model"
@@ -31,10 +32,13 @@ FORMAT_VERSION = 1
 
 
 def save(obj: dict[str, Any], path: str | Path) -> Path:
-    """Write `obj` with torch.save to a temporary file and rename it into place."""
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
-    return Path(path)
+    """Write `obj` with torch.save to a temporary file and rename it into place.
+
+    It is serialised in memory first: torch's zip writer, meeting a full disk, fails with
+    an error of its own kind; one write of known size fails as a MedbenchError instead."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return atomic_write_bytes(path, buf.getvalue())
 
 
 def load(path: str | Path, expected_format: str | None = None) -> dict[str, Any]:

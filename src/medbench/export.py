@@ -5,10 +5,10 @@ normalised as in training, (uint8 / 255 - 0.5) / 0.5, with a dynamic batch size;
 returns logits (softmax / sigmoid and the calibration temperature are left to the user,
 see docs/predict.md).
 
-The file is written under a temporary name, run on a real batch (the dataset's test
+The file is exported in memory, run on a real batch (the dataset's test
 images when the data file is at hand, else random uint8 images normalised the same way)
-at that batch size and at batch sizes 1 and 7, and renamed into place only when its
-outputs are within `tolerance` of PyTorch's.
+at that batch size and at batch sizes 1 and 7, and written (atomically, after a check of
+the free disk space) only when its outputs are within `tolerance` of PyTorch's.
 
 ONNX uses PyTorch's TorchScript-based exporter (`dynamo=False`, `dynamic_axes`): the
 dynamo exporter needs the onnxscript package, which medbench does not depend on.
@@ -17,6 +17,7 @@ dynamo exporter needs the onnxscript package, which medbench does not depend on.
 from __future__ import annotations
 
 import importlib
+import io
 import os
 import warnings
 from collections.abc import Callable
@@ -28,7 +29,7 @@ import torch
 
 from medbench.data import load_dataset
 from medbench.errors import MedbenchError, MedbenchWarning
-from medbench.fsutil import atomic_path
+from medbench.fsutil import atomic_write_bytes
 from medbench.inference import load_trained_model, normalize
 from medbench.results import read_results
 
@@ -107,17 +108,18 @@ def export_model(
     out = Path(out) if out is not None else default_output(model_path, fmt)
     if out.is_dir():
         raise MedbenchError(f"{out} is a folder; give --out a file name")
+    _make_folder(out.parent)  # a folder that cannot be made is refused before any work
     images, source = check_images(meta, data_dir or _run_data_dir(model_path))
     batches = [normalized_input(images)] + [
         normalized_input(images[np.arange(b) % len(images)]) for b in EXTRA_BATCH_SIZES
     ]
-    with atomic_path(out) as tmp:
-        diff = _export_and_compare(model, fmt, batches, tmp)
-        if not diff <= tolerance:
-            raise MedbenchError(
-                f"the {fmt} export differs from PyTorch by up to {diff:.3g} (tolerance "
-                f"{tolerance:g}) on {source}; it was not written"
-            )
+    data, diff = _export_and_compare(model, fmt, batches)
+    if not diff <= tolerance:
+        raise MedbenchError(
+            f"the {fmt} export differs from PyTorch by up to {diff:.3g} (tolerance "
+            f"{tolerance:g}) on {source}; it was not written"
+        )
+    atomic_write_bytes(out, data)
     return ExportResult(
         path=out,
         format=fmt,
@@ -142,19 +144,22 @@ def require_packages(
 
 
 def _export_and_compare(
-    model: torch.nn.Module, fmt: str, batches: list[torch.Tensor], path: Path
-) -> float:
-    """Export `model` to `path`, run the file on `batches`; the largest difference from
-    PyTorch's outputs (inf where a shape differs)."""
+    model: torch.nn.Module, fmt: str, batches: list[torch.Tensor]
+) -> tuple[bytes, float]:
+    """Export `model` in memory, run the exported bytes on `batches`; (the bytes, the
+    largest difference from PyTorch's outputs, inf where a shape differs).
+
+    Nothing touches the disk here: the exporters' C++ writers abort the process on a full
+    disk, so the checked bytes are written afterwards, by one atomic write of known size."""
     with torch.no_grad():
         expected = [model(x).numpy() for x in batches]
     example = batches[0][:2]  # traced at batch 2 so that no size is specialised to 1
     if fmt == "onnx":
-        _export_onnx(model, example, path)
-        run = _onnx_runner(path)
+        data = _export_onnx(model, example)
+        run = _onnx_runner(data)
     else:
-        _export_torchscript(model, example, path)
-        run = _torchscript_runner(path)
+        data = _export_torchscript(model, example)
+        run = _torchscript_runner(data)
     try:
         outputs = [run(x) for x in batches]
     except Exception as exc:  # the exported file itself failed: never keep it
@@ -162,10 +167,19 @@ def _export_and_compare(
             f"the exported {fmt} model failed to run ({type(exc).__name__}: "
             f"{str(exc)[:160]}); it was not written"
         ) from None
-    return max(
+    return data, max(
         float(np.abs(o - e).max()) if o.shape == e.shape else float("inf")
         for o, e in zip(outputs, expected, strict=True)
     )
+
+
+def _make_folder(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise MedbenchError(
+            f"cannot write to {folder}: {exc.strerror or exc}; choose a writable folder"
+        ) from exc
 
 
 def _run_data_dir(model_path: str | os.PathLike) -> str | None:
@@ -178,39 +192,43 @@ def _run_data_dir(model_path: str | os.PathLike) -> str | None:
         return None
 
 
-def _export_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path) -> None:
+def _export_onnx(model: torch.nn.Module, example: torch.Tensor) -> bytes:
+    buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporter's own deprecation notices
         torch.onnx.export(
             model,
             (example,),
-            str(path),
+            buf,
             dynamo=False,
             input_names=["images"],
             output_names=["logits"],
             dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
             opset_version=ONNX_OPSET,
         )
+    return buf.getvalue()
 
 
-def _onnx_runner(path: Path):
+def _onnx_runner(data: bytes):
     import onnxruntime as ort  # optional: the `export` extra
 
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
     return lambda x: session.run(None, {"images": x.numpy()})[0]
 
 
-def _export_torchscript(model: torch.nn.Module, example: torch.Tensor, path: Path) -> None:
+def _export_torchscript(model: torch.nn.Module, example: torch.Tensor) -> bytes:
+    buf = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # tracer warnings and torch.jit's deprecation notice
         traced = torch.jit.trace(model, example)
-        torch.jit.save(traced, str(path))
+        torch.jit.save(traced, buf)
+    return buf.getvalue()
 
 
-def _torchscript_runner(path: Path):
+def _torchscript_runner(data: bytes):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        module = torch.jit.load(str(path), map_location="cpu").eval()
+        module = torch.jit.load(io.BytesIO(data), map_location="cpu").eval()
 
     def run(x: torch.Tensor) -> np.ndarray:
         with torch.no_grad():

@@ -3,8 +3,11 @@ destination and is renamed into place, so a reader never sees half a file."""
 
 from __future__ import annotations
 
+import errno
+import io
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -13,10 +16,17 @@ from typing import IO, Any
 
 from medbench.errors import MedbenchError
 
+# A full disk, a full quota, a file over the size limit (RLIMIT_FSIZE).
+_SPACE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
 
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path in the destination's folder; on success rename it over `path`."""
+    """Yield a temporary path in the destination's folder; on success rename it over `path`.
+
+    An OSError while the file is written, flushed, synced or renamed (a full disk, a file
+    size limit, a folder gone read-only) removes the temporary file, leaves whatever was
+    at `path` before untouched and is raised as one MedbenchError naming `path`."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -27,15 +37,46 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         ) from exc
     os.close(fd)
     tmp_path = Path(tmp)
-    os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual mode
     try:
+        os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual mode
         yield tmp_path
         with open(tmp_path, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp_path, path)
+    except OSError as exc:
+        tmp_path.unlink(missing_ok=True)
+        raise write_error(path, exc) from exc
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
+
+
+def write_error(path: str | os.PathLike, exc: OSError) -> MedbenchError:
+    """The one-line error for an OSError met while writing `path`."""
+    reason = (exc.strerror or str(exc)).lower()
+    if exc.errno in _SPACE_ERRNOS:
+        return MedbenchError(
+            f"cannot write {path}: {reason}; free some disk space (or raise the file size "
+            "limit) and run again; nothing was written and any earlier file is intact"
+        )
+    return MedbenchError(
+        f"cannot write {path}: {reason}; nothing was written and any earlier file is intact"
+    )
+
+
+def check_free_space(path: str | os.PathLike, n_bytes: int) -> None:
+    """Refuse, before writing, `n_bytes` that the disk holding `path`'s folder cannot take."""
+    folder = Path(path).parent
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:  # no such folder yet, or not a local disk: let the write itself tell
+        return
+    if free < n_bytes:
+        raise MedbenchError(
+            f"cannot write {path}: no space left on device ({n_bytes / 1e6:.1f} MB needed, "
+            f"{free / 1e6:.1f} MB free); free some disk space and run again; nothing was "
+            "written and any earlier file is intact"
+        )
 
 
 def _umask() -> int:
@@ -51,8 +92,14 @@ def atomic_write(path: str | os.PathLike, writer: Callable[[IO[bytes]], Any]) ->
     return Path(path)
 
 
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write `data` to `path` atomically, refusing at once data the disk has no room for."""
+    check_free_space(path, len(data))
+    return atomic_write(path, lambda fh: fh.write(data))
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    return atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))
+    return atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
@@ -62,11 +109,12 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
 
 
 def atomic_savefig(fig: Any, path: str | os.PathLike, dpi: int = 120) -> Path:
-    """Lay out a matplotlib figure and write it as a PNG, atomically."""
+    """Lay out a matplotlib figure and write it as a PNG, atomically (rendered in memory
+    first, so a full disk is met by one write of known size)."""
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=dpi)
-    return Path(path)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    return atomic_write_bytes(path, buf.getvalue())
 
 
 def _json_default(obj: Any) -> Any:

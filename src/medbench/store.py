@@ -23,6 +23,7 @@ import random
 import socket
 import sqlite3
 import time
+import urllib.parse
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -69,6 +70,8 @@ _COLUMNS = """
     seconds_spent REAL NOT NULL DEFAULT 0,
     attempt_seconds REAL NOT NULL DEFAULT 0
 """
+# What SQLite says when the disk, not medbench, refused a write.
+_DISK_ERRORS = ("disk is full", "disk I/O error", "readonly database", "unable to open")
 # Columns added since schema 1, added to a store of schema 1 when it is opened.
 _ADDED_COLUMNS = {
     "seconds_spent": "REAL NOT NULL DEFAULT 0",
@@ -145,23 +148,57 @@ class ResultsStore:
     """
 
     def __init__(self, folder: str | os.PathLike, *, create: bool = True) -> None:
+        """Open (with `create`, make) the store of `folder` for reading and writing; without
+        `create`, open an existing store for reading only: then nothing is ever written to
+        it, and a store in a read-only folder (or of an older schema) is read as it is."""
         self.folder = Path(folder)
         self.path = self.folder / STORE_NAME
-        if not create and not self.path.exists():
-            raise MedbenchError(
-                f"no results store {self.path}; run 'medbench benchmark --out {self.folder}' first"
-            )
+        self.read_only = not create
+        self._read_uri: str | None = None
+        if self.read_only:
+            self._open_for_reading()
+            return
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
             self._create_schema()
         except sqlite3.DatabaseError as exc:
             raise MedbenchError(
-                f"cannot open results store {self.path}: {exc}; move it away to start a new study"
+                f"cannot open results store {self.path} for writing: {exc}; it was left as it "
+                "is (it may hold a study's results): free disk space or fix its permissions, "
+                "or choose another --out folder for a new study"
             ) from exc
         except OSError as exc:
             raise MedbenchError(
                 f"cannot create {self.folder}: {exc.strerror or exc}; choose a writable --out folder"
             ) from exc
+
+    def _open_for_reading(self) -> None:
+        """Find a read-only way in: `mode=ro`, or, where SQLite cannot make the WAL index
+        beside the file (a read-only folder), `immutable=1`, which reads the file alone."""
+        if not self.path.is_file():
+            raise MedbenchError(
+                f"no results store {self.path}; run 'medbench benchmark --out {self.folder}' first"
+            )
+        base = "file:" + urllib.parse.quote(str(self.path.resolve()))
+        error: sqlite3.DatabaseError | None = None
+        for uri in (f"{base}?mode=ro", f"{base}?mode=ro&immutable=1"):
+            try:
+                conn = sqlite3.connect(uri, uri=True, timeout=60.0, isolation_level=None)
+                try:
+                    conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+                finally:
+                    conn.close()
+            except sqlite3.DatabaseError as exc:
+                error = exc
+                if not isinstance(exc, sqlite3.OperationalError):
+                    break  # not a database at all: immutable will not help
+                continue
+            self._read_uri = uri
+            return
+        raise MedbenchError(
+            f"cannot read results store {self.path}: {error}; it was left as it is: check that "
+            "it is the results.sqlite a 'medbench benchmark' wrote and that you may read it"
+        )
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -202,23 +239,39 @@ class ResultsStore:
         return None if row is None else row[0]
 
     def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
+        if self._read_uri is not None:
+            conn = sqlite3.connect(self._read_uri, uri=True, timeout=60.0, isolation_level=None)
+        else:
+            conn = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
         conn.row_factory = sqlite3.Row
         conn.execute("PRAGMA busy_timeout=60000")
         return conn
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
-        """An IMMEDIATE transaction: takes the write lock at once, so check-then-update is atomic."""
+        """An IMMEDIATE transaction: takes the write lock at once, so check-then-update is atomic.
+
+        A write the disk refuses (full, read-only, failing) is rolled back by SQLite, so the
+        store keeps what it held, and is raised as one MedbenchError."""
+        if self.read_only:
+            raise MedbenchError(f"results store {self.path} was opened for reading only")
         conn = self._connect()
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 yield conn
             except BaseException:
-                conn.execute("ROLLBACK")
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
                 raise
             conn.execute("COMMIT")
+        except sqlite3.OperationalError as exc:
+            if not any(words in str(exc) for words in _DISK_ERRORS):
+                raise
+            raise MedbenchError(
+                f"cannot write results store {self.path}: {exc}; it keeps what it held before: "
+                "free some disk space (or make it writable) and run again"
+            ) from exc
         finally:
             conn.close()
 
@@ -455,9 +508,15 @@ class ResultsStore:
             all_rows = [
                 dict(r) for r in conn.execute("SELECT * FROM cells ORDER BY created_at, key")
             ]
+        except sqlite3.OperationalError as exc:
+            if not (self.read_only and "no such table" in str(exc)):
+                raise
+            all_rows = []  # a store read as it is, before any grid was registered
         finally:
             conn.close()
         for r in all_rows:
+            for name in _ADDED_COLUMNS:  # a store of an earlier schema, read as it is
+                r.setdefault(name, 0.0)
             r["flags"] = json.loads(r.pop("flags_json") or "[]")
             r["config"] = json.loads(r.pop("config_json") or "{}")
             r["collapsed"] = None if r["collapsed"] is None else bool(r["collapsed"])
@@ -473,6 +532,10 @@ class ResultsStore:
         conn = self._connect()
         try:
             return json.loads(self._meta(conn, "grid_length") or "null")
+        except sqlite3.OperationalError as exc:
+            if not (self.read_only and "no such table" in str(exc)):
+                raise
+            return None
         finally:
             conn.close()
 

@@ -1,0 +1,213 @@
+"""What must not be lost survives a full disk, and reading never needs to write.
+
+A full disk is stood in for by a file size limit (RLIMIT_FSIZE) in a child process: a
+write past it fails with EFBIG, as one past a full disk fails with ENOSPC, and the
+process is not killed (SIGXFSZ ignored). Every command then says, in one line, which file
+it could not write and why, exits 2, and leaves no temporary file and every earlier file
+as it was."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tests.report_fixtures import Cell, write_grid
+from tests.test_predict import save_model
+
+from medbench import checkpoint as ckpt
+
+LIMIT_BYTES = 4096
+_LIMITED = """
+import resource, signal, sys
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit}))
+"""
+
+
+def run_limited(code: str, limit: int = LIMIT_BYTES) -> subprocess.CompletedProcess:
+    """Run Python `code` in a child whose files may not grow past `limit` bytes."""
+    script = _LIMITED.format(limit=limit) + textwrap.dedent(code)
+    return subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300
+    )
+
+
+def run_cli_limited(*argv: str, limit: int = LIMIT_BYTES) -> subprocess.CompletedProcess:
+    return run_limited(f"from medbench.cli import main\nsys.exit(main({list(argv)!r}))", limit)
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, path: Path) -> None:
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert lines[0].startswith("medbench: error: cannot write ")
+    assert "file too large" in lines[0] and str(path) in lines[0]
+
+
+def temporary_files(folder: Path) -> list[Path]:
+    return [p for p in folder.rglob("*") if p.name.endswith(".tmp")]
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+# ----------------------------------------------------------------------------- full disk
+
+
+def test_checkpoint_save_on_a_full_disk_keeps_the_earlier_checkpoint(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    ckpt.save({"step": 1, "weights": torch.zeros(4)}, path)
+    before = path.read_bytes()
+    proc = run_limited(f"""
+        import torch
+        from medbench import checkpoint
+        from medbench.errors import MedbenchError
+        try:
+            checkpoint.save({{"step": 2, "weights": torch.ones(100_000)}}, {str(path)!r})
+        except MedbenchError as exc:
+            print(exc, file=sys.stderr)
+            sys.exit(2)
+    """)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr and str(path) in proc.stderr
+    assert "file too large" in proc.stderr
+    assert path.read_bytes() == before
+    assert temporary_files(tmp_path) == []
+
+
+def test_torchscript_export_on_a_full_disk_is_one_line_and_leaves_no_file(tmp_path):
+    model_file = save_model(tmp_path / "run" / "model.pt")
+    out = tmp_path / "out" / "model.torchscript.pt"
+    proc = run_cli_limited("export", str(model_file), "--format", "torchscript", "--out", str(out))
+    assert_one_line_error(proc, out)
+    assert not out.exists()
+    assert temporary_files(tmp_path) == []
+
+
+def test_onnx_export_on_a_full_disk_is_one_line_and_leaves_no_file(tmp_path):
+    model_file = save_model(tmp_path / "run" / "model.pt")
+    out = tmp_path / "out" / "model.onnx"
+    proc = run_cli_limited("export", str(model_file), "--format", "onnx", "--out", str(out))
+    assert_one_line_error(proc, out)
+    assert not out.exists()
+    assert temporary_files(tmp_path) == []
+
+
+def test_predict_csv_on_a_full_disk_keeps_the_earlier_csv(tmp_path):
+    model_file = save_model(tmp_path / "run" / "model.pt")
+    images = np.random.default_rng(0).integers(0, 256, (60, 28, 28), dtype=np.uint8)
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i, image in enumerate(images):
+        Image.fromarray(image).save(folder / f"{i:03d}.png")
+    csv_path = tmp_path / "out" / "predictions.csv"
+    csv_path.parent.mkdir()
+    csv_path.write_text("file,predicted\nearlier.png,normal\n")
+    proc = run_cli_limited("predict", str(model_file), str(folder), "--csv", str(csv_path))
+    assert_one_line_error(proc, csv_path)
+    assert csv_path.read_text() == "file,predicted\nearlier.png,normal\n"
+    assert temporary_files(tmp_path) == []
+
+
+def test_report_on_a_full_disk_keeps_the_earlier_report(tmp_path):
+    folder = write_grid(
+        tmp_path / "bench", [Cell("breastmnist", "resnet18", seed=s) for s in (0, 1)]
+    )
+    from medbench.report import build_report
+
+    build_report(folder)
+    before = snapshot(folder)
+    proc = run_cli_limited("report", str(folder), limit=2048)
+    assert proc.returncode == 2, proc.stderr
+    line = proc.stderr.strip()
+    assert len(line.splitlines()) == 1 and "Traceback" not in line, line
+    assert line.startswith("medbench: error: cannot write ") and "file too large" in line
+    failed = line.removeprefix("medbench: error: cannot write ").split(": file too large")[0]
+    name = str(Path(failed).relative_to(folder))
+    assert snapshot(folder)[name] == before[name]
+    assert temporary_files(folder) == []
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def _read_as_another_user(folder: Path) -> str:
+    """What reading `folder`'s store (as `medbench report` does) gives a user who may not
+    write there: 'ok <n runs>' or the error. As root, which ignores permissions, a forked
+    child gives up root first; it reads only what this process has imported already."""
+    from medbench.report.collect import load_runs
+
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        answer = "no answer"
+        try:
+            if os.geteuid() == 0:
+                os.setgid(65534)
+                os.setuid(65534)
+            answer = f"ok {len(load_runs(folder))}"
+        except BaseException as exc:  # noqa: BLE001 - reported to the parent as text
+            answer = f"{type(exc).__name__}: {exc}"
+        finally:
+            os.write(write_fd, answer.encode())
+            os._exit(0)
+    os.close(write_fd)
+    with os.fdopen(read_fd) as fh:
+        answer = fh.read()
+    os.waitpid(pid, 0)
+    return answer
+
+
+def test_a_read_only_results_store_is_read_without_writing(tmp_path):
+    root = Path(tempfile.mkdtemp(prefix="medbench-read-only-"))  # one any user can reach
+    try:
+        folder = write_grid(
+            root / "bench", [Cell("breastmnist", "resnet18", seed=s) for s in (0, 1)]
+        )
+        store = folder / "results.sqlite"
+        before = store.read_bytes()
+        for path in [root, *root.rglob("*")]:
+            path.chmod(0o555 if path.is_dir() else 0o444)
+        assert _read_as_another_user(folder) == "ok 2"
+        assert store.read_bytes() == before
+        assert sorted(p.name for p in folder.iterdir()) == ["results.sqlite", "runs"]
+    finally:
+        for path in [root, *root.rglob("*")]:
+            path.chmod(0o755)
+        shutil.rmtree(root)
+
+
+def test_reading_a_store_writes_nothing_to_it(tmp_path):
+    from medbench.store import ResultsStore
+
+    folder = write_grid(tmp_path / "bench", [Cell("breastmnist", "resnet18")])
+    store = folder / "results.sqlite"
+    before = store.read_bytes()
+    rows = ResultsStore(folder, create=False).rows()
+    assert len(rows) == 1 and rows[0]["status"] == "finished"
+    assert store.read_bytes() == before
+
+
+def test_an_unreadable_store_is_left_alone_and_never_advised_away(tmp_path, capsys):
+    from medbench.cli import main
+
+    folder = tmp_path / "bench"
+    folder.mkdir()
+    (folder / "results.sqlite").write_bytes(b"not a database, but maybe someone's results")
+    assert main(["report", str(folder)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "results.sqlite" in err
+    assert "left as it is" in err
+    assert "move it away" not in err and "delete" not in err
+    assert (
+        folder / "results.sqlite"
+    ).read_bytes() == b"not a database, but maybe someone's results"
