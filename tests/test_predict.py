@@ -348,3 +348,27 @@ def test_bad_batch_size_is_a_medbench_error(model_file, tmp_path):
     write_pngs(tmp_path, gray_images(1), ["a.png"])
     with pytest.raises(MedbenchError, match="batch-size"):
         predict(model_file, [tmp_path], batch_size=0)
+
+
+# ----------------------------------------------------------------------------- bit depth
+
+
+def test_a_16_bit_png_gives_the_prediction_of_the_same_image_at_8_bits(model_file, tmp_path):
+    images = gray_images(3, seed=4)
+    eight = write_pngs(tmp_path / "8", images, ["a.png", "b.png", "c.png"])
+    sixteen = tmp_path / "16"
+    sixteen.mkdir()
+    for image, name in zip(images, ["a.png", "b.png", "c.png"], strict=True):
+        Image.fromarray(image.astype(np.uint16) * 257).save(sixteen / name)  # same image
+    assert Image.open(sixteen / "a.png").mode.startswith("I")
+    at_8 = predict(model_file, [str(p) for p in eight])
+    with pytest.warns(MedbenchWarning, match=r"read 3 16-bit images as 8-bit .*255/65535"):
+        at_16 = predict(model_file, [str(sixteen)])
+    np.testing.assert_allclose(at_16.probabilities, at_8.probabilities, atol=1e-6)
+
+
+def test_16_bit_images_that_use_only_12_bits_are_named_as_coming_out_dark(model_file, tmp_path):
+    image = np.random.default_rng(1).integers(0, 4096, (28, 28)).astype(np.uint16)
+    Image.fromarray(image).save(tmp_path / "ct.png")
+    with pytest.warns(MedbenchWarning, match=r"1 of them never exceed 4095 .*dark"):
+        predict(model_file, [str(tmp_path / "ct.png")])

@@ -37,6 +37,8 @@ from medbench.runtime import Runtime, place_model, resolve_runtime
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 IMAGE_FORMATS = ("PNG", "JPEG")
+HIGH_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I")  # PIL's modes of 16-bit gray PNGs
+MAX_12_BIT = 4095
 DEFAULT_BATCH_SIZE = 256
 
 
@@ -179,6 +181,36 @@ def _npz_images_key(path: Path, keys: list[str], split: str | None) -> str:
 # ----------------------------------------------------------------------------- conversion
 
 
+@dataclass(frozen=True)
+class Conversions:
+    """How many images were changed on their way to the model's input."""
+
+    converted: int = 0  # in size, channels or bit depth
+    sixteen_bit: int = 0  # of them, 16-bit images scaled to 8 bits
+    low_range: int = 0  # of those, images whose values never exceed 12 bits (4095)
+
+    def __add__(self, other: Conversions) -> Conversions:
+        return Conversions(
+            self.converted + other.converted,
+            self.sixteen_bit + other.sixteen_bit,
+            self.low_range + other.low_range,
+        )
+
+
+def to_8_bit(image: Image.Image) -> tuple[Image.Image, int | None]:
+    """A 16-bit gray image (PIL mode I;16 or I) as 8-bit gray with its full range scaled,
+    value * 255 / 65535, so that a 16-bit file saved from an 8-bit image (value * 257) gives
+    that image back (PIL's own conversion clips everything above 255 to white). The scale
+    is the file's bit depth, never the image's own maximum, so that one image's contrast
+    does not depend on its brightest pixel. 16-bit RGB PNGs PIL reads as 8-bit already.
+    Returns (image, the largest 16-bit value, or None for an image left as it was)."""
+    if image.mode not in HIGH_DEPTH_MODES:
+        return image, None
+    values = np.asarray(image).astype(np.float64)
+    scaled = np.clip(np.rint(values * (255.0 / 65535.0)), 0, 255).astype(np.uint8)
+    return Image.fromarray(scaled), int(values.max(initial=0))
+
+
 def conform_image(image: Image.Image, size: int, channels: int) -> tuple[np.ndarray, bool]:
     """(uint8 (size, size, channels) array, whether anything had to be converted)."""
     mode = "L" if channels == 1 else "RGB"
@@ -191,14 +223,15 @@ def conform_image(image: Image.Image, size: int, channels: int) -> tuple[np.ndar
     return (array[:, :, None] if channels == 1 else array), converted
 
 
-def decode_image(path: Path, size: int, channels: int) -> tuple[np.ndarray, bool]:
+def decode_image(path: Path, size: int, channels: int) -> tuple[np.ndarray, Conversions]:
     """Decode one PNG/JPEG file into the model's input; bad files are a MedbenchError."""
     try:
         with Image.open(path) as image:
             if image.format not in IMAGE_FORMATS:
                 raise MedbenchError(f"{path} is a {image.format} image; only PNG and JPEG are read")
             image.load()
-            return conform_image(image, size, channels)
+            image, max_value = to_8_bit(image)
+            array, converted = conform_image(image, size, channels)
     except MedbenchError:
         raise
     except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
@@ -206,6 +239,9 @@ def decode_image(path: Path, size: int, channels: int) -> tuple[np.ndarray, bool
             f"cannot read {path} as an image (not a PNG/JPEG, corrupt or truncated?): "
             f"{str(exc)[:120]}"
         ) from None
+    if max_value is None:
+        return array, Conversions(int(converted))
+    return array, Conversions(1, 1, int(max_value <= MAX_12_BIT))
 
 
 def conform_array(images: np.ndarray, size: int, channels: int) -> tuple[np.ndarray, int]:
@@ -227,8 +263,8 @@ def iter_batches(
     channels: int,
     batch_size: int = DEFAULT_BATCH_SIZE,
     workers: int | None = None,
-) -> Iterator[tuple[list[str], np.ndarray, int]]:
-    """Yield (names, uint8 (B, size, size, channels), n_converted) in input order.
+) -> Iterator[tuple[list[str], np.ndarray, Conversions]]:
+    """Yield (names, uint8 (B, size, size, channels), Conversions) in input order.
 
     Files are decoded by `workers` threads, the next batch while the caller uses this one.
     """
@@ -248,12 +284,12 @@ def iter_batches(
                     chunk, n = conform_array(
                         source.images[start : start + batch_size], size, channels
                     )
-                    yield names[start : start + batch_size], chunk, n
+                    yield names[start : start + batch_size], chunk, Conversions(n)
 
 
 def _file_batches(
     pool: ThreadPoolExecutor, files: list[Path], size: int, channels: int, batch_size: int
-) -> Iterator[tuple[list[str], np.ndarray, int]]:
+) -> Iterator[tuple[list[str], np.ndarray, Conversions]]:
     chunks = [files[i : i + batch_size] for i in range(0, len(files), batch_size)]
 
     def submit(chunk: list[Path]):
@@ -269,7 +305,7 @@ def _file_batches(
             raise
         pending = submit(chunks[i + 1]) if i + 1 < len(chunks) else []
         batch = np.stack([array for array, _ in decoded])
-        yield [str(f) for f in chunk], batch, sum(c for _, c in decoded)
+        yield [str(f) for f in chunk], batch, sum((c for _, c in decoded), Conversions())
 
 
 # ----------------------------------------------------------------------------- predict
@@ -387,10 +423,10 @@ def predict(
     names: list[str] = []
     raw: list[np.ndarray] = []
     calibrated: list[np.ndarray] = []
-    n_converted = 0
-    for batch_names, batch, n in iter_batches(sources, size, channels, batch_size, workers):
+    conversions = Conversions()
+    for batch_names, batch, done in iter_batches(sources, size, channels, batch_size, workers):
         names += batch_names
-        n_converted += n
+        conversions += done
         if hasattr(predictor, "predict_logits"):  # one forward pass for both
             logits = predictor.predict_logits(batch)
             raw.append(metrics.probabilities_from_logits(logits, meta["task"]))
@@ -402,14 +438,7 @@ def predict(
             raw.append(predictor.predict_proba(batch))
             if temperature != 1.0:
                 calibrated.append(predictor.predict_proba(batch, calibrated=True))
-    if n_converted:
-        kind = "grayscale" if channels == 1 else "RGB"
-        warnings.warn(
-            f"converted {n_converted} of {len(names)} images to the model's {size}x{size} "
-            f"{kind} input (bilinear resize, channel conversion)",
-            MedbenchWarning,
-            stacklevel=2,
-        )
+    _warn_conversions(conversions, len(names), size, channels)
     return Predictions(
         names=names,
         probabilities=np.concatenate(raw),
@@ -417,5 +446,30 @@ def predict(
         label_names=list(meta["label_names"]),
         task=meta["task"],
         temperature=temperature,
-        n_converted=n_converted,
+        n_converted=conversions.converted,
     )
+
+
+def _warn_conversions(done: Conversions, n_images: int, size: int, channels: int) -> None:
+    """One MedbenchWarning line for the images converted, one for the 16-bit ones."""
+    if done.converted:
+        kind = "grayscale" if channels == 1 else "RGB"
+        warnings.warn(
+            f"converted {done.converted} of {n_images} images to the model's {size}x{size} "
+            f"{kind} input (bilinear resize, channel conversion, bit depth)",
+            MedbenchWarning,
+            stacklevel=3,
+        )
+    if done.sixteen_bit:
+        dark = (
+            f"; {done.low_range} of them never exceed {MAX_12_BIT} (12-bit data in a 16-bit "
+            "file?) and so come out dark: scale those to the full 16-bit range first"
+            if done.low_range
+            else ""
+        )
+        warnings.warn(
+            f"read {done.sixteen_bit} 16-bit images as 8-bit by scaling the 16-bit range "
+            f"to 0-255 (value x 255/65535, as an 8-bit export of them would){dark}",
+            MedbenchWarning,
+            stacklevel=3,
+        )
