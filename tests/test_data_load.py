@@ -230,6 +230,29 @@ def test_load_dataset_reads_the_md5_from_the_cache(synthetic_data_dir):
     assert _load("breastmnist").md5 == "0" * 32
 
 
+@pytest.mark.parametrize("keep_mtime", [False, True])
+def test_an_edited_cached_array_is_unpacked_again_with_a_warning(synthetic_data_dir, keep_mtime):
+    path = synthetic_data_dir / "breastmnist.npz"
+    open_npz(path, KEYS)
+    cached = synthetic_data_dir / ".medbench-cache" / "breastmnist" / "test_labels.npy"
+    st = cached.stat()
+    with open(cached, "r+b") as fh:  # flip the last label in place: same size
+        fh.seek(-1, os.SEEK_END)
+        last = fh.read(1)
+        fh.seek(-1, os.SEEK_END)
+        fh.write(bytes([1 - last[0]]))
+    if keep_mtime:
+        os.utime(cached, ns=(st.st_atime_ns, st.st_mtime_ns))
+    with pytest.warns(MedbenchWarning, match="test_labels.npy .* is not what was unpacked"):
+        arrays, md5 = open_npz(path, KEYS)
+    with np.load(path) as npz:
+        assert np.array_equal(arrays["test_labels"], npz["test_labels"])
+    assert md5 == file_md5(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", MedbenchWarning)  # unpacked again: trusted again
+        open_npz(path, KEYS)
+
+
 def test_cache_lives_beside_a_writable_data_folder(synthetic_data_dir):
     _load("breastmnist")
     assert (synthetic_data_dir / ".medbench-cache" / "breastmnist" / "train_images.npy").is_file()

@@ -6,6 +6,11 @@ a tensor copy would double it). Instead each member is stream-decompressed once,
 chunks, into an uncompressed `.npy` file in the npz's cache folder (see
 `locations.cache_dir_for`), and memory-mapped on every load. The npz's MD5 is cached in
 the same folder's manifest, keyed by the npz's (path, size, mtime), so it is computed once.
+
+The manifest also records each cached `.npy` file's size, mtime and a digest of its bytes
+(all of them for files up to `FULL_DIGEST_BYTES`, evenly spaced blocks of larger ones), checked
+on every open: a cached array that is not what was unpacked from the npz whose MD5 the
+results record is unpacked again, with a warning, and never used.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import hashlib
 import json
 import math
 import os
+import warnings
 import zipfile
 import zlib
 from collections.abc import Callable
@@ -22,12 +28,15 @@ from pathlib import Path
 import numpy as np
 
 from medbench.data.locations import CACHE_DIR_ENV, cache_dir_for
-from medbench.errors import MedbenchError
+from medbench.errors import MedbenchError, MedbenchWarning
 from medbench.fsutil import atomic_path
 
 CHUNK_BYTES = 8 << 20
 MANIFEST = "manifest.json"
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2  # 2: each array's mtime and digest
+FULL_DIGEST_BYTES = 32 << 20
+DIGEST_BLOCKS = 64
+DIGEST_BLOCK_BYTES = 64 << 10
 
 
 def file_md5(path: str | os.PathLike) -> str:
@@ -69,6 +78,14 @@ def open_npz(
     manifest = _read_manifest(cache_dir)
     if not _manifest_is_current(manifest, source, cache_dir, keys):
         manifest = _unpack(npz_path, cache_dir, source, keys, md5)
+    elif (changed := _changed_array(manifest, cache_dir)) is not None:
+        warnings.warn(
+            f"the cached {changed} in {cache_dir} is not what was unpacked from {npz_path}; "
+            "unpacking the npz again",
+            MedbenchWarning,
+            stacklevel=2,
+        )
+        manifest = _unpack(npz_path, cache_dir, source, keys, md5)
     arrays = {key: _map(cache_dir / f"{key}.npy") for key in manifest["arrays"]}
     return arrays, manifest["md5"]
 
@@ -85,6 +102,38 @@ def _manifest_is_current(manifest: dict | None, source: dict, cache_dir: Path, k
         and (cache_dir / f"{key}.npy").stat().st_size == meta["npy_bytes"]
         for key, meta in manifest["arrays"].items()
     )
+
+
+def _changed_array(manifest: dict, cache_dir: Path) -> str | None:
+    """The name of the first cached .npy file whose mtime or digest differs from the
+    manifest's (edited, replaced, copied over); None when every one is as unpacked."""
+    for key, meta in manifest["arrays"].items():
+        path = cache_dir / f"{key}.npy"
+        try:
+            same = path.stat().st_mtime_ns == meta["mtime_ns"] and _digest(path) == meta["digest"]
+        except OSError:
+            same = False
+        if not same:
+            return path.name
+    return None
+
+
+def _digest(path: Path) -> str:
+    """BLAKE2b of a file's bytes: all of them up to FULL_DIGEST_BYTES, else DIGEST_BLOCKS
+    evenly spaced blocks (the header and the end among them), so a check costs at most
+    ~4 MB of reading however large the array."""
+    digest = hashlib.blake2b(digest_size=16)
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        if size <= FULL_DIGEST_BYTES:
+            while chunk := fh.read(CHUNK_BYTES):
+                digest.update(chunk)
+        else:
+            last = size - DIGEST_BLOCK_BYTES
+            for i in range(DIGEST_BLOCKS):
+                fh.seek(last * i // (DIGEST_BLOCKS - 1))
+                digest.update(fh.read(DIGEST_BLOCK_BYTES))
+    return digest.hexdigest()
 
 
 def _map(npy_path: Path) -> np.ndarray:
@@ -153,7 +202,9 @@ def _unpack_member(zf: zipfile.ZipFile, member: str, out_path: Path) -> dict:
             stream.read()  # reach the member's end so zipfile checks its CRC
 
         _write(lambda: _atomic(out_path, copy), out_path.parent)
-        return {"shape": list(shape), "dtype": dtype.str, "npy_bytes": out_path.stat().st_size}
+        st = out_path.stat()
+        return {"shape": list(shape), "dtype": dtype.str, "npy_bytes": st.st_size,
+                "mtime_ns": st.st_mtime_ns, "digest": _digest(out_path)}  # fmt: skip
 
 
 def _atomic(path: Path, writer) -> None:
