@@ -221,7 +221,7 @@ def test_cell_budget_is_the_planned_share_unless_the_grid_spent_more_than_planne
     assert cell_budget(250.0, 1000.0, 4) == 250.0  # on plan
     assert cell_budget(250.0, 900.0, 2) == 250.0  # ahead of plan: no leftovers inherited
     assert cell_budget(250.0, 600.0, 3) == 200.0  # behind: what is left, split evenly
-    assert cell_budget(200.0, 5.0, 3) is None  # under a quarter of the share: not comparable
+    assert cell_budget(200.0, 5.0, 3) == 50.0  # never under a quarter: every run trains
 
 
 def test_cpu_default_is_a_shared_total_budget(tmp_path):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from medbench.benchmark import OVERHEAD_SHARE, CellSpeed, run_benchmark
+from medbench.benchmark import OVERHEAD_SHARE, CellSpeed, run_benchmark, training_budget_after
 from medbench.cli import main
 from medbench.data.synthetic import write_synthetic_like
 from medbench.errors import MedbenchError, MedbenchWarning
@@ -108,17 +108,28 @@ def test_a_resumed_grid_spends_only_what_is_left_of_its_total_budget(tmp_path, c
     assert ResultsStore(out).seconds_spent() == pytest.approx(800.0)
 
 
-def test_a_grid_whose_budget_is_spent_stops_before_a_run_it_cannot_give_its_share(tmp_path):
-    out, clock = tmp_path / "out", FakeClock()
+def test_a_grid_far_behind_its_budget_still_trains_every_run_and_says_so(tmp_path, capsys):
+    # Stopping with runs left made a report of pending rows; the runs left train on at least
+    # a quarter of their share instead, and the grid says it is behind its plan.
+    out, clock, budgets = tmp_path / "out", FakeClock(), []
     fake = make_fake_train()
 
     def overrunning(config, **kw):
-        clock.now += 700.0  # the first run takes 700 s of the grid's 800
+        budgets.append(config.time_budget_seconds)
+        clock.now += 700.0 if len(budgets) == 1 else config.time_budget_seconds
         return fake(config, **kw)
 
-    with pytest.raises(MedbenchError, match="is spent .* new --out with a larger"):
-        _run(out, overrunning, total_time_budget_seconds=800.0, clock=clock)
-    assert ResultsStore(out).counts() == {"pending": 3, "running": 0, "finished": 1, "failed": 0}
+    outcome = _run(out, overrunning, total_time_budget_seconds=800.0, clock=clock, progress=True)
+    assert outcome.ok and ResultsStore(out).counts()["finished"] == 4
+    assert all(b >= 0.25 * 0.25 * 200.0 for b in budgets[1:])
+    assert "the grid is behind its plan" in capsys.readouterr().err
+
+
+def test_a_runs_training_budget_leaves_room_for_what_runs_were_measured_to_spend_outside_it():
+    assert training_budget_after(100.0, []) == pytest.approx(100.0 * (1 - OVERHEAD_SHARE))
+    assert training_budget_after(100.0, [4.0, 5.0, 30.0]) == pytest.approx(90.0)  # median 5 < 10
+    assert training_budget_after(100.0, [20.0, 25.0, 30.0]) == pytest.approx(75.0)
+    assert training_budget_after(100.0, [90.0]) == pytest.approx(25.0)  # never under a quarter
 
 
 # -- the plan -----------------------------------------------------------------------------------

@@ -82,7 +82,7 @@ def test_card_gives_ece_before_and_after_temperature_scaling(run_dir, card):
 def test_card_gives_the_epochs_trained_and_the_selected_one(run_dir, card):
     results, _ = load_run(run_dir)
     assert (
-        f"- Trained: {results['steps']} steps = {results['epochs_trained']:.2f} epochs in "
+        f"- Trained: {results['steps_trained']} steps = {results['epochs_trained']:.2f} epochs in "
         f"{results['rounds_completed']} of {results['rounds_planned']} planned rounds; "
         f"best (selected) epoch {results['best_round']} by validation AUC"
     ) in card

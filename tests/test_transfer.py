@@ -133,7 +133,7 @@ def test_a_finished_run_is_read_back_not_trained_again(root):
     config = TrainConfig.from_dict(stage["config"])
     again = train_or_reuse(config)
     assert isinstance(again, RunResults)
-    assert again.run_dir == stage["run_dir"] and again.steps == stage["steps"]
+    assert again.run_dir == stage["run_dir"] and again.steps == stage["steps_trained"]
     assert results_file.stat().st_mtime_ns == written
 
 

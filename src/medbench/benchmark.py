@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import statistics
 import sys
 import threading
 import time
@@ -221,13 +222,24 @@ def training_budget(share_seconds: float) -> float:
 MIN_SHARE = 0.25  # a run is never trained on less than this fraction of its planned share
 
 
-def cell_budget(share: float, seconds_left: float, cells_left: int) -> float | None:
+def cell_budget(share: float, seconds_left: float, cells_left: int) -> float:
     """The wall share of the next of `cells_left` runs when `seconds_left` of the grid's
     total remain: its planned `share`, or less where the grid spent more than planned
-    (what is left, split evenly), so that the grid spends only what is left. None when
-    that is under MIN_SHARE of the share: such a run would not be comparable."""
-    share_now = min(share, max(0.0, seconds_left) / max(1, cells_left))
-    return share_now if share_now >= MIN_SHARE * share else None
+    (what is left, split evenly), so that the grid spends only what is left; never under
+    MIN_SHARE of the share, so that every run of the grid is trained (a grid that far
+    behind says so, and ends somewhat over its budget rather than with untrained runs)."""
+    return max(MIN_SHARE * share, min(share, max(0.0, seconds_left) / max(1, cells_left)))
+
+
+def training_budget_after(share_seconds: float, overheads: Sequence[float]) -> float:
+    """A run's training budget from its wall share: the share less what a run spends outside
+    training, which is OVERHEAD_SHARE of it or, once runs of this grid have been measured
+    (loading, final evaluation, speed timing, files), the median of what they spent, if
+    more; never under MIN_SHARE of the share."""
+    overhead = OVERHEAD_SHARE * share_seconds
+    if overheads:
+        overhead = max(overhead, statistics.median(overheads))
+    return max(MIN_SHARE * share_seconds, share_seconds - overhead)
 
 
 @dataclass(frozen=True)
@@ -658,6 +670,7 @@ class _GridRun:
         self.clock = view.clock
         self.outcome = GridOutcome(out=out, cells=list(cells))
         self.total_seconds = total_time_budget_seconds
+        self.overheads: list[float] = []  # wall seconds runs spent beyond their training budget
         if total_time_budget_seconds:
             left = total_time_budget_seconds - store.seconds_spent(self.keys)
             view.deadline = self.clock() + max(0.0, left)
@@ -682,17 +695,13 @@ class _GridRun:
             counts = self.store.counts(self.keys)
             left = self.total_seconds - self.store.seconds_spent(self.keys)
             share_now = cell_budget(share, left, counts["pending"] + counts["running"])
-            if share_now is None:
-                self.store.release(cell.key, self.owner)
-                raise MedbenchError(
-                    f"{self.outcome.out}: the grid's --total-time-budget "
-                    f"{duration_flag(self.total_seconds)} is spent "
-                    f"({format_seconds(self.total_seconds - left)} used) with "
-                    f"{counts['pending'] + counts['running']} runs left, too little for their "
-                    f"{format_seconds(share)} share; rerun into a new --out with a larger "
-                    "--total-time-budget, or with --epochs N"
+            if share_now < share:
+                self.event(
+                    f"{cell.label}: the grid is behind its plan ({format_seconds(left)} left "
+                    f"for {counts['pending'] + counts['running']} runs): this run gets "
+                    f"{format_seconds(share_now)} of its {format_seconds(share)} share"
                 )
-            config.time_budget_seconds = training_budget(share_now)
+            config.time_budget_seconds = training_budget_after(share_now, self.overheads)
         return config
 
     def run_cell(self, cell: Cell, row: dict[str, Any], heartbeat_seconds: float) -> None:
@@ -712,6 +721,8 @@ class _GridRun:
             results = self.train(cell, config, heartbeat_seconds, started)
         finally:
             self.store.spend(cell.key, self.clock() - started)
+        if results is not None and budget:
+            self.overheads.append(max(0.0, self.clock() - started - budget))
         if results is not None:
             self.record_trained(cell, results, self.clock() - started)
 
