@@ -8,9 +8,13 @@ over the defaults, and explicit command-line flags win over the file.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
+import numbers
 import re
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +27,7 @@ CLASS_BALANCE = ("none", "weighted_loss", "sampler")
 SELECT_METRICS = ("auc", "acc", "last")  # "last": the final weights, no selection
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+SEED_LIMIT = 2**32  # numpy and torch take seeds in [0, 2**32)
 
 
 @dataclass
@@ -82,8 +87,14 @@ class TrainConfig:
             if not ok:
                 raise MedbenchError(msg)
 
+        check_field_types(self.to_dict())
         check(
             self.size in (28, 64, 128, 224), f"--size must be 28, 64, 128 or 224, not {self.size}"
+        )
+        check(
+            0 <= self.seed < SEED_LIMIT,
+            f"--seed must be between 0 and {SEED_LIMIT - 1} (what numpy and torch accept), "
+            f"not {self.seed}",
         )
         check(
             self.epochs is None or self.epochs >= 1,
@@ -131,7 +142,50 @@ class TrainConfig:
             raise MedbenchError(
                 f"unknown config keys: {', '.join(unknown)}; known keys: {', '.join(sorted(known))}"
             )
+        check_field_types(data)
         return cls(**data)
+
+
+# What each annotation accepts, as the error message names it. bool is an int to Python but
+# not a count, and JSON writes 2.0 as a float: an int field takes neither.
+# numbers.Integral and Real take numpy's scalars too (a planned epoch count may be one).
+_KINDS: dict[type, tuple[str, typing.Callable[[Any], bool]]] = {
+    int: ("an integer", lambda v: isinstance(v, numbers.Integral) and not isinstance(v, bool)),
+    float: ("a number", lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool)),
+    str: ("a string", lambda v: isinstance(v, str)),
+    bool: ("true or false", lambda v: isinstance(v, bool)),
+    dict: ("a JSON object", lambda v: isinstance(v, dict)),
+}
+
+
+@functools.cache
+def _field_kinds() -> dict[str, tuple[type, bool]]:
+    """Each TrainConfig field's base type and whether it may be None, from its annotation."""
+    kinds = {}
+    for name, hint in typing.get_type_hints(TrainConfig).items():
+        args = typing.get_args(hint)
+        optional = isinstance(hint, types.UnionType) and type(None) in args
+        base = next(a for a in args if a is not type(None)) if optional else hint
+        kinds[name] = (typing.get_origin(base) or base, optional)
+    return kinds
+
+
+def check_field_types(values: dict[str, Any]) -> None:
+    """A MedbenchError naming the first TrainConfig key in `values` whose value has the
+    wrong type (e.g. a string epoch count in a --config file)."""
+    kinds = _field_kinds()
+    for key, value in values.items():
+        if key not in kinds:
+            continue
+        base, optional = kinds[key]
+        what, accepts = _KINDS[base]
+        if value is None and optional:
+            continue
+        if not accepts(value):
+            raise MedbenchError(
+                f"config key {key} must be {what}{' or null' if optional else ''}, "
+                f"not {repr(value)[:60]}"
+            )
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
@@ -152,6 +206,10 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     unknown = sorted(set(data) - known)
     if unknown:
         raise MedbenchError(f"config file {path} has unknown keys: {', '.join(unknown)}")
+    try:
+        check_field_types(data)
+    except MedbenchError as exc:
+        raise MedbenchError(f"{exc} (in config file {path})") from None
     return data
 
 

@@ -91,9 +91,21 @@ def measure_speed(
     return latency_ms, throughput_batch / timed(throughput_batch, 1 if size > 64 else 2)
 
 
+# What load_trained_model reads of a model.pt, and the type each must have.
+_MODEL_KEYS: dict[str, type | tuple[type, ...]] = {
+    "model": str,
+    "model_options": dict,
+    "in_channels": int,
+    "num_classes": int,
+    "image_size": int,
+    "state_dict": dict,
+}
+
+
 def load_trained_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild a trained model from a run folder or its model.pt; returns (model, meta)."""
     file = ckpt.resolve_model_file(path)
+    _check_readable(file)
     obj = ckpt.load(file)
     if obj["format"] == ckpt.CHECKPOINT_FORMAT:
         raise MedbenchError(
@@ -101,6 +113,7 @@ def load_trained_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
         )
     if obj["format"] != ckpt.MODEL_FORMAT:
         raise MedbenchError(f"{file} is a {obj['format']!r} file, not a medbench model")
+    _check_model_keys(obj, file)
     model = build_model(
         obj["model"],
         obj["in_channels"],
@@ -112,8 +125,44 @@ def load_trained_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
         model.load_state_dict(obj["state_dict"])
     except RuntimeError as exc:
         raise MedbenchError(
-            f"{file} does not match the {obj['model']} architecture: {str(exc)[:160]}"
+            f"{file} does not match the {_described(obj)} architecture: {_one_line(str(exc))[:200]}"
         ) from None
     model.eval()
     meta = {k: v for k, v in obj.items() if k != "state_dict"}
     return model, meta
+
+
+def _check_readable(file: Path) -> None:
+    """A permission problem named as one, not taken for a corrupt file."""
+    try:
+        with open(file, "rb"):
+            pass
+    except PermissionError:
+        raise MedbenchError(f"{file} cannot be read (permission denied)") from None
+
+
+def _check_model_keys(obj: dict[str, Any], file: Path) -> None:
+    missing = [key for key in _MODEL_KEYS if key not in obj]
+    if missing:
+        raise MedbenchError(
+            f"{file} is a medbench model file without {', '.join(missing)} (damaged or written "
+            "by other code); export or train it again"
+        )
+    for key, kind in _MODEL_KEYS.items():
+        if not isinstance(obj[key], kind) or isinstance(obj[key], bool):
+            raise MedbenchError(
+                f"{file} has a {type(obj[key]).__name__} for {key!r}, not a "
+                f"{kind.__name__ if isinstance(kind, type) else kind}; export or train it again"
+            )
+
+
+def _described(obj: dict[str, Any]) -> str:
+    """The model's name with the options it was built with: two files of one family that
+    differ only in width must not both read as 'resnet18'."""
+    options = ", ".join(f"{k}={v!r}" for k, v in sorted(obj["model_options"].items()))
+    return f"{obj['model']} ({options})" if options else obj["model"]
+
+
+def _one_line(text: str) -> str:
+    """PyTorch's multi-line messages (one line per mismatched tensor) as one line."""
+    return "; ".join(part.strip() for part in text.splitlines() if part.strip())

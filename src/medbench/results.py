@@ -225,6 +225,7 @@ class RunResults:
     def from_json(cls, d: dict[str, Any], source: str | Path = "results") -> RunResults:
         """Read a results dict of any schema; a wrong shape is one MedbenchError."""
         try:
+            _check_shape(d)
             return cls._from_json(d)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise MedbenchError(
@@ -293,6 +294,46 @@ class RunResults:
             "data_md5_matches": self.dataset.get("md5_matches"),
             "license": self.dataset.get("license"),
         }
+
+
+# The entries every reader indexes into, and the JSON type each must have.
+_SHAPE: tuple[tuple[str, type | tuple[type, ...]], ...] = (
+    ("config", dict),
+    ("dataset", dict),
+    ("model", dict),
+    ("metrics", dict),
+    ("timing", dict),
+    ("history", list),
+    ("flags", list),
+    ("environment", dict),
+    ("files", dict),
+)
+_JSON_TYPE_NAMES = {dict: "an object", list: "a list", str: "a string"}
+
+
+def _check_shape(d: Any) -> None:
+    """A TypeError naming the first entry of a results dict with the wrong JSON type (a
+    split's metrics that are not an object, flags that are not a list of strings...)."""
+
+    def expect(where: str, value: Any, kind: type) -> None:
+        if not isinstance(value, kind):
+            raise TypeError(f"{where} must be {_JSON_TYPE_NAMES[kind]}, not {repr(value)[:40]}")
+
+    expect("the file", d, dict)
+    for key, kind in _SHAPE:
+        if d.get(key) is not None:
+            expect(f"'{key}'", d[key], kind)
+    expect("'model'", d.get("model", {}), dict)
+    expect("'model.name'", d.get("model", {}).get("name", ""), str)
+    if d["model"].get("options") is not None:
+        expect("'model.options'", d["model"]["options"], dict)
+    for split in ("val", "test"):
+        if d.get("metrics", {}).get(split) is not None:
+            expect(f"'metrics.{split}'", d["metrics"][split], dict)
+    for i, record in enumerate(d.get("history") or []):
+        expect(f"'history[{i}]'", record, dict)
+    for flag in d.get("flags") or []:
+        expect("each of 'flags'", flag, str)
 
 
 def read_results(path: str | Path) -> RunResults:

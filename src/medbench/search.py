@@ -32,12 +32,16 @@ from medbench.data import DatasetInfo
 from medbench.errors import MedbenchError, MedbenchWarning
 from medbench.fsutil import atomic_savefig, atomic_write_json, atomic_write_text
 from medbench.models import build_model, count_flops, count_parameters
+from medbench.study_storage import make_storage
 from medbench.tune import (
     PerTrialSeededSampler,
     StudySetup,
+    check_sqlite_file,
     check_study_arguments,
+    check_study_place,
     count_trials,
     record_trial_result,
+    sqlite_file,
     work_study,
 )
 
@@ -105,6 +109,9 @@ def search(
     if cost not in COSTS:
         raise MedbenchError(f"--cost must be one of {', '.join(COSTS)}, not {cost!r}")
     check_study_arguments(base, n_trials, metric)
+    check_study_place("search", out_dir, storage, heartbeat_seconds)
+    if population_size < 2:
+        raise MedbenchError(f"--population must be at least 2, not {population_size}")
     setup = StudySetup.prepare(
         "search",
         base,
@@ -261,17 +268,25 @@ def export_architecture(
     return arch
 
 
-def _load_search_study(storage: str, study_name: str | None) -> optuna.Study:
+def _load_search_study(url: str, study_name: str | None) -> optuna.Study:
+    path = sqlite_file(url)
+    if path is not None and not path.is_file():  # opening it would create an empty study
+        raise MedbenchError(
+            f"no search study in {path.parent} (no {path.name}); check --out, or --storage "
+            "and --study"
+        )
+    check_sqlite_file(url)
+    storage = make_storage(url)
     if study_name is None:
         names = optuna.get_all_study_names(storage)
         if len(names) != 1:
-            raise MedbenchError(f"{storage} holds studies {names}; pick one with --study")
+            raise MedbenchError(f"{url} holds studies {names}; pick one with --study")
         study_name = names[0]
     try:
         return optuna.load_study(study_name=study_name, storage=storage)
     except KeyError:
         raise MedbenchError(
-            f"no study {study_name!r} in {storage}; check --out/--storage and --study"
+            f"no study {study_name!r} in {url}; check --out/--storage and --study"
         ) from None
 
 

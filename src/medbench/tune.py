@@ -315,6 +315,46 @@ def check_study_arguments(base: TrainConfig, n_trials: int, metric: str) -> None
     base.validate()
 
 
+def check_study_place(
+    kind: str, out_dir: str | Path, storage: str | None, heartbeat_seconds: int
+) -> None:
+    """Where a study lives, checked before any data is loaded: an --out that is a folder
+    (or can be one), a positive heartbeat, and an SQLite file that is an SQLite database."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise MedbenchError(f"--out {out} is a file, not a folder; choose a folder for the {kind}")
+    if heartbeat_seconds < 1:
+        raise MedbenchError(f"--heartbeat must be at least 1 second, not {heartbeat_seconds}")
+    check_sqlite_file(storage or default_storage(out, kind))
+
+
+_SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def sqlite_file(storage: str) -> Path | None:
+    """The database file of an `sqlite:///` storage URL (None for other URLs)."""
+    prefix = "sqlite:///"
+    return Path(storage[len(prefix) :]) if storage.startswith(prefix) else None
+
+
+def check_sqlite_file(storage: str) -> None:
+    """A one-line MedbenchError where an SQLite storage file exists but is no database
+    (SQLAlchemy's own error spans several lines)."""
+    path = sqlite_file(storage)
+    if path is None or not path.is_file():
+        return
+    try:
+        with open(path, "rb") as fh:
+            header = fh.read(len(_SQLITE_HEADER))
+    except PermissionError:
+        raise MedbenchError(f"study database {path} cannot be read (permission denied)") from None
+    if header and header != _SQLITE_HEADER[: len(header)]:
+        raise MedbenchError(
+            f"study database {path} is not an SQLite database (corrupt or overwritten); "
+            "move it away to start a new study, or give another --out or --storage"
+        )
+
+
 @dataclass
 class StudySetup:
     """What a tune and a search share: the study's storage and name, the folder its trials
@@ -509,6 +549,7 @@ def tune(
     `fixed` holds TrainConfig values not to search (e.g. those the user gave). Trials train
     into `out_dir/trials/trial-NNNN`. Pass `data` to reuse a loaded dataset."""
     check_study_arguments(base, n_trials, metric)
+    check_study_place("tune", out_dir, storage, heartbeat_seconds)
     min_epochs = check_epoch_range(min_epochs, max_epochs)
     fixed = {k: v for k, v in (fixed or {}).items() if k in TUNABLE}
     options = None if base.model.startswith("timm:") else model_options(base.model)

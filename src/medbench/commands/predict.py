@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from medbench.commands._options import add_device, add_precision
 from medbench.data.catalogue import SPLITS
+from medbench.errors import MedbenchError
 from medbench.predict import predict
 
 NAME = "predict"
@@ -43,7 +45,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_precision(parser)
 
 
+def check_arguments(args: argparse.Namespace) -> None:
+    """Refuse flags that could only fail after every image was predicted."""
+    if args.workers is not None and args.workers < 0:
+        raise MedbenchError(
+            f"--workers must not be negative, not {args.workers} (leave it out for the CPU count)"
+        )
+    if args.csv:
+        csv = Path(args.csv)
+        if csv.is_dir():
+            raise MedbenchError(f"--csv {csv} is a folder; name the CSV file to write")
+        if not csv.parent.is_dir():
+            raise MedbenchError(f"--csv {csv}: the folder {csv.parent} does not exist")
+
+
 def run(args: argparse.Namespace) -> int:
+    check_arguments(args)
     result = predict(
         args.model,
         args.inputs,

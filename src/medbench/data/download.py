@@ -9,11 +9,13 @@ restarted from scratch where it does not (200).
 
 from __future__ import annotations
 
+import errno
 import http.client
 import os
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -39,10 +41,23 @@ def download_url(name: str, size: int = 28, mirror: str | None = None) -> str:
     (argument, else $MEDBENCH_MIRROR): a mirror is any folder of the official files
     served over http(s) or file://."""
     info = dataset_info(name)
+    from_env = mirror is None
     mirror = mirror if mirror is not None else os.environ.get(MIRROR_ENV) or None
     if not mirror:
         return info.url(size)
+    _check_mirror(mirror, f"${MIRROR_ENV}" if from_env else "--mirror")
     return f"{mirror.rstrip('/')}/{info.file_name(size)}"
+
+
+def _check_mirror(mirror: str, given_by: str) -> None:
+    """A MedbenchError unless `mirror` is an http(s) URL with a host or a file:// URL."""
+    parts = urllib.parse.urlsplit(mirror)
+    web = parts.scheme in ("http", "https") and bool(parts.hostname)
+    if not (web or (parts.scheme == "file" and parts.path)):
+        raise MedbenchError(
+            f"{given_by} {mirror!r} is not a mirror URL; give http(s)://host/folder, or "
+            f"file:///absolute/folder for a local folder of the official files"
+        )
 
 
 def download_dataset(
@@ -63,11 +78,14 @@ def download_dataset(
     retried `retries` times, waiting backoff_seconds * 2**attempt in between (by `sleep`).
     """
     info = dataset_info(name)
+    if retries < 0:
+        raise MedbenchError(f"--retries must not be negative, not {retries}")
     path = dataset_path(name, size, data_dir)
     if path.exists():
         return path
-    _make_folder(path.parent, named=data_dir is not None and str(data_dir) != "")
+    _refuse_symlink_loop(path)
     url = download_url(name, size, mirror)
+    _make_folder(path.parent, named=data_dir is not None and str(data_dir) != "")
     part = path.with_name(path.name + ".part")
     expected_md5 = info.md5(size)
     last_error = ""
@@ -123,6 +141,26 @@ def ensure_dataset(
             f"--size {size}' or point --data-dir / ${DATA_DIR_ENV} at a folder holding it"
         )
     return download_dataset(name, size, data_dir, progress=progress)
+
+
+def _refuse_symlink_loop(path: Path) -> None:
+    """A MedbenchError where `path` or a folder above it is a symbolic link that leads back
+    to itself (exists() says False there, and a download could never be written)."""
+    for link in (path, *path.parents):
+        if link.is_symlink() and not link.exists():
+            try:
+                link.resolve(strict=True)
+            except RuntimeError:  # Python 3.11-3.12 raise this for a loop
+                pass
+            except OSError as exc:
+                if exc.errno != errno.ELOOP:
+                    continue
+            else:
+                continue
+            raise MedbenchError(
+                f"{link} is a symbolic link loop (it points back to itself); remove or fix "
+                f"the link, or choose another data folder with --data-dir or ${DATA_DIR_ENV}"
+            )
 
 
 def _make_folder(folder: Path, *, named: bool) -> None:
