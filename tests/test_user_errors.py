@@ -227,6 +227,9 @@ CASES = {
         [*TUNE, "--out", "{tmp}/o"], "is not an SQLite database",
         files={"o": folder, "o/tune.sqlite": text("this is no database " * 10)},
     ),
+    "tune-sqlite-storage-in-a-missing-folder": Case(
+        [*TUNE, "--out", "{tmp}/o", "--storage", "sqlite:///{tmp}/none/t.sqlite"], "the folder"
+    ),
     "search-zero-population": Case([*SEARCH, "--out", "{tmp}/o", "--population", "0"], "--population must be at least 2"),
     "search-unknown-family": Case(["search", "--dataset", "breastmnist", "--model", "nosuch", "--trials", "1"], "no architecture space"),
     "search-without-dataset": Case(["search", "--model", "advanced_cnn", "--trials", "2"], "a search needs --dataset"),

@@ -325,6 +325,9 @@ def check_study_place(
         raise MedbenchError(f"--out {out} is a file, not a folder; choose a folder for the {kind}")
     if heartbeat_seconds < 1:
         raise MedbenchError(f"--heartbeat must be at least 1 second, not {heartbeat_seconds}")
+    given = sqlite_file(storage) if storage else None
+    if given is not None and not given.parent.is_dir():  # SQLite would not say it in one line
+        raise MedbenchError(f"--storage {storage}: the folder {given.parent} does not exist")
     check_sqlite_file(storage or default_storage(out, kind))
 
 
