@@ -203,3 +203,29 @@ def test_a_steps_speed_is_measured_on_the_clock_after_a_warm_up_step(tmp_path, b
     assert measure_step_seconds(cfg, blood, steps=2, clock=Ticks()) == pytest.approx(1.0)
     assert not (tmp_path / "run").exists()  # a throw-away folder, not the run's
     assert steps_per_epoch(cfg, 96) == 3
+
+
+def test_within_a_long_round_training_stops_in_time_for_its_validation():
+    # A slow model whose budget buys one round cannot be re-planned before that round ends:
+    # the planner's deadline ends training where the round's validation still fits.
+    clock = FakeMachine(0.0)
+    planner = BudgetPlanner(
+        steps_per_epoch=100,
+        epochs=None,
+        budget_seconds=100.0,
+        eval_images=1152,
+        images_per_step=32,  # 36 batches, forward only: estimated as 12 steps, 12 s
+        default_epochs=40,
+        clock=clock,
+    )
+    planner.start(0.0)
+    for step in range(1, 13):  # 12 steps timed at 1 s each, then the plan
+        clock.now = float(step)
+        plan = planner.first_plan(step)
+    planner.apply(plan)
+    assert math.ceil(planner.total_steps / planner.round_steps) == 1  # one round
+    clock.now = 50.0  # the machine slowed down: step 30 of the plan comes at 50 s, not 30 s
+    assert not planner.deadline_reached(30)
+    clock.now = 87.0  # 87 s + the 12 s validation would pass 98.5% of the budget
+    assert planner.deadline_reached(31)
+    assert not planner.deadline_reached(planner.total_steps)  # the end needs no deadline

@@ -64,6 +64,7 @@ class BudgetPlanner:
         self._run_start = clock()
         self._calib: tuple[float, int] | None = None
         self._round_walls: list[float] = []  # wall time of each whole round
+        self._eval_seconds = 0.0  # a round's validation, as first estimated
         self._round_trains: list[float] = []  # the training part of each
 
     # -- state kept in the checkpoint
@@ -102,6 +103,10 @@ class BudgetPlanner:
         if step >= min(12, self.steps_per_epoch) or (
             step >= 3 and self.elapsed() > 0.1 * self.budget
         ):
+            t0, s0 = self._calib
+            step_seconds = (self.clock() - t0) / max(1, step - s0)
+            # A validation pass is forward-only (about a third of a training step per image).
+            self._eval_seconds = self.eval_images / self.images_per_step * step_seconds / 3
             return plan_budget(
                 self.budget,
                 self.elapsed(),
@@ -128,6 +133,18 @@ class BudgetPlanner:
             return None
         fraction = min(1.0, self.elapsed() / self.budget)
         return max(fraction, step / self.cap) if self.cap else fraction
+
+    def deadline_reached(self, step: int) -> bool:
+        """Whether a budgeted run must end training now to leave its last validation time
+        inside the budget. Re-plans happen at round ends, so within a long round (a slow
+        model whose budget buys one round) only this catches a machine that slowed down."""
+        if not (self.replans and self.planned) or step >= self.total_steps:
+            return False
+        overheads = [w - t for w, t in zip(self._round_walls, self._round_trains, strict=True)]
+        validation = (
+            statistics.median(overheads[-RECENT_ROUNDS:]) if overheads else self._eval_seconds
+        )
+        return self.elapsed() + validation >= TARGET * self.budget
 
     def round_ends(self, step: int) -> bool:
         return step % self.round_steps == 0 or step >= self.total_steps

@@ -144,6 +144,8 @@ def train(
             if plan is not None:
                 planner.apply(plan)
                 cbs.on_plan(planner.total_steps)
+        if coord.broadcast(planner.deadline_reached(state.step)):  # rank 0's clock decides
+            planner.stop_at(state.step)
         if planner.round_ends(state.step):  # validate, select, decide, save, notify
             train_loss = losses.mean()  # on every process: the loss is averaged over them
             round_seconds = clock() - round_start
