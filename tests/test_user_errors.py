@@ -169,6 +169,16 @@ CASES = {
     "config-unknown-key": Case(
         ["train", "--config", "{tmp}/c.json"], "unknown keys: speed", files={"c.json": config(speed=1)}
     ),
+    "benchmark-config-string-lr": Case(
+        ["benchmark", "--datasets", "breastmnist", "--models", "advanced_cnn", "--out", "{tmp}/b",
+         "--config", "{tmp}/c.json"], "config key lr must be a number",
+        files={"c.json": config(lr="fast")},
+    ),
+    "tune-config-list-model-options": Case(
+        [*TUNE, "--out", "{tmp}/o", "--config", "{tmp}/c.json"], "config key model_options",
+        files={"c.json": config(model_options=[1])},
+    ),
+    "tune-seed-too-large": Case([*TUNE, "--out", "{tmp}/o", "--seed", str(2**32)], "--seed must be"),
     "config-missing": Case(["train", "--config", "{tmp}/none.json"], "does not exist"),
     # --- run folders and their files
     "card-missing-run": Case(["card", "{tmp}/none"], "has no results.json"),
