@@ -68,7 +68,7 @@ def test_time_budget_rows_with_unequal_wall_seconds_are_not_ranked(tmp_path):
 def test_rows_under_different_length_rules_are_not_ranked_against_each_other(tmp_path):
     cells = _pair("breastmnist", b_epochs=None, b_time_budget_seconds=60)
     report = _report(tmp_path, cells)
-    assert set(report.findings.winners) == {"breastmnist (3 epochs)", "breastmnist (60 s budget)"}
+    assert set(report.findings.winners) == {"breastmnist (3 epochs)", "breastmnist (time budget)"}
     assert all(c.runner_up is None for c in report.findings.comparisons)
 
 
@@ -180,3 +180,21 @@ def test_tables_and_recommendations_use_what_the_runs_really_trained(tmp_path):
     assert "| octmnist | advanced_cnn | 0 | " in md and "| 50 | 2.50 |" in md
     assert any("trained 2.5 epochs (50 steps" in r for r in report.findings.recommendations)
     assert not any("10 epochs" in r for r in report.findings.recommendations)
+
+
+def test_budgeted_runs_with_different_shares_are_compared_by_the_seconds_they_trained(tmp_path):
+    # A grid behind its plan gives its last runs smaller shares: they are one cohort, and
+    # what they really trained decides whether they can be ranked.
+    cells = _pair(
+        "breastmnist",
+        a_accuracy=0.9,
+        b_accuracy=0.75,
+        a_epochs=None,
+        b_epochs=None,
+        a_time_budget_seconds=60,
+        b_time_budget_seconds=54,
+        a_train_seconds=58,
+        b_train_seconds=53,
+    )
+    report = _report(tmp_path, cells)
+    assert set(report.findings.winners) == {"breastmnist"}

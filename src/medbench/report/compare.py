@@ -51,10 +51,12 @@ class Cohort:
 
 
 def length_rule(run: Run) -> tuple[str, float | None]:
-    """("time budget", seconds per cell) or ("epochs", planned epochs) of a run's config."""
+    """("time budget", None) or ("epochs", planned epochs) of a run's config. Budgeted runs
+    form one cohort whatever their budgets (a grid behind its plan gives its last runs
+    smaller shares): what they really trained, in seconds, decides whether they compare."""
     config = (run.results.config if run.results else None) or run.config or {}
     if config.get("time_budget_seconds"):
-        return "time budget", float(config["time_budget_seconds"])
+        return "time budget", None
     return "epochs", float(config["epochs"]) if config.get("epochs") else None
 
 
