@@ -199,6 +199,9 @@ def test_resume_refuses_a_checkpoint_of_another_model(tmp_path, blood):
     other = config(tmp_path, model="advanced_cnn", model_options={"width": 0.25})
     with pytest.raises(MedbenchError, match="belongs to another run"):
         train(other, data=blood, progress=False, resume=True)
+    thinner = config(tmp_path, epochs=1, model_options={"width": 0.125})
+    with pytest.raises(MedbenchError, match=r"model_options=\{'width': 0.25\}\), not .*0.125"):
+        train(thinner, data=blood, progress=False, resume=True)  # a width-only difference
 
 
 def test_time_budget_plans_the_schedule_to_finish_inside_it(tmp_path, blood):

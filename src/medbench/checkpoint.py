@@ -15,6 +15,7 @@ Both are plain `torch.save` dicts of tensors and JSON-like values, loaded with
 from __future__ import annotations
 
 import io
+import os
 import pickle
 import zipfile
 from dataclasses import dataclass, field
@@ -46,6 +47,8 @@ def load(path: str | Path, expected_format: str | None = None) -> dict[str, Any]
     path = Path(path)
     if not path.is_file():
         raise MedbenchError(f"{path} does not exist or is not a file")
+    if not os.access(path, os.R_OK):
+        raise MedbenchError(f"{path} cannot be read (permission denied)")
     if not zipfile.is_zipfile(path):  # torch.save writes a zip archive
         raise MedbenchError(
             f"{path} is not a readable checkpoint (corrupt, truncated, or not written by "
@@ -170,8 +173,8 @@ def load_training(path: str | Path, identity: dict[str, Any]) -> dict[str, Any]:
     obj = load(path, CHECKPOINT_FORMAT)
     if obj["identity"] != identity:
         raise MedbenchError(
-            f"{path} belongs to another run ({_describe(obj['identity'])}), not "
-            f"{_describe(identity)}; use a new run folder or the matching options"
+            f"{path} belongs to another run ({_describe(obj['identity'], identity)}), not "
+            f"{_describe(identity, obj['identity'])}; use a new run folder or the matching options"
         )
     return obj
 
@@ -196,5 +199,9 @@ def restore_training(
     )
 
 
-def _describe(identity: dict[str, Any]) -> str:
-    return f"{identity['model']} on {identity['dataset']} at {identity['size']}px"
+def _describe(identity: dict[str, Any], other: dict[str, Any] | None = None) -> str:
+    text = f"{identity['model']} on {identity['dataset']} at {identity['size']}px"
+    if other is None:
+        return text
+    differ = sorted(k for k in identity.keys() | other.keys() if identity.get(k) != other.get(k))
+    return text + ", " + ", ".join(f"{k}={identity.get(k)!r}" for k in differ)
