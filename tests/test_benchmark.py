@@ -274,6 +274,7 @@ _WORKER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_two_processes_on_one_grid_train_each_cell_exactly_once(tmp_path):
     out, marker = tmp_path / "out", tmp_path / "calls.txt"
     script = _WORKER.format(tests=str(Path(__file__).parent), out=str(out), marker=str(marker))
@@ -357,6 +358,7 @@ def _grid_from_before_schema_2(out: Path) -> list:
     return cells
 
 
+@pytest.mark.slow
 def test_a_grid_from_before_rounds_had_their_name_loads_reports_and_resumes(tmp_path):
     out = (tmp_path / "out").resolve()
     cells = _grid_from_before_schema_2(out)

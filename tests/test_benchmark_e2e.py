@@ -70,6 +70,7 @@ def _table(folder: Path) -> list[tuple]:
     )
 
 
+@pytest.mark.slow
 def test_benchmark_command_end_to_end_writes_store_report_and_plots(data_dir, tmp_path):
     out = tmp_path / "out"
     argv = _benchmark_args(
@@ -125,6 +126,7 @@ def _interrupted(out: Path) -> bool:
     return mid or any((r / "results.json").exists() for r in runs)
 
 
+@pytest.mark.slow
 def test_grid_killed_mid_run_and_restarted_ends_with_the_same_table(data_dir, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     reference = tmp_path / "reference"
@@ -150,6 +152,7 @@ def test_grid_killed_mid_run_and_restarted_ends_with_the_same_table(data_dir, tm
     assert all(r["status"] == "finished" for r in ResultsStore(killed).rows())
 
 
+@pytest.mark.slow
 @pytest.mark.realdata
 def test_short_real_run_report_matches_the_run_files(shared_medmnist, tmp_path):
     out = tmp_path / "out"

@@ -255,6 +255,7 @@ def test_benchmark_refuses_a_data_dir_that_does_not_exist_and_creates_nothing(tm
     assert not typo.parent.exists() and not out.exists()
 
 
+@pytest.mark.slow
 def test_plan_flag_prints_the_plan_and_trains_nothing(tmp_path, capsys):
     data, out = tmp_path / "data", tmp_path / "out"
     write_synthetic_like(data, "breastmnist", 28, n_train=64, n_val=32, n_test=32)

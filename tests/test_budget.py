@@ -72,6 +72,7 @@ def run_on(machine: FakeMachine, tmp_path, blood, **kw):
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("speed", [0.5, 1.0, 2.0])
 def test_a_budgeted_run_ends_inside_its_budget_and_never_raises_its_learning_rate(
     tmp_path, blood, speed
@@ -88,6 +89,7 @@ def test_a_budgeted_run_ends_inside_its_budget_and_never_raises_its_learning_rat
     assert warm[-1] < 0.05 * r.config["lr"]  # the schedule ran to its end
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("later", [2.0, 0.5])
 def test_a_run_whose_speed_changes_after_its_plan_still_fills_its_budget(tmp_path, blood, later):
     machine, budget = FakeMachine(0.05, later=later), 3.0
@@ -99,6 +101,7 @@ def test_a_run_whose_speed_changes_after_its_plan_still_fills_its_budget(tmp_pat
         assert budget - r.timing.train_seconds < 7 * 0.05 * later
 
 
+@pytest.mark.slow
 def test_epochs_and_a_budget_end_at_whichever_comes_first(tmp_path, blood):
     by_epochs = run_on(FakeMachine(0.05), tmp_path, blood, epochs=2, time_budget_seconds=100.0)
     assert by_epochs.epochs_trained == 2.0 and by_epochs.timing.train_seconds < 2.0
@@ -186,6 +189,7 @@ def test_under_a_budget_the_schedule_follows_the_elapsed_share_of_it():
     assert no_budget.schedule_fraction(step=5) is None and no_budget.total_steps == 30
 
 
+@pytest.mark.slow
 def test_a_steps_speed_is_measured_on_the_clock_after_a_warm_up_step(tmp_path, blood):
     from medbench.engine import measure_step_seconds, steps_per_epoch
 

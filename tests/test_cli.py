@@ -179,6 +179,7 @@ def test_the_help_lists_every_command_without_importing_torch():
 # ---- output into a closed pipe
 
 
+@pytest.mark.slow
 def test_output_into_a_closed_pipe_ends_quietly():
     read_end, write_end = os.pipe()
     os.close(read_end)  # the reader is gone before anything is written, as after `| head`

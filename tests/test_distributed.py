@@ -102,6 +102,7 @@ def torchrun(tmp_path, args: list[str], **env: str) -> subprocess.CompletedProce
     )
 
 
+@pytest.mark.slow
 def test_two_processes_follow_the_loss_trajectory_of_one_with_the_same_global_batch(
     tmp_path, data_dir
 ):
@@ -127,6 +128,7 @@ def test_two_processes_follow_the_loss_trajectory_of_one_with_the_same_global_ba
     assert state.keys() == ckpt.load(tmp_path / "one" / "model.pt")["state_dict"].keys()
 
 
+@pytest.mark.slow
 def test_a_killed_process_ends_the_job_with_one_clear_error_and_a_resumable_checkpoint(
     tmp_path, data_dir
 ):

@@ -53,6 +53,7 @@ def final_weights(run_dir) -> dict[str, torch.Tensor]:
     return ckpt.load(f"{run_dir}/checkpoint.pt")["model"]
 
 
+@pytest.mark.slow
 def test_run_folder_holds_results_model_checkpoint_and_predictions(tmp_path, blood):
     results = train(config(tmp_path), data=blood, progress=False)
     run = tmp_path / "run"
@@ -70,6 +71,7 @@ def test_run_folder_holds_results_model_checkpoint_and_predictions(tmp_path, blo
     assert preds["test_logits"].shape == (32, 8)
 
 
+@pytest.mark.slow
 def test_results_report_size_speed_and_efficiency(tmp_path, blood):
     r = train(config(tmp_path, epochs=1), data=blood, progress=False)
     assert r.model.n_params > 0 and r.model.flops > 0
@@ -80,6 +82,7 @@ def test_results_report_size_speed_and_efficiency(tmp_path, blood):
     assert "test_ece_calibrated" in r.metrics and r.metrics["temperature"] > 0
 
 
+@pytest.mark.slow
 def test_a_results_file_written_before_schema_2_still_loads(tmp_path, blood):
     train(config(tmp_path, epochs=2), data=blood, progress=False)
     old = json.loads((tmp_path / "run" / "results.json").read_text())
@@ -101,6 +104,7 @@ def test_a_results_file_written_before_schema_2_still_loads(tmp_path, blood):
     assert r.rounds_completed == 2 and r.best_round >= 1 and [h.round for h in r.history] == [1, 2]
 
 
+@pytest.mark.slow
 def test_same_seed_gives_the_same_numbers_on_cpu(tmp_path, blood):
     a = train(config(tmp_path, "a"), data=blood, progress=False)
     b = train(config(tmp_path, "b"), data=blood, progress=False)
@@ -144,6 +148,7 @@ def assert_same_final_weights(run_a, run_b) -> None:
         assert torch.equal(value, theirs[key]), key
 
 
+@pytest.mark.slow
 def test_resumed_run_ends_with_exactly_the_weights_of_an_uninterrupted_one(tmp_path, blood):
     full = train(config(tmp_path, "full", epochs=3), data=blood, progress=False)
     resumed = interrupt_after_first_epoch_then_resume(tmp_path, blood, epochs=3)
@@ -153,6 +158,7 @@ def test_resumed_run_ends_with_exactly_the_weights_of_an_uninterrupted_one(tmp_p
     assert [h.train_loss for h in resumed.history] == [h.train_loss for h in full.history]
 
 
+@pytest.mark.slow
 def test_fp16_scales_the_loss_and_a_resumed_run_keeps_the_scalers_state(tmp_path, blood):
     # fp16's 5-bit exponent flushes gradients below about 6e-8 to zero, so fp16 training
     # scales the loss up (and the gradients back down before clipping and the step). fp16 is
@@ -168,11 +174,13 @@ def test_fp16_scales_the_loss_and_a_resumed_run_keeps_the_scalers_state(tmp_path
     assert_same_final_weights(tmp_path / "full", tmp_path / "part")
 
 
+@pytest.mark.slow
 def test_bf16_trains_without_a_loss_scaler(tmp_path, blood):
     train(config(tmp_path, epochs=1, precision="bf16"), data=blood, progress=False)
     assert ckpt.load(tmp_path / "run" / "checkpoint.pt")["grad_scaler"] == {}
 
 
+@pytest.mark.slow
 def test_select_last_keeps_the_final_weights_whatever_validation_says(tmp_path, blood):
     # Selecting on a tiny validation split picks epochs that were lucky on it; `last` keeps
     # the end of the schedule (measured on BreastMNIST: docs/real_data.md).
@@ -194,6 +202,7 @@ def test_select_last_with_patience_is_a_user_error():
         ).validate()
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_checkpoint_of_another_model(tmp_path, blood):
     train(config(tmp_path, epochs=1), data=blood, progress=False)
     other = config(tmp_path, model="advanced_cnn", model_options={"width": 0.25})
@@ -204,6 +213,7 @@ def test_resume_refuses_a_checkpoint_of_another_model(tmp_path, blood):
         train(thinner, data=blood, progress=False, resume=True)  # a width-only difference
 
 
+@pytest.mark.slow
 def test_time_budget_plans_the_schedule_to_finish_inside_it(tmp_path, blood):
     r = train(config(tmp_path, epochs=None, time_budget_seconds=6.0), data=blood, progress=False)
     assert r.rounds_completed >= 1
@@ -214,6 +224,7 @@ def test_time_budget_plans_the_schedule_to_finish_inside_it(tmp_path, blood):
     # its learning rate has come down (seen once in CI beside a benchmark: 0.36 of the peak).
 
 
+@pytest.mark.slow
 def test_a_large_validation_split_selects_on_a_fixed_sample_and_reports_on_all(tmp_path, blood):
     r = train(config(tmp_path, epochs=2), data=blood, progress=False, selection_val_images=10)
     assert r.selection_val_images == 10
@@ -221,6 +232,7 @@ def test_a_large_validation_split_selects_on_a_fixed_sample_and_reports_on_all(t
     assert preds["val_logits"].shape[0] == 32  # the final evaluation used the whole split
 
 
+@pytest.mark.slow
 def test_checkpoints_load_without_unpickling_code(tmp_path, blood):
     train(config(tmp_path, epochs=1), data=blood, progress=False)
     state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
@@ -236,6 +248,7 @@ def test_a_corrupt_checkpoint_is_a_user_error(tmp_path):
         ckpt.load(bad)
 
 
+@pytest.mark.slow
 def test_evaluate_reproduces_the_runs_test_metrics(tmp_path, blood):
     r = train(config(tmp_path, epochs=1), data=blood, progress=False)
     again = evaluate_run(tmp_path / "run", data_dir=str(tmp_path / "data"), progress=False)
@@ -243,6 +256,7 @@ def test_evaluate_reproduces_the_runs_test_metrics(tmp_path, blood):
     assert again["test"]["auc"] == pytest.approx(r.test["auc"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("name", "task_model"), [("chestmnist", "efficientnet"), ("breastmnist", "advanced_cnn")]
 )
@@ -302,6 +316,7 @@ def test_optimisers_run_pytorchs_fused_kernels_and_step_as_the_per_tensor_loop(n
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_collapse_is_flagged_in_results(tmp_path, blood):
     # lr so high that the net diverges to one class: the guard must say so.
     r = train(
@@ -313,6 +328,7 @@ def test_collapse_is_flagged_in_results(tmp_path, blood):
     assert math.isfinite(r.test["acc"])
 
 
+@pytest.mark.slow
 def test_train_cli_reports_one_line_and_user_errors_exit_2(tmp_path, capsys):
     write_synthetic_like(tmp_path / "data", "breastmnist", 28, n_train=64, n_val=32, n_test=32)
     code = main(
@@ -398,6 +414,7 @@ def test_the_rounds_mean_loss_weights_steps_by_their_images():
     assert meter.mean() == 0.0  # the next round starts empty
 
 
+@pytest.mark.slow
 def test_a_diverging_run_ends_with_one_clear_error(tmp_path, blood):
     with pytest.raises(MedbenchError, match=r"training diverged \(loss (nan|inf)\) at step \d+;"):
         train(
@@ -413,6 +430,7 @@ def test_resuming_without_a_run_folder_is_a_user_error(blood):
         train(cfg, data=blood, progress=False, resume=True)
 
 
+@pytest.mark.slow
 def test_a_finished_run_keeps_its_model_and_drops_its_checkpoint_unless_asked(tmp_path, blood):
     r = train(config(tmp_path, epochs=1, keep_checkpoint=False), data=blood, progress=False)
     run = tmp_path / "run"
@@ -429,6 +447,7 @@ def test_an_unknown_model_leaves_no_run_folder(tmp_path, blood):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_a_finished_run_is_never_trained_over(tmp_path, blood):
     train(config(tmp_path, epochs=1, keep_checkpoint=False), data=blood, progress=False)
     before = (tmp_path / "run" / "results.json").read_text()
@@ -441,6 +460,7 @@ def test_a_finished_run_is_never_trained_over(tmp_path, blood):
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
 
 
+@pytest.mark.slow
 def test_an_unfinished_run_is_continued_only_when_asked(tmp_path, blood):
     with pytest.raises(Interrupt):
         train(
@@ -460,6 +480,7 @@ def _flip_bytes(path, n: int = 400) -> None:
     path.write_bytes(bytes(data))
 
 
+@pytest.mark.slow
 def test_a_byte_flipped_model_or_checkpoint_is_refused_with_one_line(tmp_path, blood):
     interrupt_after_first_epoch_then_resume(tmp_path, blood, epochs=2)
     _flip_bytes(tmp_path / "part" / "model.pt")
@@ -478,6 +499,7 @@ def test_a_byte_flipped_model_or_checkpoint_is_refused_with_one_line(tmp_path, b
         train(config(tmp_path, "cut", epochs=3), data=blood, progress=False, resume=True)
 
 
+@pytest.mark.slow
 def test_resuming_with_another_recipe_is_refused_naming_the_difference(tmp_path, blood):
     with pytest.raises(Interrupt):
         train(

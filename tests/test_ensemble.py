@@ -89,6 +89,7 @@ def test_tta_uses_only_the_flips_a_dataset_allows():
     assert tta_views("pneumoniamnist") == ["identity"]
 
 
+@pytest.mark.slow
 def test_average_ensemble_reports_members_and_sums_their_cost(runs):
     _, dirs = runs
     results = build_ensemble(dirs, method="average")
@@ -102,6 +103,7 @@ def test_average_ensemble_reports_members_and_sums_their_cost(runs):
     assert results["metrics"]["test"]["n"] == 32
 
 
+@pytest.mark.slow
 def test_saved_ensemble_loads_and_predicts_its_saved_test_probabilities(runs, tmp_path):
     from medbench.data import load_dataset
 
@@ -120,6 +122,7 @@ def test_saved_ensemble_loads_and_predicts_its_saved_test_probabilities(runs, tm
     np.testing.assert_allclose(probs, saved, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_tta_ensemble_averages_flipped_views_and_counts_their_latency(runs, tmp_path):
     root, dirs = runs
     plain = build_ensemble(dirs, method="average")
@@ -134,6 +137,7 @@ def test_tta_ensemble_averages_flipped_views_and_counts_their_latency(runs, tmp_
     assert load_ensemble(tmp_path / "tta").views == ["identity", "hflip"]
 
 
+@pytest.mark.slow
 def test_runs_of_different_datasets_are_refused(runs, tmp_path):
     _, dirs = runs
     other = tmp_path / "other"
@@ -146,6 +150,7 @@ def test_runs_of_different_datasets_are_refused(runs, tmp_path):
         build_ensemble([dirs[0], other])
 
 
+@pytest.mark.slow
 def test_ensemble_command_prints_the_table_and_saves_the_folder(runs, tmp_path, capsys):
     root, _ = runs
     code = main(["ensemble", str(root), "--method", "weighted", "--out", str(tmp_path / "e")])
@@ -167,6 +172,7 @@ def _test_images_npz(root, path):
     return path
 
 
+@pytest.mark.slow
 def test_predict_takes_a_saved_ensemble_folder_and_predicts_with_the_ensemble(runs, tmp_path):
     from medbench.predict import predict
 
@@ -178,6 +184,7 @@ def test_predict_takes_a_saved_ensemble_folder_and_predicts_with_the_ensemble(ru
     assert result.label_names == load_ensemble(tmp_path / "ens").meta["label_names"]
 
 
+@pytest.mark.slow
 def test_predict_command_takes_a_saved_ensemble_folder(runs, tmp_path, capsys):
     root, dirs = runs
     build_ensemble(dirs, method="average", out_dir=tmp_path / "ens")
@@ -189,6 +196,7 @@ def test_predict_command_takes_a_saved_ensemble_folder(runs, tmp_path, capsys):
     np.testing.assert_allclose(list(rows[0]["probabilities"].values()), saved[0], atol=1e-4)
 
 
+@pytest.mark.slow
 def test_an_ensemble_is_never_written_into_a_member(runs, tmp_path):
     _, dirs = runs
     before = (dirs[0] / "predictions.npz").read_bytes()

@@ -31,6 +31,7 @@ def run_dir(tmp_path_factory):
     return root / "run"
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::medbench.errors.MedbenchWarning")
 def test_a_run_is_evaluated_on_the_data_folder_it_recorded(run_dir):
     # The default data folder ($MEDBENCH_DATA_DIR, a fresh one per test) is empty and the
@@ -41,6 +42,7 @@ def test_a_run_is_evaluated_on_the_data_folder_it_recorded(run_dir):
     assert out["test"]["n"] == 16
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::medbench.errors.MedbenchWarning")
 def test_a_data_dir_given_wins_over_the_recorded_one(run_dir, tmp_path):
     from medbench.data.synthetic import write_synthetic_like
@@ -50,6 +52,7 @@ def test_a_data_dir_given_wins_over_the_recorded_one(run_dir, tmp_path):
     assert out["data_source"] == "argument" and out["test"]["n"] == 8
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::medbench.errors.MedbenchWarning")
 def test_evaluate_command_says_which_data_folder_it_used(run_dir, capsys):
     assert main(["evaluate", str(run_dir), "--device", "cpu"]) == 0

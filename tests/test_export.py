@@ -56,6 +56,7 @@ def pytorch_logits(model_file: Path, images: np.ndarray) -> np.ndarray:
         return model(normalized_input(images)).numpy()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["advanced_cnn", "efficientnet", "resnet18"])
 def test_onnx_export_matches_pytorch_at_batch_1_and_7(tmp_path, name):
     model_file = save_model(tmp_path / "model.pt", name)
@@ -68,6 +69,7 @@ def test_onnx_export_matches_pytorch_at_batch_1_and_7(tmp_path, name):
         np.testing.assert_allclose(out, pytorch_logits(model_file, images), atol=TOLERANCE)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["advanced_cnn", "efficientnet", "resnet18"])
 def test_torchscript_export_matches_pytorch_at_batch_1_and_7(tmp_path, name):
     model_file = save_model(tmp_path / "model.pt", name)
@@ -81,6 +83,7 @@ def test_torchscript_export_matches_pytorch_at_batch_1_and_7(tmp_path, name):
         np.testing.assert_allclose(out, pytorch_logits(model_file, images), atol=TOLERANCE)
 
 
+@pytest.mark.slow
 def test_check_uses_the_datasets_test_images_when_the_file_is_there(tmp_path):
     from medbench.data.synthetic import write_synthetic_like
 
@@ -91,6 +94,7 @@ def test_check_uses_the_datasets_test_images_when_the_file_is_there(tmp_path):
     assert result.batch_sizes == (10, 1, 7)
 
 
+@pytest.mark.slow
 def test_check_finds_the_data_folder_the_run_was_trained_from(tmp_path):
     from medbench.data.synthetic import write_synthetic_like
     from medbench.results import ModelInfo, RunResults, Timing
@@ -107,12 +111,14 @@ def test_check_finds_the_data_folder_the_run_was_trained_from(tmp_path):
     assert result.check_source.startswith("10 test images of")
 
 
+@pytest.mark.slow
 def test_check_falls_back_to_random_images_without_the_data_file(tmp_path):
     model_file = save_model(tmp_path / "run" / "model.pt", "efficientnet")
     result = export_model(model_file, "onnx", data_dir=tmp_path / "no-data")
     assert "random uint8 images" in result.check_source
 
 
+@pytest.mark.slow
 def test_failed_check_leaves_no_file_behind(tmp_path):
     model_file = save_model(tmp_path / "run" / "model.pt", "efficientnet")
     out = tmp_path / "out" / "m.onnx"
@@ -122,6 +128,7 @@ def test_failed_check_leaves_no_file_behind(tmp_path):
     assert list(out.parent.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_cli_reports_the_file_and_the_max_difference(tmp_path, capsys):
     model_file = save_model(tmp_path / "run" / "model.pt", "efficientnet")
     out = tmp_path / "exported.onnx"
@@ -131,6 +138,7 @@ def test_cli_reports_the_file_and_the_max_difference(tmp_path, capsys):
     assert out.is_file()
 
 
+@pytest.mark.slow
 def test_cli_refuses_a_file_that_is_not_a_medbench_model(tmp_path, capsys):
     torch.save({"weight": torch.zeros(2)}, tmp_path / "weights.pt")
     assert main(["export", str(tmp_path / "weights.pt"), "--format", "onnx"]) == 2
@@ -161,6 +169,7 @@ def test_onnx_without_its_packages_names_the_extra_to_install_and_writes_nothing
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["model.pt"]
 
 
+@pytest.mark.slow
 def test_torchscript_needs_no_optional_package(tmp_path):
     model_file = save_model(tmp_path / "run" / "model.pt", "efficientnet")
     result = export_model(model_file, "torchscript", import_module=_without("onnx"))

@@ -21,6 +21,7 @@ def _grid_timing():
     return module
 
 
+@pytest.mark.slow
 def test_grid_timing_reads_the_runs_and_the_grid_budget_of_a_benchmark_folder(tmp_path):
     out = tmp_path / "out"
     run_benchmark(datasets="breastmnist", models="advanced_cnn,resnet18", seeds=1, out=out,

@@ -17,6 +17,7 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 from tests.report_fixtures import Cell, write_grid
@@ -63,6 +64,7 @@ def snapshot(folder: Path) -> dict[str, bytes]:
 # ----------------------------------------------------------------------------- full disk
 
 
+@pytest.mark.slow
 def test_checkpoint_save_on_a_full_disk_keeps_the_earlier_checkpoint(tmp_path):
     path = tmp_path / "checkpoint.pt"
     ckpt.save({"step": 1, "weights": torch.zeros(4)}, path)
@@ -84,6 +86,7 @@ def test_checkpoint_save_on_a_full_disk_keeps_the_earlier_checkpoint(tmp_path):
     assert temporary_files(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_torchscript_export_on_a_full_disk_is_one_line_and_leaves_no_file(tmp_path):
     model_file = save_model(tmp_path / "run" / "model.pt")
     out = tmp_path / "out" / "model.torchscript.pt"
@@ -93,6 +96,7 @@ def test_torchscript_export_on_a_full_disk_is_one_line_and_leaves_no_file(tmp_pa
     assert temporary_files(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_onnx_export_on_a_full_disk_is_one_line_and_leaves_no_file(tmp_path):
     model_file = save_model(tmp_path / "run" / "model.pt")
     out = tmp_path / "out" / "model.onnx"
@@ -102,6 +106,7 @@ def test_onnx_export_on_a_full_disk_is_one_line_and_leaves_no_file(tmp_path):
     assert temporary_files(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_predict_csv_on_a_full_disk_keeps_the_earlier_csv(tmp_path):
     model_file = save_model(tmp_path / "run" / "model.pt")
     images = np.random.default_rng(0).integers(0, 256, (60, 28, 28), dtype=np.uint8)
@@ -118,6 +123,7 @@ def test_predict_csv_on_a_full_disk_keeps_the_earlier_csv(tmp_path):
     assert temporary_files(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_report_on_a_full_disk_keeps_the_earlier_report(tmp_path):
     folder = write_grid(
         tmp_path / "bench", [Cell("breastmnist", "resnet18", seed=s) for s in (0, 1)]

@@ -54,16 +54,19 @@ def load_run(run_dir: Path) -> tuple[dict, dict]:
         return results, {k: npz[k] for k in npz.files}
 
 
+@pytest.mark.slow
 def test_card_is_written_into_the_run_folder(run_dir, card):
     assert (run_dir / "MODEL_CARD.md").read_text() == card
     assert card.startswith("# Model card: efficientnet on breastmnist (28x28)")
 
 
+@pytest.mark.slow
 def test_card_states_license_and_that_the_file_is_not_official(card):
     assert "License: CC BY 4.0" in card
     assert "NOT the official file" in card
 
 
+@pytest.mark.slow
 def test_card_gives_test_acc_and_auc_with_bootstrap_intervals(run_dir, card):
     results, arrays = load_run(run_dir)
     probs = metrics.probabilities_from_logits(arrays["test_logits"], "binary-class")
@@ -72,6 +75,7 @@ def test_card_gives_test_acc_and_auc_with_bootstrap_intervals(run_dir, card):
     assert f"| test | {acc:.3f} (95% CI {low:.3f}-{high:.3f}) |" in card
 
 
+@pytest.mark.slow
 def test_card_gives_ece_before_and_after_temperature_scaling(run_dir, card):
     results, _ = load_run(run_dir)
     m = results["metrics"]
@@ -79,6 +83,7 @@ def test_card_gives_ece_before_and_after_temperature_scaling(run_dir, card):
     assert f"T = {m['temperature']:.3f}" in card
 
 
+@pytest.mark.slow
 def test_card_gives_the_epochs_trained_and_the_selected_one(run_dir, card):
     results, _ = load_run(run_dir)
     assert (
@@ -88,6 +93,7 @@ def test_card_gives_the_epochs_trained_and_the_selected_one(run_dir, card):
     ) in card
 
 
+@pytest.mark.slow
 def test_card_names_a_missed_class_apart_from_collapse(run_dir):
     _, arrays = load_run(run_dir)
     results = read_results(run_dir)
@@ -105,6 +111,7 @@ def test_card_names_a_missed_class_apart_from_collapse(run_dir):
     assert metrics.MISSED_CLASS_ADVICE in card and "No flags" in card
 
 
+@pytest.mark.slow
 def test_card_lists_collapse_flags_or_says_there_are_none(run_dir, card):
     results, _ = load_run(run_dir)
     for flag in results["flags"]:
@@ -113,6 +120,7 @@ def test_card_lists_collapse_flags_or_says_there_are_none(run_dir, card):
         assert "No flags" in card
 
 
+@pytest.mark.slow
 def test_card_computes_class_imbalance_from_the_true_labels(run_dir, card):
     _, arrays = load_run(run_dir)
     y = np.concatenate([arrays["val_labels"], arrays["test_labels"]]).ravel()
@@ -120,11 +128,13 @@ def test_card_computes_class_imbalance_from_the_true_labels(run_dir, card):
     assert f"malignant {share:.1%}" in card
 
 
+@pytest.mark.slow
 def test_card_names_the_28px_limit_and_the_intended_use(card):
     assert "Resolution: 28x28 pixels" in card
     assert "Not for diagnosis" in card and "research and education" in card
 
 
+@pytest.mark.slow
 def test_dermamnist_card_names_the_nc_license_and_lesion_duplicates(run_dir):
     _, arrays = load_run(run_dir)
     results = read_results(run_dir)
@@ -141,6 +151,7 @@ def test_unfinished_run_has_no_card(tmp_path):
         write_model_card(tmp_path)
 
 
+@pytest.mark.slow
 def test_card_command_rewrites_the_card(run_dir, capsys):
     (run_dir / "MODEL_CARD.md").unlink()
     assert main(["card", str(run_dir)]) == 0
@@ -166,6 +177,7 @@ def v1_run_dir(tmp_path) -> Path:
     return run
 
 
+@pytest.mark.slow
 def test_card_of_a_schema_1_run_gives_its_epochs_and_best_epoch(v1_run_dir):
     old = json.loads(RESULTS_V1.read_text())
     card = write_model_card(v1_run_dir).read_text()
@@ -175,6 +187,7 @@ def test_card_of_a_schema_1_run_gives_its_epochs_and_best_epoch(v1_run_dir):
     ) in card
 
 
+@pytest.mark.slow
 def test_card_of_a_schema_1_run_gives_its_metrics(v1_run_dir):
     old = json.loads(RESULTS_V1.read_text())["metrics"]
     card = write_model_card(v1_run_dir).read_text()

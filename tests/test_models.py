@@ -54,6 +54,7 @@ def test_resnets_match_the_official_medmnist_parameter_counts_at_28px(name, n_pa
     assert count_parameters(build_model(name, 3, 7, 28)) == n_params
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("name", "n_params"), [("resnet18", 11_180_103), ("resnet50", 23_522_375)])
 def test_resnets_use_torchvisions_imagenet_stem_from_64px(name, n_params):
     model = build_model(name, 3, 7, 64)
@@ -69,6 +70,7 @@ def test_training_forward_gives_one_logit_per_class(name, size, channels, classe
     assert model(torch.randn(2, channels, size, size)).shape == (2, classes)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", FAMILIES)
 @pytest.mark.parametrize(("channels", "classes"), [(1, 2), (3, 11)])
 def test_eval_forward_at_224px_gives_one_logit_per_class(name, channels, classes):
@@ -77,6 +79,7 @@ def test_eval_forward_at_224px_gives_one_logit_per_class(name, channels, classes
         assert model(torch.randn(2, channels, 224, 224)).shape == (2, classes)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", [*list_models(), SMALL_TIMM])
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_forward_features_is_a_map_and_forward_head_pools_and_classifies_it(name, channels_last):
@@ -124,6 +127,7 @@ def test_eval_outputs_are_deterministic(name):
         assert torch.equal(model(x), model(x))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", FAMILIES)
 def test_a_few_optimiser_steps_lower_the_loss_on_a_fixed_batch(name):
     torch.manual_seed(0)
@@ -140,6 +144,7 @@ def test_a_few_optimiser_steps_lower_the_loss_on_a_fixed_batch(name):
     assert losses[-1] < losses[0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["advanced_cnn", "efficientnet"])
 def test_bf16_autocast_and_channels_last_run_forward_and_backward(name):
     model = build_model(name, 3, 7).to(memory_format=torch.channels_last)
@@ -165,6 +170,7 @@ def test_width_and_depth_options_scale_the_medbench_families():
     assert count_parameters(build_model("efficientnet", 3, 7, width=1.0, depth=1.2)) > 4e6
 
 
+@pytest.mark.slow
 def test_resnet_width_thins_every_stage_and_keeps_the_full_resolution_stem():
     model = build_model("resnet18", 1, 2, 28, width=0.25)
     # Stages 16, 32, 64, 128: BasicBlocks built by torchvision's _make_layer at those widths.
@@ -232,6 +238,7 @@ def _assert_pytorch_init(model):
         assert conv.weight.std().item() == pytest.approx((3 * fan_in) ** -0.5, rel=0.15)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["resnet18", "resnet50"])
 def test_resnet_init_official_is_what_the_official_experiments_get(name):
     torch.manual_seed(0)
@@ -254,6 +261,7 @@ def test_an_unknown_resnet_init_is_a_user_error():
         build_model("resnet18", 3, 7, init="xavier")
 
 
+@pytest.mark.slow
 def test_small_images_keep_a_feature_grid_larger_than_1x1():
     for name in FAMILIES:
         features = build_model(name, 3, 7, 28).forward_features(torch.randn(2, 3, 28, 28))
@@ -290,6 +298,7 @@ def test_flops_count_a_multiply_add_as_two():
     assert count_flops(model, (3, 2, 2)) == 2 * 12 * 5
 
 
+@pytest.mark.slow
 def test_flops_grow_with_image_size():
     small = model_summary("efficientnet", 3, 7, 28)["flops"]
     assert model_summary("efficientnet", 3, 7, 128)["flops"] > small > 0
@@ -301,12 +310,14 @@ def test_model_summary_reports_parameters_and_flops():
     assert summary["gflops"] == pytest.approx(summary["flops"] / 1e9)
 
 
+@pytest.mark.slow
 def test_models_command_prints_a_row_per_model(capsys):
     assert main(["models", "--channels", "1", "--classes", "2"]) == 0
     out = capsys.readouterr().out
     assert all(name in out for name in list_models())
 
 
+@pytest.mark.slow
 def test_models_command_json_uses_the_dataset_shape(capsys):
     assert main(["models", "--dataset", "dermamnist", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
@@ -399,6 +410,7 @@ def test_depthwise_conv_follows_the_injected_cpu_kind(fast):
         assert conv(torch.randn(2, 8, 2, 2)).grad_fn is None
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("avx512, n_tap_sums", [(False, 8), (True, 5)])
 def test_efficientnet_trains_its_late_depthwise_convs_on_the_small_map_path(avx512, n_tap_sums):
     # At 28 px, stages 4-7 run on 4x4 and 2x2 maps. Every conv with a 2x2 output (5 convs)

@@ -97,6 +97,7 @@ def test_folder_is_searched_recursively_in_sorted_order(model_file, tmp_path):
     assert result.names == [str(tmp_path / n) for n in ("a.png", "b.png", "sub/c.png")]
 
 
+@pytest.mark.slow
 def test_file_probabilities_are_the_models_on_the_decoded_pixels(model_file, tmp_path):
     images = gray_images(4)
     paths = write_pngs(tmp_path, images, [f"{i}.png" for i in range(4)])
@@ -105,6 +106,7 @@ def test_file_probabilities_are_the_models_on_the_decoded_pixels(model_file, tmp
     np.testing.assert_allclose(result.probabilities, expected, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_batches_give_the_same_result_as_one_pass(model_file, tmp_path):
     paths = write_pngs(tmp_path, gray_images(5), [f"{i}.png" for i in range(5)])
     one = predict(model_file, paths, batch_size=256, device="cpu", precision="fp32")
@@ -113,6 +115,7 @@ def test_batches_give_the_same_result_as_one_pass(model_file, tmp_path):
     assert many.names == one.names
 
 
+@pytest.mark.slow
 def test_npz_uses_test_images_by_default_and_split_when_given(model_file, tmp_path):
     val, test = gray_images(3, seed=1), gray_images(2, seed=2)
     path = tmp_path / "data.npz"
@@ -131,6 +134,7 @@ def test_npz_with_a_plain_images_array_is_read(model_file, tmp_path):
     assert len(predict(model_file, [path], device="cpu", precision="fp32")) == 3
 
 
+@pytest.mark.slow
 def test_rgb_images_of_another_size_are_converted_and_counted_once(model_file, tmp_path):
     rgb = np.random.default_rng(3).integers(0, 256, (64, 48, 3), dtype=np.uint8)
     Image.fromarray(rgb).save(tmp_path / "big.png")
@@ -145,6 +149,7 @@ def test_rgb_images_of_another_size_are_converted_and_counted_once(model_file, t
     )
 
 
+@pytest.mark.slow
 def test_gray_images_are_repeated_to_rgb_for_an_rgb_model(tmp_path):
     model_file = save_model(tmp_path / "rgb" / "model.pt", in_channels=3)
     gray = gray_images(1)
@@ -184,6 +189,7 @@ def test_any_object_with_meta_and_predict_proba_is_a_predictor(tmp_path):
 # ----------------------------------------------------------------------------- outputs
 
 
+@pytest.mark.slow
 def test_calibrated_probabilities_use_the_fitted_temperature(model_file, tmp_path):
     images = gray_images(3)
     paths = write_pngs(tmp_path, images, [f"{i}.png" for i in range(3)])
@@ -192,6 +198,7 @@ def test_calibrated_probabilities_use_the_fitted_temperature(model_file, tmp_pat
     np.testing.assert_allclose(result.calibrated, expected, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_no_calibrated_probabilities_without_a_fitted_temperature(tmp_path):
     model_file = save_model(tmp_path / "t1" / "model.pt", temperature=1.0)
     write_pngs(tmp_path / "in", gray_images(1), ["a.png"])
@@ -219,6 +226,7 @@ def test_cli_json_has_a_probability_per_class_and_calibrated_ones(model_file, tm
     assert row["predicted"] in BREAST_LABELS
 
 
+@pytest.mark.slow
 def test_cli_csv_rows_match_the_python_result(model_file, tmp_path):
     paths = write_pngs(tmp_path / "in", gray_images(3), ["a.png", "b.png", "c.png"])
     out = tmp_path / "pred.csv"
@@ -232,6 +240,7 @@ def test_cli_csv_rows_match_the_python_result(model_file, tmp_path):
     assert "p_calibrated_malignant" in rows[0]
 
 
+@pytest.mark.slow
 def test_multilabel_prediction_names_every_label_above_one_half(tmp_path):
     names = ["a", "b", "c"]
     model_file = save_model(
@@ -268,6 +277,7 @@ def test_non_image_file_is_a_clear_error(model_file, tmp_path, capsys):
     assert "not a PNG/JPEG" in run_cli_error(capsys, str(model_file), str(tmp_path / "table.csv"))
 
 
+@pytest.mark.slow
 def test_text_file_named_png_is_a_clear_error(model_file, tmp_path, capsys):
     (tmp_path / "fake.png").write_text("hello")
     assert "cannot read" in run_cli_error(capsys, str(model_file), str(tmp_path / "fake.png"))
@@ -286,6 +296,7 @@ def test_npz_without_images_is_a_clear_error(model_file, tmp_path, capsys):
     assert "no 'test_images'" in run_cli_error(capsys, str(model_file), str(tmp_path / "x.npz"))
 
 
+@pytest.mark.slow
 def test_missing_model_is_a_clear_error(tmp_path, capsys):
     write_pngs(tmp_path, gray_images(1), ["a.png"])
     run_cli_error(capsys, str(tmp_path / "no-run"), str(tmp_path / "a.png"))
@@ -353,6 +364,7 @@ def test_bad_batch_size_is_a_medbench_error(model_file, tmp_path):
 # ----------------------------------------------------------------------------- bit depth
 
 
+@pytest.mark.slow
 def test_a_16_bit_png_gives_the_prediction_of_the_same_image_at_8_bits(model_file, tmp_path):
     images = gray_images(3, seed=4)
     eight = write_pngs(tmp_path / "8", images, ["a.png", "b.png", "c.png"])

@@ -68,6 +68,7 @@ def cnn_report(cnn_study):
     return build_report(cnn_study)
 
 
+@pytest.mark.slow
 def test_report_writes_markdown_html_csv_json_and_plots(cnn_report):
     for path in (
         cnn_report.markdown,
@@ -91,12 +92,14 @@ def test_report_writes_markdown_html_csv_json_and_plots(cnn_report):
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in cnn_report.plots)
 
 
+@pytest.mark.slow
 def test_html_is_self_contained_with_every_plot_embedded(cnn_report):
     text = cnn_report.html.read_text()
     assert text.count("data:image/png;base64,") == len(cnn_report.plots)
     assert "src='plots/" not in text and 'src="http' not in text
 
 
+@pytest.mark.slow
 def test_table_shows_mean_std_and_n_beside_published_and_reference_rows(cnn_report):
     md = cnn_report.markdown.read_text()
     assert (
@@ -109,6 +112,7 @@ def test_table_shows_mean_std_and_n_beside_published_and_reference_rows(cnn_repo
     assert load_published()["citation"] in md
 
 
+@pytest.mark.slow
 def test_csv_and_json_have_one_row_per_run_with_the_run_files_numbers(cnn_report):
     rows = list(csv.DictReader(cnn_report.csv.open()))
     runs = json.loads(cnn_report.json.read_text())
@@ -119,6 +123,7 @@ def test_csv_and_json_have_one_row_per_run_with_the_run_files_numbers(cnn_report
         assert row["n_params"] == results["model"]["n_params"]
 
 
+@pytest.mark.slow
 def test_findings_name_the_winner_from_the_numbers(cnn_report, tmp_path):
     other = build_report(_study(tmp_path / "resnet", RESNET_WINS, md5_matches=False), plots=False)
     assert cnn_report.findings.best_overall == "advanced_cnn"
@@ -137,6 +142,7 @@ def test_findings_name_the_winner_from_the_numbers(cnn_report, tmp_path):
     assert cnn_report.findings.recommendations != other.findings.recommendations
 
 
+@pytest.mark.slow
 def test_a_clear_margin_over_seeds_is_reported_as_exceeding_the_spread(cnn_report):
     comparisons = {c.dataset: c for c in cnn_report.findings.comparisons}
     assert comparisons["dermamnist"].significant is True
@@ -147,6 +153,7 @@ def test_a_clear_margin_over_seeds_is_reported_as_exceeding_the_spread(cnn_repor
     )
 
 
+@pytest.mark.slow
 def test_close_models_are_reported_as_within_the_spread(tmp_path):
     close = {k: 0.75 for k in CNN_WINS}
     report = build_report(_study(tmp_path, close), plots=False)
@@ -160,6 +167,7 @@ def test_one_seed_leaves_the_difference_untested(tmp_path):
     assert any("untested" in s for s in report.findings.findings)
 
 
+@pytest.mark.slow
 def test_collapse_and_val_test_gap_are_flagged(tmp_path):
     report = build_report(
         _study(tmp_path, CNN_WINS, collapse={("octmnist", "resnet18")}), plots=False
@@ -173,6 +181,7 @@ def test_collapse_and_val_test_gap_are_flagged(tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_unofficial_data_files_and_the_dermamnist_license_are_flagged(tmp_path):
     report = build_report(_study(tmp_path, CNN_WINS, md5_matches=False), plots=False)
     md = report.markdown.read_text()
@@ -181,6 +190,7 @@ def test_unofficial_data_files_and_the_dermamnist_license_are_flagged(tmp_path):
     assert "dermamnist is CC BY-NC 4.0" in md
 
 
+@pytest.mark.slow
 def test_failed_runs_are_listed_but_kept_out_of_the_table(tmp_path):
     report = build_report(
         _study(tmp_path, CNN_WINS, fail={("octmnist", "resnet18")}, warn=True), plots=False
@@ -252,11 +262,13 @@ def test_a_schema_1_run_has_its_findings(v1_folder, tmp_path):
     assert report.findings.winners == {"bloodmnist": "efficientnet"}
 
 
+@pytest.mark.slow
 def test_a_schema_1_run_has_its_training_curve_drawn(v1_folder, tmp_path):
     report = build_report(v1_folder, tmp_path / "report")
     assert "curves_bloodmnist.png" in {p.name for p in report.plots}
 
 
+@pytest.mark.slow
 def test_report_never_imports_the_training_engine(cnn_study, tmp_path):
     code = (
         "import sys; sys.modules['medbench.engine'] = None\n"
@@ -271,11 +283,13 @@ def test_report_command_on_a_folder_without_results_is_a_user_error(tmp_path, ca
     assert "no results in" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_report_command_writes_the_report(cnn_study, tmp_path, capsys):
     assert main(["report", str(cnn_study), "--out", str(tmp_path), "--no-plots"]) == 0
     assert (tmp_path / "report.html").exists()
 
 
+@pytest.mark.slow
 def test_a_run_whose_results_file_is_garbage_is_listed_not_silently_dropped(tmp_path):
     out = tmp_path / "out"
     cells = plan_grid(

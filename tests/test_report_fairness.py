@@ -152,6 +152,7 @@ def _busy_grid() -> list[Cell]:
     return cells
 
 
+@pytest.mark.slow
 def test_no_finding_is_cut_mid_phrase_and_each_is_at_most_two_lines(tmp_path):
     report = _report(tmp_path, _busy_grid())
     for s in report.findings.findings + report.findings.recommendations:
@@ -161,6 +162,7 @@ def test_no_finding_is_cut_mid_phrase_and_each_is_at_most_two_lines(tmp_path):
         assert len(s) <= 260, s
 
 
+@pytest.mark.slow
 def test_every_run_a_finding_counts_is_listed_in_its_table(tmp_path):
     report = _report(tmp_path, _busy_grid())
     tables = {t.title: t for t in report.findings.tables}

@@ -28,6 +28,7 @@ def test_a_family_without_a_space_is_refused(tmp_path):
         search(config, tmp_path, 1, progress=False)
 
 
+@pytest.mark.slow
 def test_tiny_search_saves_the_front_and_exports_a_trainable_architecture(tmp_path):
     from medbench.data.synthetic import write_synthetic_like
 
@@ -73,6 +74,7 @@ def _search_study(storage: str, name: str) -> None:
     study.tell(trial, [0.9, 1000.0])
 
 
+@pytest.mark.slow
 def test_exporting_without_a_study_name_takes_the_storage_s_only_study(tmp_path):
     storage = f"sqlite:///{tmp_path / 'search.sqlite'}"
     _search_study(storage, "only")
@@ -80,6 +82,7 @@ def test_exporting_without_a_study_name_takes_the_storage_s_only_study(tmp_path)
     assert arch == {"model": "advanced_cnn", "model_options": {"width": 0.5}}
 
 
+@pytest.mark.slow
 def test_exporting_without_a_study_name_from_a_storage_of_several_is_refused(tmp_path):
     storage = f"sqlite:///{tmp_path / 'search.sqlite'}"
     _search_study(storage, "a")

@@ -180,6 +180,7 @@ def _claim_all(folder, keys, queue, barrier):
     queue.put(got)
 
 
+@pytest.mark.slow
 def test_concurrent_processes_never_claim_the_same_cell(tmp_path):
     store = ResultsStore(tmp_path)
     cells = _cells(tmp_path, 40)
@@ -210,6 +211,7 @@ def _open_new_stores(folders, barrier, queue):
     queue.put(errors)
 
 
+@pytest.mark.slow
 def test_processes_opening_one_new_store_at_once_all_succeed(tmp_path):
     # Racing to switch a new file to WAL made SQLite answer "database is locked" at once,
     # without waiting (CI saw it when two `medbench benchmark` processes started together).

@@ -44,6 +44,7 @@ def study(storage) -> optuna.Study:
 # ----------------------------------------------------------------------------- what it relies on
 
 
+@pytest.mark.slow
 def test_a_study_keeps_the_storage_it_was_made_with(storage, study):
     inner = getattr(study._storage, "_backend", study._storage)
     assert inner is storage, _changed("where a Study keeps its storage (study._storage._backend)")

@@ -48,6 +48,7 @@ def _config(root, **kw) -> TrainConfig:
     )  # fmt: skip
 
 
+@pytest.mark.slow
 def test_timm_weights_file_loads_with_first_conv_summed_for_gray_and_a_fresh_head(root):
     root, _ = root
     model = build_model(MODEL, 1, 2)
@@ -61,6 +62,7 @@ def test_timm_weights_file_loads_with_first_conv_summed_for_gray_and_a_fresh_hea
     assert scales[id(model.conv_stem.weight)] == 0.1
 
 
+@pytest.mark.slow
 def test_safetensors_weights_load_like_torch_weights(root, tmp_path):
     from safetensors.torch import save_file
 
@@ -76,6 +78,7 @@ def test_safetensors_weights_load_like_torch_weights(root, tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_linear_probe_trains_only_the_head_and_keeps_backbone_statistics(root):
     root, _ = root
     model = build_model(MODEL, 1, 2)
@@ -91,6 +94,7 @@ def test_linear_probe_trains_only_the_head_and_keeps_backbone_statistics(root):
     torch.testing.assert_close(model.bn1.running_mean, before)
 
 
+@pytest.mark.slow
 def test_hub_weights_offline_are_a_clear_error(root):
     from huggingface_hub import constants
 
@@ -100,6 +104,7 @@ def test_hub_weights_offline_are_a_clear_error(root):
         prepare_pretrained(build_model(MODEL, 1, 2), _config(root, pretrained="hub"))
 
 
+@pytest.mark.slow
 def test_medbench_run_loads_as_backbone_for_another_task(root):
     root, result = root
     pneumonia_run = result["pretrain"][0]["run_dir"]
@@ -110,12 +115,14 @@ def test_medbench_run_loads_as_backbone_for_another_task(root):
     assert not report.skipped and not report.missing and len(report.loaded) > 10
 
 
+@pytest.mark.slow
 def test_checkpoint_of_another_architecture_is_refused(root):
     root, result = root
     with pytest.raises(MedbenchError, match="same architecture|builds"):
         load_source(result["pretrain"][0]["run_dir"], "timm:test_resnet")
 
 
+@pytest.mark.slow
 def test_transfer_pretrains_on_the_source_then_finetunes_on_the_target(root):
     _, result = root
     source, target = result["pretrain"][0], result["target"]
@@ -125,6 +132,7 @@ def test_transfer_pretrains_on_the_source_then_finetunes_on_the_target(root):
     assert target["config"]["finetune"] == "full"
 
 
+@pytest.mark.slow
 def test_a_finished_run_is_read_back_not_trained_again(root):
     root, result = root
     stage = result["pretrain"][0]
@@ -145,6 +153,7 @@ def test_knn_probabilities_are_neighbour_votes():
     np.testing.assert_allclose(probs, [[1 / 3, 2 / 3], [2 / 3, 1 / 3]])
 
 
+@pytest.mark.slow
 def test_knn_evaluate_gives_official_metrics_without_training(root):
     from medbench.data import load_dataset
 
@@ -158,6 +167,7 @@ def test_knn_evaluate_gives_official_metrics_without_training(root):
         assert 0.0 <= out["metrics"][split]["acc"] <= 1.0 and out["metrics"][split]["n"] == 32
 
 
+@pytest.mark.slow
 def test_transfer_knn_mode_probes_pretrained_weights_file(root):
     root, _ = root
     config = _config(root, pretrained=str(root / "imagenet.pth"))
@@ -190,6 +200,7 @@ def test_pad_adapter_centres_the_image_on_black():
     assert seen["x"].shape == (2, 3, 64, 64) and seen["x"].eq(1).all()
 
 
+@pytest.mark.slow
 def test_adapted_timm_backbone_loads_rgb_weights_and_classifies_gray_images(root):
     root, _ = root
     backbone = timm.create_model("test_efficientnet", num_classes=2)  # built with 3 channels

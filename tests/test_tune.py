@@ -169,6 +169,7 @@ def test_three_failed_trials_in_a_row_stop_the_worker_with_the_last_error():
         work_study(study, objective, 5)
 
 
+@pytest.mark.slow
 def test_tiny_tune_writes_a_best_config_that_train_accepts(tiny_data_dir, tmp_path):
     result = tune(
         _base(tiny_data_dir),
@@ -192,6 +193,7 @@ def test_tiny_tune_writes_a_best_config_that_train_accepts(tiny_data_dir, tmp_pa
     assert summary["best_trial"] == result.best_trial
 
 
+@pytest.mark.slow
 def test_pruned_trials_count_as_finished_but_give_no_best_config(tiny_data_dir, tmp_path):
     with pytest.raises(MedbenchError, match="no completed trial"):
         tune(
@@ -211,6 +213,7 @@ def test_pruned_trials_count_as_finished_but_give_no_best_config(tiny_data_dir, 
     assert all(len(t.intermediate_values) == 1 for t in study.trials)  # stopped after epoch 1
 
 
+@pytest.mark.slow
 def test_joining_a_study_made_for_another_dataset_is_refused(tmp_path):
     storage = f"sqlite:///{tmp_path / 's.sqlite'}"
     open_study(
@@ -278,6 +281,7 @@ def _finished(study) -> list:
     return [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
 
 
+@pytest.mark.slow
 def test_two_workers_finish_n_trials_between_them(tiny_data_dir, tmp_path):
     out = tmp_path / "out"
     workers = [
@@ -315,6 +319,7 @@ def _running_with_heartbeat(out) -> bool:
     return bool(rows)
 
 
+@pytest.mark.slow
 def test_a_killed_tune_resumes_to_n_trials(tiny_data_dir, tmp_path):
     out = tmp_path / "out"
     # 40 fixed epochs make each trial last seconds, not a fraction of one, so the poll
@@ -367,6 +372,7 @@ def _open_storage(url, queue):
         queue.put(repr(exc)[:200])
 
 
+@pytest.mark.slow
 def test_workers_started_together_all_open_a_new_storage(tmp_path):
     import multiprocessing as mp
 
@@ -382,6 +388,7 @@ def test_workers_started_together_all_open_a_new_storage(tmp_path):
     assert outcomes == ["ok"] * 4
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used:UserWarning")
 def test_a_trial_whose_worker_died_before_its_first_heartbeat_is_failed_and_retried(tmp_path):
     # study.ask() creates a RUNNING trial and sends no heartbeat: exactly what a worker
@@ -438,6 +445,7 @@ def test_no_note_when_the_best_trial_did_not_collapse():
     assert best.number == 0 and notes == []
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::medbench.errors.MedbenchWarning")  # too few for fANOVA
 def test_when_every_trial_collapsed_the_best_config_and_summary_say_so(tmp_path):
     study = optuna.create_study(direction="maximize")

@@ -289,6 +289,7 @@ IN_A_PROCESS = (
 )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", IN_A_PROCESS)
 def test_no_traceback_reaches_the_terminal(name, tmp_path):
     case = CASES[name]
@@ -358,6 +359,7 @@ def test_a_config_file_error_names_the_file(tmp_path):
         load_config_file(path)
 
 
+@pytest.mark.slow
 def test_exporting_from_a_folder_with_a_study_still_saves_the_architecture(tmp_path, capsys):
     study = optuna.create_study(
         study_name="s", storage=f"sqlite:///{tmp_path / 'search.sqlite'}",
