@@ -217,3 +217,60 @@ def test_an_unreadable_store_is_left_alone_and_never_advised_away(tmp_path, caps
     assert (
         folder / "results.sqlite"
     ).read_bytes() == b"not a database, but maybe someone's results"
+
+
+# -- a byte-flipped file is refused by every command that reads it ---------------------------
+
+
+@pytest.fixture(scope="module")
+def flipped_run(tmp_path_factory):
+    """A finished run whose model.pt had 400 bytes flipped in the middle after training."""
+    from medbench.config import TrainConfig
+    from medbench.data.synthetic import write_synthetic_like
+    from medbench.engine import train
+
+    root = tmp_path_factory.mktemp("flipped")
+    write_synthetic_like(root / "data", "breastmnist", 28, n_train=64, n_val=32, n_test=32)
+    for name in ("a", "b"):
+        config = TrainConfig(
+            dataset="breastmnist", model="efficientnet", epochs=1, batch_size=32,
+            model_options={"width": 0.25}, data_dir=str(root / "data"),
+            run_dir=str(root / name),
+        )  # fmt: skip
+        train(config, progress=False, measure=False)
+    model = root / "a" / "model.pt"
+    data = bytearray(model.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 400] = bytes(b ^ 0xFF for b in data[middle : middle + 400])
+    model.write_bytes(bytes(data))
+    np.save(root / "image.npy", np.zeros((28, 28), dtype=np.uint8))
+    return root
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["evaluate", "{run}", "--data-dir", "{data}"],
+        ["predict", "{run}", "{image}"],
+        ["export", "{run}", "--format", "torchscript", "--out", "{out}"],
+        ["ensemble", "{run}", "{other}", "--tta", "--data-dir", "{data}"],
+    ],
+    ids=["evaluate", "predict", "export", "ensemble-tta"],
+)
+def test_a_byte_flipped_model_is_refused_by_every_command_with_one_line(
+    flipped_run, command, capsys
+):
+    from medbench.cli import main
+
+    values = {
+        "run": str(flipped_run / "a"),
+        "other": str(flipped_run / "b"),
+        "data": str(flipped_run / "data"),
+        "image": str(flipped_run / "image.npy"),
+        "out": str(flipped_run / "exported.pt"),
+    }
+    assert main([part.format(**values) for part in command]) == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("medbench: error")]
+    assert len(err) == 1 and "corrupt" in err[0] and "model.pt" in err[0]
+    assert not (flipped_run / "exported.pt").exists()

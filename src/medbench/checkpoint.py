@@ -54,7 +54,7 @@ def load(path: str | Path, expected_format: str | None = None) -> dict[str, Any]
             f"{path} is not a readable checkpoint (corrupt, truncated, or not written by "
             "torch.save); use a medbench run folder, model.pt or checkpoint.pt"
         )
-    _check_integrity(path)
+    check_integrity(path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -72,7 +72,7 @@ def load(path: str | Path, expected_format: str | None = None) -> dict[str, Any]
     return obj
 
 
-def _check_integrity(path: Path) -> None:
+def check_integrity(path: Path) -> None:
     """Check every member of the file against the CRC-32 its zip archive stores: torch.load
     does not, so a file with flipped bytes loaded as good weights (and scored as a
     different model)."""

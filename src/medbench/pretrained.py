@@ -17,6 +17,7 @@ k-NN probe) are in `medbench.transfer`; this module knows nothing of training.
 from __future__ import annotations
 
 import warnings
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -88,6 +89,8 @@ def load_source(pretrained: str, model_name: str) -> Source:
             return Source(load_safetensors(str(path), device="cpu"), str(path))
         except Exception as exc:  # safetensors raises its own error types
             raise MedbenchError(f"{path} is not a readable safetensors file: {exc}") from None
+    if zipfile.is_zipfile(path):  # torch.save's format: check its CRCs as medbench's own
+        ckpt.check_integrity(path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # unpickling and zip errors of every kind
