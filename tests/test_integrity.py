@@ -255,8 +255,25 @@ def flipped_run(tmp_path_factory):
         ["predict", "{run}", "{image}"],
         ["export", "{run}", "--format", "torchscript", "--out", "{out}"],
         ["ensemble", "{run}", "{other}", "--tta", "--data-dir", "{data}"],
+        [
+            "train",
+            "--dataset",
+            "breastmnist",
+            "--model",
+            "efficientnet",
+            "--model-option",
+            "width=0.25",
+            "--epochs",
+            "1",
+            "--pretrained",
+            "{run}",
+            "--data-dir",
+            "{data}",
+            "--run-dir",
+            "{out}",
+        ],
     ],
-    ids=["evaluate", "predict", "export", "ensemble-tta"],
+    ids=["evaluate", "predict", "export", "ensemble-tta", "train-pretrained-on-it"],
 )
 def test_a_byte_flipped_model_is_refused_by_every_command_with_one_line(
     flipped_run, command, capsys

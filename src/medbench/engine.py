@@ -369,11 +369,12 @@ def _build(
     model = build_model(config.model, info.n_channels, info.n_classes, config.size, **options)
     n_params = count_parameters(model)
     flops = count_flops(model, (info.n_channels, config.size, config.size))
-    # The folder only once the model is known to build: a mistyped name leaves nothing.
-    run_dir = coord.on_main(lambda: _make_run_dir(config, resume))  # rank 0's, made there
-    config.run_dir = str(run_dir)
     # Pretrained weights: loaded, the backbone frozen or given a lower learning rate.
     lr_scales = prepare_pretrained(model, config) if config.pretrained else None
+    # The folder only once the model builds and its weights load: a mistyped name or a
+    # damaged weights file leaves nothing behind.
+    run_dir = coord.on_main(lambda: _make_run_dir(config, resume))  # rank 0's, made there
+    config.run_dir = str(run_dir)
     place_model(model, runtime)
     model, eval_copy = coord.prepare(model)
     optimizer = make_optimizer(model, config, lr_scales)
