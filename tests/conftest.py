@@ -3,7 +3,7 @@
 Every test runs with $MEDBENCH_DATA_DIR and $MEDBENCH_CACHE_DIR pointing at its own temporary
 folders (nothing is written into ~/.medmnist), with the network closed to anything but
 this machine (no test may touch the internet) and the Hugging Face hub offline, over an
-empty cache of the test session's own.
+empty cache of the test run's own.
 """
 
 from __future__ import annotations

@@ -62,10 +62,10 @@ def test_onnx_export_matches_pytorch_at_batch_1_and_7(tmp_path, name):
     model_file = save_model(tmp_path / "model.pt", name)
     result = export_model(model_file, "onnx")
     assert result.path == tmp_path / "model.onnx" and result.max_abs_diff <= TOLERANCE
-    session = ort.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])
+    ort_session = ort.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])
     for n in (1, 7):
         images = random_batch(n)
-        (out,) = session.run(None, {"images": normalized_input(images).numpy()})
+        (out,) = ort_session.run(None, {"images": normalized_input(images).numpy()})
         np.testing.assert_allclose(out, pytorch_logits(model_file, images), atol=TOLERANCE)
 
 

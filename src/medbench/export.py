@@ -212,8 +212,8 @@ def _export_onnx(model: torch.nn.Module, example: torch.Tensor) -> bytes:
 def _onnx_runner(data: bytes):
     import onnxruntime as ort  # optional: the `export` extra
 
-    session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
-    return lambda x: session.run(None, {"images": x.numpy()})[0]
+    ort_session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    return lambda x: ort_session.run(None, {"images": x.numpy()})[0]
 
 
 def _export_torchscript(model: torch.nn.Module, example: torch.Tensor) -> bytes:
