@@ -188,8 +188,8 @@ def test_a_share_under_one_epoch_is_said_before_training_with_the_budget_that_bu
             speed_fn=_speeds([]),
         )
     # resnet18's 13.5 s of training buys 0.75 of its 18 s epochs; 40 epochs of 18 s, with
-    # the overhead share kept, are 800 s a run: 3200 s for the 4 runs.
-    assert "--total-time-budget 3200s" in str(said[0].message)
+    # the overhead share kept, are 800 s a run: 3200 s for the 4 runs, said in whole minutes.
+    assert "--total-time-budget 54m" in str(said[0].message)
     short = [p for p in outcome.plan.todo if p.short]
     assert [p.cell.config.model for p in short] == ["resnet18", "resnet18"]
     assert "LESS THAN ONE EPOCH" in short[0].line()

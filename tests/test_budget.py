@@ -233,3 +233,24 @@ def test_within_a_long_round_training_stops_in_time_for_its_validation():
     clock.now = 87.0  # 87 s + the 12 s validation would pass 98.5% of the budget
     assert planner.deadline_reached(31)
     assert not planner.deadline_reached(planner.total_steps)  # the end needs no deadline
+
+
+def test_the_deadline_is_asked_only_in_the_last_planned_round():
+    # Earlier rounds end in a re-plan, which catches a slow machine; asking rank 0's clock
+    # on every step would cost a torchrun job one collective per step.
+    clock = FakeMachine(0.0)
+    planner = BudgetPlanner(
+        steps_per_epoch=10,
+        epochs=None,
+        budget_seconds=100.0,
+        eval_images=32,
+        images_per_step=32,
+        default_epochs=40,
+        clock=clock,
+    )
+    planner.start(0.0)
+    planner.apply((50, 10))  # five rounds of ten steps
+    clock.now = 99.0  # long past the deadline
+    assert not planner.in_last_round(39) and not planner.deadline_reached(39)
+    assert planner.in_last_round(40) and planner.deadline_reached(40)
+    assert not planner.in_last_round(50)  # the end itself needs no deadline

@@ -46,7 +46,7 @@ from medbench.store import (
     Owner,
     ResultsStore,
     describe_length,
-    duration_flag,
+    round_up_duration,
 )
 
 # The reference study: DermaMNIST and OCTMNIST at 28 px, its two models and the published
@@ -335,9 +335,9 @@ class GridPlan:
         per_run = math.ceil(slowest * self.recipe_epochs / (1.0 - OVERHEAD_SHARE))
         names = ", ".join(p.cell.label for p in short[:3]) + (" ..." if len(short) > 3 else "")
         if self.total_seconds is not None:
-            flag = f"--total-time-budget {duration_flag(per_run * len(self.cells))}"
+            flag = f"--total-time-budget {round_up_duration(per_run * len(self.cells))}"
         else:
-            flag = f"--time-budget {duration_flag(per_run)}"
+            flag = f"--time-budget {round_up_duration(per_run)}"
         return (
             f"{len(short)} run(s) get less than one epoch ({names}); {flag} would buy the "
             f"recipe's {self.recipe_epochs} epochs for every run (in a new --out), or use "

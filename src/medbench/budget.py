@@ -66,6 +66,7 @@ class BudgetPlanner:
         self._round_walls: list[float] = []  # wall time of each whole round
         self._eval_seconds = 0.0  # a round's validation, as first estimated
         self._round_trains: list[float] = []  # the training part of each
+        self._validation: float | None = None  # cached by `_validation_seconds` per round
 
     # -- state kept in the checkpoint
 
@@ -134,17 +135,33 @@ class BudgetPlanner:
         fraction = min(1.0, self.elapsed() / self.budget)
         return max(fraction, step / self.cap) if self.cap else fraction
 
+    def in_last_round(self, step: int) -> bool:
+        """Whether `step` lies in the planned last round of a budgeted run: the one round no
+        re-plan follows. Decided from step counts alone, so every process of a torchrun job
+        decides alike and only then asks rank 0's clock (`deadline_reached`)."""
+        return (
+            self.replans
+            and self.planned
+            and self.total_steps - self.round_steps <= step < self.total_steps
+        )
+
     def deadline_reached(self, step: int) -> bool:
         """Whether a budgeted run must end training now to leave its last validation time
-        inside the budget. Re-plans happen at round ends, so within a long round (a slow
-        model whose budget buys one round) only this catches a machine that slowed down."""
-        if not (self.replans and self.planned) or step >= self.total_steps:
+        inside the budget. Re-plans happen at round ends, so within the last round (for a
+        slow model whose budget buys one round, the whole run) only this catches a machine
+        that slowed down."""
+        if not self.in_last_round(step):
             return False
-        overheads = [w - t for w, t in zip(self._round_walls, self._round_trains, strict=True)]
-        validation = (
-            statistics.median(overheads[-RECENT_ROUNDS:]) if overheads else self._eval_seconds
-        )
-        return self.elapsed() + validation >= TARGET * self.budget
+        return self.elapsed() + self._validation_seconds() >= TARGET * self.budget
+
+    def _validation_seconds(self) -> float:
+        """A round's validation (and checkpoint) time: the median over the recent measured
+        rounds, or the first steps' estimate before any round ended."""
+        if self._validation is None:
+            walls, trains = self._round_walls[-RECENT_ROUNDS:], self._round_trains[-RECENT_ROUNDS:]
+            overheads = [w - t for w, t in zip(walls, trains, strict=True)]
+            self._validation = statistics.median(overheads) if overheads else self._eval_seconds
+        return self._validation
 
     def round_ends(self, step: int) -> bool:
         return step % self.round_steps == 0 or step >= self.total_steps
@@ -166,6 +183,7 @@ class BudgetPlanner:
         now = self.clock()
         self._round_walls.append(now - round_start)
         self._round_trains.append(round_train_seconds)
+        self._validation = None
         new_total = replan_budget(
             self.budget,
             now - self._run_start,

@@ -139,13 +139,7 @@ def train(
         loss = run.optimizer_step(train_model, x, y, factor)
         state.step += 1
         losses.push(loss, n, state.step)
-        if not planner.planned:  # a time budget: time the first steps, then fix the plan
-            plan = coord.broadcast(planner.first_plan(state.step))
-            if plan is not None:
-                planner.apply(plan)
-                cbs.on_plan(planner.total_steps)
-        if coord.broadcast(planner.deadline_reached(state.step)):  # rank 0's clock decides
-            planner.stop_at(state.step)
+        _plan_step(planner, coord, cbs, state.step)  # a time budget's first plan, deadline
         if planner.round_ends(state.step):  # validate, select, decide, save, notify
             train_loss = losses.mean()  # on every process: the loss is averaged over them
             round_seconds = clock() - round_start
@@ -160,6 +154,20 @@ def train(
     results = _finish(run, state, planner, selector, stop, clock, measure)
     cbs.on_train_end(results)
     return coord.broadcast(results)
+
+
+def _plan_step(planner: BudgetPlanner, coord: Coordinator, cbs: CallbackList, step: int) -> None:
+    """After `step`: under a time budget, fix the plan once the first steps are timed; in the
+    last round, which no re-plan follows, end training where its validation still fits.
+    Rank 0's clock decides both; whether to ask it follows from step counts alone, so
+    every process of a torchrun job asks alike."""
+    if not planner.planned:
+        plan = coord.broadcast(planner.first_plan(step))
+        if plan is not None:
+            planner.apply(plan)
+            cbs.on_plan(planner.total_steps)
+    if planner.in_last_round(step) and coord.broadcast(planner.deadline_reached(step)):
+        planner.stop_at(step)
 
 
 def steps_per_epoch(config: TrainConfig, n_train: int) -> int:

@@ -18,6 +18,7 @@ its total budget.
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import socket
@@ -126,6 +127,15 @@ def duration_flag(seconds: float) -> str:
         if seconds >= size and seconds % size == 0:
             return f"{seconds / size:g}{unit}"
     return f"{seconds:g}s"
+
+
+def round_up_duration(seconds: float) -> str:
+    """At least `seconds`, as a flag a person would type: whole hours from 2 hours, whole
+    minutes from 2 minutes, else whole seconds (107748 -> '30h', 3200 -> '54m')."""
+    for unit, size in (("h", 3600), ("m", 60)):
+        if seconds >= 2 * size:
+            return f"{math.ceil(seconds / size)}{unit}"
+    return f"{math.ceil(seconds)}s"
 
 
 def describe_length(length: dict[str, Any]) -> str:
