@@ -4,6 +4,7 @@
 #   OUT=/tmp/gpu-check bash benchmarks/gpu_check.sh          # on the GPU machine
 #   QUICK=1 OUT=/tmp/gpu-dry bash benchmarks/gpu_check.sh    # dry run of the plumbing on a CPU
 #   SKIP="2 7" OUT=... bash benchmarks/gpu_check.sh          # leave out steps already measured
+#   bash benchmarks/gpu_check.sh --help                      # this text
 #
 # Run from the repository root. Each step has its own time limit, so a slow step cannot
 # take the later ones with it; everything is logged to $OUT/gpu_check.log. If a folder .whl
@@ -27,6 +28,10 @@
 #  7. the 224-px speeds again with cudnn.benchmark on;
 #  8. fp16 with the loss scaler against fp16 without it, bf16 and fp32 (fused AdamW).
 set -u
+if [ "${1:-}" = "-h" ] || [ "${1:-}" = "--help" ]; then  # the comment above, unmarked
+    sed -n '2,/^set -u/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'
+    exit 0
+fi
 OUT=${OUT:-/tmp/gpu-check}
 mkdir -p "$OUT"
 exec > >(tee -a "$OUT/gpu_check.log") 2>&1

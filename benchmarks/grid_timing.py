@@ -10,6 +10,8 @@ then the grid's run length and the wall seconds its runs spent, from the results
     # what the same runs would take at 40 epochs each (a projection from the measured
     # round and evaluation times, not a measurement)
     python benchmarks/grid_timing.py OUT --project-epochs 40 --seeds 3 --json timing.json
+    # one results row per run
+    python benchmarks/grid_timing.py OUT --csv docs/results/grid-timing-h200.csv
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import json
 import statistics
 from pathlib import Path
 
+from _common import add_csv_arguments, append_csv
 from medbench.store import STORE_NAME, ResultsStore, describe_length
 
 
@@ -73,12 +76,40 @@ def grid_budget(out: Path) -> dict | None:
     }
 
 
+def projection(rows: list[dict], epochs: int, seeds: int) -> dict:
+    """Print what each cell's runs would take at `epochs` epochs x `seeds` seeds (from the
+    measured round and evaluation times) and return the total."""
+    cells: dict[tuple, list[dict]] = {}
+    for r in rows:
+        cells.setdefault((r["dataset"], r["size"], r["model"]), []).append(r)
+    total = 0.0
+    print(f"\nprojected at {epochs} epochs x {seeds} seed(s) per cell:")
+    for (dataset, size, model), rs in cells.items():
+        per_run = statistics.mean(r["eval_seconds"] + epochs * r["epoch_seconds"] for r in rs)
+        total += per_run * seeds
+        print(f"  {dataset}-{size} {model}: {per_run:.0f} s per run")
+    print(f"  all cells: {total / 60:.1f} min of training and evaluation")
+    return {"epochs": epochs, "seeds": seeds, "seconds": total}
+
+
+def csv_rows(rows: list[dict]) -> list[dict]:
+    """The runs' rows as results rows: seconds to 0.1 s, shares to 0.001."""
+    formats = {"round_seconds": ".2f", "epoch_seconds": ".2f", "train_seconds": ".1f",
+               "eval_seconds": ".1f", "train_images_per_second": ".0f", "budget_used": ".3f",
+               "budget_seconds": ".1f"}  # fmt: skip
+    return [
+        {k: "" if v is None else format(v, formats[k]) if k in formats else v for k, v in r.items()}
+        for r in rows
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path, help="the benchmark's --out folder")
     parser.add_argument("--project-epochs", type=int, help="also project each cell to N epochs")
     parser.add_argument("--seeds", type=int, default=1, help="seeds per cell in the projection")
     parser.add_argument("--json", type=Path, help="also write the rows (and projection) here")
+    add_csv_arguments(parser, "finished run")
     args = parser.parse_args()
 
     rows = run_rows(args.out)
@@ -104,25 +135,12 @@ def main() -> None:
         print(f"grid length {budget['described']}; its runs spent {budget['seconds_spent']:.0f} s")
     summary: dict = {"runs": rows, "grid": budget}
     if args.project_epochs:
-        cells: dict[tuple, list[dict]] = {}
-        for r in rows:
-            cells.setdefault((r["dataset"], r["size"], r["model"]), []).append(r)
-        total = 0.0
-        print(f"\nprojected at {args.project_epochs} epochs x {args.seeds} seed(s) per cell:")
-        for (dataset, size, model), rs in cells.items():
-            per_run = statistics.mean(
-                r["eval_seconds"] + args.project_epochs * r["epoch_seconds"] for r in rs
-            )
-            total += per_run * args.seeds
-            print(f"  {dataset}-{size} {model}: {per_run:.0f} s per run")
-        print(f"  all cells: {total / 60:.1f} min of training and evaluation")
-        summary["projection"] = {
-            "epochs": args.project_epochs,
-            "seeds": args.seeds,
-            "seconds": total,
-        }
+        summary["projection"] = projection(rows, args.project_epochs, args.seeds)
     if args.json:
         args.json.write_text(json.dumps(summary, indent=2))
+    if args.csv:
+        on_cpu = all(r["device"] == "cpu" for r in rows)
+        append_csv(args.csv, csv_rows(rows), args.machine, "cpu" if on_cpu else "auto")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ memory-mappable cache; the second loads from the cache.
 
     python benchmarks/load_memory.py                   # ~5 GB in /tmp, deleted afterwards
     python benchmarks/load_memory.py --n 5000 --size 64   # a quick check
+    python benchmarks/load_memory.py --csv docs/results/load-memory-epyc-avx2.csv
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+
+from _common import add_csv_arguments, append_csv
 
 NAME = "octmnist"  # gray, 4 classes: the largest 2D dataset at 224 px
 
@@ -79,6 +82,22 @@ def child(data_dir: str, size: int, batch_size: int) -> None:
     }))  # fmt: skip
 
 
+def csv_row(load: str, args: argparse.Namespace, r: dict) -> dict:
+    """One results row: a load (`first` or `later`) of the generated dataset."""
+    return {
+        "load": load,
+        "images": args.n,
+        "size": args.size,
+        "batch_size": args.batch_size,
+        "array_gb": f"{r['array_bytes'] / 1e9:.2f}",
+        "load_seconds": r["load_seconds"],
+        "touch_seconds": r["touch_seconds"],
+        "peak_rss_gb": f"{r['peak_rss_bytes'] / 1e9:.2f}",
+        "peak_over_array": r["peak_over_array"],
+        "rss_after_imports_gb": f"{r['rss_after_imports_bytes'] / 1e9:.2f}",
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=100_000, help="number of images")
@@ -87,6 +106,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--keep", action="store_true", help="keep the generated files")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    add_csv_arguments(parser, "load (the first, then a later one)")
     args = parser.parse_args()
     if args.child:
         return child(args.work_dir, args.size, args.batch_size)
@@ -102,6 +122,7 @@ def main() -> None:
                   f"{time.perf_counter() - t0:.0f} s", file=sys.stderr)  # fmt: skip
         gb = args.n * args.size**2 / 1e9
         print(f"{args.n} x {args.size} x {args.size} gray uint8 = {gb:.2f} GB")
+        rows = []
         for run in ("first load (unpacks the npz)", "later load (memory-maps the cache)"):
             out = subprocess.run(
                 [sys.executable, "-W", "ignore", __file__, "--child", "--work-dir", str(work),
@@ -113,6 +134,9 @@ def main() -> None:
                   f"peak RSS {r['peak_rss_bytes'] / 1e9:.2f} GB = {r['peak_over_array']}x the "
                   f"array ({r['rss_after_imports_bytes'] / 1e9:.2f} GB after imports)")  # fmt: skip
             assert r["n_images"] == args.n, r
+            rows.append(csv_row(run.split()[0], args, r))
+        if args.csv:
+            append_csv(args.csv, rows, args.machine, "cpu")
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)

@@ -6,33 +6,35 @@ Models and modes are interleaved within each repeat and the median over repeats 
 reported, so load from other processes hits every entry alike; ratios vs resnet18 are
 the robust figure.
 
-    # every model, fp32 with and without channels-last; update the docs' model table
-    python benchmarks/model_speed.py --modes fp32 fp32+CL --write docs/models.md
-    # precision / memory format for three models; update the docs' mode table
+    # every model, fp32 with and without channels-last, one results row per (model, mode)
+    python benchmarks/model_speed.py --modes fp32 fp32+CL \
+        --csv docs/results/model-speed-epyc-avx2-torch2.11.csv
+    # precision / memory format for three models
     python benchmarks/model_speed.py --models resnet18 advanced_cnn efficientnet \
-        --modes fp32 fp32+CL bf16 bf16+CL --batch 32 --write docs/models.md --table modes
+        --modes fp32 fp32+CL bf16 bf16+CL --batch 32
     # the same on a CUDA GPU (bf16 autocast on the GPU; timed between device syncs)
     python benchmarks/model_speed.py --device cuda --models resnet18 advanced_cnn \
         efficientnet --modes fp32 fp32+CL bf16 bf16+CL --size 224 --steps 10
 
-The docs tables sit between `<!-- model-table -->` and `<!-- /model-table -->` (and
-`mode-table`) markers.
+Two tables are printed: every model in the mode fastest for the reference model (with its
+parameters and GFLOPs at each image size), and every model in every mode. `--csv` rows
+hold both: one per (model, mode), with the ratio to the reference model in that mode.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import os
 import platform
 import statistics
 import time
-from pathlib import Path
 
 import torch
 from torch import nn
 
-from _common import replace_section
+from _common import add_csv_arguments, append_csv
 from medbench.models import build_model, count_flops, count_parameters, list_models
 
 MODES = {  # name -> (bf16 autocast, channels_last)
@@ -121,6 +123,34 @@ def measure(
     return {k: statistics.median(v) for k, v in samples.items()}
 
 
+@functools.cache
+def model_facts(name: str) -> dict[str, str]:
+    """Parameters (millions) and GFLOPs at each image size of a 3-channel, 7-class `name`."""
+    facts = {"params": f"{count_parameters(build_model(name, 3, 7, 28)) / 1e6:.2f}"}
+    for s in SIZES:
+        facts[f"gflops_{s}"] = f"{count_flops(build_model(name, 3, 7, s), (3, s, s)) / 1e9:.3f}"
+    return facts
+
+
+def csv_rows(
+    models: list[str], speed: dict[tuple[str, str], float], args: argparse.Namespace
+) -> list[dict[str, str]]:
+    """One results row per (model, mode) measured."""
+    setting = {"size": args.size, "batch": args.batch, "steps": args.steps,
+               "repeats": args.repeats, "threads": args.threads, "device": args.device,
+               "cudnn_benchmark": args.cudnn_benchmark}  # fmt: skip
+    rows = []
+    for name in models:
+        facts = model_facts(name)
+        for mode in args.modes:
+            ips = speed[(name, mode)]
+            rows.append({"model": name, "mode": mode, **setting, **facts,
+                         "train_images_per_second": f"{ips:.1f}",
+                         "vs_reference": f"{ips / speed[(args.reference, mode)]:.2f}",
+                         "reference": args.reference})  # fmt: skip
+    return rows
+
+
 def model_table(
     models: list[str], speed: dict[tuple[str, str], float], reference: str, mode: str
 ) -> str:
@@ -134,12 +164,11 @@ def model_table(
     rows = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     ref = speed[(reference, mode)]
     for name in models:
-        n_params = count_parameters(build_model(name, 3, 7, 28))
-        gflops = [count_flops(build_model(name, 3, 7, s), (3, s, s)) / 1e9 for s in SIZES]
+        facts = model_facts(name)
         ips = speed[(name, mode)]
         rows.append(
-            f"| {name} | {n_params / 1e6:.2f} | "
-            + " | ".join(f"{g:.3f}" for g in gflops)
+            f"| {name} | {facts['params']} | "
+            + " | ".join(facts[f"gflops_{s}"] for s in SIZES)
             + f" | {ips:.1f} | {ips / ref:.2f}x |"
         )
     return "\n".join(rows)
@@ -166,8 +195,7 @@ def main() -> None:
     parser.add_argument(
         "--cudnn-benchmark", action="store_true", help="let cuDNN time its algorithms (CUDA)"
     )
-    parser.add_argument("--write", type=Path, help="docs file whose table to update")
-    parser.add_argument("--table", choices=("models", "modes"), default="models", help="which one")
+    add_csv_arguments(parser, "(model, mode)")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -198,10 +226,8 @@ def main() -> None:
         "modes": f"_{context}; train img/s._\n\n" + mode_table(models, args.modes, speed),
     }
     print(f"\n{tables['models']}\n\n{tables['modes']}")
-    if args.write:
-        marker = {"models": "model-table", "modes": "mode-table"}[args.table]
-        replace_section(args.write, f"<!-- {marker} -->", f"<!-- /{marker} -->", tables[args.table])
-        print(f"updated the {marker} of {args.write}")
+    if args.csv:
+        append_csv(args.csv, csv_rows(models, speed, args), args.machine, args.device)
 
 
 if __name__ == "__main__":

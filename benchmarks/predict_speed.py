@@ -1,6 +1,7 @@
 """End-to-end speed of `medbench.predict.predict` on a folder of PNGs (decode + convert + infer).
 
     python benchmarks/predict_speed.py --n 10000 --model efficientnet --channels 3 --workers 1 2 4
+    python benchmarks/predict_speed.py --csv docs/results/predict-speed-epyc-avx2.csv
 
 Writes `n` random 28x28 PNGs into a temporary folder (a few percent of them 64x64 RGB, so the
 conversion path is exercised too), saves an untrained model in the model.pt format (speed
@@ -20,6 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from _common import add_csv_arguments, append_csv
 from medbench import checkpoint as ckpt
 from medbench.errors import MedbenchWarning
 from medbench.models import build_model
@@ -67,7 +69,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 4])
     parser.add_argument("--device", default="cpu")
+    add_csv_arguments(parser, "worker count")
     args = parser.parse_args()
+    rows = []
 
     with tempfile.TemporaryDirectory(prefix="medbench-predict-speed-") as tmp:
         folder = Path(tmp) / "images"
@@ -100,6 +104,13 @@ def main() -> None:
                 f"{len(result)} images in {seconds:.1f}s = {len(result) / seconds:.0f} images/s "
                 f"({result.n_converted} converted)"
             )
+            rows.append({"model": args.model, "images": len(result), "channels": args.channels,
+                         "batch_size": args.batch_size, "workers": workers, "device": args.device,
+                         "threads": torch.get_num_threads(), "seconds": f"{seconds:.2f}",
+                         "images_per_second": f"{len(result) / seconds:.0f}",
+                         "converted": result.n_converted})  # fmt: skip
+    if args.csv:
+        append_csv(args.csv, rows, args.machine, args.device)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@ cross-entropy, the ResNet-18 with the 3x3 stride-1 stem at 28px. medbench's pipe
 the device, the runtime's precision/memory-format choice). Both run in this one process,
 interleaved (A B A B ...) so that machine noise hits both alike; the medians are compared.
 
-    python benchmarks/throughput.py --data-dir ../shared/medmnist --images 1536 --repeats 2
+    python benchmarks/throughput.py --data-dir ../shared/medmnist --images 1536 --repeats 2 \
+        --csv docs/results/throughput-epyc-avx2.csv
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import torch.nn as nn
 import torch.utils.data as tud
 from torchvision import transforms
 
-from _common import SHARED_DATA
+from _common import SHARED_DATA, add_csv_arguments, append_csv
 from medbench.config import TrainConfig
 from medbench.data import load_dataset
 from medbench.engine import train
@@ -109,6 +110,7 @@ def main() -> int:
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--models", default="resnet18,advanced_cnn,efficientnet")
     p.add_argument("--out", help="write the Markdown table here too")
+    add_csv_arguments(p, "pipeline and model")
     args = p.parse_args()
 
     data = load_dataset(args.dataset, 28, args.data_dir, download=False, progress=False)
@@ -124,10 +126,11 @@ def main() -> int:
             file=sys.stderr,
         )
     base = statistics.median(official)
+    precision = resolve_runtime("cpu").precision
     lines = [
         f"Training throughput on {args.dataset} (28px, batch 128), {torch.get_num_threads()} threads, "
         f"median of {args.repeats} interleaved runs of {args.images} images; {cpu_name()}; "
-        f"medbench precision {resolve_runtime('cpu').precision}",
+        f"medbench precision {precision}",
         "",
         "| pipeline | model | train images/s | vs official |",
         "|---|---|---:|---:|",
@@ -140,6 +143,16 @@ def main() -> int:
     print(text)
     if args.out:
         Path(args.out).write_text(text + "\n")
+    if args.csv:
+        setting = {"dataset": args.dataset, "images": args.images, "repeats": args.repeats,
+                   "threads": torch.get_num_threads()}  # fmt: skip
+        rows = [{"pipeline": "official", "model": "resnet18", **setting, "precision": "fp32",
+                 "images_per_second": f"{base:.1f}", "vs_official": "1.00"}]  # fmt: skip
+        for m in models:
+            v = statistics.median(ours[m])
+            rows.append({"pipeline": "medbench", "model": m, **setting, "precision": precision,
+                         "images_per_second": f"{v:.1f}", "vs_official": f"{v / base:.2f}"})  # fmt: skip
+        append_csv(args.csv, rows, args.machine, "cpu")
     return 0
 
 
