@@ -143,6 +143,78 @@ def test_report_on_a_full_disk_keeps_the_earlier_report(tmp_path):
     assert temporary_files(folder) == []
 
 
+def _tiny_data(folder: Path) -> Path:
+    from medbench.data.synthetic import write_synthetic_like
+
+    write_synthetic_like(folder, "breastmnist")
+    return folder
+
+
+def assert_stops_on_the_checkpoint(proc: subprocess.CompletedProcess, folder: Path) -> None:
+    """Exit 2, no traceback, and the error is the last stderr line, naming the checkpoint
+    that could not be written (progress and warning lines may come before it)."""
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("medbench: error")]
+    assert len(errors) == 1 and proc.stderr.strip().splitlines()[-1] == errors[0]
+    assert errors[0].startswith("medbench: error: cannot write ") and "checkpoint.pt" in errors[0]
+    assert "file too large" in errors[0]
+    assert temporary_files(folder) == []
+
+
+@pytest.mark.slow
+def test_train_on_a_full_disk_stops_with_one_line(tmp_path):
+    data = _tiny_data(tmp_path / "data")
+    run = tmp_path / "run"
+    argv = ["train", "--dataset", "breastmnist", "--model", "advanced_cnn", "--epochs", "1"]
+    proc = run_cli_limited(*argv, "--data-dir", str(data), "--run-dir", str(run), limit=400_000)
+    assert_stops_on_the_checkpoint(proc, tmp_path)
+    assert not (run / "results.json").exists()  # nothing says finished
+
+
+@pytest.mark.slow
+def test_a_grid_on_a_full_disk_stops_with_one_line_and_its_store_still_reads(tmp_path):
+    from medbench.store import ResultsStore
+
+    data = _tiny_data(tmp_path / "data")
+    out = tmp_path / "bench"
+    argv = ["benchmark", "--datasets", "breastmnist", "--models", "advanced_cnn"]
+    proc = run_cli_limited(
+        *argv, "--seeds", "1", "--epochs", "1", "--data-dir", str(data), "--out", str(out),
+        limit=400_000,
+    )  # fmt: skip
+    assert_stops_on_the_checkpoint(proc, tmp_path)
+    counts = ResultsStore(out, create=False).counts()
+    assert counts["finished"] == 0 and sum(counts.values()) == 1
+
+
+@pytest.mark.slow
+def test_tune_on_a_full_disk_stops_at_the_first_trial_with_one_line(tmp_path):
+    data = _tiny_data(tmp_path / "data")
+    argv = ["tune", "--dataset", "breastmnist", "--model", "advanced_cnn", "--trials", "3"]
+    proc = run_cli_limited(
+        *argv, "--max-epochs", "1", "--min-epochs", "1", "--data-dir", str(data),
+        "--out", str(tmp_path / "tune"), limit=400_000,
+    )  # fmt: skip
+    assert_stops_on_the_checkpoint(proc, tmp_path)
+    assert "trial 0: failed" in proc.stdout and "trial 1" not in proc.stdout  # no retries
+
+
+def test_a_study_storage_that_cannot_be_written_is_one_line_with_the_right_advice():
+    import sqlalchemy.exc
+
+    from medbench.study_storage import storage_error
+
+    orig = Exception("disk I/O error")
+    exc = sqlalchemy.exc.OperationalError("CREATE TABLE trials (\n id INTEGER\n)", {}, orig)
+    assert "\n" in str(exc)  # SQLAlchemy's own message: the SQL and a background link
+    message = str(storage_error("sqlite:///x/tune.sqlite", exc))
+    assert "\n" not in message and "disk I/O error" in message
+    assert "free some disk space" in message and "check --storage" not in message
+    bad_url = str(storage_error("nosuch://x", ValueError("Could not parse URL\nmore")))
+    assert bad_url.endswith("Could not parse URL; check --storage (an SQLAlchemy URL)")
+
+
 # ----------------------------------------------------------------------------- reading
 
 

@@ -9,6 +9,11 @@ class MedbenchError(Exception):
     """
 
 
+class DiskWriteError(MedbenchError):
+    """A file could not be written (a full disk, a file size limit, no permission): trying
+    again without the user's help cannot succeed, so work stops at once."""
+
+
 class MedbenchWarning(UserWarning):
     """Something the user should know but that does not stop the work (e.g. a local data
     file whose MD5 differs from the official one). The CLI prints it as one line."""

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-from medbench.errors import MedbenchError
+from medbench.errors import DiskWriteError
 
 # A full disk, a full quota, a file over the size limit (RLIMIT_FSIZE).
 _SPACE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
@@ -32,7 +32,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as exc:
-        raise MedbenchError(
+        raise DiskWriteError(
             f"cannot write to {path.parent}: {exc.strerror or exc}; choose a writable folder"
         ) from exc
     os.close(fd)
@@ -51,15 +51,15 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
-def write_error(path: str | os.PathLike, exc: OSError) -> MedbenchError:
+def write_error(path: str | os.PathLike, exc: OSError) -> DiskWriteError:
     """The one-line error for an OSError met while writing `path`."""
     reason = (exc.strerror or str(exc)).lower()
     if exc.errno in _SPACE_ERRNOS:
-        return MedbenchError(
+        return DiskWriteError(
             f"cannot write {path}: {reason}; free some disk space (or raise the file size "
             "limit) and run again; nothing was written and any earlier file is intact"
         )
-    return MedbenchError(
+    return DiskWriteError(
         f"cannot write {path}: {reason}; nothing was written and any earlier file is intact"
     )
 
@@ -72,7 +72,7 @@ def check_free_space(path: str | os.PathLike, n_bytes: int) -> None:
     except OSError:  # no such folder yet, or not a local disk: let the write itself tell
         return
     if free < n_bytes:
-        raise MedbenchError(
+        raise DiskWriteError(
             f"cannot write {path}: no space left on device ({n_bytes / 1e6:.1f} MB needed, "
             f"{free / 1e6:.1f} MB free); free some disk space and run again; nothing was "
             "written and any earlier file is intact"

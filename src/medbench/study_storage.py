@@ -28,7 +28,7 @@ import optuna
 import sqlalchemy
 from optuna.trial import FrozenTrial, TrialState
 
-from medbench.errors import MedbenchError
+from medbench.errors import DiskWriteError, MedbenchError
 
 STALE_RETRIES = 3  # a trial whose heartbeat went stale is re-queued this many times at most
 SCHEMA_ATTEMPTS = 5
@@ -57,9 +57,21 @@ def make_storage(
             if not is_schema_race(exc):
                 break
             sleep(0.2 * (attempt + 1))
-    raise MedbenchError(
-        f"cannot open study storage {url}: {last_error}; check --storage (an SQLAlchemy URL)"
-    ) from None
+    raise storage_error(url, last_error)
+
+
+def storage_error(url: str, exc: Exception | None) -> MedbenchError:
+    """One line for a storage that cannot be opened: the database's own first line (not
+    SQLAlchemy's SQL and background link), with advice that fits the cause."""
+    reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+    if any(text in reason for text in ("disk I/O error", "disk is full", "readonly database")):
+        return DiskWriteError(
+            f"cannot open study storage {url}: {reason}; free some disk space or make its "
+            "folder writable (or choose another --out) and run again"
+        )
+    return MedbenchError(
+        f"cannot open study storage {url}: {reason}; check --storage (an SQLAlchemy URL)"
+    )
 
 
 def _rdb_storage(

@@ -37,7 +37,7 @@ from medbench.callbacks import Callback, RoundEnd, RunInfo
 from medbench.config import TrainConfig
 from medbench.data import load_dataset
 from medbench.engine import train
-from medbench.errors import MedbenchError, MedbenchWarning
+from medbench.errors import DiskWriteError, MedbenchError, MedbenchWarning
 from medbench.fsutil import atomic_savefig, atomic_write_json
 from medbench.models import model_options
 from medbench.results import RunResults
@@ -194,7 +194,8 @@ def work_study(
     A worker starts a trial only while finished + running + waiting trials are fewer than
     `n_trials`; otherwise it waits for the others (a dead one's trial comes back as waiting
     after its heartbeat goes stale). A trial that raises MedbenchError is recorded as
-    failed; after 3 failures in a row the error is raised."""
+    failed; after 3 failures in a row the error is raised, and at once for a file that could
+    not be written (no later trial could write it either)."""
     log = log or _silent
     deadline = None if timeout_seconds is None else clock() + timeout_seconds
     failures = 0
@@ -214,6 +215,8 @@ def work_study(
             sleep(poll_seconds)
             continue
         last = _run_one_trial(study, objective, n_trials)
+        if last is not None and last.user_attrs.get("fatal"):  # e.g. a full disk
+            raise MedbenchError(last.user_attrs["error"])
         failures = failures + 1 if _counts_as_failure(last) else 0
         if failures >= MAX_CONSECUTIVE_FAILURES:
             raise MedbenchError(
@@ -409,7 +412,8 @@ class StudySetup:
     ) -> optuna.Study:
         """Create or join the study; `attrs` (with kind, dataset, model, size) must match
         those of a study joined."""
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        # ERROR: a failed trial is said in medbench's own line, not in Optuna's traceback.
+        optuna.logging.set_verbosity(optuna.logging.ERROR)
         identity = {
             "kind": self.kind,
             "dataset": self.base.dataset,
@@ -441,6 +445,7 @@ class StudySetup:
             raise
         except MedbenchError as exc:
             trial.set_user_attr("error", str(exc))
+            trial.set_user_attr("fatal", isinstance(exc, DiskWriteError))
             self.say(f"trial {trial.number}: failed: {exc}")
             raise
 
