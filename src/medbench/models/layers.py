@@ -16,8 +16,8 @@ from torch import nn
 
 # Where a depthwise conv's weight gradient is summed tap by tap (`_depthwise_weight_grad`)
 # instead of by PyTorch's CPU kernel, which is slow on small maps. The thresholds come
-# from benchmarks/depthwise_grad.py; its figures, machines and command are in
-# docs/models.md ("Depthwise convolutions on CPU").
+# from per-convolution timings on both project CPUs: docs/results/depthwise-grad-*.csv,
+# shown in docs/models.md ("Depthwise convolutions on CPU").
 SMALL_MAP_POSITIONS = 16  # tap sums at most at this many output positions, for k >= 5 ...
 TINY_MAP_POSITIONS = 4  # ... and for any kernel at most at this many
 
