@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# medbench's GPU checks (issue 9) as one prepared pass, for a machine with one CUDA GPU.
+# medbench's GPU checks as one prepared pass, for a machine with one CUDA GPU.
 #
 #   OUT=/tmp/gpu-check bash benchmarks/gpu_check.sh          # on the GPU machine
 #   QUICK=1 OUT=/tmp/gpu-dry bash benchmarks/gpu_check.sh    # dry run of the plumbing on a CPU

@@ -14,8 +14,9 @@ hold the given values (`a=1,b=x`). The cells are copied as the file spells them.
 under the table names the file, the machines, the dates and the commands.
 
 README's headline figures come from docs/results/headline.csv, one row per figure: its
-words, the results file, the `where` that picks one row there and the `columns` whose
-values it shows (joined with " / "):
+words, the results file, the `where` that picks its rows there, how many `rows` it must
+pick, and the `columns` whose values it shows (joined with " / ", rows with "; "). In a
+`where`, `a=x|y` keeps rows whose `a` is x or y:
 
     <!-- headline -->
     <!-- /headline -->
@@ -39,6 +40,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "docs" / "results"
 META = ("date", "machine", "torch", "command")
+HEADLINE_COLUMNS = ("figure", "file", "where", "columns", "rows")
 BLOCK = re.compile(r"(<!-- figures (?P<attrs>.*?) -->\n)(?P<body>.*?)(<!-- /figures -->)", re.S)
 HEADLINE = re.compile(r"(<!-- headline -->\n)(?P<body>.*?)(<!-- /headline -->)", re.S)
 ATTR = re.compile(r'(\w+)=("[^"]*"|\S+)')
@@ -53,13 +55,13 @@ def pages() -> list[Path]:
     return [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 
-def read_rows(name: str) -> list[dict[str, str]]:
+def read_rows(name: str, meta: tuple[str, ...] = META) -> list[dict[str, str]]:
     path = RESULTS / name
     if not path.is_file():
-        raise FigureError(f"no results file {path.relative_to(ROOT)}")
+        raise FigureError(f"no results file {name} in docs/results")
     with path.open(newline="") as f:
         rows = list(csv.DictReader(f))
-    missing = [m for m in META if rows and m not in rows[0]]
+    missing = [m for m in meta if rows and m not in rows[0]]
     if not rows or missing:
         raise FigureError(f"{name}: no rows, or no {', '.join(missing)} column")
     return rows
@@ -67,7 +69,8 @@ def read_rows(name: str) -> list[dict[str, str]]:
 
 def _pairs(text: str) -> list[tuple[str, str]]:
     pairs = []
-    for item in filter(None, (part.strip() for part in text.split(","))):
+    # A comma starts a new pair only before `name=`, so values may hold commas.
+    for item in filter(None, (part.strip() for part in re.split(r",(?=\s*\w+=)", text))):
         key, sep, value = item.partition("=")
         if not sep:
             raise FigureError(f"{item!r} is not name=value")
@@ -80,7 +83,7 @@ def select(rows: list[dict[str, str]], where: str, name: str) -> list[dict[str, 
     for key, _ in conditions:
         if key not in rows[0]:
             raise FigureError(f"{name} has no column {key!r}")
-    kept = [r for r in rows if all(r[k] == v for k, v in conditions)]
+    kept = [r for r in rows if all(r[k] in v.split("|") for k, v in conditions)]
     if not kept:
         raise FigureError(f"no row of {name} has {where}")
     return kept
@@ -115,19 +118,20 @@ def figures_table(attrs: str, page: Path) -> str:
 
 def headline_table(page: Path) -> str:
     lines = ["| figure | measured | source |", "|---|---|---|"]
-    for item in read_rows("headline.csv"):
+    for item in read_rows("headline.csv", meta=HEADLINE_COLUMNS):
         name = item["file"]
-        (row,) = _one(select(read_rows(name), item["where"], name), item, name)
-        value = " / ".join(row[key.strip()] for key in item["columns"].split(","))
+        rows = select(read_rows(name), item["where"], name)
+        if len(rows) != int(item["rows"]):
+            raise FigureError(f"headline {item['figure']!r}: {len(rows)} rows of {name} match")
+        keys = [key.strip() for key in item["columns"].split(",")]
+        for key in keys:
+            if key not in rows[0]:
+                raise FigureError(f"{name} has no column {key!r}")
+        value = "; ".join(" / ".join(row[key] for key in keys) for row in rows)
         link = os.path.relpath(RESULTS / name, page.parent)
-        lines.append(f"| {item['figure']} | {value} | [{name}]({link}) ({row['date']}) |")
+        dates = ", ".join(sorted(dict.fromkeys(row["date"] for row in rows)))
+        lines.append(f"| {item['figure']} | {value} | [{name}]({link}) ({dates}) |")
     return "\n".join(lines) + "\n"
-
-
-def _one(rows: list[dict[str, str]], item: dict[str, str], name: str) -> list[dict[str, str]]:
-    if len(rows) != 1:
-        raise FigureError(f"headline {item['figure']!r}: {len(rows)} rows of {name} match")
-    return rows
 
 
 def render(page: Path, text: str) -> str:

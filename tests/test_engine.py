@@ -183,7 +183,7 @@ def test_bf16_trains_without_a_loss_scaler(tmp_path, blood):
 @pytest.mark.slow
 def test_select_last_keeps_the_final_weights_whatever_validation_says(tmp_path, blood):
     # Selecting on a tiny validation split picks epochs that were lucky on it; `last` keeps
-    # the end of the schedule (measured on BreastMNIST: docs/real_data.md).
+    # the end of the schedule (measured on BreastMNIST: docs/accuracy.md).
     r = train(config(tmp_path, epochs=3, select_metric="last"), data=blood, progress=False)
     assert r.best_round == r.rounds_completed == 3
     assert r.val["auc"] == pytest.approx(r.history[-1].val_auc)

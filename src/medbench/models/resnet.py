@@ -15,7 +15,7 @@ normal, fan-out), "pytorch" (each layer's own default, Kaiming uniform with a = 
 initialises nothing itself, and "torchvision" at 64 px and above, where they use
 torchvision's resnet18/50. With the official recipe the official init reproduces the
 published BreastMNIST AUC; with medbench's default recipe torchvision's trains better
-(docs/real_data.md). `width` (default 1) scales
+(docs/accuracy.md). `width` (default 1) scales
 the stage widths 64, 128, 256, 512 for experiments with thinner full-resolution ResNets;
 at 1 the models are exactly the published ones.
 """
