@@ -14,7 +14,7 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay
+from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay, multilabel_confusion_matrix
 
 from medbench.fsutil import atomic_path
 from medbench.metrics import MULTI_LABEL, reliability_bins
@@ -302,24 +302,33 @@ def _roc_inputs(labels: np.ndarray, probs: np.ndarray, task: str) -> tuple[np.nd
     return onehot.ravel(), probs.ravel()
 
 
+def _with_predictions(groups: list[Group], unit: str) -> list[tuple[int, Group, tuple]]:
+    """(colour index, group, its first run's test predictions) for each model of `unit`
+    with saved predictions; the colour index counts every model, so colours agree between
+    figures."""
+    found = []
+    for i, g in enumerate(g for g in groups if _unit(g) == unit):
+        first = next((p for p in map(_test_predictions, g.runs) if p is not None), None)
+        if first is not None:
+            found.append((i, g, first))
+    return found
+
+
 def roc_curves(groups: list[Group], folder: Path) -> list[FigureFile]:
     """Per dataset: the test ROC curve of each model's first seed with saved predictions."""
     out = []
     for unit in _units(groups):
+        drawn = _with_predictions(groups, unit)
+        if not drawn:
+            continue
         fig = Figure(figsize=(6.2, 5.4), layout="constrained")
         ax = fig.add_subplot()
-        task = None
-        for i, g in enumerate(g for g in groups if _unit(g) == unit):
-            found = next((p for p in map(_test_predictions, g.runs) if p is not None), None)
-            if found is None:
-                continue
+        for n, (i, g, found) in enumerate(drawn):
             y, score = _roc_inputs(*found)
-            task = found[2]
             RocCurveDisplay.from_predictions(y, score, ax=ax, name=g.label,
                                              curve_kwargs={"color": f"C{i % 10}"},
-                                             plot_chance_level=i == 0)  # fmt: skip
-        if task is None:
-            continue
+                                             plot_chance_level=n == 0)  # fmt: skip
+        task = drawn[0][2][2]
         how = "" if task == "binary-class" else " (micro-averaged one-vs-rest over classes)"
         ax.set_title(f"ROC on the {unit} test split{how}", fontsize=10)
         ax.set_xlabel("false positive rate")
@@ -335,23 +344,23 @@ def roc_curves(groups: list[Group], folder: Path) -> list[FigureFile]:
 
 
 def reliability_diagrams(groups: list[Group], folder: Path) -> list[FigureFile]:
-    """Per dataset: top-label reliability of each model (first seed with predictions)."""
+    """Per dataset: top-label reliability of each model (first seed with predictions).
+
+    Drawn from `metrics.reliability_bins`, the bins behind the reported ECE, rather than
+    scikit-learn's CalibrationDisplay, which plots one class's probability (binary
+    calibration), not the top-label confidence a multi-class ECE measures."""
     out = []
     for unit in _units(groups):
+        drawn = _with_predictions(groups, unit)
+        if not drawn:
+            continue
         fig = Figure(figsize=(6.2, 5.4), layout="constrained")
         ax = fig.add_subplot()
-        drawn = False
-        for i, g in enumerate(g for g in groups if _unit(g) == unit):
-            found = next((p for p in map(_test_predictions, g.runs) if p is not None), None)
-            if found is None:
-                continue
+        for i, g, found in drawn:
             bins = reliability_bins(*found)
             keep = [k for k, n in enumerate(bins["count"]) if n]
             ax.plot([bins["confidence"][k] for k in keep], [bins["accuracy"][k] for k in keep],
                     marker="o", color=f"C{i % 10}", label=g.label)  # fmt: skip
-            drawn = True
-        if not drawn:
-            continue
         ax.plot([0, 1], [0, 1], "k--", lw=0.8, label="perfectly calibrated")
         ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="top-label confidence (temperature-scaled)",
                ylabel="accuracy in the bin")  # fmt: skip
@@ -366,6 +375,45 @@ def reliability_diagrams(groups: list[Group], folder: Path) -> list[FigureFile]:
     return out
 
 
+def _label_outcomes(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """Per label of a multi-label task: the shares of TN, FP, FN, TP at the 0.5 threshold
+    the official ACC uses, each row of counts divided by the test split's size."""
+    cms = multilabel_confusion_matrix(labels.astype(np.int64), (probs >= 0.5).astype(np.int64))
+    counts = cms.reshape(len(cms), 4)  # [[tn, fp], [fn, tp]] per label -> tn fp fn tp
+    return counts / max(1, len(labels))
+
+
+def label_confusion(groups: list[Group], folder: Path) -> list[FigureFile]:
+    """Per multi-label dataset (e.g. ChestMNIST): each model's per-label outcomes."""
+    out = []
+    for unit in _units(groups):
+        drawn = [d for d in _with_predictions(groups, unit) if d[2][2] == MULTI_LABEL]
+        if not drawn:
+            continue
+        n_labels = drawn[0][2][1].shape[1]
+        fig = Figure(figsize=(4.2 * len(drawn) + 2, 1.2 + 0.38 * n_labels), layout="constrained")
+        axes = fig.subplots(1, len(drawn), squeeze=False)[0]
+        for ax, (_, g, (labels, probs, _task)) in zip(axes, drawn, strict=True):
+            shares = _label_outcomes(labels, probs)
+            image = ax.imshow(shares, cmap="Blues", vmin=0, vmax=1, aspect="auto")
+            for (r, c), value in np.ndenumerate(shares):
+                ax.text(c, r, f"{value:.0%}", ha="center", va="center", fontsize=7,
+                        color="white" if value > 0.6 else "black")  # fmt: skip
+            ax.set_xticks(range(4), ["TN", "FP", "FN", "TP"])
+            ax.set_yticks(range(n_labels), _class_names(g.runs[0], n_labels), fontsize=7)
+            ax.set_title(f"{g.label}, seed {g.runs[0]['seed']}", fontsize=9)
+            ax.set_xlabel("outcome at threshold 0.5")
+        fig.colorbar(image, ax=list(axes), shrink=0.8, label="share of test images")
+        caption = (
+            f"Per-label outcomes on the {unit} test split (multi-label: each label is its own "
+            "yes/no decision at the 0.5 threshold of the official ACC), one panel per model "
+            "(its first seed): shares of true negatives, false positives, false negatives and "
+            "true positives; a label the model never predicts has an empty TP column."
+        )
+        out.append(_save(fig, folder / f"confusion_{_slug(unit)}.png", caption))
+    return out
+
+
 ALL_PLOTS = (
     accuracy_heatmap,
     accuracy_vs_params,
@@ -373,6 +421,7 @@ ALL_PLOTS = (
     efficiency_bars,
     training_curves,
     confusion_matrices,
+    label_confusion,
     roc_curves,
     reliability_diagrams,
 )
