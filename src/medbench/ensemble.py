@@ -47,6 +47,7 @@ from medbench.data import load_dataset
 from medbench.errors import MedbenchError, MedbenchWarning
 from medbench.fsutil import atomic_path, atomic_write_json
 from medbench.inference import load_trained_model, predict_logits
+from medbench.results import RunResults
 from medbench.runtime import place_model, resolve_runtime
 
 METHODS = ("greedy", "average", "weighted")
@@ -98,10 +99,13 @@ def load_member(run_dir: str | Path) -> Member:
         raise MedbenchError(
             f"cannot read {run_dir / 'results.json'}: {exc}; is the run finished?"
         ) from None
+    if not isinstance(results, dict):
+        raise MedbenchError(f"{run_dir / 'results.json'} is not a medbench results file")
     if results.get("kind") is not None:  # an ensemble or a k-NN probe: no logits to combine
         raise MedbenchError(f"{run_dir} is a {results['kind']}, not a training run; leave it out")
     if results.get("status") != "finished":
         raise MedbenchError(f"{run_dir} is not a finished training run; finish it first")
+    RunResults.from_json(results, run_dir / "results.json")  # refuses a file of the wrong shape
     try:
         with np.load(run_dir / "predictions.npz") as npz:
             arrays = {k: npz[k] for k in npz.files}

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 from medbench.commands._options import add_data_dir, add_device
-from medbench.ensemble import METHODS, build_ensemble, find_runs, format_table
-from medbench.results import read_results
+from medbench.ensemble import METHODS, build_ensemble, format_table
 
 NAME = "ensemble"
 HELP = "combine finished runs (any models and seeds) into an ensemble"
@@ -45,21 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_data_dir(parser)
 
 
-def check_members(paths: list[str]) -> None:
-    """Read every training run's results.json through RunResults, so that one of the wrong
-    shape is refused by name before any member is combined."""
-    for run_dir in find_runs(paths):
-        try:
-            raw = json.loads((Path(run_dir) / "results.json").read_text())
-        except (OSError, ValueError):
-            continue  # the ensemble says why it cannot read it
-        if isinstance(raw, dict) and raw.get("kind") is not None:
-            continue  # an ensemble or a probe: the ensemble refuses it by name
-        read_results(run_dir)
-
-
 def run(args: argparse.Namespace) -> int:
-    check_members(args.runs)
     results = build_ensemble(
         args.runs, args.method, args.out, args.tta, data_dir=args.data_dir, device=args.device
     )
