@@ -25,7 +25,7 @@ from medbench import checkpoint as ckpt
 from medbench import metrics
 from medbench.config import TrainConfig
 from medbench.data import MedMNISTData, load_dataset
-from medbench.errors import MedbenchError, MedbenchWarning
+from medbench.errors import MedbenchWarning
 from medbench.fsutil import atomic_path
 from medbench.inference import (
     MEAN,
@@ -36,7 +36,7 @@ from medbench.inference import (
     predict_logits,
     to_unit_float,
 )
-from medbench.results import read_results
+from medbench.results import recorded_data_dir
 from medbench.runtime import Runtime, place_model, resolve_runtime
 
 
@@ -234,15 +234,8 @@ def evaluate_run(
     place_model(model, runtime)
     source = "argument"
     if data_dir is None:
-        run_folder = ckpt.resolve_model_file(run).parent
-        try:
-            recorded = read_results(run_folder).config.get("data_dir")
-        except MedbenchError:  # no results.json beside the model: nothing recorded
-            recorded = None
-        if recorded and Path(recorded).is_dir():
-            data_dir, source = recorded, "recorded"
-        else:
-            source = "default"
+        data_dir = recorded_data_dir(ckpt.resolve_model_file(run))
+        source = "recorded" if data_dir else "default"
     data = load_dataset(meta["dataset"], meta["image_size"], data_dir, progress=progress)
     out: dict[str, Any] = {
         "model": meta["model"],

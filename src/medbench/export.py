@@ -31,7 +31,7 @@ from medbench.data import load_dataset
 from medbench.errors import MedbenchError, MedbenchWarning
 from medbench.fsutil import atomic_write_bytes
 from medbench.inference import load_trained_model, normalize
-from medbench.results import read_results
+from medbench.results import recorded_data_dir
 
 FORMATS = ("onnx", "torchscript")
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
@@ -109,7 +109,7 @@ def export_model(
     if out.is_dir():
         raise MedbenchError(f"{out} is a folder; give --out a file name")
     _make_folder(out.parent)  # a folder that cannot be made is refused before any work
-    images, source = check_images(meta, data_dir or _run_data_dir(model_path))
+    images, source = check_images(meta, data_dir or recorded_data_dir(model_path))
     batches = [normalized_input(images)] + [
         normalized_input(images[np.arange(b) % len(images)]) for b in EXTRA_BATCH_SIZES
     ]
@@ -180,16 +180,6 @@ def _make_folder(folder: Path) -> None:
         raise MedbenchError(
             f"cannot write to {folder}: {exc.strerror or exc}; choose a writable folder"
         ) from exc
-
-
-def _run_data_dir(model_path: str | os.PathLike) -> str | None:
-    """The data folder a run was trained from (its results.json), if there is one."""
-    path = Path(model_path)
-    results = (path if path.is_dir() else path.parent) / "results.json"
-    try:
-        return read_results(results).config.get("data_dir")
-    except MedbenchError:  # no results beside the model, or unreadable ones: no hint
-        return None
 
 
 def _export_onnx(model: torch.nn.Module, example: torch.Tensor) -> bytes:

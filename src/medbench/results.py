@@ -352,3 +352,15 @@ def read_results(path: str | Path) -> RunResults:
     if not isinstance(data, dict):
         raise MedbenchError(f"{path} is not a medbench results file (not a JSON object)")
     return RunResults.from_json(data, path)
+
+
+def recorded_data_dir(model_path: str | Path) -> str | None:
+    """The data folder the run holding `model_path` (its folder, or a model file in it) was
+    trained from, as its results.json records it, if that folder still exists; else None
+    (no results beside the model, unreadable ones, or a folder since moved)."""
+    path = Path(model_path)
+    try:
+        recorded = read_results(path if path.is_dir() else path.parent).config.get("data_dir")
+    except MedbenchError:
+        return None
+    return recorded if recorded and Path(recorded).is_dir() else None
