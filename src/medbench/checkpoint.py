@@ -54,9 +54,13 @@ def load(path: str | Path, expected_format: str | None = None) -> dict[str, Any]
             f"{path} is not a readable checkpoint (corrupt, truncated, or not written by "
             "torch.save); use a medbench run folder, model.pt or checkpoint.pt"
         )
-    check_integrity(path)
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        data = path.read_bytes()  # read once: checked, then loaded from memory
+    except OSError as exc:
+        raise MedbenchError(f"{path} cannot be read: {exc.strerror or exc}") from None
+    check_integrity(path, data)
+    try:
+        obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         lines = [ln.strip() for ln in str(exc).splitlines() if "GLOBAL" in ln]
         detail = lines[0] if lines else "unsupported pickled object"
@@ -72,12 +76,12 @@ def load(path: str | Path, expected_format: str | None = None) -> dict[str, Any]
     return obj
 
 
-def check_integrity(path: Path) -> None:
-    """Check every member of the file against the CRC-32 its zip archive stores: torch.load
-    does not, so a file with flipped bytes loaded as good weights (and scored as a
-    different model)."""
+def check_integrity(path: Path, data: bytes | None = None) -> None:
+    """Check every member of the file (its bytes `data` when already read) against the
+    CRC-32 its zip archive stores: torch.load does not, so a file with flipped bytes loaded
+    as good weights (and scored as a different model)."""
     try:
-        with zipfile.ZipFile(path) as archive:
+        with zipfile.ZipFile(path if data is None else io.BytesIO(data)) as archive:
             bad = archive.testzip()
     except PermissionError:
         raise MedbenchError(f"{path} cannot be read (permission denied)") from None
