@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -623,6 +623,73 @@ COLLAPSE_ADVICE = (
 # --------------------------------------------------------------------------- uncertainty
 
 
+def _stratified_draws(
+    labels: np.ndarray, task: str, rows: int, rng: np.random.Generator, stratified: bool
+) -> np.ndarray:
+    """`rows` resamples of the image indices, shape (rows, N): within each class (each
+    class keeps its count) when `stratified` and the task is single-label, else plain."""
+    n = len(labels)
+    if not stratified or task == MULTI_LABEL:
+        return rng.integers(0, n, size=(rows, n))
+    members = [np.flatnonzero(labels == c) for c in np.unique(labels)]
+    return np.concatenate(
+        [idx[rng.integers(0, len(idx), size=(rows, len(idx)))] for idx in members], axis=1
+    )
+
+
+def bootstrap_indices(
+    y_true: Any, task: str, n_boot: int, seed: int = 0, stratified: bool = True
+) -> Iterator[np.ndarray]:
+    """Bootstrap resamples of the test images, in chunks of shape (rows, N), n_boot rows
+    in all. Single-label tasks resample within each class when `stratified` (each
+    resample keeps the split's class counts); multi-label resamples images plainly.
+
+    The draws depend only on the labels, `n_boot` and `seed`: two models scored on the
+    same images with the same seed see the same resamples (a paired bootstrap).
+    """
+    labels = np.asarray(y_true)
+    if task != MULTI_LABEL and labels.ndim == 2 and labels.shape[1] == 1:
+        labels = labels[:, 0]
+    n = len(labels)
+    rng = np.random.default_rng(seed)
+    chunk = max(1, 2_000_000 // max(n, 1))
+    for start in range(0, n_boot, chunk):
+        yield _stratified_draws(labels, task, min(chunk, n_boot - start), rng, stratified)
+
+
+def bootstrap_replicates(
+    y_true: Any,
+    y_scores: Sequence[Any],
+    task: str,
+    metric: str = "acc",
+    n_boot: int = 1000,
+    seed: int = 0,
+    stratified: bool = True,
+) -> np.ndarray:
+    """The official "acc" or "auc" of each score matrix in `y_scores` (models scored on the
+    same images) on `n_boot` bootstrap resamples of the images (`bootstrap_indices`):
+    an array (len(y_scores), n_boot), NaN where AUC is undefined on a resample."""
+    if metric not in ("acc", "auc"):
+        raise MedbenchError(f"unknown bootstrap metric {metric!r}; expected 'acc' or 'auc'")
+    if n_boot < 1:
+        raise MedbenchError(f"need n_boot >= 1, got {n_boot}")
+    inputs = [_as_inputs(y_true, s, task) for s in y_scores]
+    labels = inputs[0][0]
+    if metric == "acc":
+        # Official ACC is a mean over samples (multi-label: of per-sample label accuracy).
+        correct = [(_predict(s, task) == labels).astype(np.float64) for _, s in inputs]
+        per_sample = [c.mean(axis=1) if task == MULTI_LABEL else c for c in correct]
+    out: list[np.ndarray] = []
+    for idx in bootstrap_indices(labels, task, n_boot, seed, stratified):
+        if metric == "acc":
+            out.append(np.stack([p[idx].mean(axis=1) for p in per_sample]))
+        else:
+            out.append(
+                np.array([[_official_auc(labels[i], s[i], task) for i in idx] for _, s in inputs])
+            )
+    return np.concatenate(out, axis=1)
+
+
 def bootstrap_ci(
     y_true: Any,
     y_score: Any,
@@ -632,37 +699,16 @@ def bootstrap_ci(
     seed: int = 0,
     alpha: float = 0.05,
 ) -> tuple[float, float]:
-    """Percentile bootstrap (1 - alpha) interval of the official "acc" or "auc".
+    """Percentile bootstrap (1 - alpha) interval of the official "acc" or "auc", over test
+    images resampled within each class (`bootstrap_replicates`; multi-label: plainly).
 
     Resamples where AUC is undefined are dropped; (nan, nan) if every one is.
     """
-    if metric not in ("acc", "auc"):
-        raise MedbenchError(f"unknown bootstrap metric {metric!r}; expected 'acc' or 'auc'")
-    if n_boot < 1 or not 0 < alpha < 1:
-        raise MedbenchError(f"need n_boot >= 1 and 0 < alpha < 1, got {n_boot} and {alpha}")
-    labels, scores = _as_inputs(y_true, y_score, task)
-    n = len(labels)
-    rng = np.random.default_rng(seed)
-    if metric == "acc":
-        # Official ACC is a mean over samples (multi-label: of per-sample label accuracy).
-        correct = (_predict(scores, task) == labels).astype(np.float64)
-        per_sample = correct.mean(axis=1) if task == MULTI_LABEL else correct
-        chunk = max(1, 2_000_000 // n)
-        values = np.concatenate(
-            [
-                per_sample[rng.integers(0, n, size=(min(chunk, n_boot - start), n))].mean(axis=1)
-                for start in range(0, n_boot, chunk)
-            ]
-        )
-    else:
-        values = np.array(
-            [
-                _official_auc(labels[idx], scores[idx], task)
-                for idx in rng.integers(0, n, size=(n_boot, n))
-            ]
-        )
-        values = values[~np.isnan(values)]
-        if values.size == 0:
-            return (math.nan, math.nan)
+    if not 0 < alpha < 1:
+        raise MedbenchError(f"need 0 < alpha < 1, got {alpha}")
+    values = bootstrap_replicates(y_true, [y_score], task, metric, n_boot, seed)[0]
+    values = values[~np.isnan(values)]
+    if values.size == 0:
+        return (math.nan, math.nan)
     low, high = np.quantile(values, [alpha / 2, 1 - alpha / 2])
     return (float(low), float(high))
