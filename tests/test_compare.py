@@ -17,6 +17,7 @@ from medbench.comparison import compare_runs, load_run
 from medbench.config import TrainConfig
 from medbench.errors import MedbenchError
 from medbench.fsutil import atomic_write_json
+from medbench.metrics import MULTI_LABEL
 from medbench.results import ModelInfo, RunResults, Timing
 
 N_TEST = 400
@@ -29,6 +30,8 @@ def _labels(task: str, n: int = N_TEST) -> np.ndarray:
     rng = np.random.default_rng(123)
     if task == "multi-class":
         return rng.integers(0, 4, n)
+    if task == MULTI_LABEL:
+        return (rng.random((n, 3)) < 0.3).astype(int)
     return (rng.random(n) < 0.3).astype(int)  # binary, 30% positive
 
 
@@ -37,12 +40,14 @@ def _logits(
 ) -> np.ndarray:
     """Logits leaning `signal` towards the truth, with an image difficulty every model
     shares (so paired models correlate, as real ones do) and noise of the model and seed."""
-    shape = (len(labels), 4) if task == "multi-class" else (len(labels),)
+    shape = {"multi-class": (len(labels), 4), MULTI_LABEL: labels.shape}.get(task, (len(labels),))
     difficulty = np.random.default_rng(7).normal(0, 1, shape)
     noise = np.random.default_rng(zlib.crc32(f"{model}|{seed}".encode())).normal(0, 1, shape)
     lean = SIGNAL[model] if signal is None else signal
     if task == "multi-class":
         return lean * np.eye(4)[labels] + difficulty + noise
+    if task == MULTI_LABEL:
+        return lean * (2 * labels - 1) + difficulty + noise - 1.0
     z = lean * (2 * labels - 1) + difficulty + noise
     return np.stack([np.zeros_like(z), z], axis=1)
 
@@ -65,8 +70,9 @@ def write_run(
     labels = _labels(task)
     logits = _logits(task, model, seed, labels, signal)
     test = metrics.evaluate(labels, metrics.probabilities_from_logits(logits, task), task)
-    np.savez(run_dir / "predictions.npz", test_logits=logits, test_labels=labels[:, None],
-             val_logits=logits, val_labels=labels[:, None], temperature=np.float64(1.3))  # fmt: skip
+    stored = labels if task == MULTI_LABEL else labels[:, None]
+    np.savez(run_dir / "predictions.npz", test_logits=logits, test_labels=stored,
+             val_logits=logits, val_labels=stored, temperature=np.float64(1.3))  # fmt: skip
     config = TrainConfig(dataset=dataset, model=model, seed=seed, size=size, lr=lr)
     results = RunResults(
         run_dir=str(run_dir), config=config.to_dict(),
@@ -170,6 +176,28 @@ def test_multi_class_auc_is_tested_by_a_paired_bootstrap(tmp_path):
     (pair,) = compare_runs([tmp_path], n_boot=300).pairs
     assert "paired bootstrap" in pair.delong_method and pair.delong_p < 0.01
     assert "McNemar" in pair.mcnemar_method and pair.per_seed[0]["delong_p"] is None
+
+
+def test_multi_label_accuracy_is_tested_by_a_paired_bootstrap(tmp_path):
+    for model in ("strong", "weak"):
+        write_run(tmp_path, model, dataset="chestmnist", task=MULTI_LABEL)
+    comparison = compare_runs([tmp_path], n_boot=300)
+    (pair,) = comparison.pairs
+    assert "paired bootstrap" in pair.delong_method and "paired bootstrap" in pair.mcnemar_method
+    assert pair.delong_p < 0.01 and pair.a_only_right is None
+    assert comparison.header["resolvable"]["acc"] is None
+    assert comparison.header["resolvable"]["auc"] > 0
+    assert "ACC not computed (multi-label)" in comparison.format_table()
+
+
+def test_a_run_without_logits_is_read_from_its_saved_probabilities(tmp_path):
+    run_dir = write_run(tmp_path, "strong")
+    with np.load(run_dir / "predictions.npz") as npz:
+        labels, logits = npz["test_labels"], npz["test_logits"]
+    probs = metrics.probabilities_from_logits(logits, "binary-class")
+    np.savez(run_dir / "predictions.npz", test_labels=labels, test_probs=probs)
+    run = load_run(run_dir)
+    assert run.probs == pytest.approx(probs) and run.labels.shape == (N_TEST,)
 
 
 def test_unfinished_runs_inside_a_grid_are_skipped_and_listed(tmp_path):

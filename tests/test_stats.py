@@ -345,3 +345,14 @@ def test_resolvable_accuracy_difference_is_infinite_on_a_split_too_small():
     assert stats.resolvable_accuracy_difference(500, 0.9) == pytest.approx(
         stats.resolvable_accuracy_difference(500, 0.9, 0.18)
     )
+
+
+def test_seed_and_sampling_interval_takes_replicates_of_several_seeds_on_shared_resamples():
+    y, first = _binary_case(300, 1.0, 8)
+    seeds = [first, np.clip(first + np.random.default_rng(9).normal(0, 0.2, 300), 0, 1)]
+    reps = metrics.bootstrap_replicates(y, seeds, "binary-class", "auc", n_boot=200)
+    values = [metrics.official_auc(y, p, "binary-class") for p in seeds]
+    interval = stats.seed_and_sampling_interval(values, reps, n_boot=500)
+    assert reps.shape == (2, 200)
+    assert interval.estimate == pytest.approx(np.mean(values))
+    assert interval.low < interval.estimate < interval.high

@@ -103,7 +103,8 @@ def seed_and_sampling_interval(
     test images, and averages the chosen seeds' metric on that resample. Row s of
     `per_seed_boot_samples` (seeds x resamples) holds seed s's metric on the bootstrap
     resamples; column b must be the same resample of the test images for every seed, as
-    `metrics.bootstrap_replicates` gives with one `seed` on one test split. Columns where
+    `metrics.bootstrap_replicates(labels, [probs of each seed], task, metric)` returns
+    them (one `seed`, one test split). Columns where
     a seed's metric is undefined (NaN) are left out. The estimate is the plain seed mean,
     `sd` the seeds' standard deviation; the interval is the draws' percentile interval.
     """
