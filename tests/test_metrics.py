@@ -264,6 +264,23 @@ def test_a_val_test_gap_alone_is_not_a_collapse_but_is_reported_by_val_test_gap(
     assert val_test_gap(val, test, margin=0.35) is None
 
 
+def test_leaning_towards_the_majority_while_beating_it_is_not_a_collapse():
+    # BreastMNIST-like: 73% of the split is class 1. Predicting class 1 for 88% of images
+    # while right on 83% beats always-class-1 by 10 points: the model still discriminates.
+    y = np.repeat([0, 1], [42, 114])
+    leaning = np.ones(156, dtype=int)
+    leaning[:19] = 0  # 19 of the 42 class-0 images found, none of class 1 missed
+    result = evaluate(y, np.eye(2)[leaning], "binary-class")
+    assert result["majority_fraction"] > 0.865 and result["acc"] > 0.73 + 0.05
+    assert collapse_check(result, result, n_classes=2, task="binary-class") == []
+    # Piling on class 1 without beating it (one class-0 image found) is a collapse.
+    piled = np.ones(156, dtype=int)
+    piled[0] = 0
+    flagged = evaluate(y, np.eye(2)[piled], "binary-class")
+    assert any("predictions collapsed" in f for f in collapse_check(
+        flagged, flagged, n_classes=2, task="binary-class"))  # fmt: skip
+
+
 def test_collapse_check_flags_multi_label_all_negative_predictions():
     y = np.zeros((100, 3), dtype=int)
     y[:40, 0] = 1

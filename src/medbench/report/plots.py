@@ -31,10 +31,11 @@ class FigureFile:
 
 
 def _save(fig: Figure, path: Path, caption: str) -> FigureFile:
-    """Write the figure (laid out by its own constrained layout) atomically."""
+    """Write the figure (laid out by its own constrained layout) atomically; the tight
+    bounding box keeps legends placed outside the axes inside the image."""
     FigureCanvasAgg(fig)
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=DPI)
+        fig.savefig(tmp, format="png", dpi=DPI, bbox_inches="tight", pad_inches=0.1)
     return FigureFile(Path(path), caption)
 
 
