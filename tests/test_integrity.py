@@ -173,6 +173,18 @@ def test_train_on_a_full_disk_stops_with_one_line(tmp_path):
 
 
 @pytest.mark.slow
+def test_the_array_cache_on_a_full_disk_is_one_line_and_leaves_no_partial_cache(tmp_path):
+    data = _tiny_data(tmp_path / "data")
+    argv = ["train", "--dataset", "breastmnist", "--model", "advanced_cnn", "--epochs", "1"]
+    proc = run_cli_limited(*argv, "--data-dir", str(data), "--run-dir", str(tmp_path / "run"))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    line = proc.stderr.strip().splitlines()[-1]
+    assert line.startswith("medbench: error: cannot write ") and ".medbench-cache" in line
+    assert temporary_files(tmp_path) == []
+    assert not (tmp_path / "run").exists()  # nothing was trained
+
+
+@pytest.mark.slow
 def test_a_grid_on_a_full_disk_stops_with_one_line_and_its_store_still_reads(tmp_path):
     from medbench.store import ResultsStore
 
@@ -363,3 +375,17 @@ def test_a_byte_flipped_model_is_refused_by_every_command_with_one_line(
     err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("medbench: error")]
     assert len(err) == 1 and "corrupt" in err[0] and "model.pt" in err[0]
     assert not (flipped_run / "exported.pt").exists()
+
+
+def test_run_files_of_another_shape_are_refused_by_ensemble_and_card_with_one_line(
+    tmp_path, capsys
+):
+    from medbench.cli import main
+
+    # The report fixtures' runs have no calibration temperature and no channel count.
+    folder = write_grid(tmp_path / "bench", [Cell("breastmnist", "resnet18", seed=s) for s in (0, 1)])  # fmt: skip
+    runs = sorted(str(p) for p in (folder / "runs").iterdir())
+    for argv, missing in ((["ensemble", *runs], "temperature"), (["card", runs[0]], "n_channels")):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "Traceback" not in err and missing in err, err

@@ -51,6 +51,8 @@ from medbench.results import RunResults
 from medbench.runtime import place_model, resolve_runtime
 
 METHODS = ("greedy", "average", "weighted")
+# What a member's predictions.npz must hold to be combined.
+MEMBER_ARRAYS = ("val_logits", "test_logits", "val_labels", "test_labels", "temperature")
 ENSEMBLE_FORMAT = "medbench-ensemble"
 FORMAT_VERSION = 1
 GREEDY_MAX_STEPS = 50
@@ -111,6 +113,12 @@ def load_member(run_dir: str | Path) -> Member:
             arrays = {k: npz[k] for k in npz.files}
     except (OSError, ValueError) as exc:
         raise MedbenchError(f"cannot read {run_dir / 'predictions.npz'}: {exc}") from None
+    missing = [k for k in MEMBER_ARRAYS if k not in arrays]
+    if missing:
+        raise MedbenchError(
+            f"{run_dir / 'predictions.npz'} lacks {', '.join(missing)}; it was not written by "
+            "a finished medbench run of this version: re-run 'medbench evaluate' on the run"
+        )
     task = results["dataset"]["task"]
     temperature = float(arrays["temperature"])
     return Member(

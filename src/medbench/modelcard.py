@@ -56,7 +56,14 @@ def write_model_card(run_dir: str | os.PathLike) -> Path:
         raise MedbenchError(
             f"cannot read the predictions of {run_dir} (corrupt?): {str(exc)[:160]}"
         ) from None
-    return atomic_write_text(run_dir / CARD_NAME, render_model_card(results, arrays))
+    try:
+        card = render_model_card(results, arrays)
+    except KeyError as exc:  # a results.json or predictions.npz of another shape
+        raise MedbenchError(
+            f"{run_dir} lacks {exc} in its results.json or predictions.npz; it was not "
+            "written by a finished medbench run of this version: re-run 'medbench evaluate'"
+        ) from None
+    return atomic_write_text(run_dir / CARD_NAME, card)
 
 
 def render_model_card(results: RunResults, arrays: dict[str, np.ndarray]) -> str:
