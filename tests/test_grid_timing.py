@@ -14,7 +14,8 @@ from test_benchmark_support import make_fake_train
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "grid_timing.py"
 
 
-def _grid_timing():
+def _grid_timing(monkeypatch):
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))  # the script imports its sibling _common
     spec = importlib.util.spec_from_file_location("grid_timing", SCRIPT)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -22,12 +23,14 @@ def _grid_timing():
 
 
 @pytest.mark.slow
-def test_grid_timing_reads_the_runs_and_the_grid_budget_of_a_benchmark_folder(tmp_path):
+def test_grid_timing_reads_the_runs_and_the_grid_budget_of_a_benchmark_folder(
+    tmp_path, monkeypatch
+):
     out = tmp_path / "out"
     run_benchmark(datasets="breastmnist", models="advanced_cnn,resnet18", seeds=1, out=out,
                   total_time_budget_seconds=600.0, train_fn=make_fake_train(),
                   progress=False)  # fmt: skip
-    timing = _grid_timing()
+    timing = _grid_timing(monkeypatch)
     rows = timing.run_rows(out)
     assert [r["model"] for r in rows] == ["advanced_cnn", "resnet18"]
     assert [r["budget_seconds"] for r in rows] == [pytest.approx(300.0 * (1 - OVERHEAD_SHARE))] * 2
