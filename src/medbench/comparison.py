@@ -23,7 +23,7 @@ import numpy as np
 from medbench import metrics, stats
 from medbench.config import TrainConfig, config_hash
 from medbench.errors import MedbenchError
-from medbench.results import RunResults, read_results
+from medbench.results import RunResults, find_run_folders, read_predictions, read_results
 
 # --------------------------------------------------------------------------- runs
 
@@ -43,23 +43,6 @@ class RunPredictions:
     probs: np.ndarray  # (N, C) the probabilities the run's reported test metrics use
 
 
-def find_run_folders(paths: Sequence[str | Path]) -> list[tuple[Path, bool]]:
-    """(folder, given) for every run folder among `paths`: a folder holding results.json
-    is a run given by name; any other folder (a benchmark's output) is searched for them."""
-    found: list[tuple[Path, bool]] = []
-    for p in map(Path, paths):
-        if (p / "results.json").is_file():
-            found.append((p, True))
-        elif p.is_dir():
-            found.extend((f.parent, False) for f in sorted(p.rglob("results.json")))
-        else:
-            raise MedbenchError(
-                f"{p} is not a run folder (no results.json) nor a folder of runs; give run or "
-                "benchmark folders"
-            )
-    return list(dict.fromkeys(found))
-
-
 def _config_hash(results: RunResults) -> str:
     try:
         return config_hash(TrainConfig.from_dict(dict(results.config)))
@@ -75,11 +58,7 @@ def load_run(run_dir: str | Path) -> RunPredictions:
     results = read_results(run_dir)
     if results.status != "finished":
         raise MedbenchError(f"{run_dir} is not a finished run (status {results.status!r})")
-    try:
-        with np.load(run_dir / "predictions.npz", allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
-    except (OSError, ValueError) as exc:
-        raise MedbenchError(f"cannot read {run_dir / 'predictions.npz'}: {exc}") from None
+    arrays = read_predictions(run_dir)
     task = str(results.dataset.get("task") or "")
     if "test_labels" not in arrays or not {"test_logits", "test_probs"} & set(arrays):
         raise MedbenchError(f"{run_dir / 'predictions.npz'} has no test labels and predictions")

@@ -47,7 +47,7 @@ from medbench.data import load_dataset
 from medbench.errors import MedbenchError, MedbenchWarning
 from medbench.fsutil import atomic_path, atomic_write_json
 from medbench.inference import load_trained_model, predict_logits
-from medbench.results import RunResults
+from medbench.results import RunResults, find_run_folders, read_predictions
 from medbench.runtime import place_model, resolve_runtime
 
 METHODS = ("greedy", "average", "weighted")
@@ -81,15 +81,7 @@ class Member:
 def find_runs(paths: list[str | Path]) -> list[Path]:
     """Run folders (holding results.json) among `paths`; a folder without one is searched
     recursively, so a benchmark's output folder can be given whole."""
-    runs: list[Path] = []
-    for p in map(Path, paths):
-        if (p / "results.json").is_file():
-            runs.append(p)
-        elif p.is_dir():
-            runs.extend(sorted(f.parent for f in p.rglob("results.json")))
-        else:
-            raise MedbenchError(f"{p} is not a run folder (no results.json) nor a folder of runs")
-    return list(dict.fromkeys(runs))
+    return [folder for folder, _ in find_run_folders(paths)]
 
 
 def load_member(run_dir: str | Path) -> Member:
@@ -108,11 +100,7 @@ def load_member(run_dir: str | Path) -> Member:
     if results.get("status") != "finished":
         raise MedbenchError(f"{run_dir} is not a finished training run; finish it first")
     RunResults.from_json(results, run_dir / "results.json")  # refuses a file of the wrong shape
-    try:
-        with np.load(run_dir / "predictions.npz") as npz:
-            arrays = {k: npz[k] for k in npz.files}
-    except (OSError, ValueError) as exc:
-        raise MedbenchError(f"cannot read {run_dir / 'predictions.npz'}: {exc}") from None
+    arrays = read_predictions(run_dir)
     missing = [k for k in MEMBER_ARRAYS if k not in arrays]
     if missing:
         raise MedbenchError(

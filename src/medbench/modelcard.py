@@ -21,7 +21,7 @@ from medbench import metrics
 from medbench.data import dataset_info
 from medbench.errors import MedbenchError
 from medbench.fsutil import atomic_write_text
-from medbench.results import RunResults, read_results
+from medbench.results import RunResults, read_predictions, read_results
 
 CARD_NAME = "MODEL_CARD.md"
 N_BOOT = 1000
@@ -49,13 +49,7 @@ def write_model_card(run_dir: str | os.PathLike) -> Path:
                 f"(finish it with 'medbench train --resume')"
             )
     results = read_results(run_dir)
-    try:
-        with np.load(predictions_path, allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
-    except (OSError, ValueError) as exc:
-        raise MedbenchError(
-            f"cannot read the predictions of {run_dir} (corrupt?): {str(exc)[:160]}"
-        ) from None
+    arrays = read_predictions(run_dir)
     try:
         card = render_model_card(results, arrays)
     except KeyError as exc:  # a results.json or predictions.npz of another shape

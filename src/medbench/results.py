@@ -16,9 +16,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from medbench.errors import MedbenchError
 
@@ -364,3 +367,30 @@ def recorded_data_dir(model_path: str | Path) -> str | None:
     except MedbenchError:
         return None
     return recorded if recorded and Path(recorded).is_dir() else None
+
+
+def find_run_folders(paths: Sequence[str | Path]) -> list[tuple[Path, bool]]:
+    """(folder, given) for every run folder among `paths`: a folder holding results.json
+    is a run given by name; any other folder (a benchmark's output) is searched for them."""
+    found: list[tuple[Path, bool]] = []
+    for p in map(Path, paths):
+        if (p / "results.json").is_file():
+            found.append((p, True))
+        elif p.is_dir():
+            found.extend((f.parent, False) for f in sorted(p.rglob("results.json")))
+        else:
+            raise MedbenchError(
+                f"{p} is not a run folder (no results.json) nor a folder of runs; give run or "
+                "benchmark folders"
+            )
+    return list(dict.fromkeys(found))
+
+
+def read_predictions(run_dir: str | Path) -> dict[str, np.ndarray]:
+    """Every array of a run's predictions.npz (no pickled objects); one line if unreadable."""
+    path = Path(run_dir) / "predictions.npz"
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return {k: npz[k] for k in npz.files}
+    except (OSError, ValueError) as exc:
+        raise MedbenchError(f"cannot read {path}: {str(exc)[:160]}") from None
