@@ -159,17 +159,22 @@ def test_time_left_over_after_the_last_whole_round_trains_a_shorter_round():
     assert replan_budget(100.0, 85.0, 10, 20, 10, [60.0], [40.0]) == 10
 
 
-def test_under_a_budget_the_schedule_follows_the_elapsed_share_of_it():
-    clock = FakeMachine(0.0)
-    planner = BudgetPlanner(
+def _budget_planner(clock, eval_images: int = 0) -> BudgetPlanner:
+    """A 100 s budget, 10 steps an epoch, 32 images a step, timed by `clock`."""
+    return BudgetPlanner(
         steps_per_epoch=10,
         epochs=None,
         budget_seconds=100.0,
-        eval_images=0,
+        eval_images=eval_images,
         images_per_step=32,
         default_epochs=40,
         clock=clock,
     )
+
+
+def test_under_a_budget_the_schedule_follows_the_elapsed_share_of_it():
+    clock = FakeMachine(0.0)
+    planner = _budget_planner(clock)
     planner.start(0.0)
     clock.now = 25.0
     assert planner.schedule_fraction(step=50) == pytest.approx(0.25)
@@ -239,15 +244,7 @@ def test_the_deadline_is_asked_only_in_the_last_planned_round():
     # Earlier rounds end in a re-plan, which catches a slow machine; asking rank 0's clock
     # on every step would cost a torchrun job one collective per step.
     clock = FakeMachine(0.0)
-    planner = BudgetPlanner(
-        steps_per_epoch=10,
-        epochs=None,
-        budget_seconds=100.0,
-        eval_images=32,
-        images_per_step=32,
-        default_epochs=40,
-        clock=clock,
-    )
+    planner = _budget_planner(clock, eval_images=32)
     planner.start(0.0)
     planner.apply((50, 10))  # five rounds of ten steps
     clock.now = 99.0  # long past the deadline
