@@ -66,7 +66,6 @@ class BudgetPlanner:
         self._round_walls: list[float] = []  # wall time of each whole round
         self._eval_seconds = 0.0  # a round's validation, as first estimated
         self._round_trains: list[float] = []  # the training part of each
-        self._validation: float | None = None  # cached by `_validation_seconds` per round
 
     # -- state kept in the checkpoint
 
@@ -157,11 +156,9 @@ class BudgetPlanner:
     def _validation_seconds(self) -> float:
         """A round's validation (and checkpoint) time: the median over the recent measured
         rounds, or the first steps' estimate before any round ended."""
-        if self._validation is None:
-            walls, trains = self._round_walls[-RECENT_ROUNDS:], self._round_trains[-RECENT_ROUNDS:]
-            overheads = [w - t for w, t in zip(walls, trains, strict=True)]
-            self._validation = statistics.median(overheads) if overheads else self._eval_seconds
-        return self._validation
+        walls, trains = self._round_walls[-RECENT_ROUNDS:], self._round_trains[-RECENT_ROUNDS:]
+        overheads = [w - t for w, t in zip(walls, trains, strict=True)]
+        return statistics.median(overheads) if overheads else self._eval_seconds
 
     def round_ends(self, step: int) -> bool:
         return step % self.round_steps == 0 or step >= self.total_steps
@@ -183,7 +180,6 @@ class BudgetPlanner:
         now = self.clock()
         self._round_walls.append(now - round_start)
         self._round_trains.append(round_train_seconds)
-        self._validation = None
         new_total = replan_budget(
             self.budget,
             now - self._run_start,
