@@ -361,3 +361,23 @@ def test_bootstrap_ci_is_reproducible_with_a_seed():
     assert bootstrap_ci(labels, scores, MULTI_LABEL, seed=7) == bootstrap_ci(
         labels, scores, MULTI_LABEL, seed=7
     )
+
+
+@pytest.mark.parametrize("task,n_classes", [("binary-class", 2), ("multi-class", 5), (MULTI_LABEL, 4)])
+def test_resampled_auc_equals_the_official_auc_of_each_resample(task, n_classes):
+    """The bootstrap scores every resample at once; each value is the official AUC of that
+    resample (ties and resamples that lose a class included: NaN where it is undefined)."""
+    from medbench.metrics import bootstrap_indices, bootstrap_replicates
+
+    labels, scores = random_case(task, n_classes, n=80)
+    scores = np.round(scores, 1)  # many ties
+    if task == MULTI_LABEL:
+        labels[:, 3] = 0
+        labels[:2, 3] = 1  # a rare label: some resamples have no positive
+    fast = bootstrap_replicates(labels, [scores], task, "auc", n_boot=200, seed=3)[0]
+    idx = np.concatenate(list(bootstrap_indices(labels, task, 200, seed=3)))
+    slow = np.array([official_auc(labels[i], scores[i], task) for i in idx])
+    np.testing.assert_allclose(fast, slow, rtol=0, atol=1e-12)
+    assert np.array_equal(np.isnan(fast), np.isnan(slow))
+    if task == MULTI_LABEL:
+        assert np.isnan(fast).any()
