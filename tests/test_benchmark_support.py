@@ -25,7 +25,7 @@ N_PARAMS = {
     "tiny": 50_000,
 }
 STEPS_PER_EPOCH = 10
-N_CLASSES, N_IMAGES = 3, 40
+N_CLASSES, N_IMAGES = 3, 300
 ENVIRONMENT = {
     "medbench": "test",
     "torch": "x",
@@ -68,9 +68,9 @@ def _split_metrics(acc: float, collapsed: bool) -> dict[str, Any]:
         "macro_f1": acc,
         "per_class": [],
         "ece": 0.05,
-        "confusion_matrix": [[10, 2, 1], [3, 9, 1], [1, 1, 12]],
-        "prediction_counts": [14, 12, 14],
-        "true_counts": [13, 13, 14],
+        "confusion_matrix": [[75, 15, 9], [20, 70, 10], [5, 5, 91]],
+        "prediction_counts": [100, 90, 110],
+        "true_counts": [99, 100, 101],
         "majority_fraction": 1.0 if collapsed else round(0.3 + acc / 10, 4),
         "n": N_IMAGES,
     }
@@ -123,18 +123,26 @@ def _train_rounds(
     return history
 
 
-def _write_predictions(run_dir: Path, seed: int) -> None:
-    rng = np.random.default_rng(seed)
-    labels = (np.arange(N_IMAGES) % N_CLASSES).astype(np.int64)[:, None]
-    probs = rng.dirichlet(np.ones(N_CLASSES), size=N_IMAGES)
+def _write_predictions(run_dir: Path, seed: int, acc: float, key: tuple[str, str]) -> None:
+    """Test predictions right on round(acc * N_IMAGES) images: which images a model gets
+    right is fixed by (dataset, model), so seeds of one model agree image by image and
+    two models differ as their accuracies say."""
+    rng = np.random.default_rng(zlib.crc32("|".join(key).encode()))
+    labels = (np.arange(N_IMAGES) % N_CLASSES).astype(np.int64)
+    right = np.zeros(N_IMAGES, bool)
+    right[rng.permutation(N_IMAGES)[: round(acc * N_IMAGES)]] = True
+    predicted = np.where(right, labels, (labels + 1) % N_CLASSES)
+    noise = np.random.default_rng(seed).dirichlet(np.ones(N_CLASSES), size=N_IMAGES)
+    probs = 0.4 * noise
+    probs[np.arange(N_IMAGES), predicted] += 0.6
     atomic_write(
         run_dir / "predictions.npz",
         lambda fh: np.savez(
             fh,
-            val_logits=probs,
-            val_labels=labels,
-            test_logits=probs,
-            test_labels=labels,
+            val_logits=np.log(probs),
+            val_labels=labels[:, None],
+            test_logits=np.log(probs),
+            test_labels=labels[:, None],
             test_probs=probs,
         ),
     )
@@ -206,7 +214,7 @@ def make_fake_train(
             efficiency=100 * test_acc / (n_params / 1e6),
             environment=dict(ENVIRONMENT),
         )
-        _write_predictions(run_dir, config.seed)
+        _write_predictions(run_dir, config.seed, test_acc, key)
         written = results.to_json() if schema == 2 else schema1_json(results)
         atomic_write_json(run_dir / "results.json", written)
         return results

@@ -363,7 +363,9 @@ def test_bootstrap_ci_is_reproducible_with_a_seed():
     )
 
 
-@pytest.mark.parametrize("task,n_classes", [("binary-class", 2), ("multi-class", 5), (MULTI_LABEL, 4)])
+@pytest.mark.parametrize(
+    "task,n_classes", [("binary-class", 2), ("multi-class", 5), (MULTI_LABEL, 4)]
+)
 def test_resampled_auc_equals_the_official_auc_of_each_resample(task, n_classes):
     """The bootstrap scores every resample at once; each value is the official AUC of that
     resample (ties and resamples that lose a class included: NaN where it is undefined)."""

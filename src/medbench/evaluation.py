@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -169,9 +170,29 @@ def evaluate_final(
             "temperature": float(temperature),
             "val_ece_calibrated": scores["val_ece_calibrated"],
             "test_ece_calibrated": scores["test_ece_calibrated"],
+            "test_intervals": test_intervals(
+                test_y, metrics.probabilities_from_logits(test_logits, task), task
+            ),
         },
         flags,
     )
+
+
+INTERVAL_RESAMPLES = 1000
+
+
+def test_intervals(labels: np.ndarray, probs: np.ndarray, task: str) -> dict[str, Any]:
+    """95% percentile bootstrap intervals of the official test ACC and AUC (results.json's
+    `metrics.test_intervals`, beside the plain `metrics.test` numbers)."""
+    strata = "images plainly" if task == metrics.MULTI_LABEL else "images within each class"
+    out: dict[str, Any] = {
+        "level": 0.95,
+        "method": f"percentile bootstrap over test {strata}, {INTERVAL_RESAMPLES} resamples",
+    }
+    for name in ("acc", "auc"):
+        low, high = metrics.bootstrap_ci(labels, probs, task, name, INTERVAL_RESAMPLES, 0, 0.05)
+        out[name] = [None if math.isnan(low) else low, None if math.isnan(high) else high]
+    return out
 
 
 def warn_collapse(run_name: str, flags: list[str]) -> None:
@@ -252,6 +273,8 @@ def evaluate_run(
         out[split] = metrics.evaluate(y, probs, task, meta["label_names"])
         calibrated = metrics.probabilities_from_logits(logits, task, meta["temperature"])
         out[split]["ece_calibrated"] = metrics.expected_calibration_error(y, calibrated, task)
+        if split == "test":
+            out["test_intervals"] = test_intervals(y, probs, task)
     out["flags"] = metrics.collapse_check(
         out["val"], out["test"], n_classes=meta["num_classes"], task=task
     )

@@ -139,7 +139,9 @@ def _auc_columns(
     return [((labels == i).astype(np.int64), scores[:, i]) for i in range(scores.shape[1])]
 
 
-def _resampled_auc(labels: np.ndarray, scores: np.ndarray, task: str, idx: np.ndarray) -> np.ndarray:
+def _resampled_auc(
+    labels: np.ndarray, scores: np.ndarray, task: str, idx: np.ndarray
+) -> np.ndarray:
     """The official AUC on each resample (row) of `idx` (rows, N) at once: the
     Mann-Whitney statistic with mid-ranks row by row, equal to `_official_auc` of each
     resample and NaN where a resample leaves some column with one class."""

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import textwrap
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -539,16 +540,15 @@ def critical_difference_diagram(
         y = -0.25 - 0.18 * g
         ax.plot([min(ranks) - 0.03, max(ranks) + 0.03], [y, y], color="black", lw=3.5)
     which = "Nemenyi" if posthoc == "nemenyi" else "Wilcoxon-Holm"
-    ax.set_title(
-        title
-        or f"Average rank over {len(result.datasets)} datasets (1 = best); bars join models "
-        f"not significantly different ({which}, alpha {result.alpha:g})",
-        fontsize=9,
+    text = title or (
+        f"Average rank over {len(result.datasets)} datasets (1 = best); bars join models "
+        f"not significantly different ({which}, alpha {result.alpha:g})"
     )
+    ax.set_title(textwrap.fill(text, width=int(12 * width)), fontsize=9)
     FigureCanvasAgg(fig)
     path = Path(path)
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight", pad_inches=0.1)
     return path
 
 

@@ -43,6 +43,11 @@ def run(args: argparse.Namespace) -> int:
             f"  {split:<4} ACC {m['acc']:.4f}  AUC {m['auc']:.4f}  balanced ACC {m['balanced_acc']:.4f}  "
             f"macro F1 {m['macro_f1']:.4f}  ECE {m['ece']:.4f} -> {m['ece_calibrated']:.4f} calibrated"
         )
+    ci = out["test_intervals"]
+    print(
+        f"  test 95% intervals ({ci['method']}): ACC {_interval(ci['acc'])}  "
+        f"AUC {_interval(ci['auc'])}"
+    )
     print(
         "  per class (test): "
         + ", ".join(
@@ -53,3 +58,8 @@ def run(args: argparse.Namespace) -> int:
     for flag in out["flags"]:
         print(f"  COLLAPSE GUARD: {flag}")
     return 0
+
+
+def _interval(bounds: list) -> str:
+    low, high = bounds
+    return "undefined" if low is None else f"[{low:.4f}, {high:.4f}]"

@@ -105,11 +105,20 @@ def resume_hint(args: argparse.Namespace) -> str:
 
 def summary_line(results: RunResults) -> str:
     t, v = results.test, results.val
+    ci = results.metrics.get("test_intervals") or {}
     flag = "  COLLAPSE: " + "; ".join(results.flags) if results.flags else ""
     return (
         f"{results.dataset['name']}/{results.model.name} seed {results.config['seed']}: "
-        f"test ACC {t['acc']:.4f} AUC {t['auc']:.4f} (val ACC {v['acc']:.4f} AUC {v['auc']:.4f}), "
+        f"test ACC {t['acc']:.4f}{_bounds(ci.get('acc'))} AUC {t['auc']:.4f}"
+        f"{_bounds(ci.get('auc'))} (val ACC {v['acc']:.4f} AUC {v['auc']:.4f}), "
         f"{results.model.params_m:.2f}M params, {results.model.gflops:.3f} GFLOPs, "
         f"efficiency {results.efficiency:.2f} %/M, {results.timing.train_seconds:.0f}s -> "
         f"{results.run_dir}{flag}"
     )
+
+
+def _bounds(bounds: list | None) -> str:
+    """ " [low, high]" of a stored 95% interval, "" where there is none."""
+    if not bounds or bounds[0] is None:
+        return ""
+    return f" [{bounds[0]:.3f}, {bounds[1]:.3f}]"

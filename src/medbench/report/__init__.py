@@ -15,7 +15,7 @@ from pathlib import Path
 from medbench.fsutil import atomic_write_json, atomic_write_text
 from medbench.report.collect import RUN_FIELDS, Group, Run, group_runs, load_ensembles, load_runs
 from medbench.report.findings import Findings, compute_findings, findings_dict
-from medbench.report.plots import draw_all
+from medbench.report.plots import critical_difference, draw_all
 from medbench.report.published import load_published
 from medbench.report.render import render_html, render_markdown
 
@@ -103,7 +103,10 @@ def build_report(
     groups = group_runs(runs)
     ensembles = load_ensembles(folder)
     findings = compute_findings(groups, runs, ensembles)
-    figures = draw_all(groups, out / "plots") if plots else []
+    figures = []
+    if plots:
+        ranking = findings.significance.ranking if findings.significance else None
+        figures = draw_all(groups, out / "plots") + critical_difference(ranking, out / "plots")
     files = ReportFiles(
         folder=out,
         markdown=out / "REPORT.md",

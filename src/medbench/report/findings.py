@@ -4,8 +4,11 @@ Every sentence is built from the results it describes (names, values, tests), so
 different result sets give different findings. A finding is one or two lines; the runs it
 counts are rows of a table (`Findings.tables`). Rows are ranked only within a cohort whose
 trained lengths agree (medbench.report.compare); "best" and "most efficient" skip models
-that collapsed. Significance between the top two models of a cohort is Welch's two-sided
-t-test over seeds at alpha = 0.05 (needs >= 2 seeds each).
+that collapsed. Whether the top two models of a cohort differ is decided by the paired
+tests on their test images (medbench.report.significance: McNemar for accuracy, DeLong or a
+paired bootstrap for AUC, Holm-corrected over every comparison in the report); a model is
+called better only where the corrected test says so. Runs without saved predictions fall
+back to Welch's two-sided t-test over seeds (needs >= 2 seeds each).
 """
 
 from __future__ import annotations
@@ -24,6 +27,13 @@ from medbench.report.collect import Group, Run, Stat
 from medbench.report.compare import Baseline, Cohort, cohorts, majority_baseline
 from medbench.report.details import Table, pct
 from medbench.report.published import baseline, load_published, reference_study_rows
+from medbench.report.significance import (
+    DatasetTests,
+    Significance,
+    comparison_tables,
+    compute_significance,
+    resolvable_sentence,
+)
 
 ALPHA = 0.05
 METHOD = "Welch's t-test (two-sided, alpha 0.05) over seeds"
@@ -41,6 +51,11 @@ class Comparison:
     significant: bool | None  # None: not testable (fewer than two seeds)
     overlap: bool | None  # mean +- std intervals overlap
     method: str
+    paired: bool = False  # p_value is the Holm-corrected paired test (else Welch over seeds)
+    n_test: int | None = None
+    auc_difference: float | None = None  # winner minus runner-up, seed-averaged probabilities
+    auc_p: float | None = None  # Holm-corrected
+    auc_method: str = ""
 
 
 @dataclass
@@ -55,6 +70,7 @@ class Findings:
     baselines: dict[str, Baseline] = field(default_factory=dict)
     ranking: list[tuple[str, float, int]] = field(default_factory=list)  # label, acc, datasets
     tables: list[Table] = field(default_factory=list)
+    significance: Significance | None = None
 
 
 def points(d: float) -> str:
@@ -76,15 +92,29 @@ def dataset_unit(group: Group | Run) -> str:
     return name if size == 28 else f"{name}@{size}px"
 
 
-def compare_top_two(a: Group, b: Group | None, name: str | None = None) -> Comparison:
-    """Welch's t-test on the seeds' test accuracies of the two best groups of a cohort."""
+def compare_top_two(
+    a: Group, b: Group | None, name: str | None = None, tests: DatasetTests | None = None
+) -> Comparison:
+    """Whether the two best groups of a cohort differ: by their Holm-corrected paired
+    tests in `tests` (the cohort's comparisons) where it holds the pair, else by Welch's
+    t-test on the seeds' test accuracies."""
     unit = name or dataset_unit(a)
     if b is None:
         return Comparison(unit, a, None, None, None, None, None, METHOD)
     sa, sb = a.stat("test_acc"), b.stat("test_acc")
-    p = _welch_p_value(sa, sb)
-    significant = None if p is None else p < ALPHA
-    return Comparison(unit, a, b, sa.mean - sb.mean, p, significant, _overlap(sa, sb), METHOD)
+    pair = tests.pair(a.label, b.label) if tests is not None else None
+    if pair is None or math.isnan(pair.mcnemar_p_holm):
+        p = _welch_p_value(sa, sb)
+        significant = None if p is None else p < ALPHA
+        return Comparison(unit, a, b, sa.mean - sb.mean, p, significant, _overlap(sa, sb), METHOD)
+    sign = 1.0 if pair.model_a == a.label else -1.0
+    p, auc_p = pair.mcnemar_p_holm, pair.delong_p_holm
+    return Comparison(
+        unit, a, b, sa.mean - sb.mean, p, p < ALPHA, _overlap(sa, sb), pair.mcnemar_method,
+        paired=True, n_test=tests.n_test, auc_difference=sign * pair.auc_diff,
+        auc_p=None if math.isnan(auc_p) else auc_p,
+        auc_method="DeLong" if pair.delong_method.startswith("DeLong") else "paired bootstrap",
+    )  # fmt: skip
 
 
 def _overlap(a: Stat, b: Stat) -> bool | None:
@@ -117,6 +147,10 @@ def compute_findings(
         return f
     f.cohorts = cohorts(groups, dataset_unit)
     units = list(dict.fromkeys(c.unit for c in f.cohorts))
+    many = Counter(c.unit for c in f.cohorts)
+    f.significance = compute_significance(
+        [(_cohort_name(c, many[c.unit] > 1), c) for c in f.cohorts]
+    )
     f.baselines = {
         u: b
         for u in units
@@ -126,6 +160,9 @@ def compute_findings(
     _most_efficient(f)
     for c in f.cohorts:
         _rank_cohort(f, c, many=sum(1 for o in f.cohorts if o.unit == c.unit) > 1)
+    f.findings += _resolvable_findings(f)
+    f.tables += comparison_tables(f.significance, Table)
+    f.findings += _present(_ranking_finding(f))
     f.findings += _present(*(_mixed_rules(f, u) for u in units))
     f.findings += _run_checks(f, runs)
     f.findings += _published(f)
@@ -197,9 +234,15 @@ def _best_overall(f: Findings) -> None:
         scope = "every dataset"
     else:
         scope = f"{n} dataset(s) with ranked rows ({', '.join(units)})"
+    ranking = f.significance.ranking if f.significance else None
+    tested = (
+        ""
+        if ranking is not None and ranking.testable
+        else "; an untested ranking, see 'Across datasets'"
+    )
     f.findings.append(
         f"Best overall: {best}{tie}, mean test accuracy {pct(acc)} over {scope}, among models "
-        "that never collapsed and trained to comparable lengths (full ranking in its table)."
+        f"that never collapsed and trained to comparable lengths (full ranking in its table{tested})."
     )
 
 
@@ -248,10 +291,11 @@ def _rank_cohort(f: Findings, c: Cohort, many: bool) -> None:
     healthy = c.healthy
     if not healthy:
         return  # the collapse finding covers it
-    cmp = compare_top_two(healthy[0], healthy[1] if len(healthy) > 1 else None, name)
+    tests = f.significance.dataset(name) if f.significance else None
+    cmp = compare_top_two(healthy[0], healthy[1] if len(healthy) > 1 else None, name, tests)
     f.comparisons.append(cmp)
     f.winners[name] = cmp.winner.label
-    text = f"{name}: {cmp.winner.label} wins with {mean_std(cmp.winner.stat('test_acc'))}"
+    text = f"{name}: {cmp.winner.label} leads with {mean_std(cmp.winner.stat('test_acc'))}"
     if cmp.runner_up is None:
         f.findings.append(text + " (the only healthy model run on it).")
         return
@@ -260,10 +304,51 @@ def _rank_cohort(f: Findings, c: Cohort, many: bool) -> None:
 
 
 def _separation(cmp: Comparison) -> str:
+    if cmp.paired:
+        return _paired_separation(cmp)
     if cmp.significant is None:
         return "; with one seed per model the difference is untested."
     verdict = "exceeds" if cmp.significant else "is within"
     return f"; the difference {verdict} the seed-to-seed spread (Welch's t-test p = {cmp.p_value:.3g})."
+
+
+def _paired_separation(cmp: Comparison) -> str:
+    """The paired tests' verdict on the top two: the accuracy test decides, the AUC test
+    is stated beside it."""
+    acc = f"McNemar, Holm p = {cmp.p_value:.2g}"
+    auc = (
+        "AUC untested"
+        if cmp.auc_p is None
+        else f"AUC {cmp.auc_difference:+.3f}, {cmp.auc_method} Holm p = {cmp.auc_p:.2g}"
+    )
+    if cmp.significant:
+        return f"; the difference holds on these {cmp.n_test} test images ({acc}; {auc})."
+    return f"; indistinguishable on this test split of {cmp.n_test} images ({acc}; {auc})."
+
+
+def _resolvable_findings(f: Findings) -> list[str]:
+    """Per cohort with paired tests: the smallest differences its test split resolves."""
+    datasets = f.significance.datasets if f.significance else []
+    return [f"{d.name}: {text}." for d in datasets if (text := resolvable_sentence(d))]
+
+
+def _ranking_finding(f: Findings) -> str | None:
+    """Whether the ranking across datasets was tested, and what it says."""
+    sig = f.significance
+    if sig is None or (sig.ranking is None and not sig.ranking_reason):
+        return None
+    r = sig.ranking
+    if r is None or not r.testable:
+        return f"Across datasets the ranking cannot be tested: {sig.ranking_reason}."
+    order = sorted(zip(r.average_ranks, r.models, strict=True))
+    ranks = ", ".join(f"{m} {rank:.2f}" for rank, m in order)
+    friedman = "" if r.friedman_p is None else f"Friedman p = {r.friedman_p:.2g}, "
+    groups = "; ".join(" = ".join(g) for g in r.groups("nemenyi") if len(g) > 1)
+    tied = f"; not separated by Nemenyi: {groups}" if groups else ""
+    return (
+        f"Across {len(r.datasets)} datasets, average ranks of test accuracy: {ranks} "
+        f"({friedman}Nemenyi critical difference {r.critical_difference:.2f}{tied})."
+    )
 
 
 def _mixed_rules(f: Findings, unit: str) -> str | None:
@@ -516,9 +601,20 @@ def _choose_between_healthy(cmp: Comparison) -> str:
     w, r = cmp.winner, cmp.runner_up
     if r is None:
         return f"For {cmp.dataset}, {w.label} is the only healthy model measured; add others to compare."
+    cheaper = min((w, r), key=lambda g: g.stat("n_params").mean or math.inf)
+    if cmp.paired:
+        if cmp.significant:
+            return (
+                f"For {cmp.dataset}, use {w.label}: it beats {r.label} on these test images "
+                f"(McNemar, Holm p = {cmp.p_value:.2g})."
+            )
+        return (
+            f"For {cmp.dataset}, {w.label} and {r.label} are indistinguishable on this test split "
+            f"(McNemar, Holm p = {cmp.p_value:.2g}): prefer the smaller {cheaper.label} "
+            f"({_params(cheaper)}); more seeds will not separate them on the same test images."
+        )
     if cmp.significant:
         return f"For {cmp.dataset}, use {w.label}: it beats {r.label} by more than the seed noise."
-    cheaper = min((w, r), key=lambda g: g.stat("n_params").mean or math.inf)
     why = "untested with one seed" if cmp.significant is None else f"p = {cmp.p_value:.2g}"
     return (
         f"For {cmp.dataset}, {w.label} and {r.label} are not separated by the seeds ({why}): prefer "
@@ -654,7 +750,13 @@ def findings_dict(f: Findings) -> dict[str, Any]:
                 "significant": c.significant,
                 "overlap": c.overlap,
                 "method": c.method,
+                "paired": c.paired,
+                "n_test": c.n_test,
+                "auc_difference": c.auc_difference,
+                "auc_p": c.auc_p,
+                "auc_method": c.auc_method,
             }
             for c in f.comparisons
         ],
+        "significance": f.significance.to_json() if f.significance else None,
     }

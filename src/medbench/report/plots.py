@@ -19,6 +19,7 @@ from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay, multilabel_
 from medbench.fsutil import atomic_path
 from medbench.metrics import MULTI_LABEL, reliability_bins
 from medbench.report.collect import Group, Run, Stat
+from medbench.stats import RankingTest, critical_difference_diagram
 
 DPI = 110
 MARKERS = "osD^vP*XhH<>p"
@@ -437,3 +438,18 @@ def draw_all(groups: list[Group], folder: Path) -> list[FigureFile]:
     for plot in ALL_PLOTS:
         figures.extend(plot(groups, folder))
     return figures
+
+
+def critical_difference(ranking: RankingTest | None, folder: Path) -> list[FigureFile]:
+    """The critical-difference diagram of the ranking across datasets, when it was tested."""
+    if ranking is None or not ranking.testable:
+        return []
+    folder.mkdir(parents=True, exist_ok=True)
+    path = critical_difference_diagram(ranking, folder / "critical_difference.png")
+    caption = (
+        f"Critical-difference diagram (Demsar 2006): each model's average rank of test accuracy "
+        f"over {len(ranking.datasets)} datasets (1 = best); a bar joins models the Nemenyi "
+        f"test does not separate at alpha {ranking.alpha:g} (critical difference "
+        f"{ranking.critical_difference:.2f})."
+    )
+    return [FigureFile(path, caption)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import html
+import math
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from medbench.report.compare import Baseline
 from medbench.report.findings import Findings, dataset_unit
 from medbench.report.plots import FigureFile
 from medbench.report.published import load_published, published_rows, reference_study_rows
+from medbench.stats import Interval
 
 TABLE_HEAD = (
     "Dataset",
@@ -94,7 +96,10 @@ def study_rows(groups: list[Group], findings: Findings) -> list[tuple[str, ...]]
     for unit in dict.fromkeys(dataset_unit(g) for g in groups):
         gs = [g for g in groups if dataset_unit(g) == unit]
         base = findings.baselines.get(unit)
-        rows += [_our_row(unit, g, base) for g in gs]
+        sig = findings.significance
+        rows += [
+            _our_row(unit, g, base, sig.rows.get((unit, g.label), {}) if sig else {}) for g in gs
+        ]
         if base is not None:
             rows.append(_baseline_row(base))
         rows += _published_study_rows(unit, gs[0].dataset)
@@ -112,8 +117,17 @@ def _baseline_row(b: Baseline) -> tuple[str, ...]:
     ) + (NO_VALUE,) * 4
 
 
-def _our_row(unit: str, g: Group, base: Baseline | None) -> tuple[str, ...]:
-    acc = fmt_stat(g.stat("test_acc"))
+def _bracket(interval: Interval | None, scale: float, digits: int) -> str:
+    """ " [low, high]" of a 95% interval, or "" where there is none."""
+    if interval is None or math.isnan(interval.low):
+        return ""
+    return f" [{scale * interval.low:.{digits}f}, {scale * interval.high:.{digits}f}]"
+
+
+def _our_row(
+    unit: str, g: Group, base: Baseline | None, intervals: dict[str, Interval]
+) -> tuple[str, ...]:
+    acc = fmt_stat(g.stat("test_acc")) + _bracket(intervals.get("acc"), 100, 1)
     if base is not None and not all(base.beaten_by(r["test_acc"]) for r in g.runs):
         acc += " (≤ baseline)"
     if g.collapsed_runs:
@@ -125,7 +139,8 @@ def _our_row(unit: str, g: Group, base: Baseline | None) -> tuple[str, ...]:
         g.label,
         f"this study (n={g.n})",
         acc,
-        fmt_stat(g.stat("test_auc"), scale=1.0, digits=3, suffix=""),
+        fmt_stat(g.stat("test_auc"), scale=1.0, digits=3, suffix="")
+        + _bracket(intervals.get("auc"), 1, 3),
         fmt_params(g.stat("n_params").mean),
         fmt_flops(g.stat("gflops").mean),
         fmt_stat(g.stat("efficiency"), scale=1.0, suffix=" %/M"),
@@ -196,13 +211,16 @@ def run_rows(runs: list[Run], findings: Findings) -> list[tuple[str, ...]]:
             )
         )
         epochs = r["epochs_trained"]
+        ci = findings.significance.runs.get(str(r.run_dir), {}) if findings.significance else {}
         out.append(
             (
                 str(r["dataset"]),
                 str(r["model"]),
                 str(r["seed"]),
-                _pub(r["test_acc"]),
-                NO_VALUE if r["test_auc"] is None else f"{r['test_auc']:.3f}",
+                _pub(r["test_acc"]) + _bracket(ci.get("acc"), 100, 1),
+                NO_VALUE
+                if r["test_auc"] is None
+                else f"{r['test_auc']:.3f}" + _bracket(ci.get("auc"), 1, 3),
                 _pub(r["val_acc"]),
                 NO_VALUE if r["steps"] is None else str(r["steps"]),
                 NO_VALUE if epochs is None else f"{epochs:.2f}",
@@ -260,7 +278,10 @@ def _intro(ctx: dict[str, Any]) -> str:
     return (
         f"Cells: {c['finished']} finished, {c['failed']} failed, {c['running']} running, "
         f"{c['pending']} pending. Accuracy and AUC are on each dataset's official test split, "
-        "mean ± sample standard deviation over seeds (n = number of seeds). Efficiency = test "
+        "mean ± sample standard deviation over seeds (n = number of seeds), with a 95% "
+        "interval in brackets: for a row over seeds and test-set sampling (a two-level "
+        "bootstrap), for a run over test-set sampling (a bootstrap within each class). "
+        "Efficiency = test "
         "accuracy (%) per million parameters. 'Trained' is what the runs really trained."
     )
 
