@@ -103,6 +103,29 @@ def test_average_ensemble_reports_members_and_sums_their_cost(runs):
     assert results["metrics"]["test"]["n"] == 32
 
 
+def test_an_ensemble_is_tested_against_the_best_single_run_on_the_same_images(runs):
+    """Its test ACC/AUC carry intervals, and its gain over the best single run (by
+    validation) carries the paired tests' p-values, recomputed here independently."""
+    _, dirs = runs
+    results = build_ensemble(dirs, method="average")
+    ci = results["metrics"]["test_intervals"]
+    for name in ("acc", "auc"):
+        low, high = ci[name]
+        assert low <= results["metrics"]["test"][name] <= high
+    v = results["versus_best_single"]
+    assert v["n_test"] == 32
+    best = next(d for d in dirs if str(d) == results["best_single"]["run_dir"])
+    arrays = np.load(best / "predictions.npz")
+    labels = arrays["test_labels"][:, 0]
+    single = np.load(best / "predictions.npz")["test_probs"]
+    ensemble = np.mean([np.load(d / "predictions.npz")["test_probs"] for d in dirs], axis=0)
+    right_e = ensemble.argmax(1) == labels
+    right_s = single.argmax(1) == labels
+    assert v["ensemble_only_right"] == int(np.sum(right_e & ~right_s))
+    assert v["single_only_right"] == int(np.sum(right_s & ~right_e))
+    assert 0 < v["acc_p"] <= 1 and 0 < v["auc_p"] <= 1
+
+
 @pytest.mark.slow
 def test_saved_ensemble_loads_and_predicts_its_saved_test_probabilities(runs, tmp_path):
     from medbench.data import load_dataset

@@ -197,10 +197,12 @@ def _mean_probs(runs: list[RunPredictions]) -> np.ndarray:
 
 
 def _correct(labels: np.ndarray, probs: np.ndarray, task: str) -> np.ndarray:
+    if task != metrics.MULTI_LABEL:  # (N, 1) labels would broadcast against (N,) predictions
+        labels = np.asarray(labels).reshape(len(labels), -1)[:, 0]
     return metrics.predictions(probs, task) == labels
 
 
-def _accuracy_test(
+def accuracy_test(
     labels: np.ndarray, probs_a: np.ndarray, probs_b: np.ndarray, task: str, n_boot: int, seed: int
 ) -> tuple[float, int | None, int | None, str]:
     """(p, a-only right, b-only right, method): McNemar for single-label tasks; multi-label
@@ -252,7 +254,7 @@ def compare_pair(
     auc = stats.delong_test(labels, probs_a, probs_b, task, n_boot, seed)
     acc_a = metrics.official_acc(labels, probs_a, task)
     acc_b = metrics.official_acc(labels, probs_b, task)
-    acc_p, a_only, b_only, acc_method = _accuracy_test(labels, probs_a, probs_b, task, n_boot, seed)
+    acc_p, a_only, b_only, acc_method = accuracy_test(labels, probs_a, probs_b, task, n_boot, seed)
     matched = zip(seeds, runs_a, runs_b, strict=True) if seeds else []
     per_seed = [_per_seed(s, ra, rb, task) for s, ra, rb in matched]
     return PairComparison(

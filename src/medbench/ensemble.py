@@ -40,11 +40,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from medbench import metrics
+from medbench import metrics, stats
 from medbench.augment import ORIENTATION
 from medbench.checkpoint import resolve_model_file
+from medbench.comparison import accuracy_test
 from medbench.data import load_dataset
 from medbench.errors import MedbenchError, MedbenchWarning
+from medbench.evaluation import test_intervals
 from medbench.fsutil import atomic_path, atomic_write_json
 from medbench.inference import load_trained_model, predict_logits
 from medbench.results import RunResults, find_run_folders, read_predictions
@@ -354,7 +356,9 @@ def _results(
     flops = sum(m.results["model"].get("flops") or 0 for m, _ in chosen)
     n_views = len(views)
     rows = [_member_row(m, w, y_val, task) for m, w in zip(members, weights, strict=True)]
-    best = max(rows, key=lambda r: r["val_score"])
+    best_index = max(range(len(rows)), key=lambda i: rows[i]["val_score"])
+    best = rows[best_index]
+    versus = versus_best_single(y_test, test_probs, members[best_index].test_probs, task)
     return {
         "schema_version": 1,
         "status": "finished",
@@ -376,9 +380,11 @@ def _results(
         },
         "members": rows,
         "best_single": best,
+        "versus_best_single": versus,
         "metrics": {
             "val": val_m,
             "test": test_m,
+            "test_intervals": test_intervals(y_test, test_probs, task),
             "temperature": 1.0,  # members are combined after their own temperature scaling
             "val_ece_calibrated": val_m["ece"],
             "test_ece_calibrated": test_m["ece"],
@@ -388,6 +394,29 @@ def _results(
         "timing": _timing([m for m, _ in chosen], n_views),
         "efficiency": 100.0 * test_m["acc"] / (n_params / 1e6) if n_params else None,
     }  # fmt: skip
+
+
+def versus_best_single(
+    y_test: np.ndarray, ensemble_probs: np.ndarray, single_probs: np.ndarray, task: str
+) -> dict[str, Any]:
+    """The ensemble against the best single run on the same test images, uncorrected:
+    DeLong's test of AUC (a paired bootstrap beyond binary tasks) and McNemar's test of
+    accuracy (a paired bootstrap for multi-label sets); reports correct over ensembles."""
+    if task != metrics.MULTI_LABEL:
+        y_test = np.asarray(y_test).reshape(len(y_test), -1)[:, 0]
+    auc = stats.delong_test(y_test, ensemble_probs, single_probs, task)
+    acc_p, ens_only, single_only, acc_method = accuracy_test(
+        y_test, ensemble_probs, single_probs, task, 2000, 0
+    )
+    return {
+        "n_test": int(len(y_test)),
+        "auc_p": None if math.isnan(auc.p) else float(auc.p),
+        "auc_method": auc.method,
+        "acc_p": None if math.isnan(acc_p) else float(acc_p),
+        "acc_method": acc_method,
+        "ensemble_only_right": ens_only,
+        "single_only_right": single_only,
+    }
 
 
 def _timing(chosen: list[Member], n_views: int) -> dict[str, float | None]:

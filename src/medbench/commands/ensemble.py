@@ -57,6 +57,12 @@ def run(args: argparse.Namespace) -> int:
         f"single (by val) {best['name']} ACC {best['test_acc']:.4f} AUC {best['test_auc']:.4f}"
         + (f" -> {results['run_dir']}" if results["run_dir"] else "")
     )
+    v = results["versus_best_single"]
+    if v["auc_p"] is not None and v["acc_p"] is not None:
+        print(
+            f"paired tests on the same {v['n_test']} test images: AUC p = {v['auc_p']:.3g} "
+            f"({v['auc_method']}), ACC p = {v['acc_p']:.3g} ({v['acc_method']})"
+        )
     for flag in results["flags"]:
         print(f"COLLAPSE: {flag}")
     return 0

@@ -34,6 +34,7 @@ from medbench.report.significance import (
     compute_significance,
     resolvable_sentence,
 )
+from medbench.stats import holm
 
 ALPHA = 0.05
 METHOD = "Welch's t-test (two-sided, alpha 0.05) over seeds"
@@ -481,28 +482,59 @@ def _reference_collapse(g: Group, ref: dict[str, Any]) -> str:
 
 def _ensembles(f: Findings, ensembles: list[dict[str, Any]]) -> None:
     """The gain of each ensemble over the best single run, the one a user would pick by
-    validation score, and whether it pays for its size."""
-    for e in ensembles:
+    validation score, tested on the same test images (Holm over the ensembles, per
+    metric), and whether it pays for its size."""
+    versus = [e.get("versus_best_single") or {} for e in ensembles]
+    auc_holm = _holm_or_none([v.get("auc_p") for v in versus])
+    acc_holm = _holm_or_none([v.get("acc_p") for v in versus])
+    for e, p_auc, p_acc in zip(ensembles, auc_holm, acc_holm, strict=True):
         t, b, m = e["metrics"]["test"], e["best_single"], e["model"]
         d_acc, d_auc = t["acc"] - b["test_acc"], t["auc"] - b["test_auc"]
         size = m["n_params"] / b["n_params"] if b.get("n_params") else None
         name = e["dataset"]["name"]
+        tested = (
+            ""
+            if p_auc is None or p_acc is None
+            else f" (Holm-corrected paired tests: AUC p = {p_auc:.2g}, accuracy p = {p_acc:.2g})"
+        )
         f.findings.append(
             f"{name}: the {e['method']} ensemble of {m['n_members']} runs reaches {pct(t['acc'])} test "
             f"accuracy and AUC {t['auc']:.3f}, {points(d_acc)} and {d_auc:+.3f} AUC against the best "
             f"single run by validation ({b['name']}: {pct(b['test_acc'])}, AUC {b['test_auc']:.3f})"
+            + tested
             + (f", with {size:.1f}x its parameters." if size else ".")
         )
-        if d_acc > 0 and d_auc > 0:
-            f.recommendations.append(
-                f"For {name}, the {e['method']} ensemble beats the best single run on both test "
-                f"accuracy and AUC; use it where {m['n_members']}x inference cost is acceptable."
-            )
-        else:
-            f.recommendations.append(
-                f"For {name}, the {e['method']} ensemble does not beat the best single run on both "
-                "test accuracy and AUC; the single run is the better deployment."
-            )
+        f.recommendations.append(_ensemble_advice(e, d_acc, d_auc, p_auc, p_acc))
+
+
+def _holm_or_none(p_values: list[float | None]) -> list[float | None]:
+    """Holm over the defined p-values; None stays None."""
+    defined = [p for p in p_values if p is not None]
+    corrected = iter(holm(defined))
+    return [None if p is None else next(corrected) for p in p_values]
+
+
+def _ensemble_advice(
+    e: dict[str, Any], d_acc: float, d_auc: float, p_auc: float | None, p_acc: float | None
+) -> str:
+    name, method, n = e["dataset"]["name"], e["method"], e["model"]["n_members"]
+    if p_auc is None or p_acc is None:  # an ensemble saved before the tests were recorded
+        better = d_acc > 0 and d_auc > 0
+        verdict = "beats" if better else "does not beat"
+        return (
+            f"For {name}, the {method} ensemble {verdict} the best single run on both test accuracy "
+            f"and AUC (untested); "
+            + (f"use it where {n}x inference cost is acceptable." if better else "the single run is the better deployment.")
+        )  # fmt: skip
+    if d_acc > 0 and d_auc > 0 and max(p_auc, p_acc) < ALPHA:
+        return (
+            f"For {name}, the {method} ensemble beats the best single run on both test accuracy "
+            f"and AUC on these test images; use it where {n}x inference cost is acceptable."
+        )
+    return (
+        f"For {name}, the {method} ensemble is not better than the best single run on both test "
+        "accuracy and AUC by the corrected paired tests; the single run is the better deployment."
+    )
 
 
 def _data_provenance(runs: list[Run]) -> str | None:
