@@ -191,6 +191,9 @@ def test_tiny_tune_writes_a_best_config_that_train_accepts(tiny_data_dir, tmp_pa
     assert (tmp_path / "out" / "history.png").stat().st_size > 0
     summary = json.loads((tmp_path / "out" / "tune_summary.json").read_text())
     assert summary["best_trial"] == result.best_trial
+    for trial in summary["trials"]:  # every trial's test numbers with their 95% intervals
+        low, high = trial["test_acc_interval"]
+        assert low <= trial["test_acc"] <= high
 
 
 @pytest.mark.slow

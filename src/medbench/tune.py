@@ -134,6 +134,10 @@ def record_trial_result(trial: optuna.Trial, results: RunResults, metric: str) -
     trial.set_user_attr("val_acc", results.val["acc"])
     trial.set_user_attr("test_acc", results.test["acc"])
     trial.set_user_attr("test_auc", results.test["auc"])
+    intervals = results.metrics.get("test_intervals") or {}
+    for name in ("acc", "auc"):  # 95% bootstrap intervals over the test images
+        if intervals.get(name):
+            trial.set_user_attr(f"test_{name}_interval", list(intervals[name]))
     trial.set_user_attr("train_seconds", results.timing.train_seconds)
     trial.set_user_attr("collapsed", bool(results.flags))
     trial.set_user_attr("flags", list(results.flags))
