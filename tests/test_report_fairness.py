@@ -63,6 +63,10 @@ def test_time_budget_rows_with_unequal_wall_seconds_are_not_ranked(tmp_path):
     report = _report(tmp_path, cells)
     assert report.findings.winners == {}
     assert any("differ by more than 20%" in s for s in report.findings.findings)
+    assert any(
+        "did not use their budgets evenly" in r and "--epochs N" in r
+        for r in report.findings.recommendations
+    )
 
 
 def test_rows_under_different_length_rules_are_not_ranked_against_each_other(tmp_path):

@@ -610,11 +610,16 @@ def _recommend(f: Findings, runs: list[Run]) -> None:
 def _choose(f: Findings, c: Cohort, many: bool) -> str | None:
     """Which model to use on one cohort."""
     name = _cohort_name(c, many)
-    if not c.comparable:
-        unit = "wall seconds" if c.rule == "time budget" else "epochs trained"
+    if not c.comparable and c.rule == "time budget":
         return (
-            f"For {name}, train every model to the same length (compare {unit}) before choosing; "
-            "the rows differ too much to rank."
+            f"For {name}, the runs did not use their budgets evenly (a busy machine, or a plan "
+            "made while it was), so the rows cannot be ranked: re-run on an idle machine or with "
+            "--epochs N, whose lengths do not depend on the load."
+        )
+    if not c.comparable:
+        return (
+            f"For {name}, train every model to the same length (compare epochs trained) before "
+            "choosing; the rows differ too much to rank."
         )
     if not c.healthy:
         return (
