@@ -337,12 +337,13 @@ def comparison_tables(sig: Significance, table_cls) -> list:
         if not d.pairs:
             continue
         left = f" Left out: {'; '.join(d.left_out)}." if d.left_out else ""
+        how = note if not tables else "Tests and correction as in the first comparison table."
         tables.append(
             table_cls(
                 f"Paired comparisons: {d.name}",
                 PAIR_HEAD,
                 [_pair_row(p) for p in d.pairs],
-                f"{_capital(resolvable_sentence(d))} {note}{left}".strip(),
+                f"{_capital(resolvable_sentence(d))} {how}{left}".strip(),
             )
         )
     r = sig.ranking
