@@ -61,9 +61,13 @@ def test_unknown_name_suggests_close_ones():
         dataset_info("dermamnst")
 
 
-def test_3d_datasets_are_refused_with_a_reason():
-    with pytest.raises(MedbenchError, match="3D"):
-        dataset_info("organmnist3d")
+def test_the_3d_datasets_are_listed_apart_from_the_2d_ones():
+    assert [info.name for info in list_datasets(volumetric=True)] == [
+        "organmnist3d", "nodulemnist3d", "adrenalmnist3d", "fracturemnist3d", "vesselmnist3d",
+        "synapsemnist3d",
+    ]  # fmt: skip
+    assert [info.name for info in list_datasets(volumetric=None)][:12] == TWO_D
+    assert not any(info.volumetric for info in list_datasets())
 
 
 @pytest.mark.parametrize("size", [32, 0, "28", 28.0])

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from medbench.data.arrays import open_npz
-from medbench.data.catalogue import SPLITS, DatasetInfo, check_size, dataset_info
+from medbench.data.catalogue import SPLITS, DatasetInfo, dataset_info
 from medbench.data.download import ensure_dataset
 from medbench.data.validate import KEYS, check_arrays
 from medbench.errors import MedbenchError, MedbenchWarning
@@ -19,8 +19,9 @@ from medbench.errors import MedbenchError, MedbenchWarning
 
 @dataclass
 class Split:
-    """One split. `images`: uint8 (N, H, W, C), gray included (C=1), memory-mapped, not
-    copied. `labels`: int64 (N,) for single-label tasks, float32 (N, L) for multi-label."""
+    """One split. `images`: uint8 (N, H, W, C), gray included (C=1), or for a 3D dataset
+    (N, D, H, W, 1), memory-mapped, not copied (channels last, so that the engine's
+    `to_unit_float` gives (N, C, H, W) or (N, 1, D, H, W) the same way). `labels`: int64 (N,) for single-label tasks, float32 (N, L) for multi-label."""
 
     images: torch.Tensor
     labels: torch.Tensor
@@ -82,7 +83,7 @@ def load_dataset(
     (and `download`; a --data-dir that does not exist is refused, see `ensure_dataset`). Local files whose MD5 or split sizes differ from the official ones
     are used with a MedbenchWarning, recorded in `warnings` and `provenance()`."""
     info = dataset_info(name)
-    size = check_size(size)
+    size = info.check_size(size)
     path = ensure_dataset(name, size, data_dir, download=download, progress=progress)
     if not path.is_file():
         raise MedbenchError(f"{path} is not a file; remove it or choose another --data-dir")
@@ -106,8 +107,8 @@ def load_dataset(
 
 def _split(info: DatasetInfo, arrays: dict[str, np.ndarray], split: str) -> Split:
     images = torch.from_numpy(arrays[f"{split}_images"])
-    if images.ndim == 3:
-        images = images.unsqueeze(-1)  # a view: (N, H, W) -> (N, H, W, 1)
+    if info.volumetric or info.n_channels == 1:
+        images = images.unsqueeze(-1)  # a view: (N, H, W) -> (N, H, W, 1), volumes alike
     labels = np.asarray(arrays[f"{split}_labels"])
     if info.is_multilabel:
         targets = torch.from_numpy(labels.astype(np.float32))

@@ -41,15 +41,21 @@ def check_arrays(
 def _check_images(info: DatasetInfo, size: int, images: np.ndarray, key: str, path: Path) -> None:
     if images.dtype != np.uint8:
         _fail(path, f"{key} has dtype {images.dtype}, expected uint8")
-    channels = () if info.n_channels == 1 else (info.n_channels,)
-    expected = (size, size, *channels)
+    expected = info.image_shape(size)
     if images.ndim != 1 + len(expected) or images.shape[1:] != expected:
         shown = ", ".join(map(str, ("N", *expected)))
-        hint = ""
-        if images.ndim >= 3 and images.shape[1] == images.shape[2] and images.shape[1] in SIZES:
-            hint = f" (is this the {images.shape[1]} px file?)"
         _fail(path, f"{key} has shape {tuple(images.shape)}, expected ({shown}) for "
-                    f"{info.name} at {size} px{hint}")  # fmt: skip
+                    f"{info.name} at {size} px{_size_hint(info, images.shape)}")  # fmt: skip
+
+
+def _size_hint(info: DatasetInfo, shape: tuple[int, ...]) -> str:
+    """' (is this the 64 px file?)' when the images look like another published size."""
+    if info.volumetric and len(shape) == 3:
+        return " (2D images: is this a 2D dataset's file?)"
+    spatial = shape[1 : 1 + info.spatial_dims]
+    if len(spatial) == info.spatial_dims and len(set(spatial)) == 1 and spatial[0] in SIZES:
+        return f" (is this the {spatial[0]} px file?)"
+    return ""
 
 
 def _check_labels(info: DatasetInfo, labels: np.ndarray, n: int, key: str, path: Path) -> None:
