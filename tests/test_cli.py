@@ -53,7 +53,15 @@ def test_an_image_size_outside_the_catalogue_is_refused_with_one_line_and_exit_2
 
 def test_every_size_choice_is_the_catalogue_s_sizes():
     with_choices = {n: a.choices for n, a in _options("size").items() if a.choices is not None}
-    assert set(with_choices) == {"benchmark", "models", "search", "train", "transfer", "tune"}
+    assert set(with_choices) == {
+        "audit",
+        "benchmark",
+        "models",
+        "search",
+        "train",
+        "transfer",
+        "tune",
+    }
     assert all(tuple(choices) == SIZES for choices in with_choices.values())
 
 
