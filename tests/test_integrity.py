@@ -53,6 +53,16 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, path: Path) -> None
     assert "file too large" in lines[0] and str(path) in lines[0]
 
 
+def the_error_line(proc: subprocess.CompletedProcess) -> str:
+    """Exit 2, no traceback, and one error line, the last on stderr (warning and progress
+    lines may come before it)."""
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("medbench: error")]
+    assert len(errors) == 1 and proc.stderr.strip().splitlines()[-1] == errors[0], proc.stderr
+    return errors[0]
+
+
 def temporary_files(folder: Path) -> list[Path]:
     return [p for p in folder.rglob("*") if p.name.endswith(".tmp")]
 
@@ -153,12 +163,9 @@ def _tiny_data(folder: Path) -> Path:
 def assert_stops_on_the_checkpoint(proc: subprocess.CompletedProcess, folder: Path) -> None:
     """Exit 2, no traceback, and the error is the last stderr line, naming the checkpoint
     that could not be written (progress and warning lines may come before it)."""
-    assert proc.returncode == 2, proc.stderr
-    assert "Traceback" not in proc.stderr, proc.stderr
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("medbench: error")]
-    assert len(errors) == 1 and proc.stderr.strip().splitlines()[-1] == errors[0]
-    assert errors[0].startswith("medbench: error: cannot write ") and "checkpoint.pt" in errors[0]
-    assert "file too large" in errors[0]
+    line = the_error_line(proc)
+    assert line.startswith("medbench: error: cannot write ") and "checkpoint.pt" in line
+    assert "file too large" in line
     assert temporary_files(folder) == []
 
 
@@ -389,3 +396,65 @@ def test_run_files_of_another_shape_are_refused_by_ensemble_and_card_with_one_li
         assert main(argv) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and "Traceback" not in err and missing in err, err
+
+
+# -- the commands that write beside finished runs ------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def finished_runs(tmp_path_factory):
+    """Synthetic breastmnist data (its array cache already unpacked) and two finished runs
+    of different sizes: `small` (timm's test_efficientnet) and `large` (efficientnet at a
+    quarter width, about four times the bytes)."""
+    from medbench.config import TrainConfig
+    from medbench.data.synthetic import write_synthetic_like
+    from medbench.engine import train
+
+    root = tmp_path_factory.mktemp("finished")
+    write_synthetic_like(root / "data", "breastmnist", 28, n_train=64, n_val=32, n_test=32)
+    models = {"small": ("timm:test_efficientnet", {}), "large": ("efficientnet", {"width": 0.25})}
+    for name, (model, options) in models.items():
+        config = TrainConfig(
+            dataset="breastmnist", model=model, model_options=options, epochs=1, batch_size=32,
+            device="cpu", data_dir=str(root / "data"), run_dir=str(root / name),
+        )  # fmt: skip
+        train(config, progress=False, measure=False)
+    return root
+
+
+@pytest.mark.slow
+def test_a_model_card_on_a_full_disk_keeps_the_earlier_card(finished_runs):
+    card = finished_runs / "small" / "MODEL_CARD.md"
+    card.write_text("# an earlier card\n")
+    proc = run_cli_limited("card", str(finished_runs / "small"), limit=1024)
+    assert_one_line_error(proc, card)
+    assert card.read_text() == "# an earlier card\n"
+    assert temporary_files(finished_runs) == []
+
+
+@pytest.mark.slow
+def test_a_knn_transfer_on_a_full_disk_is_one_line_and_writes_no_results(finished_runs):
+    out = finished_runs / "transfer"
+    argv = ["transfer", "--dataset", "breastmnist", "--model", "timm:test_efficientnet"]
+    proc = run_cli_limited(
+        *argv, "--mode", "knn", "--pretrained", str(finished_runs / "small"), "--device", "cpu",
+        "--data-dir", str(finished_runs / "data"), "--out", str(out), "--quiet", limit=1024,
+    )  # fmt: skip
+    results = out / "knn-breastmnist" / "results.json"
+    line = the_error_line(proc)  # after the warning that the synthetic file is not official
+    assert line.startswith(f"medbench: error: cannot write {results}: file too large")
+    assert not results.exists()
+    assert temporary_files(finished_runs) == []
+
+
+@pytest.mark.slow
+def test_a_search_on_a_full_disk_stops_at_the_first_trial_with_one_line(tmp_path):
+    data = _tiny_data(tmp_path / "data")
+    argv = ["search", "--dataset", "breastmnist", "--model", "advanced_cnn", "--trials", "3"]
+    proc = run_cli_limited(
+        *argv, "--population", "2", "--epochs", "1", "--data-dir", str(data),
+        "--out", str(tmp_path / "search"), limit=400_000,
+    )  # fmt: skip
+    assert_stops_on_the_checkpoint(proc, tmp_path)
+    assert "trial 1" not in proc.stdout + proc.stderr  # no retries
+    assert not (tmp_path / "search" / "pareto.json").exists()
