@@ -423,6 +423,39 @@ def finished_runs(tmp_path_factory):
 
 
 @pytest.mark.slow
+def test_an_ensemble_on_a_full_disk_is_one_line_and_leaves_no_part_of_itself(finished_runs):
+    small, large = finished_runs / "small", finished_runs / "large"
+    members = snapshot(finished_runs / "small") | snapshot(finished_runs / "large")
+    limit = (small / "model.pt").stat().st_size + 4096  # the small member fits, the large not
+    assert (large / "model.pt").stat().st_size > limit
+    out = finished_runs / "ensemble"
+    argv = ["ensemble", str(small), str(large), "--method", "average", "--out", str(out)]
+    proc = run_cli_limited(*argv, limit=limit)
+    assert_one_line_error(proc, out / "members")
+    assert not out.exists()  # not the member that fitted, nor a folder for it
+    assert snapshot(small) | snapshot(large) == members
+    assert temporary_files(finished_runs) == []
+
+
+@pytest.mark.slow
+def test_an_ensemble_saved_again_on_a_full_disk_keeps_the_earlier_one(finished_runs):
+    from medbench.ensemble import build_ensemble
+
+    small, large = finished_runs / "small", finished_runs / "large"
+    out = finished_runs / "earlier-ensemble"
+    build_ensemble([small], "average", out)  # the new one's first member is the same file
+    before = snapshot(out)
+    inodes = {p: p.stat().st_ino for p in out.rglob("*")}
+    limit = (small / "model.pt").stat().st_size + 4096
+    argv = ["ensemble", str(small), str(large), "--method", "average", "--out", str(out)]
+    proc = run_cli_limited(*argv, limit=limit)
+    assert_one_line_error(proc, out / "members")
+    assert snapshot(out) == before
+    assert {p: p.stat().st_ino for p in out.rglob("*")} == inodes  # not one replaced
+    assert temporary_files(finished_runs) == []
+
+
+@pytest.mark.slow
 def test_a_model_card_on_a_full_disk_keeps_the_earlier_card(finished_runs):
     card = finished_runs / "small" / "MODEL_CARD.md"
     card.write_text("# an earlier card\n")

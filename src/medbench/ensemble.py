@@ -47,7 +47,7 @@ from medbench.comparison import accuracy_test
 from medbench.data import load_dataset
 from medbench.errors import MedbenchError, MedbenchWarning
 from medbench.evaluation import test_intervals
-from medbench.fsutil import atomic_path, atomic_write_json
+from medbench.fsutil import atomic_files, json_text
 from medbench.inference import load_trained_model, predict_logits
 from medbench.results import RunResults, find_run_folders, read_predictions
 from medbench.runtime import place_model, resolve_runtime
@@ -461,20 +461,38 @@ def _save(
     y_val: np.ndarray,
     y_test: np.ndarray,
 ) -> None:
-    entries = []
-    for i, (m, w) in enumerate(zip(members, weights, strict=True)):
-        if w <= 0:
-            continue
-        file = Path("members") / f"{i:02d}-{m.name.replace('/', '-').replace(':', '-')}.pt"
-        with atomic_path(out_dir / file) as tmp:
-            shutil.copyfile(resolve_model_file(m.run_dir), tmp)
-        entries.append(
-            {"file": str(file), "run_dir": str(m.run_dir), "name": m.name, "weight": float(w),
-             "temperature": m.temperature}
-        )  # fmt: skip
+    # One set of files: a failed save (a full disk) leaves none of them, nor half of them
+    # beside an earlier ensemble's.
+    with atomic_files() as files:
+        entries = []
+        for i, (m, w) in enumerate(zip(members, weights, strict=True)):
+            if w <= 0:
+                continue
+            file = Path("members") / f"{i:02d}-{m.name.replace('/', '-').replace(':', '-')}.pt"
+            with files.path(out_dir / file) as tmp:
+                shutil.copyfile(resolve_model_file(m.run_dir), tmp)
+            entries.append(
+                {"file": str(file), "run_dir": str(m.run_dir), "name": m.name,
+                 "weight": float(w), "temperature": m.temperature}
+            )  # fmt: skip
+        with files.path(out_dir / "predictions.npz") as tmp, open(tmp, "wb") as fh:
+            np.savez(
+                fh, val_probs=val_probs, val_labels=y_val, test_probs=test_probs,
+                test_labels=y_test,
+            )  # fmt: skip
+        index = {
+            "format": ENSEMBLE_FORMAT, "format_version": FORMAT_VERSION, "method": method,
+            "tta_views": views, "meta": _meta(results), "members": entries, "results": results,
+        }  # fmt: skip
+        with files.path(out_dir / "ensemble.json") as tmp:  # last: it says the set is whole
+            tmp.write_text(json_text(index), encoding="utf-8")
+
+
+def _meta(results: dict[str, Any]) -> dict[str, Any]:
+    """What `medbench predict` needs to know of a saved ensemble (as of a model.pt)."""
     info, size = results["dataset"], results["config"]["size"]
-    meta = {
-        "model": f"ensemble:{method}",
+    return {
+        "model": f"ensemble:{results['method']}",
         "kind": "ensemble",
         "dataset": info["name"],
         "task": info["task"],
@@ -484,15 +502,6 @@ def _save(
         "num_classes": info["n_classes"],
         "temperature": 1.0,
     }
-    with atomic_path(out_dir / "predictions.npz") as tmp, open(tmp, "wb") as fh:
-        np.savez(
-            fh, val_probs=val_probs, val_labels=y_val, test_probs=test_probs, test_labels=y_test
-        )
-    atomic_write_json(
-        out_dir / "ensemble.json",
-        {"format": ENSEMBLE_FORMAT, "format_version": FORMAT_VERSION, "method": method,
-         "tta_views": views, "meta": meta, "members": entries, "results": results},
-    )  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- load
