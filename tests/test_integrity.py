@@ -491,3 +491,38 @@ def test_a_search_on_a_full_disk_stops_at_the_first_trial_with_one_line(tmp_path
     assert_stops_on_the_checkpoint(proc, tmp_path)
     assert "trial 1" not in proc.stdout + proc.stderr  # no retries
     assert not (tmp_path / "search" / "pareto.json").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(
+    strict=True,
+    reason="medbench.data.download retries an OSError met writing the .part like a network "
+    "error, and ends with 'cannot download ... check the network'",
+)
+def test_a_download_on_a_full_disk_is_one_line_and_never_becomes_the_file(tmp_path):
+    import functools
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    served = _tiny_data(tmp_path / "served")  # a synthetic breastmnist.npz, well over the limit
+    requests: list[str] = []
+
+    class Handler(SimpleHTTPRequestHandler):
+        def log_message(self, format: str, *args) -> None:
+            requests.append(format % args)
+
+    handler = functools.partial(Handler, directory=str(served))
+    with ThreadingHTTPServer(("127.0.0.1", 0), handler) as server:
+        threading.Thread(target=server.serve_forever, args=(0.01,), daemon=True).start()
+        mirror = f"http://127.0.0.1:{server.server_address[1]}"
+        data = tmp_path / "data"
+        proc = run_cli_limited("download", "breastmnist", "--data-dir", str(data),
+                               "--mirror", mirror, "--retries", "1", "--quiet")  # fmt: skip
+        server.shutdown()
+    part = data / "breastmnist.npz.part"
+    assert_one_line_error(proc, part)
+    assert len(requests) == 1  # a full disk is not retried: waiting cannot free it
+    assert not (data / "breastmnist.npz").exists()
+    # The downloader resumes from its .part (a Range request), so what was received stays.
+    assert not part.exists() or part.stat().st_size <= LIMIT_BYTES
+    assert temporary_files(tmp_path) == []
