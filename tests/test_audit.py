@@ -101,3 +101,16 @@ def test_the_command_prints_json_counts_and_refuses_a_bad_threshold(tmp_path, ca
     assert main(["audit", "breastmnist", "--data-dir", str(tmp_path), "--threshold", "1.5"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "threshold" in err[0]
+
+
+def test_out_writes_the_audit_and_a_picture_of_the_pairs(tmp_path, capsys):
+    _planted(tmp_path / "data")
+    out = tmp_path / "audit"
+    assert (
+        main(["audit", "breastmnist", "--data-dir", str(tmp_path / "data"), "--out", str(out)]) == 0
+    )
+    assert (
+        json.loads((out / "audit.json").read_text())["counts"]["near_cross_split_duplicates"] == 2
+    )
+    assert "near duplicates" in (out / "audit.txt").read_text()
+    assert (out / "duplicates.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -25,15 +25,19 @@ import itertools
 import os
 from collections import Counter
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
 from medbench.data import load_dataset
 from medbench.data.loader import SPLITS, MedMNISTData
 from medbench.errors import MedbenchError
+from medbench.fsutil import atomic_path, atomic_write_json, atomic_write_text
 
 NEAR_THRESHOLD = 0.98
 EMBED_SIDE = 32  # embeddings are at most this many pixels on a side
@@ -254,3 +258,52 @@ def format_audit(result: AuditResult) -> str:
         lines.append(f"  {split} classes: {shares}")
     lines += [f"  note: {note}" for note in result.notes]
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- files
+
+GALLERY_PAIRS = 12
+
+
+def _gallery(result: AuditResult, data: MedMNISTData, path: Path) -> Path | None:
+    """The first example pairs (cross-split and conflicting ones first) side by side."""
+    shown = result.examples[:GALLERY_PAIRS]
+    if not shown:
+        return None
+    cols = 3
+    rows = -(-len(shown) // cols)
+    fig = Figure(figsize=(3.2 * cols, 1.9 * rows), layout="constrained")
+    names = list(data.info.label_names)
+    for k, e in enumerate(shown):
+        sub = fig.add_subfigure(fig.add_gridspec(rows, cols)[k // cols, k % cols])
+        for side, ax in zip(("a", "b"), sub.subplots(1, 2), strict=True):
+            split, index = e[side]
+            image = data.split(split).images[index].numpy()
+            ax.imshow(
+                image[..., 0] if image.shape[-1] == 1 else image, cmap="gray", vmin=0, vmax=255
+            )
+            label = e["labels"][0 if side == "a" else 1]
+            text = names[label] if isinstance(label, int) and label < len(names) else str(label)
+            ax.set_title(f"{split} {index}\n{text}", fontsize=7)
+            ax.axis("off")
+        sub.suptitle(f"{e['kind']}, cosine {e['similarity']:.4f}", fontsize=8)
+    FigureCanvasAgg(fig)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight", pad_inches=0.1)
+    return path
+
+
+def write_audit(
+    result: AuditResult, out_dir: str | os.PathLike, data_dir: str | os.PathLike | None = None
+) -> list[Path]:
+    """audit.json, audit.txt (`format_audit`) and duplicates.png (the example pairs) in
+    `out_dir`; each written atomically."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    files = [
+        atomic_write_json(out / "audit.json", result.to_json()),
+        atomic_write_text(out / "audit.txt", format_audit(result) + "\n"),
+    ]
+    data = load_dataset(result.dataset, result.size, data_dir, download=False, progress=False)
+    gallery = _gallery(result, data, out / "duplicates.png")
+    return files + ([gallery] if gallery else [])

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
-from medbench.audit import NEAR_THRESHOLD, audit_dataset, format_audit
+from medbench.audit import NEAR_THRESHOLD, audit_dataset, format_audit, write_audit
 from medbench.commands._options import add_data_dir, add_size
 
 NAME = "audit"
@@ -31,10 +32,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"cosine similarity from which two images are near duplicates (default {NEAR_THRESHOLD})",
     )
     parser.add_argument("--json", action="store_true", help="print the audit as JSON")
+    parser.add_argument(
+        "--out",
+        metavar="DIR",
+        help="also write audit.json, audit.txt and duplicates.png (example pairs) into DIR",
+    )
     add_data_dir(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     result = audit_dataset(args.dataset, args.size, args.data_dir, threshold=args.threshold)
     print(json.dumps(result.to_json(), indent=2) if args.json else format_audit(result))
+    if args.out:
+        for path in write_audit(result, args.out, args.data_dir):
+            print(f"wrote {path}", file=sys.stderr)
     return 0
