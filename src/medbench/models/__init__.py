@@ -5,17 +5,20 @@
 
 Every model has `forward_features(x)` (a `(B, num_features, h, w)` map),
 `forward_head(features, pre_logits=False)` (pool, then classify) and `num_features`, and
-holds no device, precision or checkpoint logic. `timm:<name>` builds
+holds no device, precision or checkpoint logic. The `*_3d`, `*_acs` and `*_2.5d` models
+take (B, C, D, H, W) volumes (`model_spatial_dims`). `timm:<name>` builds
 any timm model. See docs/models.md for the architectures.
 """
 
 # The family modules register their builders on import.
-from medbench.models import advanced_cnn, efficientnet, resnet  # noqa: F401
+from medbench.models import advanced_cnn, efficientnet, resnet, volumetric  # noqa: F401
 from medbench.models.registry import (
     TIMM_PREFIX,
     build_model,
+    check_spatial_dims,
     list_models,
     model_options,
+    model_spatial_dims,
     register_model,
 )
 from medbench.models.summary import count_flops, count_parameters, model_summary
@@ -23,10 +26,12 @@ from medbench.models.summary import count_flops, count_parameters, model_summary
 __all__ = [
     "TIMM_PREFIX",
     "build_model",
+    "check_spatial_dims",
     "count_flops",
     "count_parameters",
     "list_models",
     "model_options",
+    "model_spatial_dims",
     "model_summary",
     "register_model",
 ]

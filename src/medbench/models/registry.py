@@ -3,6 +3,8 @@
 A builder is a function `builder(in_channels, num_classes, image_size=28, **options)`
 decorated with `@register_model`; its keyword-only parameters are the options a user may
 set. `build_model` also accepts `timm:<name>` for any model of timm's own registry.
+Models registered with `volumetric=True` take (B, C, D, H, W) volumes, the others (and
+timm's) (B, C, H, W) images; `check_spatial_dims` refuses a model for data of the other kind.
 """
 
 from __future__ import annotations
@@ -20,19 +22,46 @@ TIMM_PREFIX = "timm:"
 IMAGE_SIZES = (28, 64, 128, 224)
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
+_VOLUMETRIC: set[str] = set()
 
 
-def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-    """Register a builder under its function name (decorator)."""
+def register_model(
+    fn: Callable[..., nn.Module], *, volumetric: bool = False
+) -> Callable[..., nn.Module]:
+    """Register a builder under its function name (decorator); `volumetric`: it builds a
+    model for 3D volumes."""
     if fn.__name__ in _MODELS:
         raise ValueError(f"model {fn.__name__!r} is registered twice")
     _MODELS[fn.__name__] = fn
+    if volumetric:
+        _VOLUMETRIC.add(fn.__name__)
     return fn
 
 
-def list_models() -> list[str]:
-    """Names of the registered medbench models (`timm:<name>` is accepted in addition)."""
-    return sorted(_MODELS)
+def model_spatial_dims(name: str) -> int:
+    """3 for a model of 3D volumes, 2 for one of 2D images (every timm model)."""
+    if name.startswith(TIMM_PREFIX):
+        return 2
+    _builder(name)  # an unknown name is a user error
+    return 3 if name in _VOLUMETRIC else 2
+
+
+def check_spatial_dims(name: str, spatial_dims: int, dataset: str) -> None:
+    """Raise MedbenchError if model `name` is not for `dataset`'s kind of sample (2D images,
+    `spatial_dims` 2, or 3D volumes, 3)."""
+    dims = model_spatial_dims(name)
+    if dims != spatial_dims:
+        kind = {2: "2D images", 3: "3D volumes"}
+        raise MedbenchError(
+            f"model {name} is for {kind[dims]} but {dataset} holds {kind[spatial_dims]}; "
+            f"choose a {spatial_dims}D model (see 'medbench models')"
+        )
+
+
+def list_models(spatial_dims: int | None = 2) -> list[str]:
+    """Names of the registered medbench models for 2D images (the default), for 3D volumes
+    (`spatial_dims=3`) or all (None); `timm:<name>` is accepted in addition."""
+    return sorted(n for n in _MODELS if spatial_dims in (None, 3 if n in _VOLUMETRIC else 2))
 
 
 def model_options(name: str) -> dict[str, object]:
@@ -79,7 +108,7 @@ def build_model(
 def _builder(name: str) -> Callable[..., nn.Module]:
     if name not in _MODELS:
         raise MedbenchError(
-            f"unknown model {name!r}; choose one of {', '.join(list_models())} "
+            f"unknown model {name!r}; choose one of {', '.join(list_models(None))} "
             f"or any timm model as {TIMM_PREFIX}<name> (e.g. {TIMM_PREFIX}resnet10t)"
         )
     return _MODELS[name]
