@@ -8,7 +8,6 @@ as it was."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -20,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tests.another_user import as_another_user
 from tests.report_fixtures import Cell, write_grid
 from tests.test_predict import save_model
 
@@ -239,29 +239,10 @@ def test_a_study_storage_that_cannot_be_written_is_one_line_with_the_right_advic
 
 def _read_as_another_user(folder: Path) -> str:
     """What reading `folder`'s store (as `medbench report` does) gives a user who may not
-    write there: 'ok <n runs>' or the error. As root, which ignores permissions, a forked
-    child gives up root first; it reads only what this process has imported already."""
+    write there: 'ok <n runs>' or the error."""
     from medbench.report.collect import load_runs
 
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: never returns into pytest
-        answer = "no answer"
-        try:
-            if os.geteuid() == 0:
-                os.setgid(65534)
-                os.setuid(65534)
-            answer = f"ok {len(load_runs(folder))}"
-        except BaseException as exc:  # noqa: BLE001 - reported to the parent as text
-            answer = f"{type(exc).__name__}: {exc}"
-        finally:
-            os.write(write_fd, answer.encode())
-            os._exit(0)
-    os.close(write_fd)
-    with os.fdopen(read_fd) as fh:
-        answer = fh.read()
-    os.waitpid(pid, 0)
-    return answer
+    return as_another_user(lambda: f"ok {len(load_runs(folder))}")
 
 
 def test_a_read_only_results_store_is_read_without_writing(tmp_path):

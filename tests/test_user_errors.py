@@ -5,12 +5,16 @@ new user error is found, so that it stays one line."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
+import io
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +24,7 @@ import optuna
 import pytest
 import torch
 from PIL import Image
+from tests.another_user import as_another_user
 
 from medbench import checkpoint as ckpt
 from medbench.cli import main
@@ -320,15 +325,30 @@ def test_a_state_dict_mismatch_names_the_options_the_file_was_built_with(tmp_pat
     assert err.count("\n") == 1 and "advanced_cnn (width=0.5)" in err, err
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their mode")
-def test_an_unreadable_model_file_is_called_unreadable_not_corrupt(tmp_path, capsys):
-    path = tmp_path / "model.pt"
-    model_file()(path)
-    path.chmod(0)
-    png(tmp_path / "a.png")
-    assert main(["predict", str(path), str(tmp_path / "a.png")]) == 2
-    err = capsys.readouterr().err
-    assert "permission denied" in err and "corrupt" not in err, err
+def test_an_unreadable_model_file_is_called_unreadable_not_corrupt():
+    import medbench.commands.predict  # noqa: F401 - imported here: the other user may not
+
+    root = Path(tempfile.mkdtemp(prefix="medbench-unreadable-"))  # one any user can reach
+    try:
+        root.chmod(0o755)
+        path = root / "model.pt"
+        model_file()(path)
+        path.chmod(0)
+        png(root / "a.png")
+        answer = as_another_user(lambda: _stderr_of(["predict", str(path), str(root / "a.png")]))
+    finally:
+        shutil.rmtree(root)
+    code, err = answer.split(" ", 1)
+    assert code == "2", answer
+    assert err.count("\n") == 1 and "permission denied" in err and "corrupt" not in err, err
+
+
+def _stderr_of(argv: list[str]) -> str:
+    """'<exit code> <stderr>' of `medbench argv`, run in this process."""
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = main(argv)
+    return f"{code} {err.getvalue()}"
 
 
 def test_a_config_given_in_python_has_its_types_checked_too():
