@@ -475,11 +475,6 @@ def test_a_search_on_a_full_disk_stops_at_the_first_trial_with_one_line(tmp_path
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="medbench.data.download retries an OSError met writing the .part like a network "
-    "error, and ends with 'cannot download ... check the network'",
-)
 def test_a_download_on_a_full_disk_is_one_line_and_never_becomes_the_file(tmp_path):
     import functools
     import threading

@@ -9,6 +9,7 @@ restarted from scratch where it does not (200).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import http.client
 import os
@@ -26,6 +27,7 @@ from medbench.data.arrays import CHUNK_BYTES, file_md5
 from medbench.data.catalogue import dataset_info
 from medbench.data.locations import DATA_DIR_ENV, dataset_path, missing_data_dir
 from medbench.errors import MedbenchError
+from medbench.fsutil import write_error
 
 MIRROR_ENV = "MEDBENCH_MIRROR"
 # Answers that retrying will not change.
@@ -219,13 +221,16 @@ def _write_body(response, part: Path, offset: int, progress: bool) -> tuple[int,
     total = offset + body_bytes if body_bytes is not None else None
     received = 0
     with (
-        open(part, mode) as out,
+        _part_file(part, mode) as out,
         tqdm(total=total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024,
              desc=part.name.removesuffix(".part"), disable=not progress, file=sys.stderr,
              leave=False) as bar,
     ):  # fmt: skip
         while chunk := response.read(CHUNK_BYTES):
-            out.write(chunk)
+            try:
+                out.write(chunk)
+            except OSError as exc:
+                raise write_error(part, exc) from exc
             received += len(chunk)
             bar.update(len(chunk))
     return received, body_bytes
@@ -237,3 +242,20 @@ def _range_start(content_range: str | None) -> int | None:
         return int(content_range.split()[1].split("-")[0])  # type: ignore[union-attr]
     except (AttributeError, IndexError, ValueError):
         return None
+
+
+@contextlib.contextmanager
+def _part_file(part: Path, mode: str):
+    """`part` open for writing; an OSError opening or closing it is a write error (a full
+    disk, no permission), not a network one to retry."""
+    try:
+        out = open(part, mode)  # noqa: SIM115 - closed below, its error told apart
+    except OSError as exc:
+        raise write_error(part, exc) from exc
+    try:
+        yield out
+    finally:
+        try:
+            out.close()
+        except OSError as exc:
+            raise write_error(part, exc) from exc
