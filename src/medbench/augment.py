@@ -67,7 +67,16 @@ ORIENTATION: dict[str, Symmetry] = {
     "organamnist": Symmetry(False, False, False),  # CT slices keep anatomical sides
     "organcmnist": Symmetry(False, False, False),
     "organsmnist": Symmetry(False, False, False),
+    # 3D volumes: hflip mirrors left and right (the W axis), vflip the H axis.
+    "organmnist3d": Symmetry(False, False, False),  # CT: left and right organs are classes
+    "nodulemnist3d": Symmetry(True, True, False),  # a lung nodule has no orientation
+    "adrenalmnist3d": Symmetry(False, False, False),  # shape masks of the left/right gland
+    "fracturemnist3d": Symmetry(True, False, False),  # rib fractures: either side's ribs
+    "vesselmnist3d": Symmetry(True, True, False),  # brain-vessel segments, any orientation
+    "synapsemnist3d": Symmetry(True, True, False),  # electron microscopy: no orientation
 }
+# Policies for volumes: flips and whole-voxel shifts; the others are 2D-only for now.
+VOLUME_POLICIES = ("none", "basic", "auto")
 _GENERIC = Symmetry(True, False, False)
 
 # What `auto` means per dataset. `basic` (only the symmetries the modality has, plus
@@ -230,7 +239,14 @@ def _color_argument(name: str, m: torch.Tensor) -> torch.Tensor:
 class BatchAugment:
     """A named policy for float batches (N, C, H, W) in [0, 1]; see the module docstring."""
 
-    def __init__(self, policy: str, dataset: str, max_shift: float = 0.1) -> None:
+    def __init__(
+        self, policy: str, dataset: str, max_shift: float = 0.1, spatial_dims: int = 2
+    ) -> None:
+        if spatial_dims == 3 and policy not in VOLUME_POLICIES:
+            raise MedbenchError(
+                f"augmentation policy {policy!r} is for 2D images; {dataset} holds volumes, "
+                f"which take {', '.join(VOLUME_POLICIES)}"
+            )
         self.policy = resolve_policy(policy, dataset)
         self.symmetry = ORIENTATION.get(dataset, _GENERIC)
         self.max_shift = max_shift
@@ -340,11 +356,14 @@ class BatchAugment:
     def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         if not self.active:
             return x
-        n, c, h, w = x.shape
         dev = x.device
 
         def rand(*shape: int) -> torch.Tensor:
             return torch.rand(*shape, generator=generator, device=generator.device).to(dev)
+
+        if x.ndim == 5:
+            return self._volume(x, rand)
+        n, c, h, w = x.shape
 
         theta, smooth, color_plan = self.plan(x.shape, rand, dev)
         grid = F.affine_grid(theta.to(x.dtype), [n, c, h, w], align_corners=False)
@@ -371,6 +390,23 @@ class BatchAugment:
             if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
             else out
         )
+
+    def _volume(self, x: torch.Tensor, rand: Callable[..., torch.Tensor]) -> torch.Tensor:
+        """`basic` for volumes (N, C, D, H, W): the flips the dataset's symmetry allows
+        (left-right along W, vflip along H) and whole-voxel shifts up to `max_shift` of each
+        axis, as one nearest-neighbour warp."""
+        n, c, d, h, w = x.shape
+        ones = torch.ones(n, device=x.device)
+        sx = torch.where(rand(n) < 0.5, -ones, ones) if self.symmetry.hflip else ones
+        sy = torch.where(rand(n) < 0.5, -ones, ones) if self.symmetry.vflip else ones
+        theta = torch.zeros(n, 3, 4, device=x.device)
+        theta[:, 0, 0], theta[:, 1, 1], theta[:, 2, 2] = sx, sy, ones
+        for axis, size in enumerate((w, h, d)):  # affine_grid's x, y, z
+            theta[:, axis, 3] = (
+                2 * torch.round((rand(n) * 2 - 1) * round(self.max_shift * size)) / size
+            )
+        grid = F.affine_grid(theta.to(x.dtype), [n, c, d, h, w], align_corners=False)
+        return F.grid_sample(x, grid, mode="nearest", padding_mode="zeros", align_corners=False)
 
 
 def _rotation(degrees: torch.Tensor) -> torch.Tensor:

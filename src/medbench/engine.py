@@ -56,7 +56,7 @@ from medbench.evaluation import (
 from medbench.fsutil import atomic_write_json
 from medbench.inference import measure_speed, normalize, to_unit_float
 from medbench.modelcard import write_model_card
-from medbench.models import build_model, count_flops, count_parameters
+from medbench.models import build_model, check_spatial_dims, count_flops, count_parameters
 from medbench.pretrained import prepare_pretrained
 from medbench.progress import ProgressBar
 from medbench.recipe import (
@@ -374,9 +374,10 @@ def _build(
     for key in ("drop_path", "dropout"):
         if getattr(config, key) is not None:
             options[key] = getattr(config, key)
+    check_spatial_dims(config.model, info.spatial_dims, info.name)
     model = build_model(config.model, info.n_channels, info.n_classes, config.size, **options)
     n_params = count_parameters(model)
-    flops = count_flops(model, (info.n_channels, config.size, config.size))
+    flops = count_flops(model, (info.n_channels, *(config.size,) * info.spatial_dims))
     # Pretrained weights: loaded, the backbone frozen or given a lower learning rate.
     lr_scales = prepare_pretrained(model, config) if config.pretrained else None
     # The folder only once the model builds and its weights load: a mistyped name or a
@@ -452,7 +453,7 @@ class _Batches:
                 self.images.to(runtime.device),
                 self.labels.to(runtime.device),
             )
-        self.augment = BatchAugment(config.augment, info.name)
+        self.augment = BatchAugment(config.augment, info.name, spatial_dims=info.spatial_dims)
         self.mixer = (
             BatchMix(config.mixup, config.cutmix, info.n_classes, info.task)
             if (config.mixup or config.cutmix)
@@ -559,7 +560,7 @@ def _finish(
     evaluation = evaluate_final(run.eval_model, run.data, runtime, config.collapse_margin)
     warn_collapse(config.label, evaluation.flags)
     latency_ms, throughput = (
-        measure_speed(run.eval_model, runtime, info.n_channels, config.size)
+        measure_speed(run.eval_model, runtime, info.n_channels, config.size, info.spatial_dims)
         if measure
         else (None, None)
     )

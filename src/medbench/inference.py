@@ -25,10 +25,12 @@ EVAL_BATCH = 512
 
 
 def to_unit_float(images: torch.Tensor, runtime: Runtime) -> torch.Tensor:
-    """uint8 (N, H, W, C) -> float (N, C, H, W) in [0, 1] on the device. The permute of an
-    NHWC tensor *is* channels-last, so channels-last costs no copy here."""
-    x = images.to(runtime.device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
-    return x if runtime.channels_last else x.contiguous()
+    """uint8 (N, H, W, C) -> float (N, C, H, W) in [0, 1] on the device, and volumes
+    (N, D, H, W, C) -> (N, C, D, H, W). The permute of an NHWC tensor *is* channels-last,
+    so channels-last costs no copy here; volumes are made contiguous (3D models run in
+    the default memory format, see `runtime.place_model`)."""
+    x = images.to(runtime.device, non_blocking=True).movedim(-1, 1).float().div_(255.0)
+    return x if runtime.channels_last and x.ndim == 4 else x.contiguous()
 
 
 def normalize(x: torch.Tensor) -> torch.Tensor:
@@ -65,16 +67,19 @@ def measure_speed(
     runtime: Runtime,
     channels: int,
     size: int,
+    spatial_dims: int = 2,
     latency_repeats: int = 10,
     throughput_batch: int = 256,
 ) -> tuple[float, float]:
     """(median ms per image at batch 1, images/s at batch `throughput_batch`) in eval mode,
-    each after one untimed warm-up call."""
+    each after one untimed warm-up call; volumes of `size`^3 when `spatial_dims` is 3."""
     model.eval()
+    if spatial_dims == 3:  # a batch of 256 volumes of 64^3 is 256 MB of input alone
+        throughput_batch = min(throughput_batch, 32)
 
     def timed(batch: int, repeats: int) -> float:
-        x = torch.randn(batch, channels, size, size, device=runtime.device)
-        if runtime.channels_last:
+        x = torch.randn(batch, channels, *(size,) * spatial_dims, device=runtime.device)
+        if runtime.channels_last and spatial_dims == 2:
             x = x.contiguous(memory_format=torch.channels_last)
         times = []
         for i in range(repeats + 1):

@@ -45,9 +45,11 @@ class Runtime:
 
 def place_model(model: torch.nn.Module, runtime: Runtime) -> torch.nn.Module:
     """Move a model to the runtime's device and memory format (in place; returned too).
-    Weights and inputs in the same format give the same numbers in training and later use."""
+    Weights and inputs in the same format give the same numbers in training and later use.
+    Models of volumes (5D weights) stay in the default format: channels-last-3d is not
+    measured to pay yet."""
     model.to(runtime.device)
-    if runtime.channels_last:
+    if runtime.channels_last and not any(p.dim() == 5 for p in model.parameters()):
         model.to(memory_format=torch.channels_last)
     return model
 
