@@ -8,13 +8,14 @@ import pytest
 import torch
 
 from medbench import checkpoint as ckpt
-from medbench.augment import BatchAugment
+from medbench.augment import BatchAugment, BatchMix
 from medbench.callbacks import Callback
 from medbench.config import TrainConfig
 from medbench.data import load_dataset
 from medbench.data.synthetic import write_synthetic_like
 from medbench.engine import train
 from medbench.errors import MedbenchError, MedbenchWarning
+from medbench.evaluation import evaluate_run
 from medbench.inference import to_unit_float
 from medbench.models import build_model, count_parameters, list_models
 from medbench.runtime import resolve_runtime
@@ -136,3 +137,24 @@ def test_3d_shifts_move_whole_voxels_and_follow_the_generator():
     assert not torch.equal(a, x)
     values = set(x.flatten().tolist()) | {0.0}
     assert set(a.flatten().tolist()) <= values  # no interpolation: every voxel is a voxel
+
+
+@pytest.mark.parametrize(("mixup", "cutmix"), [(0.4, 0.0), (0.0, 1.0)])
+def test_mixup_and_cutmix_mix_volumes_and_their_targets_alike(mixup, cutmix):
+    x, y = _volumes(8), torch.arange(8) % 3
+    mixed, target = BatchMix(mixup, cutmix, 3, "multi-class")(
+        x, y, torch.Generator().manual_seed(1)
+    )
+    assert mixed.shape == x.shape
+    torch.testing.assert_close(target.sum(1), torch.ones(8))
+    if cutmix:  # a pasted box spans the depth: every slice of a volume is cut alike
+        changed = (mixed != x).any(1)
+        assert torch.equal(changed, changed[:, :1].expand_as(changed))
+
+
+@pytest.mark.slow
+def test_evaluating_a_saved_3d_run_reproduces_its_test_metrics(tmp_path, nodules):
+    r = train(config(tmp_path, model="resnet18_3d"), data=nodules, progress=False, measure=False)
+    again = evaluate_run(tmp_path / "run", data_dir=str(tmp_path / "data"), progress=False)
+    assert again["test"]["acc"] == r.test["acc"]
+    assert again["test"]["auc"] == pytest.approx(r.test["auc"])

@@ -421,7 +421,9 @@ class BatchMix:
     Returns mixed images and soft targets (one-hot or multi-hot, mixed with the same
     weight). With both enabled, each batch uses one of the two with equal chance, as
     timm's Mixup does. The mixing weight is drawn from Beta(alpha, alpha); CutMix pastes
-    one box per batch (from a shuffled copy) and weighs targets by the pasted area."""
+    one box per batch (from a shuffled copy) and weighs targets by the pasted area. On
+    volumes (N, C, D, H, W) the box spans the whole depth, so the pasted share of the
+    volume is still the box's share of the H x W plane."""
 
     def __init__(self, mixup: float, cutmix: float, n_classes: int, task: str) -> None:
         self.mixup, self.cutmix = mixup, cutmix
@@ -433,7 +435,7 @@ class BatchMix:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator, device=generator.device))
         rng = np.random.default_rng(seed)
-        n, _, h, w = x.shape
+        n, (h, w) = x.shape[0], x.shape[-2:]
         target = y.float() if self.multilabel else F.one_hot(y, self.n_classes).float()
         perm = torch.from_numpy(rng.permutation(n)).to(x.device)
         use_cutmix = self.cutmix > 0 and (self.mixup <= 0 or rng.random() < 0.5)
@@ -444,7 +446,7 @@ class BatchMix:
             y0, y1 = max(cy - cut_h // 2, 0), min(cy + cut_h // 2, h)
             x0, x1 = max(cx - cut_w // 2, 0), min(cx + cut_w // 2, w)
             x = x.clone()
-            x[:, :, y0:y1, x0:x1] = x[perm][:, :, y0:y1, x0:x1]
+            x[..., y0:y1, x0:x1] = x[perm][..., y0:y1, x0:x1]
             lam = 1 - (y1 - y0) * (x1 - x0) / (h * w)  # the pasted area decides the weight
         else:
             lam = float(rng.beta(self.mixup, self.mixup))
