@@ -108,6 +108,12 @@ def test_a_2d_only_augmentation_is_refused_for_volumes():
         BatchAugment("randaugment", "organmnist3d", spatial_dims=3)
 
 
+def test_a_3d_run_asking_a_2d_only_augmentation_leaves_no_run_folder(tmp_path, nodules):
+    with pytest.raises(MedbenchError, match="'strong' is for 2D images; nodulemnist3d"):
+        train(config(tmp_path, augment="strong"), data=nodules, progress=False)
+    assert not (tmp_path / "run").exists()
+
+
 def _volumes(n=16):
     return torch.rand(n, 1, 6, 7, 8, generator=torch.Generator().manual_seed(0))
 

@@ -236,17 +236,22 @@ def _color_argument(name: str, m: torch.Tensor) -> torch.Tensor:
 # ----------------------------------------------------------------------------- policies
 
 
+def check_policy(policy: str, dataset: str, spatial_dims: int) -> None:
+    """Raise MedbenchError for a 2D-only policy asked of a dataset of volumes."""
+    if spatial_dims == 3 and policy not in VOLUME_POLICIES:
+        raise MedbenchError(
+            f"augmentation policy {policy!r} is for 2D images; {dataset} holds volumes, "
+            f"which take {', '.join(VOLUME_POLICIES)}"
+        )
+
+
 class BatchAugment:
     """A named policy for float batches (N, C, H, W) in [0, 1]; see the module docstring."""
 
     def __init__(
         self, policy: str, dataset: str, max_shift: float = 0.1, spatial_dims: int = 2
     ) -> None:
-        if spatial_dims == 3 and policy not in VOLUME_POLICIES:
-            raise MedbenchError(
-                f"augmentation policy {policy!r} is for 2D images; {dataset} holds volumes, "
-                f"which take {', '.join(VOLUME_POLICIES)}"
-            )
+        check_policy(policy, dataset, spatial_dims)
         self.policy = resolve_policy(policy, dataset)
         self.symmetry = ORIENTATION.get(dataset, _GENERIC)
         self.max_shift = max_shift

@@ -37,7 +37,7 @@ import torch.nn as nn
 
 from medbench import checkpoint as ckpt
 from medbench import distributed
-from medbench.augment import BatchAugment, BatchMix
+from medbench.augment import BatchAugment, BatchMix, check_policy
 from medbench.budget import BudgetPlanner, Clock
 from medbench.callbacks import Callback, CallbackList, RoundEnd, RunInfo
 from medbench.config import TrainConfig
@@ -375,6 +375,7 @@ def _build(
         if getattr(config, key) is not None:
             options[key] = getattr(config, key)
     check_spatial_dims(config.model, info.spatial_dims, info.name)
+    check_policy(config.augment, info.name, info.spatial_dims)
     model = build_model(config.model, info.n_channels, info.n_classes, config.size, **options)
     n_params = count_parameters(model)
     flops = count_flops(model, (info.n_channels, *(config.size,) * info.spatial_dims))
