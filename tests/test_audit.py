@@ -114,3 +114,40 @@ def test_out_writes_the_audit_and_a_picture_of_the_pairs(tmp_path, capsys):
     )
     assert "near duplicates" in (out / "audit.txt").read_text()
     assert (out / "duplicates.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_test_leakage_counts_the_test_images_with_a_copy_in_train_or_val(tmp_path):
+    from medbench.audit import test_leakage
+    from medbench.data import load_dataset
+
+    _planted(tmp_path)
+    data = load_dataset("breastmnist", data_dir=tmp_path, download=False, progress=False)
+    found = test_leakage(data)
+    assert (found.n_test, found.leaked, found.conflicting) == (60, 2, 2)
+    _clean(tmp_path / "clean")
+    clean = load_dataset("breastmnist", data_dir=tmp_path / "clean", download=False, progress=False)
+    assert test_leakage(clean).leaked == 0
+
+
+def test_the_report_names_test_images_that_leak(tmp_path):
+    """A grid's report audits the data file its runs recorded (when it is still there,
+    unchanged) and names the leak."""
+    from medbench.benchmark import run_benchmark
+    from medbench.data.arrays import file_md5
+    from medbench.report import build_report
+    from test_benchmark_support import make_fake_train
+
+    path = _planted(tmp_path / "data")
+    run_benchmark(datasets="breastmnist", models="advanced_cnn,resnet18", seeds=1, epochs=2,
+                  out=tmp_path / "grid", progress=False, report=False,
+                  train_fn=make_fake_train())  # fmt: skip
+    for results in (tmp_path / "grid").rglob("results.json"):
+        d = json.loads(results.read_text())
+        d["dataset"].update(file=str(path), md5=file_md5(path))
+        results.write_text(json.dumps(d))
+    report = build_report(tmp_path / "grid", plots=False)
+    assert any(
+        s.startswith("breastmnist: 2 of 60 test images have an exact or near copy")
+        and "2 with another label" in s
+        for s in report.findings.findings
+    )

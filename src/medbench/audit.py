@@ -307,3 +307,52 @@ def write_audit(
     data = load_dataset(result.dataset, result.size, data_dir, download=False, progress=False)
     gallery = _gallery(result, data, out / "duplicates.png")
     return files + ([gallery] if gallery else [])
+
+
+# --------------------------------------------------------------------------- leakage
+
+
+@dataclass
+class Leakage:
+    """Test images with an exact or near copy in train or val, and how many of those
+    copies carry another label."""
+
+    dataset: str
+    size: int
+    n_test: int
+    leaked: int
+    conflicting: int
+    threshold: float
+
+
+def _label_differs(labels: list[Any], i: int, others) -> bool:
+    return any(labels[j] != labels[i] for j in others)
+
+
+def test_leakage(data: MedMNISTData, threshold: float = NEAR_THRESHOLD) -> Leakage:
+    """Only what bears on test scores: each test image against train and val (exact by
+    hash, near by the embedding cosine), cheaper than a full `audit_dataset`."""
+    images, where, labels = _flat_images(data)
+    is_test = np.array([w[0] == "test" for w in where])
+    leaked: set[int] = set()
+    conflicting: set[int] = set()
+    for group in _exact_groups(images):
+        others = [j for j in group if not is_test[j]]
+        for i in (i for i in group if is_test[i] and others):
+            leaked.add(i)
+            if _label_differs(labels, i, others):
+                conflicting.add(i)
+    emb, usable = embeddings(images)
+    queries, keys = np.flatnonzero(is_test & usable), np.flatnonzero(~is_test & usable)
+    k = torch.from_numpy(emb[keys])
+    for start in range(0, len(queries), CHUNK):
+        rows = queries[start : start + CHUNK]
+        hits = (torch.from_numpy(emb[rows]) @ k.T) >= threshold
+        for r, row in enumerate(rows):
+            matched = keys[hits[r].numpy()]
+            if matched.size:
+                leaked.add(int(row))
+                if _label_differs(labels, int(row), matched):
+                    conflicting.add(int(row))
+    n_test = int(is_test.sum())
+    return Leakage(data.info.name, data.size, n_test, len(leaked), len(conflicting), threshold)

@@ -25,6 +25,7 @@ from medbench.metrics import COLLAPSE_ADVICE, MISSED_CLASS_ADVICE
 from medbench.report import details
 from medbench.report.collect import Group, Run, Stat
 from medbench.report.compare import Baseline, Cohort, cohorts, majority_baseline
+from medbench.report.data_checks import leakage_findings
 from medbench.report.details import Table, pct
 from medbench.report.published import baseline, load_published, reference_study_rows
 from medbench.report.significance import (
@@ -169,6 +170,7 @@ def compute_findings(
     f.findings += _published(f)
     f.findings += _reference_study(groups)
     f.findings += _present(_data_provenance(runs), *_licenses(runs))
+    f.findings += leakage_findings(runs, dataset_unit)
     _recommend(f, runs)
     _ensembles(f, ensembles or [])
     return f
