@@ -104,3 +104,23 @@ def test_datasets_command_prints_a_table(tmp_path, capsys):
     assert main(["datasets", "--data-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "organsmnist" in out and "13932/2452/8827" in out and str(tmp_path) in out
+
+
+def test_datasets_command_lists_the_3d_sets_with_their_sizes_and_shape(tmp_path, capsys):
+    from medbench.data.synthetic import write_synthetic_like
+
+    write_synthetic_like(tmp_path, "organmnist3d", 64, n_train=4, n_val=2, n_test=2)
+    assert main(["datasets", "--data-dir", str(tmp_path), "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)["datasets"]}
+    assert len(rows) == 18
+    organ = rows["organmnist3d"]
+    assert (organ["spatial_dims"], organ["sizes"], organ["image_shape"]) == (
+        3,
+        [28, 64],
+        [28, 28, 28],
+    )
+    assert organ["local_sizes"] == [64]
+    assert rows["dermamnist"]["spatial_dims"] == 2
+    assert main(["datasets", "--data-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "organmnist3d     3D" in out and "6 3D datasets at 28, 64 voxels a side" in out

@@ -435,3 +435,12 @@ def test_efficientnet_trains_its_late_depthwise_convs_on_the_small_map_path(avx5
     assert taken == []
     # Same parameter names as the nn.Conv2d it replaces: older checkpoints still load.
     assert "blocks.0.depthwise.0.weight" in model.state_dict()
+
+
+def test_models_command_lists_the_3d_models_for_a_3d_dataset(capsys):
+    assert main(["models", "--dataset", "organmnist3d", "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert set(rows) == set(list_models(3))
+    assert rows["resnet18_acs"]["n_params"] == 11_173_323  # the official experiments' count
+    assert main(["models", "--dataset", "organmnist3d", "--size", "128"]) == 2
+    assert "published at 28, 64" in capsys.readouterr().err

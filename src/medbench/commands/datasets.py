@@ -7,13 +7,15 @@ import json
 
 from medbench.commands._options import add_data_dir
 from medbench.data import SIZES, dataset_path, list_datasets, resolve_data_dir
+from medbench.data.catalogue import SIZES_3D
 
 NAME = "datasets"
 HELP = "list the MedMNIST datasets and which sizes are downloaded"
 ORDER = 10
 DESCRIPTION = (
-    "List the twelve 2D MedMNIST datasets (task, classes, channels, split sizes, license) "
-    "and which image sizes are present in the data folder."
+    "List the eighteen MedMNIST datasets, the twelve 2D ones (images of 28 to 224 px) and "
+    "the six 3D ones (volumes of 28^3 or 64^3 voxels), with task, classes, channels, split "
+    "sizes and license, and which sizes are present in the data folder."
 )
 
 
@@ -32,9 +34,14 @@ def catalogue_rows(data_dir: str | None = None) -> list[dict]:
             "n_channels": info.n_channels,
             "n_samples": info.n_samples,
             "license": info.license,
-            "local_sizes": [s for s in SIZES if dataset_path(info.name, s, data_dir).is_file()],
+            "spatial_dims": info.spatial_dims,
+            "sizes": list(info.sizes),
+            "image_shape": list(info.image_shape(28)),
+            "local_sizes": [
+                s for s in info.sizes if dataset_path(info.name, s, data_dir).is_file()
+            ],
         }
-        for info in list_datasets()
+        for info in list_datasets(volumetric=None)
     ]
 
 
@@ -44,10 +51,20 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps({"data_dir": str(resolve_data_dir(args.data_dir)), "datasets": rows},
                          indent=2))  # fmt: skip
         return 0
-    header = ("dataset", "task", "classes", "ch", "train/val/test", "license", "local sizes")
+    header = (
+        "dataset",
+        "dims",
+        "task",
+        "classes",
+        "ch",
+        "train/val/test",
+        "license",
+        "local sizes",
+    )
     table = [header] + [
         (
             r["name"],
+            f"{r['spatial_dims']}D",
             r["task"],
             str(r["n_classes"]),
             str(r["n_channels"]),
@@ -60,8 +77,11 @@ def run(args: argparse.Namespace) -> int:
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     for row in table:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    flat = [r for r in rows if r["spatial_dims"] == 2]
+    volumes = [r for r in rows if r["spatial_dims"] == 3]
     print(
-        f"\n{len(rows)} datasets x {len(SIZES)} sizes ({', '.join(map(str, SIZES))} px) in the "
-        f"catalogue; data folder: {resolve_data_dir(args.data_dir)}"
+        f"\n{len(flat)} 2D datasets at {', '.join(map(str, SIZES))} px and {len(volumes)} 3D "
+        f"datasets at {', '.join(map(str, SIZES_3D))} voxels a side in the catalogue; data "
+        f"folder: {resolve_data_dir(args.data_dir)}"
     )
     return 0
