@@ -241,3 +241,22 @@ def test_download_refuses_a_named_data_folder_whose_parent_is_missing(server, se
     with pytest.raises(MedbenchError, match="parent .* does not exist"):
         download_dataset("breastmnist", data_dir=typo, mirror=server.url, **FAST)
     assert not typo.parent.exists() and server.requests == []
+
+
+def test_a_3d_set_downloads_at_its_sizes_and_others_are_refused(
+    server, tmp_path, monkeypatch, capsys
+):
+    body = write_synthetic_like(tmp_path / "src", "organmnist3d", 64, n_train=4, n_val=2,
+                                n_test=2).read_bytes()  # fmt: skip
+    server.files["/organmnist3d_64.npz"] = body
+    monkeypatch.setitem(
+        medmnist_info().INFO["organmnist3d"], "MD5_64", hashlib.md5(body).hexdigest()
+    )
+    args = ["download", "organmnist3d", "--data-dir", str(tmp_path / "d"), "--mirror", server.url,
+            "--quiet"]  # fmt: skip
+    assert main([*args, "--size", "64"]) == 0
+    assert (tmp_path / "d" / "organmnist3d_64.npz").read_bytes() == body
+    capsys.readouterr()
+    assert main([*args, "--size", "128"]) == 2
+    assert "published at 28, 64" in capsys.readouterr().err
+    assert server.requests.count("/organmnist3d_128.npz") == 0

@@ -6,7 +6,7 @@ import argparse
 
 from medbench.commands._options import add_data_dir
 from medbench.data import SIZES, dataset_info, dataset_path, download_dataset
-from medbench.data.catalogue import DATASETS, check_size
+from medbench.data.catalogue import DATASETS, SIZES_3D, check_size
 from medbench.errors import MedbenchError
 
 NAME = "download"
@@ -26,7 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--all", action="store_true", help="all twelve 2D datasets")
     parser.add_argument(
         "--size", type=int, action="append", metavar="N",
-        help=f"image size, one of {', '.join(map(str, SIZES))} (repeatable; default 28)",
+        help=f"image size, one of {', '.join(map(str, SIZES))} (3D sets: "
+        f"{', '.join(map(str, SIZES_3D))}; repeatable; default 28)",
     )  # fmt: skip
     add_data_dir(parser)
     parser.add_argument(
@@ -43,9 +44,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if not args.names and not args.all:
         raise MedbenchError("name at least one dataset, or pass --all (see 'medbench datasets')")
-    names = list(DATASETS) if args.all else [dataset_info(n).name for n in args.names]
-    sizes = [check_size(s) for s in args.size or [28]]
-    for name in names:
+    infos = [dataset_info(n) for n in (DATASETS if args.all else args.names)]
+    sizes = [check_size(s, SIZES + SIZES_3D) for s in args.size or [28]]
+    for info in infos:  # a size the dataset is not published at is refused before any download
+        for size in sizes:
+            info.check_size(size)
+    for name in (info.name for info in infos):
         for size in sizes:
             existed = dataset_path(name, size, args.data_dir).exists()
             path = download_dataset(
