@@ -647,10 +647,14 @@ def _choose_between_healthy(cmp: Comparison) -> str:
                 f"For {cmp.dataset}, use {w.label}: it beats {r.label} on these test images "
                 f"(McNemar, Holm p = {cmp.p_value:.2g})."
             )
+        auc = ""
+        if cmp.auc_p is not None and cmp.auc_p < ALPHA and cmp.auc_difference:
+            higher = w if cmp.auc_difference > 0 else r
+            auc = f", though {higher.label} has the higher AUC ({cmp.auc_method} Holm p = {cmp.auc_p:.2g})"
         return (
-            f"For {cmp.dataset}, {w.label} and {r.label} are indistinguishable on this test split "
-            f"(McNemar, Holm p = {cmp.p_value:.2g}): prefer the smaller {cheaper.label} "
-            f"({_params(cheaper)}); more seeds will not separate them on the same test images."
+            f"For {cmp.dataset}, {w.label} and {r.label} are indistinguishable in accuracy on this "
+            f"test split (McNemar, Holm p = {cmp.p_value:.2g}){auc}: prefer the smaller "
+            f"{cheaper.label} ({_params(cheaper)}) unless AUC decides."
         )
     if cmp.significant:
         return f"For {cmp.dataset}, use {w.label}: it beats {r.label} by more than the seed noise."
