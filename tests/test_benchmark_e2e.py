@@ -167,13 +167,13 @@ def test_short_real_run_report_matches_the_run_files(shared_medmnist, tmp_path):
         results = json.loads(Path(row["results_path"]).read_text())
         test = results["metrics"]["test"]
         assert (row["test_acc"], row["test_auc"]) == (test["acc"], test["auc"])
-        runs_table = md.split("## Runs", 1)[1].splitlines()
+        runs_table = md.split("\n## Runs\n", 1)[1].splitlines()
         line = next(
             s for s in runs_table if s.startswith(f"| {row['dataset']} | advanced_cnn | 0 |")
         )
         acc_cell, auc_cell = line.split(" | ")[3:5]
-        assert acc_cell.startswith(f"{100 * test['acc']:.1f}%")
-        assert auc_cell.startswith(f"{test['auc']:.3f}")
+        assert acc_cell.startswith(f"{100 * test['acc']:.1f}% [")  # with its 95% interval
+        assert auc_cell.startswith(f"{test['auc']:.3f} [")
         low, high = results["metrics"]["test_intervals"]["acc"]
         assert low <= test["acc"] <= high
     # pneumoniamnist's local file has a different training order, so its MD5 differs.
