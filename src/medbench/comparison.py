@@ -343,18 +343,18 @@ class Comparison:
 
     def to_json(self) -> dict[str, Any]:
         """{"header": {...}, "pairs": [one record per pair]}; an undefined number is None."""
-        return _defined({"header": self.header, "pairs": [p.to_json() for p in self.pairs]})
+        return json_safe({"header": self.header, "pairs": [p.to_json() for p in self.pairs]})
 
     def format_table(self) -> str:
         return format_table(self)
 
 
-def _defined(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
     """`value` with NaN and infinite floats replaced by None (strict JSON has neither)."""
     if isinstance(value, dict):
-        return {k: _defined(v) for k, v in value.items()}
+        return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_defined(v) for v in value]
+        return [json_safe(v) for v in value]
     if isinstance(value, float | np.floating):
         return float(value) if math.isfinite(value) else None
     return value

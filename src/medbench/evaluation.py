@@ -184,10 +184,9 @@ INTERVAL_RESAMPLES = 1000
 def test_intervals(labels: np.ndarray, probs: np.ndarray, task: str) -> dict[str, Any]:
     """95% percentile bootstrap intervals of the official test ACC and AUC (results.json's
     `metrics.test_intervals`, beside the plain `metrics.test` numbers)."""
-    strata = "images plainly" if task == metrics.MULTI_LABEL else "images within each class"
     out: dict[str, Any] = {
         "level": 0.95,
-        "method": f"percentile bootstrap over test {strata}, {INTERVAL_RESAMPLES} resamples",
+        "method": metrics.bootstrap_description(task, INTERVAL_RESAMPLES),
     }
     for name in ("acc", "auc"):
         low, high = metrics.bootstrap_ci(labels, probs, task, name, INTERVAL_RESAMPLES, 0, 0.05)

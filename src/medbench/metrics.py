@@ -738,11 +738,23 @@ def bootstrap_ci(
 
     Resamples where AUC is undefined are dropped; (nan, nan) if every one is.
     """
+    values = bootstrap_replicates(y_true, [y_score], task, metric, n_boot, seed)[0]
+    return percentile_bounds(values, alpha)
+
+
+def percentile_bounds(replicates: np.ndarray, alpha: float = 0.05) -> tuple[float, float]:
+    """(low, high) percentile bounds of bootstrap replicates, NaN (undefined) ones dropped;
+    (nan, nan) if every one is."""
     if not 0 < alpha < 1:
         raise MedbenchError(f"need 0 < alpha < 1, got {alpha}")
-    values = bootstrap_replicates(y_true, [y_score], task, metric, n_boot, seed)[0]
-    values = values[~np.isnan(values)]
+    values = replicates[~np.isnan(replicates)]
     if values.size == 0:
         return (math.nan, math.nan)
     low, high = np.quantile(values, [alpha / 2, 1 - alpha / 2])
     return (float(low), float(high))
+
+
+def bootstrap_description(task: str, n_boot: int) -> str:
+    """How `bootstrap_replicates` resamples, in the words results and reports print."""
+    strata = "images plainly" if task == MULTI_LABEL else "images within each class"
+    return f"percentile bootstrap over test {strata}, {n_boot} resamples"

@@ -83,11 +83,18 @@ def bootstrap_interval(
     """
     _check_alpha(alpha)
     point = (metrics.official_acc if metric == "acc" else metrics.official_auc)(labels, probs, task)
-    low, high = metrics.bootstrap_ci(labels, probs, task, metric, n_boot, seed, alpha)
-    strata = "images plainly" if task == metrics.MULTI_LABEL else "images within each class"
-    return Interval(
-        point, low, high, f"percentile bootstrap over test {strata}, {n_boot} resamples"
-    )
+    replicates = metrics.bootstrap_replicates(labels, [probs], task, metric, n_boot, seed)[0]
+    return percentile_interval(point, replicates, task, alpha)
+
+
+def percentile_interval(
+    estimate: float, replicates: Any, task: str, alpha: float = 0.05
+) -> Interval:
+    """The percentile interval of one run's bootstrap `replicates` (a row of
+    `metrics.bootstrap_replicates`; undefined resamples dropped) around `estimate`."""
+    low, high = metrics.percentile_bounds(np.asarray(replicates, dtype=np.float64), alpha)
+    method = metrics.bootstrap_description(task, int(np.size(replicates)))
+    return Interval(float(estimate), low, high, method)
 
 
 def seed_and_sampling_interval(

@@ -31,6 +31,7 @@ from medbench.comparison import (
     RunPredictions,
     compare_pair,
     correct_pairs,
+    json_safe,
     load_run,
     resolvable,
 )
@@ -84,7 +85,7 @@ class Significance:
         return next((d for d in self.datasets if d.name == name), None)
 
     def to_json(self) -> dict[str, Any]:
-        return _defined(
+        return json_safe(
             {
                 "alpha": self.alpha,
                 "n_boot": self.n_boot,
@@ -114,17 +115,6 @@ def _dataset_json(d: DatasetTests) -> dict[str, Any]:
         "left_out": d.left_out,
         "pairs": [p.to_json() for p in d.pairs],
     }
-
-
-def _defined(value: Any) -> Any:
-    """`value` with NaN and infinite floats as None (strict JSON has neither)."""
-    if isinstance(value, dict):
-        return {k: _defined(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_defined(v) for v in value]
-    if isinstance(value, float | np.floating):
-        return float(value) if math.isfinite(value) else None
-    return value
 
 
 def methods(sig: Significance) -> dict[str, str]:
@@ -179,23 +169,23 @@ def _load_group(
 # --------------------------------------------------------------------------- intervals
 
 
-def _run_intervals(sig: Significance, group: ModelGroup, task: str) -> None:
-    for p in group.runs.values():
-        sig.runs[str(p.run_dir)] = {
-            m: stats.bootstrap_interval(p.labels, p.probs, task, m, sig.n_boot, 0, sig.alpha)
-            for m in METRICS
-        }
-
-
-def _row_intervals(group: ModelGroup, labels: np.ndarray, task: str, n_boot: int, alpha: float):
+def _intervals(
+    sig: Significance, group: ModelGroup, labels: np.ndarray, task: str
+) -> dict[str, stats.Interval]:
+    """Each run's interval and the group's seed-and-sampling interval, from one set of
+    bootstrap resamples shared by the group's seeds (row s is seed s's own bootstrap)."""
     runs = list(group.runs.values())
-    out = {}
+    rows: dict[str, stats.Interval] = {}
     for m in METRICS:
         point = metrics.official_acc if m == "acc" else metrics.official_auc
         values = [point(labels, r.probs, task) for r in runs]
-        reps = metrics.bootstrap_replicates(labels, [r.probs for r in runs], task, m, n_boot, 0)
-        out[m] = stats.seed_and_sampling_interval(values, reps, n_boot, 0, alpha)
-    return out
+        reps = metrics.bootstrap_replicates(labels, [r.probs for r in runs], task, m, sig.n_boot, 0)
+        for r, value, row in zip(runs, values, reps, strict=True):
+            sig.runs.setdefault(str(r.run_dir), {})[m] = stats.percentile_interval(
+                value, row, task, sig.alpha
+            )
+        rows[m] = stats.seed_and_sampling_interval(values, reps, sig.n_boot, 0, sig.alpha)
+    return rows
 
 
 # --------------------------------------------------------------------------- the report's
@@ -213,8 +203,7 @@ def _cohort_tests(sig: Significance, name: str, cohort: Cohort) -> DatasetTests 
         return None
     task = next(iter(groups[0].runs.values())).task
     for mg in groups:
-        _run_intervals(sig, mg, task)
-        sig.rows[(cohort.unit, mg.label)] = _row_intervals(mg, labels, task, sig.n_boot, sig.alpha)
+        sig.rows[(cohort.unit, mg.label)] = _intervals(sig, mg, labels, task)
     pairs = [] if not cohort.comparable else [
         compare_pair(a, b, task, 2 * sig.n_boot, 0) for a, b in itertools.combinations(groups, 2)
     ]  # fmt: skip
