@@ -89,10 +89,13 @@ def single_process_config(data_dir, run_dir, epochs: int) -> TrainConfig:
 
 
 def torchrun(tmp_path, args: list[str], **env: str) -> subprocess.CompletedProcess:
+    # torchrun's agent SIGTERMs the survivors once it sees a worker die; a 5 s monitor
+    # interval leaves the survivor time to notice its lost partner and say so itself, which
+    # a 1 s interval did not always do on a loaded 2-core machine.
     worker = tmp_path / "worker.py"
     worker.write_text(WORKER)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               "--nproc_per_node", "2", "--monitor-interval", "1", str(worker), *args]  # fmt: skip
+               "--nproc_per_node", "2", "--monitor-interval", "5", str(worker), *args]  # fmt: skip
     return subprocess.run(
         command,
         env={**os.environ, "OMP_NUM_THREADS": "1", "MEDBENCH_DIST_TIMEOUT": "60", **env},
