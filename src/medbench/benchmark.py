@@ -35,7 +35,7 @@ from medbench.data import dataset_info, ensure_dataset, load_dataset
 from medbench.ensemble import METHODS, build_ensemble
 from medbench.errors import MedbenchError, MedbenchWarning
 from medbench.fsutil import atomic_write_text
-from medbench.models import TIMM_PREFIX, model_options
+from medbench.models import TIMM_PREFIX, model_label, model_options
 from medbench.progress import round_line
 from medbench.recipe import DEFAULT_EPOCHS
 from medbench.report import build_report
@@ -157,12 +157,19 @@ def _names(values: str | Sequence[str] | None, default: Sequence[str], what: str
         return list(default)
     if isinstance(values, str):
         values = [v.strip() for v in values.split(",")]
-    names = [v.strip().lower() for v in values if v and v.strip()]
+    # A user's model (file.py:fn, module:fn) keeps its case: a path is case-sensitive.
+    names = [
+        v.strip() if _is_user_spec(v) else v.strip().lower() for v in values if v and v.strip()
+    ]
     if not names:
         raise MedbenchError(
             f"--{what} is empty; give a comma-separated list, e.g. --{what} {','.join(default)}"
         )
     return list(dict.fromkeys(names))
+
+
+def _is_user_spec(name: str) -> bool:
+    return ":" in name and not name.strip().lower().startswith(TIMM_PREFIX)
 
 
 def plan_grid(
@@ -177,7 +184,7 @@ def plan_grid(
     """The grid as cells in run order (dataset, then model, then seed). `base` holds
     TrainConfig keys applied to every cell (epochs, lr, data_dir, ...)."""
     base = dict(base or {})
-    for key in ("dataset", "model", "seed", "size", "run_dir"):
+    for key in ("dataset", "model", "seed", "size", "run_dir", "model_source_hash"):
         base.pop(key, None)
     cells = []
     for dataset in datasets:
@@ -187,8 +194,9 @@ def plan_grid(
                     {**base, "dataset": dataset, "model": model, "size": size, "seed": seed}
                 ).validate()
                 h = config_hash(config)
+                folder = model_label(config.model)  # a file model: my_net:build, not its path
                 config.run_dir = str(
-                    Path(out) / "runs" / f"{dataset}-{size}" / model / f"seed{seed}-{h[:8]}"
+                    Path(out) / "runs" / f"{dataset}-{size}" / folder / f"seed{seed}-{h[:8]}"
                 )
                 cells.append(Cell(config, h))
     return cells

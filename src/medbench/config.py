@@ -76,6 +76,9 @@ class TrainConfig:
     # A finished run keeps model.pt; its checkpoint.pt (optimiser state, best weights so
     # far: ~180 MB for ResNet-18) is deleted unless asked to keep it.
     keep_checkpoint: bool = False
+    # A user's own model (file.py:fn, module:fn, plugin): the SHA-256 prefix of its source
+    # file, set by `validate`; None for medbench's and timm's models. Part of the identity.
+    model_source_hash: str | None = None
 
     @property
     def label(self) -> str:
@@ -88,6 +91,12 @@ class TrainConfig:
                 raise MedbenchError(msg)
 
         check_field_types(self.to_dict())
+        # Imported here: the model zoo (torch, timm) is only needed once a config is checked.
+        from medbench.models.registry import model_source
+
+        # A file model's path made absolute, and the hash of the source it trains now (an
+        # edit since the config was planned is refused).
+        self.model, self.model_source_hash = model_source(self.model, self.model_source_hash)
         check(
             self.size in (28, 64, 128, 224), f"--size must be 28, 64, 128 or 224, not {self.size}"
         )
@@ -202,6 +211,8 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         data = data["config"]
     if not isinstance(data, dict):
         raise MedbenchError(f"config file {path} must hold a JSON object of training options")
+    # A recipe, not a run: the source hash a run recorded is the next run's to compute.
+    data.pop("model_source_hash", None)
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(data) - known)
     if unknown:
@@ -251,5 +262,7 @@ NOT_IDENTITY = (
 def config_hash(config: TrainConfig) -> str:
     """A short hash of everything in `config` that decides what a run learns."""
     identity = {k: v for k, v in config.to_dict().items() if k not in NOT_IDENTITY}
+    if identity.get("model_source_hash") is None:
+        identity.pop("model_source_hash", None)  # hashes from before the field stay the same
     blob = json.dumps(identity, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]

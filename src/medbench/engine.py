@@ -412,6 +412,8 @@ def _build(
             "model_options": options,
             "in_channels": info.n_channels,
             "num_classes": info.n_classes,
+            # Only for a user's model, so checkpoints of the others resume as before.
+            **({"model_source_hash": h} if (h := config.model_source_hash) else {}),
         },
         options=options,
         n_params=n_params,

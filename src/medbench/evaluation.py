@@ -225,6 +225,8 @@ def write_model_files(
             "format": ckpt.MODEL_FORMAT,
             "format_version": ckpt.FORMAT_VERSION,
             "model": config.model,
+            # A user's model: the hash of the source these weights belong to (None otherwise).
+            "model_source_hash": config.model_source_hash,
             "model_options": options,
             "in_channels": info.n_channels,
             "num_classes": info.n_classes,

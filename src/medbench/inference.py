@@ -17,7 +17,7 @@ import torch.nn as nn
 
 from medbench import checkpoint as ckpt
 from medbench.errors import MedbenchError
-from medbench.models import build_model
+from medbench.models import build_model, check_model_source
 from medbench.runtime import Runtime
 
 MEAN, STD = 0.5, 0.5  # MedMNIST's official Normalize(mean=.5, std=.5) on [0, 1] pixels
@@ -119,6 +119,8 @@ def load_trained_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     if obj["format"] != ckpt.MODEL_FORMAT:
         raise MedbenchError(f"{file} is a {obj['format']!r} file, not a medbench model")
     _check_model_keys(obj, file)
+    # Weights of a user's model load only into the source they were trained with.
+    check_model_source(obj["model"], obj.get("model_source_hash"))
     model = build_model(
         obj["model"],
         obj["in_channels"],

@@ -7,7 +7,9 @@ Every model has `forward_features(x)` (a `(B, num_features, h, w)` map),
 `forward_head(features, pre_logits=False)` (pool, then classify) and `num_features`, and
 holds no device, precision or checkpoint logic. The `*_3d`, `*_acs` and `*_2.5d` models
 take (B, C, D, H, W) volumes (`model_spatial_dims`). `timm:<name>` builds
-any timm model. See docs/models.md for the architectures.
+any timm model; `path/to/file.py:fn`, `package.module:fn` and installed plugins of the
+entry-point group `medbench.models` build a user's own (docs/own-model.md). See
+docs/models.md for the architectures.
 """
 
 # The family modules register their builders on import.
@@ -15,22 +17,31 @@ from medbench.models import advanced_cnn, efficientnet, resnet, volumetric  # no
 from medbench.models.registry import (
     TIMM_PREFIX,
     build_model,
+    check_model_source,
     check_spatial_dims,
     list_models,
+    model_label,
     model_options,
+    model_source,
     model_spatial_dims,
     register_model,
 )
+from medbench.models.user import ENTRY_POINT_GROUP, PlainModel
 from medbench.models.summary import count_flops, count_parameters, model_summary
 
 __all__ = [
+    "ENTRY_POINT_GROUP",
     "TIMM_PREFIX",
+    "PlainModel",
     "build_model",
+    "check_model_source",
     "check_spatial_dims",
     "count_flops",
     "count_parameters",
     "list_models",
+    "model_label",
     "model_options",
+    "model_source",
     "model_spatial_dims",
     "model_summary",
     "register_model",

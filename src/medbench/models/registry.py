@@ -5,6 +5,9 @@ decorated with `@register_model`; its keyword-only parameters are the options a 
 set. `build_model` also accepts `timm:<name>` for any model of timm's own registry.
 Models registered with `volumetric=True` take (B, C, D, H, W) volumes, the others (and
 timm's) (B, C, H, W) images; `check_spatial_dims` refuses a model for data of the other kind.
+A user's own model (`file.py:fn`, `package.module:fn` or an installed plugin of the group
+`medbench.models`, see `medbench.models.user`) goes wherever a name goes; registered names
+win over a plugin of the same name.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import timm
 from torch import nn
 
 from medbench.errors import MedbenchError
+from medbench.models import user
 from medbench.models.adapters import AdapterSpec
 
 TIMM_PREFIX = "timm:"
@@ -42,6 +46,8 @@ def model_spatial_dims(name: str) -> int:
     """3 for a model of 3D volumes, 2 for one of 2D images (every timm model)."""
     if name.startswith(TIMM_PREFIX):
         return 2
+    if name not in _MODELS and user.is_user_model(name):
+        return user.resolve(name).spatial_dims  # the builder's `spatial_dims`, 2 by default
     _builder(name)  # an unknown name is a user error
     return 3 if name in _VOLUMETRIC else 2
 
@@ -59,13 +65,40 @@ def check_spatial_dims(name: str, spatial_dims: int, dataset: str) -> None:
 
 
 def list_models(spatial_dims: int | None = 2) -> list[str]:
-    """Names of the registered medbench models for 2D images (the default), for 3D volumes
-    (`spatial_dims=3`) or all (None); `timm:<name>` is accepted in addition."""
-    return sorted(n for n in _MODELS if spatial_dims in (None, 3 if n in _VOLUMETRIC else 2))
+    """Names of the registered medbench models and installed plugins for 2D images (the
+    default), for 3D volumes (`spatial_dims=3`) or all (None); `timm:<name>` and
+    `file.py:fn` / `module:fn` are accepted in addition."""
+    names = set(_MODELS) | set(user.plugin_names())
+    return sorted(n for n in names if spatial_dims in (None, model_spatial_dims(n)))
+
+
+def model_source(name: str, recorded: str | None = None) -> tuple[str, str | None]:
+    """(the name as a run records it, its builder's source hash): a file model's path made
+    absolute and its file's hash; (name, None) for medbench's own and timm models. A
+    `recorded` hash that differs from the current one is refused (one line)."""
+    if name.startswith(TIMM_PREFIX) or name in _MODELS or not user.is_user_model(name):
+        return name, None
+    name = user.normalise(name)
+    user.check_source(name, recorded)
+    return name, user.resolve(name).source_hash
+
+
+def check_model_source(name: str, recorded: str | None) -> None:
+    """Refuse weights saved with a model whose source file has changed since."""
+    if recorded is not None and name not in _MODELS and not name.startswith(TIMM_PREFIX):
+        user.check_source(name, recorded)
+
+
+def model_label(name: str) -> str:
+    """The short name of a model for folders and tables (`dir/my_net.py:build` ->
+    `my_net:build`); other names as they are."""
+    return name if name.startswith(TIMM_PREFIX) else user.model_label(name)
 
 
 def model_options(name: str) -> dict[str, object]:
-    """The options a registered model takes, with their defaults."""
+    """The options a registered (or user) model takes, with their defaults."""
+    if name not in _MODELS and user.is_user_model(name):
+        return user.resolve(name).options()
     builder = _builder(name)
     return {
         p.name: p.default
@@ -92,6 +125,8 @@ def build_model(
         )
     if name.startswith(TIMM_PREFIX):
         return _build_timm(name[len(TIMM_PREFIX) :], in_channels, num_classes, image_size, options)
+    if name not in _MODELS and user.is_user_model(name):
+        return user.build(user.resolve(name), in_channels, num_classes, image_size, options)
     valid = model_options(name)
     unknown = sorted(set(options) - set(valid))
     if unknown:
@@ -109,7 +144,8 @@ def _builder(name: str) -> Callable[..., nn.Module]:
     if name not in _MODELS:
         raise MedbenchError(
             f"unknown model {name!r}; choose one of {', '.join(list_models(None))} "
-            f"or any timm model as {TIMM_PREFIX}<name> (e.g. {TIMM_PREFIX}resnet10t)"
+            f"or any timm model as {TIMM_PREFIX}<name> (e.g. {TIMM_PREFIX}resnet10t), "
+            "or your own as path/to/file.py:function"
         )
     return _MODELS[name]
 
