@@ -6,7 +6,9 @@ import argparse
 import json
 
 from medbench.commands._options import add_data_dir, add_device
+from medbench.errors import MedbenchError
 from medbench.evaluation import evaluate_run
+from medbench.interchange import write_official_predictions
 
 NAME = "evaluate"
 HELP = "re-evaluate a trained run (official ACC/AUC, per-class metrics, calibration)"
@@ -14,7 +16,9 @@ ORDER = 25
 DESCRIPTION = (
     "Re-evaluate a finished run's model.pt on its dataset's validation and test splits. The "
     "data is read from --data-dir, else from the data folder the run recorded in its "
-    "results.json, else from the default data folder."
+    "results.json, else from the default data folder. --format medmnist --out DIR instead "
+    "writes the run's val and test predictions as medmnist's official result files "
+    "(readable by medmnist.Evaluator.parse_and_evaluate); no data is read for them."
 )
 _SOURCES = {
     "argument": "--data-dir",
@@ -27,10 +31,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dir", metavar="RUN_DIR", help="run folder (or its model.pt)")
     add_device(parser)
     parser.add_argument("--json", action="store_true", help="print everything as JSON")
+    parser.add_argument(
+        "--format",
+        choices=("medmnist",),
+        help="medmnist: write the official result files (one CSV per split) into --out",
+    )
+    parser.add_argument("--out", metavar="DIR", help="folder for the --format medmnist files")
     add_data_dir(parser)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.format or args.out:
+        return _write_official(args)
     out = evaluate_run(args.run_dir, data_dir=args.data_dir, device=args.device)
     if args.json:
         print(json.dumps(out, indent=2, default=str))
@@ -57,6 +69,18 @@ def run(args: argparse.Namespace) -> int:
     )
     for flag in out["flags"]:
         print(f"  COLLAPSE GUARD: {flag}")
+    return 0
+
+
+def _write_official(args: argparse.Namespace) -> int:
+    if not (args.format and args.out):
+        raise MedbenchError("--format medmnist and --out DIR go together: give both")
+    files = write_official_predictions(args.run_dir, args.out)
+    if args.json:
+        print(json.dumps([f.to_json() for f in files], indent=2))
+        return 0
+    for f in files:
+        print(f"wrote {f.path} ({f.split}: {f.n_images} images, AUC {f.auc:.4f} ACC {f.acc:.4f})")
     return 0
 
 
