@@ -82,8 +82,11 @@ class TrainConfig:
 
     @property
     def label(self) -> str:
-        """How every line medbench prints names this run: dataset/model/seedN."""
-        return f"{self.dataset}/{self.model}/seed{self.seed}"
+        """How every line medbench prints names this run: dataset/model/seedN, a file
+        model by its short name (my_net:build, not its path)."""
+        from medbench.models.user import model_label
+
+        return f"{self.dataset}/{model_label(self.model)}/seed{self.seed}"
 
     def validate(self) -> TrainConfig:
         def check(ok: bool, msg: str) -> None:

@@ -56,7 +56,13 @@ from medbench.evaluation import (
 from medbench.fsutil import atomic_write_json
 from medbench.inference import measure_speed, normalize, to_unit_float
 from medbench.modelcard import write_model_card
-from medbench.models import build_model, check_spatial_dims, count_flops, count_parameters
+from medbench.models import (
+    build_model,
+    check_spatial_dims,
+    count_flops,
+    count_parameters,
+    model_label,
+)
 from medbench.pretrained import prepare_pretrained
 from medbench.progress import ProgressBar
 from medbench.recipe import (
@@ -572,7 +578,8 @@ def _finish(
         run_dir=str(run.run_dir),
         config=config.to_dict(),
         dataset=run.data.provenance(),
-        model=ModelInfo(config.model, run.n_params, run.flops, run.options),
+        # The name tables and cards show (my_net:build); the config keeps the full one.
+        model=ModelInfo(model_label(config.model), run.n_params, run.flops, run.options),
         metrics=evaluation.metrics,
         timing=Timing(state.train_seconds, None, latency_ms, throughput),
         steps=state.step,
