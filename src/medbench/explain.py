@@ -28,6 +28,7 @@ import html
 import io
 import math
 import re
+import textwrap
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -746,7 +747,8 @@ def _case_label(result: ExplainResult, row: ExplainedRow) -> str:
     true = ", ".join(names[t] for t in row.true) or "none"
     if is_multilabel(result.task):
         verdict = "found" if row.correct else "missed"
-        return f"test #{row.index}\n{verdict}: p={row.probability:.2f}\nlabels: {true}"
+        labels = textwrap.fill(textwrap.shorten(f"labels: {true}", 60), 30)
+        return f"test #{row.index} · {verdict} (p={row.probability:.2f})\n{labels}"
     mark = "correct" if row.correct else "WRONG"
     return f"test #{row.index} · {mark}\ntrue: {true}\npred: {names[row.target]} ({row.probability:.2f})"
 
@@ -764,7 +766,8 @@ def gallery_figure(result: ExplainResult, images: np.ndarray, c: int) -> Figure 
     methods = result.methods
     show_true = any(t is not None for _, t in cases)
     ncols = 1 + len(methods) * (2 if show_true else 1)
-    fig = Figure(figsize=(1.75 * ncols + 1.6, 1.75 * len(cases) + 0.8), layout="constrained")
+    width = max(1.75 * ncols + 1.6, 5.5)  # room for the title and the colour bar
+    fig = Figure(figsize=(width, 1.75 * len(cases) + 0.9), layout="constrained")
     axes = fig.subplots(len(cases), ncols, squeeze=False)
     target = "label" if is_multilabel(result.task) else "predicted"
     axes[0, 0].set_title("test image", fontsize=9)
@@ -799,11 +802,12 @@ def gallery_figure(result: ExplainResult, images: np.ndarray, c: int) -> Figure 
         shrink=min(0.9, 2.5 / len(cases) + 0.3),
     )
     bar.set_label("saliency (each map over its maximum)", fontsize=8)
+    correct = sum(result.rows[k].correct for k, _ in cases)
+    words = ("found", "missed") if is_multilabel(result.task) else ("correct", "wrong")
     fig.suptitle(
-        f"{result.model} on {result.dataset} test · {result.label_names[c]} · "
-        f"{sum(result.rows[k].correct for k, _ in cases)} correct, "
-        f"{sum(not result.rows[k].correct for k, _ in cases)} wrong · "
-        f"del/ins: deletion/insertion AUC",
+        f"{result.model} on {result.dataset} test · {result.label_names[c]}\n"
+        f"{correct} {words[0]}, {len(cases) - correct} {words[1]} · "
+        "del / ins: deletion / insertion AUC",
         fontsize=9,
     )
     return fig
