@@ -16,6 +16,7 @@ k-NN probe) are in `medbench.transfer`; this module knows nothing of training.
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 import zipfile
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ from medbench.models.adapters import classifier_of, unwrap
 
 FINETUNE_MODES = ("full", "linear-probe")
 HUB = "hub"
+HASH_CHUNK = 1 << 20
 
 
 @dataclass
@@ -264,3 +266,64 @@ def prepare_pretrained(model: nn.Module, config: TrainConfig) -> dict[int, float
     return {
         id(p): 1.0 if id(p) in head_ids else config.backbone_lr_scale for p in model.parameters()
     }
+
+
+# ----------------------------------------------------------------------------- timm weights
+
+
+def weights_sha256(path: str | Path) -> str:
+    """The SHA-256 of a weights file, or of a folder's files (names and bytes, sorted):
+    what results record so two runs can tell whether they used the same weights."""
+    path = Path(path)
+    if not path.exists():
+        raise MedbenchError(f"weights {path} do not exist")
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    digest = hashlib.sha256()
+    for file in files:
+        if path.is_dir():
+            digest.update(str(file.relative_to(path)).encode() + b"\0")
+        with open(file, "rb") as f:
+            for chunk in iter(lambda: f.read(HASH_CHUNK), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def state_dict_sha256(state_dict: dict[str, torch.Tensor]) -> str:
+    """The SHA-256 of a state dict's names and values (for weights that are not a file)."""
+    digest = hashlib.sha256()
+    for name in sorted(state_dict):
+        tensor = state_dict[name].detach().cpu().contiguous()
+        digest.update(name.encode() + b"\0" + str(tensor.dtype).encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def create_timm_pretrained(name: str, weights: str, **kwargs: Any) -> tuple[nn.Module, str, str]:
+    """A timm model `name` with pretrained weights from `weights`: "hub" (timm's download),
+    a weights file, or a folder in Hugging Face layout (model.safetensors or
+    pytorch_model.bin), read offline through timm's `pretrained_cfg_overlay`, so timm's own
+    filters (first-conv channels, classifier size) apply as for hub weights.
+    Returns (model, where the weights came from, their SHA-256)."""
+    if weights == HUB:
+        overlay, source = None, f"timm hub ({name})"
+    else:
+        path = Path(weights)
+        if not path.exists():
+            raise MedbenchError(
+                f"pretrained weights {path} do not exist; give a weights file, a folder "
+                f"holding model.safetensors or pytorch_model.bin, or 'hub'"
+            )
+        overlay = (
+            dict(source="local-dir", file=str(path)) if path.is_dir() else dict(file=str(path))
+        )
+        source = str(path)
+    try:
+        model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
+    except Exception as exc:  # network, hub, file-format and shape errors alike
+        hint = "" if overlay else "; download them where online and pass the file instead of hub"
+        raise MedbenchError(
+            f"cannot load pretrained weights for timm model {name} from {source}: "
+            f"{_first_line(exc)}{hint}"
+        ) from None
+    sha = state_dict_sha256(model.state_dict()) if overlay is None else weights_sha256(weights)
+    return model, source, sha
