@@ -16,6 +16,11 @@ collection"):
   third of the first layer's cost; a plain average would shrink the first activations
   three-fold against the pretrained batch-norm statistics.
 
+- normalisation (`input_norm`): `medmnist` (the images arrive as medbench normalises
+  them, (x - 0.5) / 0.5, and the padding is black) or `backbone` (the adapter turns them
+  into the backbone's own pretrained mean/std, then pads with zeros: MedMNIST+'s code
+  normalises first and pads after, so its padding is the mean colour, not black).
+
 The adapter has no parameters, so a model's state-dict names are its backbone's, under
 `backbone.`.
 """
@@ -32,7 +37,10 @@ from medbench.errors import MedbenchError
 
 SIZE_MODES = ("none", "upsample", "pad")
 CHANNEL_MODES = ("repeat", "conv")
-# Black after medbench's (x - 0.5) / 0.5 normalisation: what MedMNIST+'s zero-padding adds.
+NORM_MODES = ("medmnist", "backbone")
+MEDMNIST_MEAN, MEDMNIST_STD = 0.5, 0.5  # medbench.inference's normalisation of the input
+# Black after medbench's (x - 0.5) / 0.5 normalisation (MedMNIST+ pads with zeros *after* its
+# own normalisation instead: input_norm="backbone").
 BLACK = -1.0
 
 
@@ -53,6 +61,8 @@ class InputAdapter(nn.Module):
         in_channels: int = 1,
         backbone_channels: int = 3,
         pad_value: float = BLACK,
+        mean: tuple[float, ...] | None = None,
+        std: tuple[float, ...] | None = None,
     ) -> None:
         super().__init__()
         if mode not in SIZE_MODES:
@@ -71,11 +81,20 @@ class InputAdapter(nn.Module):
         self.backbone_channels = backbone_channels
         self.pad_value = pad_value
         self.num_features = backbone.num_features
+        # The backbone's own normalisation, when asked for: buffers so they follow the
+        # model to its device, not persistent so the state dict stays the backbone's.
+        self.renormalize = mean is not None and std is not None
+        if self.renormalize:
+            shape = (1, -1, 1, 1)
+            self.register_buffer("mean", torch.tensor(mean).view(shape), persistent=False)
+            self.register_buffer("std", torch.tensor(std).view(shape), persistent=False)
 
     def adapt(self, x: torch.Tensor) -> torch.Tensor:
         """The images as the backbone wants them: its channel count and input size."""
         if x.shape[1] != self.backbone_channels:
             x = x.expand(-1, self.backbone_channels, -1, -1)
+        if self.renormalize:
+            x = (x * MEDMNIST_STD + MEDMNIST_MEAN - self.mean) / self.std
         h, w = x.shape[-2:]
         if self.mode == "upsample" and (h, w) != (self.target_size, self.target_size):
             x = F.interpolate(
@@ -121,8 +140,9 @@ class AdapterSpec:
     mode: str
     target_size: int
     channels: str
+    norm: str = "medmnist"
 
-    OPTION_NAMES = ("input_adapter", "input_size", "input_channels")  # class constant
+    OPTION_NAMES = ("input_adapter", "input_size", "input_channels", "input_norm")
 
     @classmethod
     def pop_from(cls, options: dict, default_size: int = 224) -> AdapterSpec | None:
@@ -134,6 +154,9 @@ class AdapterSpec:
         mode = given.get("input_adapter", "none")
         size = given.get("input_size")
         channels = given.get("input_channels", "repeat")
+        norm = given.get("input_norm", "medmnist")
+        if norm not in NORM_MODES:
+            raise MedbenchError(f"input_norm must be one of {', '.join(NORM_MODES)}, not {norm!r}")
         if mode not in SIZE_MODES:
             raise MedbenchError(
                 f"input_adapter must be one of {', '.join(SIZE_MODES)}, not {mode!r}"
@@ -142,9 +165,9 @@ class AdapterSpec:
             raise MedbenchError(
                 f"input_channels must be one of {', '.join(CHANNEL_MODES)}, not {channels!r}"
             )
-        if mode == "none" and channels == "conv":
+        if mode == "none" and channels == "conv" and norm == "medmnist":
             return None  # the plain model: first-conv folding happens when weights load
-        return cls(mode=mode, target_size=int(size or default_size), channels=channels)
+        return cls(mode=mode, target_size=int(size or default_size), channels=channels, norm=norm)
 
     def backbone_channels(self, in_channels: int) -> int:
         """The channel count to build the backbone with."""
@@ -155,13 +178,32 @@ class AdapterSpec:
         return image_size if self.mode == "none" else self.target_size
 
     def wrap(self, backbone: nn.Module, in_channels: int) -> InputAdapter:
+        channels = self.backbone_channels(in_channels)
+        mean = std = None
+        if self.norm == "backbone":
+            mean, std = backbone_mean_std(backbone, channels)
         return InputAdapter(
             backbone,
             mode=self.mode,
             target_size=self.target_size,
             in_channels=in_channels,
-            backbone_channels=self.backbone_channels(in_channels),
+            backbone_channels=channels,
+            pad_value=BLACK if mean is None else 0.0,
+            mean=mean,
+            std=std,
         )
+
+
+def backbone_mean_std(backbone: nn.Module, channels: int) -> tuple[tuple[float, ...], ...]:
+    """The mean and std a timm backbone was pretrained with (its `pretrained_cfg`), for
+    `channels` input channels (one gray channel: the average of the RGB values);
+    medbench's 0.5/0.5 for a model without a pretrained config."""
+    cfg = getattr(backbone, "pretrained_cfg", None) or {}
+    mean = tuple(float(v) for v in cfg.get("mean", (MEDMNIST_MEAN,) * 3))
+    std = tuple(float(v) for v in cfg.get("std", (MEDMNIST_STD,) * 3))
+    if channels != len(mean):
+        mean, std = (sum(mean) / len(mean),) * channels, (sum(std) / len(std),) * channels
+    return mean, std
 
 
 def unwrap(model: nn.Module) -> nn.Module:
