@@ -101,6 +101,14 @@ def test_without_an_exact_match_the_last_map_on_the_feature_grid_is_chosen():
     assert layer.name == "conv2" and layer.grid == (14, 14)
 
 
+def test_a_named_layer_is_used_and_an_unknown_name_lists_the_last_maps():
+    model = build_model("advanced_cnn", 1, 2, image_size=28).eval()
+    layer = choose_target_layer(model, (1, 28, 28), "stages.2")
+    assert layer.module is model.stages[2] and layer.grid == (4, 4)
+    with pytest.raises(MedbenchError, match="no layer 'stages.9'.*stages.3"):
+        choose_target_layer(model, (1, 28, 28), "stages.9")
+
+
 @pytest.mark.parametrize("reg_tokens", [0, 4])
 def test_vit_layer_is_the_last_blocks_norm1_without_its_prefix_tokens(reg_tokens):
     name, options = SMALL_VIT

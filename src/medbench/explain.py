@@ -123,8 +123,11 @@ def _is_part_of(output: torch.Tensor, features: torch.Tensor) -> bool:
     return torch.equal(output, features[:, :c]) or torch.equal(output, features[:, -c:])
 
 
-def choose_target_layer(model: nn.Module, input_shape: Sequence[int]) -> TargetLayer:
-    """The layer Grad-CAM should read for `model` on (C, H, W) images, found by structure.
+def choose_target_layer(
+    model: nn.Module, input_shape: Sequence[int], name: str | None = None
+) -> TargetLayer:
+    """The layer Grad-CAM should read for `model` on (C, H, W) images, found by structure
+    (or the module called `name`, which must output a (B, C, h, w) map).
 
     Convolutional nets (medbench's and timm's): the last module whose output, observed by a
     forward hook, is the map `forward_features` returns or a block of its channels (advanced_cnn
@@ -143,6 +146,8 @@ def choose_target_layer(model: nn.Module, input_shape: Sequence[int]) -> TargetL
         features, records = _module_outputs(model, probe)
     finally:
         model.train(was_training)
+    if name is not None:
+        return _named_layer(records, name)
     if features.ndim == 3:
         return _token_layer(model, inner, records, features)
     if features.ndim != 4:
@@ -153,6 +158,20 @@ def choose_target_layer(model: nn.Module, input_shape: Sequence[int]) -> TargetL
     if str(getattr(inner, "output_fmt", "NCHW")).upper().endswith("NHWC"):
         return _channels_last_layer(records, features)
     return _feature_map_layer(records, features)
+
+
+def _named_layer(records: list, name: str) -> TargetLayer:
+    maps = [r for r in records if r[2].ndim == 4]
+    found = [r for r in maps if r[0] == name]
+    if not found:
+        # The outer modules (stages, blocks), last first: the names a user would pick.
+        outer = dict.fromkeys(r[0] for r in reversed(maps) if r[0].count(".") <= 1)
+        raise MedbenchError(
+            f"the model has no layer {name!r} with a (B, C, h, w) output; its last ones "
+            f"are: {textwrap.shorten(', '.join(outer), 160)}"
+        )
+    _, module, out = found[-1]
+    return TargetLayer(name, module, None, "feature map", tuple(out.shape[2:]))
 
 
 def _feature_map_layer(records: list, features: torch.Tensor) -> TargetLayer:
@@ -539,6 +558,7 @@ def explain_run(
     methods: Sequence[str] = METHODS,
     per_class: int = DEFAULT_PER_CLASS,
     steps: int = DEFAULT_STEPS,
+    layer_name: str | None = None,
     data_dir: str | Path | None = None,
     device: str = "auto",
     seed: int = 0,
@@ -547,7 +567,8 @@ def explain_run(
     """Explain a finished run's test predictions and write the gallery and report to `out_dir`.
 
     Up to `per_class` correct and `per_class` wrong test images per class (see
-    `select_cases`) get a map per method; each (image, class) pair gets deletion and
+    `select_cases`) get a map per method (Grad-CAM on `layer_name` when given, else on
+    `choose_target_layer`'s choice); each (image, class) pair gets deletion and
     insertion AUCs for every method and for a random map. The data comes from `data_dir`,
     else the folder the run recorded, else the default data folder. Written: report.md,
     report.html, one gallery-<class>.png per class, explain.json, cases.csv,
@@ -573,7 +594,9 @@ def explain_run(
     rows = select_cases(labels.reshape(len(labels), -1), probs, task, per_class)
     images = test.images[[r.index for r in rows]]
     x = _normalised_images(images, runtime)
-    layer = choose_target_layer(model, tuple(x.shape[1:])) if "gradcam" in methods else None
+    layer = None
+    if "gradcam" in methods:
+        layer = choose_target_layer(model, tuple(x.shape[1:]), layer_name)
     maps = explain_images(model, x, rows, task, methods, layer=layer, steps=steps, seed=seed)
     window, stride = occlusion_window(x.shape[-1])
     result = ExplainResult(

@@ -42,6 +42,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_STEPS,
         help=f"steps of the deletion and insertion curves (default {DEFAULT_STEPS})",
     )
+    parser.add_argument(
+        "--layer",
+        metavar="NAME",
+        help="module Grad-CAM reads, e.g. stages.2 (default: chosen from the model's structure)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the random baseline map")
     add_device(parser)
     add_data_dir(parser)
@@ -54,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
         methods=[m.strip() for m in args.methods.split(",") if m.strip()],
         per_class=args.per_class,
         steps=args.steps,
+        layer_name=args.layer,
         data_dir=args.data_dir,
         device=args.device,
         seed=args.seed,
