@@ -358,9 +358,8 @@ def _medbench(site: Path, *args: str) -> subprocess.CompletedProcess:
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]),
     }
-    return subprocess.run(
-        [sys.executable, "-m", "medbench", *args], env=env, capture_output=True, text=True
-    )
+    command = list(args) if args[0] == "-c" else ["-m", "medbench", *args]
+    return subprocess.run([sys.executable, *command], env=env, capture_output=True, text=True)
 
 
 @pytest.mark.slow
@@ -370,32 +369,35 @@ def test_an_installed_plugin_is_listed_by_medbench_models(tmp_path):
     assert any(line.split()[:1] == ["tinyplug"] for line in listed.stdout.splitlines())
 
 
+# Several medbench commands in one interpreter (each one's exit code on the last line):
+# one start-up instead of one per command.
+COMMANDS = """
+import json, sys
+from medbench.cli import main
+print(json.dumps([main(argv) for argv in json.loads(sys.argv[1])]))
+"""
+
+
 @pytest.mark.slow
 def test_an_installed_plugin_trains_joins_a_grid_exports_and_predicts(breast_dir, tmp_path):
-    site = _plugin_path(tmp_path)
-    run_dir = tmp_path / "run"
+    site, run_dir, grid = _plugin_path(tmp_path), tmp_path / "run", tmp_path / "grid"
     common = ["--data-dir", str(breast_dir), "--epochs", "1", "--device", "cpu"]
-    trained = _medbench(
-        site, "train", "--dataset", "breastmnist", "--model", "tinyplug", "--run-dir",
-        str(run_dir), *common,
-    )  # fmt: skip
-    assert trained.returncode == 0, trained.stderr
+    commands = [
+        ["train", "--dataset", "breastmnist", "--model", "tinyplug", "--run-dir", str(run_dir),
+         *common],
+        ["benchmark", "--datasets", "breastmnist", "--models", "tinyplug,advanced_cnn",
+         "--seeds", "1", "--out", str(grid), "--no-report", "--quiet", *common],
+        ["export", str(run_dir), "--format", "onnx"],
+        ["predict", str(run_dir), str(breast_dir / "breastmnist.npz")],
+    ]  # fmt: skip
+    proc = _medbench(site, "-c", COMMANDS, json.dumps(commands))
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == [0, 0, 0, 0], proc.stderr
     recorded = json.loads((run_dir / "results.json").read_text())["config"]
     assert recorded["model"] == "tinyplug" and len(recorded["model_source_hash"]) == 12
-
-    grid = _medbench(
-        site, "benchmark", "--datasets", "breastmnist", "--models", "tinyplug,advanced_cnn",
-        "--seeds", "1", "--out", str(tmp_path / "grid"), "--no-report", *common,
-    )  # fmt: skip
-    assert grid.returncode == 0, grid.stderr
-    assert len(list((tmp_path / "grid" / "runs").rglob("results.json"))) == 2
-
-    exported = _medbench(site, "export", str(run_dir), "--format", "onnx")
-    assert exported.returncode == 0, exported.stderr
-    assert "max |difference| from PyTorch" in exported.stdout
-    predicted = _medbench(site, "predict", str(run_dir), str(breast_dir / "breastmnist.npz"))
-    assert predicted.returncode == 0, predicted.stderr
-    assert len([ln for ln in predicted.stdout.splitlines() if "test_images[" in ln]) == 16
+    assert len(list((grid / "runs" / "breastmnist-28").glob("*/*/results.json"))) == 2
+    assert (grid / "runs" / "breastmnist-28" / "tinyplug").is_dir()
+    assert "max |difference| from PyTorch" in proc.stdout
+    assert len([ln for ln in proc.stdout.splitlines() if "test_images[" in ln]) == 16
 
 
 def test_without_the_plugin_on_the_path_its_name_is_unknown():
