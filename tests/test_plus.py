@@ -189,3 +189,17 @@ def test_cli_probes_with_a_medbench_run_as_backbone(tmp_path, capsys):
     assert main(probe) == 2
     err = capsys.readouterr().err
     assert "MODEL=WEIGHTS" in err and "Traceback" not in err
+
+
+def test_published_medmnist_plus_rows_cite_their_table_and_have_no_knn_auc():
+    from medbench.report.published import load_published, medmnist_plus_citation, medmnist_plus_rows
+
+    assert "Doerrich" in medmnist_plus_citation()
+    block = load_published()["medmnist_plus"]
+    for dataset in ("breastmnist", "pneumoniamnist"):
+        rows = medmnist_plus_rows(dataset)
+        assert block["datasets"][dataset]["table"].lower() == dataset
+        assert {r["regime"] for r in rows} == {"end-to-end", "linear-probe", "knn"}
+        assert {r["size"] for r in rows} == set(block["sizes"])
+        for r in rows:
+            assert 0 < r["acc"] <= 1 and ("auc" in r) == (r["regime"] != "knn")

@@ -30,3 +30,15 @@ def baseline(dataset: str) -> dict[str, float] | None:
 def reference_study_rows(dataset: str) -> dict[str, dict[str, Any]]:
     """{model: {"acc", ...}} of the reference study for `dataset` (empty when none)."""
     return dict(load_published()["reference_study"]["rows"].get(dataset) or {})
+
+
+def medmnist_plus_rows(dataset: str) -> list[dict[str, Any]]:
+    """The MedMNIST+ paper's rows for `dataset` ({"model", "regime", "size", "acc", and
+    where published "acc_std", "auc", "auc_std"}; empty when none were transcribed)."""
+    block = load_published().get("medmnist_plus") or {}
+    return [dict(r) for r in (block.get("datasets", {}).get(dataset) or {}).get("rows", [])]
+
+
+def medmnist_plus_citation() -> str:
+    """How the MedMNIST+ rows must be cited."""
+    return str((load_published().get("medmnist_plus") or {}).get("citation", ""))
