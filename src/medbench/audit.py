@@ -99,10 +99,13 @@ def _flat_images(data: MedMNISTData) -> tuple[np.ndarray, list[tuple[str, int]],
 
 
 def embeddings(images: np.ndarray, side: int = EMBED_SIDE) -> tuple[np.ndarray, np.ndarray]:
-    """(unit-length centred embeddings (N, D) float32, mask of images that have one)."""
-    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float()
-    if max(x.shape[-2:]) > side:
-        x = F.adaptive_avg_pool2d(x, side)
+    """(unit-length centred embeddings (N, D) float32, mask of images that have one), of
+    images (N, H, W, C) or volumes (N, D, H, W, C), average-pooled to at most `side` per axis."""
+    x = torch.from_numpy(np.ascontiguousarray(images)).movedim(-1, 1).float()
+    spatial = x.shape[2:]
+    if max(spatial) > side:
+        pool = F.adaptive_avg_pool3d if len(spatial) == 3 else F.adaptive_avg_pool2d
+        x = pool(x, side)
     flat = x.reshape(len(x), -1)
     flat = flat - flat.mean(dim=1, keepdim=True)
     norm = flat.norm(dim=1, keepdim=True)
@@ -279,6 +282,8 @@ def _gallery(result: AuditResult, data: MedMNISTData, path: Path) -> Path | None
         for side, ax in zip(("a", "b"), sub.subplots(1, 2), strict=True):
             split, index = e[side]
             image = data.split(split).images[index].numpy()
+            if image.ndim == 4:  # a volume (D, H, W, C): its middle axial slice
+                image = image[len(image) // 2]
             ax.imshow(
                 image[..., 0] if image.shape[-1] == 1 else image, cmap="gray", vmin=0, vmax=255
             )

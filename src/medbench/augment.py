@@ -42,7 +42,7 @@ import torch.nn.functional as F
 
 from medbench.errors import MedbenchError
 
-POLICIES = ("none", "basic", "strong", "randaugment", "trivialaugment", "auto")
+POLICIES = ("none", "basic", "strong", "randaugment", "trivialaugment", "auto", "intensity")
 LOCKED_ROTATION_DEGREES = 10.0  # for datasets whose orientation forbids quarter turns
 
 
@@ -75,8 +75,10 @@ ORIENTATION: dict[str, Symmetry] = {
     "vesselmnist3d": Symmetry(True, True, False),  # brain-vessel segments, any orientation
     "synapsemnist3d": Symmetry(True, True, False),  # electron microscopy: no orientation
 }
-# Policies for volumes: flips and whole-voxel shifts; the others are 2D-only for now.
-VOLUME_POLICIES = ("none", "basic", "auto")
+# Policies for volumes: flips and whole-voxel shifts; `intensity`, the official MedMNIST3D
+# experiments' training transform for shape datasets (`Transform3D(mul="random")`: each
+# volume times one draw of U(0, 1), nothing else); the others are 2D-only for now.
+VOLUME_POLICIES = ("none", "basic", "auto", "intensity")
 _GENERIC = Symmetry(True, False, False)
 
 # What `auto` means per dataset. `basic` (only the symmetries the modality has, plus
@@ -366,6 +368,8 @@ class BatchAugment:
         def rand(*shape: int) -> torch.Tensor:
             return torch.rand(*shape, generator=generator, device=generator.device).to(dev)
 
+        if self.policy == "intensity":  # x * U(0, 1), one draw per sample
+            return x * rand(len(x)).to(x.dtype).view(-1, *([1] * (x.ndim - 1)))
         if x.ndim == 5:
             return self._volume(x, rand)
         n, c, h, w = x.shape

@@ -35,7 +35,7 @@ from medbench.data import dataset_info, ensure_dataset, load_dataset
 from medbench.ensemble import METHODS, build_ensemble
 from medbench.errors import MedbenchError, MedbenchWarning
 from medbench.fsutil import atomic_write_text
-from medbench.models import TIMM_PREFIX, model_label, model_options
+from medbench.models import TIMM_PREFIX, model_label, model_options, model_spatial_dims
 from medbench.progress import round_line
 from medbench.recipe import DEFAULT_EPOCHS
 from medbench.report import build_report
@@ -182,13 +182,15 @@ def plan_grid(
     base: dict[str, Any] | None = None,
 ) -> list[Cell]:
     """The grid as cells in run order (dataset, then model, then seed). `base` holds
-    TrainConfig keys applied to every cell (epochs, lr, data_dir, ...)."""
+    TrainConfig keys applied to every cell (epochs, lr, data_dir, ...). A grid may mix 2D
+    and 3D datasets: each dataset trains the models of its kind (`pair_models`)."""
     base = dict(base or {})
     for key in ("dataset", "model", "seed", "size", "run_dir", "model_source_hash"):
         base.pop(key, None)
     cells = []
+    paired = pair_models(datasets, models)
     for dataset in datasets:
-        for model in models:
+        for model in paired[dataset]:
             for seed in seeds:
                 config = TrainConfig.from_dict(
                     {**base, "dataset": dataset, "model": model, "size": size, "seed": seed}
@@ -200,6 +202,41 @@ def plan_grid(
                 )
                 cells.append(Cell(config, h))
     return cells
+
+
+def pair_models(datasets: Sequence[str], models: Sequence[str]) -> dict[str, list[str]]:
+    """{dataset: the models of `models` for its kind of sample}: 2D models for 2D images,
+    3D models for volumes, so one grid can hold both (`--datasets breastmnist,organmnist3d
+    --models resnet18,resnet18_acs`). A name medbench does not know is kept everywhere (the
+    name check reports it); a known model that fits no dataset of the grid, or a dataset
+    left with no model, is a one-line error."""
+    model_dims = {m: _known_dims(lambda m=m: model_spatial_dims(m)) for m in models}
+    data_dims = {d: _known_dims(lambda d=d: dataset_info(d).spatial_dims) for d in datasets}
+    paired = {
+        d: [m for m in models if None in (dims, model_dims[m]) or model_dims[m] == dims]
+        for d, dims in data_dims.items()
+    }
+    kind = {2: "2D images", 3: "3D volumes"}
+    for m, dims in model_dims.items():
+        if dims is not None and not any(m in ms for ms in paired.values()):
+            raise MedbenchError(
+                f"model {m} is for {kind[dims]} but no dataset of the grid holds "
+                f"{kind[dims]}; add such a dataset or drop the model"
+            )
+    for d, ms in paired.items():
+        if not ms:
+            raise MedbenchError(
+                f"{d} holds {kind[data_dims[d]]} but no model of the grid is for them; add a "
+                f"{data_dims[d]}D model (see 'medbench models --dataset {d}')"
+            )
+    return paired
+
+
+def _known_dims(dims: Callable[[], int]) -> int | None:
+    try:
+        return dims()
+    except MedbenchError:  # an unknown name: reported by the name check
+        return None
 
 
 # -- run length and the plan --------------------------------------------------------------

@@ -200,14 +200,28 @@ def check_field_types(values: dict[str, Any]) -> None:
             )
 
 
+RECIPES_DIR = Path(__file__).with_name("recipes")
+
+
+def recipe_names() -> list[str]:
+    """The named recipes shipped with medbench (`--config official-3d`): the official
+    MedMNIST experiments' training protocols, see docs/training.md and docs/3d.md."""
+    return sorted(p.stem for p in RECIPES_DIR.glob("*.json"))
+
+
 def load_config_file(path: str | Path) -> dict[str, Any]:
     """Read a JSON config file (a flat dict of TrainConfig keys; a tuning result's
-    `"config"` entry is also accepted)."""
+    `"config"` entry is also accepted), or a named recipe of `recipe_names()` when no
+    file of that name exists."""
     path = Path(path)
+    if not path.exists() and str(path) in recipe_names():
+        path = RECIPES_DIR / f"{path}.json"
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
-        raise MedbenchError(f"config file {path} does not exist") from None
+        raise MedbenchError(
+            f"config file {path} does not exist (named recipes: {', '.join(recipe_names())})"
+        ) from None
     except (OSError, ValueError) as exc:
         raise MedbenchError(f"config file {path} is not readable JSON: {exc}") from None
     if isinstance(data, dict) and isinstance(data.get("config"), dict):

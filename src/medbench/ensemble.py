@@ -45,6 +45,7 @@ from medbench.augment import ORIENTATION
 from medbench.checkpoint import resolve_model_file
 from medbench.comparison import accuracy_test
 from medbench.data import load_dataset
+from medbench.data.catalogue import dataset_info
 from medbench.errors import MedbenchError, MedbenchWarning
 from medbench.evaluation import test_intervals
 from medbench.fsutil import atomic_files, json_text
@@ -228,11 +229,11 @@ def tta_views(dataset: str) -> list[str]:
 
 
 def _view(images: torch.Tensor, view: str) -> torch.Tensor:
-    """A view of uint8 (N, H, W, C) images."""
+    """A view of uint8 (N, H, W, C) images or (N, D, H, W, C) volumes."""
     if view == "hflip":
-        return images.flip(2)
+        return images.flip(-2)
     if view == "vflip":
-        return images.flip(1)
+        return images.flip(-3)
     return images
 
 
@@ -501,6 +502,7 @@ def _meta(results: dict[str, Any]) -> dict[str, Any]:
         "in_channels": info["n_channels"],
         "num_classes": info["n_classes"],
         "temperature": 1.0,
+        "spatial_dims": 3 if dataset_info(info["name"]).volumetric else 2,
     }
 
 
@@ -535,9 +537,10 @@ class Ensemble:
         Each member's are temperature-scaled already, so `calibrated` (asked of any
         `medbench.predict.Predictor`) changes nothing."""
         images = torch.as_tensor(images)
-        if images.ndim == 3:
+        dims = int(self.meta.get("spatial_dims", 2))
+        if images.ndim == dims + 1:
             images = images.unsqueeze(-1)
-        expected = (self.meta["image_size"], self.meta["image_size"], self.meta["in_channels"])
+        expected = (self.meta["image_size"],) * dims + (self.meta["in_channels"],)
         if images.dtype != torch.uint8 or tuple(images.shape[1:]) != expected:
             raise MedbenchError(
                 f"the ensemble takes uint8 images of shape (N, {', '.join(map(str, expected))}), "

@@ -1,6 +1,7 @@
 """Export a trained model to ONNX or TorchScript, checked against PyTorch before it is kept.
 
 The exported graph takes what the PyTorch model takes: float32 (batch, C, H, W) images
+(volumes of a 3D model: (batch, C, D, H, W))
 normalised as in training, (uint8 / 255 - 0.5) / 0.5, with a dynamic batch size; it
 returns logits (softmax / sigmoid and the calibration temperature are left to the user,
 see docs/predict.md).
@@ -31,6 +32,7 @@ from medbench.data import load_dataset
 from medbench.errors import MedbenchError, MedbenchWarning
 from medbench.fsutil import atomic_write_bytes
 from medbench.inference import load_trained_model, normalize
+from medbench.models import model_spatial_dims
 from medbench.results import recorded_data_dir
 
 FORMATS = ("onnx", "torchscript")
@@ -64,8 +66,10 @@ def default_output(model_path: str | os.PathLike, fmt: str) -> Path:
 def check_images(
     meta: dict, data_dir: str | os.PathLike | None = None, n: int = CHECK_IMAGES
 ) -> tuple[np.ndarray, str]:
-    """(uint8 NHWC images, description): the dataset's first `n` test images when its file
-    is present (never downloaded), else `n` random uint8 images of the model's shape."""
+    """(uint8 NHWC images or NDHWC volumes, description): the dataset's first `n` test
+    images when its file is present (never downloaded), else `n` random uint8 images of the
+    model's shape."""
+    shape = input_shape(meta)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", MedbenchWarning)  # an unofficial file is fine here
@@ -73,19 +77,25 @@ def check_images(
                 meta["dataset"], meta["image_size"], data_dir, download=False, progress=False
             )
         images = data.test.images[:n].numpy()
-        if images.shape[1:] == (meta["image_size"], meta["image_size"], meta["in_channels"]):
+        if images.shape[1:] == shape:
             return np.ascontiguousarray(images), f"{len(images)} test images of {data.path}"
     except MedbenchError:
         pass
     rng = np.random.default_rng(0)
-    size, channels = meta["image_size"], meta["in_channels"]
-    images = rng.integers(0, 256, size=(n, size, size, channels), dtype=np.uint8)
+    images = rng.integers(0, 256, size=(n, *shape), dtype=np.uint8)
     return images, f"{n} random uint8 images (the {meta['dataset']} data file was not found)"
 
 
+def input_shape(meta: dict) -> tuple[int, ...]:
+    """One uint8 sample's shape: (H, W, C) for a 2D model, (D, H, W, C) for a 3D one."""
+    dims = 3 if model_spatial_dims(meta["model"]) == 3 else 2
+    return (meta["image_size"],) * dims + (meta["in_channels"],)
+
+
 def normalized_input(images: np.ndarray) -> torch.Tensor:
-    """uint8 (N, H, W, C) -> the float32 (N, C, H, W) input of the model and its export."""
-    x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255.0)
+    """uint8 (N, H, W, C) -> the float32 (N, C, H, W) input of the model and its export;
+    volumes (N, D, H, W, C) -> (N, C, D, H, W)."""
+    x = torch.from_numpy(images).movedim(-1, 1).float().div_(255.0)
     return normalize(x.contiguous())
 
 

@@ -84,14 +84,26 @@ def _size(results: RunResults) -> int:
     return int(results.dataset["size"])
 
 
+def _shape(results: RunResults) -> str:
+    """ "28x28" for images, "28x28x28" for the volumes of a 3D set."""
+    size = _size(results)
+    return "x".join([str(size)] * (3 if _volumetric(results) else 2))
+
+
+def _volumetric(results: RunResults) -> bool:
+    try:
+        return dataset_info(results.dataset["name"]).volumetric
+    except MedbenchError:  # a dataset medbench does not know: its card is still written
+        return False
+
+
 def _temperature(results: RunResults) -> float:
     return float(results.metrics["temperature"])
 
 
 def _title(results: RunResults) -> list[str]:
-    size = _size(results)
     return [
-        f"# Model card: {results.model.name} on {results.dataset['name']} ({size}x{size})",
+        f"# Model card: {results.model.name} on {results.dataset['name']} ({_shape(results)})",
         "",
         f"Written by medbench from `results.json` and `predictions.npz` of run "
         f"`{Path(results.run_dir or '.').name}`.",
@@ -100,13 +112,14 @@ def _title(results: RunResults) -> list[str]:
 
 
 def _model(results: RunResults) -> list[str]:
-    data, model, size = results.dataset, results.model, _size(results)
+    data, model = results.dataset, results.model
     task, names = data["task"], list(data["label_names"])
     kind = "labels" if task == metrics.MULTI_LABEL else "classes"
+    sample, unit = ("volume", "voxels") if _volumetric(results) else ("image", "pixels")
     return [
         f"- Architecture: `{model.name}`, {model.params_m:.2f} M parameters, "
-        f"{model.gflops:.3f} GFLOPs per image; options {json.dumps(model.options)}",
-        f"- Input: {size}x{size} pixels, {data['n_channels']} channel(s), uint8 pixels "
+        f"{model.gflops:.3f} GFLOPs per {sample}; options {json.dumps(model.options)}",
+        f"- Input: {_shape(results)} {unit}, {data['n_channels']} channel(s), uint8 {unit} "
         "normalised as (x / 255 - 0.5) / 0.5",
         f"- Output: {task}, {len(names)} {kind}: "
         + ", ".join(f"{i}: {n}" for i, n in enumerate(names)),
@@ -115,7 +128,7 @@ def _model(results: RunResults) -> list[str]:
 
 
 def _training_data(results: RunResults) -> list[str]:
-    data, size = results.dataset, _size(results)
+    data = results.dataset
     if data.get("md5_matches"):
         official = "the official file (MD5 matches)"
     else:
@@ -124,7 +137,7 @@ def _training_data(results: RunResults) -> list[str]:
             "so results are not comparable with published ones"
         )
     return [
-        f"- Dataset: {data['name']} (MedMNIST v2), {size}x{size}; split sizes "
+        f"- Dataset: {data['name']} (MedMNIST v2), {_shape(results)}; split sizes "
         + " / ".join(f"{s} {n}" for s, n in data["split_sizes"].items()),
         f"- License: {_license(data)}",
         f"- Data file: `{data['file']}`, MD5 `{data['md5']}`: {official}",
@@ -238,7 +251,7 @@ def _limits(results: RunResults, arrays: dict[str, np.ndarray]) -> list[str]:
     """What the card's reader must know before trusting the numbers, from the run's data."""
     data = results.dataset
     items = [
-        RESOLUTION_LIMIT if _size(results) == 28 else None,
+        RESOLUTION_LIMIT if _size(results) == 28 and not _volumetric(results) else None,
         LESION_DUPLICATES if data["name"] == "dermamnist" else None,
         _class_imbalance(data, arrays),
         UNOFFICIAL_DATA if not data.get("md5_matches") else None,

@@ -1,4 +1,5 @@
-"""Use a trained model: predict classes for image files, folders of them, or npz arrays.
+"""Use a trained model: predict classes for image files, folders of them, or npz arrays;
+a 3D model's for volumes in `.npy`, `.npz` or NIfTI files (see `medbench.volume_inputs`).
 
 Anything with `meta` (label_names, task, image_size, in_channels, temperature) and
 `predict_proba(uint8 NHWC images, calibrated=False) -> probabilities` is a `Predictor`;
@@ -33,7 +34,15 @@ from medbench.ensemble import is_ensemble, load_ensemble
 from medbench.errors import MedbenchError, MedbenchWarning
 from medbench.fsutil import atomic_write_text
 from medbench.inference import load_trained_model, predict_logits
+from medbench.models import model_spatial_dims
 from medbench.runtime import Runtime, place_model, resolve_runtime
+from medbench.volume_inputs import (
+    NIFTI_SUFFIXES,
+    as_volume_batch,
+    conform_volumes,
+    is_volume_file,
+    read_volume_array,
+)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 IMAGE_FORMATS = ("PNG", "JPEG")
@@ -96,71 +105,108 @@ def load_predictor(
 
 @dataclass
 class ArrayInput:
-    """Images from one array of an npz file."""
+    """Images (or volumes) from one array of an npz or npy file, or one NIfTI volume."""
 
     path: Path
-    key: str
-    images: np.ndarray  # uint8 (N, H, W) or (N, H, W, C)
+    key: str | None  # the npz array; None for a .npy or NIfTI file
+    images: np.ndarray  # uint8 (N, H, W) or (N, H, W, C); volumes (N, D, H, W), any number type
 
     def names(self) -> list[str]:
-        return [f"{self.path}:{self.key}[{i}]" for i in range(len(self.images))]
+        if self.key is not None:
+            return [f"{self.path}:{self.key}[{i}]" for i in range(len(self.images))]
+        if len(self.images) == 1:
+            return [str(self.path)]
+        return [f"{self.path}[{i}]" for i in range(len(self.images))]
 
 
 def resolve_inputs(
-    inputs: Sequence[str | os.PathLike], *, split: str | None = None
+    inputs: Sequence[str | os.PathLike], *, split: str | None = None, spatial_dims: int = 2
 ) -> list[Path | ArrayInput]:
-    """Expand image files, folders (recursive, sorted, hidden files skipped) and npz files."""
+    """Expand the inputs of a model of 2D images (`spatial_dims` 2: image files, folders of
+    them searched recursively in sorted order, hidden files skipped, npz and npy arrays) or
+    of 3D volumes (3: npy, npz and NIfTI files, and folders of them)."""
     if not inputs:
-        raise MedbenchError("no input given; name image files, folders of them or an .npz file")
+        what = "volume files (.npy, .npz, .nii)" if spatial_dims == 3 else "image files"
+        raise MedbenchError(f"no input given; name {what}, folders of them or an .npz file")
     out: list[Path | ArrayInput] = []
     for raw in inputs:
         path = Path(raw)
         if not path.exists():
             raise MedbenchError(f"{path} does not exist; check the path")
-        if path.is_dir():
+        if spatial_dims == 3:
+            files = _folder_files(path, is_volume_file, "volume") if path.is_dir() else [path]
+            out.extend(read_volumes(f, split) for f in files)
+        elif path.is_dir():
             out.extend(_folder_images(path))
-        elif path.suffix.lower() == ".npz":
+        elif path.suffix.lower() in (".npz", ".npy"):
             out.append(read_npz(path, split))
         elif path.suffix.lower() in IMAGE_SUFFIXES:
             out.append(path)
         else:
-            raise MedbenchError(f"{path} is not a PNG/JPEG image, a folder of them or an .npz file")
+            raise MedbenchError(
+                f"{path} is not a PNG/JPEG image, a folder of them or an .npz/.npy file"
+            )
     return out
 
 
-def _folder_images(folder: Path) -> list[Path]:
-    """The PNG/JPEG files below `folder`, sorted, outside hidden files and folders."""
-    files = sorted(
-        f
-        for f in folder.rglob("*")
-        if f.suffix.lower() in IMAGE_SUFFIXES
-        and f.is_file()
-        and not any(part.startswith(".") for part in f.relative_to(folder).parts)
-    )
-    if not files:
-        raise MedbenchError(f"folder {folder} holds no PNG or JPEG images (searched recursively)")
-    return files
+def read_volumes(path: Path, split: str | None = None) -> ArrayInput:
+    """The volumes of one file for a 3D model: an npz's `<split>_images`, `test_images` or
+    `images` array, a .npy array, or a NIfTI file's voxels."""
+    if not is_volume_file(path):
+        raise MedbenchError(
+            f"{path} is not a volume file; a 3D model reads .npy, .npz and NIfTI "
+            f"({', '.join(NIFTI_SUFFIXES)}) files, or folders of them"
+        )
+    key = None
+    if path.name.lower().endswith(".npz"):
+        key = _npz_images_key(path, _npz_keys(path), split)
+    where = f"{path}:{key}" if key else str(path)
+    return ArrayInput(path, key, as_volume_batch(read_volume_array(path, key), where))
 
 
-def read_npz(path: str | os.PathLike, split: str | None = None) -> ArrayInput:
-    """The images of an npz: `<split>_images` if `split` is given, else `test_images`
-    (MedMNIST layout), else `images`."""
-    path = Path(path)
+def _npz_keys(path: Path) -> list[str]:
     try:
         with np.load(path, allow_pickle=False) as npz:
-            key = _npz_images_key(path, list(npz.keys()), split)
-            images = npz[key]
+            return list(npz.keys())
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise MedbenchError(
             f"cannot read {path} as an npz file (corrupt or truncated?): {str(exc)[:120]}"
         ) from None
+
+
+def _folder_files(folder: Path, wanted: Any, what: str) -> list[Path]:
+    """The files below `folder` that `wanted(path)` accepts, sorted, outside hidden files."""
+    files = sorted(
+        f
+        for f in folder.rglob("*")
+        if wanted(f)
+        and f.is_file()
+        and not any(part.startswith(".") for part in f.relative_to(folder).parts)
+    )
+    if not files:
+        raise MedbenchError(f"folder {folder} holds no {what} files (searched recursively)")
+    return files
+
+
+def _folder_images(folder: Path) -> list[Path]:
+    """The PNG/JPEG files below `folder`, sorted, outside hidden files and folders."""
+    return _folder_files(folder, lambda f: f.suffix.lower() in IMAGE_SUFFIXES, "PNG or JPEG image")
+
+
+def read_npz(path: str | os.PathLike, split: str | None = None) -> ArrayInput:
+    """The images of an npz: `<split>_images` if `split` is given, else `test_images`
+    (MedMNIST layout), else `images`; or of a .npy file, its array."""
+    path = Path(path)
+    key = _npz_images_key(path, _npz_keys(path), split) if path.suffix.lower() == ".npz" else None
+    images = read_volume_array(path, key)
+    where = f"{path}:{key}" if key else str(path)
     if images.dtype != np.uint8 or images.ndim not in (3, 4) or len(images) == 0:
         raise MedbenchError(
-            f"{path}:{key} must be non-empty uint8 images (N, H, W) or (N, H, W, C), got "
+            f"{where} must be non-empty uint8 images (N, H, W) or (N, H, W, C), got "
             f"{images.dtype} {images.shape}"
         )
     if images.ndim == 4 and images.shape[3] not in (1, 3):
-        raise MedbenchError(f"{path}:{key} must have 1 or 3 channels, got {images.shape[3]}")
+        raise MedbenchError(f"{where} must have 1 or 3 channels, got {images.shape[3]}")
     return ArrayInput(path, key, images)
 
 
@@ -263,8 +309,10 @@ def iter_batches(
     channels: int,
     batch_size: int = DEFAULT_BATCH_SIZE,
     workers: int | None = None,
+    spatial_dims: int = 2,
 ) -> Iterator[tuple[list[str], np.ndarray, Conversions]]:
-    """Yield (names, uint8 (B, size, size, channels), Conversions) in input order.
+    """Yield (names, uint8 (B, size, size, channels), Conversions) in input order; for
+    volumes (`spatial_dims` 3) uint8 (B, size, size, size, 1).
 
     Files are decoded by `workers` threads, the next batch while the caller uses this one.
     """
@@ -281,10 +329,19 @@ def iter_batches(
             if isinstance(source, ArrayInput):
                 names = source.names()
                 for start in range(0, len(names), batch_size):
-                    chunk, n = conform_array(
-                        source.images[start : start + batch_size], size, channels
+                    chunk, n = _conform(
+                        source.images[start : start + batch_size], size, channels, spatial_dims
                     )
                     yield names[start : start + batch_size], chunk, Conversions(n)
+
+
+def _conform(
+    images: np.ndarray, size: int, channels: int, spatial_dims: int
+) -> tuple[np.ndarray, int]:
+    if spatial_dims == 3:
+        volumes, done = conform_volumes(images, size)
+        return volumes, done.converted
+    return conform_array(images, size, channels)
 
 
 def _file_batches(
@@ -419,12 +476,14 @@ def predict(
     meta = predictor.meta
     size, channels = int(meta["image_size"]), int(meta["in_channels"])
     temperature = float(meta.get("temperature", 1.0))
-    sources = resolve_inputs(inputs, split=split)
+    dims = input_spatial_dims(meta)
+    sources = resolve_inputs(inputs, split=split, spatial_dims=dims)
     names: list[str] = []
     raw: list[np.ndarray] = []
     calibrated: list[np.ndarray] = []
     conversions = Conversions()
-    for batch_names, batch, done in iter_batches(sources, size, channels, batch_size, workers):
+    batches = iter_batches(sources, size, channels, batch_size, workers, spatial_dims=dims)
+    for batch_names, batch, done in batches:
         names += batch_names
         conversions += done
         if hasattr(predictor, "predict_logits"):  # one forward pass for both
@@ -438,7 +497,7 @@ def predict(
             raw.append(predictor.predict_proba(batch))
             if temperature != 1.0:
                 calibrated.append(predictor.predict_proba(batch, calibrated=True))
-    _warn_conversions(conversions, len(names), size, channels)
+    _warn_conversions(conversions, len(names), size, channels, dims)
     return Predictions(
         names=names,
         probabilities=np.concatenate(raw),
@@ -450,9 +509,26 @@ def predict(
     )
 
 
-def _warn_conversions(done: Conversions, n_images: int, size: int, channels: int) -> None:
+def input_spatial_dims(meta: dict[str, Any]) -> int:
+    """3 when the model (or ensemble) of `meta` takes volumes, else 2."""
+    if "spatial_dims" in meta:
+        return int(meta["spatial_dims"])
+    name = str(meta.get("model", ""))
+    return 2 if not name or name.startswith("ensemble:") else model_spatial_dims(name)
+
+
+def _warn_conversions(
+    done: Conversions, n_images: int, size: int, channels: int, spatial_dims: int = 2
+) -> None:
     """One MedbenchWarning line for the images converted, one for the 16-bit ones."""
-    if done.converted:
+    if done.converted and spatial_dims == 3:
+        warnings.warn(
+            f"converted {done.converted} of {n_images} volumes to the model's {size}^3 uint8 "
+            "input (intensities rescaled to 0-255, trilinear resampling)",
+            MedbenchWarning,
+            stacklevel=3,
+        )
+    elif done.converted:
         kind = "grayscale" if channels == 1 else "RGB"
         warnings.warn(
             f"converted {done.converted} of {n_images} images to the model's {size}x{size} "

@@ -71,7 +71,7 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--config",
         metavar="FILE",
-        help="JSON file of training options (e.g. from 'medbench tune'); flags win",
+        help="JSON file of training options (e.g. from 'medbench tune'), or a named recipe: official (MedMNIST's 2D protocol), official-3d, official-3d-shape; flags win",
     )
     _add_length_options(g)
     _add_recipe_options(g)
