@@ -5,8 +5,10 @@ results store, resumably and safely from several processes at once.
     outcome = run_benchmark(datasets=["breastmnist"], models=["advanced_cnn"], seeds=2, epochs=5)
 
 Each cell is one `medbench.engine.train` run in its own folder under `OUT/runs/`. The store
-(`OUT/results.sqlite`, see `medbench.store`) says which cells are pending, running, finished
-or failed; a rerun skips finished cells and resumes interrupted ones from their checkpoint.
+(`OUT/results.sqlite`, or a PostgreSQL database given by URL; see `medbench.store`) says
+which cells are pending, running, finished or failed; a rerun skips finished cells and
+resumes interrupted ones from their checkpoint. `workers=N` runs N processes on the grid
+at once, each with its share of the CPU cores (`medbench.workers`).
 At the end the report is written from the store (`medbench.report`); nothing here draws it.
 """
 
@@ -16,7 +18,6 @@ import contextlib
 import math
 import statistics
 import sys
-import threading
 import time
 import traceback
 import warnings
@@ -30,6 +31,7 @@ from tqdm import tqdm
 
 from medbench import engine
 from medbench.callbacks import Callback, RoundEnd
+from medbench.claims import DEFAULT_HEARTBEAT_SECONDS, Heartbeat
 from medbench.config import TrainConfig, config_hash, format_seconds, load_config_file
 from medbench.data import dataset_info, ensure_dataset, load_dataset
 from medbench.ensemble import METHODS, build_ensemble
@@ -42,12 +44,13 @@ from medbench.report import build_report
 from medbench.results import RunResults, read_results
 from medbench.store import (
     DEFAULT_STALE_SECONDS,
-    STORE_NAME,
     Owner,
     ResultsStore,
     describe_length,
+    has_store,
     round_up_duration,
 )
+from medbench.workers import check_workers, run_workers
 
 # The reference study: DermaMNIST and OCTMNIST at 28 px, its two models and the published
 # baseline architecture (ResNet-18).
@@ -547,45 +550,6 @@ class GridCellCallback(Callback):
         self.view.note("  " + round_line(self.cell.label, event.record, event.rounds_planned))
 
 
-class _Heartbeat:
-    """Refresh a claimed cell's heartbeat every `every` seconds from a daemon thread, for as
-    long as the `with` block runs (a round can take longer than the stale limit)."""
-
-    def __init__(
-        self,
-        store: ResultsStore,
-        key: str,
-        owner: Owner,
-        every: float,
-        elapsed: Callable[[], float],
-    ) -> None:
-        self._stop = threading.Event()
-        self._thread = threading.Thread(
-            target=self._run, args=(store, key, owner, every, elapsed), daemon=True
-        )
-
-    def __enter__(self) -> _Heartbeat:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-
-    def _run(
-        self,
-        store: ResultsStore,
-        key: str,
-        owner: Owner,
-        every: float,
-        elapsed: Callable[[], float],
-    ) -> None:
-        while not self._stop.wait(every):
-            # A busy database must not kill training; the next beat retries.
-            with contextlib.suppress(Exception):
-                store.heartbeat(key, owner, attempt_seconds=elapsed())
-
-
 def _finished_results(run_dir: Path) -> RunResults | None:
     """The run's results.json when it says the run finished (e.g. the process died after
     writing it but before the store heard of it), else None."""
@@ -643,8 +607,9 @@ def run_grid(
     train_fn: TrainFn | None = None,
     total_time_budget_seconds: float | None = None,
     length: dict[str, Any] | None = None,
+    storage: str | None = None,
     stale_seconds: float = DEFAULT_STALE_SECONDS,
-    heartbeat_seconds: float = 30.0,
+    heartbeat_seconds: float = DEFAULT_HEARTBEAT_SECONDS,
     poll_seconds: float = 2.0,
     wait_for_others: bool = True,
     retry_failed: bool = True,
@@ -654,7 +619,8 @@ def run_grid(
 ) -> GridOutcome:
     """Run every cell of the grid that no one has finished, into `out`.
 
-    Safe to run from several processes on the same `out`: each cell is claimed by one.
+    Safe to run from several processes on the same `out` (on several machines, with the
+    same `storage`, a database URL; see `medbench.store`): each cell is claimed by one.
     With `wait_for_others`, a process with nothing left to claim waits while others still
     run cells (and takes over any whose owner died), so it ends when the whole grid has.
     A cell that raises is recorded as failed and the grid goes on; a MedbenchError (e.g.
@@ -677,11 +643,11 @@ def run_grid(
     if length is None:
         base = cells[0].config.to_dict() if cells else {}
         length = grid_length(base, total_time_budget_seconds)
-    store = ResultsStore(out)
+    store = ResultsStore(out, url=storage)
     store.register_grid([c.store_row() for c in cells], length, retry_failed=retry_failed)
     view = GridView(len(cells), enabled=True if progress is None else progress, clock=clock)
     grid = _GridRun(out, cells, store, train_fn, view, length.get("total_time_budget_seconds"))
-    grid.event(f"{len(cells)} runs in {out} (store {store.path.name})")
+    grid.event(f"{len(cells)} runs in {out} (store {store.name})")
     if on_start is not None:
         on_start(view)
     try:
@@ -782,7 +748,10 @@ class _GridRun:
 
         callback = GridCellCallback(cell, self.store, self.owner, self.view, elapsed)
         try:
-            with _Heartbeat(self.store, cell.key, self.owner, heartbeat_seconds, elapsed):
+            with Heartbeat(
+                lambda: self.store.heartbeat(cell.key, self.owner, attempt_seconds=elapsed()),
+                heartbeat_seconds,
+            ):
                 return self.train_fn(config, resume=True, callbacks=[callback], progress=False)
         except (MedbenchError, KeyboardInterrupt):
             self.store.release(cell.key, self.owner)
@@ -852,6 +821,9 @@ def run_benchmark(
     stale_seconds: float = DEFAULT_STALE_SECONDS,
     ensemble: str | None = None,
     clock: Clock = time.monotonic,
+    storage: str | None = None,
+    workers: int = 1,
+    heartbeat_seconds: float = DEFAULT_HEARTBEAT_SECONDS,
 ) -> GridOutcome:
     """Plan and run the benchmark grid into `out`, then write its report there.
 
@@ -873,12 +845,18 @@ def run_benchmark(
     the plan (`GridOutcome.plan`) is printed with the progress. `plan=True` stops there:
     nothing is trained or written. A stand-in `train_fn` gets neither default: its data
     and speed are its own.
+
+    `storage` (a database URL) puts the store on a server that several machines share;
+    `workers` runs that many processes here (`run_grid_workers`: a stand-in `train_fn`
+    must then be a module-level function).
     """
+    check_workers(workers)
     grid = _prepare_grid(
         datasets, models, seeds, size=size, out=out, ensemble=ensemble, train_fn=train_fn,
         base=_grid_config(config, epochs, time_budget_seconds, data_dir, device),
-        total_time_budget_seconds=total_time_budget_seconds, on_gpu=on_gpu,
+        total_time_budget_seconds=total_time_budget_seconds, on_gpu=on_gpu, storage=storage,
     )  # fmt: skip
+    own_train_fn = train_fn
     cache = _DataCache()
     if train_fn is None:
         train_fn = _default_train_fn(cache)
@@ -887,16 +865,11 @@ def run_benchmark(
     grid_plan = grid.plan(speed_fn, prepare_data)
     if plan:
         return GridOutcome(out=grid.out, cells=grid.cells, counts=grid.counts(), plan=grid_plan)
-    outcome = run_grid(
-        grid.cells,
-        grid.out,
-        train_fn=train_fn,
-        length=grid.length,
-        progress=progress,
-        stale_seconds=stale_seconds,
-        clock=clock,
-        on_start=lambda view: [view.note(line) for line in grid_plan.lines()],
-    )
+    job = WorkerGrid(
+        grid.cells, grid.out, own_train_fn, grid.length, storage, stale_seconds,
+        heartbeat_seconds, progress,
+    )  # fmt: skip
+    outcome = _run_planned(job, grid_plan, workers, train_fn=train_fn, clock=clock)
     outcome.plan = grid_plan
     if ensemble is not None:
         outcome.ensembles = build_grid_ensembles(
@@ -920,10 +893,13 @@ class _Grid:
     base: dict[str, Any]
     length: dict[str, Any]
     default_budget: bool  # the length is the CPU default, not the user's choice
+    storage: str | None = None  # the store's database URL, when it is on a server
 
     def store(self) -> ResultsStore | None:
-        """The folder's store, when it has one (opening it writes nothing new)."""
-        return ResultsStore(self.out) if (self.out / STORE_NAME).exists() else None
+        """The grid's store, when it has one (opening it writes nothing new)."""
+        if self.storage is not None:
+            return ResultsStore(self.out, create=False, url=self.storage)
+        return ResultsStore(self.out) if has_store(self.out) else None
 
     def counts(self) -> dict[str, int]:
         store = self.store()
@@ -979,6 +955,7 @@ def _prepare_grid(
     base: dict[str, Any],
     total_time_budget_seconds: float | None,
     on_gpu: bool | None,
+    storage: str | None = None,
 ) -> _Grid:
     """The grid's cells and length from the arguments, every argument checked."""
     if base.get("time_budget_seconds") is not None and total_time_budget_seconds is not None:
@@ -1005,7 +982,7 @@ def _prepare_grid(
     if default:
         total_time_budget_seconds = DEFAULT_CPU_TOTAL_BUDGET_SECONDS
     length = grid_length(base, total_time_budget_seconds)
-    return _Grid(out, cells, base, length, default)
+    return _Grid(out, cells, base, length, default, storage)
 
 
 def _grid_config(
@@ -1064,3 +1041,91 @@ def _check_names(cells: Sequence[Cell]) -> None:
     for name in dict.fromkeys(c.config.model for c in cells):
         if not name.startswith(TIMM_PREFIX):
             model_options(name)  # raises MedbenchError naming the known models
+
+
+# -- several workers on one machine ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WorkerGrid:
+    """What each worker process of `run_grid_workers` runs: plain data, sent to a fresh
+    interpreter (`train_fn` None: the engine's own, built in the worker)."""
+
+    cells: list[Cell]
+    out: Path
+    train_fn: TrainFn | None
+    length: dict[str, Any]
+    storage: str | None = None
+    stale_seconds: float = DEFAULT_STALE_SECONDS
+    heartbeat_seconds: float = DEFAULT_HEARTBEAT_SECONDS
+    progress: bool | None = None
+
+
+def _grid_worker(index: int, job: WorkerGrid) -> None:
+    """One worker: claim and run cells until the grid is done (the grid was registered,
+    and its failed cells put back once, before the workers started)."""
+    run_grid(
+        job.cells, job.out, train_fn=job.train_fn, length=job.length, storage=job.storage,
+        stale_seconds=job.stale_seconds, heartbeat_seconds=job.heartbeat_seconds,
+        retry_failed=False, progress=job.progress,
+    )  # fmt: skip
+
+
+def run_grid_workers(
+    job: WorkerGrid, workers: int, *, plan_lines: Sequence[str] = ()
+) -> GridOutcome:
+    """Run the grid with `workers` processes on this machine, each with cores // workers
+    torch threads (`medbench.workers`), all claiming from the one store; wait for them.
+
+    A worker that dies leaves its cell to the others (its pid is gone, so the cell is
+    reclaimed at once). When workers stopped and the grid is not done, MedbenchError
+    names them; rerunning the command resumes."""
+    keys = [c.key for c in job.cells]
+    store = ResultsStore(job.out, url=job.storage)
+    store.register_grid([c.store_row() for c in job.cells], job.length, retry_failed=True)
+    before = {r["key"] for r in store.rows(keys) if r["status"] == "finished"}
+    view = GridView(len(keys), enabled=job.progress is not False)
+    for line in plan_lines:
+        view.note(line)
+    view.note(f"{workers} workers on {len(keys)} runs in {job.out} (store {store.name})")
+    exits = run_workers(_grid_worker, job, workers)
+    outcome = _workers_outcome(job, store, before, exits, view)
+    view.close()
+    return outcome
+
+
+def _run_planned(
+    job: WorkerGrid, grid_plan: GridPlan, workers: int, *, train_fn: TrainFn, clock: Clock
+) -> GridOutcome:
+    """Run the planned grid: in this process, or in `workers` processes."""
+    if workers > 1:
+        return run_grid_workers(job, workers, plan_lines=grid_plan.lines())
+    return run_grid(
+        job.cells, job.out, train_fn=train_fn, length=job.length, storage=job.storage,
+        progress=job.progress, stale_seconds=job.stale_seconds,
+        heartbeat_seconds=job.heartbeat_seconds, clock=clock,
+        on_start=lambda view: [view.note(line) for line in grid_plan.lines()],
+    )  # fmt: skip
+
+
+def _workers_outcome(
+    job: WorkerGrid, store: ResultsStore, before: set[str], exits: list, view: GridView
+) -> GridOutcome:
+    """Where the grid stands after its workers ended; MedbenchError naming the workers
+    that stopped when the grid is not done."""
+    keys = [c.key for c in job.cells]
+    rows = store.rows(keys)
+    outcome = GridOutcome(out=job.out, cells=list(job.cells), counts=store.counts(keys))
+    outcome.trained = [
+        r["key"] for r in rows if r["status"] == "finished" and r["key"] not in before
+    ]
+    outcome.failed = [r for r in rows if r["status"] == "failed"]
+    lost = [e.describe() for e in exits if not e.ok]
+    if lost and outcome.counts["finished"] + outcome.counts["failed"] < len(keys):
+        raise MedbenchError(
+            f"{'; '.join(lost)}; the grid stopped with {outcome.counts['finished']}/"
+            f"{len(keys)} runs finished: rerun the same command to resume it"
+        )
+    for text in lost:
+        view.note(f"{text}; the other workers finished its runs")
+    return outcome

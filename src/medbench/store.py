@@ -1,10 +1,19 @@
-"""The results store: one SQLite database (`results.sqlite`) per benchmark folder.
+"""The results store of a benchmark grid: one row per grid cell (dataset, size, model,
+seed, config hash), in a database reached through SQLAlchemy.
 
-One row per grid cell (dataset, size, model, seed, config hash). Several processes may work
-on the same folder at once: a cell is claimed inside a `BEGIN IMMEDIATE` transaction, so
-exactly one process gets it. A "running" cell whose owner is gone (same host and its pid is
-dead, or its heartbeat is older than `stale_seconds`) may be claimed again; the new owner
-resumes it from its checkpoint.
+By default the store is one SQLite file in the benchmark folder (`OUT/results.sqlite`),
+shared by the processes of one machine. Given a database URL (`--storage
+postgresql+psycopg://user@host/db`), it lives on a PostgreSQL server and is shared by
+processes on any number of machines; the folder then records where (`OUT/store.json`, the
+URL without its password), so later commands on the folder find it. One database (or
+schema) holds one grid.
+
+Several processes may work on one grid at once; each cell is claimed by exactly one. On
+SQLite a claim runs inside a `BEGIN IMMEDIATE` transaction (one writer at a time); on
+PostgreSQL the claimed row is locked with `SELECT ... FOR UPDATE SKIP LOCKED`, so claims
+of different cells do not wait for each other. A "running" cell whose owner is gone (see
+`medbench.claims.abandoned`: a stale heartbeat, or a dead pid on this host) may be claimed
+again; the new owner resumes it from its checkpoint.
 
 Statuses: pending -> running -> finished | failed. `attempts` counts claims.
 
@@ -21,23 +30,38 @@ import json
 import math
 import os
 import random
-import socket
 import sqlite3
 import time
 import urllib.parse
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy
+from sqlalchemy import bindparam, text
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.pool import NullPool
+
+from medbench.claims import DEFAULT_STALE_SECONDS, Owner, abandoned, process_alive
 from medbench.errors import MedbenchError
+from medbench.fsutil import atomic_write_json
 from medbench.results import RunResults
 
+__all__ = [
+    "DEFAULT_STALE_SECONDS",
+    "LOCATION_NAME",
+    "STORE_NAME",
+    "Owner",
+    "ResultsStore",
+    "has_store",
+    "process_alive",
+]
+
 STORE_NAME = "results.sqlite"
+LOCATION_NAME = "store.json"  # where the folder's store lives, when it is on a server
 SCHEMA_VERSION = 2  # 2: grid_length in meta; seconds_spent, attempt_seconds per cell
 STATUSES = ("pending", "running", "finished", "failed")
-DEFAULT_STALE_SECONDS = 600.0
 
 _COLUMNS = """
     key TEXT PRIMARY KEY,
@@ -71,54 +95,61 @@ _COLUMNS = """
     seconds_spent REAL NOT NULL DEFAULT 0,
     attempt_seconds REAL NOT NULL DEFAULT 0
 """
-# What SQLite says when the disk, not medbench, refused a write.
-_DISK_ERRORS = ("disk is full", "disk I/O error", "readonly database", "unable to open")
+# What the database says when the disk, not medbench, refused a write.
+_DISK_ERRORS = (
+    "disk is full", "disk I/O error", "readonly database", "unable to open", "No space left",
+)  # fmt: skip
 # Columns added since schema 1, added to a store of schema 1 when it is opened.
 _ADDED_COLUMNS = {
     "seconds_spent": "REAL NOT NULL DEFAULT 0",
     "attempt_seconds": "REAL NOT NULL DEFAULT 0",
 }
+# Any constant: the key of PostgreSQL's advisory lock under which the schema is made.
+_SCHEMA_LOCK = 7_140_295_306
 
 
-@dataclass(frozen=True)
-class Owner:
-    """Who works on a cell: the host name and process id."""
-
-    host: str
-    pid: int
-
-    @classmethod
-    def current(cls) -> Owner:
-        return cls(socket.gethostname(), os.getpid())
-
-    def __str__(self) -> str:
-        return f"{self.host}:{self.pid}"
+def _server_type(sqlite_type: str) -> str:
+    """A column type for PostgreSQL: its REAL has 24 bits, too few for epoch seconds."""
+    return sqlite_type.replace("REAL", "DOUBLE PRECISION")
 
 
-def process_alive(pid: int) -> bool:
-    """Whether process `pid` exists on this host (a zombie counts as dead)."""
-    if pid <= 0:
-        return False
+def database_url(url: str) -> str:
+    """`url` as SQLAlchemy opens it: a bare `postgresql://` goes through psycopg (v3) where
+    psycopg2, SQLAlchemy's default driver for it, is not installed."""
+    if url.startswith("postgresql://") or url.startswith("postgres://"):
+        try:
+            import psycopg2  # noqa: F401
+        except ImportError:
+            return "postgresql+psycopg://" + url.split("://", 1)[1]
+    return url
+
+
+def public_url(url: str) -> str:
+    """The URL without its password: what may be written to a file or printed."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # Linux: a killed child nobody has reaped yet is still listed, as state Z.
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except (OSError, IndexError):
-        return True
+        parsed = sqlalchemy.engine.make_url(url)
+    except sqlalchemy.exc.ArgumentError:
+        return url.split("@", 1)[-1]
+    return parsed._replace(password=None).render_as_string(hide_password=False)
 
 
-def _upgrade(conn: sqlite3.Connection) -> None:
-    """Bring a store of an earlier schema to this one (inside the schema transaction)."""
-    have = {r[1] for r in conn.execute("PRAGMA table_info(cells)")}
-    for name, kind in _ADDED_COLUMNS.items():
-        if name not in have:
-            conn.execute(f"ALTER TABLE cells ADD COLUMN {name} {kind}")
-    conn.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+def recorded_url(folder: str | os.PathLike) -> str | None:
+    """The database URL `folder`'s store lives at, when it is on a server (else None)."""
+    path = Path(folder) / LOCATION_NAME
+    if not path.is_file():
+        return None
+    try:
+        return str(json.loads(path.read_text())["url"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise MedbenchError(
+            f"cannot read {path} ({exc}): it names the database of this folder's grid; "
+            "restore it, or give the database with --storage URL"
+        ) from exc
+
+
+def has_store(folder: str | os.PathLike) -> bool:
+    """Whether `folder` has a results store (its own SQLite file, or one on a server)."""
+    return (Path(folder) / STORE_NAME).exists() or (Path(folder) / LOCATION_NAME).exists()
 
 
 def duration_flag(seconds: float) -> str:
@@ -150,45 +181,129 @@ def describe_length(length: dict[str, Any]) -> str:
     return " ".join(parts) or "no length flags (the recipe's epochs)"
 
 
+def _sqlite_engine(connect: Any) -> Engine:
+    """An engine over sqlite3 connections made by `connect`, each in the driver's
+    autocommit mode, so that the store itself says BEGIN IMMEDIATE where it writes."""
+
+    def creator() -> sqlite3.Connection:
+        conn = connect()
+        conn.execute("PRAGMA busy_timeout=60000")
+        return conn
+
+    return sqlalchemy.create_engine("sqlite://", creator=creator, poolclass=NullPool)
+
+
+def _server_engine(url: str) -> Engine:
+    try:
+        return sqlalchemy.create_engine(database_url(url), poolclass=NullPool)
+    except (sqlalchemy.exc.ArgumentError, ImportError) as exc:
+        raise MedbenchError(
+            f"cannot use --storage {public_url(url)}: {exc}; give an SQLAlchemy URL such as "
+            "postgresql+psycopg://user@host/db (pip install 'psycopg[binary]')"
+        ) from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    """The database's own message (not SQLAlchemy's SQL and background link)."""
+    return str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+
+
 class ResultsStore:
-    """The SQLite results store of one benchmark folder.
+    """The results store of one benchmark folder: its SQLite file, or a database on a
+    server (`url`).
 
     Each method opens its own short connection, so a store object is safe to share between
     threads (the heartbeat thread) and cheap to create in every process.
     """
 
-    def __init__(self, folder: str | os.PathLike, *, create: bool = True) -> None:
+    def __init__(
+        self, folder: str | os.PathLike, *, create: bool = True, url: str | None = None
+    ) -> None:
         """Open (with `create`, make) the store of `folder` for reading and writing; without
         `create`, open an existing store for reading only: then nothing is ever written to
-        it, and a store in a read-only folder (or of an older schema) is read as it is."""
+        it, and a store in a read-only folder (or of an older schema) is read as it is.
+        `url` (an SQLAlchemy URL) puts the store on a database server; without it, the
+        folder's recorded server (`OUT/store.json`), else its SQLite file."""
         self.folder = Path(folder)
         self.path = self.folder / STORE_NAME
         self.read_only = not create
-        self._read_uri: str | None = None
+        self.url = self._location(url)
+        self.server = self.url is not None
+        self.where = public_url(self.url) if self.url else str(self.path)
         if self.read_only:
             self._open_for_reading()
             return
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
+            self.engine = _server_engine(self.url) if self.url else self._file_engine()
             self._create_schema()
-        except sqlite3.DatabaseError as exc:
-            raise MedbenchError(
-                f"cannot open results store {self.path} for writing: {exc}; it was left as it "
-                "is (it may hold a study's results): free disk space or fix its permissions, "
-                "or choose another --out folder for a new study"
-            ) from exc
+            if self.url:
+                self._record_location()
+        except (sqlite3.DatabaseError, sqlalchemy.exc.DBAPIError) as exc:
+            raise self._open_error(exc) from exc
         except OSError as exc:
             raise MedbenchError(
                 f"cannot create {self.folder}: {exc.strerror or exc}; choose a writable --out folder"
             ) from exc
 
+    @property
+    def name(self) -> str:
+        """How the progress names the store: its file name, or the server's URL."""
+        return self.where if self.server else self.path.name
+
+    def _location(self, url: str | None) -> str | None:
+        """The database URL this store lives at (None: the folder's SQLite file); another
+        URL than the one the folder's grid was recorded with is refused."""
+        known = recorded_url(self.folder)
+        if url is None or known is None:
+            return url or known
+        if public_url(url) != public_url(known):
+            raise MedbenchError(
+                f"{self.folder}'s grid is stored in {public_url(known)}, not {public_url(url)}; "
+                f"give --storage {public_url(known)}, or choose a new --out"
+            )
+        return url
+
+    def _record_location(self) -> None:
+        path = self.folder / LOCATION_NAME
+        if recorded_url(self.folder) is None:
+            atomic_write_json(path, {"url": public_url(self.url or "")})
+
+    def _open_error(self, exc: BaseException) -> MedbenchError:
+        if self.server:
+            return MedbenchError(
+                f"cannot open results store {self.where}: {_first_line(exc)}; check --storage "
+                "(the server, the database and your rights on it)"
+            )
+        return MedbenchError(
+            f"cannot open results store {self.path} for writing: {_first_line(exc)}; it was "
+            "left as it is (it may hold a study's results): free disk space or fix its "
+            "permissions, or choose another --out folder for a new study"
+        )
+
+    def _file_engine(self) -> Engine:
+        path = self.path
+        return _sqlite_engine(lambda: sqlite3.connect(path, timeout=60.0, isolation_level=None))
+
     def _open_for_reading(self) -> None:
-        """Find a read-only way in: `mode=ro`, or, where SQLite cannot make the WAL index
-        beside the file (a read-only folder), `immutable=1`, which reads the file alone."""
+        """Find a read-only way in. A server is read through its URL. An SQLite file is
+        read with `mode=ro`, or, where SQLite cannot make the WAL index beside the file (a
+        read-only folder), `immutable=1`, which reads the file alone."""
+        if self.server:
+            self.engine = _server_engine(self.url or "")
+            try:
+                with self.engine.connect() as conn:
+                    conn.execute(text("SELECT 1"))
+            except sqlalchemy.exc.DBAPIError as exc:
+                raise self._open_error(exc) from exc
+            return
         if not self.path.is_file():
             raise MedbenchError(
                 f"no results store {self.path}; run 'medbench benchmark --out {self.folder}' first"
             )
+        self.engine = self._read_only_engine()
+
+    def _read_only_engine(self) -> Engine:
         base = "file:" + urllib.parse.quote(str(self.path.resolve()))
         error: sqlite3.DatabaseError | None = None
         for uri in (f"{base}?mode=ro", f"{base}?mode=ro&immutable=1"):
@@ -203,8 +318,9 @@ class ResultsStore:
                 if not isinstance(exc, sqlite3.OperationalError):
                     break  # not a database at all: immutable will not help
                 continue
-            self._read_uri = uri
-            return
+            return _sqlite_engine(
+                lambda uri=uri: sqlite3.connect(uri, uri=True, timeout=60.0, isolation_level=None)
+            )
         raise MedbenchError(
             f"cannot read results store {self.path}: {error}; it was left as it is: check that "
             "it is the results.sqlite a 'medbench benchmark' wrote and that you may read it"
@@ -213,77 +329,101 @@ class ResultsStore:
     # -- plumbing ---------------------------------------------------------------------------
 
     def _create_schema(self, timeout: float = 60.0) -> None:
-        """Switch the file to WAL and create the tables, however many processes do it at once.
+        """Create the tables (and switch an SQLite file to WAL), however many processes do
+        it at once.
 
         SQLite answers "database is locked" at once, without waiting in the busy handler, when
         two connections race to switch a new file to WAL or to upgrade a read to a write (the
         handler would deadlock there). So the switch is retried on a fresh connection, and the
-        tables are created inside a `BEGIN IMMEDIATE` transaction, which does wait.
-        """
+        tables are created inside a `BEGIN IMMEDIATE` transaction, which does wait. On
+        PostgreSQL the tables are made under an advisory lock: two `CREATE TABLE IF NOT
+        EXISTS` at once would otherwise collide."""
         deadline = time.monotonic() + timeout
         delay = 0.01
         while True:
-            conn = self._connect()
             try:
-                if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
-                    conn.execute("PRAGMA journal_mode=WAL")
-                conn.execute("BEGIN IMMEDIATE")
-                conn.execute(f"CREATE TABLE IF NOT EXISTS cells ({_COLUMNS})")
-                conn.execute("CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT)")
-                _upgrade(conn)
-                conn.execute("COMMIT")
+                with self.engine.connect() as conn:
+                    self._make_tables(conn)
                 return
-            except sqlite3.OperationalError as exc:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
+            except sqlalchemy.exc.OperationalError as exc:
                 busy = "locked" in str(exc) or "busy" in str(exc)
-                if not busy or time.monotonic() + delay > deadline:
+                if self.server or not busy or time.monotonic() + delay > deadline:
                     raise
-            finally:
-                conn.close()
             time.sleep(delay * (1.0 + random.random()))
             delay = min(delay * 2, 0.5)
 
-    def _meta(self, conn: sqlite3.Connection, name: str) -> str | None:
-        row = conn.execute("SELECT value FROM meta WHERE name=?", (name,)).fetchone()
-        return None if row is None else row[0]
-
-    def _connect(self) -> sqlite3.Connection:
-        if self._read_uri is not None:
-            conn = sqlite3.connect(self._read_uri, uri=True, timeout=60.0, isolation_level=None)
+    def _make_tables(self, conn: Connection) -> None:
+        columns = _COLUMNS
+        if self.server:
+            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _SCHEMA_LOCK})
+            columns = _server_type(_COLUMNS)
         else:
-            conn = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
-        conn.row_factory = sqlite3.Row
-        conn.execute("PRAGMA busy_timeout=60000")
-        return conn
+            if conn.exec_driver_sql("PRAGMA journal_mode").scalar().lower() != "wal":
+                conn.exec_driver_sql("PRAGMA journal_mode=WAL")
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        conn.execute(text(f"CREATE TABLE IF NOT EXISTS cells ({columns})"))
+        conn.execute(text("CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT)"))
+        self._upgrade(conn)
+        conn.commit()
+
+    def _upgrade(self, conn: Connection) -> None:
+        """Bring a store of an earlier schema to this one (inside the schema transaction)."""
+        have = {c["name"] for c in sqlalchemy.inspect(conn).get_columns("cells")}
+        for name, kind in _ADDED_COLUMNS.items():
+            if name not in have:
+                kind = _server_type(kind) if self.server else kind
+                conn.execute(text(f"ALTER TABLE cells ADD COLUMN {name} {kind}"))
+        self._set_meta(conn, "schema_version", str(SCHEMA_VERSION))
+
+    @staticmethod
+    def _set_meta(conn: Connection, name: str, value: str) -> None:
+        conn.execute(
+            text(
+                "INSERT INTO meta (name, value) VALUES (:name, :value) "
+                "ON CONFLICT (name) DO UPDATE SET value = excluded.value"
+            ),
+            {"name": name, "value": value},
+        )
+
+    @staticmethod
+    def _meta(conn: Connection, name: str) -> str | None:
+        return conn.execute(text("SELECT value FROM meta WHERE name=:n"), {"n": name}).scalar()
 
     @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        """An IMMEDIATE transaction: takes the write lock at once, so check-then-update is atomic.
-
-        A write the disk refuses (full, read-only, failing) is rolled back by SQLite, so the
-        store keeps what it held, and is raised as one MedbenchError."""
-        if self.read_only:
-            raise MedbenchError(f"results store {self.path} was opened for reading only")
-        conn = self._connect()
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+    def _reading(self) -> Iterator[Connection | None]:
+        """A connection to read with; None for a store read as it is before any grid was
+        registered (no tables yet)."""
+        with self.engine.connect() as conn:
+            if self.read_only and not sqlalchemy.inspect(conn).has_table("cells"):
+                yield None
+            else:
                 yield conn
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
-        except sqlite3.OperationalError as exc:
-            if not any(words in str(exc) for words in _DISK_ERRORS):
+
+    @contextmanager
+    def _transaction(self, *, whole_grid: bool = False) -> Iterator[Connection]:
+        """A write transaction. On SQLite it takes the write lock at once (`BEGIN
+        IMMEDIATE`), so check-then-update is atomic; on PostgreSQL rows are locked where
+        they are claimed, and `whole_grid` locks the cells against writers (registering).
+
+        A write the disk refuses (full, read-only, failing) is rolled back, so the store
+        keeps what it held, and is raised as one MedbenchError."""
+        if self.read_only:
+            raise MedbenchError(f"results store {self.where} was opened for reading only")
+        try:
+            with self.engine.connect() as conn:
+                if not self.server:
+                    conn.exec_driver_sql("BEGIN IMMEDIATE")
+                elif whole_grid:
+                    conn.execute(text("LOCK TABLE cells IN EXCLUSIVE MODE"))
+                yield conn  # an exception here leaves the block: SQLAlchemy rolls back
+                conn.commit()
+        except sqlalchemy.exc.OperationalError as exc:
+            if not any(words in str(exc.orig) for words in _DISK_ERRORS):
                 raise
             raise MedbenchError(
-                f"cannot write results store {self.path}: {exc}; it keeps what it held before: "
-                "free some disk space (or make it writable) and run again"
+                f"cannot write results store {self.where}: {_first_line(exc)}; it keeps what "
+                "it held before: free some disk space (or make it writable) and run again"
             ) from exc
-        finally:
-            conn.close()
 
     def _rel(self, path: str | os.PathLike) -> str:
         """Paths inside the folder are stored relative to it, so the folder can be moved."""
@@ -299,30 +439,37 @@ class ResultsStore:
     # -- writing ----------------------------------------------------------------------------
 
     @staticmethod
-    def _insert(conn: sqlite3.Connection, cells: Iterable[dict[str, Any]], retry: bool) -> int:
+    def _insert(conn: Connection, cells: Iterable[dict[str, Any]], retry: bool) -> int:
         now = time.time()
         added = 0
         for c in cells:
             cur = conn.execute(
-                "INSERT OR IGNORE INTO cells (key, dataset, size, model, seed, config_hash, "
-                "status, created_at, config_json, run_dir) VALUES (?,?,?,?,?,?,'pending',?,?,?)",
-                (
-                    c["key"],
-                    c["dataset"],
-                    int(c["size"]),
-                    c["model"],
-                    int(c["seed"]),
-                    c["config_hash"],
-                    now,
-                    json.dumps(c["config"], sort_keys=True),
-                    str(c["run_dir"]),
+                text(
+                    "INSERT INTO cells (key, dataset, size, model, seed, config_hash, status, "
+                    "created_at, config_json, run_dir) VALUES (:key, :dataset, :size, :model, "
+                    ":seed, :config_hash, 'pending', :now, :config, :run_dir) "
+                    "ON CONFLICT (key) DO NOTHING"
                 ),
+                {
+                    "key": c["key"],
+                    "dataset": c["dataset"],
+                    "size": int(c["size"]),
+                    "model": c["model"],
+                    "seed": int(c["seed"]),
+                    "config_hash": c["config_hash"],
+                    "now": now,
+                    "config": json.dumps(c["config"], sort_keys=True),
+                    "run_dir": str(c["run_dir"]),
+                },
             )
-            added += cur.rowcount
+            added += max(0, cur.rowcount)
             if retry:
                 conn.execute(
-                    "UPDATE cells SET status='pending', error=NULL WHERE key=? AND status='failed'",
-                    (c["key"],),
+                    text(
+                        "UPDATE cells SET status='pending', error=NULL "
+                        "WHERE key=:key AND status='failed'"
+                    ),
+                    {"key": c["key"]},
                 )
         return added
 
@@ -340,37 +487,33 @@ class ResultsStore:
         cells to a grid that shares a total budget (it would change every cell's share).
         A grid that never started, registered with another length (or before lengths were
         kept), is replaced: its cells, none of which anyone claimed, are dropped first."""
-        with self._transaction() as conn:
+        with self._transaction(whole_grid=True) as conn:
             known = json.loads(self._meta(conn, "grid_length") or "null")
             conflict = self._conflict(conn, cells, known, length)
             if conflict is not None:
                 raise conflict
             if not self._started(conn) and known != length:
-                conn.execute("DELETE FROM cells")
-            conn.execute(
-                "INSERT OR REPLACE INTO meta VALUES ('grid_length', ?)",
-                (json.dumps(length, sort_keys=True),),
-            )
+                conn.execute(text("DELETE FROM cells"))
+            self._set_meta(conn, "grid_length", json.dumps(length, sort_keys=True))
             return self._insert(conn, cells, retry_failed)
 
     def check_grid(self, cells: Sequence[dict[str, Any]], length: dict[str, Any]) -> None:
         """Raise the MedbenchError `register_grid` would raise for this grid; write nothing."""
-        conn = self._connect()
-        try:
+        with self._reading() as conn:
+            if conn is None:
+                return
             known = json.loads(self._meta(conn, "grid_length") or "null")
             conflict = self._conflict(conn, cells, known, length)
-        finally:
-            conn.close()
         if conflict is not None:
             raise conflict
 
     @staticmethod
-    def _started(conn: sqlite3.Connection) -> bool:
-        return bool(conn.execute("SELECT COUNT(*) FROM cells WHERE attempts > 0").fetchone()[0])
+    def _started(conn: Connection) -> bool:
+        return bool(conn.execute(text("SELECT COUNT(*) FROM cells WHERE attempts > 0")).scalar())
 
     def _conflict(
         self,
-        conn: sqlite3.Connection,
+        conn: Connection,
         cells: Sequence[dict[str, Any]],
         known: dict[str, Any] | None,
         length: dict[str, Any],
@@ -384,7 +527,7 @@ class ResultsStore:
                 f"{describe_length(length)}: one report cannot compare runs of different "
                 f"lengths; rerun with {describe_length(known)}, or choose a new --out"
             )
-        have = {r[0] for r in conn.execute("SELECT key FROM cells")}
+        have = set(conn.execute(text("SELECT key FROM cells")).scalars())
         if known.get("total_time_budget_seconds") is not None and any(
             c["key"] not in have for c in cells
         ):
@@ -412,40 +555,64 @@ class ResultsStore:
         """Claim the first of `keys` that is pending or abandoned; return its row, or None.
 
         Abandoned = running, and either owned by a dead process on this host or with a
-        heartbeat older than `stale_seconds`. Cells are tried in the order of `keys`.
-        """
+        heartbeat older than `stale_seconds`. Cells are tried in the order of `keys`. On a
+        server the cell's row is locked (skipping rows other claims hold) and checked again
+        before it is taken."""
         owner = owner or Owner.current()
-        keys = list(keys)
         now = time.time()
         with self._transaction() as conn:
             rows = {
                 r["key"]: r
                 for r in conn.execute(
-                    "SELECT key, status, claimed_host, claimed_pid, heartbeat FROM cells "
-                    "WHERE status IN ('pending', 'running')"
-                )
+                    text(
+                        "SELECT key, status, claimed_host, claimed_pid, heartbeat FROM cells "
+                        "WHERE status IN ('pending', 'running')"
+                    )
+                ).mappings()
             }
             for key in keys:
-                row = rows.get(key)
-                if row is None or (
-                    row["status"] == "running" and not self._abandoned(row, now, stale_seconds)
-                ):
+                if not self._claimable(rows.get(key), now, stale_seconds):
+                    continue
+                if self.server and not self._claimable(self._lock(conn, key), now, stale_seconds):
                     continue
                 conn.execute(
-                    "UPDATE cells SET status='running', claimed_host=?, claimed_pid=?, heartbeat=?, "
-                    "started_at=?, attempts=attempts+1, error=NULL, "
-                    "seconds_spent=seconds_spent+attempt_seconds, attempt_seconds=0 WHERE key=?",
-                    (owner.host, owner.pid, now, now, key),
+                    text(
+                        "UPDATE cells SET status='running', claimed_host=:host, claimed_pid=:pid, "
+                        "heartbeat=:now, started_at=:now, attempts=attempts+1, error=NULL, "
+                        "seconds_spent=seconds_spent+attempt_seconds, attempt_seconds=0 "
+                        "WHERE key=:key"
+                    ),
+                    {"host": owner.host, "pid": owner.pid, "now": now, "key": key},
                 )
-                return dict(conn.execute("SELECT * FROM cells WHERE key=?", (key,)).fetchone())
+                row = conn.execute(text("SELECT * FROM cells WHERE key=:key"), {"key": key})
+                return dict(row.mappings().one())
         return None
 
     @staticmethod
-    def _abandoned(row: sqlite3.Row, now: float, stale_seconds: float) -> bool:
-        if row["heartbeat"] is None or now - row["heartbeat"] > stale_seconds:
+    def _lock(conn: Connection, key: str) -> Mapping[str, Any] | None:
+        """The cell's row, locked until the transaction ends; None when another
+        transaction holds it (it is being claimed or written by someone else)."""
+        return (
+            conn.execute(
+                text(
+                    "SELECT key, status, claimed_host, claimed_pid, heartbeat FROM cells "
+                    "WHERE key=:key FOR UPDATE SKIP LOCKED"
+                ),
+                {"key": key},
+            )
+            .mappings()
+            .first()
+        )
+
+    @staticmethod
+    def _claimable(row: Mapping[str, Any] | None, now: float, stale_seconds: float) -> bool:
+        if row is None or row["status"] not in ("pending", "running"):
+            return False
+        if row["status"] == "pending":
             return True
-        same_host = row["claimed_host"] == socket.gethostname()
-        return same_host and not process_alive(int(row["claimed_pid"] or 0))
+        return abandoned(
+            row["claimed_host"], row["claimed_pid"], row["heartbeat"], now, stale_seconds
+        )
 
     def heartbeat(
         self, key: str, owner: Owner | None = None, *, attempt_seconds: float | None = None
@@ -455,48 +622,58 @@ class ResultsStore:
         owner = owner or Owner.current()
         with self._transaction() as conn:
             cur = conn.execute(
-                "UPDATE cells SET heartbeat=?, attempt_seconds=COALESCE(?, attempt_seconds) "
-                "WHERE key=? AND status='running' AND claimed_host=? AND claimed_pid=?",
-                (time.time(), attempt_seconds, key, owner.host, owner.pid),
+                text(
+                    "UPDATE cells SET heartbeat=:now, "
+                    "attempt_seconds=COALESCE(:spent, attempt_seconds) WHERE key=:key AND "
+                    "status='running' AND claimed_host=:host AND claimed_pid=:pid"
+                ).bindparams(bindparam("spent", type_=sqlalchemy.Float)),
+                {
+                    "now": time.time(),
+                    "spent": attempt_seconds,
+                    "key": key,
+                    "host": owner.host,
+                    "pid": owner.pid,
+                },
             )
             return cur.rowcount == 1
 
     def spend(self, key: str, attempt_seconds: float) -> None:
         """Record the wall seconds the cell's current attempt has spent (when it ends)."""
         with self._transaction() as conn:
-            conn.execute("UPDATE cells SET attempt_seconds=? WHERE key=?", (attempt_seconds, key))
+            conn.execute(
+                text("UPDATE cells SET attempt_seconds=:s WHERE key=:key"),
+                {"s": attempt_seconds, "key": key},
+            )
 
     def finish(self, key: str, results: RunResults, results_path: str | os.PathLike) -> None:
         """Record a finished run from its results."""
         row = results.flat_row()
+        names = ("test_acc", "test_auc", "val_acc", "val_auc", "n_params", "gflops")
+        values = {name: row[name] for name in (*names, "efficiency", "train_seconds")}
         with self._transaction() as conn:
             conn.execute(
-                "UPDATE cells SET status='finished', finished_at=?, heartbeat=?, results_path=?, "
-                "test_acc=?, test_auc=?, val_acc=?, val_auc=?, n_params=?, gflops=?, efficiency=?, "
-                "train_seconds=?, collapsed=?, flags_json=?, error=NULL WHERE key=?",
-                (
-                    time.time(),
-                    time.time(),
-                    self._rel(results_path),
-                    row["test_acc"],
-                    row["test_auc"],
-                    row["val_acc"],
-                    row["val_auc"],
-                    row["n_params"],
-                    row["gflops"],
-                    row["efficiency"],
-                    row["train_seconds"],
-                    int(row["collapsed"]),
-                    json.dumps(row["flags"]),
-                    key,
+                text(
+                    "UPDATE cells SET status='finished', finished_at=:now, heartbeat=:now, "
+                    "results_path=:path, test_acc=:test_acc, test_auc=:test_auc, "
+                    "val_acc=:val_acc, val_auc=:val_auc, n_params=:n_params, gflops=:gflops, "
+                    "efficiency=:efficiency, train_seconds=:train_seconds, "
+                    "collapsed=:collapsed, flags_json=:flags, error=NULL WHERE key=:key"
                 ),
+                {
+                    **values,
+                    "now": time.time(),
+                    "path": self._rel(results_path),
+                    "collapsed": int(row["collapsed"]),
+                    "flags": json.dumps(row["flags"]),
+                    "key": key,
+                },
             )
 
     def fail(self, key: str, message: str) -> None:
         with self._transaction() as conn:
             conn.execute(
-                "UPDATE cells SET status='failed', finished_at=?, error=? WHERE key=?",
-                (time.time(), message, key),
+                text("UPDATE cells SET status='failed', finished_at=:now, error=:e WHERE key=:key"),
+                {"now": time.time(), "e": message, "key": key},
             )
 
     def release(self, key: str, owner: Owner | None = None) -> None:
@@ -504,26 +681,21 @@ class ResultsStore:
         owner = owner or Owner.current()
         with self._transaction() as conn:
             conn.execute(
-                "UPDATE cells SET status='pending', claimed_host=NULL, claimed_pid=NULL, "
-                "heartbeat=NULL WHERE key=? AND status='running' AND claimed_host=? AND claimed_pid=?",
-                (key, owner.host, owner.pid),
+                text(
+                    "UPDATE cells SET status='pending', claimed_host=NULL, claimed_pid=NULL, "
+                    "heartbeat=NULL WHERE key=:key AND status='running' AND claimed_host=:host "
+                    "AND claimed_pid=:pid"
+                ),
+                {"key": key, "host": owner.host, "pid": owner.pid},
             )
 
     # -- reading ----------------------------------------------------------------------------
 
     def rows(self, keys: Iterable[str] | None = None) -> list[dict[str, Any]]:
         """All rows (or those of `keys`, in that order), flags decoded into a list."""
-        conn = self._connect()
-        try:
-            all_rows = [
-                dict(r) for r in conn.execute("SELECT * FROM cells ORDER BY created_at, key")
-            ]
-        except sqlite3.OperationalError as exc:
-            if not (self.read_only and "no such table" in str(exc)):
-                raise
-            all_rows = []  # a store read as it is, before any grid was registered
-        finally:
-            conn.close()
+        with self._reading() as conn:
+            query = text("SELECT * FROM cells ORDER BY created_at, key")
+            all_rows = [] if conn is None else [dict(r) for r in conn.execute(query).mappings()]
         for r in all_rows:
             for name in _ADDED_COLUMNS:  # a store of an earlier schema, read as it is
                 r.setdefault(name, 0.0)
@@ -539,15 +711,8 @@ class ResultsStore:
     def grid_length(self) -> dict[str, Any] | None:
         """The run length the grid was registered with (see `register_grid`); None for a
         store written before lengths were kept, or with no grid yet."""
-        conn = self._connect()
-        try:
-            return json.loads(self._meta(conn, "grid_length") or "null")
-        except sqlite3.OperationalError as exc:
-            if not (self.read_only and "no such table" in str(exc)):
-                raise
-            return None
-        finally:
-            conn.close()
+        with self._reading() as conn:
+            return None if conn is None else json.loads(self._meta(conn, "grid_length") or "null")
 
     def seconds_spent(self, keys: Iterable[str] | None = None) -> float:
         """Wall seconds the cells' attempts have spent (all cells, or those of `keys`)."""

@@ -22,6 +22,7 @@ from medbench.commands._options import (
 from medbench.config import format_seconds, parse_duration
 from medbench.distributed import refuse_launch
 from medbench.ensemble import METHODS
+from medbench.store import STORE_NAME
 
 NAME = "benchmark"
 ORDER = 0
@@ -31,7 +32,8 @@ DESCRIPTION = (
     f"report. With no options it reproduces the reference study: {', '.join(DEFAULT_DATASETS)} x "
     f"{', '.join(DEFAULT_MODELS)} at 28 px, {DEFAULT_SEEDS} seeds. A rerun skips finished runs and "
     "resumes interrupted ones; several processes may run the same grid into the same folder at "
-    "once. Run length: --epochs or --time-budget per run, or --total-time-budget for the grid; "
+    "once (--workers N starts N here; --storage URL shares the grid between machines). Run "
+    "length: --epochs or --time-budget per run, or --total-time-budget for the grid; "
     f"with none of them a GPU trains the default epochs and a CPU shares a "
     f"{format_seconds(DEFAULT_CPU_TOTAL_BUDGET_SECONDS)} budget over the grid. The length is "
     "part of the grid: a folder whose grid started with another one is refused (use a new "
@@ -60,6 +62,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--out", default=DEFAULT_OUT, metavar="DIR", help=f"output folder (default {DEFAULT_OUT})"
+    )
+    g.add_argument(
+        "--storage",
+        metavar="URL",
+        help="SQLAlchemy URL of the results store's database, e.g. "
+        "postgresql+psycopg://user@host/db, so processes on several machines share the grid "
+        f"(default {STORE_NAME} in --out; the same flag as tune and search)",
+    )
+    g.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run N processes on this machine, each with cores/N torch threads; on a GPU they "
+        "share it (default 1)",
     )
     g.add_argument(
         "--ensemble",
@@ -98,6 +115,8 @@ def run(args: argparse.Namespace) -> int:
         progress=False if args.quiet else None,
         ensemble=args.ensemble,
         plan=args.plan,
+        storage=args.storage,
+        workers=args.workers,
     )
     if args.plan:
         print("\n".join(outcome.plan.lines()))
@@ -105,7 +124,8 @@ def run(args: argparse.Namespace) -> int:
     c = outcome.counts
     print(
         f"{c.get('finished', 0)}/{len(outcome.cells)} runs finished, {c.get('failed', 0)} failed "
-        f"({len(outcome.trained)} trained by this process); results in {outcome.out}"
+        f"({len(outcome.trained)} trained by this {'command' if args.workers > 1 else 'process'}); "
+        f"results in {outcome.out}"
     )
     for r in outcome.ensembles:
         t, b = r["metrics"]["test"], r["best_single"]
