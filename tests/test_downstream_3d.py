@@ -284,3 +284,18 @@ def test_intensity_augmentation_scales_each_volume_by_one_uniform_draw():
     per_volume = ratio.flatten(1)
     torch.testing.assert_close(per_volume, per_volume[:, :1].expand_as(per_volume))
     assert per_volume.min() >= 0 and per_volume.max() <= 1 and per_volume[:, 0].std() > 0.2
+
+
+def test_tuning_a_3d_model_samples_only_the_augmentations_volumes_take():
+    import optuna
+
+    from medbench.tune import suggest_recipe
+
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = set()
+    for _ in range(20):
+        trial = study.ask()
+        recipe = suggest_recipe(trial, {}, min_epochs=1, max_epochs=2, model_options={},
+                                spatial_dims=3)  # fmt: skip
+        seen.add(recipe["augment"])
+    assert seen == {"none", "basic"}

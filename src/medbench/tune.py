@@ -39,7 +39,7 @@ from medbench.data import load_dataset
 from medbench.engine import train
 from medbench.errors import DiskWriteError, MedbenchError, MedbenchWarning
 from medbench.fsutil import atomic_savefig, atomic_write_json
-from medbench.models import model_options
+from medbench.models import model_options, model_spatial_dims
 from medbench.results import RunResults
 from medbench.study_storage import fail_dead_trials, make_storage
 
@@ -472,9 +472,12 @@ _SIMPLE_SPACE: dict[str, Callable[[optuna.Trial], Any]] = {
     "batch_size": lambda trial: trial.suggest_categorical("batch_size", [32, 64, 128, 256]),
     "label_smoothing": lambda trial: trial.suggest_float("label_smoothing", 0.0, 0.2),
     "augment": lambda trial: trial.suggest_categorical(
-        "augment", [p for p in POLICIES if p != "auto"]
+        "augment", [p for p in POLICIES if p not in ("auto", "intensity")]
     ),
 }
+# Volumes take only these (`medbench.augment.VOLUME_POLICIES` less `auto` and the official
+# 3D recipe's `intensity`).
+_VOLUME_AUGMENT = ("none", "basic")
 # Regularisers a model may not take: sampled only where its options include them.
 _MODEL_REGULARISERS = {"dropout": 0.5, "drop_path": 0.3}  # name -> largest value tried
 
@@ -486,10 +489,15 @@ def suggest_recipe(
     min_epochs: int,
     max_epochs: int,
     model_options: dict[str, Any] | None,
+    spatial_dims: int = 2,
 ) -> dict[str, Any]:
     """Sample the TrainConfig values of a recipe; keys in `fixed` are not sampled.
-    `model_options` (None for timm models) says whether dropout/drop_path apply."""
-    values = {key: suggest(trial) for key, suggest in _SIMPLE_SPACE.items() if key not in fixed}
+    `model_options` (None for timm models) says whether dropout/drop_path apply;
+    `spatial_dims` 3 (a model of volumes) samples only the augmentations volumes take."""
+    space = dict(_SIMPLE_SPACE)
+    if spatial_dims == 3:
+        space["augment"] = lambda t: t.suggest_categorical("augment", list(_VOLUME_AUGMENT))
+    values = {key: suggest(trial) for key, suggest in space.items() if key not in fixed}
     if "mixup" not in fixed and "cutmix" not in fixed:
         values.update(_suggest_mix(trial))
     for key, high in _MODEL_REGULARISERS.items():
@@ -580,8 +588,9 @@ def tune(
 
     def objective(trial: optuna.Trial) -> float:
         recipe = suggest_recipe(
-            trial, fixed, min_epochs=min_epochs, max_epochs=max_epochs, model_options=options
-        )
+            trial, fixed, min_epochs=min_epochs, max_epochs=max_epochs, model_options=options,
+            spatial_dims=model_spatial_dims(base.model),
+        )  # fmt: skip
         results = setup.train_trial(
             trial, {**fixed, **recipe}, callbacks=[PruningCallback(trial, metric)]
         )

@@ -18,8 +18,10 @@ DESCRIPTION = (
     "Predict with a trained model (a run folder or its model.pt) or a saved ensemble (the "
     "folder 'medbench ensemble --out' writes). INPUT is PNG/JPEG files, "
     "folders of them (searched recursively, in sorted order) or an npz file (MedMNIST "
-    "layout: test_images unless --split is given, or an 'images' array). Images are "
-    "converted to the model's size and channels. Prints a table, or --json / --csv FILE "
+    "layout: test_images unless --split is given, or an 'images' array) or .npy array; "
+    "for a 3D model, volumes in .npy, .npz or NIfTI (.nii, .nii.gz; needs nibabel) files "
+    "or folders of them. Images are converted to the model's size and channels, volumes "
+    "to its size^3 uint8 input. Prints a table, or --json / --csv FILE "
     "with the probability of every class (and the temperature-calibrated ones where a "
     "temperature was fitted)."
 )
@@ -29,7 +31,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "model", metavar="MODEL", help="run folder, model.pt or saved ensemble folder"
     )
-    parser.add_argument("inputs", metavar="INPUT", nargs="+", help="image file, folder or .npz")
+    parser.add_argument(
+        "inputs",
+        metavar="INPUT",
+        nargs="+",
+        help="image file, folder, .npz or .npy (a 3D model: volume files)",
+    )
     parser.add_argument(
         "--split",
         choices=SPLITS,
