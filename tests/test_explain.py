@@ -250,6 +250,17 @@ def test_deletion_follows_the_saliency_order():
     assert min(good + reversed_) >= 0 and max(good + reversed_) <= 1
 
 
+def test_equal_saliency_is_removed_in_random_not_raster_order():
+    model = PlantedRegion().eval()
+    prob_fn = probability_function(model, "binary-class")
+    x = planted_images(1)
+    # A flat map ranks nothing: its deletion curve is a random one, not the raster order
+    # that reaches the planted square (rows 8-15) within the first 60% of the pixels.
+    flat = [deletion_insertion(prob_fn, x, np.zeros((28, 28)), 1, 14, seed)[0] for seed in range(3)]
+    raster = deletion_insertion(prob_fn, x, -np.arange(784.0).reshape(28, 28), 1, 14)[0]
+    assert len(set(flat)) == 3 and raster not in flat
+
+
 # --------------------------------------------------------------------------- case selection
 
 

@@ -320,13 +320,17 @@ def deletion_insertion(
     saliency: np.ndarray,
     target: int,
     steps: int = DEFAULT_STEPS,
+    seed: int = 0,
 ) -> tuple[float, float]:
     """(deletion AUC, insertion AUC) of one normalised image (1, C, H, W) and its (H, W)
     saliency for class `target`: the target's probability integrated (trapezoid rule) over
     the fraction of pixels removed (set to the image's mean) or inserted (into the blurred
-    image), most salient first, in `steps` equal steps."""
+    image), most salient first, in `steps` equal steps. Pixels of equal saliency go in a
+    random order (`seed`): a map's flat part (Grad-CAM's zeroed negative evidence) says
+    nothing of which pixel comes first, and raster order would favour one corner."""
     h, w = x.shape[-2:]
-    order = np.argsort(-np.asarray(saliency, dtype=np.float64).ravel(), kind="stable")
+    tiebreak = np.random.default_rng(seed).random(h * w)
+    order = np.lexsort((tiebreak, -np.asarray(saliency, dtype=np.float64).ravel()))
     counts = np.linspace(0, h * w, steps + 1).round().astype(int)
     masks = np.zeros((steps + 1, h * w), dtype=np.float32)
     for k, n in enumerate(counts):
@@ -531,7 +535,7 @@ def explain_images(
     for k, row in enumerate(rows):
         for method, m in maps.items():
             row.deletion[method], row.insertion[method] = deletion_insertion(
-                prob_fn, x[k : k + 1], m[k], row.target, steps
+                prob_fn, x[k : k + 1], m[k], row.target, steps, seed + k
             )
     return maps
 
