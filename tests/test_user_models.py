@@ -305,8 +305,22 @@ def test_weights_of_an_edited_or_moved_file_are_refused(net_file, breast_dir, tm
     assert main(["predict", str(run_dir), str(breast_dir / "breastmnist.npz")]) == 2
     assert "my_net:build changed since" in capsys.readouterr().err
     net_file.rename(tmp_path / "elsewhere.py")
-    with pytest.raises(MedbenchError, match=f"model file {net_file} does not exist"):
+    with pytest.raises(MedbenchError, match=f"model file {net_file} does not exist") as info:
         load_trained_model(run_dir)
+    assert "the run's model my_net:build is rebuilt from it" in str(info.value)
+
+
+@pytest.mark.slow
+def test_resuming_after_an_edit_is_refused(net_file, breast_dir, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    argv = ["train", "--dataset", "breastmnist", "--model", f"{net_file}:build", "--epochs", "1"]
+    argv += ["--data-dir", str(breast_dir), "--run-dir", str(run_dir), "--device", "cpu"]
+    assert main([*argv, "--keep-checkpoint"]) == 0
+    net_file.write_text(NET + "\n# edited\n")
+    capsys.readouterr()
+    assert main([*argv, "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "checkpoint.pt belongs to another run" in err and "model_source_hash" in err
 
 
 @pytest.mark.slow

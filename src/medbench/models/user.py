@@ -128,7 +128,13 @@ def check_source(name: str, recorded: str | None) -> None:
     hash saved with the run; None for medbench's own and timm models)."""
     if recorded is None:
         return
-    user = resolve(name)
+    try:
+        user = resolve(name)
+    except MedbenchError as exc:  # moved, deleted, no longer importable
+        raise MedbenchError(
+            f"{exc} (the run's model {model_label(name)} is rebuilt from it: put it back "
+            "or train again)"
+        ) from None
     if user.source_hash != recorded:
         raise MedbenchError(
             f"model {user.label} changed since this run was made: {user.source_file} "
