@@ -341,3 +341,38 @@ def test_a_tune_study_on_postgresql_is_shared_by_two_workers(tmp_path, grid_data
     assert len(complete) == 4
     ran = [len(list((tmp_path / f"out{i}" / "trials").glob("*/results.json"))) for i in (0, 1)]
     assert sum(ran) >= 4
+
+
+# -- the benchmark on a server store ------------------------------------------------------
+
+
+def _benchmark(out, url, **kw):
+    from medbench.benchmark import run_benchmark
+    from test_benchmark_support import make_fake_train
+
+    return run_benchmark(
+        datasets="breastmnist", models="advanced_cnn,resnet18", seeds=2, epochs=1, out=out,
+        storage=url, train_fn=make_fake_train(), progress=False, **kw,
+    )  # fmt: skip
+
+
+@pytest.mark.slow
+def test_a_benchmark_plan_on_a_server_writes_nothing_there(tmp_path, postgres_url):
+    import sqlalchemy
+
+    outcome = _benchmark(tmp_path / "out", postgres_url, plan=True)
+    assert len(outcome.plan.todo) == 4 and not (tmp_path / "out").exists()
+    with sqlalchemy.create_engine(postgres_url).connect() as conn:
+        assert not sqlalchemy.inspect(conn).has_table("cells")
+
+
+@pytest.mark.slow
+def test_a_benchmark_on_a_server_store_reports_and_resumes_from_it(tmp_path, postgres_url):
+    out = tmp_path / "out"
+    first = _benchmark(out, postgres_url)
+    assert first.ok and len(first.trained) == 4 and first.report is not None
+    assert not (out / "results.sqlite").exists() and (out / LOCATION_NAME).exists()
+    again = _benchmark(out, postgres_url, report=False)
+    assert again.ok and again.trained == []
+    rows = ResultsStore(out, url=postgres_url).rows()
+    assert [r["attempts"] for r in rows] == [1, 1, 1, 1]
