@@ -31,6 +31,7 @@ from medbench.models import (
     model_source,
     model_spatial_dims,
 )
+from medbench.report.collect import load_runs
 
 NET = """
 from torch import nn
@@ -283,6 +284,10 @@ def test_a_file_model_trains_joins_a_grid_exports_and_predicts(net_file, breast_
     )  # fmt: skip
     assert outcome.ok and len(outcome.cells) == 2
     assert (tmp_path / "grid" / "runs" / "breastmnist-28" / "my_net:build").is_dir()
+    assert sorted(run["model"] for run in load_runs(tmp_path / "grid")) == [
+        "advanced_cnn",
+        "my_net:build",
+    ]  # what the report's tables name
 
     _export_matches_pytorch(run_dir, tmp_path)
     csv = tmp_path / "pred.csv"
@@ -307,7 +312,7 @@ def test_weights_of_an_edited_or_moved_file_are_refused(net_file, breast_dir, tm
     net_file.rename(tmp_path / "elsewhere.py")
     with pytest.raises(MedbenchError, match=f"model file {net_file} does not exist") as info:
         load_trained_model(run_dir)
-    assert "the run's model my_net:build is rebuilt from it" in str(info.value)
+    assert "the run's model my_net:build is rebuilt from its source" in str(info.value)
 
 
 @pytest.mark.slow

@@ -132,8 +132,8 @@ def check_source(name: str, recorded: str | None) -> None:
         user = resolve(name)
     except MedbenchError as exc:  # moved, deleted, no longer importable
         raise MedbenchError(
-            f"{exc} (the run's model {model_label(name)} is rebuilt from it: put it back "
-            "or train again)"
+            f"{exc} (the run's model {model_label(name)} is rebuilt from its source: "
+            "restore it or train again)"
         ) from None
     if user.source_hash != recorded:
         raise MedbenchError(

@@ -14,6 +14,7 @@ from typing import Any
 
 from medbench.config import TrainConfig, config_hash
 from medbench.errors import MedbenchError
+from medbench.models.user import model_label
 from medbench.results import FLAT_FIELDS, RunResults, read_results
 from medbench.store import STORE_NAME, ResultsStore
 
@@ -124,6 +125,8 @@ def _flatten(row: dict[str, Any], results: RunResults | None) -> dict[str, Any]:
     if results is not None:
         flat = results.flat_row()
         f.update({k: flat[_FLAT_NAME.get(k, k)] for k in RUN_FIELDS if k not in _ROW_COLUMNS})
+    if isinstance(f.get("model"), str):
+        f["model"] = model_label(f["model"])  # a file model as my_net:build, not its path
     return f
 
 
