@@ -667,7 +667,7 @@ def _fits_on_gpu(nbytes: int, device: torch.device) -> bool:
 
 def default_run_dir(config: TrainConfig, root: str | Path = "runs") -> Path:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    name = config.model.replace(":", "-").replace("/", "-")
+    name = model_label(config.model).replace(":", "-").replace("/", "-")  # my_net-build
     return Path(root) / f"{config.dataset}_{config.size}-{name}-seed{config.seed}-{stamp}"
 
 
