@@ -50,6 +50,7 @@ from medbench.store import (
     has_store,
     round_up_duration,
 )
+from medbench.tracking import Tracking, stop_loggers
 from medbench.workers import check_workers, run_workers
 
 # The reference study: DermaMNIST and OCTMNIST at 28 px, its two models and the published
@@ -616,6 +617,7 @@ def run_grid(
     progress: bool | None = None,
     clock: Clock = time.monotonic,
     on_start: Callable[[GridView], None] | None = None,
+    tracking: Tracking | None = None,
 ) -> GridOutcome:
     """Run every cell of the grid that no one has finished, into `out`.
 
@@ -647,6 +649,7 @@ def run_grid(
     store.register_grid([c.store_row() for c in cells], length, retry_failed=retry_failed)
     view = GridView(len(cells), enabled=True if progress is None else progress, clock=clock)
     grid = _GridRun(out, cells, store, train_fn, view, length.get("total_time_budget_seconds"))
+    grid.tracking = tracking
     grid.event(f"{len(cells)} runs in {out} (store {store.name})")
     if on_start is not None:
         on_start(view)
@@ -682,6 +685,7 @@ class _GridRun:
         self.outcome = GridOutcome(out=out, cells=list(cells))
         self.total_seconds = total_time_budget_seconds
         self.overheads: list[float] = []  # wall seconds runs spent beyond their training budget
+        self.tracking: Tracking | None = None  # trackers each run logs to (medbench.tracking)
         if total_time_budget_seconds:
             left = total_time_budget_seconds - store.seconds_spent(self.keys)
             view.deadline = self.clock() + max(0.0, left)
@@ -747,18 +751,30 @@ class _GridRun:
             return self.clock() - started
 
         callback = GridCellCallback(cell, self.store, self.owner, self.view, elapsed)
+        loggers = self.loggers(cell)
         try:
             with Heartbeat(
                 lambda: self.store.heartbeat(cell.key, self.owner, attempt_seconds=elapsed()),
                 heartbeat_seconds,
             ):
-                return self.train_fn(config, resume=True, callbacks=[callback], progress=False)
+                return self.train_fn(
+                    config, resume=True, callbacks=[callback, *loggers], progress=False
+                )
         except (MedbenchError, KeyboardInterrupt):
             self.store.release(cell.key, self.owner)
             raise
         except Exception as exc:
+            stop_loggers(loggers, "FAILED")
             self.record_failure(cell, exc)
             return None
+
+    def loggers(self, cell: Cell) -> list[Callback]:
+        """The cell's trackers: tagged with the grid and the cell, named by the run folder
+        below the grid's runs/ (its folder names repeat across models)."""
+        if self.tracking is None:
+            return []
+        tags = {"grid": str(self.outcome.out), "cell": cell.key, "config_hash": cell.config_hash}
+        return self.tracking.loggers(tags, name_root=self.outcome.out / "runs")
 
     def record_failure(self, cell: Cell, exc: Exception) -> None:
         """Called while `exc` is being handled, so that its traceback goes to error.log."""
@@ -824,6 +840,7 @@ def run_benchmark(
     storage: str | None = None,
     workers: int = 1,
     heartbeat_seconds: float = DEFAULT_HEARTBEAT_SECONDS,
+    tracking: Tracking | None = None,  # trackers every run logs to (medbench.tracking)
 ) -> GridOutcome:
     """Plan and run the benchmark grid into `out`, then write its report there.
 
@@ -856,8 +873,7 @@ def run_benchmark(
         base=_grid_config(config, epochs, time_budget_seconds, data_dir, device),
         total_time_budget_seconds=total_time_budget_seconds, on_gpu=on_gpu, storage=storage,
     )  # fmt: skip
-    own_train_fn = train_fn
-    cache = _DataCache()
+    own_train_fn, cache = train_fn, _DataCache()
     if train_fn is None:
         train_fn = _default_train_fn(cache)
         speed_fn = speed_fn or engine_speed_fn(cache)
@@ -867,7 +883,7 @@ def run_benchmark(
         return GridOutcome(out=grid.out, cells=grid.cells, counts=grid.counts(), plan=grid_plan)
     job = WorkerGrid(
         grid.cells, grid.out, own_train_fn, grid.length, storage, stale_seconds,
-        heartbeat_seconds, progress,
+        heartbeat_seconds, progress, tracking,
     )  # fmt: skip
     outcome = _run_planned(job, grid_plan, workers, train_fn=train_fn, clock=clock)
     outcome.plan = grid_plan
@@ -1059,6 +1075,7 @@ class WorkerGrid:
     stale_seconds: float = DEFAULT_STALE_SECONDS
     heartbeat_seconds: float = DEFAULT_HEARTBEAT_SECONDS
     progress: bool | None = None
+    tracking: Tracking | None = None
 
 
 def _grid_worker(index: int, job: WorkerGrid) -> None:
@@ -1067,7 +1084,7 @@ def _grid_worker(index: int, job: WorkerGrid) -> None:
     run_grid(
         job.cells, job.out, train_fn=job.train_fn, length=job.length, storage=job.storage,
         stale_seconds=job.stale_seconds, heartbeat_seconds=job.heartbeat_seconds,
-        retry_failed=False, progress=job.progress,
+        retry_failed=False, progress=job.progress, tracking=job.tracking,
     )  # fmt: skip
 
 
@@ -1103,7 +1120,7 @@ def _run_planned(
     return run_grid(
         job.cells, job.out, train_fn=train_fn, length=job.length, storage=job.storage,
         progress=job.progress, stale_seconds=job.stale_seconds,
-        heartbeat_seconds=job.heartbeat_seconds, clock=clock,
+        heartbeat_seconds=job.heartbeat_seconds, clock=clock, tracking=job.tracking,
         on_start=lambda view: [view.note(line) for line in grid_plan.lines()],
     )  # fmt: skip
 

@@ -33,6 +33,7 @@ from medbench.errors import MedbenchError, MedbenchWarning
 from medbench.fsutil import atomic_savefig, atomic_write_json, atomic_write_text
 from medbench.models import build_model, count_flops, count_parameters
 from medbench.study_storage import make_storage
+from medbench.tracking import Tracking
 from medbench.tune import (
     PerTrialSeededSampler,
     StudySetup,
@@ -102,6 +103,7 @@ def search(
     timeout_seconds: float | None = None,
     data: Any = None,
     progress: bool = True,
+    tracking: Tracking | None = None,
 ) -> SearchResult:
     """Search `base.model`'s architecture space until the study has `n_trials` finished
     trials, training each with `base`'s recipe; write the Pareto front to `out_dir`."""
@@ -120,6 +122,7 @@ def search(
         study_name=study_name,
         data=data,
         progress=progress,
+        tracking=tracking,
     )
     sampler = PerTrialSeededSampler(
         lambda s: optuna.samplers.NSGAIISampler(seed=s, population_size=population_size),

@@ -42,6 +42,7 @@ from medbench.fsutil import atomic_savefig, atomic_write_json
 from medbench.models import model_options, model_spatial_dims
 from medbench.results import RunResults
 from medbench.study_storage import fail_dead_trials, make_storage
+from medbench.tracking import Tracking, stop_loggers
 
 PRUNERS = ("median", "hyperband", "none")
 METRICS = ("auc", "acc")  # validation metrics a study can maximise
@@ -377,6 +378,7 @@ class StudySetup:
     study_name: str
     data: Any
     say: Callable[[str], None]
+    tracking: Tracking | None = None  # trackers every trial logs to (medbench.tracking)
 
     @classmethod
     def prepare(
@@ -389,6 +391,7 @@ class StudySetup:
         study_name: str | None = None,
         data: Any = None,
         progress: bool = True,
+        tracking: Tracking | None = None,
     ) -> StudySetup:
         """Make `out_dir`, fill in the default storage and study name, load the data once."""
         out_dir = Path(out_dir)
@@ -403,6 +406,7 @@ class StudySetup:
             study_name=study_name or f"{kind}-{base.dataset}-{base.size}-{base.model}",
             data=data,
             say=_print_line if progress else _silent,
+            tracking=tracking,
         )
 
     def open(
@@ -441,17 +445,28 @@ class StudySetup:
         recorded on the trial and raised again."""
         run_dir = self.out_dir / "trials" / f"trial-{trial.number:04d}"
         config = TrainConfig.from_dict({**self.base.to_dict(), **values, "run_dir": str(run_dir)})
-        shown = [TrialProgress(trial.number, self.say, trial.params), *callbacks]
+        loggers = self.loggers(trial)
+        # The loggers before `callbacks`: the round a pruner stops at is still logged.
+        shown = [TrialProgress(trial.number, self.say, trial.params), *loggers, *callbacks]
         try:
             return train(config, data=self.data, progress=False, callbacks=shown, measure=False)
         except optuna.TrialPruned as pruned:
+            stop_loggers(loggers, "KILLED")
             self.say(f"trial {trial.number}: pruned at {pruned}")
             raise
         except MedbenchError as exc:
+            stop_loggers(loggers, "FAILED")
             trial.set_user_attr("error", str(exc))
             trial.set_user_attr("fatal", isinstance(exc, DiskWriteError))
             self.say(f"trial {trial.number}: failed: {exc}")
             raise
+
+    def loggers(self, trial: optuna.Trial) -> list[Callback]:
+        """The trial's trackers, tagged with its study and number, named trial-NNNN."""
+        if self.tracking is None:
+            return []
+        tags = {"study": self.study_name, "trial": str(trial.number), "kind": self.kind}
+        return self.tracking.loggers(tags, name_root=self.out_dir / "trials")
 
 
 def _print_line(line: str) -> None:
@@ -562,6 +577,7 @@ def tune(
     timeout_seconds: float | None = None,
     data: Any = None,
     progress: bool = True,
+    tracking: Tracking | None = None,
 ) -> TuneResult:
     """Tune the recipe of `base` (its dataset, model, size, seed, model options) until the
     study has `n_trials` finished trials; write `best_config.json` and plots to `out_dir`.
@@ -574,8 +590,9 @@ def tune(
     fixed = {k: v for k, v in (fixed or {}).items() if k in TUNABLE}
     options = None if base.model.startswith("timm:") else model_options(base.model)
     setup = StudySetup.prepare(
-        "tune", base, out_dir, storage=storage, study_name=study_name, data=data, progress=progress
-    )
+        "tune", base, out_dir, storage=storage, study_name=study_name, data=data,
+        progress=progress, tracking=tracking,
+    )  # fmt: skip
     sampler = PerTrialSeededSampler(
         lambda s: optuna.samplers.TPESampler(seed=s, n_startup_trials=5), base.seed
     )

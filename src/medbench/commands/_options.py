@@ -25,6 +25,7 @@ from medbench.data.catalogue import SIZES
 from medbench.data.locations import DATA_DIR_ENV
 from medbench.errors import MedbenchError
 from medbench.pretrained import FINETUNE_MODES
+from medbench.tracking import DEFAULT_EXPERIMENT, LOGGERS, MLFLOW_URI_ENV, Tracking
 from medbench.tune import METRICS
 
 DEFAULT_SIZE = TrainConfig.size  # the dataclass default
@@ -91,6 +92,43 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="keep checkpoint.pt once the run has finished (default: removed; model.pt holds "
         "what evaluate, predict and export need)",
+    )
+    add_tracking_options(parser.add_argument_group("tracking"))
+
+
+def add_tracking_options(t: argparse._ActionsContainer) -> None:
+    """--log and where it logs to (medbench.tracking); off unless --log is given."""
+    t.add_argument(
+        "--log",
+        metavar="TRACKERS",
+        help=f"also log each run to {', '.join(LOGGERS)} (comma-separated; default: the run "
+        "folder only)",
+    )
+    t.add_argument(
+        "--mlflow-uri",
+        metavar="URI",
+        help=f"MLflow tracking URI, e.g. http://127.0.0.1:5000 or sqlite:///mlflow.db "
+        f"(default ${MLFLOW_URI_ENV}, else MLflow's own default)",
+    )
+    t.add_argument(
+        "--log-experiment",
+        metavar="NAME",
+        help=f"MLflow experiment and W&B project (default {DEFAULT_EXPERIMENT})",
+    )
+    t.add_argument(
+        "--log-dir",
+        metavar="DIR",
+        help="TensorBoard: event files in DIR/<run name>/ (default RUN/tensorboard/)",
+    )
+
+
+def tracking_options(args: argparse.Namespace) -> Tracking | None:
+    """What `add_tracking_options`' flags ask for; None when --log is not given."""
+    return Tracking.from_flags(
+        getattr(args, "log", None),
+        getattr(args, "mlflow_uri", None),
+        getattr(args, "log_dir", None),
+        getattr(args, "log_experiment", None),
     )
 
 
@@ -287,6 +325,7 @@ def study_arguments(args: argparse.Namespace, kind: str) -> dict[str, Any]:
         "heartbeat_seconds": args.heartbeat,
         "timeout_seconds": parse_duration(args.timeout) if args.timeout else None,
         "progress": not args.quiet,
+        "tracking": tracking_options(args),
     }
 
 

@@ -18,6 +18,7 @@ from medbench.commands._options import (
     add_size,
     add_training_options,
     config_overrides,
+    tracking_options,
 )
 from medbench.config import format_seconds, parse_duration
 from medbench.distributed import refuse_launch
@@ -117,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
         plan=args.plan,
         storage=args.storage,
         workers=args.workers,
+        tracking=tracking_options(args),
     )
     if args.plan:
         print("\n".join(outcome.plan.lines()))

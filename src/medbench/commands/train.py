@@ -15,6 +15,7 @@ from medbench.commands._options import (
     add_training_options,
     base_config,
     config_overrides,
+    tracking_options,
 )
 from medbench.engine import train
 from medbench.errors import MedbenchWarning
@@ -63,6 +64,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    tracking = tracking_options(args)  # an unknown --log is refused before anything runs
     config = base_config(args, config_overrides(args), run_dir=args.run_dir)
     speaks = distributed.is_main()  # under torchrun only rank 0 prints
     if not speaks:
@@ -71,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
         config,
         resume=args.resume,
         progress=False if (args.quiet or not speaks) else None,
-        callbacks=[_RememberRunDir(args)],
+        callbacks=[_RememberRunDir(args), *(tracking.loggers() if tracking else [])],
     )
     distributed.cleanup()
     if not speaks:
