@@ -1,0 +1,89 @@
+"""Robustness tables of a benchmark's finished runs, one run at a time and resumable.
+
+Each run's scores are kept as <out>/per-run/<dataset>-<model>-<run folder>.json, so a
+long evaluation can stop and continue; the merged results (robustness.json, CSVs,
+report.md, figures) are written to <out> and, with --docs-csv, the summary as a figures
+CSV for docs/results.
+
+    python3 benchmarks/robustness_tables.py /work/runs/grid10 --out /work/runs/robustness \
+        --datasets breastmnist --docs-csv docs/results/robustness-breastmnist-28-epyc-torch2.14.csv
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from medbench.fsutil import atomic_write_json  # noqa: E402
+from medbench.robustness import (  # noqa: E402
+    DEFAULT_BASELINE,
+    RunRobustness,
+    evaluate_robustness,
+    find_runs,
+    summarize,
+    summary_rows,
+    write_robustness,
+)
+
+
+def per_run_file(out: Path, run: Path) -> Path:
+    meta = json.loads((run / "results.json").read_text())["config"]
+    return out / "per-run" / f"{meta['dataset']}-{meta['size']}-{meta['model']}-{run.name}.json"
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("runs", nargs="+")
+    p.add_argument("--out", required=True)
+    p.add_argument("--datasets", default="", help="comma-separated; default all")
+    p.add_argument("--baseline", default=DEFAULT_BASELINE)
+    p.add_argument("--data-dir")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--docs-csv")
+    args = p.parse_args()
+    out = Path(args.out)
+    wanted = set(filter(None, args.datasets.split(",")))
+    results = []
+    for run in find_runs(args.runs):
+        file = per_run_file(out, run)
+        if wanted and file.name.split("-")[0] not in wanted:
+            continue
+        if not file.is_file():
+            print(f"evaluating {run}", file=sys.stderr, flush=True)
+            r = evaluate_robustness(run, data_dir=args.data_dir, device=args.device)
+            file.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(file, r.to_json())
+        results.append(RunRobustness.from_json(json.loads(file.read_text())))
+    summaries = summarize(results, args.baseline)
+    for path in write_robustness(results, summaries, out):
+        print(f"wrote {path}", file=sys.stderr)
+    if args.docs_csv:
+        write_docs_csv(Path(args.docs_csv), summary_rows(summaries), " ".join(sys.argv))
+    return 0
+
+
+def write_docs_csv(path: Path, rows: list[dict], command: str) -> None:
+    import csv
+
+    stamp = {
+        "date": datetime.date.today().isoformat(),
+        "machine": f"{platform.processor() or platform.machine()} {torch.get_num_threads()} threads",
+        "torch": torch.__version__,
+        "command": command,
+    }
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=[*stamp, *rows[0]], lineterminator="\n")
+        w.writeheader()
+        for row in rows:
+            w.writerow({**stamp, **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}})
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

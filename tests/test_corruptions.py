@@ -1,0 +1,154 @@
+"""MedMNIST-C corruptions as batched tensor operations (medbench.corruptions)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from medbench import corruptions as C
+from medbench.augment import BatchAugment, check_policy
+from medbench.errors import MedbenchError
+
+
+def images(n: int = 6, c: int = 1, size: int = 64) -> torch.Tensor:
+    """Structured test images in [0.15, 0.85]: a bright disk on a gradient with a fixed
+    broadband texture (periodic stripes would alias under pixelation and resonate with
+    a disk blur, which is not what severity is about)."""
+    ax = torch.linspace(-1, 1, size)
+    yy, xx = torch.meshgrid(ax, ax, indexing="ij")
+    texture = torch.rand(size, size, generator=torch.Generator().manual_seed(5))
+    base = 0.3 + 0.2 * (xx + 1) / 2 + 0.1 * texture
+    out = []
+    for k in range(n):
+        disk = ((xx - 0.1 * k) ** 2 + yy**2 < 0.2).float() * 0.25
+        out.append((base + disk).clamp(0.15, 0.85).expand(c, size, size))
+    return torch.stack(out).contiguous()
+
+
+def all_specs() -> list[tuple[str, C.CorruptionSpec]]:
+    seen = {}
+    for dataset in C.CORRUPTIONS:
+        for spec in C.dataset_corruptions(dataset):
+            seen.setdefault((spec.name, spec.params), (dataset, spec))
+    return list(seen.values())
+
+
+SPECS = all_specs()
+IDS = [f"{d}-{s.name}" for d, s in SPECS]
+
+
+def gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+@pytest.mark.parametrize("dataset,spec", SPECS, ids=IDS)
+@pytest.mark.parametrize("channels", [1, 3])
+def test_every_corruption_keeps_shape_dtype_and_range(dataset, spec, channels):
+    x = images(c=channels, size=28)
+    for severity in C.SEVERITIES:
+        for scale in (1.0, C.image_scale(28)):
+            y = C.corrupt(x, spec, severity, gen(), scale)
+            assert y.shape == x.shape and y.dtype == x.dtype
+            assert float(y.min()) >= 0.0 and float(y.max()) <= 1.0
+
+
+@pytest.mark.parametrize("dataset,spec", SPECS, ids=IDS)
+def test_a_corruption_is_deterministic_given_the_generator(dataset, spec):
+    x = images(n=3, size=32)
+    a = C.corrupt(x, spec, 3, gen(7))
+    b = C.corrupt(x, spec, 3, gen(7))
+    assert torch.equal(a, b)
+
+
+def _distance(name: str, clean: torch.Tensor, y: torch.Tensor) -> float:
+    """How far a corruption moved the images, in the statistic it is meant to change:
+    the mean for brightness and gamma, the spread for contrast, the pixels otherwise."""
+    if name.startswith(("brightness", "gamma")):
+        return float((y.mean() - clean.mean()).abs())
+    if name.startswith("contrast"):
+        return float((y.std() - clean.std()).abs())
+    if name == "pixelate":  # pixel differences alias; the information left does not
+        return -float(sum(len(torch.unique(img)) for img in y))
+    return float((y - clean).abs().mean())
+
+
+@pytest.mark.parametrize("dataset,spec", SPECS, ids=IDS)
+def test_severity_is_monotone_in_how_far_the_images_move(dataset, spec):
+    x = images(n=8, size=64)
+    d = [_distance(spec.name, x, C.corrupt(x, spec, s, gen(1))) for s in C.SEVERITIES]
+    assert all(b >= a - 1e-6 for a, b in zip(d, d[1:])), d
+    assert d[-1] > d[0], d
+
+
+def test_the_direction_of_each_colour_corruption():
+    x = images()
+    spec = dict((s.name, s) for s in C.dataset_corruptions("pneumoniamnist"))
+    def stat(name, f):
+        return f(C.corrupt(x, spec[name], 3, gen())) - f(x)
+    mean, std = torch.mean, torch.std
+    assert stat("brightness_up", mean) > 0 > stat("brightness_down", mean)
+    assert stat("contrast_up", std) > 0 > stat("contrast_down", std)
+    # MedMNIST-C's gamma_corr_up raises the exponent (gamma > 1), which darkens
+    assert stat("gamma_corr_up", mean) < 0 < stat("gamma_corr_down", mean)
+
+
+def test_geometric_parameters_scale_with_the_image_size():
+    spec = next(s for s in C.dataset_corruptions("pneumoniamnist") if s.name == "gaussian_blur")
+    x = images(size=28)
+    full = (C.corrupt(x, spec, 5, gen(), 1.0) - x).abs().mean()
+    scaled = (C.corrupt(x, spec, 5, gen(), C.image_scale(28)) - x).abs().mean()
+    assert 0 < scaled < full
+
+
+def test_jpeg_at_quality_100_is_close_to_the_image_and_rounds_to_8_bit_levels():
+    x = images(size=32)
+    y = C.jpeg_compression(x, 100, gen())
+    assert float((y - x).abs().max()) < 4 / 255
+    assert torch.equal(torch.round(y * 255), y * 255)
+
+
+def test_motion_blur_kernels_sum_to_one_and_start_at_the_centre():
+    k = C._motion_kernels(5, 5, torch.tensor([0.0, 30.0, -45.0]), torch.zeros(1))
+    assert torch.allclose(k.sum((1, 2)), torch.ones(3))
+    centre = k.shape[-1] // 2
+    assert bool((k[:, centre, centre] > 0).all())
+
+
+def test_severity_outside_1_to_5_is_refused():
+    spec = C.dataset_corruptions("breastmnist")[0]
+    with pytest.raises(MedbenchError, match="severity"):
+        C.corrupt(images(), spec, 6, gen())
+
+
+@pytest.mark.parametrize("dataset", ["dermamnist", "pathmnist", "bloodmnist", "organmnist3d"])
+def test_datasets_without_implemented_corruptions_are_refused(dataset):
+    with pytest.raises(MedbenchError):
+        C.dataset_corruptions(dataset)
+
+
+def test_breast_and_pneumonia_have_medmnistc_lists():
+    assert [s.name for s in C.dataset_corruptions("breastmnist")] == [
+        "pixelate", "jpeg_compression", "speckle_noise", "motion_blur",
+        "brightness_up", "brightness_down", "contrast_down",
+    ]  # fmt: skip
+    assert len(C.dataset_corruptions("pneumoniamnist")) == 13
+
+
+def test_corrupt_random_touches_only_the_chosen_fraction():
+    x = images(n=64, size=16)
+    specs = C.dataset_corruptions("pneumoniamnist")
+    assert torch.equal(C.corrupt_random(x, specs, gen(), 0.0), x)
+    changed = (C.corrupt_random(x, specs, gen(), 0.5) != x).flatten(1).any(1).float().mean()
+    assert 0.2 < float(changed) <= 0.7
+
+
+def test_the_medmnistc_policy_augments_2d_batches_and_refuses_volumes():
+    aug = BatchAugment("medmnistc", "pneumoniamnist")
+    x = images(n=16, size=28)
+    y = aug(x, gen())
+    assert y.shape == x.shape and float(y.min()) >= 0 and float(y.max()) <= 1
+    assert torch.equal(y, aug(x, gen()))
+    with pytest.raises(MedbenchError, match="2D"):
+        check_policy("medmnistc", "organmnist3d", 3)
+    with pytest.raises(MedbenchError, match="dermamnist"):
+        BatchAugment("medmnistc", "dermamnist")
