@@ -17,6 +17,8 @@ Policies (see docs/augmentation.md for measurements):
 - `trivialaugment`: basic + 1 op per image at a uniformly random magnitude from the
   TrivialAugment-Wide ranges (Mueller & Hutter 2021, "TrivialAugment").
 - `auto`: the per-dataset default of `AUTO_POLICY`.
+- `medmnistc`: basic + half of each batch corrupted, each chosen image with a random
+  MedMNIST-C corruption of its dataset at a random severity (`medbench.corruptions`).
 
 Which geometric changes are label-preserving depends on the modality: a chest X-ray has a
 left and a right (the heart sits on the patient's left), an OCT B-scan has a top and a
@@ -40,6 +42,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from medbench.corruptions import corrupt_random, dataset_corruptions, image_scale
 from medbench.errors import MedbenchError
 
 POLICIES = ("none", "basic", "strong", "randaugment", "trivialaugment", "auto", "intensity")
@@ -87,11 +90,18 @@ AUTO_POLICY: dict[str, str] = {name: "basic" for name in ORIENTATION}
 _AUTO_GENERIC = "basic"
 
 
+# Kept out of POLICIES (which tuning searches): it exists only for the datasets whose
+# MedMNIST-C corruptions medbench implements.
+CORRUPTION_POLICY = "medmnistc"
+CORRUPTED_FRACTION = 0.5  # of each training batch, under the medmnistc policy
+
+
 def resolve_policy(policy: str, dataset: str) -> str:
     """The concrete policy `policy` means for `dataset` (`auto` -> `AUTO_POLICY`)."""
-    if policy not in POLICIES:
+    if policy not in POLICIES and policy != CORRUPTION_POLICY:
         raise MedbenchError(
-            f"unknown augmentation policy {policy!r}; use one of {', '.join(POLICIES)}"
+            f"unknown augmentation policy {policy!r}; use one of "
+            f"{', '.join((*POLICIES, CORRUPTION_POLICY))}"
         )
     return AUTO_POLICY.get(dataset, _AUTO_GENERIC) if policy == "auto" else policy
 
@@ -260,6 +270,9 @@ class BatchAugment:
         self.max_rotation = 15.0 if self.symmetry.rot90 else LOCKED_ROTATION_DEGREES
         self.ops = {"randaugment": _RANDAUGMENT, "trivialaugment": _TRIVIALAUGMENT}.get(self.policy)
         self.num_ops = 2 if self.policy == "randaugment" else 1
+        self.corruptions = (
+            dataset_corruptions(dataset) if self.policy == CORRUPTION_POLICY else []
+        )
 
     @property
     def active(self) -> bool:
@@ -394,6 +407,10 @@ class BatchAugment:
         for name, chosen, m in color_plan:
             idx = chosen.nonzero().squeeze(1)
             out[idx] = _COLOR_OPS[name](out[idx], _color_argument(name, m[idx]))
+        if self.corruptions:
+            out = corrupt_random(
+                out, self.corruptions, generator, CORRUPTED_FRACTION, image_scale(h)
+            )
         return (
             out.contiguous(memory_format=torch.channels_last)
             if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
