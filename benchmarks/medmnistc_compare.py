@@ -6,7 +6,7 @@ ImageMagick through Wand) and sees medbench through the system site-packages:
     apt-get install -y libmagickwand-dev
     python3 -m venv --system-site-packages /tmp/mmc && /tmp/mmc/bin/pip install medmnistc
     /tmp/mmc/bin/python benchmarks/medmnistc_compare.py --data-dir /work/shared/medmnist \
-        --csv docs/results/robustness-medmnistc-compare-epyc-torch2.14.csv
+        --csv docs/results/robustness-medmnistc-compare-epyc-avx2-torch2.14.csv --machine epyc-avx2
 
 The same images (test images upsampled to 224 px with PIL bicubic, as only 28-px files
 are at hand) go through both implementations at each severity; medmnistc works on RGB
@@ -38,7 +38,9 @@ def test_images(data_dir: str, dataset: str, n: int) -> np.ndarray:
     with np.load(f"{data_dir}/{dataset}.npz") as z:
         imgs = z["test_images"]
     pick = np.random.default_rng(0).choice(len(imgs), n, replace=False)
-    return np.stack([np.asarray(Image.fromarray(imgs[i]).resize((224, 224), Image.BICUBIC)) for i in pick])
+    return np.stack(
+        [np.asarray(Image.fromarray(imgs[i]).resize((224, 224), Image.BICUBIC)) for i in pick]
+    )
 
 
 def reference(imgs: np.ndarray, corruptor, severity: int) -> np.ndarray:
@@ -81,6 +83,7 @@ def main() -> int:
     p.add_argument("--datasets", default="breastmnist,pneumoniamnist")
     p.add_argument("--images", type=int, default=16)
     p.add_argument("--csv", required=True)
+    p.add_argument("--machine", default=platform.machine(), help="machine label for the CSV")
     args = p.parse_args()
     np.random.seed(0)
     rows = []
@@ -95,7 +98,7 @@ def main() -> int:
                 print(dataset, spec.name, s, {k: round(v, 3) for k, v in row.items()}, flush=True)
     stamp = {
         "date": datetime.date.today().isoformat(),
-        "machine": platform.processor() or platform.machine(),
+        "machine": args.machine,
         "torch": torch.__version__,
         "command": " ".join(["python", *sys.argv]),
     }
@@ -103,7 +106,9 @@ def main() -> int:
         w = csv.DictWriter(f, fieldnames=[*stamp, *rows[0]], lineterminator="\n")
         w.writeheader()
         for r in rows:
-            w.writerow({**stamp, **{k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()}})
+            w.writerow(
+                {**stamp, **{k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()}}
+            )
     return 0
 
 

@@ -1,12 +1,13 @@
 """Robustness tables of a benchmark's finished runs, one run at a time and resumable.
 
-Each run's scores are kept as <out>/per-run/<dataset>-<model>-<run folder>.json, so a
+Each run's scores are kept as <out>/per-run/<dataset>-<size>-<model>-<run folder>.json, so a
 long evaluation can stop and continue; the merged results (robustness.json, CSVs,
 report.md, figures) are written to <out> and, with --docs-csv, the summary as a figures
 CSV for docs/results.
 
     python3 benchmarks/robustness_tables.py /work/runs/grid10 --out /work/runs/robustness \
-        --datasets breastmnist --docs-csv docs/results/robustness-breastmnist-28-epyc-torch2.14.csv
+        --datasets breastmnist --docs-csv docs/results/robustness-breastmnist-28-epyc-avx2-torch2.14.csv \
+        --machine epyc-avx2
 """
 
 from __future__ import annotations
@@ -20,9 +21,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from medbench.fsutil import atomic_write_json  # noqa: E402
-from medbench.robustness import (  # noqa: E402
+from medbench.fsutil import atomic_write_json
+from medbench.robustness import (
     DEFAULT_BASELINE,
     RunRobustness,
     evaluate_robustness,
@@ -47,6 +47,7 @@ def main() -> int:
     p.add_argument("--data-dir")
     p.add_argument("--device", default="auto")
     p.add_argument("--docs-csv")
+    p.add_argument("--machine", default=platform.machine(), help="machine label for the CSV")
     args = p.parse_args()
     out = Path(args.out)
     wanted = set(filter(None, args.datasets.split(",")))
@@ -65,16 +66,21 @@ def main() -> int:
     for path in write_robustness(results, summaries, out):
         print(f"wrote {path}", file=sys.stderr)
     if args.docs_csv:
-        write_docs_csv(Path(args.docs_csv), summary_rows(summaries), " ".join(sys.argv))
+        write_docs_csv(
+            Path(args.docs_csv),
+            summary_rows(summaries),
+            " ".join(["python3", *sys.argv]),
+            args.machine,
+        )
     return 0
 
 
-def write_docs_csv(path: Path, rows: list[dict], command: str) -> None:
+def write_docs_csv(path: Path, rows: list[dict], command: str, machine: str) -> None:
     import csv
 
     stamp = {
         "date": datetime.date.today().isoformat(),
-        "machine": f"{platform.processor() or platform.machine()} {torch.get_num_threads()} threads",
+        "machine": machine,
         "torch": torch.__version__,
         "command": command,
     }
@@ -82,7 +88,12 @@ def write_docs_csv(path: Path, rows: list[dict], command: str) -> None:
         w = csv.DictWriter(f, fieldnames=[*stamp, *rows[0]], lineterminator="\n")
         w.writeheader()
         for row in rows:
-            w.writerow({**stamp, **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}})
+            w.writerow(
+                {
+                    **stamp,
+                    **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()},
+                }
+            )
 
 
 if __name__ == "__main__":

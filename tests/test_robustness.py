@@ -21,7 +21,6 @@ from medbench.robustness import (
     mean_relative_errors,
     relative_errors,
     summarize,
-    write_robustness,
 )
 
 TINY_MODEL = {"width": 0.25, "depths": [1, 1, 1, 1], "attention": False}
@@ -57,9 +56,7 @@ def test_a_corruption_the_baseline_lacks_is_refused():
 
 def fake_run(model: str, seed: int, clean: float, errors: dict[str, list[float]]) -> RunRobustness:
     scores = [
-        Score(c, "noise", s, e, 1 - e, 0.5)
-        for c, es in errors.items()
-        for s, e in enumerate(es, 1)
+        Score(c, "noise", s, e, 1 - e, 0.5) for c, es in errors.items() for s, e in enumerate(es, 1)
     ]
     return RunRobustness(
         run_dir=f"/runs/{model}/seed{seed}", dataset="breastmnist", model=model, seed=seed,
@@ -148,4 +145,3 @@ def test_the_command_scores_a_folder_of_runs_against_the_baseline(two_runs, tmp_
     obj = json.loads((out / "robustness.json").read_text())
     assert len(obj["runs"]) == 2 and len(obj["summaries"]) == 2
     assert "BE per corruption" in capsys.readouterr().out
-

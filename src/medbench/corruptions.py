@@ -225,7 +225,9 @@ def _odd_size(sigma: float) -> int:
 # ----------------------------------------------------------------------------- digital
 
 
-def pixelate(x: torch.Tensor, factor: float, g: torch.Generator, scale: float = 1.0) -> torch.Tensor:
+def pixelate(
+    x: torch.Tensor, factor: float, g: torch.Generator, scale: float = 1.0
+) -> torch.Tensor:
     """PIL BOX down-resize to `factor` of the size and back (medmnistc `Pixelate`)."""
     h, w = x.shape[-2:]
     small = (max(1, int(h * factor)), max(1, int(w * factor)))
@@ -234,14 +236,20 @@ def pixelate(x: torch.Tensor, factor: float, g: torch.Generator, scale: float = 
 
 
 _LUMA_TABLE = (
-    (16, 11, 10, 16, 24, 40, 51, 61), (12, 12, 14, 19, 26, 58, 60, 55),
-    (14, 13, 16, 24, 40, 57, 69, 56), (14, 17, 22, 29, 51, 87, 80, 62),
-    (18, 22, 37, 56, 68, 109, 103, 77), (24, 35, 55, 64, 81, 104, 113, 92),
-    (49, 64, 78, 87, 103, 121, 120, 101), (72, 92, 95, 98, 112, 100, 103, 99),
+    (16, 11, 10, 16, 24, 40, 51, 61),
+    (12, 12, 14, 19, 26, 58, 60, 55),
+    (14, 13, 16, 24, 40, 57, 69, 56),
+    (14, 17, 22, 29, 51, 87, 80, 62),
+    (18, 22, 37, 56, 68, 109, 103, 77),
+    (24, 35, 55, 64, 81, 104, 113, 92),
+    (49, 64, 78, 87, 103, 121, 120, 101),
+    (72, 92, 95, 98, 112, 100, 103, 99),
 )  # JPEG Annex K luminance table, the one libjpeg scales by quality
 _CHROMA_TABLE = (
-    (17, 18, 24, 47, 99, 99, 99, 99), (18, 21, 26, 66, 99, 99, 99, 99),
-    (24, 26, 56, 99, 99, 99, 99, 99), (47, 66, 99, 99, 99, 99, 99, 99),
+    (17, 18, 24, 47, 99, 99, 99, 99),
+    (18, 21, 26, 66, 99, 99, 99, 99),
+    (24, 26, 56, 99, 99, 99, 99, 99),
+    (47, 66, 99, 99, 99, 99, 99, 99),
     *((99,) * 8 for _ in range(4)),
 )  # Annex K chrominance table
 
@@ -290,9 +298,7 @@ def jpeg_compression(
         y = _jpeg_plane(y, _quant_table(_LUMA_TABLE, int(quality), x))
         cb = _jpeg_plane(cb, _quant_table(_CHROMA_TABLE, int(quality), x)) - 128
         cr = _jpeg_plane(cr, _quant_table(_CHROMA_TABLE, int(quality), x)) - 128
-        v = torch.stack(
-            [y + 1.402 * cr, y - 0.344136 * cb - 0.714136 * cr, y + 1.772 * cb], 1
-        )
+        v = torch.stack([y + 1.402 * cr, y - 0.344136 * cb - 0.714136 * cr, y + 1.772 * cb], 1)
     else:
         table = _quant_table(_LUMA_TABLE, int(quality), x)
         v = _jpeg_plane(v.reshape(n * c, h, w), table).reshape(n, c, h, w)
@@ -302,15 +308,21 @@ def jpeg_compression(
 # ----------------------------------------------------------------------------- noise
 
 
-def gaussian_noise(x: torch.Tensor, std: float, g: torch.Generator, scale: float = 1.0) -> torch.Tensor:
+def gaussian_noise(
+    x: torch.Tensor, std: float, g: torch.Generator, scale: float = 1.0
+) -> torch.Tensor:
     return (x + _randn(g, x.shape, x) * std).clamp_(0, 1)
 
 
-def speckle_noise(x: torch.Tensor, std: float, g: torch.Generator, scale: float = 1.0) -> torch.Tensor:
+def speckle_noise(
+    x: torch.Tensor, std: float, g: torch.Generator, scale: float = 1.0
+) -> torch.Tensor:
     return (x + x * _randn(g, x.shape, x) * std).clamp_(0, 1)
 
 
-def impulse_noise(x: torch.Tensor, amount: float, g: torch.Generator, scale: float = 1.0) -> torch.Tensor:
+def impulse_noise(
+    x: torch.Tensor, amount: float, g: torch.Generator, scale: float = 1.0
+) -> torch.Tensor:
     """Salt and pepper: a fraction `amount` of the values, half set to 1, half to 0
     (scikit-image `random_noise(mode='s&p')`)."""
     hit = _rand(g, x.shape, x) < amount
@@ -318,7 +330,9 @@ def impulse_noise(x: torch.Tensor, amount: float, g: torch.Generator, scale: flo
     return torch.where(hit, salt, x)
 
 
-def shot_noise(x: torch.Tensor, photons: float, g: torch.Generator, scale: float = 1.0) -> torch.Tensor:
+def shot_noise(
+    x: torch.Tensor, photons: float, g: torch.Generator, scale: float = 1.0
+) -> torch.Tensor:
     """Poisson noise with `photons` counts at full brightness (fewer = noisier)."""
     rate = (x * photons).to(g.device, torch.float32)
     return (torch.poisson(rate, generator=g).to(x.device, x.dtype) / photons).clamp_(0, 1)
@@ -327,7 +341,9 @@ def shot_noise(x: torch.Tensor, photons: float, g: torch.Generator, scale: float
 # ----------------------------------------------------------------------------- blur
 
 
-def gaussian_blur(x: torch.Tensor, kernel: float, g: torch.Generator, scale: float = 1.0) -> torch.Tensor:
+def gaussian_blur(
+    x: torch.Tensor, kernel: float, g: torch.Generator, scale: float = 1.0
+) -> torch.Tensor:
     """torchvision `gaussian_blur(kernel_size=k)` (sigma from k, as torchvision sets it)."""
     k = int(kernel)
     sigma = 0.3 * ((k - 1) * 0.5 - 1) + 0.8
@@ -396,12 +412,16 @@ def motion_blur(
 # ----------------------------------------------------------------------------- colour
 
 
-def brightness(x: torch.Tensor, factor: float, g: torch.Generator, scale: float = 1.0) -> torch.Tensor:
+def brightness(
+    x: torch.Tensor, factor: float, g: torch.Generator, scale: float = 1.0
+) -> torch.Tensor:
     """PIL `ImageEnhance.Brightness`: blend with black."""
     return (x * factor).clamp_(0, 1)
 
 
-def contrast(x: torch.Tensor, factor: float, g: torch.Generator, scale: float = 1.0) -> torch.Tensor:
+def contrast(
+    x: torch.Tensor, factor: float, g: torch.Generator, scale: float = 1.0
+) -> torch.Tensor:
     """PIL `ImageEnhance.Contrast`: blend with the image's mean grey level (rounded to an
     8-bit level, as PIL does)."""
     mean = torch.round(_gray(x).mean((1, 2, 3), keepdim=True) * 255) / 255
@@ -442,7 +462,9 @@ def corrupt(
     """`spec` at `severity` (1-5) applied to a float batch (N, C, H, W) in [0, 1];
     `scale` multiplies the geometric parameters (use `image_scale(size)`)."""
     if x.ndim != 4:
-        raise MedbenchError(f"corruptions take 2D image batches (N, C, H, W), not shape {tuple(x.shape)}")
+        raise MedbenchError(
+            f"corruptions take 2D image batches (N, C, H, W), not shape {tuple(x.shape)}"
+        )
     if len(x) == 0:
         return x.clone()
     return OPS[spec.name](x, spec.param(severity), generator, scale).to(x.dtype)

@@ -33,11 +33,23 @@ import torch
 
 from medbench import checkpoint as ckpt
 from medbench import metrics
-from medbench.corruptions import SEVERITIES, CorruptionSpec, corrupt, dataset_corruptions, image_scale
+from medbench.corruptions import (
+    SEVERITIES,
+    CorruptionSpec,
+    corrupt,
+    dataset_corruptions,
+    image_scale,
+)
 from medbench.data import load_dataset
 from medbench.errors import MedbenchError
 from medbench.fsutil import atomic_path, atomic_write_json, atomic_write_text
-from medbench.inference import EVAL_BATCH, labels_numpy, load_trained_model, normalize, to_unit_float
+from medbench.inference import (
+    EVAL_BATCH,
+    labels_numpy,
+    load_trained_model,
+    normalize,
+    to_unit_float,
+)
 from medbench.results import recorded_data_dir
 from medbench.runtime import place_model, resolve_runtime
 
@@ -191,15 +203,22 @@ def evaluate_robustness(
     y, task, scale = labels_numpy(test.labels), meta["task"], image_scale(meta["image_size"])
     clean = _score(None, 0, y, corrupted_logits(model, test.images, runtime, lambda x: x), task)
     result = RunRobustness(
-        run_dir=str(Path(run)), dataset=meta["dataset"], model=meta["model"],
-        seed=meta.get("seed"), image_size=meta["image_size"], n_test=len(y), clean=clean,
+        run_dir=str(Path(run)),
+        dataset=meta["dataset"],
+        model=meta["model"],
+        seed=meta.get("seed"),
+        image_size=meta["image_size"],
+        n_test=len(y),
+        clean=clean,
     )
     for index, spec in enumerate(specs):
         for s in severities:
             gen = torch.Generator(device=runtime.device)
             gen.manual_seed(corruption_seed(seed, index, s))
 
-            def transform(x: torch.Tensor, spec: CorruptionSpec = spec, s: int = s) -> torch.Tensor:
+            def transform(
+                x: torch.Tensor, spec: CorruptionSpec = spec, s: int = s, gen: torch.Generator = gen
+            ) -> torch.Tensor:
                 return corrupt(x, spec, s, gen, scale)
 
             logits = corrupted_logits(model, test.images, runtime, transform)
@@ -219,7 +238,9 @@ def find_runs(paths: Iterable[str | Path]) -> list[Path]:
             continue
         if not p.is_dir():
             raise MedbenchError(f"{p} is neither a run folder nor a folder of runs")
-        below = sorted(r.parent for r in p.rglob("results.json") if (r.parent / "model.pt").is_file())
+        below = sorted(
+            r.parent for r in p.rglob("results.json") if (r.parent / "model.pt").is_file()
+        )
         if not below:
             raise MedbenchError(f"{p} holds no finished run (no results.json with a model.pt)")
         found.extend(below)
@@ -243,7 +264,11 @@ class Spread:
     def text(self, digits: int = 3) -> str:
         if math.isnan(self.mean):
             return "n/a"
-        return f"{self.mean:.{digits}f} ± {self.std:.{digits}f}" if self.n > 1 else f"{self.mean:.{digits}f}"
+        return (
+            f"{self.mean:.{digits}f} ± {self.std:.{digits}f}"
+            if self.n > 1
+            else f"{self.mean:.{digits}f}"
+        )
 
 
 @dataclass
@@ -295,29 +320,42 @@ def _per_severity(runs: list[RunRobustness]) -> dict[int, Spread]:
     return out
 
 
-def _summarize_model(runs: list[RunRobustness], baseline: list[RunRobustness], name: str) -> ModelSummary:
+def _summarize_model(
+    runs: list[RunRobustness], baseline: list[RunRobustness], name: str
+) -> ModelSummary:
     base_errors, base_clean = _mean_errors(baseline)
-    rel = [relative_errors(r.errors(), r.clean.balanced_error, base_errors, base_clean) for r in runs]
+    rel = [
+        relative_errors(r.errors(), r.clean.balanced_error, base_errors, base_clean) for r in runs
+    ]
     errors = [r.errors() for r in runs]
     means = [mean_relative_errors(x) for x in rel]
     return ModelSummary(
-        dataset=runs[0].dataset, image_size=runs[0].image_size, model=runs[0].model,
-        baseline=name, n_seeds=len(runs),
+        dataset=runs[0].dataset,
+        image_size=runs[0].image_size,
+        model=runs[0].model,
+        baseline=name,
+        n_seeds=len(runs),
         clean_error=Spread.of([r.clean.balanced_error for r in runs]),
-        corrupted_error=Spread.of([float(np.mean([np.mean(v) for v in e.values()])) for e in errors]),
-        be=Spread.of([m[0] for m in means]), rbe=Spread.of([m[1] for m in means]),
-        per_corruption=_per_corruption(errors, rel), per_severity=_per_severity(runs),
+        corrupted_error=Spread.of(
+            [float(np.mean([np.mean(v) for v in e.values()])) for e in errors]
+        ),
+        be=Spread.of([m[0] for m in means]),
+        rbe=Spread.of([m[1] for m in means]),
+        per_corruption=_per_corruption(errors, rel),
+        per_severity=_per_severity(runs),
     )
 
 
-def summarize(results: Sequence[RunRobustness], baseline: str = DEFAULT_BASELINE) -> list[ModelSummary]:
+def summarize(
+    results: Sequence[RunRobustness], baseline: str = DEFAULT_BASELINE
+) -> list[ModelSummary]:
     """One summary per (dataset, size, model), each against `baseline`'s runs of the same
     dataset and size."""
     groups: dict[tuple[str, int, str], list[RunRobustness]] = {}
     for r in results:
         groups.setdefault((r.dataset, r.image_size, r.model), []).append(r)
     out = []
-    for (dataset, size, model), runs in groups.items():
+    for (dataset, size, _), runs in groups.items():
         base = groups.get((dataset, size, baseline))
         if not base:
             raise MedbenchError(
@@ -337,8 +375,14 @@ def rows(results: Sequence[RunRobustness]) -> list[dict[str, Any]]:
     for r in results:
         for s in [r.clean, *r.scores]:
             out.append(
-                {"dataset": r.dataset, "image_size": r.image_size, "model": r.model,
-                 "seed": r.seed, "run_dir": r.run_dir, **asdict(s)}
+                {
+                    "dataset": r.dataset,
+                    "image_size": r.image_size,
+                    "model": r.model,
+                    "seed": r.seed,
+                    "run_dir": r.run_dir,
+                    **asdict(s),
+                }
             )
     return out
 
@@ -356,42 +400,85 @@ def summary_rows(summaries: Sequence[ModelSummary]) -> list[dict[str, Any]]:
     """One row per model and corruption (and an 'all' row with the means)."""
     out = []
     for m in summaries:
-        head = {"dataset": m.dataset, "image_size": m.image_size, "model": m.model,
-                "baseline": m.baseline, "n_seeds": m.n_seeds}
-        out.append({**head, "corruption": "all", "clean_error": m.clean_error.mean,
-                    "clean_error_std": m.clean_error.std, "error": m.corrupted_error.mean,
-                    "error_std": m.corrupted_error.std, "be": m.be.mean, "be_std": m.be.std,
-                    "rbe": m.rbe.mean, "rbe_std": m.rbe.std})
+        head = {
+            "dataset": m.dataset,
+            "image_size": m.image_size,
+            "model": m.model,
+            "baseline": m.baseline,
+            "n_seeds": m.n_seeds,
+        }
+        out.append(
+            {
+                **head,
+                "corruption": "all",
+                "clean_error": m.clean_error.mean,
+                "clean_error_std": m.clean_error.std,
+                "error": m.corrupted_error.mean,
+                "error_std": m.corrupted_error.std,
+                "be": m.be.mean,
+                "be_std": m.be.std,
+                "rbe": m.rbe.mean,
+                "rbe_std": m.rbe.std,
+            }
+        )
         for c, v in m.per_corruption.items():
-            out.append({**head, "corruption": c, "clean_error": m.clean_error.mean,
-                        "clean_error_std": m.clean_error.std, "error": v["error"].mean,
-                        "error_std": v["error"].std, "be": v["be"].mean, "be_std": v["be"].std,
-                        "rbe": v["rbe"].mean, "rbe_std": v["rbe"].std})
+            out.append(
+                {
+                    **head,
+                    "corruption": c,
+                    "clean_error": m.clean_error.mean,
+                    "clean_error_std": m.clean_error.std,
+                    "error": v["error"].mean,
+                    "error_std": v["error"].std,
+                    "be": v["be"].mean,
+                    "be_std": v["be"].std,
+                    "rbe": v["rbe"].mean,
+                    "rbe_std": v["rbe"].std,
+                }
+            )
     return out
 
 
-def report_markdown(summaries: Sequence[ModelSummary], figures: Sequence[tuple[str, str]] = ()) -> str:
+def report_markdown(
+    summaries: Sequence[ModelSummary], figures: Sequence[tuple[str, str]] = ()
+) -> str:
     """The robustness section: per dataset, the summary table and the BE per corruption."""
     if not summaries:
         return ""
     base = summaries[0].baseline
     lines = [
-        "## Robustness (MedMNIST-C corruptions)", "",
+        "## Robustness (MedMNIST-C corruptions)",
+        "",
         f"Balanced error E = 1 - balanced accuracy on the test split, clean and under each "
         f"corruption at severities 1-5; BE and rBE relative to {base} trained at the same size "
-        f"(so {base}'s own BE and rBE average to 1). Mean ± std over seeds.", "",
+        f"(so {base}'s own BE and rBE average to 1). Mean ± std over seeds.",
+        "",
     ]
     for key in dict.fromkeys((m.dataset, m.image_size) for m in summaries):
         group = [m for m in summaries if (m.dataset, m.image_size) == key]
-        lines += [f"### {key[0]} ({key[1]} px)", "",
-                  "| model | seeds | clean E | corrupted E | BE | rBE |", "|---|---|---|---|---|---|"]
-        lines += [f"| {m.model} | {m.n_seeds} | {m.clean_error.text()} | {m.corrupted_error.text()} "
-                  f"| {m.be.text()} | {m.rbe.text()} |" for m in group]
+        lines += [
+            f"### {key[0]} ({key[1]} px)",
+            "",
+            "| model | seeds | clean E | corrupted E | BE | rBE |",
+            "|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {m.model} | {m.n_seeds} | {m.clean_error.text()} | {m.corrupted_error.text()} "
+            f"| {m.be.text()} | {m.rbe.text()} |"
+            for m in group
+        ]
         names = list(group[0].per_corruption)
-        lines += ["", "BE per corruption:", "", "| corruption | " + " | ".join(m.model for m in group) + " |",
-                  "|---|" + "---|" * len(group)]
-        lines += [f"| {c} | " + " | ".join(m.per_corruption[c]["be"].text(2) for m in group) + " |"
-                  for c in names]
+        lines += [
+            "",
+            "BE per corruption:",
+            "",
+            "| corruption | " + " | ".join(m.model for m in group) + " |",
+            "|---|" + "---|" * len(group),
+        ]
+        lines += [
+            f"| {c} | " + " | ".join(m.per_corruption[c]["be"].text(2) for m in group) + " |"
+            for c in names
+        ]
         lines.append("")
     lines += [f"![{caption}]({path})\n" for path, caption in figures]
     return "\n".join(lines)
@@ -404,17 +491,24 @@ def write_robustness(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = [
-        atomic_write_json(out / "robustness.json", {
-            "schema_version": SCHEMA_VERSION,
-            "runs": [r.to_json() for r in results],
-            "summaries": [m.to_json() for m in summaries],
-        }),
+        atomic_write_json(
+            out / "robustness.json",
+            {
+                "schema_version": SCHEMA_VERSION,
+                "runs": [r.to_json() for r in results],
+                "summaries": [m.to_json() for m in summaries],
+            },
+        ),
         atomic_write_text(out / "robustness-runs.csv", _csv_text(rows(results))),
         atomic_write_text(out / "robustness-summary.csv", _csv_text(summary_rows(summaries))),
     ]
     figures = plot_robustness(summaries, out)
     written += [out / p for p, _ in figures]
-    written.append(atomic_write_text(out / "report.md", "# Robustness\n\n" + report_markdown(summaries, figures)))
+    written.append(
+        atomic_write_text(
+            out / "report.md", "# Robustness\n\n" + report_markdown(summaries, figures)
+        )
+    )
     return written
 
 
@@ -444,22 +538,33 @@ def plot_robustness(summaries: Sequence[ModelSummary], out_dir: Path) -> list[tu
             mean = [m.clean_error.mean, *(v.mean for v in m.per_severity.values())]
             std = [m.clean_error.std, *(v.std for v in m.per_severity.values())]
             ax1.errorbar(sev, mean, yerr=std, marker="o", capsize=3, label=m.model)
-        ax1.set(xlabel="severity (0 = clean)", ylabel="balanced error (mean over corruptions)",
-                title=f"{key[0]} {key[1]} px")
+        ax1.set(
+            xlabel="severity (0 = clean)",
+            ylabel="balanced error (mean over corruptions)",
+            title=f"{key[0]} {key[1]} px",
+        )
         ax1.legend()
         names = list(group[0].per_corruption)
         width = 0.8 / len(group)
         for i, m in enumerate(group):
             xs = np.arange(len(names)) + (i - (len(group) - 1) / 2) * width
-            ax2.bar(xs, [m.per_corruption[c]["be"].mean for c in names], width,
-                    yerr=[m.per_corruption[c]["be"].std for c in names], capsize=2, label=m.model)
+            ax2.bar(
+                xs,
+                [m.per_corruption[c]["be"].mean for c in names],
+                width,
+                yerr=[m.per_corruption[c]["be"].std for c in names],
+                capsize=2,
+                label=m.model,
+            )
         ax2.axhline(1.0, color="grey", lw=0.8, ls="--")
         ax2.set_xticks(np.arange(len(names)), names, rotation=35, ha="right")
         ax2.set(ylabel=f"BE (relative to {group[0].baseline})", title="BE per corruption")
         name = f"robustness-{key[0]}-{key[1]}.png"
         with atomic_path(out_dir / name) as tmp:
             fig.savefig(tmp, format="png", dpi=110)
-        figures.append((name, f"{key[0]} at {key[1]} px: balanced error by severity and BE per corruption"))
+        figures.append(
+            (name, f"{key[0]} at {key[1]} px: balanced error by severity and BE per corruption")
+        )
     return figures
 
 
@@ -482,7 +587,11 @@ def plot_gallery(image: np.ndarray, dataset: str, path: str | Path, seed: int = 
             if spec is None and col > 0:
                 ax.axis("off")
                 continue
-            img = x if spec is None or col == 0 else corrupt(x, spec, col, gen, image_scale(x.shape[-1]))
+            img = (
+                x
+                if spec is None or col == 0
+                else corrupt(x, spec, col, gen, image_scale(x.shape[-1]))
+            )
             ax.imshow(img[0].permute(1, 2, 0).squeeze(-1).numpy(), cmap=cmap, vmin=0, vmax=1)
             if row == 0 or (row == 1 and col > 0):
                 ax.set_title("clean" if col == 0 else f"severity {col}", fontsize=8)
