@@ -45,7 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         required=True,
         metavar="MODEL=WEIGHTS",
         help="a backbone and its weights, e.g. timm:resnet18=hub, "
-        "timm:vit_small_patch16_224=~/weights/model.safetensors, resnet18=runs/.../seed0-abc "
+        "timm:vit_small_patch16_224=weights/model.safetensors, resnet18=runs/.../seed0-abc "
         "(repeatable)",
     )
     parser.add_argument(
