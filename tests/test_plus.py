@@ -203,3 +203,19 @@ def test_published_medmnist_plus_rows_cite_their_table_and_have_no_knn_auc():
         assert {r["size"] for r in rows} == set(block["sizes"])
         for r in rows:
             assert 0 < r["acc"] <= 1 and ("auc" in r) == (r["regime"] != "knn")
+
+
+@pytest.mark.slow  # builds timm models
+def test_end_to_end_adapter_sees_the_inputs_the_probes_see(tmp_path):
+    from medbench.inference import normalize, to_unit_float
+    from medbench.models import build_model
+
+    _save_weights(tmp_path / "w.safetensors")
+    backbone = load_backbone(f"timm:{TINY}", str(tmp_path / "w.safetensors"))
+    recipe = PlusRecipe(target_size=40)
+    model = build_model(f"timm:{TINY}", 1, 2, 28, input_adapter="pad", input_size=40,
+                        input_norm="backbone")  # fmt: skip
+    runtime = resolve_runtime("cpu", "fp32", False)
+    images = torch.randint(0, 256, (3, 28, 28, 1), dtype=torch.uint8)
+    engine_view = model.adapt(normalize(to_unit_float(images, runtime)))
+    torch.testing.assert_close(engine_view, prepare_inputs(images, backbone, recipe, runtime))
