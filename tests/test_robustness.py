@@ -83,6 +83,15 @@ def test_summaries_average_the_baseline_over_its_seeds_so_its_own_be_is_one():
     assert cnn.per_severity[1].mean == pytest.approx(0.25)
 
 
+def test_runs_trained_with_another_augmentation_are_summarised_apart_from_the_baseline():
+    base = fake_run("resnet18", 0, 0.1, {"a": [0.2, 0.4]})
+    augmented = fake_run("resnet18", 0, 0.1, {"a": [0.1, 0.2]})
+    augmented.augment = "medmnistc"
+    by_model = {m.model: m for m in summarize([base, augmented], "resnet18")}
+    assert set(by_model) == {"resnet18", "resnet18+medmnistc"}
+    assert by_model["resnet18+medmnistc"].be.mean == pytest.approx(0.3 / 0.6)
+
+
 def test_summaries_need_the_baseline_at_the_same_size():
     with pytest.raises(MedbenchError, match="resnet18"):
         summarize([fake_run("cnn", 0, 0.1, {"a": [0.2]})], "resnet18")

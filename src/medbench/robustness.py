@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -85,6 +86,13 @@ class RunRobustness:
     n_test: int
     clean: Score
     scores: list[Score] = field(default_factory=list)
+    augment: str = "auto"  # the training augmentation policy
+
+    @property
+    def label(self) -> str:
+        """The model's name, with its augmentation where that is not the default one, so
+        that runs trained with and without e.g. `medmnistc` are summarised apart."""
+        return self.model if self.augment in ("auto", "basic") else f"{self.model}+{self.augment}"
 
     def errors(self) -> dict[str, list[float]]:
         """Balanced error per corruption, severities in order."""
@@ -209,6 +217,7 @@ def evaluate_robustness(
         seed=meta.get("seed"),
         image_size=meta["image_size"],
         n_test=len(y),
+        augment=_training_augment(run),
         clean=clean,
     )
     for index, spec in enumerate(specs):
@@ -226,6 +235,15 @@ def evaluate_robustness(
             if on_score:
                 on_score(result.scores[-1])
     return result
+
+
+def _training_augment(run: str | Path) -> str:
+    """The augmentation policy a run's results.json records ('auto' where it has none)."""
+    results = ckpt.resolve_model_file(run).parent / "results.json"
+    try:
+        return str(json.loads(results.read_text())["config"].get("augment", "auto"))
+    except (OSError, ValueError, KeyError, TypeError):
+        return "auto"
 
 
 def find_runs(paths: Iterable[str | Path]) -> list[Path]:
@@ -332,7 +350,7 @@ def _summarize_model(
     return ModelSummary(
         dataset=runs[0].dataset,
         image_size=runs[0].image_size,
-        model=runs[0].model,
+        model=runs[0].label,
         baseline=name,
         n_seeds=len(runs),
         clean_error=Spread.of([r.clean.balanced_error for r in runs]),
@@ -353,7 +371,7 @@ def summarize(
     dataset and size."""
     groups: dict[tuple[str, int, str], list[RunRobustness]] = {}
     for r in results:
-        groups.setdefault((r.dataset, r.image_size, r.model), []).append(r)
+        groups.setdefault((r.dataset, r.image_size, r.label), []).append(r)
     out = []
     for (dataset, size, _), runs in groups.items():
         base = groups.get((dataset, size, baseline))
@@ -513,8 +531,6 @@ def write_robustness(
 
 
 def load_robustness(path: str | Path) -> list[RunRobustness]:
-    import json
-
     obj = json.loads(Path(path).read_text())
     return [RunRobustness.from_json(r) for r in obj["runs"]]
 
