@@ -41,12 +41,22 @@ from typing import Any
 import sqlalchemy
 from sqlalchemy import bindparam, text
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.pool import NullPool
 
 from medbench.claims import DEFAULT_STALE_SECONDS, Owner, abandoned, process_alive
 from medbench.errors import MedbenchError
 from medbench.fsutil import atomic_write_json
 from medbench.results import RunResults
+from medbench.store_db import (
+    LOCATION_NAME,
+    STORE_NAME,
+    first_line,
+    has_store,
+    public_url,
+    recorded_url,
+    server_engine,
+    server_type,
+    sqlite_engine,
+)
 
 __all__ = [
     "DEFAULT_STALE_SECONDS",
@@ -56,10 +66,9 @@ __all__ = [
     "ResultsStore",
     "has_store",
     "process_alive",
+    "public_url",
 ]
 
-STORE_NAME = "results.sqlite"
-LOCATION_NAME = "store.json"  # where the folder's store lives, when it is on a server
 SCHEMA_VERSION = 2  # 2: grid_length in meta; seconds_spent, attempt_seconds per cell
 STATUSES = ("pending", "running", "finished", "failed")
 
@@ -108,50 +117,6 @@ _ADDED_COLUMNS = {
 _SCHEMA_LOCK = 7_140_295_306
 
 
-def _server_type(sqlite_type: str) -> str:
-    """A column type for PostgreSQL: its REAL has 24 bits, too few for epoch seconds."""
-    return sqlite_type.replace("REAL", "DOUBLE PRECISION")
-
-
-def database_url(url: str) -> str:
-    """`url` as SQLAlchemy opens it: a bare `postgresql://` goes through psycopg (v3) where
-    psycopg2, SQLAlchemy's default driver for it, is not installed."""
-    if url.startswith("postgresql://") or url.startswith("postgres://"):
-        try:
-            import psycopg2  # noqa: F401
-        except ImportError:
-            return "postgresql+psycopg://" + url.split("://", 1)[1]
-    return url
-
-
-def public_url(url: str) -> str:
-    """The URL without its password: what may be written to a file or printed."""
-    try:
-        parsed = sqlalchemy.engine.make_url(url)
-    except sqlalchemy.exc.ArgumentError:
-        return url.split("@", 1)[-1]
-    return parsed._replace(password=None).render_as_string(hide_password=False)
-
-
-def recorded_url(folder: str | os.PathLike) -> str | None:
-    """The database URL `folder`'s store lives at, when it is on a server (else None)."""
-    path = Path(folder) / LOCATION_NAME
-    if not path.is_file():
-        return None
-    try:
-        return str(json.loads(path.read_text())["url"])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise MedbenchError(
-            f"cannot read {path} ({exc}): it names the database of this folder's grid; "
-            "restore it, or give the database with --storage URL"
-        ) from exc
-
-
-def has_store(folder: str | os.PathLike) -> bool:
-    """Whether `folder` has a results store (its own SQLite file, or one on a server)."""
-    return (Path(folder) / STORE_NAME).exists() or (Path(folder) / LOCATION_NAME).exists()
-
-
 def duration_flag(seconds: float) -> str:
     """Seconds as a duration the command line reads back: 3600 -> '1h', 90 -> '90s'."""
     for unit, size in (("h", 3600), ("m", 60)):
@@ -181,33 +146,6 @@ def describe_length(length: dict[str, Any]) -> str:
     return " ".join(parts) or "no length flags (the recipe's epochs)"
 
 
-def _sqlite_engine(connect: Any) -> Engine:
-    """An engine over sqlite3 connections made by `connect`, each in the driver's
-    autocommit mode, so that the store itself says BEGIN IMMEDIATE where it writes."""
-
-    def creator() -> sqlite3.Connection:
-        conn = connect()
-        conn.execute("PRAGMA busy_timeout=60000")
-        return conn
-
-    return sqlalchemy.create_engine("sqlite://", creator=creator, poolclass=NullPool)
-
-
-def _server_engine(url: str) -> Engine:
-    try:
-        return sqlalchemy.create_engine(database_url(url), poolclass=NullPool)
-    except (sqlalchemy.exc.ArgumentError, ImportError) as exc:
-        raise MedbenchError(
-            f"cannot use --storage {public_url(url)}: {exc}; give an SQLAlchemy URL such as "
-            "postgresql+psycopg://user@host/db (pip install 'psycopg[binary]')"
-        ) from exc
-
-
-def _first_line(exc: BaseException) -> str:
-    """The database's own message (not SQLAlchemy's SQL and background link)."""
-    return str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
-
-
 class ResultsStore:
     """The results store of one benchmark folder: its SQLite file, or a database on a
     server (`url`).
@@ -235,7 +173,7 @@ class ResultsStore:
             return
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
-            self.engine = _server_engine(self.url) if self.url else self._file_engine()
+            self.engine = server_engine(self.url) if self.url else self._file_engine()
             self._create_schema()
             if self.url:
                 self._record_location()
@@ -272,25 +210,25 @@ class ResultsStore:
     def _open_error(self, exc: BaseException) -> MedbenchError:
         if self.server:
             return MedbenchError(
-                f"cannot open results store {self.where}: {_first_line(exc)}; check --storage "
+                f"cannot open results store {self.where}: {first_line(exc)}; check --storage "
                 "(the server, the database and your rights on it)"
             )
         return MedbenchError(
-            f"cannot open results store {self.path} for writing: {_first_line(exc)}; it was "
+            f"cannot open results store {self.path} for writing: {first_line(exc)}; it was "
             "left as it is (it may hold a study's results): free disk space or fix its "
             "permissions, or choose another --out folder for a new study"
         )
 
     def _file_engine(self) -> Engine:
         path = self.path
-        return _sqlite_engine(lambda: sqlite3.connect(path, timeout=60.0, isolation_level=None))
+        return sqlite_engine(lambda: sqlite3.connect(path, timeout=60.0, isolation_level=None))
 
     def _open_for_reading(self) -> None:
         """Find a read-only way in. A server is read through its URL. An SQLite file is
         read with `mode=ro`, or, where SQLite cannot make the WAL index beside the file (a
         read-only folder), `immutable=1`, which reads the file alone."""
         if self.server:
-            self.engine = _server_engine(self.url or "")
+            self.engine = server_engine(self.url or "")
             try:
                 with self.engine.connect() as conn:
                     conn.execute(text("SELECT 1"))
@@ -318,7 +256,7 @@ class ResultsStore:
                 if not isinstance(exc, sqlite3.OperationalError):
                     break  # not a database at all: immutable will not help
                 continue
-            return _sqlite_engine(
+            return sqlite_engine(
                 lambda uri=uri: sqlite3.connect(uri, uri=True, timeout=60.0, isolation_level=None)
             )
         raise MedbenchError(
@@ -356,7 +294,7 @@ class ResultsStore:
         columns = _COLUMNS
         if self.server:
             conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _SCHEMA_LOCK})
-            columns = _server_type(_COLUMNS)
+            columns = server_type(_COLUMNS)
         else:
             if conn.exec_driver_sql("PRAGMA journal_mode").scalar().lower() != "wal":
                 conn.exec_driver_sql("PRAGMA journal_mode=WAL")
@@ -371,7 +309,7 @@ class ResultsStore:
         have = {c["name"] for c in sqlalchemy.inspect(conn).get_columns("cells")}
         for name, kind in _ADDED_COLUMNS.items():
             if name not in have:
-                kind = _server_type(kind) if self.server else kind
+                kind = server_type(kind) if self.server else kind
                 conn.execute(text(f"ALTER TABLE cells ADD COLUMN {name} {kind}"))
         self._set_meta(conn, "schema_version", str(SCHEMA_VERSION))
 
@@ -421,7 +359,7 @@ class ResultsStore:
             if not any(words in str(exc.orig) for words in _DISK_ERRORS):
                 raise
             raise MedbenchError(
-                f"cannot write results store {self.where}: {_first_line(exc)}; it keeps what "
+                f"cannot write results store {self.where}: {first_line(exc)}; it keeps what "
                 "it held before: free some disk space (or make it writable) and run again"
             ) from exc
 
