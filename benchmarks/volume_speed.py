@@ -11,8 +11,8 @@ Memory (`--memory`): writes a synthetic organmnist3d_64.npz with the official sp
 does, and reports the peak RSS beside the uint8 array size; the first load unpacks the npz
 into medbench's memory-mappable cache, the second maps the cache.
 
-    python benchmarks/volume_speed.py --csv docs/results/volume-speed-epyc-avx2-torch2.14.csv
-    python benchmarks/volume_speed.py --memory --csv docs/results/volume-memory-epyc-avx2-torch2.14.csv
+    python benchmarks/volume_speed.py --csv docs/results/volume-speed-epyc-avx512-torch2.14.csv
+    python benchmarks/volume_speed.py --memory --csv docs/results/volume-memory-epyc-avx512-torch2.14.csv
 """
 
 from __future__ import annotations
