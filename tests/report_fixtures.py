@@ -43,6 +43,8 @@ class Cell:
     n_params: int = 1_000_000
     status: str = "finished"  # or "failed", "pending"
     error: str = ""
+    pretrained: str | None = None  # the weights it started from, as --pretrained gives them
+    finetune: str = "full"
 
 
 def _labels(dataset: str, rng) -> np.ndarray:
@@ -88,6 +90,8 @@ def _config(cell: Cell, run_dir: Path) -> TrainConfig:
         epochs=cell.epochs,
         time_budget_seconds=cell.time_budget_seconds,
         run_dir=str(run_dir),
+        pretrained=cell.pretrained,
+        finetune=cell.finetune,
     )
 
 
@@ -153,7 +157,8 @@ def write_grid(folder: Path, cells: list[Cell]) -> Path:
     """A benchmark folder (results store and run folders) holding `cells`."""
     store = ResultsStore(folder)
     for cell in cells:
-        run_dir = folder / "runs" / f"{cell.dataset}-{cell.model}-{cell.seed}"
+        tag = f"-{Path(cell.pretrained).name}-{cell.finetune}" if cell.pretrained else ""
+        run_dir = folder / "runs" / f"{cell.dataset}-{cell.model}-{cell.seed}{tag}"
         config = _config(cell, run_dir)
         key = f"{cell.dataset}|{cell.model}|{cell.seed}|{config_hash(config)}"
         store.add_cells([{"key": key, "dataset": cell.dataset, "size": 28, "model": cell.model,

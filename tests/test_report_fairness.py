@@ -204,3 +204,16 @@ def test_budgeted_runs_with_different_shares_are_compared_by_the_seconds_they_tr
     )
     report = _report(tmp_path, cells)
     assert set(report.findings.winners) == {"breastmnist"}
+
+
+def test_pretrained_rows_are_marked_with_their_weights_source(tmp_path):
+    report = _report(tmp_path, [
+        Cell("breastmnist", "resnet18", seed=s) for s in (0, 1)
+    ] + [
+        Cell("breastmnist", "resnet18", seed=s, pretrained="/w/pneumonia-run") for s in (0, 1)
+    ] + [
+        Cell("breastmnist", "resnet18", seed=0, pretrained="hub", finetune="linear-probe")
+    ]).markdown.read_text()  # fmt: skip
+    assert re.search(r"\| breastmnist \| resnet18 \[\w{6}\] \(pretrained: pneumonia-run\) \|", report)
+    assert re.search(r"resnet18 \[\w{6}\] \(pretrained: timm hub, linear probe\) \|", report)
+    assert re.search(r"\| breastmnist \| resnet18 \[\w{6}\] \| this study", report)

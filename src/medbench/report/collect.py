@@ -238,3 +238,16 @@ def _label(groups: list[Group]) -> None:
     for g in groups:
         many = configs[(g.dataset, g.size, g.model)] > 1
         g.label = f"{g.model} [{g.config_hash[:6]}]" if many else g.model
+        g.label += pretrained_mark(g.runs[0].config if g.runs else {})
+
+
+def pretrained_mark(config: dict[str, Any]) -> str:
+    """' (pretrained: SOURCE[, linear probe])' for a run that started from pretrained
+    weights (timm's hub, a weights file or a medbench run, named by its file or folder),
+    else ''; the report's rows say so wherever the model's label appears."""
+    source = config.get("pretrained")
+    if not source:
+        return ""
+    name = "timm hub" if source == "hub" else Path(str(source)).name or str(source)
+    probe = ", linear probe" if config.get("finetune") == "linear-probe" else ""
+    return f" (pretrained: {name}{probe})"
