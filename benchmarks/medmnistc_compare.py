@@ -73,18 +73,17 @@ def compare(clean: np.ndarray, a: np.ndarray, b: np.ndarray) -> dict[str, float]
 
 
 def main() -> int:
-    from medmnistc.corruptions.registry import CORRUPTIONS_DS
-
-    # medmnistc 0.1.0's motion blur calls np.fromstring, which numpy 2 removed.
-    np.fromstring = lambda data, dtype: np.frombuffer(data, dtype)  # noqa: E731
-
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-dir", required=True)
     p.add_argument("--datasets", default="breastmnist,pneumoniamnist")
     p.add_argument("--images", type=int, default=16)
     p.add_argument("--csv", required=True)
     p.add_argument("--machine", default=platform.machine(), help="machine label for the CSV")
-    args = p.parse_args()
+    args = p.parse_args()  # before importing medmnistc: --help works without it
+    from medmnistc.corruptions.registry import CORRUPTIONS_DS
+
+    # medmnistc 0.1.0's motion blur calls np.fromstring, which numpy 2 removed.
+    np.fromstring = lambda data, dtype: np.frombuffer(data, dtype)  # noqa: E731
     np.random.seed(0)
     rows = []
     for dataset in args.datasets.split(","):

@@ -214,6 +214,8 @@ def test_pretrained_rows_are_marked_with_their_weights_source(tmp_path):
     ] + [
         Cell("breastmnist", "resnet18", seed=0, pretrained="hub", finetune="linear-probe")
     ]).markdown.read_text()  # fmt: skip
-    assert re.search(r"\| breastmnist \| resnet18 \[\w{6}\] \(pretrained: pneumonia-run\) \|", report)
+    assert re.search(
+        r"\| breastmnist \| resnet18 \[\w{6}\] \(pretrained: pneumonia-run\) \|", report
+    )
     assert re.search(r"resnet18 \[\w{6}\] \(pretrained: timm hub, linear probe\) \|", report)
     assert re.search(r"\| breastmnist \| resnet18 \[\w{6}\] \| this study", report)

@@ -270,9 +270,7 @@ class BatchAugment:
         self.max_rotation = 15.0 if self.symmetry.rot90 else LOCKED_ROTATION_DEGREES
         self.ops = {"randaugment": _RANDAUGMENT, "trivialaugment": _TRIVIALAUGMENT}.get(self.policy)
         self.num_ops = 2 if self.policy == "randaugment" else 1
-        self.corruptions = (
-            dataset_corruptions(dataset) if self.policy == CORRUPTION_POLICY else []
-        )
+        self.corruptions = dataset_corruptions(dataset) if self.policy == CORRUPTION_POLICY else []
 
     @property
     def active(self) -> bool:

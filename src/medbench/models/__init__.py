@@ -26,8 +26,8 @@ from medbench.models.registry import (
     model_spatial_dims,
     register_model,
 )
-from medbench.models.user import ENTRY_POINT_GROUP, PlainModel
 from medbench.models.summary import count_flops, count_parameters, model_summary
+from medbench.models.user import ENTRY_POINT_GROUP, PlainModel
 
 __all__ = [
     "ENTRY_POINT_GROUP",
