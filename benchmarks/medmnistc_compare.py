@@ -6,7 +6,7 @@ ImageMagick through Wand) and sees medbench through the system site-packages:
     apt-get install -y libmagickwand-dev
     python3 -m venv --system-site-packages /tmp/mmc && /tmp/mmc/bin/pip install medmnistc
     /tmp/mmc/bin/python benchmarks/medmnistc_compare.py --data-dir /work/shared/medmnist \
-        --csv docs/results/robustness-medmnistc-compare-epyc-avx2-torch2.14.csv --machine epyc-avx2
+        --csv docs/results/robustness-medmnistc-compare-epyc-avx512-torch2.14.csv --machine epyc-avx2
 
 The same images (test images upsampled to 224 px with PIL bicubic, as only 28-px files
 are at hand) go through both implementations at each severity; medmnistc works on RGB

@@ -6,7 +6,7 @@ report.md, figures) are written to <out> and, with --docs-csv, the summary as a 
 CSV for docs/results.
 
     python3 benchmarks/robustness_tables.py /work/runs/grid10 --out /work/runs/robustness \
-        --datasets breastmnist --docs-csv docs/results/robustness-breastmnist-28-epyc-avx2-torch2.14.csv \
+        --datasets breastmnist --docs-csv docs/results/robustness-breastmnist-28-epyc-avx512-torch2.14.csv \
         --machine epyc-avx2
 """
 
