@@ -8,7 +8,8 @@ Three ways to use a pretrained backbone, as in the MedMNIST+ benchmark (Doerrich
 - `linear-probe`: the backbone is frozen (no gradients, and its batch-norm layers keep
   their pretrained running statistics: they stay in eval mode while the head trains);
 - `knn`: no training; frozen, globally pooled embeddings and an 11-nearest-neighbour
-  vote under cosine similarity (`knn_evaluate`).
+  vote under cosine similarity (`knn_evaluate`; MedMNIST+'s own code votes by Euclidean
+  distance, which `medbench.medmnist_plus` follows by default).
 
 Reading weights and loading them into a model (a medbench run, a timm weights file or
 `hub`) is `medbench.pretrained`, which the engine uses; this module runs the engine.
