@@ -88,8 +88,7 @@ def check_images(
 
 def input_shape(meta: dict) -> tuple[int, ...]:
     """One uint8 sample's shape: (H, W, C) for a 2D model, (D, H, W, C) for a 3D one."""
-    dims = 3 if model_spatial_dims(meta["model"]) == 3 else 2
-    return (meta["image_size"],) * dims + (meta["in_channels"],)
+    return (meta["image_size"],) * model_spatial_dims(meta["model"]) + (meta["in_channels"],)
 
 
 def normalized_input(images: np.ndarray) -> torch.Tensor:

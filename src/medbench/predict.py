@@ -19,7 +19,7 @@ import io
 import os
 import warnings
 import zipfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +41,7 @@ from medbench.volume_inputs import (
     as_volume_batch,
     conform_volumes,
     is_volume_file,
-    read_volume_array,
+    read_array,
 )
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -161,7 +161,7 @@ def read_volumes(path: Path, split: str | None = None) -> ArrayInput:
     if path.name.lower().endswith(".npz"):
         key = _npz_images_key(path, _npz_keys(path), split)
     where = f"{path}:{key}" if key else str(path)
-    return ArrayInput(path, key, as_volume_batch(read_volume_array(path, key), where))
+    return ArrayInput(path, key, as_volume_batch(read_array(path, key), where))
 
 
 def _npz_keys(path: Path) -> list[str]:
@@ -174,7 +174,7 @@ def _npz_keys(path: Path) -> list[str]:
         ) from None
 
 
-def _folder_files(folder: Path, wanted: Any, what: str) -> list[Path]:
+def _folder_files(folder: Path, wanted: Callable[[Path], bool], what: str) -> list[Path]:
     """The files below `folder` that `wanted(path)` accepts, sorted, outside hidden files."""
     files = sorted(
         f
@@ -198,7 +198,7 @@ def read_npz(path: str | os.PathLike, split: str | None = None) -> ArrayInput:
     (MedMNIST layout), else `images`; or of a .npy file, its array."""
     path = Path(path)
     key = _npz_images_key(path, _npz_keys(path), split) if path.suffix.lower() == ".npz" else None
-    images = read_volume_array(path, key)
+    images = read_array(path, key)
     where = f"{path}:{key}" if key else str(path)
     if images.dtype != np.uint8 or images.ndim not in (3, 4) or len(images) == 0:
         raise MedbenchError(

@@ -48,8 +48,9 @@ class VolumeConversions:
         return VolumeConversions(self.resampled + other.resampled, self.rescaled + other.rescaled)
 
 
-def read_volume_array(path: Path, key: str | None = None) -> np.ndarray:
-    """The raw array of a `.npy` file, an npz's array `key`, or a NIfTI file's voxels."""
+def read_array(path: Path, key: str | None = None) -> np.ndarray:
+    """The raw array of a `.npy` file, an npz's array `key`, or a NIfTI file's voxels
+    (images of a 2D model come through here too)."""
     name = path.name.lower()
     if name.endswith(NIFTI_SUFFIXES):
         return _read_nifti(path)

@@ -127,13 +127,7 @@ def build_model(
         return _build_timm(name[len(TIMM_PREFIX) :], in_channels, num_classes, image_size, options)
     if name not in _MODELS and user.is_user_model(name):
         return user.build(user.resolve(name), in_channels, num_classes, image_size, options)
-    valid = model_options(name)
-    unknown = sorted(set(options) - set(valid))
-    if unknown:
-        raise MedbenchError(
-            f"model {name} has no option {', '.join(unknown)}; "
-            f"its options are: {', '.join(valid) or 'none'}"
-        )
+    user.check_options(name, options, model_options(name))
     try:
         return _MODELS[name](in_channels, num_classes, image_size, **options)
     except (ValueError, TypeError) as exc:

@@ -143,17 +143,21 @@ def check_source(name: str, recorded: str | None) -> None:
         )
 
 
+def check_options(label: str, options: dict, valid: dict) -> None:
+    """Refuse, in one line naming the valid ones, options model `label` does not take."""
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise MedbenchError(
+            f"model {label} has no option {', '.join(unknown)}; "
+            f"its options are: {', '.join(valid) or 'none'}"
+        )
+
+
 def build(
     user: UserModel, in_channels: int, num_classes: int, image_size: int, options: dict
 ) -> nn.Module:
     """Call the builder, then check what it returned on a probe batch."""
-    valid = user.options()
-    unknown = sorted(set(options) - set(valid))
-    if unknown:
-        raise MedbenchError(
-            f"model {user.label} has no option {', '.join(unknown)}; "
-            f"its options are: {', '.join(valid) or 'none'}"
-        )
+    check_options(user.label, options, user.options())
     try:
         model = user.builder(in_channels, num_classes, image_size, **options)
     except MedbenchError:
