@@ -31,7 +31,8 @@ HELP = "train and compare models on MedMNIST datasets, resumably, and write the 
 DESCRIPTION = (
     f"Run a grid of training runs (datasets x models x seeds) into a results store and write the "
     f"report. With no options it reproduces the reference study: {', '.join(DEFAULT_DATASETS)} x "
-    f"{', '.join(DEFAULT_MODELS)} at 28 px, {DEFAULT_SEEDS} seeds. A rerun skips finished runs and "
+    f"{', '.join(DEFAULT_MODELS)} at 28 px, {DEFAULT_SEEDS} seeds. 2D and 3D datasets may be "
+    "mixed: each trains the models of --models that are of its kind. A rerun skips finished runs and "
     "resumes interrupted ones; several processes may run the same grid into the same folder at "
     "once (--workers N starts N here; --storage URL shares the grid between machines). Run "
     "length: --epochs or --time-budget per run, or --total-time-budget for the grid; "
