@@ -146,9 +146,13 @@ def test_the_recipe_end_to_end_on_two_datasets_reuses_cached_embeddings(tmp_path
         assert row.weights_sha256 == sha and row.weights_source == str(weights)
         assert set(row.metrics) == {"val", "test"}
         assert all(0 <= row.metrics[s]["acc"] <= 1 for s in row.metrics)
-    assert (
-        tmp_path / "one" / "runs" / "breastmnist-28" / f"timm-{TINY}" / "seed0" / "results.json"
-    ).is_file()
+    e2e = json.loads(
+        (tmp_path / "one" / "runs" / "breastmnist-28" / f"timm-{TINY}" / "seed0"
+         / "results.json").read_text()
+    )  # fmt: skip
+    assert e2e["config"]["select_metric"] == "loss"  # MedMNIST+'s rule: lowest val loss
+    losses = [h["val_loss"] for h in e2e["history"]]
+    assert e2e["best_round"] == 1 + losses.index(min(losses))
     assert events == [("miss", "breastmnist")] * 3  # the two probes share one embedding pass
 
     events.clear()

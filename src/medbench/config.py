@@ -24,7 +24,7 @@ from medbench.errors import MedbenchError
 OPTIMIZERS = ("adamw", "sgd", "adam")
 SCHEDULES = ("cosine", "multistep", "constant")
 CLASS_BALANCE = ("none", "weighted_loss", "sampler")
-SELECT_METRICS = ("auc", "acc", "last")  # "last": the final weights, no selection
+SELECT_METRICS = ("auc", "acc", "loss", "last")  # "last": the final weights, no selection
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 SEED_LIMIT = 2**32  # numpy and torch take seeds in [0, 2**32)

@@ -21,8 +21,8 @@ and what `PlusRecipe` reproduces:
   kept as scores, so an AUC is reported beside the vote's ACC (MedMNIST+ reports none).
 
 End-to-end runs go through `medbench.engine.train` (the input transform is the model's
-input adapter, `input_norm=backbone`); the engine selects and stops on validation AUC, not
-loss, which is the one departure. The probes share one embedding cache
+input adapter, `input_norm=backbone`), selecting the epoch of the lowest validation loss
+and stopping after `patience` epochs without a lower one, as MedMNIST+ does. The probes share one embedding cache
 (`medbench.embeddings`), so each backbone embeds each split of each dataset once.
 """
 
@@ -481,7 +481,7 @@ def end_to_end_config(
         dataset=dataset, model=backbone.name, size=size, seed=seed, epochs=recipe.epochs,
         batch_size=recipe.batch_size, optimizer="adamw", lr=recipe.lr,
         weight_decay=recipe.weight_decay, schedule="cosine", warmup_epochs=0.0,
-        grad_clip=None, augment="none", select_metric="auc", patience=recipe.patience,
+        grad_clip=None, augment="none", select_metric="loss", patience=recipe.patience,
         pretrained=_engine_weights(backbone), finetune="full", backbone_lr_scale=1.0,
         model_options=options, data_dir=data_dir, run_dir=str(run_dir), device=device,
     ).validate()  # fmt: skip

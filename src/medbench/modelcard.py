@@ -170,6 +170,8 @@ def _selection(results: RunResults) -> str:
     metric = results.config.get("select_metric", "auc")
     if metric == "last":
         text = "the final epoch's weights (no selection on validation)"
+    elif metric == "loss":
+        text = f"best (selected) epoch {results.best_round} by lowest validation loss"
     else:
         text = f"best (selected) epoch {results.best_round} by validation {metric.upper()}"
     if results.stopped_early:

@@ -2,8 +2,8 @@
 
 After each round's validation the selector keeps a copy of the weights when the round is
 the best so far on the selection metric (validation AUC by default; ACC where AUC is
-undefined, e.g. one class in the validation sample). `last` keeps the final weights
-whatever validation says. With `patience`, a run stops when that many rounds have passed
+undefined, e.g. one class in the validation sample; `loss`: the lowest validation loss, the
+rule MedMNIST+ trains by). `last` keeps the final weights whatever validation says. With `patience`, a run stops when that many rounds have passed
 without a better one.
 """
 
@@ -34,6 +34,10 @@ class Selector:
         return {"best": self.best, "best_state": self.best_state}
 
     def score(self, record: dict[str, Any]) -> float:
+        """The round's score, higher is better (the loss enters negated)."""
+        if self.metric == "loss":
+            loss = record["val_loss"]
+            return -loss if math.isfinite(loss) else -math.inf
         value = record["val_auc" if self.metric == "last" else f"val_{self.metric}"]
         return value if math.isfinite(value) else record["val_acc"]
 

@@ -172,8 +172,9 @@ def _add_recipe_options(g: argparse._ActionsContainer) -> None:
     g.add_argument(
         "--select-metric",
         choices=SELECT_METRICS,
-        help="validation metric for model selection (default auc); last: keep the final "
-        "weights, no selection (steadier when the validation split is tiny)",
+        help="validation metric for model selection (default auc); loss: the lowest "
+        "validation loss; last: keep the final weights, no selection (steadier when the "
+        "validation split is tiny)",
     )
     g.add_argument(
         "--patience", type=int, help="stop after this many epochs without validation improvement"
