@@ -96,3 +96,70 @@ def test_a_search_with_an_unknown_cost_is_refused(tmp_path):
     config = TrainConfig(dataset="breastmnist", model="advanced_cnn")
     with pytest.raises(MedbenchError, match="--cost must be one of params, flops"):
         search(config, tmp_path / "out", 1, cost="latency", progress=False)
+
+
+USER_NET = """
+from torch import nn
+
+
+def build(in_channels, num_classes, image_size=28, *, width=8):
+    return nn.Sequential(
+        nn.Conv2d(in_channels, width, 3, padding=1), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, num_classes),
+    )
+
+
+def space(trial):
+    return {"width": trial.suggest_categorical("width", [2, 4, 16])}
+
+
+build.search_space = space
+
+
+def build_without_space(in_channels, num_classes, image_size=28):
+    return build(in_channels, num_classes, image_size)
+
+
+def build_bad_space(in_channels, num_classes, image_size=28, *, width=8):
+    return build(in_channels, num_classes, image_size, width=width)
+
+
+build_bad_space.search_space = lambda trial: {"depth": 3}
+"""
+
+
+def test_a_user_model_brings_its_space_on_the_builder(tmp_path):
+    from medbench.search import search_space
+
+    path = tmp_path / "net.py"
+    path.write_text(USER_NET)
+    sample = search_space(f"{path}:build")
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    assert all(sample(study.ask())["width"] in (2, 4, 16) for _ in range(5))
+    with pytest.raises(MedbenchError, match=r"net:build_without_space has no architecture space"):
+        search_space(f"{path}:build_without_space")
+    with pytest.raises(MedbenchError, match="has no option depth; its options are: width"):
+        search_space(f"{path}:build_bad_space")(study.ask())
+
+
+@pytest.mark.slow
+def test_a_search_over_a_user_model_trains_its_sampled_widths(tmp_path):
+    from medbench.data.synthetic import write_synthetic_like
+
+    write_synthetic_like(tmp_path / "data", "breastmnist", 28, n_train=32, n_val=16, n_test=16)
+    path = tmp_path / "net.py"
+    path.write_text(USER_NET)
+    base = TrainConfig(
+        dataset="breastmnist", model=f"{path}:build", epochs=1, batch_size=16, device="cpu",
+        data_dir=str(tmp_path / "data"),
+    )  # fmt: skip
+    search(base, tmp_path / "out", 3, population_size=2, progress=False)
+    study = optuna.load_study(
+        study_name=None, storage=f"sqlite:///{tmp_path / 'out' / 'search.sqlite'}"
+    )
+    for trial in study.trials:
+        width = trial.user_attrs["model_options"]["width"]
+        n_in, n_classes = 1, 2  # the parameter count follows the sampled width
+        assert (
+            trial.user_attrs["n_params"] == n_in * width * 9 + width + width * n_classes + n_classes
+        )

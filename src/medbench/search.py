@@ -7,6 +7,10 @@ Two objectives: the validation metric (maximised) and the cost, parameters or FL
 `pareto.png`; `export_architecture` saves any trial as a `--config` file
 (`{"model": family, "model_options": {...}}`).
 
+A user's model (`file.py:fn`, `module:fn`, a plugin) brings its own space: a callable
+attribute `search_space` on the builder, taking an `optuna.Trial` and returning the
+builder's keyword options to try (docs/own-model.md).
+
 The study shares `medbench.tune`'s plumbing: SQLite (or any SQLAlchemy URL) storage,
 resumable, many workers per study, per-trial seeding, dead trials retried.
 """
@@ -31,7 +35,8 @@ from medbench.config import TrainConfig
 from medbench.data import DatasetInfo
 from medbench.errors import MedbenchError, MedbenchWarning
 from medbench.fsutil import atomic_savefig, atomic_write_json, atomic_write_text
-from medbench.models import build_model, count_flops, count_parameters
+from medbench.models import build_model, count_flops, count_parameters, model_spatial_dims
+from medbench.models import user as user_models
 from medbench.study_storage import make_storage
 from medbench.tracking import Tracking
 from medbench.tune import (
@@ -82,11 +87,40 @@ class SearchResult:
     files: list[Path]
 
 
-def _check_family(family: str) -> None:
-    if family not in SPACES:
-        raise MedbenchError(
-            f"no architecture space for model {family!r}; searchable families: {', '.join(SPACES)}"
-        )
+def search_space(family: str) -> Callable[[optuna.Trial], dict[str, Any]]:
+    """The function sampling `family`'s architecture options: medbench's own for its
+    families, the builder's `search_space` attribute for a user's model."""
+    if family in SPACES:
+        return SPACES[family]
+    if user_models.is_user_model(family):
+        model = user_models.resolve(family)
+        space = getattr(model.builder, "search_space", None)
+        if not callable(space):
+            raise MedbenchError(
+                f"model {model.label} has no architecture space: give its builder a "
+                "`search_space(trial)` attribute returning the options to try (docs/own-model.md)"
+            )
+        return _checked_space(model, space)
+    raise MedbenchError(
+        f"no architecture space for model {family!r}; searchable families: {', '.join(SPACES)}, "
+        "or a user's model whose builder has a `search_space` attribute"
+    )
+
+
+def _checked_space(
+    model: user_models.UserModel, space: Callable[[optuna.Trial], Any]
+) -> Callable[[optuna.Trial], dict[str, Any]]:
+    def sample(trial: optuna.Trial) -> dict[str, Any]:
+        options = space(trial)
+        if not isinstance(options, dict):
+            raise MedbenchError(
+                f"model {model.label}: search_space(trial) must return a dict of options, "
+                f"not {type(options).__name__}"
+            )
+        user_models.check_options(model.label, options, model.options())
+        return options
+
+    return sample
 
 
 def search(
@@ -107,7 +141,7 @@ def search(
 ) -> SearchResult:
     """Search `base.model`'s architecture space until the study has `n_trials` finished
     trials, training each with `base`'s recipe; write the Pareto front to `out_dir`."""
-    _check_family(base.model)
+    space = search_space(base.model)
     if cost not in COSTS:
         raise MedbenchError(f"--cost must be one of {', '.join(COSTS)}, not {cost!r}")
     check_study_arguments(base, n_trials, metric)
@@ -136,7 +170,7 @@ def search(
     )
 
     def objective(trial: optuna.Trial) -> tuple[float, float]:
-        options = {**base.model_options, **SPACES[base.model](trial)}
+        options = {**base.model_options, **space(trial)}
         n_params, flops = record_architecture(trial, base, setup.data.info, options)
         results = setup.train_trial(trial, {"model_options": options})
         value = record_trial_result(trial, results, metric)
@@ -157,7 +191,8 @@ def record_architecture(
     """Store a trial's architecture and its size on it; return (parameters, FLOPs)."""
     model = build_model(base.model, info.n_channels, info.n_classes, base.size, **options)
     n_params = count_parameters(model)
-    flops = count_flops(model, (info.n_channels, base.size, base.size))
+    spatial = (base.size,) * model_spatial_dims(base.model)
+    flops = count_flops(model, (info.n_channels, *spatial))
     trial.set_user_attr("model_options", options)
     trial.set_user_attr("n_params", n_params)
     trial.set_user_attr("flops", flops)

@@ -22,7 +22,8 @@ NAME = "search"
 HELP = "search a model family's architectures for the accuracy/size Pareto front"
 ORDER = 45
 DESCRIPTION = (
-    "Search the architecture options of MODEL (" + ", ".join(SPACES) + ") on DATASET with "
+    "Search the architecture options of MODEL (" + ", ".join(SPACES) + ", or your own model "
+    "whose builder has a search_space attribute) on DATASET with "
     "Optuna's NSGA-II, maximising the validation metric and minimising parameters or FLOPs. "
     "Every trial trains with the same recipe (flags or --config, e.g. a tune's best_config.json). "
     "Writes OUT/pareto.json, pareto.csv and pareto.png; the study is kept in OUT/search.sqlite "
@@ -33,7 +34,11 @@ DESCRIPTION = (
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_study_target(
-        parser, "search", model_help=f"model family: {', '.join(SPACES)}", required=False
+        parser,
+        "search",
+        model_help=f"model family: {', '.join(SPACES)}, or file.py:fn / module:fn with a "
+        "search_space",
+        required=False,
     )
     parser.add_argument(
         "--cost", choices=COSTS, default="params", help="objective to minimise (default params)"
