@@ -4,6 +4,7 @@ The timm weights are written by the tests: nothing is downloaded."""
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 from pathlib import Path
 
@@ -53,7 +54,13 @@ def test_timm_weights_file_loads_with_first_conv_summed_for_gray_and_a_fresh_hea
     root, _ = root
     model = build_model(MODEL, 1, 2)
     head_before = model.classifier.weight.clone()
-    scales = prepare_pretrained(model, _config(root, pretrained=str(root / "imagenet.pth")))
+    scales, weights = prepare_pretrained(
+        model, _config(root, pretrained=str(root / "imagenet.pth"))
+    )
+    assert weights == {
+        "source": str(root / "imagenet.pth"),
+        "sha256": hashlib.sha256((root / "imagenet.pth").read_bytes()).hexdigest(),
+    }
     source = torch.load(root / "imagenet.pth")
     torch.testing.assert_close(model.conv_stem.weight, source["conv_stem.weight"].sum(1, True))
     torch.testing.assert_close(model.bn1.running_var, source["bn1.running_var"])
@@ -130,6 +137,11 @@ def test_transfer_pretrains_on_the_source_then_finetunes_on_the_target(root):
     assert target["dataset"]["name"] == "breastmnist" and target["status"] == "finished"
     assert target["config"]["pretrained"] == source["run_dir"]
     assert target["config"]["finetune"] == "full"
+    model_file = Path(source["run_dir"]) / "model.pt"  # the weights it started from, by hash
+    assert target["pretrained_weights"] == {
+        "source": str(model_file),
+        "sha256": hashlib.sha256(model_file.read_bytes()).hexdigest(),
+    }
 
 
 @pytest.mark.slow

@@ -265,6 +265,7 @@ class _Run:
     options: dict[str, Any]
     n_params: int
     flops: int
+    pretrained_weights: dict[str, str] | None  # source and SHA-256 of --pretrained weights
     model: nn.Module  # the weights that train
     eval_source: nn.Module  # the weights that are validated: the model, or its EMA
     eval_model: nn.Module | None  # what validates them (rank 0): eval_source or a copy
@@ -386,7 +387,7 @@ def _build(
     n_params = count_parameters(model)
     flops = count_flops(model, (info.n_channels, *(config.size,) * info.spatial_dims))
     # Pretrained weights: loaded, the backbone frozen or given a lower learning rate.
-    lr_scales = prepare_pretrained(model, config) if config.pretrained else None
+    lr_scales, weights = prepare_pretrained(model, config) if config.pretrained else (None, None)
     # The folder only once the model builds and its weights load: a mistyped name or a
     # damaged weights file leaves nothing behind.
     run_dir = coord.on_main(lambda: _make_run_dir(config, resume))  # rank 0's, made there
@@ -424,6 +425,7 @@ def _build(
         options=options,
         n_params=n_params,
         flops=flops,
+        pretrained_weights=weights,
         model=model,
         eval_source=eval_source,
         eval_model=eval_copy if coord.active else eval_source,
@@ -603,6 +605,7 @@ def _finish(
         },
         distributed=run.coord.describe(),
         batch_size=run.batch_size,
+        pretrained_weights=run.pretrained_weights,
     )
     results.timing.eval_seconds = clock() - eval_start
     atomic_write_json(run.run_dir / "results.json", results.to_json())

@@ -69,6 +69,14 @@ class Source:
     state_dict: dict[str, torch.Tensor]
     description: str
     dataset: str | None = None  # the medbench dataset they were trained on, if any
+    sha256: str = ""  # of the file read; of the tensors where there is no file (the hub)
+
+    def record(self) -> dict[str, str]:
+        """What a run's results say of the weights it started from."""
+        return {"source": self.description, "sha256": self.sha256 or self.tensors_sha256()}
+
+    def tensors_sha256(self) -> str:
+        return state_dict_sha256(self.state_dict)
 
 
 # ----------------------------------------------------------------------------- reading
@@ -85,7 +93,17 @@ def load_source(pretrained: str, model_name: str) -> Source:
             f"a timm weights file, or 'hub'"
         )
     if path.is_dir():
-        return _medbench_source(ckpt.resolve_model_file(path), model_name)
+        file = ckpt.resolve_model_file(path)
+        source = _medbench_source(file, model_name)
+    else:
+        file, source = path, _file_source(path, model_name)
+    source.sha256 = weights_sha256(file)  # `sha256sum FILE` gives the same
+    return source
+
+
+def _file_source(path: Path, model_name: str) -> Source:
+    """A weights file: safetensors, a plain (possibly nested) state dict, or a medbench
+    model.pt."""
     if path.suffix == ".safetensors":
         try:
             return Source(load_safetensors(str(path), device="cpu"), str(path))
@@ -242,12 +260,15 @@ def freeze_backbone(model: nn.Module) -> None:
             m.register_forward_pre_hook(_keep_eval)
 
 
-def prepare_pretrained(model: nn.Module, config: TrainConfig) -> dict[int, float] | None:
+def prepare_pretrained(
+    model: nn.Module, config: TrainConfig
+) -> tuple[dict[int, float], dict[str, str]]:
     """The engine's hook: load `config.pretrained` into `model`, freeze or scale the backbone.
 
     Returns id(parameter) -> learning-rate multiplier (backbone: `backbone_lr_scale`,
-    head: 1.0). Tensors that could not be loaded, other than the head, are reported in
-    one MedbenchWarning.
+    head: 1.0), and the weights' record for the run's results (source and SHA-256).
+    Tensors that could not be loaded, other than the head, are reported in one
+    MedbenchWarning.
     """
     if config.finetune not in FINETUNE_MODES:
         raise MedbenchError(
@@ -262,10 +283,11 @@ def prepare_pretrained(model: nn.Module, config: TrainConfig) -> dict[int, float
     head_ids = {id(p) for p in head_parameters(model)}
     if config.finetune == "linear-probe":
         freeze_backbone(model)
-        return {i: 1.0 for i in head_ids}
-    return {
+        return {i: 1.0 for i in head_ids}, source.record()
+    scales = {
         id(p): 1.0 if id(p) in head_ids else config.backbone_lr_scale for p in model.parameters()
     }
+    return scales, source.record()
 
 
 # ----------------------------------------------------------------------------- timm weights

@@ -154,6 +154,7 @@ class RunResults:
     files: dict[str, str] = field(default_factory=dict)
     distributed: dict[str, Any] | None = None
     batch_size: int | None = None  # images per optimiser step (the global batch)
+    pretrained_weights: dict[str, str] | None = None  # {"source", "sha256"} of --pretrained
     status: str = "finished"
     schema_version: int = SCHEMA_VERSION
 
@@ -222,6 +223,8 @@ class RunResults:
         }
         if self.distributed:
             out["distributed"] = self.distributed
+        if self.pretrained_weights:
+            out["pretrained_weights"] = self.pretrained_weights
         return out
 
     @classmethod
@@ -265,6 +268,7 @@ class RunResults:
             files=dict(d.get("files") or {}),
             distributed=d.get("distributed"),
             batch_size=d.get("batch_size"),
+            pretrained_weights=d.get("pretrained_weights"),
             status=str(d.get("status") or "finished"),
         )
 

@@ -240,10 +240,11 @@ def _knn_target(final: TrainConfig, k: int, progress: bool | None) -> dict[str, 
         final.model, data.info.n_channels, data.info.n_classes, final.size,
         **final.model_options,
     )  # fmt: skip
-    prepare_pretrained(model, final)
+    _, weights = prepare_pretrained(model, final)
     target = knn_evaluate(model, data, k, device=final.device)
     target["model"]["name"] = final.model
     target["pretrained"] = final.pretrained
+    target["pretrained_weights"] = weights
     target["config"] = final.to_dict()
     atomic_write_json(Path(final.run_dir) / "results.json", target)
     return target
