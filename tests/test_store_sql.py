@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from medbench.errors import MedbenchWarning
 from medbench.store import LOCATION_NAME, Owner, ResultsStore, public_url
 
 POSTGRES_ENV = "MEDBENCH_TEST_POSTGRES_URL"
@@ -346,14 +347,40 @@ def test_a_tune_study_on_postgresql_is_shared_by_two_workers(tmp_path, grid_data
 # -- the benchmark on a server store ------------------------------------------------------
 
 
-def _benchmark(out, url, **kw):
+def _benchmark(out, url, fail=None, **kw):
     from medbench.benchmark import run_benchmark
     from test_benchmark_support import make_fake_train
 
     return run_benchmark(
         datasets="breastmnist", models="advanced_cnn,resnet18", seeds=2, epochs=1, out=out,
-        storage=url, train_fn=make_fake_train(), progress=False, **kw,
+        storage=url, train_fn=make_fake_train(fail=fail), progress=False, **kw,
     )  # fmt: skip
+
+
+@pytest.mark.slow
+def test_the_report_of_a_server_grid_shows_its_failed_cells(tmp_path, postgres_url):
+    out = tmp_path / "out"
+    with pytest.warns(MedbenchWarning, match="boom"):
+        outcome = _benchmark(out, postgres_url, fail={("breastmnist", "resnet18")})
+    assert len(outcome.failed) == 2
+    report = json.loads(outcome.report.json.read_text())  # from the store, not the files
+    status = sorted((r["model"], r["status"]) for r in report)
+    assert status == [("advanced_cnn", "finished")] * 2 + [("resnet18", "failed")] * 2
+
+
+def test_a_recorded_server_that_cannot_be_opened_falls_back_to_the_files(tmp_path):
+    from medbench.config import TrainConfig
+    from medbench.report.collect import load_runs
+    from test_benchmark_support import make_fake_train
+
+    url = "postgresql+psycopg://nobody@127.0.0.1:1/none"  # nothing listens on port 1
+    (tmp_path / LOCATION_NAME).write_text(json.dumps({"url": url}))
+    config = TrainConfig(dataset="breastmnist", model="resnet18", epochs=1)
+    config.run_dir = str(tmp_path / "runs" / "one")
+    make_fake_train()(config)  # writes the run's results.json
+    with pytest.warns(MedbenchWarning, match="cannot read the results store.*--storage URL"):
+        runs = load_runs(tmp_path)
+    assert [r["model"] for r in runs] == ["resnet18"]
 
 
 @pytest.mark.slow

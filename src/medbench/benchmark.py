@@ -892,7 +892,7 @@ def run_benchmark(
             grid.cells, grid.out, ensemble, grid.base.get("data_dir")
         )
     if report:
-        outcome.report = build_report(grid.out)
+        outcome.report = build_report(grid.out, storage=storage)  # a server store too
     return outcome
 
 

@@ -21,10 +21,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("folder", metavar="DIR", help="the benchmark --out folder")
     parser.add_argument("--out", metavar="DIR", help="where to write the report (default: DIR)")
     parser.add_argument("--no-plots", action="store_true", help="skip the figures")
+    parser.add_argument(
+        "--storage",
+        metavar="URL",
+        help="the grid's database URL when its store is on a server (benchmark --storage); "
+        "default: the folder's own store",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
-    files = build_report(args.folder, args.out, plots=not args.no_plots)
+    files = build_report(args.folder, args.out, plots=not args.no_plots, storage=args.storage)
     print(f"{files.markdown}\n{files.html}\n{files.csv}\n{files.json}")
     for line in (files.findings.findings if files.findings else [])[:3]:
         print(f"- {line}")

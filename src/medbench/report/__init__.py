@@ -85,13 +85,18 @@ def _group_summary(g: Group) -> dict:
 
 
 def build_report(
-    folder: str | Path, out_dir: str | Path | None = None, *, plots: bool = True
+    folder: str | Path,
+    out_dir: str | Path | None = None,
+    *,
+    plots: bool = True,
+    storage: str | None = None,
 ) -> ReportFiles:
     """Write REPORT.md, report.html (figures embedded), results.csv, results.json (one row
     per run), summary.json and plots/*.png for the benchmark folder `folder` (into
-    `out_dir`, default the same folder)."""
+    `out_dir`, default the same folder). `storage`: the grid's database URL, when its store
+    is on a server (default: the folder's own store)."""
     folder = Path(folder)
-    runs = load_runs(folder)
+    runs = load_runs(folder, storage)
     runs.sort(
         key=lambda r: (
             str(r["dataset"]),

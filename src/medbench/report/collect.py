@@ -7,16 +7,17 @@ from __future__ import annotations
 import json
 import math
 import statistics
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from medbench.config import TrainConfig, config_hash
-from medbench.errors import MedbenchError
+from medbench.errors import MedbenchError, MedbenchWarning
 from medbench.models.user import model_label
 from medbench.results import FLAT_FIELDS, RunResults, read_results
-from medbench.store import STORE_NAME, ResultsStore
+from medbench.store import STORE_NAME, ResultsStore, has_store
 
 # The run's RunResults.flat_row field that kept its column name when schema 2 renamed epochs
 # to rounds.
@@ -159,16 +160,31 @@ def load_ensembles(folder: str | Path) -> list[dict[str, Any]]:
     return found
 
 
-def load_runs(folder: str | Path) -> list[Run]:
-    """All runs of a benchmark folder (its results store), or, without a store, every
-    `results.json` found under `folder` (e.g. runs of `medbench train`)."""
+def load_runs(folder: str | Path, storage: str | None = None) -> list[Run]:
+    """All runs of a benchmark folder (its results store: the folder's SQLite file, or the
+    database `storage` names or the folder records), or, without a store, every
+    `results.json` found under `folder` (e.g. runs of `medbench train`).
+
+    A recorded database server that cannot be opened (no password in the environment,
+    server down) is one warning, and the report falls back to the results.json files:
+    cells that failed are then missing from it."""
     folder = Path(folder)
     if not folder.is_dir():
         raise MedbenchError(
             f"{folder} is not a folder; give the --out folder of 'medbench benchmark'"
         )
-    if (folder / STORE_NAME).exists():
-        return _runs_in_store(folder)
+    if storage is not None or (folder / STORE_NAME).exists():
+        return _runs_in_store(ResultsStore(folder, create=False, url=storage))
+    if has_store(folder):  # a server the folder records, opened without a given URL
+        try:
+            return _runs_in_store(ResultsStore(folder, create=False))
+        except MedbenchError as exc:
+            warnings.warn(
+                f"cannot read the results store of {folder} ({exc}); the report reads the "
+                "runs' results.json files, so failed cells are missing: pass --storage URL",
+                MedbenchWarning,
+                stacklevel=2,
+            )
     runs = _runs_in_files(folder)
     if not runs:
         raise MedbenchError(
@@ -177,9 +193,9 @@ def load_runs(folder: str | Path) -> list[Run]:
     return runs
 
 
-def _runs_in_store(folder: Path) -> list[Run]:
+def _runs_in_store(store: ResultsStore) -> list[Run]:
     runs = []
-    for row in ResultsStore(folder, create=False).rows():
+    for row in store.rows():
         finished = row["status"] == "finished"
         results = _read_results(row.get("results_path")) if finished else None
         runs.append(Run(_flatten(row, results), results, row))
