@@ -1,6 +1,6 @@
 """Robustness tables of a benchmark's finished runs, one run at a time and resumable.
 
-Each run's scores are kept as <out>/per-run/<dataset>-<size>-<model>-<run folder>.json, so a
+Each run's scores are kept under <out>/per-run/ (`medbench.robustness.evaluate_runs`), so a
 long evaluation can stop and continue; the merged results (robustness.json, CSVs,
 report.md, figures) are written to <out> and, with --docs-csv, the summary as a figures
 CSV for docs/results.
@@ -21,11 +21,9 @@ from pathlib import Path
 
 import torch
 
-from medbench.fsutil import atomic_write_json
 from medbench.robustness import (
     DEFAULT_BASELINE,
-    RunRobustness,
-    evaluate_robustness,
+    evaluate_runs,
     find_runs,
     summarize,
     summary_rows,
@@ -33,9 +31,8 @@ from medbench.robustness import (
 )
 
 
-def per_run_file(out: Path, run: Path) -> Path:
-    meta = json.loads((run / "results.json").read_text())["config"]
-    return out / "per-run" / f"{meta['dataset']}-{meta['size']}-{meta['model']}-{run.name}.json"
+def _dataset(run: Path) -> str:
+    return json.loads((run / "results.json").read_text())["config"]["dataset"]
 
 
 def main() -> int:
@@ -51,17 +48,11 @@ def main() -> int:
     args = p.parse_args()
     out = Path(args.out)
     wanted = set(filter(None, args.datasets.split(",")))
-    results = []
-    for run in find_runs(args.runs):
-        file = per_run_file(out, run)
-        if wanted and file.name.split("-")[0] not in wanted:
-            continue
-        if not file.is_file():
-            print(f"evaluating {run}", file=sys.stderr, flush=True)
-            r = evaluate_robustness(run, data_dir=args.data_dir, device=args.device)
-            file.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_json(file, r.to_json())
-        results.append(RunRobustness.from_json(json.loads(file.read_text())))
+    runs = [r for r in find_runs(args.runs) if not wanted or _dataset(r) in wanted]
+    results = evaluate_runs(
+        runs, out / "per-run", data_dir=args.data_dir, device=args.device,
+        on_run=lambda k, run: print(f"[{k}/{len(runs)}] evaluating {run}", file=sys.stderr, flush=True),
+    )  # fmt: skip
     summaries = summarize(results, args.baseline)
     for path in write_robustness(results, summaries, out):
         print(f"wrote {path}", file=sys.stderr)

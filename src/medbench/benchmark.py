@@ -37,6 +37,7 @@ from medbench.data import dataset_info, ensure_dataset, load_dataset
 from medbench.ensemble import METHODS, build_ensemble
 from medbench.errors import MedbenchError, MedbenchWarning
 from medbench.fsutil import atomic_write_text
+from medbench.grid_extras import GridExtras
 from medbench.models import TIMM_PREFIX, model_label, model_options, model_spatial_dims
 from medbench.progress import round_line
 from medbench.recipe import DEFAULT_EPOCHS
@@ -115,6 +116,7 @@ class GridOutcome:
     report: Any = None  # medbench.report.ReportFiles when a report was written
     ensembles: list[dict[str, Any]] = field(default_factory=list)  # with run_benchmark(ensemble=)
     plan: GridPlan | None = None  # what run_benchmark planned before the work
+    extras: list[Path] = field(default_factory=list)  # robustness/explain folders written
 
     @property
     def ok(self) -> bool:
@@ -841,6 +843,7 @@ def run_benchmark(
     workers: int = 1,
     heartbeat_seconds: float = DEFAULT_HEARTBEAT_SECONDS,
     tracking: Tracking | None = None,  # trackers every run logs to (medbench.tracking)
+    extras: GridExtras | None = None,  # robustness, explanations after the runs
 ) -> GridOutcome:
     """Plan and run the benchmark grid into `out`, then write its report there.
 
@@ -852,27 +855,25 @@ def run_benchmark(
     this machine is; by default it is detected from the device (see `detect_gpu`). The
     length is part of the grid's identity: an `out` whose grid started with another one is
     refused. `config` is a dict or a JSON file of TrainConfig keys applied to every run;
-    explicit arguments win over it. `ensemble` (a `medbench.ensemble` method: greedy,
-    average, weighted) adds, per dataset, an ensemble of that dataset's finished runs,
-    saved under `out/ensembles/` and shown in the report.
+    explicit arguments win over it. `ensemble` (greedy, average, weighted) adds one
+    ensemble per dataset (`out/ensembles/`); `extras` the runs' robustness and explanations
+    (`medbench.grid_extras`); the report shows both.
 
     Before any cell is registered, every dataset with runs to do is made available
     (`prepare_data(name, size, data_dir)`, by default `medbench.data.ensure_dataset`, which
     downloads) and each recipe's speed is measured (`speed_fn`, by default the engine's);
     the plan (`GridOutcome.plan`) is printed with the progress. `plan=True` stops there:
     nothing is trained or written. A stand-in `train_fn` gets neither default: its data
-    and speed are its own.
-
-    `storage` (a database URL) puts the store on a server that several machines share;
+    and speed are its own. `storage` (a database URL) puts the store on a server that several machines share;
     `workers` runs that many processes here (`run_grid_workers`: a stand-in `train_fn`
-    must then be a module-level function).
-    """
+    must then be a module-level function)."""
     check_workers(workers)
     grid = _prepare_grid(
         datasets, models, seeds, size=size, out=out, ensemble=ensemble, train_fn=train_fn,
         base=_grid_config(config, epochs, time_budget_seconds, data_dir, device),
         total_time_budget_seconds=total_time_budget_seconds, on_gpu=on_gpu, storage=storage,
     )  # fmt: skip
+    _check_extras(extras or GridExtras(), grid)  # before anything trains
     own_train_fn, cache = train_fn, _DataCache()
     if train_fn is None:
         train_fn = _default_train_fn(cache)
@@ -891,9 +892,27 @@ def run_benchmark(
         outcome.ensembles = build_grid_ensembles(
             grid.cells, grid.out, ensemble, grid.base.get("data_dir")
         )
+    outcome.extras = _run_extras(extras or GridExtras(), grid, quiet=progress is False)
     if report:
         outcome.report = build_report(grid.out, storage=storage)  # a server store too
     return outcome
+
+
+def _check_extras(extras: GridExtras, grid: _Grid) -> None:
+    extras.check([c.config.dataset for c in grid.cells], [c.config.model for c in grid.cells])
+
+
+def _run_extras(extras: GridExtras, grid: _Grid, quiet: bool) -> list[Path]:
+    """Robustness and explanations of the grid's finished runs, before its report."""
+    if not extras.any:
+        return []
+
+    def log(line: str) -> None:
+        if not quiet:
+            print(f"[benchmark] {line}", file=sys.stderr, flush=True)
+
+    device = grid.base.get("device") or "auto"
+    return extras.run(grid.out, data_dir=grid.base.get("data_dir"), device=device, log=log)
 
 
 def _ensure_data(name: str, size: int, data_dir: str | None) -> object:

@@ -237,6 +237,43 @@ def evaluate_robustness(
     return result
 
 
+def evaluate_runs(
+    runs: Sequence[str | Path],
+    cache_dir: str | Path | None = None,
+    *,
+    data_dir: str | None = None,
+    device: str = "auto",
+    seed: int = 0,
+    on_run: Callable[[int, Path], None] | None = None,
+    on_score: Callable[[Score], None] | None = None,
+) -> list[RunRobustness]:
+    """`evaluate_robustness` of each run. With `cache_dir`, each run's scores are kept
+    there (one JSON file per run and corruption seed, written atomically) and read back
+    instead of computed again, so a long evaluation that stops continues where it was."""
+    results = []
+    for k, run in enumerate(map(Path, runs), 1):
+        file = None if cache_dir is None else Path(cache_dir) / _cache_name(run, seed)
+        if file is not None and file.is_file():
+            cached = RunRobustness.from_json(json.loads(file.read_text()))
+            if cached.run_dir == str(run):
+                results.append(cached)
+                continue
+        if on_run:
+            on_run(k, run)
+        result = evaluate_robustness(
+            run, data_dir=data_dir, device=device, seed=seed, on_score=on_score
+        )
+        if file is not None:
+            atomic_write_json(file, result.to_json())
+        results.append(result)
+    return results
+
+
+def _cache_name(run: Path, seed: int) -> str:
+    """<dataset>-<size>-<model>-<run folder>-s<seed>.json for a grid's runs/<d>-<size>/<m>/<seed>."""
+    return f"{run.parent.parent.name}-{run.parent.name}-{run.name}-s{seed}.json"
+
+
 def _training_augment(run: str | Path) -> str:
     """The augmentation policy a run's results.json records ('auto' where it has none)."""
     results = ckpt.resolve_model_file(run).parent / "results.json"
@@ -508,20 +545,22 @@ def write_robustness(
     """robustness.json, robustness-runs.csv, robustness-summary.csv, figures, report.md."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    written = [
+    figures = plot_robustness(summaries, out)
+    written = [out / p for p, _ in figures]
+    written += [
         atomic_write_json(
             out / "robustness.json",
             {
                 "schema_version": SCHEMA_VERSION,
+                "baseline": summaries[0].baseline if summaries else DEFAULT_BASELINE,
                 "runs": [r.to_json() for r in results],
                 "summaries": [m.to_json() for m in summaries],
+                "figures": [list(f) for f in figures],  # [file, caption]
             },
         ),
         atomic_write_text(out / "robustness-runs.csv", _csv_text(rows(results))),
         atomic_write_text(out / "robustness-summary.csv", _csv_text(summary_rows(summaries))),
     ]
-    figures = plot_robustness(summaries, out)
-    written += [out / p for p, _ in figures]
     written.append(
         atomic_write_text(
             out / "report.md", "# Robustness\n\n" + report_markdown(summaries, figures)
@@ -533,6 +572,16 @@ def write_robustness(
 def load_robustness(path: str | Path) -> list[RunRobustness]:
     obj = json.loads(Path(path).read_text())
     return [RunRobustness.from_json(r) for r in obj["runs"]]
+
+
+def load_written(folder: str | Path) -> tuple[list[ModelSummary], list[tuple[str, str]]]:
+    """The summaries (recomputed from the runs' scores) and the figures [(file, caption)]
+    of a folder `write_robustness` wrote."""
+    obj = json.loads((Path(folder) / "robustness.json").read_text())
+    runs = [RunRobustness.from_json(r) for r in obj["runs"]]
+    baseline = obj.get("baseline") or DEFAULT_BASELINE
+    figures = [(str(f), str(c)) for f, c in obj.get("figures") or []]
+    return summarize(runs, baseline), figures
 
 
 # ----------------------------------------------------------------------------- figures

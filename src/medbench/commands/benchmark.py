@@ -23,6 +23,8 @@ from medbench.commands._options import (
 from medbench.config import format_seconds, parse_duration
 from medbench.distributed import refuse_launch
 from medbench.ensemble import METHODS
+from medbench.grid_extras import GridExtras
+from medbench.robustness import DEFAULT_BASELINE
 from medbench.store import STORE_NAME
 
 NAME = "benchmark"
@@ -90,6 +92,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "saved under OUT/ensembles/ and shown in the report",
     )
     g.add_argument(
+        "--robustness",
+        nargs="?",
+        const=DEFAULT_BASELINE,
+        metavar="BASELINE",
+        help="after the runs, evaluate each under its dataset's MedMNIST-C corruptions "
+        f"(medbench robustness), BE/rBE relative to BASELINE (default {DEFAULT_BASELINE}, "
+        "which the grid must train); saved under OUT/robustness/ and shown in the report",
+    )
+    g.add_argument(
+        "--explain",
+        action="store_true",
+        help="after the runs, explain the first seed's run of each dataset and model "
+        "(medbench explain: Grad-CAM, occlusion, faithfulness); saved under OUT/explain/ and "
+        "shown in the report",
+    )
+    g.add_argument(
         "--plan",
         action="store_true",
         help="print the plan (each run's measured speed, the epochs its share buys, the ETA) "
@@ -120,6 +138,7 @@ def run(args: argparse.Namespace) -> int:
         storage=args.storage,
         workers=args.workers,
         tracking=tracking_options(args),
+        extras=GridExtras(robustness_baseline=args.robustness, explain=args.explain),
     )
     if args.plan:
         print("\n".join(outcome.plan.lines()))

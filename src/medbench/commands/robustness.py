@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from medbench.commands._options import add_data_dir, add_device
 from medbench.robustness import (
     DEFAULT_BASELINE,
     Score,
-    evaluate_robustness,
+    evaluate_runs,
     find_runs,
     report_markdown,
     summarize,
@@ -24,7 +25,8 @@ DESCRIPTION = (
     "2024) at severities 1-5, applied on the fly at the run's own image size. Reports the "
     "balanced error (1 - balanced accuracy) per corruption and severity, and BE / rBE "
     "relative to a baseline model trained at the same size. A RUN may be a run folder or a "
-    "benchmark's output folder (every finished run below it)."
+    "benchmark's output folder (every finished run below it). Each run's scores are kept "
+    "in OUT/per-run, so an interrupted evaluation continues where it stopped."
 )
 
 
@@ -46,19 +48,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     runs = find_runs(args.runs)
-    results = []
-    for k, path in enumerate(runs, 1):
-        print(f"[{k}/{len(runs)}] {path}", file=sys.stderr)
 
-        def show(score: Score) -> None:
-            if score.severity == 5:
-                print(f"  {score.corruption}: done", file=sys.stderr)
+    def show(score: Score) -> None:
+        if score.severity == 5:
+            print(f"  {score.corruption}: done", file=sys.stderr)
 
-        results.append(
-            evaluate_robustness(
-                path, data_dir=args.data_dir, device=args.device, seed=args.seed, on_score=show
-            )
-        )
+    results = evaluate_runs(
+        runs, Path(args.out) / "per-run", data_dir=args.data_dir, device=args.device,
+        seed=args.seed, on_score=show,
+        on_run=lambda k, path: print(f"[{k}/{len(runs)}] {path}", file=sys.stderr),
+    )  # fmt: skip
     summaries = summarize(results, args.baseline)
     for path in write_robustness(results, summaries, args.out):
         print(f"wrote {path}", file=sys.stderr)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from medbench.fsutil import atomic_write_json, atomic_write_text
 from medbench.report.collect import RUN_FIELDS, Group, Run, group_runs, load_ensembles, load_runs
+from medbench.report.extras import load_sections
 from medbench.report.findings import Findings, compute_findings, findings_dict
 from medbench.report.plots import critical_difference, draw_all
 from medbench.report.published import load_published
@@ -135,8 +136,15 @@ def build_report(
             "published_citation": load_published()["citation"],
         },
     )
+    sections = load_sections(folder, out)  # robustness, explanations: if the grid made them
     atomic_write_text(
-        files.markdown, render_markdown(groups, runs, findings, figures, out, ensembles)
+        files.markdown,
+        render_markdown(
+            groups, runs, findings, figures, out, ensembles, [s.markdown for s in sections]
+        ),
     )
-    atomic_write_text(files.html, render_html(groups, runs, findings, figures, ensembles))
+    atomic_write_text(
+        files.html,
+        render_html(groups, runs, findings, figures, ensembles, [s.html for s in sections]),
+    )
     return files

@@ -319,7 +319,10 @@ def render_markdown(
     plots: list[FigureFile],
     folder: Path,
     ensembles: list[dict[str, Any]] | None = None,
+    sections: list[str] | None = None,
 ) -> str:
+    """The report in markdown; `sections` (robustness, explanations) go after the runs'
+    figures."""
     ctx = _context(groups, runs)
     parts = [
         "# medbench benchmark report",
@@ -356,6 +359,7 @@ def render_markdown(
             p = fig.path
             rel = p.relative_to(folder) if p.is_relative_to(folder) else p
             parts += [f"![{fig.caption}]({rel.as_posix()})", "", f"*{fig.caption}*", ""]
+    parts += [text for section in sections or [] for text in (section, "")]
     parts += [
         "Files: `results.csv` and `results.json` (one row per run), `summary.json` (groups and "
         "findings), `report.html` (this report with the figures embedded).",
@@ -441,6 +445,7 @@ def render_html(
     findings: Findings,
     plots: list[FigureFile],
     ensembles: list[dict[str, Any]] | None = None,
+    sections: list[str] | None = None,
 ) -> str:
     ctx = _context(groups, runs)
     e = html.escape
@@ -478,5 +483,6 @@ def render_html(
             + "</small></p>"
         )
     parts += _html_figures(plots)
+    parts += sections or []
     parts.append("</body></html>")
     return "\n".join(parts)
