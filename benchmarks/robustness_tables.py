@@ -72,7 +72,7 @@ def write_docs_csv(path: Path, rows: list[dict], command: str, machine: str) -> 
     stamp = {
         "date": datetime.date.today().isoformat(),
         "machine": machine,
-        "torch": torch.__version__,
+        "torch": torch.__version__.split("+")[0],  # the release, without the local build tag
         "command": command,
     }
     with path.open("w", newline="") as f:

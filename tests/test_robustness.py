@@ -49,6 +49,18 @@ def test_an_undegraded_baseline_gives_nan_rbe_not_a_division_error():
     assert out["c"][0] == pytest.approx(1.5) and math.isnan(out["c"][1])
 
 
+def test_the_mean_rbe_leaves_out_corruptions_where_it_is_undefined():
+    # e.g. a 224-px blur kernel scaled to 28 px that changes no prediction of the baseline
+    model = {"noise": [0.3, 0.4], "blur": [0.2, 0.2]}
+    base = {"noise": [0.25, 0.35], "blur": [0.1, 0.1]}
+    out = relative_errors(model, 0.2, base, 0.1)
+    assert math.isnan(out["blur"][1])
+    be, rbe = mean_relative_errors(out)
+    assert be == pytest.approx((0.7 / 0.6 + 0.4 / 0.2) / 2)
+    assert rbe == pytest.approx(0.3 / 0.4)  # noise only
+    assert all(math.isnan(v) for v in mean_relative_errors({"blur": (math.nan, math.nan)}))
+
+
 def test_a_corruption_the_baseline_lacks_is_refused():
     with pytest.raises(MedbenchError, match="jpeg"):
         relative_errors({"jpeg": [0.1]}, 0.0, {"noise": [0.1]}, 0.0)

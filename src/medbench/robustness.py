@@ -141,10 +141,23 @@ def relative_errors(
 
 
 def mean_relative_errors(per_corruption: dict[str, tuple[float, float]]) -> tuple[float, float]:
-    """BE and rBE: the means of BE_c and rBE_c over the corruptions."""
-    be = [v[0] for v in per_corruption.values()]
-    rbe = [v[1] for v in per_corruption.values()]
-    return float(np.mean(be)), float(np.mean(rbe))
+    """BE and rBE: the means of BE_c and rBE_c over the corruptions where they are defined
+    (a corruption that leaves the baseline's error unchanged has no rBE_c: it is left out,
+    and `undefined_rbe` names it); NaN when none is."""
+
+    def mean(values: list[float]) -> float:
+        finite = [v for v in values if math.isfinite(v)]
+        return float(np.mean(finite)) if finite else math.nan
+
+    return (
+        mean([v[0] for v in per_corruption.values()]),
+        mean([v[1] for v in per_corruption.values()]),
+    )
+
+
+def undefined_rbe(summary: ModelSummary) -> list[str]:
+    """The corruptions whose rBE_c is undefined for `summary` (left out of its rBE)."""
+    return [c for c, v in summary.per_corruption.items() if math.isnan(v["rbe"].mean)]
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -523,6 +536,12 @@ def report_markdown(
             for m in group
         ]
         names = list(group[0].per_corruption)
+        if undefined := undefined_rbe(group[0]):
+            lines += [
+                "",
+                f"rBE leaves out {', '.join(undefined)}: {base}'s error is the same with and "
+                f"without it at {key[1]} px, so its rBE is undefined (0/0).",
+            ]
         lines += [
             "",
             "BE per corruption:",
