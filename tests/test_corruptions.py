@@ -25,6 +25,20 @@ def images(n: int = 6, c: int = 1, size: int = 64) -> torch.Tensor:
     return torch.stack(out).contiguous()
 
 
+COLOUR_DATASETS = ("pathmnist", "bloodmnist", "dermamnist")
+
+
+def colour_images(n: int = 6, size: int = 64) -> torch.Tensor:
+    """The structured images tinted pink-purple, as H&E stains are: each channel its own
+    gain, so that saturation and colour are not those of a grey image."""
+    gains = torch.tensor([1.0, 0.7, 0.85]).view(1, 3, 1, 1)
+    return (images(n, 3, size) * gains).contiguous()
+
+
+def images_for(dataset: str, n: int = 6, size: int = 64) -> torch.Tensor:
+    return colour_images(n, size) if dataset in COLOUR_DATASETS else images(n, size=size)
+
+
 def all_specs() -> list[tuple[str, C.CorruptionSpec]]:
     seen = {}
     for dataset in C.CORRUPTIONS:
@@ -54,7 +68,7 @@ def test_every_corruption_keeps_shape_dtype_and_range(dataset, spec, channels):
 
 @pytest.mark.parametrize("dataset,spec", SPECS, ids=IDS)
 def test_a_corruption_is_deterministic_given_the_generator(dataset, spec):
-    x = images(n=3, size=32)
+    x = images_for(dataset, n=3, size=32)
     a = C.corrupt(x, spec, 3, gen(7))
     b = C.corrupt(x, spec, 3, gen(7))
     assert torch.equal(a, b)
@@ -74,7 +88,7 @@ def _distance(name: str, clean: torch.Tensor, y: torch.Tensor) -> float:
 
 @pytest.mark.parametrize("dataset,spec", SPECS, ids=IDS)
 def test_severity_is_monotone_in_how_far_the_images_move(dataset, spec):
-    x = images(n=8, size=64)
+    x = images_for(dataset, n=8, size=64)
     d = [_distance(spec.name, x, C.corrupt(x, spec, s, gen(1))) for s in C.SEVERITIES]
     assert all(b >= a - 1e-6 for a, b in zip(d, d[1:], strict=False)), d
     assert d[-1] > d[0], d
@@ -122,10 +136,93 @@ def test_severity_outside_1_to_5_is_refused():
         C.corrupt(images(), spec, 6, gen())
 
 
-@pytest.mark.parametrize("dataset", ["dermamnist", "pathmnist", "bloodmnist", "organmnist3d"])
-def test_datasets_without_implemented_corruptions_are_refused(dataset):
-    with pytest.raises(MedbenchError):
+@pytest.mark.parametrize("dataset", ["organmnist3d", "nosuchmnist"])
+def test_volumes_and_unknown_datasets_have_no_corruptions(dataset):
+    with pytest.raises(MedbenchError, match="defines no corruptions"):
         C.dataset_corruptions(dataset)
+
+
+def test_the_colour_datasets_have_medmnistc_lists_without_characters():
+    assert [s.name for s in C.dataset_corruptions("pathmnist")][-3:] == [
+        "saturate", "stain_deposit", "bubble",
+    ]  # fmt: skip
+    assert len(C.dataset_corruptions("bloodmnist")) == 11
+    derma = [s.name for s in C.dataset_corruptions("dermamnist")]
+    assert len(derma) == 14 and "characters" not in derma
+    assert {"zoom_blur", "black_corner"} <= set(derma)
+
+
+def _spec(dataset: str, name: str) -> C.CorruptionSpec:
+    return next(s for s in C.dataset_corruptions(dataset) if s.name == name)
+
+
+def _saturation(x: torch.Tensor) -> torch.Tensor:
+    v, m = x.amax(1), x.amin(1)
+    return ((v - m) / v.clamp_min(1e-6)).mean()
+
+
+def test_saturate_raises_saturation_and_keeps_the_value_channel():
+    x = colour_images()
+    y = C.corrupt(x, _spec("pathmnist", "saturate"), 5, gen())
+    assert float(_saturation(y) - _saturation(x)) == pytest.approx(0.25, abs=0.02)
+    assert torch.allclose(y.amax(1), x.amax(1), atol=1e-5)  # HSV's V is the max channel
+    grey = images(c=3)
+    assert torch.equal(
+        C.corrupt(grey[:, :1], _spec("pathmnist", "saturate"), 5, gen()), grey[:, :1]
+    )
+
+
+def test_black_corner_blackens_the_corners_and_keeps_the_centre():
+    x = colour_images(size=28)
+    y = C.corrupt(x, _spec("dermamnist", "black_corner"), 5, gen())
+    assert float(y[..., :3, :3].abs().max()) == 0.0
+    assert torch.equal(y[..., 10:18, 10:18], x[..., 10:18, 10:18])
+    mild = C.corrupt(x, _spec("dermamnist", "black_corner"), 1, gen())
+    assert float((mild == 0).float().mean()) < float((y == 0).float().mean())
+
+
+def _touched(name: str, dataset: str, x: torch.Tensor, scale: float = 1.0) -> list[float]:
+    spec = _spec(dataset, name)
+    return [
+        float((C.corrupt(x, spec, s, gen(3), scale) != x).any(1).float().mean())
+        for s in C.SEVERITIES
+    ]
+
+
+@pytest.mark.parametrize("dataset", ["pathmnist", "bloodmnist"])
+def test_bubbles_whiten_a_fraction_that_grows_with_severity(dataset):
+    x = colour_images(n=8, size=224)
+    y = C.corrupt(x, _spec(dataset, "bubble"), 3, gen())
+    assert bool((y >= x - 1e-6).all())  # blended with white only
+    touched = _touched("bubble", dataset, x)
+    assert all(b >= a for a, b in zip(touched, touched[1:], strict=False)), touched
+    assert 0.01 < touched[0] < touched[-1] < 0.9
+
+
+@pytest.mark.parametrize("dataset", ["pathmnist", "bloodmnist"])
+def test_stains_darken_a_fraction_that_grows_with_severity(dataset):
+    x = colour_images(n=8, size=224)
+    y = C.corrupt(x, _spec(dataset, "stain_deposit"), 5, gen())
+    assert bool((y <= x + 1e-6).all()) and float(y.min()) == 0.0  # black ink
+    touched = _touched("stain_deposit", dataset, x)
+    assert all(b >= a for a, b in zip(touched, touched[1:], strict=False)), touched
+    assert 0 < touched[0] < touched[-1] < 0.2
+
+
+def test_stains_and_bubbles_shrink_with_the_image_scale():
+    x = colour_images(n=8, size=28)
+    for name in ("stain_deposit", "bubble"):
+        small = _touched(name, "pathmnist", x, C.image_scale(28))
+        full = _touched(name, "pathmnist", x, 1.0)
+        assert 0 < small[2] < full[2], name
+
+
+def test_zoom_blur_keeps_the_centre_pixel_and_smooths_away_from_it():
+    x = colour_images(size=65)
+    y = C.corrupt(x, _spec("dermamnist", "zoom_blur"), 5, gen())
+    assert torch.allclose(y[..., 32, 32], x[..., 32, 32], atol=1e-5)
+    diff = (y - x).abs()
+    assert float(diff[..., 28:37, 28:37].mean()) < float(diff[..., :8, :8].mean())
 
 
 def test_breast_and_pneumonia_have_medmnistc_lists():
@@ -152,5 +249,5 @@ def test_the_medmnistc_policy_augments_2d_batches_and_refuses_volumes():
     assert torch.equal(y, aug(x, gen()))
     with pytest.raises(MedbenchError, match="2D"):
         check_policy("medmnistc", "organmnist3d", 3)
-    with pytest.raises(MedbenchError, match="dermamnist"):
-        BatchAugment("medmnistc", "dermamnist")
+    derma = BatchAugment("medmnistc", "dermamnist")(colour_images(n=16, size=28), gen())
+    assert derma.shape == (16, 3, 28, 28) and float(derma.max()) <= 1
