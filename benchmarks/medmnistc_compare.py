@@ -6,16 +6,21 @@ ImageMagick through Wand) and sees medbench through the system site-packages:
     apt-get install -y libmagickwand-dev
     python3 -m venv --system-site-packages /tmp/mmc && /tmp/mmc/bin/pip install medmnistc
     /tmp/mmc/bin/python benchmarks/medmnistc_compare.py --data-dir /work/shared/medmnist \
-        --csv docs/results/robustness-medmnistc-compare-epyc-avx512-torch2.14.csv --machine epyc-avx2
+        --csv docs/results/robustness-medmnistc-compare-epyc-avx512-torch2.14.csv \
+        --machine epyc-avx512
 
-The same images (test images upsampled to 224 px with PIL bicubic, as only 28-px files
-are at hand) go through both implementations at each severity; medmnistc works on RGB
-copies of grey images (its noise then differs per channel), so its output is compared
-through its first channel. Per
+The same images go through both implementations at each severity, upsampled to 224 px
+with PIL bicubic from 28 px. A dataset whose file is in --data-dir uses its test images
+("real" in the CSV's `images` column); one without a file uses the test images of
+medbench.data.synthetic at 28 px, RGB for the colour sets ("synthetic"): smooth class
+patterns plus per-pixel noise, not the dataset's content. medmnistc works on RGB copies
+of grey images (its noise then differs per channel), so a grey set's output is compared
+through its first channel; a colour set is compared over all three channels. Per
 corruption and severity the CSV holds the mean absolute difference of the two outputs
 (0-255 levels), their pixel correlation, and each one's mean absolute change from the
 clean image and change of the image mean and std: random corruptions cannot agree pixel
-for pixel, but their statistics should.
+for pixel, but their statistics should. Rows of datasets not measured in a run are kept
+from an existing --csv file.
 """
 
 from __future__ import annotations
@@ -25,37 +30,50 @@ import csv
 import datetime
 import platform
 import sys
+from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
 from medbench import corruptions as C
+from medbench.data.catalogue import dataset_info
+from medbench.data.synthetic import make_synthetic_splits
 
 
-def test_images(data_dir: str, dataset: str, n: int) -> np.ndarray:
-    """n test images of `dataset` (fixed choice) upsampled to 224 px, uint8 (n, 224, 224)."""
-    with np.load(f"{data_dir}/{dataset}.npz") as z:
-        imgs = z["test_images"]
+def test_images(data_dir: str, dataset: str, n: int) -> tuple[np.ndarray, str]:
+    """n test images of `dataset` (fixed choice) upsampled to 224 px, uint8 (n, 224, 224)
+    grey or (n, 224, 224, 3) colour, and where they come from ("real" or "synthetic")."""
+    path = Path(data_dir) / f"{dataset}.npz"
+    if path.exists():
+        with np.load(path) as z:
+            imgs, source = z["test_images"], "real"
+    else:
+        channels = dataset_info(dataset).n_channels
+        arrays = make_synthetic_splits(n_channels=channels, n_test=max(n, 16), seed=0)
+        imgs, source = arrays["test_images"], "synthetic"
     pick = np.random.default_rng(0).choice(len(imgs), n, replace=False)
-    return np.stack(
-        [np.asarray(Image.fromarray(imgs[i]).resize((224, 224), Image.BICUBIC)) for i in pick]
-    )
+    up = [np.asarray(Image.fromarray(imgs[i]).resize((224, 224), Image.BICUBIC)) for i in pick]
+    return np.stack(up), source
 
 
 def reference(imgs: np.ndarray, corruptor, severity: int) -> np.ndarray:
-    """medmnistc's output (first channel of its RGB result), float 0-255."""
+    """medmnistc's output, float 0-255: all channels of a colour image, the first of the
+    RGB result of a grey one."""
     out = []
     for img in imgs:
         res = corruptor.apply(Image.fromarray(img).convert("RGB"), severity - 1)
-        out.append(np.asarray(res, dtype=np.float64).reshape(224, 224, -1)[..., 0])
+        res = np.asarray(res, dtype=np.float64).reshape(224, 224, -1)
+        out.append(res if img.ndim == 3 else res[..., 0])
     return np.stack(out)
 
 
 def ours(imgs: np.ndarray, spec: C.CorruptionSpec, severity: int, seed: int) -> np.ndarray:
-    x = torch.from_numpy(imgs).float().div(255).unsqueeze(1)
+    x = torch.from_numpy(imgs).float().div(255)
+    x = x.permute(0, 3, 1, 2) if x.ndim == 4 else x.unsqueeze(1)
     y = C.corrupt(x, spec, severity, torch.Generator().manual_seed(seed), scale=1.0)
-    return y.squeeze(1).double().numpy() * 255
+    y = y.permute(0, 2, 3, 1) if imgs.ndim == 4 else y.squeeze(1)
+    return y.double().numpy() * 255
 
 
 def compare(clean: np.ndarray, a: np.ndarray, b: np.ndarray) -> dict[str, float]:
@@ -72,6 +90,24 @@ def compare(clean: np.ndarray, a: np.ndarray, b: np.ndarray) -> dict[str, float]
     }
 
 
+def kept_rows(path: str, measured: list[str]) -> list[dict[str, str]]:
+    """The rows of an existing CSV for datasets this run does not measure; rows written
+    before the `images` column existed came from the real files."""
+    if not Path(path).exists():
+        return []
+    with open(path, newline="") as f:
+        old = [r for r in csv.DictReader(f) if r["dataset"] not in measured]
+    return [{**r, "images": r.get("images") or "real"} for r in old]
+
+
+def write_rows(path: str, rows: list[dict]) -> None:
+    fields = list(dict.fromkeys(k for r in rows for k in r))
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields, lineterminator="\n")
+        w.writeheader()
+        w.writerows(rows)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-dir", required=True)
@@ -86,14 +122,18 @@ def main() -> int:
     np.fromstring = lambda data, dtype: np.frombuffer(data, dtype)  # noqa: E731
     np.random.seed(0)
     rows = []
-    for dataset in args.datasets.split(","):
-        imgs = test_images(args.data_dir, dataset, args.images)
+    datasets = args.datasets.split(",")
+    for dataset in datasets:
+        imgs, source = test_images(args.data_dir, dataset, args.images)
         for spec in C.dataset_corruptions(dataset):
             corruptor = CORRUPTIONS_DS[dataset][spec.name]
             corruptor.rng = np.random.default_rng(0)  # what medmnistc's builder sets for s&p
             for s in C.SEVERITIES:
                 row = compare(imgs, ours(imgs, spec, s, s), reference(imgs, corruptor, s))
-                rows.append({"dataset": dataset, "corruption": spec.name, "severity": s, **row})
+                rows.append(
+                    {"dataset": dataset, "images": source, "corruption": spec.name,
+                     "severity": s, **row}
+                )  # fmt: skip
                 print(dataset, spec.name, s, {k: round(v, 3) for k, v in row.items()}, flush=True)
     stamp = {
         "date": datetime.date.today().isoformat(),
@@ -101,13 +141,11 @@ def main() -> int:
         "torch": torch.__version__,
         "command": " ".join(["python", *sys.argv]),
     }
-    with open(args.csv, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=[*stamp, *rows[0]], lineterminator="\n")
-        w.writeheader()
-        for r in rows:
-            w.writerow(
-                {**stamp, **{k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()}}
-            )
+    new = [
+        {**stamp, **{k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()}}
+        for r in rows
+    ]
+    write_rows(args.csv, kept_rows(args.csv, datasets) + new)
     return 0
 
 
