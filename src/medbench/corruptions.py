@@ -13,10 +13,11 @@ batch of the same shape, dtype and range; random draws come from the given
 `torch.Generator` only, so a corruption is deterministic given the generator's state.
 
 The reference parameters are defined on 224-px images. Geometric parameters (blur radii
-and sigmas, kernel sizes) are multiplied by `scale` (a run's image size / 224), so that a
-severity blurs the same fraction of the image at every size; per-pixel ones (noise
-amplitudes, brightness, contrast, gamma, pixelation factors, JPEG quality) are used as
-they are. What differs from the reference package is measured in docs/robustness.md.
+and sigmas, kernel sizes, bubble radii, stain sizes and margins) are multiplied by `scale`
+(a run's image size / 224), so that a severity covers the same fraction of the image at
+every size; per-pixel and relative ones (noise amplitudes, brightness, contrast, gamma,
+saturation, pixelation and zoom factors, the black corner's radius factor, JPEG quality)
+are used as they are. What differs from the reference package is measured in docs/robustness.md.
 
 All twelve 2D MedMNIST datasets are covered. One reference corruption is left out:
 DermaMNIST's `characters` (random lowercase strings drawn with OpenCV's Hershey duplex
