@@ -139,7 +139,7 @@ def main() -> int:
         "date": datetime.date.today().isoformat(),
         "machine": args.machine,
         "torch": torch.__version__,
-        "command": " ".join(["python", *sys.argv]),
+        "command": " ".join([sys.executable, *sys.argv]),
     }
     new = [
         {**stamp, **{k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()}}
