@@ -864,9 +864,9 @@ def run_benchmark(
     downloads) and each recipe's speed is measured (`speed_fn`, by default the engine's);
     the plan (`GridOutcome.plan`) is printed with the progress. `plan=True` stops there:
     nothing is trained or written. A stand-in `train_fn` gets neither default: its data
-    and speed are its own. `storage` (a database URL) puts the store on a server that several machines share;
-    `workers` runs that many processes here (`run_grid_workers`: a stand-in `train_fn`
-    must then be a module-level function)."""
+    and speed are its own. `storage` (a database URL) puts the store on a server that
+    several machines share; `workers` runs that many processes here (`run_grid_workers`:
+    a stand-in `train_fn` must then be a module-level function)."""
     check_workers(workers)
     grid = _prepare_grid(
         datasets, models, seeds, size=size, out=out, ensemble=ensemble, train_fn=train_fn,

@@ -73,23 +73,23 @@ class GridExtras:
         return written
 
 
-def _config(run: Path) -> dict:
-    return json.loads((run / "results.json").read_text())["config"]
+Run = tuple[Path, dict]  # a run folder and its results.json's config, read once
 
 
-def finished_runs(out: Path) -> list[Path]:
-    """Run folders under OUT/runs whose results.json says finished and that kept a model."""
+def finished_runs(out: Path) -> list[Run]:
+    """Run folders under OUT/runs whose results.json says finished and that kept a model,
+    each with its config."""
     found = []
     for results in sorted((out / "runs").glob("*/*/*/results.json")):
         data = json.loads(results.read_text())
         if data.get("status") == "finished" and (results.parent / "model.pt").is_file():
-            found.append(results.parent)
+            found.append((results.parent, data["config"]))
     return found
 
 
 def grid_robustness(
     out: str | Path,
-    runs: Sequence[Path],
+    runs: Sequence[Run],
     baseline: str,
     data_dir: str | None,
     device: str,
@@ -98,8 +98,8 @@ def grid_robustness(
     """Robustness of the runs whose dataset has corruptions, into OUT/robustness."""
     from medbench.robustness import evaluate_runs, summarize, write_robustness
 
-    chosen = [r for r in runs if _config(r)["dataset"] in CORRUPTIONS]
-    for dataset in sorted({_config(r)["dataset"] for r in runs} - set(CORRUPTIONS)):
+    chosen = [run for run, config in runs if config["dataset"] in CORRUPTIONS]
+    for dataset in sorted({config["dataset"] for _, config in runs} - set(CORRUPTIONS)):
         log(f"robustness: {dataset} left out (MedMNIST-C defines no corruptions medbench has)")
     if not chosen:
         return None
@@ -114,7 +114,7 @@ def grid_robustness(
 
 def grid_explanations(
     out: str | Path,
-    runs: Sequence[Path],
+    runs: Sequence[Run],
     per_class: int,
     data_dir: str | None,
     device: str,
@@ -124,8 +124,7 @@ def grid_explanations(
     from medbench.explain import explain_run
 
     first: dict[tuple[str, int, str], Path] = {}
-    for run in sorted(runs, key=lambda r: _config(r)["seed"]):
-        c = _config(run)
+    for run, c in sorted(runs, key=lambda r: r[1]["seed"]):
         if model_spatial_dims(c["model"]) == 2:
             first.setdefault((c["dataset"], c["size"], run.parent.name), run)
     written = []

@@ -73,10 +73,10 @@ class Source:
 
     def record(self) -> dict[str, str]:
         """What a run's results say of the weights it started from."""
-        return {"source": self.description, "sha256": self.sha256 or self.tensors_sha256()}
-
-    def tensors_sha256(self) -> str:
-        return state_dict_sha256(self.state_dict)
+        return {
+            "source": self.description,
+            "sha256": self.sha256 or state_dict_sha256(self.state_dict),
+        }
 
 
 # ----------------------------------------------------------------------------- reading

@@ -3,8 +3,8 @@
 After each round's validation the selector keeps a copy of the weights when the round is
 the best so far on the selection metric (validation AUC by default; ACC where AUC is
 undefined, e.g. one class in the validation sample; `loss`: the lowest validation loss, the
-rule MedMNIST+ trains by). `last` keeps the final weights whatever validation says. With `patience`, a run stops when that many rounds have passed
-without a better one.
+rule MedMNIST+ trains by). `last` keeps the final weights whatever validation says. With
+`patience`, a run stops when that many rounds have passed without a better one.
 """
 
 from __future__ import annotations

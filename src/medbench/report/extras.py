@@ -8,7 +8,6 @@ HTML report gets the same section converted, its images embedded.
 
 from __future__ import annotations
 
-import base64
 import html
 import json
 import os
@@ -17,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from medbench.grid_extras import EXPLAIN_DIR, ROBUSTNESS_DIR
+from medbench.report.render import figure_html
 from medbench.robustness import load_written, report_markdown
 
 _IMAGE = re.compile(r"^!\[(?P<alt>[^\]]*)\]\((?P<src>[^)]+)\)$")
@@ -61,11 +61,7 @@ def _image(alt: str, src: str, base: Path) -> str:
     path = base / src
     if not path.is_file():
         return f"<p>[missing figure: {html.escape(src)}]</p>"
-    data = base64.b64encode(path.read_bytes()).decode("ascii")
-    return (
-        f"<figure><img alt='{html.escape(alt)}' src='data:image/png;base64,{data}'>"
-        f"<figcaption>{html.escape(alt)}</figcaption></figure>"
-    )
+    return figure_html(path, alt)
 
 
 def _table(lines: list[str]) -> str:

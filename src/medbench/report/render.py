@@ -427,16 +427,19 @@ def _html_details(findings: Findings) -> list[str]:
     return parts
 
 
-def _html_figures(plots: list[FigureFile]) -> list[str]:
+def figure_html(path: Path, caption: str) -> str:
+    """A PNG embedded as base64 in a <figure> with its caption."""
     e = html.escape
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return (
+        f"<figure><img alt='{e(caption)}' src='data:image/png;base64,{data}'>"
+        f"<figcaption>{e(caption)}</figcaption></figure>"
+    )
+
+
+def _html_figures(plots: list[FigureFile]) -> list[str]:
     parts = ["<h2>Figures</h2>"] if plots else []
-    for fig in plots:
-        data = base64.b64encode(fig.path.read_bytes()).decode("ascii")
-        parts.append(
-            f"<figure><img alt='{e(fig.caption)}' src='data:image/png;base64,{data}'>"
-            f"<figcaption>{e(fig.caption)}</figcaption></figure>"
-        )
-    return parts
+    return parts + [figure_html(fig.path, fig.caption) for fig in plots]
 
 
 def render_html(
