@@ -30,8 +30,8 @@ _NOISE = {"amd", "intel", "nvidia", "cpu", "processor", "r", "tm", "with", "rade
 def seeds_argument(text: str) -> list[int]:
     """argparse type of --seeds: a count (`3`: seeds 0, 1, 2) or a list (`3,4,5`; `5,` for
     one), read by medbench's own `parse_seeds`; a bad value is argparse's one-line error."""
-    from medbench.benchmark import parse_seeds
     from medbench.errors import MedbenchError
+    from medbench.workflows.benchmark import parse_seeds
 
     try:
         return parse_seeds(text)
@@ -42,9 +42,9 @@ def seeds_argument(text: str) -> list[int]:
 def flip_tta_test_auc(net, data, runtime, dataset: str) -> float:
     """Test AUC of `net` with its probabilities averaged over the image and the flips
     `dataset` allows (as `medbench ensemble --tta` does)."""
-    from medbench import metrics
-    from medbench.ensemble import predict_views, tta_views
-    from medbench.inference import labels_numpy
+    from medbench.scoring import metrics
+    from medbench.training.inference import labels_numpy
+    from medbench.workflows.ensemble import predict_views, tta_views
 
     task = data.info.task
     probs = predict_views(net, data.test.images, runtime, task, 1.0, tta_views(dataset))
@@ -141,7 +141,7 @@ def append_csv(
     """Append `rows` with their provenance columns to the CSV file at `path` (written
     whole and atomically: a killed script leaves the old file). A file that exists must
     have these columns, in this order."""
-    from medbench.fsutil import atomic_write_text
+    from medbench.utils.fsutil import atomic_write_text
 
     if not rows:
         return

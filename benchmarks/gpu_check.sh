@@ -98,9 +98,9 @@ if want 4; then
 step "4. engine training images/s at 28 px, fp32 against bf16"
 timeout 150 $PY - <<PYEOF
 import statistics
-from medbench.config import TrainConfig
+from medbench.training.config import TrainConfig
 from medbench.data import load_dataset
-from medbench.engine import train
+from medbench.training.engine import train
 data = load_dataset("dermamnist", 28, "$DATA", progress=False)
 for model in ("advanced_cnn", "efficientnet", "resnet18"):
     for precision in ("fp32", "bf16"):
@@ -159,9 +159,9 @@ step "8. fp16 with loss scaling against fp16 without it, bf16 and fp32 (fused Ad
 timeout 150 $PY - <<PYEOF
 import torch
 from medbench import runtime as rt_module
-from medbench.config import TrainConfig
+from medbench.training.config import TrainConfig
 from medbench.data import load_dataset
-from medbench.engine import train
+from medbench.training.engine import train
 from medbench import checkpoint as ckpt
 data = load_dataset("dermamnist", 28, "$DATA", progress=False)
 unscaled = lambda self: torch.amp.GradScaler(self.device.type, enabled=False)

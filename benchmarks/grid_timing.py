@@ -22,7 +22,7 @@ import statistics
 from pathlib import Path
 
 from _common import add_csv_arguments, append_csv
-from medbench.store import STORE_NAME, ResultsStore, describe_length
+from medbench.runs.store import STORE_NAME, ResultsStore, describe_length
 
 
 def run_rows(out: Path) -> list[dict]:

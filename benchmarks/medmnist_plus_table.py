@@ -25,7 +25,7 @@ from _common import add_csv_arguments, append_csv, mean_std  # noqa: E402
 
 
 def probe_rows(results_dir: Path, label: str) -> list[dict[str, str]]:
-    from medbench.medmnist_plus import PlusResults
+    from medbench.workflows.medmnist_plus import PlusResults
 
     results = PlusResults.from_json(json.loads((results_dir / "plus.json").read_text()))
     groups: dict[tuple[str, str], list] = defaultdict(list)
@@ -47,7 +47,7 @@ def probe_rows(results_dir: Path, label: str) -> list[dict[str, str]]:
 
 def grid_rows(grid: Path, model: str, datasets: list[str], size: int) -> list[dict[str, str]]:
     """The end-to-end runs of `model` on each target, as the grid trained them."""
-    from medbench.results import read_results
+    from medbench.runs.results import read_results
 
     out = []
     for dataset in datasets:

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from medbench import corruptions as C
+from medbench.data import corruptions as C
 from medbench.data.catalogue import dataset_info
 from medbench.data.synthetic import make_synthetic_splits
 

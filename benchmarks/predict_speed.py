@@ -1,4 +1,4 @@
-"""End-to-end speed of `medbench.predict.predict` on a folder of PNGs (decode + convert + infer).
+"""End-to-end speed of `medbench.serving.predict.predict` on a folder of PNGs (decode + convert + infer).
 
     python benchmarks/predict_speed.py --n 10000 --model efficientnet --channels 3 --workers 1 2 4
     python benchmarks/predict_speed.py --csv docs/results/predict-speed-epyc-avx2.csv
@@ -22,10 +22,10 @@ import torch
 from PIL import Image
 
 from _common import add_csv_arguments, append_csv
-from medbench import checkpoint as ckpt
 from medbench.errors import MedbenchWarning
 from medbench.models import build_model
-from medbench.predict import predict
+from medbench.serving.predict import predict
+from medbench.training import checkpoint as ckpt
 
 
 def write_pngs(folder: Path, n: int, channels: int, seed: int = 0) -> None:

@@ -1,6 +1,6 @@
 """Robustness tables of a benchmark's finished runs, one run at a time and resumable.
 
-Each run's scores are kept under <out>/per-run/ (`medbench.robustness.evaluate_runs`), so a
+Each run's scores are kept under <out>/per-run/ (`medbench.analysis.robustness.evaluate_runs`), so a
 long evaluation can stop and continue; the merged results (robustness.json, CSVs,
 report.md, figures) are written to <out> and, with --docs-csv, the summary as a figures
 CSV for docs/results.
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from medbench.robustness import (
+from medbench.analysis.robustness import (
     DEFAULT_BASELINE,
     evaluate_runs,
     find_runs,

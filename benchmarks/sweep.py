@@ -3,7 +3,7 @@
 Each recipe is a set of training options over medbench's defaults (the keys of a
 `medbench train --config` file), given as NAME=JSON or NAME=@FILE (a JSON file, e.g. the
 best trial of `medbench tune`; the keys a sweep sets itself are ignored there). Every
-(dataset, model, recipe) is trained for every seed through `medbench.engine.train`, several
+(dataset, model, recipe) is trained for every seed through `medbench.training.engine.train`, several
 runs at a time in worker processes with a thread count each (on a GPU they share the card).
 
 Every round a callback scores the test split with the weights that round validated:
@@ -56,9 +56,9 @@ from _common import (
     sd,
     seeds_argument,
 )
-from medbench.callbacks import Callback, RoundEnd
-from medbench.config import TrainConfig, load_config_file, parse_duration
 from medbench.errors import MedbenchError
+from medbench.training.callbacks import Callback, RoundEnd
+from medbench.training.config import TrainConfig, load_config_file, parse_duration
 
 # What a sweep decides itself: refused in a recipe given inline, ignored in a recipe file.
 SWEEP_KEYS = ("dataset", "model", "seed", "size", "device", "data_dir", "run_dir")
@@ -194,8 +194,8 @@ class RoundScores(Callback):
         self.selected_tta_auc: float | None = None
 
     def on_round_end(self, event: RoundEnd) -> None:
-        from medbench import metrics
-        from medbench.inference import labels_numpy, predict_logits
+        from medbench.scoring import metrics
+        from medbench.training.inference import labels_numpy, predict_logits
 
         task, test = self.data.info.task, self.data.test
         logits = predict_logits(event.model, test.images, event.runtime)
@@ -243,8 +243,8 @@ def run_one(job: Job, threads: int | None = None) -> dict[str, Any]:
     """Train one run (or read its finished summary) and return its summary."""
     import torch
 
-    from medbench.engine import train
-    from medbench.fsutil import atomic_write_json
+    from medbench.training.engine import train
+    from medbench.utils.fsutil import atomic_write_json
 
     if threads:
         torch.set_num_threads(threads)

@@ -4,7 +4,7 @@ The official pipeline (MedMNIST experiments, `train_and_eval_pytorch.py`): medmn
 Dataset class (one PIL image per sample), `ToTensor()` + `Normalize(mean=[.5], std=[.5])`
 per image through a `DataLoader(batch_size=128, shuffle=True)`, fp32, Adam(lr=1e-3),
 cross-entropy, the ResNet-18 with the 3x3 stride-1 stem at 28px. medbench's pipeline is
-`medbench.engine.train` with its defaults (uint8 tensors in memory, batched augmentation on
+`medbench.training.engine.train` with its defaults (uint8 tensors in memory, batched augmentation on
 the device, the runtime's precision/memory-format choice). Both run in this one process,
 interleaved (A B A B ...) so that machine noise hits both alike; the medians are compared.
 
@@ -30,11 +30,11 @@ import torch.utils.data as tud
 from torchvision import transforms
 
 from _common import SHARED_DATA, add_csv_arguments, append_csv
-from medbench.config import TrainConfig
 from medbench.data import load_dataset
-from medbench.engine import train
 from medbench.models import build_model
-from medbench.runtime import resolve_runtime
+from medbench.training.config import TrainConfig
+from medbench.training.engine import train
+from medbench.utils.runtime import resolve_runtime
 
 
 def official_images_per_second(

@@ -1,5 +1,5 @@
 """Small result folders for the report tests, written through the results store with real
-`medbench.metrics.evaluate` numbers: each cell says how long it trained, how accurate it is,
+`medbench.scoring.metrics.evaluate` numbers: each cell says how long it trained, how accurate it is,
 whether it collapses onto one class or misses a rare one, or whether it failed or is still
 pending. No tests live here."""
 
@@ -11,12 +11,12 @@ from pathlib import Path
 
 import numpy as np
 
-from medbench import metrics
-from medbench.config import TrainConfig, config_hash
 from medbench.data import dataset_info
-from medbench.fsutil import atomic_write_json
-from medbench.results import ModelInfo, RoundRecord, RunResults, Timing
-from medbench.store import ResultsStore
+from medbench.runs.results import ModelInfo, RoundRecord, RunResults, Timing
+from medbench.runs.store import ResultsStore
+from medbench.scoring import metrics
+from medbench.training.config import TrainConfig, config_hash
+from medbench.utils.fsutil import atomic_write_json
 
 # Test class shares close to the real splits (the last DermaMNIST class, 'vascular', ~1.4%).
 SHARES = {

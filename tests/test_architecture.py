@@ -102,7 +102,7 @@ def _imports(path: Path, known: set[str]) -> set[str]:
                 base = ".".join(parent[: len(parent) - node.level + 1] + ([base] if base else []))
             if base.startswith("medbench"):
                 found.add(base)
-                # `from medbench import engine` imports the module medbench.engine
+                # `from medbench import engine` imports the module medbench.training.engine
                 found.update(f"{base}.{a.name}" for a in node.names if f"{base}.{a.name}" in known)
         for child in ast.iter_child_nodes(node):
             visit(child)
@@ -213,11 +213,11 @@ def _patches(path: Path) -> list[str]:
 def test_the_patch_finder_finds_a_patched_medbench_module(tmp_path):
     (tmp_path / "test_x.py").write_text(
         "from medbench import engine as e\n"
-        "import medbench.runtime\n"
+        "import medbench.utils.runtime\n"
         "def test(monkeypatch):\n"
         "    monkeypatch.setattr(e, 'time', None)\n"
-        "    medbench.runtime.cpu_has_native_bf16 = lambda: True\n"
-        "    monkeypatch.setattr('medbench.engine.train', None)\n"
+        "    medbench.utils.runtime.cpu_has_native_bf16 = lambda: True\n"
+        "    monkeypatch.setattr('medbench.training.engine.train', None)\n"
     )
     global ROOT
     saved, ROOT = ROOT, tmp_path

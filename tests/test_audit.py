@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medbench.audit import audit_dataset
 from medbench.cli import main
+from medbench.data.audit import audit_dataset
 from medbench.data.synthetic import write_synthetic_like
 
 
@@ -117,8 +117,8 @@ def test_out_writes_the_audit_and_a_picture_of_the_pairs(tmp_path, capsys):
 
 
 def test_test_leakage_counts_the_test_images_with_a_copy_in_train_or_val(tmp_path):
-    from medbench.audit import test_leakage
     from medbench.data import load_dataset
+    from medbench.data.audit import test_leakage
 
     _planted(tmp_path)
     data = load_dataset("breastmnist", data_dir=tmp_path, download=False, progress=False)
@@ -132,9 +132,9 @@ def test_test_leakage_counts_the_test_images_with_a_copy_in_train_or_val(tmp_pat
 def test_the_report_names_test_images_that_leak(tmp_path):
     """A grid's report audits the data file its runs recorded (when it is still there,
     unchanged) and names the leak."""
-    from medbench.benchmark import run_benchmark
     from medbench.data.arrays import file_md5
     from medbench.report import build_report
+    from medbench.workflows.benchmark import run_benchmark
     from test_benchmark_support import make_fake_train
 
     path = _planted(tmp_path / "data")

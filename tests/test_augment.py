@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from medbench.augment import (
+from medbench.data.augment import (
     AUTO_POLICY,
     POLICIES,
     BatchAugment,

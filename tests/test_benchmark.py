@@ -16,7 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from medbench.benchmark import (
+from medbench.errors import MedbenchError
+from medbench.runs.results import read_results
+from medbench.runs.store import Owner, ResultsStore
+from medbench.training.callbacks import Callback, RoundEnd
+from medbench.training.config import TrainConfig, config_hash
+from medbench.workflows.benchmark import (
     DEFAULT_CPU_TOTAL_BUDGET_SECONDS,
     DEFAULT_DATASETS,
     DEFAULT_MODELS,
@@ -29,11 +34,6 @@ from medbench.benchmark import (
     run_benchmark,
     run_grid,
 )
-from medbench.callbacks import Callback, RoundEnd
-from medbench.config import TrainConfig, config_hash
-from medbench.errors import MedbenchError
-from medbench.results import read_results
-from medbench.store import Owner, ResultsStore
 from test_benchmark_support import make_fake_train
 
 GRID = {
@@ -267,7 +267,7 @@ _WORKER = textwrap.dedent("""
     import sys
     sys.path.insert(0, {tests!r})
     from test_benchmark_support import make_fake_train
-    from medbench.benchmark import run_benchmark
+    from medbench.workflows.benchmark import run_benchmark
     run_benchmark(datasets="dermamnist,breastmnist", models="advanced_cnn,resnet18", seeds=2, epochs=2,
                   out={out!r}, progress=False, report=False,
                   train_fn=make_fake_train(seconds_per_epoch=0.15, marker={marker!r}))
@@ -332,7 +332,7 @@ def test_grid_cell_callback_keeps_the_cell_claimed_and_notes_each_round(tmp_path
     record = {"round": 3, "train_loss": 0.5, "val_acc": 0.75, "val_auc": float("nan")}
     callback.on_round_end(RoundEnd(None, record, None, None, 10, True))
     assert store.rows()[0]["heartbeat"] > beat_at_claim
-    # The same line `medbench train` prints for a round (medbench.progress.round_line).
+    # The same line `medbench train` prints for a round (medbench.training.progress.round_line).
     assert stream.getvalue() == (
         "  dermamnist/advanced_cnn/seed0 round 3: loss 0.5000 val_acc 0.7500 val_auc nan\n"
     )

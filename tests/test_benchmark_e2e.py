@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 
 from medbench.cli import main
-from medbench.ensemble import load_ensemble
-from medbench.store import ResultsStore
+from medbench.runs.store import ResultsStore
+from medbench.workflows.ensemble import load_ensemble
 
-pytest.importorskip("medbench.engine")
+pytest.importorskip("medbench.training.engine")
 try:
     from medbench.data import load_dataset  # noqa: F401
     from medbench.data.synthetic import write_synthetic_like

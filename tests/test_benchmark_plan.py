@@ -9,11 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from medbench.benchmark import OVERHEAD_SHARE, CellSpeed, run_benchmark, training_budget_after
 from medbench.cli import main
 from medbench.data.synthetic import write_synthetic_like
 from medbench.errors import MedbenchError, MedbenchWarning
-from medbench.store import ResultsStore
+from medbench.runs.store import ResultsStore
+from medbench.workflows.benchmark import (
+    OVERHEAD_SHARE,
+    CellSpeed,
+    run_benchmark,
+    training_budget_after,
+)
 from test_benchmark_support import make_fake_train
 
 GRID = {"datasets": "dermamnist,breastmnist", "models": "advanced_cnn,resnet18", "seeds": 1}

@@ -1,4 +1,4 @@
-"""A stand-in for `medbench.engine.train` used by the benchmark/store/report tests: it writes
+"""A stand-in for `medbench.training.engine.train` used by the benchmark/store/report tests: it writes
 a results.json (`RunResults.to_json()`), predictions.npz and a per-round checkpoint, with
 test accuracies taken from a table so tests can choose who wins. No tests live here."""
 
@@ -13,10 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from medbench.callbacks import RoundEnd
-from medbench.config import TrainConfig
-from medbench.fsutil import atomic_write, atomic_write_json
-from medbench.results import ModelInfo, RoundRecord, RunResults, Timing
+from medbench.runs.results import ModelInfo, RoundRecord, RunResults, Timing
+from medbench.training.callbacks import RoundEnd
+from medbench.training.config import TrainConfig
+from medbench.utils.fsutil import atomic_write, atomic_write_json
 
 N_PARAMS = {
     "advanced_cnn": 400_000,

@@ -7,13 +7,19 @@ import math
 
 import pytest
 
-from medbench.budget import EVAL_SHARE, MIN_ROUNDS, BudgetPlanner, plan_budget, replan_budget
-from medbench.callbacks import Callback
-from medbench.config import TrainConfig
 from medbench.data import load_dataset
 from medbench.data.synthetic import write_synthetic_like
-from medbench.engine import train
-from medbench.recipe import lr_factor
+from medbench.training.budget import (
+    EVAL_SHARE,
+    MIN_ROUNDS,
+    BudgetPlanner,
+    plan_budget,
+    replan_budget,
+)
+from medbench.training.callbacks import Callback
+from medbench.training.config import TrainConfig
+from medbench.training.engine import train
+from medbench.training.recipe import lr_factor
 
 
 @pytest.fixture(scope="module")
@@ -196,7 +202,7 @@ def test_under_a_budget_the_schedule_follows_the_elapsed_share_of_it():
 
 @pytest.mark.slow
 def test_a_steps_speed_is_measured_on_the_clock_after_a_warm_up_step(tmp_path, blood):
-    from medbench.engine import measure_step_seconds, steps_per_epoch
+    from medbench.training.engine import measure_step_seconds, steps_per_epoch
 
     class Ticks:  # each call moves the clock by one more second: 1, 2, 3, ... apart
         def __init__(self):

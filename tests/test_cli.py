@@ -15,12 +15,12 @@ import time
 
 import pytest
 
-from medbench.benchmark import DEFAULT_OUT
 from medbench.cli import build_parser, command_summaries, interrupted_message, main
-from medbench.commands._options import base_config, config_overrides
-from medbench.config import DEVICES, PRECISIONS
+from medbench.cli.commands._options import base_config, config_overrides
 from medbench.data.catalogue import SIZES
 from medbench.errors import MedbenchError
+from medbench.training.config import DEVICES, PRECISIONS
+from medbench.workflows.benchmark import DEFAULT_OUT
 
 
 def _commands() -> dict[str, argparse.ArgumentParser]:

@@ -1,4 +1,4 @@
-"""medbench.comparison and `medbench compare` on small run folders written by hand: a
+"""medbench.analysis.comparison and `medbench compare` on small run folders written by hand: a
 results.json through RunResults and a predictions.npz with chosen logits, no training."""
 
 from __future__ import annotations
@@ -11,14 +11,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medbench import metrics
+from medbench.analysis.comparison import compare_runs, load_run
 from medbench.cli import main
-from medbench.comparison import compare_runs, load_run
-from medbench.config import TrainConfig
 from medbench.errors import MedbenchError
-from medbench.fsutil import atomic_write_json
-from medbench.metrics import MULTI_LABEL
-from medbench.results import ModelInfo, RunResults, Timing
+from medbench.runs.results import ModelInfo, RunResults, Timing
+from medbench.scoring import metrics
+from medbench.scoring.metrics import MULTI_LABEL
+from medbench.training.config import TrainConfig
+from medbench.utils.fsutil import atomic_write_json
 
 N_TEST = 400
 # How far each model's logits lean towards the truth: "strong" and "twin" are equally good,

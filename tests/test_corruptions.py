@@ -1,12 +1,12 @@
-"""MedMNIST-C corruptions as batched tensor operations (medbench.corruptions)."""
+"""MedMNIST-C corruptions as batched tensor operations (medbench.data.corruptions)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from medbench import corruptions as C
-from medbench.augment import BatchAugment, check_policy
+from medbench.data import corruptions as C
+from medbench.data.augment import BatchAugment, check_policy
 from medbench.errors import MedbenchError
 
 

@@ -18,12 +18,12 @@ import sys
 import pytest
 import torch
 
-from medbench import checkpoint as ckpt
 from medbench.cli import main
-from medbench.config import TrainConfig
 from medbench.data import load_dataset
 from medbench.data.synthetic import write_synthetic_like
-from medbench.engine import train
+from medbench.training import checkpoint as ckpt
+from medbench.training.config import TrainConfig
+from medbench.training.engine import train
 
 MODEL = "timm:test_efficientnet_gn"
 LOSS_TOLERANCE = 1e-4  # absolute, on per-round mean training losses of about 2-3

@@ -9,21 +9,21 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from medbench import checkpoint as ckpt
-from medbench.benchmark import pair_models, plan_grid, run_benchmark
-from medbench.callbacks import Callback
-from medbench.config import TrainConfig
 from medbench.data import load_dataset
 from medbench.data.synthetic import write_synthetic_like
-from medbench.engine import train
-from medbench.ensemble import build_ensemble
 from medbench.errors import MedbenchError, MedbenchWarning
-from medbench.export import export_model, normalized_input
-from medbench.inference import load_trained_model
-from medbench.modelcard import write_model_card
 from medbench.models import list_models
-from medbench.predict import predict
-from medbench.volume_inputs import conform_volumes, to_uint8
+from medbench.serving.export import export_model, normalized_input
+from medbench.serving.predict import predict
+from medbench.serving.volume_inputs import conform_volumes, to_uint8
+from medbench.training import checkpoint as ckpt
+from medbench.training.callbacks import Callback
+from medbench.training.config import TrainConfig
+from medbench.training.engine import train
+from medbench.training.inference import load_trained_model
+from medbench.training.modelcard import write_model_card
+from medbench.workflows.benchmark import pair_models, plan_grid, run_benchmark
+from medbench.workflows.ensemble import build_ensemble
 
 TINY = {"width": 0.125}
 
@@ -204,7 +204,7 @@ def test_a_3d_model_refuses_png_images_in_one_line(tmp_path, run_3d):
 
 
 def test_a_file_holding_no_volume_is_one_line_naming_its_shape(tmp_path):
-    from medbench.predict import read_volumes
+    from medbench.serving.predict import read_volumes
 
     np.save(tmp_path / "flat.npy", np.zeros((28, 28), np.uint8))
     with pytest.raises(MedbenchError, match=r"must hold a volume .* got shape \(28, 28\)"):
@@ -255,7 +255,7 @@ def test_a_3d_runs_model_card_names_its_volumes(tmp_path, nodules):
 
 
 def test_the_official_3d_recipe_is_a_named_config_with_the_experiments_protocol():
-    from medbench.config import load_config_file, recipe_names
+    from medbench.training.config import load_config_file, recipe_names
 
     assert {"official", "official-3d", "official-3d-shape"} <= set(recipe_names())
     recipe = load_config_file("official-3d")
@@ -267,14 +267,14 @@ def test_the_official_3d_recipe_is_a_named_config_with_the_experiments_protocol(
 
 
 def test_a_missing_config_file_names_the_recipes(tmp_path):
-    from medbench.config import load_config_file
+    from medbench.training.config import load_config_file
 
     with pytest.raises(MedbenchError, match="named recipes: official"):
         load_config_file(tmp_path / "nope.json")
 
 
 def test_intensity_augmentation_scales_each_volume_by_one_uniform_draw():
-    from medbench.augment import BatchAugment
+    from medbench.data.augment import BatchAugment
 
     x = torch.rand(64, 1, 4, 4, 4) * 0.5 + 0.25
     out = BatchAugment("intensity", "vesselmnist3d", spatial_dims=3)(
@@ -289,7 +289,7 @@ def test_intensity_augmentation_scales_each_volume_by_one_uniform_draw():
 def test_tuning_a_3d_model_samples_only_the_augmentations_volumes_take():
     import optuna
 
-    from medbench.tune import suggest_recipe
+    from medbench.workflows.tune import suggest_recipe
 
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     seen = set()

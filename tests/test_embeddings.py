@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from medbench.embeddings import EmbeddingCache, EmbeddingKey
+from medbench.models.embeddings import EmbeddingCache, EmbeddingKey
 
 
 def _key(**changes) -> EmbeddingKey:

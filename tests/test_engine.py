@@ -9,20 +9,20 @@ import numpy as np
 import pytest
 import torch
 
-from medbench import checkpoint as ckpt
-from medbench.callbacks import Callback
 from medbench.cli import main
-from medbench.config import TrainConfig
 from medbench.data import load_dataset
 from medbench.data.synthetic import write_synthetic_like
-from medbench.distributed import Coordinator
-from medbench.engine import LossMeter, train
 from medbench.errors import MedbenchError
-from medbench.evaluation import evaluate_run
-from medbench.inference import load_trained_model
-from medbench.recipe import lr_factor, make_optimizer
-from medbench.results import RunResults, read_results
-from medbench.runtime import Runtime
+from medbench.runs.results import RunResults, read_results
+from medbench.training import checkpoint as ckpt
+from medbench.training.callbacks import Callback
+from medbench.training.config import TrainConfig
+from medbench.training.distributed import Coordinator
+from medbench.training.engine import LossMeter, train
+from medbench.training.evaluation import evaluate_run
+from medbench.training.inference import load_trained_model
+from medbench.training.recipe import lr_factor, make_optimizer
+from medbench.utils.runtime import Runtime
 
 TINY = {"width": 0.25}  # a small efficientnet keeps these tests quick
 

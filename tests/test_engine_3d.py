@@ -7,18 +7,18 @@ import warnings
 import pytest
 import torch
 
-from medbench import checkpoint as ckpt
-from medbench.augment import BatchAugment, BatchMix
-from medbench.callbacks import Callback
-from medbench.config import TrainConfig
 from medbench.data import load_dataset
+from medbench.data.augment import BatchAugment, BatchMix
 from medbench.data.synthetic import write_synthetic_like
-from medbench.engine import train
 from medbench.errors import MedbenchError, MedbenchWarning
-from medbench.evaluation import evaluate_run
-from medbench.inference import to_unit_float
 from medbench.models import build_model, count_parameters, list_models
-from medbench.runtime import resolve_runtime
+from medbench.training import checkpoint as ckpt
+from medbench.training.callbacks import Callback
+from medbench.training.config import TrainConfig
+from medbench.training.engine import train
+from medbench.training.evaluation import evaluate_run
+from medbench.training.inference import to_unit_float
+from medbench.utils.runtime import resolve_runtime
 
 TINY = {"width": 0.125}  # stage widths 8-64
 

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 
 from medbench.cli import main
-from medbench.config import TrainConfig
-from medbench.engine import train
-from medbench.ensemble import (
+from medbench.errors import MedbenchError
+from medbench.training.config import TrainConfig
+from medbench.training.engine import train
+from medbench.workflows.ensemble import (
     build_ensemble,
     combine,
     greedy_weights,
@@ -21,7 +22,6 @@ from medbench.ensemble import (
     tta_views,
     validation_weights,
 )
-from medbench.errors import MedbenchError
 
 BINARY = "binary-class"
 MODEL = "timm:test_efficientnet"  # ~0.1M parameters: seconds per run
@@ -197,7 +197,7 @@ def _test_images_npz(root, path):
 
 @pytest.mark.slow
 def test_predict_takes_a_saved_ensemble_folder_and_predicts_with_the_ensemble(runs, tmp_path):
-    from medbench.predict import predict
+    from medbench.serving.predict import predict
 
     root, dirs = runs
     build_ensemble(dirs, method="average", out_dir=tmp_path / "ens")

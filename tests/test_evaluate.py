@@ -7,9 +7,9 @@ import warnings
 import pytest
 
 from medbench.cli import main
-from medbench.config import TrainConfig
-from medbench.engine import train
-from medbench.evaluation import evaluate_run
+from medbench.training.config import TrainConfig
+from medbench.training.engine import train
+from medbench.training.evaluation import evaluate_run
 
 TINY_MODEL = {"width": 0.25, "depths": [1, 1, 1, 1], "attention": False}
 

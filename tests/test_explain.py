@@ -1,4 +1,4 @@
-"""`medbench explain` and `medbench.explain`: target layers, saliency maps, faithfulness,
+"""`medbench explain` and `medbench.analysis.explain`: target layers, saliency maps, faithfulness,
 the gallery and report, and the command's one-line errors."""
 
 from __future__ import annotations
@@ -13,12 +13,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from medbench import checkpoint as ckpt
-from medbench.cli import main
-from medbench.data.catalogue import dataset_info
-from medbench.data.synthetic import write_synthetic_like
-from medbench.errors import MedbenchError
-from medbench.explain import (
+from medbench.analysis.explain import (
     ExplainedRow,
     ExplainResult,
     choose_target_layer,
@@ -30,7 +25,12 @@ from medbench.explain import (
     saliency_maps,
     select_cases,
 )
+from medbench.cli import main
+from medbench.data.catalogue import dataset_info
+from medbench.data.synthetic import write_synthetic_like
+from medbench.errors import MedbenchError
 from medbench.models import build_model
+from medbench.training import checkpoint as ckpt
 
 SMALL_VIT = (
     "timm:vit_tiny_patch16_224",
@@ -375,7 +375,7 @@ def test_multilabel_run_explains_positive_labels_only(tmp_path):
 def test_section_links_the_galleries_under_a_prefix():
     rows = [ExplainedRow(0, 1, "predicted", [1], [1], 0.9, True, {"gradcam": 0.2, "random": 0.5},
                          {"gradcam": 0.8, "random": 0.6})]  # fmt: skip
-    from medbench.explain import summarize
+    from medbench.analysis.explain import summarize
 
     result = ExplainResult(
         run_dir="r", out_dir="o", model="resnet18", dataset="breastmnist", task="binary-class",

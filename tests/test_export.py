@@ -10,11 +10,11 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from medbench import checkpoint as ckpt
 from medbench.cli import main
 from medbench.errors import MedbenchError
-from medbench.export import TOLERANCE, export_model, normalized_input
-from medbench.inference import load_trained_model
+from medbench.serving.export import TOLERANCE, export_model, normalized_input
+from medbench.training import checkpoint as ckpt
+from medbench.training.inference import load_trained_model
 
 
 def save_model(path: Path, name: str, in_channels: int = 3, num_classes: int = 8) -> Path:
@@ -97,7 +97,7 @@ def test_check_uses_the_datasets_test_images_when_the_file_is_there(tmp_path):
 @pytest.mark.slow
 def test_check_finds_the_data_folder_the_run_was_trained_from(tmp_path):
     from medbench.data.synthetic import write_synthetic_like
-    from medbench.results import ModelInfo, RunResults, Timing
+    from medbench.runs.results import ModelInfo, RunResults, Timing
 
     write_synthetic_like(tmp_path / "data", "bloodmnist", n_test=10)
     model_file = save_model(tmp_path / "run" / "model.pt", "efficientnet")

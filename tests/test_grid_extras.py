@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from medbench.analysis.grid_analyses import GridExtras
 from medbench.cli import main
 from medbench.errors import MedbenchError
-from medbench.grid_extras import GridExtras
 from medbench.report.extras import markdown_html
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from medbench.benchmark import OVERHEAD_SHARE, run_benchmark
+from medbench.workflows.benchmark import OVERHEAD_SHARE, run_benchmark
 from test_benchmark_support import make_fake_train
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "grid_timing.py"

@@ -23,7 +23,7 @@ from tests.another_user import as_another_user
 from tests.report_fixtures import Cell, write_grid
 from tests.test_predict import save_model
 
-from medbench import checkpoint as ckpt
+from medbench.training import checkpoint as ckpt
 
 LIMIT_BYTES = 4096
 _LIMITED = """
@@ -81,7 +81,7 @@ def test_checkpoint_save_on_a_full_disk_keeps_the_earlier_checkpoint(tmp_path):
     before = path.read_bytes()
     proc = run_limited(f"""
         import torch
-        from medbench import checkpoint
+        from medbench.training import checkpoint
         from medbench.errors import MedbenchError
         try:
             checkpoint.save({{"step": 2, "weights": torch.ones(100_000)}}, {str(path)!r})
@@ -193,7 +193,7 @@ def test_the_array_cache_on_a_full_disk_is_one_line_and_leaves_no_partial_cache(
 
 @pytest.mark.slow
 def test_a_grid_on_a_full_disk_stops_with_one_line_and_its_store_still_reads(tmp_path):
-    from medbench.store import ResultsStore
+    from medbench.runs.store import ResultsStore
 
     data = _tiny_data(tmp_path / "data")
     out = tmp_path / "bench"
@@ -222,7 +222,7 @@ def test_tune_on_a_full_disk_stops_at_the_first_trial_with_one_line(tmp_path):
 def test_a_study_storage_that_cannot_be_written_is_one_line_with_the_right_advice():
     import sqlalchemy.exc
 
-    from medbench.study_storage import storage_error
+    from medbench.workflows.study_storage import storage_error
 
     orig = Exception("disk I/O error")
     exc = sqlalchemy.exc.OperationalError("CREATE TABLE trials (\n id INTEGER\n)", {}, orig)
@@ -265,7 +265,7 @@ def test_a_read_only_results_store_is_read_without_writing(tmp_path):
 
 
 def test_reading_a_store_writes_nothing_to_it(tmp_path):
-    from medbench.store import ResultsStore
+    from medbench.runs.store import ResultsStore
 
     folder = write_grid(tmp_path / "bench", [Cell("breastmnist", "resnet18")])
     store = folder / "results.sqlite"
@@ -297,9 +297,9 @@ def test_an_unreadable_store_is_left_alone_and_never_advised_away(tmp_path, caps
 @pytest.fixture(scope="module")
 def flipped_run(tmp_path_factory):
     """A finished run whose model.pt had 400 bytes flipped in the middle after training."""
-    from medbench.config import TrainConfig
     from medbench.data.synthetic import write_synthetic_like
-    from medbench.engine import train
+    from medbench.training.config import TrainConfig
+    from medbench.training.engine import train
 
     root = tmp_path_factory.mktemp("flipped")
     write_synthetic_like(root / "data", "breastmnist", 28, n_train=64, n_val=32, n_test=32)
@@ -387,9 +387,9 @@ def finished_runs(tmp_path_factory):
     """Synthetic breastmnist data (its array cache already unpacked) and two finished runs
     of different sizes: `small` (timm's test_efficientnet) and `large` (efficientnet at a
     quarter width, about four times the bytes)."""
-    from medbench.config import TrainConfig
     from medbench.data.synthetic import write_synthetic_like
-    from medbench.engine import train
+    from medbench.training.config import TrainConfig
+    from medbench.training.engine import train
 
     root = tmp_path_factory.mktemp("finished")
     write_synthetic_like(root / "data", "breastmnist", 28, n_train=64, n_val=32, n_test=32)
@@ -420,7 +420,7 @@ def test_an_ensemble_on_a_full_disk_is_one_line_and_leaves_no_part_of_itself(fin
 
 @pytest.mark.slow
 def test_an_ensemble_saved_again_on_a_full_disk_keeps_the_earlier_one(finished_runs):
-    from medbench.ensemble import build_ensemble
+    from medbench.workflows.ensemble import build_ensemble
 
     small, large = finished_runs / "small", finished_runs / "large"
     out = finished_runs / "earlier-ensemble"

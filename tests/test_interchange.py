@@ -16,15 +16,15 @@ import pytest
 from medmnist import Evaluator
 from medmnist.evaluator import Metrics
 
-from medbench import metrics
-from medbench.cli import main
-from medbench.data.synthetic import write_synthetic_like
-from medbench.interchange import (
+from medbench.analysis.official_files import (
     official_csv,
     official_filename,
     run_tag,
     write_official_predictions,
 )
+from medbench.cli import main
+from medbench.data.synthetic import write_synthetic_like
+from medbench.scoring import metrics
 
 FIXTURES = Path(__file__).parent / "fixtures"
 TINY_NET = """

@@ -1,4 +1,4 @@
-"""Specifications of medbench.metrics."""
+"""Specifications of medbench.scoring.metrics."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from sklearn.metrics import (
 )
 
 from medbench.errors import MedbenchError
-from medbench.metrics import (
+from medbench.scoring.metrics import (
     bootstrap_ci,
     collapse_check,
     evaluate,
@@ -369,7 +369,7 @@ def test_bootstrap_ci_is_reproducible_with_a_seed():
 def test_resampled_auc_equals_the_official_auc_of_each_resample(task, n_classes):
     """The bootstrap scores every resample at once; each value is the official AUC of that
     resample (ties and resamples that lose a class included: NaN where it is undefined)."""
-    from medbench.metrics import bootstrap_indices, bootstrap_replicates
+    from medbench.scoring.metrics import bootstrap_indices, bootstrap_replicates
 
     labels, scores = random_case(task, n_classes, n=80)
     scores = np.round(scores, 1)  # many ties

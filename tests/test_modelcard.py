@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medbench import metrics
 from medbench.cli import main
 from medbench.errors import MedbenchError, MedbenchWarning
-from medbench.modelcard import render_model_card, write_model_card
-from medbench.results import read_results
+from medbench.runs.results import read_results
+from medbench.scoring import metrics
+from medbench.training.modelcard import render_model_card, write_model_card
 
 RESULTS_V1 = Path(__file__).parent / "fixtures" / "results_v1.json"
 
@@ -22,9 +22,9 @@ RESULTS_V1 = Path(__file__).parent / "fixtures" / "results_v1.json"
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
     """One real (tiny, one-epoch) training run on a synthetic BreastMNIST stand-in."""
-    from medbench.config import TrainConfig
     from medbench.data.synthetic import write_synthetic_like
-    from medbench.engine import train
+    from medbench.training.config import TrainConfig
+    from medbench.training.engine import train
 
     tmp = tmp_path_factory.mktemp("card")
     write_synthetic_like(tmp, "breastmnist")

@@ -13,12 +13,13 @@ import torch
 from safetensors.torch import save_file
 
 from medbench.cli import main
-from medbench.config import TrainConfig
 from medbench.data.synthetic import write_synthetic_like
-from medbench.embeddings import EmbeddingCache
-from medbench.engine import train
 from medbench.errors import MedbenchError
-from medbench.medmnist_plus import (
+from medbench.models.embeddings import EmbeddingCache
+from medbench.training.config import TrainConfig
+from medbench.training.engine import train
+from medbench.utils.runtime import resolve_runtime
+from medbench.workflows.medmnist_plus import (
     BackboneSpec,
     PlusRecipe,
     PlusResults,
@@ -28,7 +29,6 @@ from medbench.medmnist_plus import (
     prepare_inputs,
     run_plus,
 )
-from medbench.runtime import resolve_runtime
 
 TINY = "resnet10t"
 
@@ -211,8 +211,8 @@ def test_published_medmnist_plus_rows_cite_their_table_and_have_no_knn_auc():
 
 @pytest.mark.slow  # builds timm models
 def test_end_to_end_adapter_sees_the_inputs_the_probes_see(tmp_path):
-    from medbench.inference import normalize, to_unit_float
     from medbench.models import build_model
+    from medbench.training.inference import normalize, to_unit_float
 
     _save_weights(tmp_path / "w.safetensors")
     backbone = load_backbone(f"timm:{TINY}", str(tmp_path / "w.safetensors"))

@@ -1,4 +1,4 @@
-"""`medbench predict` and `medbench.predict`: inputs, conversion, outputs, bad input."""
+"""`medbench predict` and `medbench.serving.predict`: inputs, conversion, outputs, bad input."""
 
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ import pytest
 import torch
 from PIL import Image
 
-from medbench import checkpoint as ckpt
-from medbench import metrics
 from medbench.cli import main
 from medbench.errors import MedbenchError, MedbenchWarning
-from medbench.predict import predict
+from medbench.scoring import metrics
+from medbench.serving.predict import predict
+from medbench.training import checkpoint as ckpt
 
 BREAST_LABELS = ["malignant", "normal, benign"]
 
@@ -79,8 +79,8 @@ def write_pngs(folder: Path, images: np.ndarray, names: list[str]) -> list[Path]
 
 def reference_probs(model_file: Path, images: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     """What the model says for uint8 (N, H, W, C) images, straight through the engine."""
-    from medbench.inference import load_trained_model, predict_logits
-    from medbench.runtime import resolve_runtime
+    from medbench.training.inference import load_trained_model, predict_logits
+    from medbench.utils.runtime import resolve_runtime
 
     model, meta = load_trained_model(model_file)
     logits = predict_logits(model, torch.from_numpy(images), resolve_runtime("cpu", "fp32"))

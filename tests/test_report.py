@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from medbench.benchmark import plan_grid, run_benchmark, run_grid
 from medbench.cli import main
 from medbench.report import build_report
 from medbench.report.collect import Group, Run
 from medbench.report.findings import compare_top_two
 from medbench.report.published import load_published
-from medbench.results import RunResults
+from medbench.runs.results import RunResults
+from medbench.workflows.benchmark import plan_grid, run_benchmark, run_grid
 from test_benchmark_support import make_fake_train
 
 GRID = {
@@ -308,7 +308,7 @@ def test_a_schema_1_run_has_its_training_curve_drawn(v1_folder, tmp_path):
 @pytest.mark.slow
 def test_report_never_imports_the_training_engine(cnn_study, tmp_path):
     code = (
-        "import sys; sys.modules['medbench.engine'] = None\n"
+        "import sys; sys.modules['medbench.training.engine'] = None\n"
         f"from medbench.report import build_report; build_report({str(cnn_study)!r}, {str(tmp_path)!r}, plots=False)"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medbench import stats
-from medbench.benchmark import run_benchmark
 from medbench.report import build_report
+from medbench.scoring import stats
+from medbench.workflows.benchmark import run_benchmark
 from test_benchmark_support import N_IMAGES, make_fake_train
 
 FIVE = ("dermamnist", "octmnist", "bloodmnist", "pathmnist", "tissuemnist")

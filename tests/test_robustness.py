@@ -8,12 +8,7 @@ import warnings
 
 import pytest
 
-from medbench.cli import main
-from medbench.config import TrainConfig
-from medbench.corruptions import dataset_corruptions
-from medbench.engine import train
-from medbench.errors import MedbenchError
-from medbench.robustness import (
+from medbench.analysis.robustness import (
     RunRobustness,
     Score,
     evaluate_robustness,
@@ -22,6 +17,11 @@ from medbench.robustness import (
     relative_errors,
     summarize,
 )
+from medbench.cli import main
+from medbench.data.corruptions import dataset_corruptions
+from medbench.errors import MedbenchError
+from medbench.training.config import TrainConfig
+from medbench.training.engine import train
 
 TINY_MODEL = {"width": 0.25, "depths": [1, 1, 1, 1], "attention": False}
 

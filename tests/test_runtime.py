@@ -1,12 +1,12 @@
-"""Device and precision choice (medbench.runtime.resolve_runtime)."""
+"""Device and precision choice (medbench.utils.runtime.resolve_runtime)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from medbench import runtime
 from medbench.errors import MedbenchError
+from medbench.utils import runtime
 
 
 @pytest.fixture

@@ -7,10 +7,10 @@ import json
 import optuna
 import pytest
 
-from medbench.config import TrainConfig, load_config_file
 from medbench.errors import MedbenchError
 from medbench.models import build_model, model_options
-from medbench.search import SPACES, export_architecture, search
+from medbench.training.config import TrainConfig, load_config_file
+from medbench.workflows.nas import SPACES, export_architecture, search
 
 
 @pytest.mark.parametrize("family", sorted(SPACES))
@@ -129,7 +129,7 @@ build_bad_space.search_space = lambda trial: {"depth": 3}
 
 
 def test_a_user_model_brings_its_space_on_the_builder(tmp_path):
-    from medbench.search import search_space
+    from medbench.workflows.nas import search_space
 
     path = tmp_path / "net.py"
     path.write_text(USER_NET)

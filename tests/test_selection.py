@@ -5,7 +5,7 @@ import math
 import torch
 from torch import nn
 
-from medbench.selection import Selector
+from medbench.training.selection import Selector
 
 
 def record(round_, loss, auc, acc=0.5):

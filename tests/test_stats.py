@@ -1,4 +1,4 @@
-"""medbench.stats against hand calculations, independent implementations and published values."""
+"""medbench.scoring.stats against hand calculations, independent implementations and published values."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 from scipy import stats as sps
 from sklearn.metrics import roc_auc_score
 
-from medbench import metrics, stats
 from medbench.errors import MedbenchError
+from medbench.scoring import metrics, stats
 
 
 def _binary_case(n: int, signal: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -28,7 +28,7 @@ def _delong_by_definition(y, score_a, score_b) -> tuple[float, ...]:
     for x >, =, < y over every (positive, negative) pair, the structural components
     V10_i = mean_j psi(X_i, Y_j) and V01_j = mean_i psi(X_i, Y_j), and the covariance
     S10 / m + S01 / n. Returns (AUC a, AUC b, z, p, Var a). O(m n); shares no code with
-    medbench.stats."""
+    medbench.scoring.stats."""
     pos, neg = y == 1, y == 0
     m, n = pos.sum(), neg.sum()
     v10, v01, aucs = [], [], []

@@ -12,8 +12,8 @@ import time
 import pytest
 
 from medbench.errors import MedbenchError
-from medbench.results import ModelInfo, RunResults, Timing
-from medbench.store import (
+from medbench.runs.results import ModelInfo, RunResults, Timing
+from medbench.runs.store import (
     _COLUMNS,
     SCHEMA_VERSION,
     Owner,

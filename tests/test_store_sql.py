@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from medbench.errors import MedbenchWarning
-from medbench.store import LOCATION_NAME, Owner, ResultsStore, public_url
+from medbench.runs.store import LOCATION_NAME, Owner, ResultsStore, public_url
 
 POSTGRES_ENV = "MEDBENCH_TEST_POSTGRES_URL"
 TINY_MODEL = {"width": 0.25, "depths": [1, 1, 1, 1], "attention": False}
@@ -120,7 +120,7 @@ def test_another_hosts_cell_is_reclaimed_only_when_its_heartbeat_is_stale(tmp_pa
 
 
 def test_a_finished_cell_keeps_its_results_and_time_spent(tmp_path, url):
-    from medbench.results import ModelInfo, RunResults, Timing
+    from medbench.runs.results import ModelInfo, RunResults, Timing
 
     store = ResultsStore(tmp_path, url=url)
     store.add_cells(_cells(tmp_path, 1))
@@ -218,7 +218,7 @@ class _LoggingTrain:
         self.log, self.hang = log, hang
 
     def __call__(self, config, **kwargs):
-        from medbench.engine import train
+        from medbench.training.engine import train
 
         what = "hang" if self.hang else "train"
         with open(self.log, "a") as f:
@@ -229,7 +229,7 @@ class _LoggingTrain:
 
 
 def _grid(out: Path, data_dir: Path, seeds: int):
-    from medbench.benchmark import plan_grid
+    from medbench.workflows.benchmark import plan_grid
 
     base = {"epochs": 1, "batch_size": 16, "device": "cpu", "data_dir": str(data_dir)}
     base["model_options"] = TINY_MODEL
@@ -237,7 +237,7 @@ def _grid(out: Path, data_dir: Path, seeds: int):
 
 
 def _grid_worker(out, data_dir, seeds, url, hang):
-    from medbench.benchmark import run_grid
+    from medbench.workflows.benchmark import run_grid
 
     run_grid(
         _grid(out, data_dir, seeds), out, train_fn=_LoggingTrain(out.parent / "calls.log", hang),
@@ -348,7 +348,7 @@ def test_a_tune_study_on_postgresql_is_shared_by_two_workers(tmp_path, grid_data
 
 
 def _benchmark(out, url, fail=None, **kw):
-    from medbench.benchmark import run_benchmark
+    from medbench.workflows.benchmark import run_benchmark
     from test_benchmark_support import make_fake_train
 
     return run_benchmark(
@@ -369,8 +369,8 @@ def test_the_report_of_a_server_grid_shows_its_failed_cells(tmp_path, postgres_u
 
 
 def test_a_recorded_server_that_cannot_be_opened_falls_back_to_the_files(tmp_path):
-    from medbench.config import TrainConfig
     from medbench.report.collect import load_runs
+    from medbench.training.config import TrainConfig
     from test_benchmark_support import make_fake_train
 
     url = "postgresql+psycopg://nobody@127.0.0.1:1/none"  # nothing listens on port 1

@@ -1,4 +1,4 @@
-"""`medbench.study_storage`: what it relies on beneath Optuna's public API, pinned one
+"""`medbench.workflows.study_storage`: what it relies on beneath Optuna's public API, pinned one
 reliance per test (a failure here names what an Optuna release changed), and how it finds
 a dead worker's trial."""
 
@@ -12,7 +12,7 @@ import sqlalchemy
 from optuna.trial import TrialState
 
 from medbench.errors import MedbenchError
-from medbench.study_storage import (
+from medbench.workflows.study_storage import (
     adopt_trials_without_heartbeat,
     is_schema_race,
     make_storage,
@@ -26,7 +26,7 @@ pytestmark = pytest.mark.filterwarnings(
 
 def _changed(what: str) -> str:
     return (
-        f"Optuna {optuna.__version__} changed {what}; medbench.study_storage relies on it "
+        f"Optuna {optuna.__version__} changed {what}; medbench.workflows.study_storage relies on it "
         "(see its docstring) and needs updating"
     )
 

@@ -16,14 +16,14 @@ from pathlib import Path
 
 import pytest
 
-from medbench.callbacks import Callback
 from medbench.cli import main
-from medbench.config import TrainConfig
 from medbench.data import load_dataset
 from medbench.data.synthetic import write_synthetic_like
-from medbench.engine import train
 from medbench.errors import MedbenchError
-from medbench.tracking import (
+from medbench.training.callbacks import Callback
+from medbench.training.config import TrainConfig
+from medbench.training.engine import train
+from medbench.training.tracking import (
     STATE_FILE,
     MLflowLogger,
     TensorBoardLogger,

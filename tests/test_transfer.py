@@ -13,13 +13,13 @@ import pytest
 import timm
 import torch
 
-from medbench.config import TrainConfig
 from medbench.errors import MedbenchError
 from medbench.models import build_model
 from medbench.models.adapters import InputAdapter
-from medbench.pretrained import load_matching, load_source, prepare_pretrained
-from medbench.results import RunResults
-from medbench.transfer import knn_evaluate, knn_probabilities, train_or_reuse, transfer
+from medbench.runs.results import RunResults
+from medbench.training.config import TrainConfig
+from medbench.training.pretrained import load_matching, load_source, prepare_pretrained
+from medbench.workflows.transfer import knn_evaluate, knn_probabilities, train_or_reuse, transfer
 
 MODEL = "timm:test_efficientnet"  # ~0.1M parameters
 

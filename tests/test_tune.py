@@ -13,10 +13,10 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from medbench.callbacks import RoundEnd
-from medbench.config import TrainConfig, load_config_file
 from medbench.errors import MedbenchError
-from medbench.tune import (
+from medbench.training.callbacks import RoundEnd
+from medbench.training.config import TrainConfig, load_config_file
+from medbench.workflows.tune import (
     FINISHED,
     PerTrialSeededSampler,
     PruningCallback,
@@ -366,7 +366,7 @@ def test_a_killed_tune_resumes_to_n_trials(tiny_data_dir, tmp_path):
 
 
 def _open_storage(url, queue):
-    from medbench.study_storage import make_storage
+    from medbench.workflows.study_storage import make_storage
 
     try:
         make_storage(url)

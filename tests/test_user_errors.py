@@ -26,11 +26,11 @@ import torch
 from PIL import Image
 from tests.another_user import as_another_user
 
-from medbench import checkpoint as ckpt
 from medbench.cli import main
-from medbench.config import TrainConfig, load_config_file
 from medbench.errors import MedbenchError
 from medbench.models import build_model
+from medbench.training import checkpoint as ckpt
+from medbench.training.config import TrainConfig, load_config_file
 
 FIXTURES = Path(__file__).parent / "fixtures"
 TRAIN = ["train", "--dataset", "breastmnist", "--model", "advanced_cnn", "--epochs", "1"]
@@ -340,7 +340,7 @@ def _others_can_read_medbench() -> bool:
     reason="running as root with medbench installed where another user cannot read it",
 )
 def test_an_unreadable_model_file_is_called_unreadable_not_corrupt():
-    import medbench.commands.predict  # noqa: F401 - imported here: the other user may not
+    import medbench.cli.commands.predict  # noqa: F401 - imported here: the other user may not
 
     root = Path(tempfile.mkdtemp(prefix="medbench-unreadable-"))  # one any user can reach
     try:

@@ -15,13 +15,9 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from medbench.benchmark import plan_grid, run_benchmark
 from medbench.cli import main
-from medbench.config import NOT_IDENTITY, TrainConfig, config_hash
 from medbench.data.synthetic import write_synthetic_like
 from medbench.errors import MedbenchError
-from medbench.export import normalized_input
-from medbench.inference import load_trained_model
 from medbench.models import (
     PlainModel,
     build_model,
@@ -32,6 +28,10 @@ from medbench.models import (
     model_spatial_dims,
 )
 from medbench.report.collect import load_runs
+from medbench.serving.export import normalized_input
+from medbench.training.config import NOT_IDENTITY, TrainConfig, config_hash
+from medbench.training.inference import load_trained_model
+from medbench.workflows.benchmark import plan_grid, run_benchmark
 
 NET = """
 from torch import nn
@@ -332,7 +332,7 @@ def test_resuming_after_an_edit_is_refused(net_file, breast_dir, tmp_path, capsy
 def test_a_grid_whose_file_is_edited_mid_grid_stops_and_reruns_as_another_model(
     net_file, breast_dir, tmp_path
 ):
-    from medbench.engine import train
+    from medbench.training.engine import train
 
     spec, out = f"{net_file}:build", tmp_path / "grid"
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from medbench.errors import MedbenchError
-from medbench.store import ResultsStore
-from medbench.workers import available_cores, run_workers, threads_per_worker
+from medbench.runs.store import ResultsStore
+from medbench.workflows.workers import available_cores, run_workers, threads_per_worker
 
 
 def test_workers_split_the_cores_and_each_gets_at_least_one_thread():

@@ -29,7 +29,7 @@ import numpy as np
 
 from medbench.data.locations import CACHE_DIR_ENV, cache_dir_for
 from medbench.errors import MedbenchError, MedbenchWarning
-from medbench.fsutil import atomic_path
+from medbench.utils.fsutil import atomic_path
 
 CHUNK_BYTES = 8 << 20
 MANIFEST = "manifest.json"

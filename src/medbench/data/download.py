@@ -27,7 +27,7 @@ from medbench.data.arrays import CHUNK_BYTES, file_md5
 from medbench.data.catalogue import dataset_info
 from medbench.data.locations import DATA_DIR_ENV, dataset_path, missing_data_dir
 from medbench.errors import MedbenchError
-from medbench.fsutil import write_error
+from medbench.utils.fsutil import write_error
 
 MIRROR_ENV = "MEDBENCH_MIRROR"
 # Answers that retrying will not change.

@@ -10,7 +10,7 @@ collection"):
   does for its 28 px images), or `none` (the image goes in at its own size);
 - channels: `repeat` (the backbone keeps its 3-channel first convolution and the gray
   channel is repeated) or `conv` (the backbone is built with the data's channel count and
-  `medbench.pretrained` folds the pretrained first-convolution weights over their input
+  `medbench.training.pretrained` folds the pretrained first-convolution weights over their input
   channels when loading). For one gray channel `conv` *sums* the RGB filters (timm's
   `adapt_input_conv`), which computes exactly what `repeat` computes on a gray image at a
   third of the first layer's cost; a plain average would shrink the first activations
@@ -38,7 +38,7 @@ from medbench.errors import MedbenchError
 SIZE_MODES = ("none", "upsample", "pad")
 CHANNEL_MODES = ("repeat", "conv")
 NORM_MODES = ("medmnist", "backbone")
-MEDMNIST_MEAN, MEDMNIST_STD = 0.5, 0.5  # medbench.inference's normalisation of the input
+MEDMNIST_MEAN, MEDMNIST_STD = 0.5, 0.5  # medbench.training.inference's normalisation of the input
 # Black after medbench's (x - 0.5) / 0.5 normalisation (MedMNIST+ pads with zeros *after* its
 # own normalisation instead: input_norm="backbone").
 BLACK = -1.0

@@ -12,13 +12,13 @@ import io
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from medbench.fsutil import atomic_write_json, atomic_write_text
 from medbench.report.collect import RUN_FIELDS, Group, Run, group_runs, load_ensembles, load_runs
 from medbench.report.extras import load_sections
 from medbench.report.findings import Findings, compute_findings, findings_dict
 from medbench.report.plots import critical_difference, draw_all
 from medbench.report.published import load_published
 from medbench.report.render import render_html, render_markdown
+from medbench.utils.fsutil import atomic_write_json, atomic_write_text
 
 __all__ = [
     "ReportFiles",

@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medbench.config import TrainConfig, config_hash
 from medbench.errors import MedbenchError, MedbenchWarning
 from medbench.models.user import model_label
-from medbench.results import FLAT_FIELDS, RunResults, read_results
-from medbench.store import STORE_NAME, ResultsStore, has_store
+from medbench.runs.results import FLAT_FIELDS, RunResults, read_results
+from medbench.runs.store import STORE_NAME, ResultsStore, has_store
+from medbench.training.config import TrainConfig, config_hash
 
 # The run's RunResults.flat_row field that kept its column name when schema 2 renamed epochs
 # to rounds.
@@ -151,7 +151,7 @@ def _read_results(path: str | Path | None) -> RunResults | None:
 
 def load_ensembles(folder: str | Path) -> list[dict[str, Any]]:
     """Results of the ensembles saved under `folder/ensembles/` (`medbench benchmark
-    --ensemble`), in the schema of `medbench.ensemble.build_ensemble`'s results."""
+    --ensemble`), in the schema of `medbench.workflows.ensemble.build_ensemble`'s results."""
     found = []
     for path in sorted(Path(folder).glob("ensembles/*/ensemble.json")):
         data = _read_json(path)

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from medbench.metrics import MULTI_LABEL
 from medbench.report.collect import Group, Run
+from medbench.scoring.metrics import MULTI_LABEL
 
 # Actual lengths agree when the shortest is within this fraction of the longest.
 TOLERANCE = {"time budget": 0.2, "epochs": 0.1}

@@ -1,5 +1,5 @@
 """What the data files themselves say about a report's numbers: test images with an exact
-or near copy in train or val (`medbench.audit.test_leakage`), for each dataset whose file a
+or near copy in train or val (`medbench.data.audit.test_leakage`), for each dataset whose file a
 finished run recorded and which is still there, unchanged (same MD5)."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
-from medbench.audit import NEAR_THRESHOLD, Leakage, test_leakage
 from medbench.data import load_dataset
+from medbench.data.audit import NEAR_THRESHOLD, Leakage, test_leakage
 from medbench.errors import MedbenchError
 from medbench.report.collect import Run
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from medbench.metrics import MissedClass, missed_classes
 from medbench.report.collect import Run
 from medbench.report.compare import Baseline
+from medbench.scoring.metrics import MissedClass, missed_classes
 
 GAP_POINTS = 5.0  # a val-vs-test accuracy gap above this many points is reported
 

@@ -1,8 +1,8 @@
 """Report sections for what a grid added beside its runs: robustness (OUT/robustness) and
-explanations (OUT/explain/*), as written by `medbench.grid_extras`.
+explanations (OUT/explain/*), as written by `medbench.analysis.grid_analyses`.
 
-Each section is the markdown its own module writes (`medbench.robustness.report_markdown`,
-`medbench.explain.explain_section`), with image paths relative to the report's folder; the
+Each section is the markdown its own module writes (`medbench.analysis.robustness.report_markdown`,
+`medbench.analysis.explain.explain_section`), with image paths relative to the report's folder; the
 HTML report gets the same section converted, its images embedded.
 """
 
@@ -15,9 +15,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from medbench.grid_extras import EXPLAIN_DIR, ROBUSTNESS_DIR
+from medbench.analysis.grid_analyses import EXPLAIN_DIR, ROBUSTNESS_DIR
+from medbench.analysis.robustness import load_written, report_markdown
 from medbench.report.render import figure_html
-from medbench.robustness import load_written, report_markdown
 
 _IMAGE = re.compile(r"^!\[(?P<alt>[^\]]*)\]\((?P<src>[^)]+)\)$")
 
@@ -38,7 +38,10 @@ def load_sections(folder: Path, out: Path) -> list[Section]:
         prefix = _prefix(robustness, out)
         texts.append(report_markdown(summaries, [(prefix + f, c) for f, c in figures]))
     for path in sorted((folder / EXPLAIN_DIR).glob("*/explain.json")):
-        from medbench.explain import ExplainResult, explain_section  # grad-cam, captum: heavy
+        from medbench.analysis.explain import (  # grad-cam, captum: heavy
+            ExplainResult,
+            explain_section,
+        )
 
         result = ExplainResult.from_json(json.loads(path.read_text()))
         texts.append(explain_section(result, _prefix(path.parent, out)))

@@ -21,7 +21,6 @@ from typing import Any
 
 from scipy.stats import ttest_ind
 
-from medbench.metrics import COLLAPSE_ADVICE, MISSED_CLASS_ADVICE
 from medbench.report import details
 from medbench.report.collect import Group, Run, Stat
 from medbench.report.compare import Baseline, Cohort, cohorts, majority_baseline
@@ -35,7 +34,8 @@ from medbench.report.significance import (
     compute_significance,
     resolvable_sentence,
 )
-from medbench.stats import holm
+from medbench.scoring.metrics import COLLAPSE_ADVICE, MISSED_CLASS_ADVICE
+from medbench.scoring.stats import holm
 
 ALPHA = 0.05
 METHOD = "Welch's t-test (two-sided, alpha 0.05) over seeds"
@@ -140,7 +140,7 @@ def compute_findings(
 ) -> Findings:
     """Findings and recommendations for the finished runs in `groups` (all runs in `runs`,
     unfinished ones included, for the notes on cells left out), and for the `ensembles`
-    built over them (results of `medbench.ensemble.build_ensemble`)."""
+    built over them (results of `medbench.workflows.ensemble.build_ensemble`)."""
     f = Findings()
     f.findings += _present(_unfinished(runs))
     f.tables.append(details.unfinished_table(runs))

@@ -16,10 +16,10 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay, multilabel_confusion_matrix
 
-from medbench.fsutil import atomic_path
-from medbench.metrics import MULTI_LABEL, reliability_bins
 from medbench.report.collect import Group, Run, Stat
-from medbench.stats import RankingTest, critical_difference_diagram
+from medbench.scoring.metrics import MULTI_LABEL, reliability_bins
+from medbench.scoring.stats import RankingTest, critical_difference_diagram
+from medbench.utils.fsutil import atomic_path
 
 DPI = 110
 MARKERS = "osD^vP*XhH<>p"

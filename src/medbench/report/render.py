@@ -9,13 +9,13 @@ import math
 from pathlib import Path
 from typing import Any
 
-from medbench.config import format_seconds
 from medbench.report.collect import Group, Run, Stat
 from medbench.report.compare import Baseline
 from medbench.report.findings import Findings, dataset_unit
 from medbench.report.plots import FigureFile
 from medbench.report.published import load_published, published_rows, reference_study_rows
-from medbench.stats import Interval
+from medbench.scoring.stats import Interval
+from medbench.training.config import format_seconds
 
 TABLE_HEAD = (
     "Dataset",

@@ -1,18 +1,18 @@
 """Intervals and paired tests for the report, from each finished run's predictions.npz.
 
 - every finished run: its test ACC and AUC with a 95% percentile bootstrap interval over
-  the test images, resampled within each class (`medbench.stats.bootstrap_interval`);
+  the test images, resampled within each class (`medbench.scoring.stats.bootstrap_interval`);
 - every grid row (a model over seeds): the seed mean with an interval that accounts for
   both the seeds and test-set sampling (a two-level bootstrap,
-  `medbench.stats.seed_and_sampling_interval`);
+  `medbench.scoring.stats.seed_and_sampling_interval`);
 - every pair of models on one dataset: tested on the same test images, seed-matched
-  (`medbench.comparison.compare_pair`: DeLong / McNemar, paired bootstraps where those do
+  (`medbench.analysis.comparison.compare_pair`: DeLong / McNemar, paired bootstraps where those do
   not apply), with Holm's correction over every comparison in the report;
-- each dataset's resolvable differences at 80% power (`medbench.comparison.resolvable`);
+- each dataset's resolvable differences at 80% power (`medbench.analysis.comparison.resolvable`);
 - across datasets: average ranks, Friedman's test and post-hocs
-  (`medbench.stats.friedman_nemenyi`) when a grid has at least five datasets.
+  (`medbench.scoring.stats.friedman_nemenyi`) when a grid has at least five datasets.
 
-Nothing is re-trained or re-run; the statistics themselves live in `medbench.stats`.
+Nothing is re-trained or re-run; the statistics themselves live in `medbench.scoring.stats`.
 """
 
 from __future__ import annotations
@@ -24,8 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from medbench import metrics, stats
-from medbench.comparison import (
+from medbench.analysis.comparison import (
     ModelGroup,
     PairComparison,
     RunPredictions,
@@ -38,6 +37,7 @@ from medbench.comparison import (
 from medbench.errors import MedbenchError
 from medbench.report.collect import Group
 from medbench.report.compare import Cohort
+from medbench.scoring import metrics, stats
 
 ALPHA = 0.05
 POWER = 0.8

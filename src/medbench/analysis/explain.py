@@ -1,0 +1,932 @@
+"""Explanations of a trained model's test predictions: saliency maps and their faithfulness.
+
+Two methods, each from a maintained library rather than written here:
+
+- `gradcam`: Grad-CAM (Selvaraju et al. 2017, "Grad-CAM: visual explanations from deep
+  networks via gradient-based localization") from pytorch-grad-cam, on a target layer chosen
+  by `choose_target_layer`;
+- `occlusion`: the drop in the class probability when a square patch is replaced by the
+  image's mean (Zeiler & Fergus 2014), gradient-free, from captum.
+
+Faithfulness is the deletion and insertion AUC of Petsiuk et al. 2018 ("RISE: randomized
+input sampling for explanation of black-box models", BMVC): the most salient pixels first
+are removed (set to the image's mean) or inserted (into a blurred copy), and the target
+class's probability is integrated over the fraction of pixels changed. A faithful map has a
+low deletion AUC and a high insertion AUC; a random saliency map is the chance level.
+
+    >>> from medbench.analysis.explain import explain_run
+    >>> result = explain_run("runs/breastmnist-28/resnet18/seed0-...", "explain-out")
+    >>> result.summary_rows()   # deletion / insertion AUC per method, random included
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import functools
+import html
+import io
+import math
+import re
+import textwrap
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from torch import nn
+
+from medbench.data import load_dataset
+from medbench.errors import MedbenchError
+from medbench.models import model_spatial_dims
+from medbench.runs.results import recorded_data_dir
+from medbench.scoring import metrics
+from medbench.training.inference import is_multilabel, load_trained_model, normalize, to_unit_float
+from medbench.utils.fsutil import (
+    atomic_path,
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+)
+from medbench.utils.runtime import Runtime, resolve_runtime
+
+METHODS = ("gradcam", "occlusion")
+METHOD_TITLES = {"gradcam": "Grad-CAM", "occlusion": "Occlusion", "random": "random"}
+RANDOM = "random"  # the chance-level saliency every method is compared with
+DEFAULT_PER_CLASS = 3
+DEFAULT_STEPS = 28
+
+
+# --------------------------------------------------------------------------- target layer
+
+
+@dataclass(frozen=True)
+class TargetLayer:
+    """The layer Grad-CAM reads: its qualified `name` in the model, the module, how its
+    output becomes a (B, C, h, w) map (`reshape_transform`, None when it already is one),
+    what it is (`kind`: "feature map", "channels-last map" or "tokens") and its `grid`."""
+
+    name: str
+    module: nn.Module
+    reshape_transform: Callable[[torch.Tensor], torch.Tensor] | None
+    kind: str
+    grid: tuple[int, int]
+
+
+def _tokens_to_map(tokens: torch.Tensor, prefix: int, grid: tuple[int, int]) -> torch.Tensor:
+    """(B, prefix + h*w, C) transformer tokens -> (B, C, h, w): the class/register tokens
+    are dropped, the patch tokens laid out on the patch grid (pytorch-grad-cam's ViT recipe)."""
+    patches = tokens[:, prefix:, :]
+    return patches.reshape(tokens.size(0), *grid, tokens.size(2)).permute(0, 3, 1, 2)
+
+
+def _channels_last_to_map(x: torch.Tensor) -> torch.Tensor:
+    return x.permute(0, 3, 1, 2)
+
+
+def _module_outputs(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list]:
+    """forward_features(x) and (name, module, output copy) of every submodule with a tensor
+    output, in the order they finished. Copies, because an in-place activation after a
+    layer changes the tensor that layer returned."""
+    records: list[tuple[str, nn.Module, torch.Tensor]] = []
+
+    def hook(name: str, module: nn.Module, _inputs: Any, output: Any) -> None:
+        if isinstance(output, torch.Tensor):
+            records.append((name, module, output.detach().clone()))
+
+    handles = [
+        m.register_forward_hook(functools.partial(hook, name))
+        for name, m in model.named_modules()
+        if name
+    ]
+    try:
+        with torch.no_grad():
+            features = model.forward_features(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return features, records
+
+
+def _is_part_of(output: torch.Tensor, features: torch.Tensor) -> bool:
+    """The map `output` is `features`, or its first or last channels (a concatenation)."""
+    if output.ndim != 4 or output.shape[0] != features.shape[0]:
+        return False
+    if output.shape[2:] != features.shape[2:] or output.shape[1] > features.shape[1]:
+        return False
+    c = output.shape[1]
+    return torch.equal(output, features[:, :c]) or torch.equal(output, features[:, -c:])
+
+
+def choose_target_layer(
+    model: nn.Module, input_shape: Sequence[int], name: str | None = None
+) -> TargetLayer:
+    """The layer Grad-CAM should read for `model` on (C, H, W) images, found by structure
+    (or the module called `name`, which must output a (B, C, h, w) map).
+
+    Convolutional nets (medbench's and timm's): the last module whose output, observed by a
+    forward hook, is the map `forward_features` returns or a block of its channels (advanced_cnn
+    concatenates pooled attention-gate features before its final stage's map; the final map
+    is the spatial one), else the last module with a 4D output on that map's grid. Models with
+    channels-last features (timm's Swin: `output_fmt` NHWC) the same, permuted. Vision
+    transformers (token features): the last block's first norm, the input of the last
+    attention, which is the last place patch tokens reach the class token (after it their
+    gradient is zero; pytorch-grad-cam issues #76, #513), reshaped to the patch grid without
+    the `num_prefix_tokens` class/register tokens."""
+    inner = getattr(model, "backbone", model)  # medbench's input adapter wraps timm models
+    was_training = model.training
+    model.eval()
+    try:
+        probe = torch.zeros(1, *input_shape, device=next(model.parameters()).device)
+        features, records = _module_outputs(model, probe)
+    finally:
+        model.train(was_training)
+    if name is not None:
+        return _named_layer(records, name)
+    if features.ndim == 3:
+        return _token_layer(model, inner, records, features)
+    if features.ndim != 4:
+        raise MedbenchError(
+            f"cannot explain a model whose features have shape {tuple(features.shape)}; "
+            "Grad-CAM needs a spatial feature map or transformer tokens"
+        )
+    if str(getattr(inner, "output_fmt", "NCHW")).upper().endswith("NHWC"):
+        return _channels_last_layer(records, features)
+    return _feature_map_layer(records, features)
+
+
+def _named_layer(records: list, name: str) -> TargetLayer:
+    maps = [r for r in records if r[2].ndim == 4]
+    found = [r for r in maps if r[0] == name]
+    if not found:
+        # The outer modules (stages, blocks), last first: the names a user would pick.
+        outer = dict.fromkeys(r[0] for r in reversed(maps) if r[0].count(".") <= 1)
+        raise MedbenchError(
+            f"the model has no layer {name!r} with a (B, C, h, w) output; its last ones "
+            f"are: {textwrap.shorten(', '.join(outer), 160)}"
+        )
+    _, module, out = found[-1]
+    return TargetLayer(name, module, None, "feature map", tuple(out.shape[2:]))
+
+
+def _feature_map_layer(records: list, features: torch.Tensor) -> TargetLayer:
+    exact = [r for r in records if _is_part_of(r[2], features)]
+    on_grid = [r for r in records if r[2].ndim == 4 and r[2].shape[2:] == features.shape[2:]]
+    if not (exact or on_grid):
+        raise MedbenchError("found no layer whose output is the model's feature map")
+    name, module, _ = (exact or on_grid)[-1]
+    return TargetLayer(name, module, None, "feature map", tuple(features.shape[2:]))
+
+
+def _channels_last_layer(records: list, features: torch.Tensor) -> TargetLayer:
+    exact = [r for r in records if r[2].shape == features.shape and torch.equal(r[2], features)]
+    if not exact:
+        raise MedbenchError("found no layer whose output is the model's channels-last features")
+    name, module, _ = exact[-1]
+    return TargetLayer(
+        name, module, _channels_last_to_map, "channels-last map", tuple(features.shape[1:3])
+    )
+
+
+def _token_layer(
+    model: nn.Module, inner: nn.Module, records: list, features: torch.Tensor
+) -> TargetLayer:
+    blocks = getattr(inner, "blocks", None)
+    norm = getattr(blocks[-1], "norm1", None) if blocks is not None and len(blocks) else None
+    if norm is None:
+        raise MedbenchError(
+            f"cannot choose a Grad-CAM layer for {type(inner).__name__}: its features are "
+            "tokens but it has no blocks[-1].norm1; explain it with --methods occlusion"
+        )
+    prefix = int(getattr(inner, "num_prefix_tokens", 1))
+    n_patches = features.shape[1] - prefix
+    grid = tuple(getattr(getattr(inner, "patch_embed", None), "grid_size", ()) or ())
+    if len(grid) != 2 or grid[0] * grid[1] != n_patches:
+        side = math.isqrt(n_patches)
+        if side * side != n_patches:
+            raise MedbenchError(f"cannot lay {n_patches} patch tokens out on a square grid")
+        grid = (side, side)
+    name = next(n for n, m in model.named_modules() if m is norm)
+    observed = [r[2] for r in records if r[1] is norm]
+    if not observed or observed[-1].shape[1] != features.shape[1]:
+        raise MedbenchError(f"{name} did not produce the {features.shape[1]} tokens expected")
+    reshape = functools.partial(_tokens_to_map, prefix=prefix, grid=grid)
+    return TargetLayer(name, norm, reshape, "tokens", grid)  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- saliency
+
+
+def probability_function(model: nn.Module, task: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Normalised images -> class probabilities: softmax, or a sigmoid per label."""
+
+    def probs(x: torch.Tensor) -> torch.Tensor:
+        logits = model(x).float()
+        return torch.sigmoid(logits) if is_multilabel(task) else torch.softmax(logits, dim=1)
+
+    return probs
+
+
+def gradcam_maps(
+    model: nn.Module, x: torch.Tensor, targets: Sequence[int], layer: TargetLayer
+) -> np.ndarray:
+    """Grad-CAM of class `targets[i]` for normalised image `x[i]`: (N, H, W) in [0, 1] at the
+    model's input size (pytorch-grad-cam upsamples the layer's grid bilinearly)."""
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    with GradCAM(
+        model=model, target_layers=[layer.module], reshape_transform=layer.reshape_transform
+    ) as cam:
+        maps = cam(input_tensor=x, targets=[ClassifierOutputTarget(int(t)) for t in targets])
+    return np.nan_to_num(np.asarray(maps, dtype=np.float32))
+
+
+def occlusion_window(size: int) -> tuple[int, int]:
+    """(window, stride) of the occluding square: a seventh of the image, half-overlapping."""
+    window = max(2, size // 7)
+    return window, max(1, window // 2)
+
+
+def occlusion_maps(
+    prob_fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, targets: Sequence[int]
+) -> np.ndarray:
+    """Occlusion (captum): for each pixel, the mean drop in the target's probability when a
+    window over it is set to the image's mean. (N, H, W), signed (positive: evidence for)."""
+    from captum.attr import Occlusion
+
+    window, stride = occlusion_window(x.shape[-1])
+    c = x.shape[1]
+    baseline = x.mean(dim=(1, 2, 3), keepdim=True).expand_as(x).contiguous()
+    attribution = Occlusion(prob_fn).attribute(
+        x,
+        target=torch.as_tensor(list(targets), device=x.device),
+        sliding_window_shapes=(c, window, window),
+        strides=(c, stride, stride),
+        baselines=baseline,
+        perturbations_per_eval=64,
+    )
+    return attribution.sum(dim=1).detach().float().cpu().numpy()
+
+
+def saliency_maps(
+    method: str,
+    model: nn.Module,
+    x: torch.Tensor,
+    targets: Sequence[int],
+    task: str,
+    layer: TargetLayer | None = None,
+    seed: int = 0,
+) -> np.ndarray:
+    """(N, H, W) saliency of `method` ("gradcam", "occlusion" or "random") for normalised
+    images `x` (N, C, H, W) and one target class each."""
+    if method == "gradcam":
+        layer = layer or choose_target_layer(model, tuple(x.shape[1:]))
+        return gradcam_maps(model, x, targets, layer)
+    if method == "occlusion":
+        return occlusion_maps(probability_function(model, task), x, targets)
+    if method == RANDOM:
+        rng = np.random.default_rng(seed)
+        return rng.random((x.shape[0], *x.shape[2:])).astype(np.float32)
+    raise MedbenchError(f"unknown explanation method {method!r}; choose from {', '.join(METHODS)}")
+
+
+# --------------------------------------------------------------------------- faithfulness
+
+
+def blurred(x: torch.Tensor) -> torch.Tensor:
+    """A Gaussian blur (sigma a fourteenth of the image, 2 px at 28) of (N, C, H, W) images:
+    the insertion game's start, the image with its detail removed (as in RISE)."""
+    sigma = max(1.0, x.shape[-1] / 14)
+    radius = int(3 * sigma)
+    t = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
+    kernel = torch.exp(-(t**2) / (2 * sigma**2))
+    kernel = kernel / kernel.sum()
+    c = x.shape[1]
+    padded = F.pad(x, (radius,) * 4, mode="reflect" if radius < x.shape[-1] else "replicate")
+    h = F.conv2d(padded, kernel.view(1, 1, 1, -1).repeat(c, 1, 1, 1), groups=c)
+    return F.conv2d(h, kernel.view(1, 1, -1, 1).repeat(c, 1, 1, 1), groups=c)
+
+
+@torch.no_grad()
+def deletion_insertion(
+    prob_fn: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    saliency: np.ndarray,
+    target: int,
+    steps: int = DEFAULT_STEPS,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """(deletion AUC, insertion AUC) of one normalised image (1, C, H, W) and its (H, W)
+    saliency for class `target`: the target's probability integrated (trapezoid rule) over
+    the fraction of pixels removed (set to the image's mean) or inserted (into the blurred
+    image), most salient first, in `steps` equal steps. Pixels of equal saliency go in a
+    random order (`seed`): a map's flat part (Grad-CAM's zeroed negative evidence) says
+    nothing of which pixel comes first, and raster order would favour one corner."""
+    h, w = x.shape[-2:]
+    tiebreak = np.random.default_rng(seed).random(h * w)
+    order = np.lexsort((tiebreak, -np.asarray(saliency, dtype=np.float64).ravel()))
+    counts = np.linspace(0, h * w, steps + 1).round().astype(int)
+    masks = np.zeros((steps + 1, h * w), dtype=np.float32)
+    for k, n in enumerate(counts):
+        masks[k, order[:n]] = 1.0
+    m = torch.from_numpy(masks).to(x.device).view(steps + 1, 1, h, w)
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    deleted = x * (1 - m) + mean * m
+    inserted = blurred(x) * (1 - m) + x * m
+    p = prob_fn(torch.cat([deleted, inserted]))[:, target].float().cpu().numpy()
+    fractions = counts / (h * w)
+    return float(np.trapezoid(p[: steps + 1], fractions)), float(
+        np.trapezoid(p[steps + 1 :], fractions)
+    )
+
+
+# --------------------------------------------------------------------------- cases and results
+
+
+@dataclass
+class ExplainedRow:
+    """One explained (test image, class) pair. `role`: "predicted" (the class the model chose,
+    also the true one when `correct`), "true" (the true class of a wrong case) or "label" (a
+    positive label of a multi-label image; `correct`: the model predicted it). `deletion` and
+    `insertion` hold the AUC per method, "random" included."""
+
+    index: int
+    target: int
+    role: str
+    true: list[int]
+    predicted: list[int]
+    probability: float  # the model's probability of `target`
+    correct: bool
+    deletion: dict[str, float] = field(default_factory=dict)
+    insertion: dict[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> ExplainedRow:
+        return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d})
+
+
+@dataclass
+class MethodSummary:
+    """A method's faithfulness over the rows it scores: mean and standard deviation of the
+    deletion (lower is better) and insertion (higher is better) AUC, and how often it beat
+    the random map on the same row."""
+
+    method: str
+    n: int
+    deletion_mean: float
+    deletion_sd: float
+    insertion_mean: float
+    insertion_sd: float
+    deletion_beats_random: float | None  # fraction of rows
+    insertion_beats_random: float | None
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class ExplainResult:
+    """What `explain_run` computed and wrote. `maps[method]` is (len(rows), H, W), one map per
+    row; `files` names what was written into `out_dir`."""
+
+    run_dir: str
+    out_dir: str
+    model: str
+    dataset: str
+    task: str
+    label_names: list[str]
+    image_size: int
+    methods: list[str]
+    target_layer: dict[str, Any]
+    settings: dict[str, Any]
+    rows: list[ExplainedRow]
+    summary: list[MethodSummary]
+    files: dict[str, str] = field(default_factory=dict)
+    maps: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+
+    def to_json(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "maps"}
+        out["rows"] = [r.to_json() for r in self.rows]
+        out["summary"] = [s.to_json() for s in self.summary]
+        return out
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> ExplainResult:
+        kwargs = {f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d}
+        kwargs["rows"] = [ExplainedRow.from_json(r) for r in d["rows"]]
+        kwargs["summary"] = [MethodSummary(**s) for s in d["summary"]]
+        return cls(**kwargs)
+
+    def summary_rows(self) -> list[dict[str, Any]]:
+        """One flat row per method (random last): the faithfulness table."""
+        return [{"dataset": self.dataset, "model": self.model, **s.to_json()} for s in self.summary]
+
+
+def select_cases(
+    labels: np.ndarray, probs: np.ndarray, task: str, per_class: int
+) -> list[ExplainedRow]:
+    """Up to `per_class` correct and `per_class` wrong test images per class, in test order.
+    Single-label: images of true class c the model got right (explained for c) or wrong
+    (explained for the predicted and the true class). Multi-label: images with label c
+    positive that the model found or missed, explained for c."""
+    pred = metrics.predictions(probs, task)
+    rows: list[ExplainedRow] = []
+    if is_multilabel(task):
+        for c in range(labels.shape[1]):
+            for correct in (True, False):
+                hits = np.flatnonzero((labels[:, c] == 1) & ((pred[:, c] == 1) == correct))
+                for i in hits[:per_class]:
+                    true, chosen = (
+                        np.flatnonzero(labels[i]).tolist(),
+                        np.flatnonzero(pred[i]).tolist(),
+                    )
+                    rows.append(
+                        ExplainedRow(int(i), c, "label", true, chosen, float(probs[i, c]), correct)
+                    )
+        return rows
+    y = labels.reshape(-1)
+    for c in range(probs.shape[1]):
+        for correct in (True, False):
+            hits = np.flatnonzero((y == c) & ((pred == c) == correct))
+            for i in hits[:per_class]:
+                p = int(pred[i])
+                rows.append(
+                    ExplainedRow(int(i), p, "predicted", [c], [p], float(probs[i, p]), correct)
+                )
+                if not correct:
+                    rows.append(
+                        ExplainedRow(int(i), c, "true", [c], [p], float(probs[i, c]), False)
+                    )
+    return rows
+
+
+def summarize(rows: Sequence[ExplainedRow], methods: Sequence[str]) -> list[MethodSummary]:
+    """Per method (and random), over the rows of the predicted class (single-label) or of
+    each positive label (multi-label): the class the model's decision is about."""
+    scored = [r for r in rows if r.role != "true"]
+    out = []
+    for method in [*methods, RANDOM]:
+        d = np.array([r.deletion[method] for r in scored], dtype=float)
+        i = np.array([r.insertion[method] for r in scored], dtype=float)
+        beats = None
+        if method != RANDOM and len(scored):
+            rd = np.array([r.deletion[RANDOM] for r in scored])
+            ri = np.array([r.insertion[RANDOM] for r in scored])
+            beats = (float(np.mean(d < rd)), float(np.mean(i > ri)))
+        out.append(MethodSummary(
+            method, len(scored), _mean(d), _sd(d), _mean(i), _sd(i),
+            beats[0] if beats else None, beats[1] if beats else None,
+        ))  # fmt: skip
+    return out
+
+
+def _mean(a: np.ndarray) -> float:
+    return float(a.mean()) if a.size else float("nan")
+
+
+def _sd(a: np.ndarray) -> float:
+    return float(a.std(ddof=1)) if a.size > 1 else float("nan")
+
+
+def explain_images(
+    model: nn.Module,
+    x: torch.Tensor,
+    rows: list[ExplainedRow],
+    task: str,
+    methods: Sequence[str] = METHODS,
+    *,
+    layer: TargetLayer | None = None,
+    steps: int = DEFAULT_STEPS,
+    seed: int = 0,
+    batch_size: int = 32,
+) -> dict[str, np.ndarray]:
+    """Saliency maps (method -> (len(rows), H, W)) for normalised images `x`, one per row
+    (row k explains `x[k]` for class `rows[k].target`), and each row's deletion/insertion
+    AUC per method and for a random map (filled into the rows)."""
+    model.eval()
+    if "gradcam" in methods and layer is None:
+        layer = choose_target_layer(model, tuple(x.shape[1:]))
+    targets = [r.target for r in rows]
+    maps: dict[str, np.ndarray] = {}
+    for method in [*methods, RANDOM]:
+        parts = [
+            saliency_maps(
+                method,
+                model,
+                x[s : s + batch_size],
+                targets[s : s + batch_size],
+                task,
+                layer,
+                seed + s,
+            )
+            for s in range(0, len(rows), batch_size)
+        ]
+        maps[method] = np.concatenate(parts) if parts else np.zeros((0, *x.shape[2:]), np.float32)
+    prob_fn = probability_function(model, task)
+    for k, row in enumerate(rows):
+        for method, m in maps.items():
+            row.deletion[method], row.insertion[method] = deletion_insertion(
+                prob_fn, x[k : k + 1], m[k], row.target, steps, seed + k
+            )
+    return maps
+
+
+def _normalised_images(images: torch.Tensor, runtime: Runtime) -> torch.Tensor:
+    return normalize(to_unit_float(images, runtime)).contiguous()
+
+
+@torch.no_grad()
+def _test_probabilities(
+    model: nn.Module, images: torch.Tensor, task: str, runtime: Runtime
+) -> np.ndarray:
+    logits = [
+        model(_normalised_images(images[s : s + 256], runtime)).float().cpu()
+        for s in range(0, len(images), 256)
+    ]
+    return metrics.probabilities_from_logits(torch.cat(logits).numpy(), task)
+
+
+def explain_run(
+    run_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    methods: Sequence[str] = METHODS,
+    per_class: int = DEFAULT_PER_CLASS,
+    steps: int = DEFAULT_STEPS,
+    layer_name: str | None = None,
+    data_dir: str | Path | None = None,
+    device: str = "auto",
+    seed: int = 0,
+    progress: bool = False,
+) -> ExplainResult:
+    """Explain a finished run's test predictions and write the gallery and report to `out_dir`.
+
+    Up to `per_class` correct and `per_class` wrong test images per class (see
+    `select_cases`) get a map per method (Grad-CAM on `layer_name` when given, else on
+    `choose_target_layer`'s choice); each (image, class) pair gets deletion and
+    insertion AUCs for every method and for a random map. The data comes from `data_dir`,
+    else the folder the run recorded, else the default data folder. Written: report.md,
+    report.html, one gallery-<class>.png per class, explain.json, cases.csv,
+    faithfulness.csv and explanations.npz (the maps)."""
+    methods = _check_methods(methods)
+    if per_class < 1 or steps < 2:
+        raise MedbenchError(
+            f"--per-class must be at least 1 and --steps at least 2, not {per_class} and {steps}"
+        )
+    model, meta = load_trained_model(run_dir)
+    if model_spatial_dims(meta["model"]) == 3:
+        raise MedbenchError(
+            f"{meta['model']} is a 3D model; explanations are for models of 2D images for now"
+        )
+    runtime = resolve_runtime(device, "fp32", False)
+    model.to(runtime.device).eval()
+    if data_dir is None:
+        data_dir = recorded_data_dir(run_dir)
+    data = load_dataset(meta["dataset"], meta["image_size"], data_dir, progress=progress)
+    task, test = meta["task"], data.test
+    labels = test.labels.cpu().numpy()
+    probs = _test_probabilities(model, test.images, task, runtime)
+    rows = select_cases(labels.reshape(len(labels), -1), probs, task, per_class)
+    images = test.images[[r.index for r in rows]]
+    x = _normalised_images(images, runtime)
+    layer = None
+    if "gradcam" in methods:
+        layer = choose_target_layer(model, tuple(x.shape[1:]), layer_name)
+    maps = explain_images(model, x, rows, task, methods, layer=layer, steps=steps, seed=seed)
+    window, stride = occlusion_window(x.shape[-1])
+    result = ExplainResult(
+        run_dir=str(run_dir), out_dir=str(out_dir), model=meta["model"], dataset=meta["dataset"],
+        task=task, label_names=list(meta["label_names"]), image_size=int(meta["image_size"]),
+        methods=list(methods),
+        target_layer={"name": layer.name, "kind": layer.kind, "grid": list(layer.grid)} if layer else {},
+        settings={"per_class": per_class, "steps": steps, "seed": seed, "split": "test",
+                  "occlusion_window": window, "occlusion_stride": stride,
+                  "device": str(runtime.device), "data_file": str(data.path)},
+        rows=rows, summary=summarize(rows, methods), maps=maps,
+    )  # fmt: skip
+    write_explanations(result, images.numpy(), out_dir)
+    return result
+
+
+def _check_methods(methods: Sequence[str]) -> list[str]:
+    methods = list(dict.fromkeys(methods))
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise MedbenchError(
+            f"unknown explanation method {', '.join(unknown) or '(none)'}; choose from {', '.join(METHODS)}"
+        )
+    return methods
+
+
+# --------------------------------------------------------------------------- files
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:40] or "class"
+
+
+def gallery_name(result: ExplainResult, c: int) -> str:
+    return f"gallery-{c}-{_slug(result.label_names[c])}.png"
+
+
+def write_explanations(
+    result: ExplainResult, images: np.ndarray, out_dir: str | Path
+) -> dict[str, str]:
+    """Write the gallery PNGs, maps, tables and the report into `out_dir` (each file
+    atomically); `images` are the rows' uint8 (N, H, W, C) images. Returns name -> path."""
+    out = Path(out_dir)
+    files: dict[str, str] = {}
+    for c in range(len(result.label_names)):
+        fig = gallery_figure(result, images, c)
+        if fig is not None:
+            name = gallery_name(result, c)
+            files[name] = str(_write_png(fig, out / name))
+    result.files = files
+    with atomic_path(out / "explanations.npz") as tmp, open(tmp, "wb") as fh:
+        np.savez_compressed(fh, index=np.array([r.index for r in result.rows]),
+                            target=np.array([r.target for r in result.rows]),
+                            **{f"{m}_maps": v for m, v in result.maps.items()})  # fmt: skip
+    files["explanations.npz"] = str(out / "explanations.npz")
+    files["cases.csv"] = str(atomic_write_text(out / "cases.csv", cases_csv(result)))
+    files["faithfulness.csv"] = str(
+        atomic_write_text(out / "faithfulness.csv", faithfulness_csv(result))
+    )
+    files["report.md"] = str(
+        atomic_write_text(out / "report.md", f"# Explanations\n\n{explain_section(result)}")
+    )
+    files["report.html"] = str(atomic_write_text(out / "report.html", report_html(result)))
+    files["explain.json"] = str(out / "explain.json")
+    atomic_write_json(out / "explain.json", result.to_json())
+    return files
+
+
+def _write_png(fig: Figure, path: Path, dpi: int = 110) -> Path:
+    buf = io.BytesIO()
+    FigureCanvasAgg(fig)
+    fig.savefig(buf, format="png", dpi=dpi)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def _csv_text(header: list[str], rows: list[list[Any]]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def cases_csv(result: ExplainResult) -> str:
+    """One line per explained (image, class): its AUCs per method and for the random map."""
+    methods = [*result.methods, RANDOM]
+    header = ["index", "target", "target_name", "role", "correct", "probability"]
+    header += [f"{k}_{m}" for m in methods for k in ("deletion", "insertion")]
+    rows = [
+        [r.index, r.target, result.label_names[r.target], r.role, r.correct, f"{r.probability:.4f}"]
+        + [f"{getattr(r, k)[m]:.4f}" for m in methods for k in ("deletion", "insertion")]
+        for r in result.rows
+    ]
+    return _csv_text(header, rows)
+
+
+def faithfulness_csv(result: ExplainResult) -> str:
+    header = ["dataset", "model", "method", "n", "deletion_auc", "deletion_sd", "insertion_auc",
+              "insertion_sd", "deletion_beats_random", "insertion_beats_random"]  # fmt: skip
+    rows = [
+        [
+            result.dataset,
+            result.model,
+            s.method,
+            s.n,
+            _f(s.deletion_mean),
+            _f(s.deletion_sd),
+            _f(s.insertion_mean),
+            _f(s.insertion_sd),
+            _f(s.deletion_beats_random),
+            _f(s.insertion_beats_random),
+        ]  # fmt: skip
+        for s in result.summary
+    ]
+    return _csv_text(header, rows)
+
+
+def _f(value: float | None, digits: int = 3) -> str:
+    return "" if value is None or value != value else f"{value:.{digits}f}"
+
+
+# --------------------------------------------------------------------------- gallery
+
+
+def _gallery_cases(result: ExplainResult, c: int) -> list[tuple[int, int | None]]:
+    """(row of the map shown first, row of the true-class map of a wrong case or None) for
+    the images of class `c`, correct ones first."""
+    if is_multilabel(result.task):
+        return [(k, None) for k, r in enumerate(result.rows) if r.target == c]
+    cases: list[tuple[int, int | None]] = []
+    for k, r in enumerate(result.rows):
+        if r.role == "predicted" and r.true == [c]:
+            cases.append((k, None))
+        elif (
+            r.role == "true"
+            and r.target == c
+            and cases
+            and result.rows[cases[-1][0]].index == r.index
+        ):
+            cases[-1] = (cases[-1][0], k)
+    return cases
+
+
+def _display(saliency: np.ndarray) -> np.ndarray:
+    """A map for display: its positive part over its maximum (0 where there is none)."""
+    m = np.clip(np.nan_to_num(saliency), 0, None)
+    top = float(m.max())
+    return m / top if top > 0 else m
+
+
+def _show_image(ax: Any, image: np.ndarray) -> None:
+    # Nearest-neighbour display: every image pixel stays a visible square.
+    if image.shape[-1] == 1:
+        ax.imshow(image[..., 0], cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+    else:
+        ax.imshow(image, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _overlay(
+    ax: Any, image: np.ndarray, saliency: np.ndarray, row: ExplainedRow, method: str
+) -> None:
+    _show_image(ax, image)
+    ax.imshow(_display(saliency), cmap="jet", alpha=0.45, vmin=0, vmax=1, interpolation="nearest")
+    ax.set_xlabel(f"del {row.deletion[method]:.2f} · ins {row.insertion[method]:.2f}", fontsize=7)
+
+
+def _case_label(result: ExplainResult, row: ExplainedRow) -> str:
+    names = result.label_names
+    true = ", ".join(names[t] for t in row.true) or "none"
+    if is_multilabel(result.task):
+        verdict = "found" if row.correct else "missed"
+        labels = textwrap.fill(textwrap.shorten(f"labels: {true}", 60), 30)
+        return f"test #{row.index} · {verdict} (p={row.probability:.2f})\n{labels}"
+    mark = "correct" if row.correct else "WRONG"
+    return f"test #{row.index} · {mark}\ntrue: {true}\npred: {names[row.target]} ({row.probability:.2f})"
+
+
+def gallery_figure(result: ExplainResult, images: np.ndarray, c: int) -> Figure | None:
+    """The gallery of class `c`: one line per explained test image (correct first), the image
+    and each method's map over it for the predicted class (and, for a wrong case, for the
+    true class), at the image's own resolution; None when no image of `c` was explained."""
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    cases = _gallery_cases(result, c)
+    if not cases:
+        return None
+    methods = result.methods
+    show_true = any(t is not None for _, t in cases)
+    ncols = 1 + len(methods) * (2 if show_true else 1)
+    width = max(1.75 * ncols + 1.6, 5.5)  # room for the title and the colour bar
+    fig = Figure(figsize=(width, 1.75 * len(cases) + 0.9), layout="constrained")
+    axes = fig.subplots(len(cases), ncols, squeeze=False)
+    target = "label" if is_multilabel(result.task) else "predicted"
+    axes[0, 0].set_title("test image", fontsize=9)
+    for j, m in enumerate(methods):
+        axes[0, 1 + j].set_title(f"{METHOD_TITLES[m]} · {target}", fontsize=9)
+        if show_true:
+            axes[0, 1 + len(methods) + j].set_title(f"{METHOD_TITLES[m]} · true", fontsize=9)
+    for r, (k, t) in enumerate(cases):
+        _show_image(axes[r, 0], images[k])
+        axes[r, 0].set_ylabel(_case_label(result, result.rows[k]), fontsize=7)
+        for j, m in enumerate(methods):
+            _overlay(axes[r, 1 + j], images[k], result.maps[m][k], result.rows[k], m)
+            if not show_true:
+                continue
+            ax = axes[r, 1 + len(methods) + j]
+            if t is None:
+                ax.axis("off")
+                ax.text(
+                    0.5,
+                    0.5,
+                    "correct:\ntrue = predicted",
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                    color="0.4",
+                )
+            else:
+                _overlay(ax, images[t], result.maps[m][t], result.rows[t], m)
+    bar = fig.colorbar(
+        ScalarMappable(Normalize(0, 1), cmap="jet"),
+        ax=axes,
+        shrink=min(0.9, 2.5 / len(cases) + 0.3),
+    )
+    bar.set_label("saliency (each map over its maximum)", fontsize=8)
+    correct = sum(result.rows[k].correct for k, _ in cases)
+    words = ("found", "missed") if is_multilabel(result.task) else ("correct", "wrong")
+    fig.suptitle(
+        f"{result.model} on {result.dataset} test · {result.label_names[c]}\n"
+        f"{correct} {words[0]}, {len(cases) - correct} {words[1]} · "
+        "del / ins: deletion / insertion AUC",
+        fontsize=9,
+    )
+    return fig
+
+
+# --------------------------------------------------------------------------- report
+
+
+def _method_line(result: ExplainResult) -> str:
+    parts = []
+    layer = result.target_layer
+    if "gradcam" in result.methods and layer:
+        h, w = layer["grid"]
+        parts.append(f"Grad-CAM on `{layer['name']}` (a {h}x{w} {layer['kind']})")
+    if "occlusion" in result.methods:
+        s = result.settings
+        parts.append(
+            f"occlusion with a {s['occlusion_window']} px square set to the image's mean "
+            f"(stride {s['occlusion_stride']} px)"
+        )
+    return " and ".join(parts)
+
+
+def summary_table(result: ExplainResult) -> list[list[str]]:
+    """The faithfulness table's header and rows (random last), as strings."""
+    table = [["Method", "Pairs", "Deletion AUC (lower is better)", "Insertion AUC (higher is better)",
+              "Deletion beats random", "Insertion beats random"]]  # fmt: skip
+    for s in result.summary:
+        wins = [
+            _f(v * 100, 0) + "%" if v is not None else "-"
+            for v in (s.deletion_beats_random, s.insertion_beats_random)
+        ]
+        table.append([METHOD_TITLES[s.method], str(s.n), f"{_f(s.deletion_mean)} ± {_f(s.deletion_sd)}",
+                      f"{_f(s.insertion_mean)} ± {_f(s.insertion_sd)}", *wins])  # fmt: skip
+    return table
+
+
+def explain_section(result: ExplainResult, image_prefix: str = "") -> str:
+    """The report's markdown section for `result`: what was explained and how, the
+    faithfulness table and the galleries (image paths prefixed by `image_prefix`, e.g. the
+    folder of the explain output relative to the page that includes the section)."""
+    n_images = len({r.index for r in result.rows})
+    lines = [
+        f"## Explanations: {result.model} on {result.dataset}",
+        "",
+        f"{n_images} test images (up to {result.settings['per_class']} correct and "
+        f"{result.settings['per_class']} wrong per class, in test order), explained with "
+        f"{_method_line(result)}. Maps are computed at the model's input size "
+        f"({result.image_size} px) and drawn over the image pixel for pixel.",
+        "",
+        f"Faithfulness (Petsiuk et al. 2018): the class probability integrated while the most "
+        f"salient pixels are deleted (set to the image's mean) or inserted (into a blurred "
+        f"copy), in {result.settings['steps']} steps, for the class the model predicted"
+        f"{' (each positive label)' if is_multilabel(result.task) else ''}. "
+        "Random: a uniformly random map, the chance level; mean ± sd over the pairs.",
+        "",
+    ]
+    table = summary_table(result)
+    lines += ["| " + " | ".join(table[0]) + " |", "|" + "---|" * len(table[0])]
+    lines += ["| " + " | ".join(row) + " |" for row in table[1:]]
+    if result.target_layer.get("grid") == [1, 1]:
+        lines += ["", "The Grad-CAM layer's grid is 1x1: its map is one value per image and "
+                  "shows no location; read the occlusion maps."]  # fmt: skip
+    for c, name in enumerate(result.label_names):
+        file = gallery_name(result, c)
+        if file in result.files:
+            lines += [
+                "",
+                f"### {name}",
+                "",
+                f"![{result.model} on {result.dataset}: {name}]({image_prefix}{file})",
+            ]
+    return "\n".join(lines) + "\n"
+
+
+def report_html(result: ExplainResult) -> str:
+    """A self-standing HTML page of the section: the table and the gallery images."""
+    e = html.escape
+    table = summary_table(result)
+    head = "".join(f"<th>{e(h)}</th>" for h in table[0])
+    body = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in table[1:])
+    images = "".join(
+        f'<h3>{e(name)}</h3><img src="{e(gallery_name(result, c))}" alt="{e(name)}">'
+        for c, name in enumerate(result.label_names)
+        if gallery_name(result, c) in result.files
+    )
+    title = f"Explanations: {result.model} on {result.dataset}"
+    return (
+        f'<!doctype html><html><head><meta charset="utf-8"><title>{e(title)}</title>'
+        "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}"
+        "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px}"
+        "img{max-width:100%}</style></head><body>"
+        f"<h1>{e(title)}</h1><p>{e(_method_line(result).replace('`', ''))}.</p>"
+        f"<table><tr>{head}</tr>{body}</table>{images}</body></html>\n"
+    )
