@@ -1,7 +1,9 @@
-"""The shape of the code: short functions, no import cycles, no patching of medbench.
+"""The shape of the code: folders in layers, short functions, no import cycles, no patching
+of medbench.
 
 These are the rules docs/STYLE-level reviews kept asking for, written as tests so that they
-hold: radon's cyclomatic complexity of at most 15 and at most 80 lines per function
+hold: modules live in folders that import only their own folder and the layers below it
+(docs/architecture.md draws them), radon's cyclomatic complexity of at most 15 and at most 80 lines per function
 (nested functions included), no cycle among medbench's modules (counting imports inside
 functions too: an import moved into a function to dodge a cycle is still a cycle), and no
 test or benchmark that replaces an attribute of a medbench module (dependencies are
@@ -167,6 +169,63 @@ def test_no_import_cycle_among_medbench_modules():
     assert not cycles, "import cycles: " + "; ".join(" <-> ".join(c) for c in cycles)
 
 
+# The folders of src/medbench, lowest layer first: a module may import its own folder and
+# the folders before it, never one after it. "medbench" is the package itself (its
+# version, and the front door it loads by name, on first use) and errors.py.
+LAYERS = (
+    "medbench",
+    "utils",
+    "data",
+    "models",
+    "scoring",
+    "runs",
+    "training",
+    "analysis",
+    "report",
+    "workflows",
+    "serving",
+    "cli",
+)
+TOP_LEVEL_MODULES = {"__init__.py", "__main__.py", "errors.py"}
+
+
+def _layer(module: str) -> int:
+    parts = module.split(".")
+    if len(parts) == 1 or parts[1] in ("errors",):
+        return LAYERS.index("medbench")
+    if parts[1] == "__main__":
+        return LAYERS.index("cli")
+    return LAYERS.index(parts[1])
+
+
+def test_only_the_package_files_sit_directly_in_src_medbench():
+    loose = sorted(p.name for p in SRC.glob("*.py") if p.name not in TOP_LEVEL_MODULES)
+    assert not loose, f"move these into the folder of their layer: {loose}"
+    folders = sorted(p.name for p in SRC.iterdir() if p.is_dir() and (p / "__init__.py").exists())
+    assert set(folders) == set(LAYERS[1:]), f"a new folder belongs in LAYERS: {folders}"
+
+
+def test_the_layer_finder_finds_an_upward_import():
+    assert _upward({"medbench.data.loader": {"medbench.training.engine"}}) == [
+        "medbench.data.loader (data) imports medbench.training.engine (training)"
+    ]
+    assert _upward({"medbench.training.engine": {"medbench.data.loader", "medbench"}}) == []
+
+
+def _upward(graph: dict[str, set[str]]) -> list[str]:
+    return [
+        f"{m} ({LAYERS[_layer(m)]}) imports {d} ({LAYERS[_layer(d)]})"
+        for m, deps in sorted(graph.items())
+        for d in sorted(deps)
+        if _layer(d) > _layer(m)
+    ]
+
+
+def test_each_folder_imports_only_its_own_and_lower_layers():
+    upward = _upward(_import_graph())
+    assert not upward, "upward imports (move the code down, or inject it):\n" + "\n".join(upward)
+
+
 def _medbench_names(tree: ast.Module) -> set[str]:
     """Names bound to medbench modules (or their attributes) by the file's imports."""
     names = set()
@@ -229,5 +288,5 @@ def test_the_patch_finder_finds_a_patched_medbench_module(tmp_path):
 
 @pytest.mark.parametrize("folder", ["tests", "benchmarks"])
 def test_no_test_or_benchmark_patches_a_medbench_module(folder):
-    found = [p for path in sorted((ROOT / folder).glob("*.py")) for p in _patches(path)]
+    found = [p for path in sorted((ROOT / folder).rglob("*.py")) for p in _patches(path)]
     assert not found, "inject the dependency instead:\n" + "\n".join(found)

@@ -134,11 +134,11 @@ def test_the_report_names_test_images_that_leak(tmp_path):
     unchanged) and names the leak."""
     from medbench.data.arrays import file_md5
     from medbench.report import build_report
-    from medbench.workflows.benchmark import run_benchmark
+    from support.grids import run_benchmark_with
     from test_benchmark_support import make_fake_train
 
     path = _planted(tmp_path / "data")
-    run_benchmark(datasets="breastmnist", models="advanced_cnn,resnet18", seeds=1, epochs=2,
+    run_benchmark_with(datasets="breastmnist", models="advanced_cnn,resnet18", seeds=1, epochs=2,
                   out=tmp_path / "grid", progress=False, report=False,
                   train_fn=make_fake_train())  # fmt: skip
     for results in (tmp_path / "grid").rglob("results.json"):

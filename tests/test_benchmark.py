@@ -31,9 +31,9 @@ from medbench.workflows.benchmark import (
     cell_budget,
     parse_seeds,
     plan_grid,
-    run_benchmark,
     run_grid,
 )
+from support.grids import run_benchmark_with
 from test_benchmark_support import make_fake_train
 
 GRID = {
@@ -53,7 +53,7 @@ def _run(tmp_path, train_fn, **kw):
         "report": False,
         **kw,
     }
-    return run_benchmark(**args)
+    return run_benchmark_with(**args)
 
 
 def _noting(configs: list[TrainConfig]):
@@ -243,7 +243,7 @@ def test_a_per_run_budget_in_the_config_file_is_each_runs_budget(tmp_path):
     cfg = tmp_path / "budget.json"
     cfg.write_text(json.dumps({"time_budget_seconds": 30}))
     configs = []
-    _run(tmp_path, _noting(configs), epochs=None, config=cfg, seeds=1, on_gpu=False)
+    _run(tmp_path, _noting(configs), epochs=None, train_config=cfg, seeds=1, on_gpu=False)
     assert [c.time_budget_seconds for c in configs] == [30, 30, 30, 30]  # and no CPU default
 
 
@@ -251,7 +251,13 @@ def test_a_per_run_budget_in_the_config_file_and_a_total_budget_are_refused(tmp_
     cfg = tmp_path / "budget.json"
     cfg.write_text(json.dumps({"time_budget_seconds": 30}))
     with pytest.raises(MedbenchError, match="time_budget_seconds in --config"):
-        _run(tmp_path, make_fake_train(), epochs=None, config=cfg, total_time_budget_seconds=600)
+        _run(
+            tmp_path,
+            make_fake_train(),
+            epochs=None,
+            train_config=cfg,
+            total_time_budget_seconds=600,
+        )
     assert not (tmp_path / "out").exists()  # refused before anything was planned or run
 
 
@@ -259,7 +265,7 @@ def test_config_file_applies_to_every_cell_and_flags_win(tmp_path):
     cfg = tmp_path / "best.json"
     cfg.write_text(json.dumps({"config": {"lr": 0.01, "epochs": 5, "batch_size": 32}}))
     configs = []
-    _run(tmp_path, _noting(configs), config=cfg, epochs=1)
+    _run(tmp_path, _noting(configs), train_config=cfg, epochs=1)
     assert {(c.lr, c.epochs, c.batch_size) for c in configs} == {(0.01, 1, 32)}
 
 
@@ -267,8 +273,8 @@ _WORKER = textwrap.dedent("""
     import sys
     sys.path.insert(0, {tests!r})
     from test_benchmark_support import make_fake_train
-    from medbench.workflows.benchmark import run_benchmark
-    run_benchmark(datasets="dermamnist,breastmnist", models="advanced_cnn,resnet18", seeds=2, epochs=2,
+    from support.grids import run_benchmark_with
+    run_benchmark_with(datasets="dermamnist,breastmnist", models="advanced_cnn,resnet18", seeds=2, epochs=2,
                   out={out!r}, progress=False, report=False,
                   train_fn=make_fake_train(seconds_per_epoch=0.15, marker={marker!r}))
 """)
@@ -367,7 +373,7 @@ def test_a_grid_from_before_rounds_had_their_name_loads_reports_and_resumes(tmp_
     assert "rounds_completed" not in old_file and "epoch" in old_file["history"][0]
 
     seen = SeeRounds()
-    outcome = run_benchmark(
+    outcome = run_benchmark_with(
         datasets="dermamnist",
         models="advanced_cnn,resnet18",
         seeds=2,

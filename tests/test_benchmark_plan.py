@@ -16,9 +16,9 @@ from medbench.runs.store import ResultsStore
 from medbench.workflows.benchmark import (
     OVERHEAD_SHARE,
     CellSpeed,
-    run_benchmark,
     training_budget_after,
 )
+from support.grids import run_benchmark_with
 from test_benchmark_support import make_fake_train
 
 GRID = {"datasets": "dermamnist,breastmnist", "models": "advanced_cnn,resnet18", "seeds": 1}
@@ -36,7 +36,7 @@ class FakeClock:
 
 def _run(out: Path, train_fn, **kw):
     args = {**GRID, "out": out, "train_fn": train_fn, "progress": False, "report": False}
-    return run_benchmark(**{**args, **kw})
+    return run_benchmark_with(**{**args, **kw})
 
 
 def _spending(clock: FakeClock, budgets: list[float], interrupt_at: int | None = None):

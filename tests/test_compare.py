@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import zlib
 from pathlib import Path
 
@@ -98,7 +99,7 @@ def grid(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def comparison(grid):
-    return compare_runs([grid])
+    return compare_runs(grid)
 
 
 def _pair(comparison, a: str, b: str):
@@ -157,7 +158,7 @@ def test_runs_are_matched_by_seed(tmp_path):
         write_run(tmp_path, "strong", seed)
     for seed in (1, 2, 3):
         write_run(tmp_path, "weak", seed)
-    (pair,) = compare_runs([tmp_path]).pairs
+    (pair,) = compare_runs(tmp_path).pairs
     assert pair.seeds == [1, 2] and (pair.n_runs_a, pair.n_runs_b) == (3, 3)
     assert [row["seed"] for row in pair.per_seed] == [1, 2]
 
@@ -165,7 +166,7 @@ def test_runs_are_matched_by_seed(tmp_path):
 def test_one_model_with_two_configs_is_two_labelled_groups(tmp_path):
     write_run(tmp_path, "strong", lr=1e-3)
     write_run(tmp_path, "strong", lr=1e-2, signal=0.4)
-    (pair,) = compare_runs([tmp_path]).pairs
+    (pair,) = compare_runs(tmp_path).pairs
     assert pair.model_a.startswith("strong@") and pair.model_b.startswith("strong@")
     assert pair.model_a != pair.model_b
 
@@ -173,7 +174,7 @@ def test_one_model_with_two_configs_is_two_labelled_groups(tmp_path):
 def test_multi_class_auc_is_tested_by_a_paired_bootstrap(tmp_path):
     for model in ("strong", "weak"):
         write_run(tmp_path, model, dataset="octmnist", task="multi-class")
-    (pair,) = compare_runs([tmp_path], n_boot=300).pairs
+    (pair,) = compare_runs(tmp_path, n_boot=300).pairs
     assert "paired bootstrap" in pair.delong_method and pair.delong_p < 0.01
     assert "McNemar" in pair.mcnemar_method and pair.per_seed[0]["delong_p"] is None
 
@@ -181,7 +182,7 @@ def test_multi_class_auc_is_tested_by_a_paired_bootstrap(tmp_path):
 def test_multi_label_accuracy_is_tested_by_a_paired_bootstrap(tmp_path):
     for model in ("strong", "weak"):
         write_run(tmp_path, model, dataset="chestmnist", task=MULTI_LABEL)
-    comparison = compare_runs([tmp_path], n_boot=300)
+    comparison = compare_runs(tmp_path, n_boot=300)
     (pair,) = comparison.pairs
     assert "paired bootstrap" in pair.delong_method and "paired bootstrap" in pair.mcnemar_method
     assert pair.delong_p < 0.01 and pair.a_only_right is None
@@ -204,7 +205,7 @@ def test_unfinished_runs_inside_a_grid_are_skipped_and_listed(tmp_path):
     write_run(tmp_path, "strong")
     write_run(tmp_path, "weak")
     write_run(tmp_path, "twin", status="failed")
-    comparison = compare_runs([tmp_path])
+    comparison = compare_runs(tmp_path)
     assert len(comparison.pairs) == 1
     assert len(comparison.header["skipped"]) == 1 and "twin" in comparison.header["skipped"][0]
 
@@ -213,14 +214,14 @@ def test_runs_of_two_datasets_are_refused(tmp_path):
     a = write_run(tmp_path, "strong")
     b = write_run(tmp_path, "weak", dataset="pneumoniamnist")
     with pytest.raises(MedbenchError, match="compare runs of one dataset and size"):
-        compare_runs([a, b])
+        compare_runs(a, b)
 
 
 def test_runs_of_one_model_are_refused(tmp_path):
     write_run(tmp_path, "strong", 0)
     write_run(tmp_path, "strong", 1)
     with pytest.raises(MedbenchError, match="at least two models; found only strong"):
-        compare_runs([tmp_path])
+        compare_runs(tmp_path)
 
 
 def test_json_replaces_undefined_numbers_with_null(comparison):
@@ -252,3 +253,12 @@ def test_cli_refuses_a_missing_path_with_one_line_and_exit_2(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("medbench: error: ")
     assert "not a run folder" in err
+
+
+def test_a_benchmark_folder_with_its_report_is_searched_for_runs(tmp_path, grid):
+    folder = tmp_path / "grid"
+    shutil.copytree(grid, folder)
+    (folder / "results.json").write_text('[{"model": "a report row, not a run"}]')
+    assert [p.model_a for p in compare_runs(folder).pairs] == [
+        p.model_a for p in compare_runs(grid).pairs
+    ]

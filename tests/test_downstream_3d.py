@@ -22,8 +22,9 @@ from medbench.training.config import TrainConfig
 from medbench.training.engine import train
 from medbench.training.inference import load_trained_model
 from medbench.training.modelcard import write_model_card
-from medbench.workflows.benchmark import pair_models, plan_grid, run_benchmark
+from medbench.workflows.benchmark import pair_models, plan_grid
 from medbench.workflows.ensemble import build_ensemble
+from support.grids import run_benchmark_with
 
 TINY = {"width": 0.125}
 
@@ -89,10 +90,10 @@ def test_one_grid_with_a_2d_and_a_3d_set_gives_one_report_with_the_published_3d_
         write_synthetic_like(tmp_path / "data", name, 28, n_train=8, n_val=4, n_test=4)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", MedbenchWarning)
-        outcome = run_benchmark(
+        outcome = run_benchmark_with(
             "breastmnist,organmnist3d", "resnet18,resnet18_acs", 1, epochs=1,
             out=tmp_path / "grid", data_dir=tmp_path / "data", progress=False, device="cpu",
-            config={"model_options": dict(TINY), "batch_size": 4},
+            train_config={"model_options": dict(TINY), "batch_size": 4},
         )  # fmt: skip
     assert outcome.ok
     report = (tmp_path / "grid" / "REPORT.md").read_text()

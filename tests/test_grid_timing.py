@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from medbench.workflows.benchmark import OVERHEAD_SHARE, run_benchmark
+from medbench.workflows.benchmark import OVERHEAD_SHARE
+from support.grids import run_benchmark_with
 from test_benchmark_support import make_fake_train
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "grid_timing.py"
@@ -27,7 +28,7 @@ def test_grid_timing_reads_the_runs_and_the_grid_budget_of_a_benchmark_folder(
     tmp_path, monkeypatch
 ):
     out = tmp_path / "out"
-    run_benchmark(datasets="breastmnist", models="advanced_cnn,resnet18", seeds=1, out=out,
+    run_benchmark_with(datasets="breastmnist", models="advanced_cnn,resnet18", seeds=1, out=out,
                   total_time_budget_seconds=600.0, train_fn=make_fake_train(),
                   progress=False)  # fmt: skip
     timing = _grid_timing(monkeypatch)

@@ -18,7 +18,8 @@ from medbench.report.collect import Group, Run
 from medbench.report.findings import compare_top_two
 from medbench.report.published import load_published
 from medbench.runs.results import RunResults
-from medbench.workflows.benchmark import plan_grid, run_benchmark, run_grid
+from medbench.workflows.benchmark import plan_grid, run_grid
+from support.grids import run_benchmark_with
 from test_benchmark_support import make_fake_train
 
 GRID = {
@@ -34,11 +35,13 @@ def _study(folder: Path, accuracy: dict, seeds=3, **fake) -> Path:
     with_warnings = fake.pop("warn", False)
     if with_warnings:
         with pytest.warns(Warning):
-            run_benchmark(
+            run_benchmark_with(
                 **GRID, seeds=seeds, out=folder, train_fn=make_fake_train(accuracy, **fake)
             )
     else:
-        run_benchmark(**GRID, seeds=seeds, out=folder, train_fn=make_fake_train(accuracy, **fake))
+        run_benchmark_with(
+            **GRID, seeds=seeds, out=folder, train_fn=make_fake_train(accuracy, **fake)
+        )
     return folder
 
 

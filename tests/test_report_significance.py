@@ -14,7 +14,7 @@ import pytest
 
 from medbench.report import build_report
 from medbench.scoring import stats
-from medbench.workflows.benchmark import run_benchmark
+from support.grids import run_benchmark_with
 from test_benchmark_support import N_IMAGES, make_fake_train
 
 FIVE = ("dermamnist", "octmnist", "bloodmnist", "pathmnist", "tissuemnist")
@@ -24,7 +24,7 @@ RANKED = {(d, m): acc for d in FIVE for m, acc in zip(MODELS, (0.86, 0.74, 0.62)
 
 
 def _grid(folder: Path, datasets, accuracy: dict, seeds: int = 2) -> Path:
-    run_benchmark(
+    run_benchmark_with(
         datasets=",".join(datasets),
         models=",".join(MODELS),
         seeds=seeds,

@@ -348,10 +348,10 @@ def test_a_tune_study_on_postgresql_is_shared_by_two_workers(tmp_path, grid_data
 
 
 def _benchmark(out, url, fail=None, **kw):
-    from medbench.workflows.benchmark import run_benchmark
+    from support.grids import run_benchmark_with
     from test_benchmark_support import make_fake_train
 
-    return run_benchmark(
+    return run_benchmark_with(
         datasets="breastmnist", models="advanced_cnn,resnet18", seeds=2, epochs=1, out=out,
         storage=url, train_fn=make_fake_train(fail=fail), progress=False, **kw,
     )  # fmt: skip

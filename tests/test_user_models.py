@@ -31,7 +31,8 @@ from medbench.report.collect import load_runs
 from medbench.serving.export import normalized_input
 from medbench.training.config import NOT_IDENTITY, TrainConfig, config_hash
 from medbench.training.inference import load_trained_model
-from medbench.workflows.benchmark import plan_grid, run_benchmark
+from medbench.workflows.benchmark import plan_grid
+from support.grids import run_benchmark_with
 
 NET = """
 from torch import nn
@@ -278,7 +279,7 @@ def test_a_file_model_trains_joins_a_grid_exports_and_predicts(net_file, breast_
     assert results["config"]["model_source_hash"] == model_source(spec)[1]
     assert torch.load(run_dir / "model.pt")["model_source_hash"] == model_source(spec)[1]
 
-    outcome = run_benchmark(
+    outcome = run_benchmark_with(
         "breastmnist", [spec, "advanced_cnn"], [0], epochs=1, out=tmp_path / "grid",
         data_dir=breast_dir, device="cpu", report=False, progress=False,
     )  # fmt: skip
@@ -343,11 +344,11 @@ def test_a_grid_whose_file_is_edited_mid_grid_stops_and_reruns_as_another_model(
 
     grid = dict(epochs=1, out=out, data_dir=breast_dir, device="cpu", report=False, progress=False)
     with pytest.raises(MedbenchError, match="my_net:build changed since this run was made"):
-        run_benchmark("breastmnist", [spec], [0, 1], train_fn=train_then_edit, **grid)
+        run_benchmark_with("breastmnist", [spec], [0, 1], train_fn=train_then_edit, **grid)
     folder = out / "runs" / "breastmnist-28" / "my_net:build"
     assert len(list(folder.glob("*/results.json"))) == 1  # seed 1 never trained the new file
 
-    outcome = run_benchmark("breastmnist", [spec], [0, 1], **grid)
+    outcome = run_benchmark_with("breastmnist", [spec], [0, 1], **grid)
     assert outcome.ok
     hashes = {
         json.loads(p.read_text())["config"]["model_source_hash"]

@@ -1,6 +1,6 @@
 """Paired comparisons of models on one dataset, from finished runs' saved predictions.
 
-`compare_runs(paths)` reads run folders (or benchmark folders holding them), groups the runs
+`compare_runs(*paths)` reads run folders (or benchmark folders holding them), groups the runs
 by model, and tests every pair of models on the same test images: the AUC difference by
 DeLong's test (a paired bootstrap for multi-class and multi-label sets), the accuracy
 difference by McNemar's test (a paired bootstrap for multi-label sets), both corrected by
@@ -361,8 +361,7 @@ def json_safe(value: Any) -> Any:
 
 
 def compare_runs(
-    paths: Sequence[str | Path],
-    *,
+    *paths: str | Path,
     alpha: float = 0.05,
     power: float = 0.8,
     n_boot: int = 2000,

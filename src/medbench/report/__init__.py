@@ -87,14 +87,14 @@ def _group_summary(g: Group) -> dict:
 
 def build_report(
     folder: str | Path,
-    out_dir: str | Path | None = None,
+    out: str | Path | None = None,
     *,
     plots: bool = True,
     storage: str | None = None,
 ) -> ReportFiles:
     """Write REPORT.md, report.html (figures embedded), results.csv, results.json (one row
     per run), summary.json and plots/*.png for the benchmark folder `folder` (into
-    `out_dir`, default the same folder). `storage`: the grid's database URL, when its store
+    `out`, default the same folder). `storage`: the grid's database URL, when its store
     is on a server (default: the folder's own store)."""
     folder = Path(folder)
     runs = load_runs(folder, storage)
@@ -105,7 +105,7 @@ def build_report(
             r["seed"] if r["seed"] is not None else -1,
         )
     )
-    out = Path(out_dir) if out_dir else folder
+    out = Path(out) if out else folder
     groups = group_runs(runs)
     ensembles = load_ensembles(folder)
     findings = compute_findings(groups, runs, ensembles)

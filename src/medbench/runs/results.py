@@ -375,13 +375,16 @@ def recorded_data_dir(model_path: str | Path) -> str | None:
 
 def find_run_folders(paths: Sequence[str | Path]) -> list[tuple[Path, bool]]:
     """(folder, given) for every run folder among `paths`: a folder holding results.json
-    is a run given by name; any other folder (a benchmark's output) is searched for them."""
+    is a run given by name; any other folder is searched for them, as is a benchmark's
+    output (it holds runs/, and its report's results.json is no run's)."""
     found: list[tuple[Path, bool]] = []
     for p in map(Path, paths):
-        if (p / "results.json").is_file():
+        if (p / "results.json").is_file() and not (p / "runs").is_dir():
             found.append((p, True))
         elif p.is_dir():
-            found.extend((f.parent, False) for f in sorted(p.rglob("results.json")))
+            found.extend(
+                (f.parent, False) for f in sorted(p.rglob("results.json")) if f.parent != p
+            )
         else:
             raise MedbenchError(
                 f"{p} is not a run folder (no results.json) nor a folder of runs; give run or "

@@ -456,7 +456,7 @@ class Predictions:
 
 def predict(
     model: str | os.PathLike | Predictor,
-    inputs: Sequence[str | os.PathLike],
+    inputs: Sequence[str | os.PathLike] | np.ndarray,
     *,
     split: str | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
@@ -464,8 +464,14 @@ def predict(
     device: str = "auto",
     precision: str = "auto",
 ) -> Predictions:
-    """Predict every image of `inputs` (files, folders, npz) with `model` (a run folder,
-    a model.pt, a saved ensemble's folder, or a `Predictor`). Converted images are reported by one MedbenchWarning."""
+    """Predict every image of `inputs` (files, folders, npz; or one array of images, uint8
+    (N, H, W) or (N, H, W, C), or of volumes (N, D, H, W)) with `model` (a run folder, a
+    model.pt, a saved ensemble's folder, or a `Predictor`). Converted images are reported by
+    one MedbenchWarning.
+
+        predictions = predict("runs/breastmnist-28/resnet18/seed0-ba359ebe", images)
+        predictions.predicted()  # class names, one per image
+    """
     if batch_size < 1:
         raise MedbenchError(f"--batch-size must be at least 1, not {batch_size}")
     predictor = (
@@ -477,7 +483,11 @@ def predict(
     size, channels = int(meta["image_size"]), int(meta["in_channels"])
     temperature = float(meta.get("temperature", 1.0))
     dims = input_spatial_dims(meta)
-    sources = resolve_inputs(inputs, split=split, spatial_dims=dims)
+    sources = (
+        [_array_input(inputs, dims)]
+        if isinstance(inputs, np.ndarray)
+        else resolve_inputs(inputs, split=split, spatial_dims=dims)
+    )
     names: list[str] = []
     raw: list[np.ndarray] = []
     calibrated: list[np.ndarray] = []
@@ -507,6 +517,18 @@ def predict(
         temperature=temperature,
         n_converted=conversions.converted,
     )
+
+
+def _array_input(images: np.ndarray, spatial_dims: int) -> ArrayInput:
+    """An array given to `predict` in place of files, named images[0], images[1], ..."""
+    if spatial_dims == 2 and (images.dtype != np.uint8 or images.ndim not in (3, 4)):
+        raise MedbenchError(
+            "images must be a uint8 array (N, H, W) or (N, H, W, C), as MedMNIST stores them; "
+            f"got {images.dtype} of shape {images.shape}"
+        )
+    if spatial_dims == 3 and images.ndim != 4:
+        raise MedbenchError(f"volumes must be an array (N, D, H, W); got shape {images.shape}")
+    return ArrayInput(Path("images"), None, images)
 
 
 def input_spatial_dims(meta: dict[str, Any]) -> int:

@@ -244,7 +244,11 @@ def write_model_files(
 
 
 def evaluate_run(
-    run: str | Path, *, data_dir: str | None = None, device: str = "auto", progress: bool = True
+    run: str | Path,
+    data_dir: str | Path | None = None,
+    *,
+    device: str = "auto",
+    progress: bool = True,
 ) -> dict[str, Any]:
     """Re-evaluate a finished run's model on its dataset's validation and test splits.
 

@@ -139,6 +139,18 @@ def load_trained_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     return model, meta
 
 
+def load_model(run: str | Path, device: str = "cpu") -> nn.Module:
+    """A finished run's model (a run folder or its model.pt), in eval mode on `device`,
+    ready for inference on normalised float images (`normalize(to_unit_float(...))`):
+
+        model = load_model("medbench-results/runs/breastmnist-28/resnet18/seed0-ba359ebe")
+        logits = model(torch.zeros(1, 1, 28, 28))
+
+    `load_trained_model` gives the run's metadata (task, class names, temperature) too."""
+    model, _ = load_trained_model(run)
+    return model.to(torch.device(device)).eval()
+
+
 def _check_readable(file: Path) -> None:
     """A permission problem named as one, not taken for a corrupt file."""
     try:

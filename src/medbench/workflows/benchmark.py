@@ -1,8 +1,9 @@
 """The benchmark: plan a grid of training runs (dataset x model x seed) and run it into a
 results store, resumably and safely from several processes at once.
 
-    from medbench.workflows.benchmark import run_benchmark
-    outcome = run_benchmark(datasets=["breastmnist"], models=["advanced_cnn"], seeds=2, epochs=5)
+    from medbench.workflows.benchmark import BenchmarkConfig, run_benchmark
+    config = BenchmarkConfig(datasets=["breastmnist"], models=["advanced_cnn"], seeds=2, epochs=5)
+    outcome = run_benchmark(config)
 
 Each cell is one `medbench.training.engine.train` run in its own folder under `OUT/runs/`. The store
 (`OUT/results.sqlite`, or a PostgreSQL database given by URL; see `medbench.runs.store`) says
@@ -114,7 +115,7 @@ class GridOutcome:
     failed: list[dict[str, Any]] = field(default_factory=list)  # store rows of failed cells
     counts: dict[str, int] = field(default_factory=dict)
     report: Any = None  # medbench.report.ReportFiles when a report was written
-    ensembles: list[dict[str, Any]] = field(default_factory=list)  # with run_benchmark(ensemble=)
+    ensembles: list[dict[str, Any]] = field(default_factory=list)  # with BenchmarkConfig.ensemble
     plan: GridPlan | None = None  # what run_benchmark planned before the work
     extras: list[Path] = field(default_factory=list)  # robustness/explain folders written
 
@@ -818,85 +819,114 @@ def detect_gpu(device: str) -> bool:
     return device == "auto" and torch.cuda.is_available()
 
 
-def run_benchmark(
-    datasets: str | Sequence[str] | None = None,
-    models: str | Sequence[str] | None = None,
-    seeds: int | str | Sequence[int] = DEFAULT_SEEDS,
-    *,
-    size: int = 28,
-    epochs: int | None = None,
-    time_budget_seconds: float | None = None,
-    total_time_budget_seconds: float | None = None,
-    out: str | Path = DEFAULT_OUT,
-    data_dir: str | Path | None = None,
-    config: dict[str, Any] | str | Path | None = None,
-    device: str | None = None,
-    on_gpu: bool | None = None,
-    train_fn: TrainFn | None = None,
-    speed_fn: SpeedFn | None = None,
-    prepare_data: Callable[[str, int, str | None], object] | None = None,
-    plan: bool = False,
-    report: bool = True,
-    progress: bool | None = None,
-    stale_seconds: float = DEFAULT_STALE_SECONDS,
-    ensemble: str | None = None,
-    clock: Clock = time.monotonic,
-    storage: str | None = None,
-    workers: int = 1,
-    heartbeat_seconds: float = DEFAULT_HEARTBEAT_SECONDS,
-    tracking: Tracking | None = None,  # trackers every run logs to (medbench.training.tracking)
-    extras: GridExtras | None = None,  # robustness, explanations after the runs
-) -> GridOutcome:
-    """Plan and run the benchmark grid into `out`, then write its report there.
+@dataclass
+class BenchmarkConfig:
+    """What a benchmark grid is: its cells, how long each run trains, where it is kept and
+    what is done after the runs (`run_benchmark`; the CLI's `medbench benchmark` builds one).
 
     Defaults reproduce the reference study (DermaMNIST and OCTMNIST x advanced_cnn,
     efficientnet, resnet18 at 28 px, 3 seeds). Run length: `epochs` or
     `time_budget_seconds` per run, or `total_time_budget_seconds` for the whole grid; with
-    none of them (here or in `config`), a GPU trains the engine's default epochs and a CPU
-    shares `DEFAULT_CPU_TOTAL_BUDGET_SECONDS` over the grid. `on_gpu` says which of the two
-    this machine is; by default it is detected from the device (see `detect_gpu`). The
-    length is part of the grid's identity: an `out` whose grid started with another one is
-    refused. `config` is a dict or a JSON file of TrainConfig keys applied to every run;
-    explicit arguments win over it. `ensemble` (greedy, average, weighted) adds one
+    none of them (here or in `train_config`), a GPU trains the engine's default epochs and
+    a CPU shares `DEFAULT_CPU_TOTAL_BUDGET_SECONDS` over the grid. `on_gpu` says which of
+    the two this machine is; by default it is detected from the device (see `detect_gpu`).
+    The length is part of the grid's identity: an `out` whose grid started with another one
+    is refused. `train_config` is a dict or a JSON file of TrainConfig keys applied to
+    every run; the fields here win over it. `ensemble` (greedy, average, weighted) adds one
     ensemble per dataset (`out/ensembles/`); `extras` the runs' robustness and explanations
-    (`medbench.analysis.grid_analyses`); the report shows both.
+    (`medbench.analysis.grid_analyses`); the report shows both. `plan=True` stops after the
+    plan: nothing is trained or written. `storage` (a database URL) puts the store on a
+    server that several machines share; `workers` runs that many processes here."""
+
+    datasets: str | Sequence[str] | None = None
+    models: str | Sequence[str] | None = None
+    seeds: int | str | Sequence[int] = DEFAULT_SEEDS
+    size: int = 28
+    epochs: int | None = None
+    time_budget_seconds: float | None = None
+    total_time_budget_seconds: float | None = None
+    out: str | Path = DEFAULT_OUT
+    data_dir: str | Path | None = None
+    train_config: dict[str, Any] | str | Path | None = None
+    device: str | None = None
+    on_gpu: bool | None = None
+    plan: bool = False
+    report: bool = True
+    progress: bool | None = None
+    stale_seconds: float = DEFAULT_STALE_SECONDS
+    ensemble: str | None = None
+    storage: str | None = None
+    workers: int = 1
+    heartbeat_seconds: float = DEFAULT_HEARTBEAT_SECONDS
+    tracking: Tracking | None = None  # trackers every run logs to (medbench.training.tracking)
+    extras: GridExtras | None = None  # robustness, explanations after the runs
+
+
+def run_benchmark(
+    config: BenchmarkConfig,
+    *,
+    train_fn: TrainFn | None = None,
+    speed_fn: SpeedFn | None = None,
+    prepare_data: Callable[[str, int, str | None], object] | None = None,
+    clock: Clock = time.monotonic,
+) -> GridOutcome:
+    """Plan and run the benchmark grid `config` describes into `config.out`, then write its
+    report there.
+
+        outcome = run_benchmark(BenchmarkConfig("breastmnist", "advanced_cnn", seeds=2, epochs=5))
 
     Before any cell is registered, every dataset with runs to do is made available
     (`prepare_data(name, size, data_dir)`, by default `medbench.data.ensure_dataset`, which
     downloads) and each recipe's speed is measured (`speed_fn`, by default the engine's);
-    the plan (`GridOutcome.plan`) is printed with the progress. `plan=True` stops there:
-    nothing is trained or written. A stand-in `train_fn` gets neither default: its data
-    and speed are its own. `storage` (a database URL) puts the store on a server that
-    several machines share; `workers` runs that many processes here (`run_grid_workers`:
-    a stand-in `train_fn` must then be a module-level function)."""
-    check_workers(workers)
+    the plan (`GridOutcome.plan`) is printed with the progress. A stand-in `train_fn` (the
+    engine's `train` by default) gets neither default: its data and speed are its own; with
+    `workers` > 1 it must be a module-level function (`run_grid_workers`). `clock` times the
+    grid's progress."""
+    c = config
+    check_workers(c.workers)
     grid = _prepare_grid(
-        datasets, models, seeds, size=size, out=out, ensemble=ensemble, train_fn=train_fn,
-        base=_grid_config(config, epochs, time_budget_seconds, data_dir, device),
-        total_time_budget_seconds=total_time_budget_seconds, on_gpu=on_gpu, storage=storage,
-    )  # fmt: skip
-    _check_extras(extras or GridExtras(), grid)  # before anything trains
+        c.datasets,
+        c.models,
+        c.seeds,
+        size=c.size,
+        out=c.out,
+        ensemble=c.ensemble,
+        train_fn=train_fn,
+        base=_grid_config(c.train_config, c.epochs, c.time_budget_seconds, c.data_dir, c.device),
+        total_time_budget_seconds=c.total_time_budget_seconds,
+        on_gpu=c.on_gpu,
+        storage=c.storage,
+    )
+    extras = c.extras or GridExtras()
+    _check_extras(extras, grid)  # before anything trains
     own_train_fn, cache = train_fn, _DataCache()
     if train_fn is None:
         train_fn = _default_train_fn(cache)
         speed_fn = speed_fn or engine_speed_fn(cache)
         prepare_data = prepare_data or _ensure_data
     grid_plan = grid.plan(speed_fn, prepare_data)
-    if plan:
+    if c.plan:
         return GridOutcome(out=grid.out, cells=grid.cells, counts=grid.counts(), plan=grid_plan)
     job = WorkerGrid(
-        grid.cells, grid.out, own_train_fn, grid.length, storage, stale_seconds,
-        heartbeat_seconds, progress, tracking,
-    )  # fmt: skip
-    outcome = _run_planned(job, grid_plan, workers, train_fn=train_fn, clock=clock)
+        grid.cells,
+        grid.out,
+        own_train_fn,
+        grid.length,
+        c.storage,
+        c.stale_seconds,
+        c.heartbeat_seconds,
+        c.progress,
+        c.tracking,
+    )
+    outcome = _run_planned(job, grid_plan, c.workers, train_fn=train_fn, clock=clock)
     outcome.plan = grid_plan
-    if ensemble is not None:
+    if c.ensemble is not None:
         outcome.ensembles = build_grid_ensembles(
-            grid.cells, grid.out, ensemble, grid.base.get("data_dir")
+            grid.cells, grid.out, c.ensemble, grid.base.get("data_dir")
         )
-    outcome.extras = _run_extras(extras or GridExtras(), grid, quiet=progress is False)
-    if report:
-        outcome.report = build_report(grid.out, storage=storage)  # a server store too
+    outcome.extras = _run_extras(extras, grid, quiet=c.progress is False)
+    if c.report:
+        outcome.report = build_report(grid.out, storage=c.storage)  # a server store too
     return outcome
 
 

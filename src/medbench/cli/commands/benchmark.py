@@ -23,6 +23,7 @@ from medbench.workflows.benchmark import (
     DEFAULT_MODELS,
     DEFAULT_OUT,
     DEFAULT_SEEDS,
+    BenchmarkConfig,
     run_benchmark,
 )
 from medbench.workflows.ensemble import METHODS
@@ -121,7 +122,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     refuse_launch("benchmark")
-    outcome = run_benchmark(
+    config = BenchmarkConfig(
         datasets=args.datasets,
         models=args.models,
         seeds=args.seeds,
@@ -130,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
         if args.total_time_budget
         else None,
         out=args.out,
-        config=config_overrides(args),
+        train_config=config_overrides(args),
         report=not args.no_report,
         progress=False if args.quiet else None,
         ensemble=args.ensemble,
@@ -140,6 +141,7 @@ def run(args: argparse.Namespace) -> int:
         tracking=tracking_options(args),
         extras=GridExtras(robustness_baseline=args.robustness, explain=args.explain),
     )
+    outcome = run_benchmark(config)
     if args.plan:
         print("\n".join(outcome.plan.lines()))
         return 0

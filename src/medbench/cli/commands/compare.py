@@ -41,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    comparison = compare_runs(args.paths, alpha=args.alpha, n_boot=args.n_boot)
+    comparison = compare_runs(*args.paths, alpha=args.alpha, n_boot=args.n_boot)
     if args.json:
         print(json.dumps(comparison.to_json(), indent=2, default=str))
     else:

@@ -1,0 +1,1 @@
+"""Helpers shared by the tests: small grids, fake trainings and tiny configs."""
