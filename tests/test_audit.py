@@ -134,8 +134,8 @@ def test_the_report_names_test_images_that_leak(tmp_path):
     unchanged) and names the leak."""
     from medbench.data.arrays import file_md5
     from medbench.report import build_report
+    from support.fake_training import make_fake_train
     from support.grids import run_benchmark_with
-    from test_benchmark_support import make_fake_train
 
     path = _planted(tmp_path / "data")
     run_benchmark_with(datasets="breastmnist", models="advanced_cnn,resnet18", seeds=1, epochs=2,

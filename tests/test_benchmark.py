@@ -33,8 +33,8 @@ from medbench.workflows.benchmark import (
     plan_grid,
     run_grid,
 )
+from support.fake_training import make_fake_train
 from support.grids import run_benchmark_with
-from test_benchmark_support import make_fake_train
 
 GRID = {
     "datasets": "dermamnist,breastmnist",
@@ -272,7 +272,7 @@ def test_config_file_applies_to_every_cell_and_flags_win(tmp_path):
 _WORKER = textwrap.dedent("""
     import sys
     sys.path.insert(0, {tests!r})
-    from test_benchmark_support import make_fake_train
+    from support.fake_training import make_fake_train
     from support.grids import run_benchmark_with
     run_benchmark_with(datasets="dermamnist,breastmnist", models="advanced_cnn,resnet18", seeds=2, epochs=2,
                   out={out!r}, progress=False, report=False,

@@ -18,8 +18,8 @@ from medbench.workflows.benchmark import (
     CellSpeed,
     training_budget_after,
 )
+from support.fake_training import make_fake_train
 from support.grids import run_benchmark_with
-from test_benchmark_support import make_fake_train
 
 GRID = {"datasets": "dermamnist,breastmnist", "models": "advanced_cnn,resnet18", "seeds": 1}
 

@@ -20,6 +20,7 @@ from medbench.training.callbacks import Callback
 from medbench.training.config import TrainConfig
 from medbench.training.engine import train
 from medbench.training.recipe import lr_factor
+from support.tiny import TINY_MODEL, tiny_options
 
 
 @pytest.fixture(scope="module")
@@ -32,9 +33,9 @@ def blood(tmp_path_factory):
 def budget_config(tmp_path, name="run", **kw) -> TrainConfig:
     base = dict(
         dataset="bloodmnist",
-        model="efficientnet",
+        model=TINY_MODEL,
         batch_size=32,
-        model_options={"width": 0.25},
+        model_options=tiny_options(),
         run_dir=str(tmp_path / name),
     )
     return TrainConfig(**{**base, **kw})

@@ -23,8 +23,7 @@ from medbench.training.evaluation import evaluate_run
 from medbench.training.inference import load_trained_model
 from medbench.training.recipe import lr_factor, make_optimizer
 from medbench.utils.runtime import Runtime
-
-TINY = {"width": 0.25}  # a small efficientnet keeps these tests quick
+from support.tiny import TINY_MODEL, tiny_options
 
 
 @pytest.fixture
@@ -38,10 +37,10 @@ def blood(tmp_path):
 def config(tmp_path, name="run", **kw) -> TrainConfig:
     base = dict(
         dataset="bloodmnist",
-        model="efficientnet",
+        model=TINY_MODEL,
         epochs=2,
         batch_size=32,
-        model_options=dict(TINY),
+        model_options=tiny_options(),
         run_dir=str(tmp_path / name),
         keep_checkpoint=True,  # these tests read the final training state
     )
@@ -205,11 +204,11 @@ def test_select_last_with_patience_is_a_user_error():
 @pytest.mark.slow
 def test_resume_refuses_a_checkpoint_of_another_model(tmp_path, blood):
     train(config(tmp_path, epochs=1), data=blood, progress=False)
-    other = config(tmp_path, model="advanced_cnn", model_options={"width": 0.25})
+    other = config(tmp_path, model="efficientnet", model_options={"width": 0.25})
     with pytest.raises(MedbenchError, match="belongs to another run"):
         train(other, data=blood, progress=False, resume=True)
-    thinner = config(tmp_path, epochs=1, model_options={"width": 0.125})
-    with pytest.raises(MedbenchError, match=r"model_options=\{'width': 0.25\}\), not .*0.125"):
+    thinner = config(tmp_path, epochs=1, model_options={**tiny_options(), "width": 0.0625})
+    with pytest.raises(MedbenchError, match=r"model_options=\{'width': 0.125, .*\), not .*0.0625"):
         train(thinner, data=blood, progress=False, resume=True)  # a width-only difference
 
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from medbench.workflows.benchmark import OVERHEAD_SHARE
+from support.fake_training import make_fake_train
 from support.grids import run_benchmark_with
-from test_benchmark_support import make_fake_train
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "grid_timing.py"
 

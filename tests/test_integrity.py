@@ -10,35 +10,27 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import sys
 import tempfile
-import textwrap
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
-from tests.another_user import as_another_user
-from tests.report_fixtures import Cell, write_grid
-from tests.test_predict import save_model
 
 from medbench.training import checkpoint as ckpt
+from support.another_user import as_another_user
+from support.models import save_model
+from support.processes import run_forked
+from support.report_fixtures import Cell, write_grid
 
 LIMIT_BYTES = 4096
-_LIMITED = """
-import resource, signal, sys
-signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit}))
-"""
 
 
 def run_limited(code: str, limit: int = LIMIT_BYTES) -> subprocess.CompletedProcess:
-    """Run Python `code` in a child whose files may not grow past `limit` bytes."""
-    script = _LIMITED.format(limit=limit) + textwrap.dedent(code)
-    return subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300
-    )
+    """Run Python `code` in a child whose files may not grow past `limit` bytes (a fork of
+    this process: the limit is the child's alone, and it imports nothing again)."""
+    return run_forked(code, file_size_limit=limit)
 
 
 def run_cli_limited(*argv: str, limit: int = LIMIT_BYTES) -> subprocess.CompletedProcess:

@@ -17,45 +17,7 @@ from medbench.errors import MedbenchError, MedbenchWarning
 from medbench.scoring import metrics
 from medbench.serving.predict import predict
 from medbench.training import checkpoint as ckpt
-
-BREAST_LABELS = ["malignant", "normal, benign"]
-
-
-def save_model(
-    path: Path,
-    *,
-    in_channels: int = 1,
-    num_classes: int = 2,
-    task: str = "binary-class",
-    label_names: list[str] | None = None,
-    temperature: float = 1.5,
-    **overrides,
-) -> Path:
-    """An untrained efficientnet saved in medbench's model.pt format (fast, no training)."""
-    from medbench.models import build_model
-
-    torch.manual_seed(0)
-    model = build_model("efficientnet", in_channels, num_classes, image_size=28)
-    obj = {
-        "format": ckpt.MODEL_FORMAT,
-        "format_version": ckpt.FORMAT_VERSION,
-        "model": "efficientnet",
-        "model_options": {},
-        "in_channels": in_channels,
-        "num_classes": num_classes,
-        "image_size": 28,
-        "task": task,
-        "label_names": label_names or BREAST_LABELS,
-        "dataset": "breastmnist",
-        "normalization": {"mean": 0.5, "std": 0.5},
-        "temperature": temperature,
-        "seed": 0,
-        "state_dict": model.state_dict(),
-        **overrides,
-    }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(obj, path)
-    return path
+from support.models import BREAST_LABELS, save_model
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 """What the report may claim: rows ranked only when they trained to comparable lengths, a
 majority-class baseline per dataset, collapse told apart from a missed rare class, "best"
 and "most efficient" never a collapsed model, unfinished cells listed with their reasons,
-and findings that are short and whole. Result folders come from report_fixtures."""
+and findings that are short and whole. Result folders come from support.report_fixtures."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from medbench.report import build_report
-from report_fixtures import Cell, write_grid
+from support.report_fixtures import Cell, write_grid
 
 
 def _report(tmp_path: Path, cells: list[Cell]):

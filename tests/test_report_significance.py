@@ -2,7 +2,7 @@
 the whole report, the resolvable difference beside them, and the ranking across datasets
 (with its critical-difference diagram from five datasets on). Runs come from the stand-in
 train function, whose saved predictions are right on as many test images as its table of
-accuracies says (tests/test_benchmark_support.py)."""
+accuracies says (tests/support/fake_training.py)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import pytest
 
 from medbench.report import build_report
 from medbench.scoring import stats
+from support.fake_training import N_IMAGES, make_fake_train
 from support.grids import run_benchmark_with
-from test_benchmark_support import N_IMAGES, make_fake_train
 
 FIVE = ("dermamnist", "octmnist", "bloodmnist", "pathmnist", "tissuemnist")
 MODELS = ("advanced_cnn", "efficientnet", "resnet18")

@@ -348,8 +348,8 @@ def test_a_tune_study_on_postgresql_is_shared_by_two_workers(tmp_path, grid_data
 
 
 def _benchmark(out, url, fail=None, **kw):
+    from support.fake_training import make_fake_train
     from support.grids import run_benchmark_with
-    from test_benchmark_support import make_fake_train
 
     return run_benchmark_with(
         datasets="breastmnist", models="advanced_cnn,resnet18", seeds=2, epochs=1, out=out,
@@ -371,7 +371,7 @@ def test_the_report_of_a_server_grid_shows_its_failed_cells(tmp_path, postgres_u
 def test_a_recorded_server_that_cannot_be_opened_falls_back_to_the_files(tmp_path):
     from medbench.report.collect import load_runs
     from medbench.training.config import TrainConfig
-    from test_benchmark_support import make_fake_train
+    from support.fake_training import make_fake_train
 
     url = "postgresql+psycopg://nobody@127.0.0.1:1/none"  # nothing listens on port 1
     (tmp_path / LOCATION_NAME).write_text(json.dumps({"url": url}))

@@ -24,13 +24,13 @@ import optuna
 import pytest
 import torch
 from PIL import Image
-from tests.another_user import as_another_user
 
 from medbench.cli import main
 from medbench.errors import MedbenchError
 from medbench.models import build_model
 from medbench.training import checkpoint as ckpt
 from medbench.training.config import TrainConfig, load_config_file
+from support.another_user import as_another_user
 
 FIXTURES = Path(__file__).parent / "fixtures"
 TRAIN = ["train", "--dataset", "breastmnist", "--model", "advanced_cnn", "--epochs", "1"]
