@@ -1,9 +1,10 @@
-"""What the benchmark scripts share: where the real data lives, the --seeds argument, mean ±
-sample standard deviation over seeds, the test AUC with flip TTA, and the machine-readable
-results file (--csv) every script can write, whose rows say when, where and how they were
-measured (the columns `date`, `machine`, `torch` and `command`, as docs/make_tables.py
-reads them from docs/results/*.csv). Only the standard library is imported at the top, so
-that a script measuring memory or start-up is not changed by importing this module."""
+"""What the benchmark scripts share: where the real data lives, the command line of a script
+with subcommands, the --seeds argument, mean ± sample standard deviation over seeds, the
+test AUC with flip TTA, and the machine-readable results file (--csv) every script can
+write, whose rows say when, where and how they were measured (the columns `date`,
+`machine`, `torch` and `command`, as docs/make_tables.py reads them from
+docs/results/*.csv). Only the standard library is imported at the top, so that a script
+measuring memory or start-up is not changed by importing this module."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import re
 import shlex
 import statistics
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,37 @@ SHARED_DATA = REPO.parent / "shared" / "medmnist"  # the real BreastMNIST / Pneu
 META = ("date", "machine", "torch", "command")
 # Words of a CPU or GPU name that say nothing about its speed.
 _NOISE = {"amd", "intel", "nvidia", "cpu", "processor", "r", "tm", "with", "radeon", "graphics"}
+
+
+# ----------------------------------------------------------------------------- subcommands
+
+
+def tool_parser(doc: str) -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
+    """The parser of a script with subcommands (`doc` is its --help text) and the object
+    that `add_subcommand` adds them to; one subcommand must be given."""
+    parser = argparse.ArgumentParser(
+        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    subcommands = parser.add_subparsers(dest="subcommand", required=True, metavar="SUBCOMMAND")
+    return parser, subcommands
+
+
+def add_subcommand(
+    subcommands: argparse._SubParsersAction,
+    name: str,
+    doc: str,
+    run: Callable[[argparse.Namespace], Any],
+) -> argparse.ArgumentParser:
+    """Subcommand `name`, described by `doc` (its first line is the summary in the script's
+    --help), that calls `run(args)`."""
+    parser = subcommands.add_parser(
+        name,
+        help=doc.strip().splitlines()[0],
+        description=doc,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.set_defaults(run=run)
+    return parser
 
 
 def seeds_argument(text: str) -> list[int]:

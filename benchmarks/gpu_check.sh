@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # medbench's GPU checks as one prepared pass, for a machine with one CUDA GPU.
 #
+# Usage: [OUT=DIR] [QUICK=1] [SKIP="N ..."] [PYTHON=python3] bash benchmarks/gpu_check.sh [--help]
+#
 #   OUT=/tmp/gpu-check bash benchmarks/gpu_check.sh          # on the GPU machine
 #   QUICK=1 OUT=/tmp/gpu-dry bash benchmarks/gpu_check.sh    # dry run of the plumbing on a CPU
 #   SKIP="2 7" OUT=... bash benchmarks/gpu_check.sh          # leave out steps already measured
@@ -17,7 +19,7 @@
 # benchmarks/grid_timing.py):
 #  1. environment and imports (stops here if medbench cannot be imported);
 #  2. training images/s of advanced_cnn, efficientnet and resnet18 at 28 and 224 px,
-#     fp32 / bf16 autocast, with and without channels-last (benchmarks/model_speed.py);
+#     fp32 / bf16 autocast, with and without channels-last (benchmarks/model_speed.py train);
 #  3. `medbench train` under torchrun on the GPU (NCCL process group) with one process,
 #     and with more processes than GPUs (must stop with a one-line error);
 #  4. the engine's training images/s at 28 px, fp32 against bf16 (both channels-last), for
@@ -75,10 +77,10 @@ PYEOF
 
 if want 2; then
 step "2. training images/s, 28 px"
-timeout 100 $PY benchmarks/model_speed.py --device $SPEED_DEVICE --models advanced_cnn efficientnet \
+timeout 100 $PY benchmarks/model_speed.py train --device $SPEED_DEVICE --models advanced_cnn efficientnet \
     --modes fp32 fp32+CL bf16 bf16+CL --size 28 $SPEED28 | tee "$OUT/speed28.txt"
 step "2. training images/s, 224 px"
-timeout 100 $PY benchmarks/model_speed.py --device $SPEED_DEVICE --models advanced_cnn efficientnet \
+timeout 100 $PY benchmarks/model_speed.py train --device $SPEED_DEVICE --models advanced_cnn efficientnet \
     --modes fp32 fp32+CL bf16 bf16+CL --size 224 $SPEED224 | tee "$OUT/speed224.txt"
 fi
 if want 3; then
@@ -108,7 +110,7 @@ for model in ("advanced_cnn", "efficientnet", "resnet18"):
                               precision=precision, data_dir="$DATA",
                               run_dir=f"/tmp/prec-{model}-{precision}"),
                   data=data, progress=False, measure=False)
-        ips = statistics.median(h["train_images_per_second"] for h in r["history"])
+        ips = statistics.median(h.train_images_per_second for h in r.history)
         print(f"engine {model:>13} {precision}: {ips:8.0f} img/s (median of 3 rounds)", flush=True)
 PYEOF
 
@@ -151,31 +153,38 @@ PYEOF
 fi
 if want 7; then
 step "7. 224 px with cudnn.benchmark"
-timeout 120 $PY benchmarks/model_speed.py --device $SPEED_DEVICE --models advanced_cnn efficientnet \
+timeout 120 $PY benchmarks/model_speed.py train --device $SPEED_DEVICE --models advanced_cnn efficientnet \
     --modes bf16 bf16+CL --size 224 $SPEED224 $([ $SPEED_DEVICE = cuda ] && echo --cudnn-benchmark) | tee "$OUT/speed224_cudnn_benchmark.txt"
 fi
 if want 8; then
 step "8. fp16 with loss scaling against fp16 without it, bf16 and fp32 (fused AdamW)"
 timeout 150 $PY - <<PYEOF
 import torch
-from medbench import runtime as rt_module
-from medbench.training.config import TrainConfig
 from medbench.data import load_dataset
+from medbench.training import checkpoint as ckpt
+from medbench.training.config import TrainConfig
 from medbench.training.engine import train
-from medbench import checkpoint as ckpt
+from medbench.utils.runtime import Runtime, resolve_runtime
+
+class Unscaled(Runtime):
+    """The runtime of fp16 training without the loss scaler."""
+    def grad_scaler(self):
+        return torch.amp.GradScaler(self.device.type, enabled=False)
+
 data = load_dataset("dermamnist", 28, "$DATA", progress=False)
-unscaled = lambda self: torch.amp.GradScaler(self.device.type, enabled=False)
-scaled = rt_module.Runtime.grad_scaler
 for name, precision in (("fp32", "fp32"), ("bf16", "bf16"), ("fp16", "fp16"), ("fp16, no scaler", "fp16")):
-    rt_module.Runtime.grad_scaler = unscaled if "no scaler" in name else scaled
     run_dir = f"/tmp/amp-{name.replace(' ', '').replace(',', '-')}"
-    r = train(TrainConfig(dataset="dermamnist", model="advanced_cnn", epochs=3, device="$DEVICE",
-                          precision=precision, data_dir="$DATA", run_dir=run_dir),
-              data=data, progress=False, measure=False)
+    config = TrainConfig(dataset="dermamnist", model="advanced_cnn", epochs=3, device="$DEVICE",
+                         precision=precision, data_dir="$DATA", run_dir=run_dir,
+                         keep_checkpoint=True)
+    runtime = resolve_runtime(config.device, config.precision, config.channels_last)
+    if "no scaler" in name:
+        runtime = Unscaled(runtime.device, runtime.precision, runtime.channels_last)
+    r = train(config, data=data, progress=False, measure=False, runtime=runtime)
     state = ckpt.load(run_dir + "/checkpoint.pt")
     fused = [g.get("fused") for g in state["optimizer"]["param_groups"]]
-    print(f"{name:>16}: train loss", [round(h["train_loss"], 4) for h in r["history"]],
-          "val AUC", round(r["history"][-1]["val_auc"], 4), "scaler", state.get("grad_scaler"),
+    print(f"{name:>16}: train loss", [round(h.train_loss, 4) for h in r.history],
+          "val AUC", round(r.history[-1].val_auc, 4), "scaler", state.get("grad_scaler"),
           "fused", fused[0], flush=True)
 PYEOF
 fi
