@@ -46,6 +46,22 @@ SYNTHETIC_DATASETS = (
 _LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", "0.0.0.0", "", None}
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--long", action="store_true", help="also run the tests marked long (minutes each)"
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked `long` run only with --long or a -m expression that names them."""
+    if config.getoption("--long") or "long" in (config.getoption("-m") or ""):
+        return
+    long = [item for item in items if item.get_closest_marker("long")]
+    if long:
+        config.hook.pytest_deselected(items=long)
+        items[:] = [item for item in items if not item.get_closest_marker("long")]
+
+
 @pytest.fixture(autouse=True)
 def isolated_medbench_dirs(tmp_path_factory, monkeypatch) -> Path:
     """Point medbench's data and cache folders at fresh temporary ones; return the data folder."""
