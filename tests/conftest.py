@@ -31,6 +31,8 @@ os.environ["HF_HOME"] = _HF_HOME
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+from support.tiny import TinyRuns, train_tiny_runs  # noqa: E402
+
 torch.set_num_threads(1)
 
 SHARED_DATA_ENV = "MEDBENCH_SHARED_DATA"
@@ -110,3 +112,21 @@ def shared_medmnist() -> Path:
     if not all((folder / f"{name}.npz").is_file() for name in ("breastmnist", "pneumoniamnist")):
         pytest.skip(f"real MedMNIST data not found at {folder} (set ${SHARED_DATA_ENV})")
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_runs(tmp_path_factory) -> TinyRuns:
+    """Two finished runs of the tiny model (seeds 0 and 1) on a synthetic BreastMNIST in
+    their own data folder, trained once per test process and shared: tests only read them
+    (`copy_of_tiny_run` gives a copy to change)."""
+    root = tmp_path_factory.mktemp("tiny-runs")
+    with pytest.MonkeyPatch.context() as mp:  # no test's own folders exist yet at this scope
+        mp.setenv("MEDBENCH_DATA_DIR", str(root / "default-data"))
+        mp.setenv("MEDBENCH_CACHE_DIR", str(root / "cache"))
+        return train_tiny_runs(root)
+
+
+@pytest.fixture
+def copy_of_tiny_run(tiny_runs, tmp_path) -> Path:
+    """A copy of the first tiny run, for a test that changes its files."""
+    return Path(shutil.copytree(tiny_runs.runs[0], tmp_path / "run"))

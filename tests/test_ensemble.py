@@ -1,5 +1,5 @@
 """Ensembles: weighting rules on constructed predictions, and build/save/load/TTA on tiny
-runs of a tiny timm model trained once for the module."""
+runs of the suite's tiny model, trained once (the tiny_runs fixture)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,6 @@ import pytest
 
 from medbench.cli import main
 from medbench.errors import MedbenchError
-from medbench.training.config import TrainConfig
-from medbench.training.engine import train
 from medbench.workflows.ensemble import (
     build_ensemble,
     combine,
@@ -22,32 +20,20 @@ from medbench.workflows.ensemble import (
     tta_views,
     validation_weights,
 )
+from support.tiny import TINY_MODEL
 
 BINARY = "binary-class"
-MODEL = "timm:test_efficientnet"  # ~0.1M parameters: seconds per run
+MODEL = TINY_MODEL
 
 
 def _probs(p1: np.ndarray) -> np.ndarray:
     return np.stack([1 - p1, p1], axis=1)
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    from medbench.data.synthetic import write_synthetic_like
-
-    root = tmp_path_factory.mktemp("ensemble")
-    write_synthetic_like(root / "data", "breastmnist", 28, n_train=64, n_val=32, n_test=32)
-    dirs = []
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the synthetic file is not the official one
-        for seed in (0, 1):
-            config = TrainConfig(
-                dataset="breastmnist", model=MODEL, seed=seed, epochs=1, batch_size=32,
-                device="cpu", data_dir=str(root / "data"), run_dir=str(root / f"run{seed}"),
-            )  # fmt: skip
-            train(config, progress=False)
-            dirs.append(root / f"run{seed}")
-    return root, dirs
+@pytest.fixture
+def runs(tiny_runs):
+    """The suite's two tiny runs (seeds 0 and 1) and the folder holding them and their data."""
+    return tiny_runs.root, list(tiny_runs.runs)
 
 
 def test_greedy_selection_leaves_out_a_useless_member_and_beats_the_worst():

@@ -287,21 +287,13 @@ def test_an_unreadable_store_is_left_alone_and_never_advised_away(tmp_path, caps
 
 
 @pytest.fixture(scope="module")
-def flipped_run(tmp_path_factory):
-    """A finished run whose model.pt had 400 bytes flipped in the middle after training."""
-    from medbench.data.synthetic import write_synthetic_like
-    from medbench.training.config import TrainConfig
-    from medbench.training.engine import train
-
+def flipped_run(tiny_runs, tmp_path_factory):
+    """Copies of the two tiny runs, as a/ and b/, whose a/model.pt had 400 bytes flipped in
+    the middle after training, and of their data."""
     root = tmp_path_factory.mktemp("flipped")
-    write_synthetic_like(root / "data", "breastmnist", 28, n_train=64, n_val=32, n_test=32)
-    for name in ("a", "b"):
-        config = TrainConfig(
-            dataset="breastmnist", model="efficientnet", epochs=1, batch_size=32,
-            model_options={"width": 0.25}, data_dir=str(root / "data"),
-            run_dir=str(root / name),
-        )  # fmt: skip
-        train(config, progress=False, measure=False)
+    shutil.copytree(tiny_runs.data_dir, root / "data")
+    for name, run in zip(("a", "b"), tiny_runs.runs, strict=True):
+        shutil.copytree(run, root / name)
     model = root / "a" / "model.pt"
     data = bytearray(model.read_bytes())
     middle = len(data) // 2

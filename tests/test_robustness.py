@@ -22,8 +22,7 @@ from medbench.data.corruptions import dataset_corruptions
 from medbench.errors import MedbenchError
 from medbench.training.config import TrainConfig
 from medbench.training.engine import train
-
-TINY_MODEL = {"width": 0.25, "depths": [1, 1, 1, 1], "attention": False}
+from support.tiny import TINY_MODEL, tiny_options
 
 
 def test_be_is_the_ratio_of_summed_errors_and_rbe_of_summed_degradations():
@@ -126,7 +125,7 @@ def two_runs(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("robustness")
     write_synthetic_like(root / "data", "breastmnist", 28, n_train=32, n_val=16, n_test=24)
-    for model, options in (("advanced_cnn", TINY_MODEL), ("resnet18", {})):
+    for model, options in ((TINY_MODEL, tiny_options()), ("resnet18", {})):
         config = TrainConfig(
             dataset="breastmnist", model=model, model_options=options, epochs=1,
             batch_size=16, device="cpu", data_dir=str(root / "data"),
