@@ -17,6 +17,7 @@ top-label expected calibration error with equal-width bins, and temperature scal
 from __future__ import annotations
 
 import math
+import warnings
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -26,7 +27,13 @@ import numpy as np
 from scipy.optimize import minimize_scalar
 from scipy.special import expit, log_expit, log_softmax, softmax
 from scipy.stats import rankdata
-from sklearn.metrics import accuracy_score
+from sklearn.metrics import (
+    accuracy_score,
+    balanced_accuracy_score,
+    confusion_matrix,
+    multilabel_confusion_matrix,
+    precision_recall_fscore_support,
+)
 
 from medbench.errors import MedbenchError
 
@@ -102,7 +109,7 @@ def _predict(scores: np.ndarray, task: str) -> np.ndarray:
     if task == "binary-class":
         # MedMNIST thresholds the last column rather than taking the argmax.
         return (scores[:, -1] > 0.5).astype(np.int64)
-    return np.argmax(scores, axis=1)
+    return np.asarray(np.argmax(scores, axis=1))
 
 
 # --------------------------------------------------------------------------- official
@@ -154,7 +161,7 @@ def _resampled_auc(
         with np.errstate(invalid="ignore", divide="ignore"):
             auc = (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
         parts.append(np.where((n_pos > 0) & (n_neg > 0), auc, np.nan))
-    return np.mean(parts, axis=0)
+    return np.asarray(np.mean(parts, axis=0))
 
 
 def _official_auc(labels: np.ndarray, scores: np.ndarray, task: str) -> float:
@@ -188,7 +195,8 @@ def probabilities_from_logits(logits: Any, task: str, temperature: float = 1.0) 
     if not temperature > 0:
         raise MedbenchError(f"temperature must be positive, got {temperature}")
     z = _as_score_matrix(logits, task, what="logits") / temperature
-    return expit(z) if task == MULTI_LABEL else softmax(z, axis=1)
+    probs: np.ndarray = expit(z) if task == MULTI_LABEL else softmax(z, axis=1)
+    return probs
 
 
 def predictions(y_score: Any, task: str) -> np.ndarray:
@@ -216,10 +224,12 @@ def _confidence_and_correct(
 
 def _bin_index(confidence: np.ndarray, n_bins: int) -> np.ndarray:
     # Bins are (lo, hi]; the first also holds 0.
-    return np.clip(np.ceil(confidence * n_bins).astype(np.int64) - 1, 0, n_bins - 1)
+    return np.asarray(np.clip(np.ceil(confidence * n_bins).astype(np.int64) - 1, 0, n_bins - 1))
 
 
-def reliability_bins(y_true: Any, y_score: Any, task: str, n_bins: int = 15) -> dict[str, list]:
+def reliability_bins(
+    y_true: Any, y_score: Any, task: str, n_bins: int = 15
+) -> dict[str, list[Any]]:
     """Data for a reliability diagram: equal-width bins of top-label confidence.
 
     Returns `bin_edges` (n_bins + 1 floats), and per bin `accuracy` and mean `confidence`
@@ -298,24 +308,21 @@ def _names(label_names: Sequence[str] | Mapping[Any, str] | None, n: int) -> lis
     return names
 
 
-def _mean_recall(hits: np.ndarray, totals: np.ndarray) -> float:
-    """Mean recall over the classes present in y_true (sklearn's balanced accuracy)."""
-    present = totals > 0
-    return float(np.mean(hits[present] / totals[present]))
-
-
 def _ratio(num: float, den: float) -> float:
     return float(num / den) if den else 0.0
 
 
 @dataclass
 class _Counts:
-    """Per-class (per-label) confusion counts and what the collapse guard needs."""
+    """Per-class (per-label) confusion counts, precision/recall/F1 and what the collapse
+    guard needs."""
 
-    tp: np.ndarray
-    fp: np.ndarray
-    fn: np.ndarray
-    confusion: list
+    confusion: list[Any]
+    precision: np.ndarray
+    recall: np.ndarray
+    f1: np.ndarray
+    support: np.ndarray
+    macro_f1: float
     balanced_acc: float
     prediction_counts: np.ndarray
     true_counts: np.ndarray
@@ -324,28 +331,50 @@ class _Counts:
     true_majority_fraction: float
 
 
+def _class_scores(
+    labels: np.ndarray, pred: np.ndarray, n_cols: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]:
+    """Per-class precision, recall, F1 and support (an undefined one is 0.0), and the macro
+    F1 over the classes (labels) that are true or predicted at least once: a class neither
+    true nor predicted has F1 0/0, so it is left out of the mean instead of counted as 0."""
+    every = list(range(n_cols))
+    precision, recall, f1, support = precision_recall_fscore_support(
+        labels, pred, labels=every, average=None, zero_division=0.0
+    )
+    if pred.ndim == 2:  # multi-label: a label takes part where it is true or predicted
+        seen = np.flatnonzero(labels.any(axis=0) | pred.any(axis=0))
+    else:
+        seen = np.union1d(labels, pred)
+    macro_f1 = float(np.mean(f1[seen])) if len(seen) else 0.0
+    return precision, recall, f1, support, macro_f1
+
+
+def _balanced_accuracy(labels: np.ndarray, pred: np.ndarray) -> float:
+    """scikit-learn's balanced accuracy (mean recall over the classes present in the
+    labels), quietly where the predictions hold a class the labels do not."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # y_pred contains classes not in y_true
+        return float(balanced_accuracy_score(labels, pred))
+
+
 def _multi_label_counts(labels: np.ndarray, pred: np.ndarray) -> _Counts:
     n, n_cols = pred.shape
-    tp = np.sum((pred == 1) & (labels == 1), axis=0)
-    fp = np.sum((pred == 1) & (labels == 0), axis=0)
-    fn = np.sum((pred == 0) & (labels == 1), axis=0)
-    tn = np.sum((pred == 0) & (labels == 0), axis=0)
+    precision, recall, f1, support, macro_f1 = _class_scores(labels, pred, n_cols)
+    # Each label is a binary problem; its balanced accuracy is the mean of the label's
+    # recall on its negatives and its positives (those present), and the mean over labels.
     balanced_acc = float(
-        np.mean(
-            [
-                _mean_recall(np.array([tn[j], tp[j]]), np.array([tn[j] + fp[j], tp[j] + fn[j]]))
-                for j in range(n_cols)
-            ]
-        )
+        np.mean([_balanced_accuracy(labels[:, j], pred[:, j]) for j in range(n_cols)])
     )
     predicted_sets = Counter(tuple(np.flatnonzero(row).tolist()) for row in pred)
     true_sets = Counter(tuple(np.flatnonzero(row).tolist()) for row in labels)
     majority_set, majority_count = predicted_sets.most_common(1)[0]
     return _Counts(
-        tp=tp,
-        fp=fp,
-        fn=fn,
-        confusion=[[[int(tn[j]), int(fp[j])], [int(fn[j]), int(tp[j])]] for j in range(n_cols)],
+        confusion=multilabel_confusion_matrix(labels, pred).tolist(),  # [[tn, fp], [fn, tp]]
+        precision=precision,
+        recall=recall,
+        f1=f1,
+        support=support,
+        macro_f1=macro_f1,
         balanced_acc=balanced_acc,
         prediction_counts=pred.sum(axis=0),
         true_counts=labels.sum(axis=0),
@@ -357,17 +386,18 @@ def _multi_label_counts(labels: np.ndarray, pred: np.ndarray) -> _Counts:
 
 def _single_label_counts(labels: np.ndarray, pred: np.ndarray, n_cols: int) -> _Counts:
     n = len(pred)
-    cm = np.zeros((n_cols, n_cols), dtype=np.int64)
-    np.add.at(cm, (labels, pred), 1)
-    tp = np.diag(cm)
+    cm = confusion_matrix(labels, pred, labels=list(range(n_cols)))
+    precision, recall, f1, support, macro_f1 = _class_scores(labels, pred, n_cols)
     true_counts = cm.sum(axis=1)
     prediction_counts = cm.sum(axis=0)
     return _Counts(
-        tp=tp,
-        fp=prediction_counts - tp,
-        fn=true_counts - tp,
         confusion=cm.tolist(),
-        balanced_acc=_mean_recall(tp, true_counts),
+        precision=precision,
+        recall=recall,
+        f1=f1,
+        support=support,
+        macro_f1=macro_f1,
+        balanced_acc=_balanced_accuracy(labels, pred),
         prediction_counts=prediction_counts,
         true_counts=true_counts,
         majority_prediction=int(np.argmax(prediction_counts)),
@@ -376,22 +406,18 @@ def _single_label_counts(labels: np.ndarray, pred: np.ndarray, n_cols: int) -> _
     )
 
 
-def _per_class(c: _Counts, names: list[str]) -> tuple[list[dict[str, Any]], float]:
-    """Per-class precision/recall/F1 rows and the macro F1."""
-    tp, fp, fn = c.tp, c.fp, c.fn
-    rows = [
+def _per_class(c: _Counts, names: list[str]) -> list[dict[str, Any]]:
+    """Per-class precision/recall/F1 rows."""
+    return [
         {
             "name": name,
-            "precision": _ratio(tp[i], tp[i] + fp[i]),
-            "recall": _ratio(tp[i], tp[i] + fn[i]),
-            "f1": _ratio(2 * tp[i], 2 * tp[i] + fp[i] + fn[i]),
-            "support": int(tp[i] + fn[i]),
+            "precision": float(c.precision[i]),
+            "recall": float(c.recall[i]),
+            "f1": float(c.f1[i]),
+            "support": int(c.support[i]),
         }
         for i, name in enumerate(names)
     ]
-    # F1 is 0/0 for a class neither true nor predicted: such classes are left out of the mean.
-    defined = [row["f1"] for i, row in enumerate(rows) if tp[i] + fp[i] + fn[i] > 0]
-    return rows, float(np.mean(defined)) if defined else 0.0
 
 
 def evaluate(
@@ -420,13 +446,13 @@ def evaluate(
         counts = _multi_label_counts(labels, pred)
     else:
         counts = _single_label_counts(labels, pred, n_cols)
-    per_class, macro_f1 = _per_class(counts, _names(label_names, n_cols))
+    per_class = _per_class(counts, _names(label_names, n_cols))
     return {
         "n": int(n),
         "acc": _official_acc(labels, scores, task),
         "auc": _official_auc(labels, scores, task),
         "balanced_acc": counts.balanced_acc,
-        "macro_f1": macro_f1,
+        "macro_f1": counts.macro_f1,
         "ece": expected_calibration_error(labels, scores, task, n_bins=15),
         "per_class": per_class,
         "confusion_matrix": counts.confusion,
@@ -523,7 +549,7 @@ def _collapse_flags(
     return [f for f in flags if f is not None]
 
 
-def _unseen_by_validation(val: dict, test: dict, margin: float) -> str | None:
+def _unseen_by_validation(val: dict[str, Any], test: dict[str, Any], margin: float) -> str | None:
     """When test collapsed but validation did not and read much higher: say so, since a
     checkpoint chosen on validation then hides the collapse (the reference study's case)."""
     gap = val["acc"] - test["acc"]

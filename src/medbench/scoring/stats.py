@@ -199,9 +199,18 @@ def paired_bootstrap(
     correlation = _correlation(reps[0], reps[1])
     method = f"paired bootstrap of the official {metric.upper()} difference, {d.size} resamples"
     return PairedBootstrap(
-        metric, value_a, value_b, diff, float(low), float(high), min(p, 1.0), float(d.std()),
-        correlation, int(d.size), method,
-    )  # fmt: skip
+        metric=metric,
+        value_a=value_a,
+        value_b=value_b,
+        difference=diff,
+        low=float(low),
+        high=float(high),
+        p=min(p, 1.0),
+        se=float(d.std()),
+        correlation=correlation,
+        n_boot=int(d.size),
+        method=method,
+    )
 
 
 def _correlation(x: np.ndarray, y: np.ndarray) -> float:
@@ -493,7 +502,8 @@ def _nemenyi_p(ranks: np.ndarray, n: int) -> list[list[float]]:
     q = np.abs(ranks[:, None] - ranks[None, :]) / math.sqrt(k * (k + 1) / (6 * n))
     p = sps.studentized_range.sf(q * math.sqrt(2), k, np.inf)
     np.fill_diagonal(p, 1.0)
-    return np.minimum(p, 1.0).tolist()
+    p_values: list[list[float]] = np.minimum(p, 1.0).tolist()
+    return p_values
 
 
 def _wilcoxon_holm(matrix: np.ndarray) -> list[list[float]]:
@@ -658,7 +668,9 @@ def resolvable_accuracy_difference(
     z_a, z_b = sps.norm.ppf(1 - alpha / 2), sps.norm.ppf(power)
 
     def gap(delta: float) -> float:
-        return math.sqrt(n) * delta - z_a * math.sqrt(psi) - z_b * math.sqrt(max(psi - delta**2, 0))
+        return float(
+            math.sqrt(n) * delta - z_a * math.sqrt(psi) - z_b * math.sqrt(max(psi - delta**2, 0))
+        )
 
     top = min(psi, 1 - base_acc)
     if top <= 0 or gap(top) < 0:
