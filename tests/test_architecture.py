@@ -3,8 +3,9 @@ of medbench.
 
 These are the rules docs/STYLE-level reviews kept asking for, written as tests so that they
 hold: modules live in folders that import only their own folder and the layers below it
-(docs/architecture.md draws them), radon's cyclomatic complexity of at most 15 and at most 80 lines per function
-(nested functions included), no cycle among medbench's modules (counting imports inside
+(docs/architecture.md draws them), radon's cyclomatic complexity of at most 15 and at most
+90 lines per function (nested functions included) as `ruff format` writes them (src is
+checked to be so formatted, with no line packed by hand under `# fmt: skip`), no cycle among medbench's modules (counting imports inside
 functions too: an import moved into a function to dodge a cycle is still a cycle), and no
 test or benchmark that replaces an attribute of a medbench module (dependencies are
 injected instead: a clock, a runtime, a callback).
@@ -13,6 +14,8 @@ injected instead: a clock, a runtime, a callback).
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -22,7 +25,7 @@ from radon.visitors import Function
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src" / "medbench"
 MAX_COMPLEXITY = 15
-MAX_LINES = 80
+MAX_LINES = 90
 
 
 def _sources() -> list[Path]:
@@ -67,13 +70,32 @@ def test_no_function_is_more_complex_than_15():
     assert not too_complex, "split these functions:\n" + "\n".join(too_complex)
 
 
-def test_no_function_is_longer_than_80_lines():
+def test_no_function_is_longer_than_90_lines():
     too_long = [
         f"{path}:{f.lineno} {f.fullname} ({f.endline - f.lineno + 1} lines)"
         for path, f in _all_functions()
         if f.endline - f.lineno + 1 > MAX_LINES
     ]
     assert not too_long, "split these functions:\n" + "\n".join(too_long)
+
+
+def test_src_is_as_ruff_format_writes_it_so_the_line_rule_measures_what_a_reader_sees():
+    done = subprocess.run(
+        [sys.executable, "-m", "ruff", "format", "--check", "--quiet", str(SRC)],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, "run ruff format src:\n" + done.stdout + done.stderr
+
+
+def test_no_line_of_src_is_packed_by_hand():
+    packed = [
+        f"{path.relative_to(ROOT)}:{i}"
+        for path in _sources()
+        for i, line in enumerate(path.read_text().splitlines(), 1)
+        if "fmt: skip" in line or "fmt: off" in line
+    ]
+    assert not packed, "let ruff format these lines:\n" + "\n".join(packed)
 
 
 def _is_type_checking(node: ast.If) -> bool:

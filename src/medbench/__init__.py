@@ -178,7 +178,10 @@ class _MovedModuleFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     def exec_module(self, module: ModuleType) -> None:
         """Nothing to run (the module ran when it was imported at its new path); give it
         back its own spec."""
-        module.__spec__ = self._specs.pop(module.__spec__.name, module.__spec__)
+        spec = module.__spec__
+        # The import system set it to the old path's spec (from find_spec) just before.
+        assert spec is not None
+        module.__spec__ = self._specs.pop(spec.name, spec)
 
 
 if not any(isinstance(f, _MovedModuleFinder) for f in sys.meta_path):

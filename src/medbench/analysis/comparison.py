@@ -185,7 +185,9 @@ class PairComparison:
         return asdict(self)
 
 
-def _runs_for(a: ModelGroup, b: ModelGroup) -> tuple[list[int], list[RunPredictions], list]:
+def _runs_for(
+    a: ModelGroup, b: ModelGroup
+) -> tuple[list[int], list[RunPredictions], list[RunPredictions]]:
     common = sorted(set(a.runs) & set(b.runs))
     if common:
         return common, [a.runs[s] for s in common], [b.runs[s] for s in common]
@@ -193,13 +195,13 @@ def _runs_for(a: ModelGroup, b: ModelGroup) -> tuple[list[int], list[RunPredicti
 
 
 def _mean_probs(runs: list[RunPredictions]) -> np.ndarray:
-    return np.mean([r.probs for r in runs], axis=0)
+    return np.asarray(np.mean([r.probs for r in runs], axis=0))
 
 
 def _correct(labels: np.ndarray, probs: np.ndarray, task: str) -> np.ndarray:
     if task != metrics.MULTI_LABEL:  # (N, 1) labels would broadcast against (N,) predictions
         labels = np.asarray(labels).reshape(len(labels), -1)[:, 0]
-    return metrics.predictions(probs, task) == labels
+    return np.asarray(metrics.predictions(probs, task) == labels)
 
 
 def accuracy_test(
@@ -258,10 +260,27 @@ def compare_pair(
     matched = zip(seeds, runs_a, runs_b, strict=True) if seeds else []
     per_seed = [_per_seed(s, ra, rb, task) for s, ra, rb in matched]
     return PairComparison(
-        a.label, b.label, seeds, len(a.runs), len(b.runs),
-        auc.auc_a, auc.auc_b, auc.auc_a - auc.auc_b, auc.z, auc.p, auc.method, auc.correlation,
-        acc_a, acc_b, acc_a - acc_b, a_only, b_only, acc_p, acc_method, per_seed=per_seed,
-    )  # fmt: skip
+        a.label,
+        b.label,
+        seeds,
+        len(a.runs),
+        len(b.runs),
+        auc.auc_a,
+        auc.auc_b,
+        auc.auc_a - auc.auc_b,
+        auc.z,
+        auc.p,
+        auc.method,
+        auc.correlation,
+        acc_a,
+        acc_b,
+        acc_a - acc_b,
+        a_only,
+        b_only,
+        acc_p,
+        acc_method,
+        per_seed=per_seed,
+    )
 
 
 def _better(pair: PairComparison, diff: float, p_holm: float, alpha: float) -> str | None:
@@ -303,31 +322,52 @@ def _mean(values: list[float]) -> float:
 
 
 def resolvable(
-    pairs: list[PairComparison], labels: np.ndarray, task: str, n_classes: int, alpha: float,
+    pairs: list[PairComparison],
+    labels: np.ndarray,
+    task: str,
+    n_classes: int,
+    alpha: float,
     power: float,
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     """The smallest AUC and ACC differences this test split resolves at `power`, from its
     size and class balance, with the base AUC/ACC (mean over the compared models), the
     correlation of paired AUC estimates and the discordance estimated from the pairs."""
     pos, neg = _class_counts(labels, task, n_classes)
     base_auc = _mean([v for p in pairs for v in (p.auc_a, p.auc_b)])
     correlation = min(1.0, max(-1.0, _mean([p.auc_correlation for p in pairs])))
-    out: dict[str, Any] = {"power": power, "alpha": alpha, "base_auc": base_auc,
-                           "auc_correlation": correlation, "auc": math.nan}  # fmt: skip
+    out: dict[str, Any] = {
+        "power": power,
+        "alpha": alpha,
+        "base_auc": base_auc,
+        "auc_correlation": correlation,
+        "auc": math.nan,
+    }
     if min(pos + neg) > 0 and not math.isnan(base_auc) and not math.isnan(correlation):
         out["auc"] = stats.resolvable_difference(pos, neg, base_auc, correlation, power, alpha)
     out["base_acc"] = _mean([v for p in pairs for v in (p.acc_a, p.acc_b)])
     if task == metrics.MULTI_LABEL:
-        out.update(discordance=None, acc=None, acc_note="multi-label accuracy has one "
-                   "outcome per label, not one per image: no McNemar sample size")  # fmt: skip
+        out.update(
+            discordance=None,
+            acc=None,
+            acc_note="multi-label accuracy has one outcome per label, not one per image: "
+            "no McNemar sample size",
+        )
         return out
     n = len(labels)
-    discordance = _mean([(p.a_only_right + p.b_only_right) / n for p in pairs])
+    discordance = _mean([_discordant(p) / n for p in pairs])
     out["discordance"] = discordance
     out["acc"] = stats.resolvable_accuracy_difference(
         n, out["base_acc"], discordance if discordance > 0 else None, power, alpha
     )
     return out
+
+
+def _discordant(pair: PairComparison) -> int:
+    """The test images exactly one model of a single-label pair gets right (McNemar's
+    discordant pairs); a multi-label pair has no such count."""
+    if pair.a_only_right is None or pair.b_only_right is None:
+        raise TypeError(f"{pair.model_a} vs {pair.model_b} has no McNemar counts (multi-label)")
+    return pair.a_only_right + pair.b_only_right
 
 
 # --------------------------------------------------------------------------- the comparison
@@ -343,7 +383,10 @@ class Comparison:
 
     def to_json(self) -> dict[str, Any]:
         """{"header": {...}, "pairs": [one record per pair]}; an undefined number is None."""
-        return json_safe({"header": self.header, "pairs": [p.to_json() for p in self.pairs]})
+        return {
+            "header": json_safe(self.header),
+            "pairs": [json_safe(p.to_json()) for p in self.pairs],
+        }
 
     def format_table(self) -> str:
         return format_table(self)
@@ -403,7 +446,7 @@ def compare_runs(
         "models": {
             g.label: {"seeds": g.seeds, "runs": [str(r.run_dir) for r in g.runs.values()]}
             for g in groups
-        },  # fmt: skip
+        },
         "skipped": skipped + duplicates,
         "alpha": alpha,
         "n_boot": n_boot,
@@ -457,10 +500,20 @@ def _p(value: float | None) -> str:
 def _row(p: PairComparison) -> list[str]:
     seeds = ",".join(map(str, p.seeds)) if p.seeds else "none shared"
     return [
-        p.model_a, p.model_b, seeds,
-        _num(p.auc_a), _num(p.auc_b), _num(p.auc_diff, "+.4f"), _p(p.delong_p), _p(p.delong_p_holm),
-        _num(p.acc_a), _num(p.acc_b), _num(p.acc_diff, "+.4f"), _p(p.mcnemar_p), _p(p.mcnemar_p_holm),
-    ]  # fmt: skip
+        p.model_a,
+        p.model_b,
+        seeds,
+        _num(p.auc_a),
+        _num(p.auc_b),
+        _num(p.auc_diff, "+.4f"),
+        _p(p.delong_p),
+        _p(p.delong_p_holm),
+        _num(p.acc_a),
+        _num(p.acc_b),
+        _num(p.acc_diff, "+.4f"),
+        _p(p.mcnemar_p),
+        _p(p.mcnemar_p_holm),
+    ]
 
 
 def finding(pair: PairComparison, header: dict[str, Any]) -> str:
@@ -490,8 +543,21 @@ def format_table(comparison: Comparison) -> str:
     """The pairwise table as aligned text, with the resolvable differences and a finding
     per pair below it."""
     h = comparison.header
-    head = ["model A", "model B", "seeds", "AUC A", "AUC B", "dAUC", "p", "p Holm",
-            "ACC A", "ACC B", "dACC", "p", "p Holm"]  # fmt: skip
+    head = [
+        "model A",
+        "model B",
+        "seeds",
+        "AUC A",
+        "AUC B",
+        "dAUC",
+        "p",
+        "p Holm",
+        "ACC A",
+        "ACC B",
+        "dACC",
+        "p",
+        "p Holm",
+    ]
     rows = [head] + [_row(p) for p in comparison.pairs]
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     lines = [

@@ -32,7 +32,7 @@ import textwrap
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -44,6 +44,7 @@ from torch import nn
 from medbench.data import load_dataset
 from medbench.errors import MedbenchError
 from medbench.models import model_spatial_dims
+from medbench.models.adapters import FeatureModel
 from medbench.runs.results import recorded_data_dir
 from medbench.scoring import metrics
 from medbench.training.inference import is_multilabel, load_trained_model, normalize, to_unit_float
@@ -89,11 +90,21 @@ def _channels_last_to_map(x: torch.Tensor) -> torch.Tensor:
     return x.permute(0, 3, 1, 2)
 
 
-def _module_outputs(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list]:
+# (qualified name, module, a copy of its output) of one submodule's forward pass.
+ModuleOutput = tuple[str, nn.Module, torch.Tensor]
+
+
+def _grid(spatial: torch.Size) -> tuple[int, int]:
+    """(h, w) of a map's spatial size; every caller passes the two of a (B, C, h, w) map."""
+    h, w = spatial
+    return h, w
+
+
+def _module_outputs(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list[ModuleOutput]]:
     """forward_features(x) and (name, module, output copy) of every submodule with a tensor
     output, in the order they finished. Copies, because an in-place activation after a
     layer changes the tensor that layer returned."""
-    records: list[tuple[str, nn.Module, torch.Tensor]] = []
+    records: list[ModuleOutput] = []
 
     def hook(name: str, module: nn.Module, _inputs: Any, output: Any) -> None:
         if isinstance(output, torch.Tensor):
@@ -106,7 +117,8 @@ def _module_outputs(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, li
     ]
     try:
         with torch.no_grad():
-            features = model.forward_features(x)
+            # build_model gives every model forward_features (a user's network is wrapped)
+            features = cast(FeatureModel, model).forward_features(x)
     finally:
         for h in handles:
             h.remove()
@@ -160,7 +172,7 @@ def choose_target_layer(
     return _feature_map_layer(records, features)
 
 
-def _named_layer(records: list, name: str) -> TargetLayer:
+def _named_layer(records: list[ModuleOutput], name: str) -> TargetLayer:
     maps = [r for r in records if r[2].ndim == 4]
     found = [r for r in maps if r[0] == name]
     if not found:
@@ -171,30 +183,30 @@ def _named_layer(records: list, name: str) -> TargetLayer:
             f"are: {textwrap.shorten(', '.join(outer), 160)}"
         )
     _, module, out = found[-1]
-    return TargetLayer(name, module, None, "feature map", tuple(out.shape[2:]))
+    return TargetLayer(name, module, None, "feature map", _grid(out.shape[2:]))
 
 
-def _feature_map_layer(records: list, features: torch.Tensor) -> TargetLayer:
+def _feature_map_layer(records: list[ModuleOutput], features: torch.Tensor) -> TargetLayer:
     exact = [r for r in records if _is_part_of(r[2], features)]
     on_grid = [r for r in records if r[2].ndim == 4 and r[2].shape[2:] == features.shape[2:]]
     if not (exact or on_grid):
         raise MedbenchError("found no layer whose output is the model's feature map")
     name, module, _ = (exact or on_grid)[-1]
-    return TargetLayer(name, module, None, "feature map", tuple(features.shape[2:]))
+    return TargetLayer(name, module, None, "feature map", _grid(features.shape[2:]))
 
 
-def _channels_last_layer(records: list, features: torch.Tensor) -> TargetLayer:
+def _channels_last_layer(records: list[ModuleOutput], features: torch.Tensor) -> TargetLayer:
     exact = [r for r in records if r[2].shape == features.shape and torch.equal(r[2], features)]
     if not exact:
         raise MedbenchError("found no layer whose output is the model's channels-last features")
     name, module, _ = exact[-1]
     return TargetLayer(
-        name, module, _channels_last_to_map, "channels-last map", tuple(features.shape[1:3])
+        name, module, _channels_last_to_map, "channels-last map", _grid(features.shape[1:3])
     )
 
 
 def _token_layer(
-    model: nn.Module, inner: nn.Module, records: list, features: torch.Tensor
+    model: nn.Module, inner: nn.Module, records: list[ModuleOutput], features: torch.Tensor
 ) -> TargetLayer:
     blocks = getattr(inner, "blocks", None)
     norm = getattr(blocks[-1], "norm1", None) if blocks is not None and len(blocks) else None
@@ -205,8 +217,10 @@ def _token_layer(
         )
     prefix = int(getattr(inner, "num_prefix_tokens", 1))
     n_patches = features.shape[1] - prefix
-    grid = tuple(getattr(getattr(inner, "patch_embed", None), "grid_size", ()) or ())
-    if len(grid) != 2 or grid[0] * grid[1] != n_patches:
+    patch_grid = tuple(getattr(getattr(inner, "patch_embed", None), "grid_size", ()) or ())
+    if len(patch_grid) == 2 and patch_grid[0] * patch_grid[1] == n_patches:
+        grid: tuple[int, int] = (patch_grid[0], patch_grid[1])
+    else:
         side = math.isqrt(n_patches)
         if side * side != n_patches:
             raise MedbenchError(f"cannot lay {n_patches} patch tokens out on a square grid")
@@ -216,7 +230,7 @@ def _token_layer(
     if not observed or observed[-1].shape[1] != features.shape[1]:
         raise MedbenchError(f"{name} did not produce the {features.shape[1]} tokens expected")
     reshape = functools.partial(_tokens_to_map, prefix=prefix, grid=grid)
-    return TargetLayer(name, norm, reshape, "tokens", grid)  # type: ignore[arg-type]
+    return TargetLayer(name, norm, reshape, "tokens", grid)
 
 
 # --------------------------------------------------------------------------- saliency
@@ -482,10 +496,18 @@ def summarize(rows: Sequence[ExplainedRow], methods: Sequence[str]) -> list[Meth
             rd = np.array([r.deletion[RANDOM] for r in scored])
             ri = np.array([r.insertion[RANDOM] for r in scored])
             beats = (float(np.mean(d < rd)), float(np.mean(i > ri)))
-        out.append(MethodSummary(
-            method, len(scored), _mean(d), _sd(d), _mean(i), _sd(i),
-            beats[0] if beats else None, beats[1] if beats else None,
-        ))  # fmt: skip
+        out.append(
+            MethodSummary(
+                method,
+                len(scored),
+                _mean(d),
+                _sd(d),
+                _mean(i),
+                _sd(i),
+                beats[0] if beats else None,
+                beats[1] if beats else None,
+            )
+        )
     return out
 
 
@@ -603,16 +625,33 @@ def explain_run(
         layer = choose_target_layer(model, tuple(x.shape[1:]), layer_name)
     maps = explain_images(model, x, rows, task, methods, layer=layer, steps=steps, seed=seed)
     window, stride = occlusion_window(x.shape[-1])
+    target_layer: dict[str, Any] = (
+        {"name": layer.name, "kind": layer.kind, "grid": list(layer.grid)} if layer else {}
+    )
     result = ExplainResult(
-        run_dir=str(run_dir), out_dir=str(out_dir), model=meta["model"], dataset=meta["dataset"],
-        task=task, label_names=list(meta["label_names"]), image_size=int(meta["image_size"]),
+        run_dir=str(run_dir),
+        out_dir=str(out_dir),
+        model=meta["model"],
+        dataset=meta["dataset"],
+        task=task,
+        label_names=list(meta["label_names"]),
+        image_size=int(meta["image_size"]),
         methods=list(methods),
-        target_layer={"name": layer.name, "kind": layer.kind, "grid": list(layer.grid)} if layer else {},
-        settings={"per_class": per_class, "steps": steps, "seed": seed, "split": "test",
-                  "occlusion_window": window, "occlusion_stride": stride,
-                  "device": str(runtime.device), "data_file": str(data.path)},
-        rows=rows, summary=summarize(rows, methods), maps=maps,
-    )  # fmt: skip
+        target_layer=target_layer,
+        settings={
+            "per_class": per_class,
+            "steps": steps,
+            "seed": seed,
+            "split": "test",
+            "occlusion_window": window,
+            "occlusion_stride": stride,
+            "device": str(runtime.device),
+            "data_file": str(data.path),
+        },
+        rows=rows,
+        summary=summarize(rows, methods),
+        maps=maps,
+    )
     write_explanations(result, images.numpy(), out_dir)
     return result
 
@@ -652,9 +691,14 @@ def write_explanations(
             files[name] = str(_write_png(fig, out / name))
     result.files = files
     with atomic_path(out / "explanations.npz") as tmp, open(tmp, "wb") as fh:
-        np.savez_compressed(fh, index=np.array([r.index for r in result.rows]),
-                            target=np.array([r.target for r in result.rows]),
-                            **{f"{m}_maps": v for m, v in result.maps.items()})  # fmt: skip
+        np.savez_compressed(
+            fh,
+            index=np.array([r.index for r in result.rows]),
+            target=np.array([r.target for r in result.rows]),
+            # numpy's stub types allow_pickle: bool beside **kwds, and mypy matches this
+            # dict of arrays against it too; its keys all end in "_maps".
+            **{f"{m}_maps": v for m, v in result.maps.items()},  # type: ignore[arg-type]
+        )
     files["explanations.npz"] = str(out / "explanations.npz")
     files["cases.csv"] = str(atomic_write_text(out / "cases.csv", cases_csv(result)))
     files["faithfulness.csv"] = str(
@@ -698,8 +742,18 @@ def cases_csv(result: ExplainResult) -> str:
 
 
 def faithfulness_csv(result: ExplainResult) -> str:
-    header = ["dataset", "model", "method", "n", "deletion_auc", "deletion_sd", "insertion_auc",
-              "insertion_sd", "deletion_beats_random", "insertion_beats_random"]  # fmt: skip
+    header = [
+        "dataset",
+        "model",
+        "method",
+        "n",
+        "deletion_auc",
+        "deletion_sd",
+        "insertion_auc",
+        "insertion_sd",
+        "deletion_beats_random",
+        "insertion_beats_random",
+    ]
     rows = [
         [
             result.dataset,
@@ -712,7 +766,7 @@ def faithfulness_csv(result: ExplainResult) -> str:
             _f(s.insertion_sd),
             _f(s.deletion_beats_random),
             _f(s.insertion_beats_random),
-        ]  # fmt: skip
+        ]
         for s in result.summary
     ]
     return _csv_text(header, rows)
@@ -860,15 +914,30 @@ def _method_line(result: ExplainResult) -> str:
 
 def summary_table(result: ExplainResult) -> list[list[str]]:
     """The faithfulness table's header and rows (random last), as strings."""
-    table = [["Method", "Pairs", "Deletion AUC (lower is better)", "Insertion AUC (higher is better)",
-              "Deletion beats random", "Insertion beats random"]]  # fmt: skip
+    table = [
+        [
+            "Method",
+            "Pairs",
+            "Deletion AUC (lower is better)",
+            "Insertion AUC (higher is better)",
+            "Deletion beats random",
+            "Insertion beats random",
+        ]
+    ]
     for s in result.summary:
         wins = [
             _f(v * 100, 0) + "%" if v is not None else "-"
             for v in (s.deletion_beats_random, s.insertion_beats_random)
         ]
-        table.append([METHOD_TITLES[s.method], str(s.n), f"{_f(s.deletion_mean)} ± {_f(s.deletion_sd)}",
-                      f"{_f(s.insertion_mean)} ± {_f(s.insertion_sd)}", *wins])  # fmt: skip
+        table.append(
+            [
+                METHOD_TITLES[s.method],
+                str(s.n),
+                f"{_f(s.deletion_mean)} ± {_f(s.deletion_sd)}",
+                f"{_f(s.insertion_mean)} ± {_f(s.insertion_sd)}",
+                *wins,
+            ]
+        )
     return table
 
 
@@ -896,8 +965,11 @@ def explain_section(result: ExplainResult, image_prefix: str = "") -> str:
     lines += ["| " + " | ".join(table[0]) + " |", "|" + "---|" * len(table[0])]
     lines += ["| " + " | ".join(row) + " |" for row in table[1:]]
     if result.target_layer.get("grid") == [1, 1]:
-        lines += ["", "The Grad-CAM layer's grid is 1x1: its map is one value per image and "
-                  "shows no location; read the occlusion maps."]  # fmt: skip
+        lines += [
+            "",
+            "The Grad-CAM layer's grid is 1x1: its map is one value per image and "
+            "shows no location; read the occlusion maps.",
+        ]
     for c, name in enumerate(result.label_names):
         file = gallery_name(result, c)
         if file in result.files:

@@ -105,9 +105,12 @@ def grid_robustness(
         return None
     folder = Path(out) / ROBUSTNESS_DIR
     results = evaluate_runs(
-        chosen, folder / "per-run", data_dir=data_dir, device=device,
+        chosen,
+        folder / "per-run",
+        data_dir=data_dir,
+        device=device,
         on_run=lambda k, run: log(f"robustness [{k}/{len(chosen)}] {run.relative_to(out)}"),
-    )  # fmt: skip
+    )
     write_robustness(results, summarize(results, baseline), folder)
     return folder
 

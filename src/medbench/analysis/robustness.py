@@ -24,7 +24,7 @@ import csv
 import io
 import json
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -118,9 +118,9 @@ class RunRobustness:
 
 
 def relative_errors(
-    errors: dict[str, Sequence[float]],
+    errors: Mapping[str, Sequence[float]],
     clean: float,
-    baseline_errors: dict[str, Sequence[float]],
+    baseline_errors: Mapping[str, Sequence[float]],
     baseline_clean: float,
 ) -> dict[str, tuple[float, float]]:
     """(BE_c, rBE_c) per corruption c, MedMNIST-C's definitions; NaN where the baseline's

@@ -24,6 +24,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import ModuleType
+from typing import Any
 
 from medbench import __version__
 from medbench.cli import commands
@@ -72,13 +73,15 @@ def command_summary(module: str) -> CommandSummary:
     return CommandSummary(module, str(values["NAME"]), str(values["HELP"]), int(values["ORDER"]))
 
 
-def _source_literals(path: str) -> dict[str, object]:
+def _source_literals(path: str) -> dict[str, Any]:
     """The module-level `NAME = <literal>` (and HELP, ORDER) assignments of a source file."""
     with open(path, encoding="utf-8") as fh:
         tree = ast.parse(fh.read())
-    values: dict[str, object] = {}
+    values: dict[str, Any] = {}
     for node in tree.body:
-        target = node.targets[0] if isinstance(node, ast.Assign) else None
+        if not isinstance(node, ast.Assign):
+            continue
+        target = node.targets[0]
         if isinstance(target, ast.Name) and target.id in _SUMMARY_KEYS:
             with contextlib.suppress(ValueError):  # computed, not a literal
                 values[target.id] = ast.literal_eval(node.value)

@@ -76,7 +76,7 @@ def open_npz(
     cache_dir = cache_dir_for(npz_path)
     source = _source_key(npz_path)
     manifest = _read_manifest(cache_dir)
-    if not _manifest_is_current(manifest, source, cache_dir, keys):
+    if manifest is None or not _manifest_is_current(manifest, source, cache_dir, keys):
         manifest = _unpack(npz_path, cache_dir, source, keys, md5)
     elif (changed := _changed_array(manifest, cache_dir)) is not None:
         warnings.warn(
@@ -90,7 +90,9 @@ def open_npz(
     return arrays, manifest["md5"]
 
 
-def _manifest_is_current(manifest: dict | None, source: dict, cache_dir: Path, keys) -> bool:
+def _manifest_is_current(
+    manifest: dict, source: dict, cache_dir: Path, keys: tuple[str, ...]
+) -> bool:
     if not manifest or manifest.get("version") != MANIFEST_VERSION:
         return False
     if any(manifest.get(k) != v for k, v in source.items()):
@@ -167,8 +169,13 @@ def _unpack(
         ) from exc
     except OSError as exc:
         raise MedbenchError(f"cannot read {npz_path}: {exc.strerror or exc}") from exc
-    manifest = {"version": MANIFEST_VERSION, **source, "md5": md5, "requested": list(keys),
-                "arrays": arrays}  # fmt: skip
+    manifest = {
+        "version": MANIFEST_VERSION,
+        **source,
+        "md5": md5,
+        "requested": list(keys),
+        "arrays": arrays,
+    }
     text = json.dumps(manifest, indent=1)
     _write(lambda: _atomic(cache_dir / MANIFEST, lambda tmp: tmp.write_text(text)), cache_dir)
     return manifest
@@ -186,8 +193,11 @@ def _unpack_member(zf: zipfile.ZipFile, member: str, out_path: Path) -> dict:
         if dtype.hasobject:
             raise ValueError(f"{member} holds Python objects, not numbers")
         n_bytes = math.prod(shape) * dtype.itemsize
-        header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": fortran_order,
-                  "shape": shape}  # fmt: skip
+        header = {
+            "descr": np.lib.format.dtype_to_descr(dtype),
+            "fortran_order": fortran_order,
+            "shape": shape,
+        }
 
         def copy(tmp: Path) -> None:
             with open(tmp, "wb") as out:
@@ -203,19 +213,24 @@ def _unpack_member(zf: zipfile.ZipFile, member: str, out_path: Path) -> dict:
 
         _write(lambda: _atomic(out_path, copy), out_path.parent)
         st = out_path.stat()
-        return {"shape": list(shape), "dtype": dtype.str, "npy_bytes": st.st_size,
-                "mtime_ns": st.st_mtime_ns, "digest": _digest(out_path)}  # fmt: skip
+        return {
+            "shape": list(shape),
+            "dtype": dtype.str,
+            "npy_bytes": st.st_size,
+            "mtime_ns": st.st_mtime_ns,
+            "digest": _digest(out_path),
+        }
 
 
-def _atomic(path: Path, writer) -> None:
+def _atomic(path: Path, writer: Callable[[Path], object]) -> None:
     with atomic_path(path) as tmp:
         writer(tmp)
         tmp.chmod(0o644)  # mkstemp makes 0600; others sharing the data folder must read it
 
 
-def _write(action, folder: Path):
+def _write(action: Callable[[], None], folder: Path) -> None:
     try:
-        return action()
+        action()
     except MedbenchError as exc:
         raise MedbenchError(f"{exc} (or set ${CACHE_DIR_ENV} for medbench's cache)") from exc
     except OSError as exc:

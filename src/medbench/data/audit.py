@@ -159,7 +159,7 @@ def _pairs(images, where, labels, threshold) -> tuple[list[Pair], bool]:
 
 
 def _counts(pairs: list[Pair]) -> dict[str, int]:
-    c = Counter()
+    c: Counter[str] = Counter()
     for p in pairs:
         c[f"{p.kind}_{'cross' if p.cross else 'within'}_split_duplicates"] += 1
         if p.conflict:
@@ -193,8 +193,13 @@ def _class_balance(data: MedMNISTData) -> dict[str, dict[str, int]]:
 
 
 def _example(p: Pair) -> dict[str, Any]:
-    return {"kind": p.kind, "a": list(p.a), "b": list(p.b), "similarity": round(p.similarity, 4),
-            "labels": [list(v) if isinstance(v, tuple) else v for v in p.labels]}  # fmt: skip
+    return {
+        "kind": p.kind,
+        "a": list(p.a),
+        "b": list(p.b),
+        "similarity": round(p.similarity, 4),
+        "labels": [list(v) if isinstance(v, tuple) else v for v in p.labels],
+    }
 
 
 def audit_dataset(

@@ -289,14 +289,15 @@ class BatchAugment:
             smooth = True
             linear, shift = self._rotate_and_crop(linear, shift, rand)
         color_plan: list[tuple[str, torch.Tensor, torch.Tensor]] = []
-        for _ in range(self.num_ops if self.ops is not None else 0):
-            for name, chosen, m in self._draw_ops(n, rand, dev):
-                if self.ops[name][0] == "color":
-                    if chosen.any():
-                        color_plan.append((name, chosen, m))
-                elif name != "identity":
-                    smooth = True
-                    linear, shift = self._geometric_op(name, m, linear, shift)
+        if self.ops is not None:  # randaugment, trivialaugment
+            for _ in range(self.num_ops):
+                for name, chosen, m in self._draw_ops(self.ops, n, rand, dev):
+                    if self.ops[name][0] == "color":
+                        if chosen.any():
+                            color_plan.append((name, chosen, m))
+                    elif name != "identity":
+                        smooth = True
+                        linear, shift = self._geometric_op(name, m, linear, shift)
         theta = torch.cat([linear, shift.unsqueeze(2)], 2)
         return theta, smooth, color_plan
 
@@ -335,10 +336,15 @@ class BatchAugment:
         return linear, shift
 
     def _draw_ops(
-        self, n: int, rand: Callable[..., torch.Tensor], dev: torch.device
+        self,
+        ops: dict[str, tuple[str, float, bool]],
+        n: int,
+        rand: Callable[..., torch.Tensor],
+        dev: torch.device,
     ) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
-        """One op per image: (name, which images chose it, their signed magnitude) per op."""
-        names = list(self.ops)
+        """One op per image of `ops` (the policy's table): (name, which images chose it,
+        their signed magnitude) per op."""
+        names = list(ops)
         choice = (rand(n) * len(names)).long().clamp_(max=len(names) - 1)
         # RandAugment: fixed magnitude; TrivialAugment: uniform over 31 bins.
         level = (
@@ -348,7 +354,7 @@ class BatchAugment:
         )
         drawn = []
         for k, name in enumerate(names):
-            _, full, is_signed = self.ops[name]
+            _, full, is_signed = ops[name]
             chosen = choice == k
             m = level * full
             if is_signed:

@@ -14,13 +14,27 @@ from medbench.errors import MedbenchError
 SIZES = (28, 64, 128, 224)
 SIZES_3D = (28, 64)  # the 3D sets are published as 28^3 and 64^3 volumes only
 DATASETS = (
-    "pathmnist", "chestmnist", "dermamnist", "octmnist", "pneumoniamnist", "retinamnist",
-    "breastmnist", "bloodmnist", "tissuemnist", "organamnist", "organcmnist", "organsmnist",
-)  # fmt: skip
+    "pathmnist",
+    "chestmnist",
+    "dermamnist",
+    "octmnist",
+    "pneumoniamnist",
+    "retinamnist",
+    "breastmnist",
+    "bloodmnist",
+    "tissuemnist",
+    "organamnist",
+    "organcmnist",
+    "organsmnist",
+)
 DATASETS_3D = (
-    "organmnist3d", "nodulemnist3d", "adrenalmnist3d", "fracturemnist3d", "vesselmnist3d",
+    "organmnist3d",
+    "nodulemnist3d",
+    "adrenalmnist3d",
+    "fracturemnist3d",
+    "vesselmnist3d",
     "synapsemnist3d",
-)  # fmt: skip
+)
 SPLITS = ("train", "val", "test")
 
 
@@ -39,6 +53,8 @@ def medmnist_info() -> ModuleType:
             raise MedbenchError("the medmnist package is not installed; run 'pip install medmnist'")
         location = f"{list(package.submodule_search_locations)[0]}/info.py"
         spec = importlib.util.spec_from_file_location("_medbench_medmnist_info", location)
+        # a path ending in .py always gets a spec with a source loader
+        assert spec is not None and spec.loader is not None
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         sys.modules["_medbench_medmnist_info"] = module

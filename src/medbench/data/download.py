@@ -222,10 +222,18 @@ def _write_body(response, part: Path, offset: int, progress: bool) -> tuple[int,
     received = 0
     with (
         _part_file(part, mode) as out,
-        tqdm(total=total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024,
-             desc=part.name.removesuffix(".part"), disable=not progress, file=sys.stderr,
-             leave=False) as bar,
-    ):  # fmt: skip
+        tqdm(
+            total=total,
+            initial=offset,
+            unit="B",
+            unit_scale=True,
+            unit_divisor=1024,
+            desc=part.name.removesuffix(".part"),
+            disable=not progress,
+            file=sys.stderr,
+            leave=False,
+        ) as bar,
+    ):
         while chunk := response.read(CHUNK_BYTES):
             try:
                 out.write(chunk)

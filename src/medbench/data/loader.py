@@ -100,9 +100,16 @@ def load_dataset(
         warnings.warn(note, MedbenchWarning, stacklevel=2)
     splits = {split: _split(info, arrays, split) for split in SPLITS}
     return MedMNISTData(
-        info=info, size=size, path=path, **splits, md5=md5, official_md5=official_md5,
-        md5_matches=md5_matches, official=md5_matches, warnings=notes,
-    )  # fmt: skip
+        info=info,
+        size=size,
+        path=path,
+        **splits,
+        md5=md5,
+        official_md5=official_md5,
+        md5_matches=md5_matches,
+        official=md5_matches,
+        warnings=notes,
+    )
 
 
 def _split(info: DatasetInfo, arrays: dict[str, np.ndarray], split: str) -> Split:

@@ -44,8 +44,11 @@ def _check_images(info: DatasetInfo, size: int, images: np.ndarray, key: str, pa
     expected = info.image_shape(size)
     if images.ndim != 1 + len(expected) or images.shape[1:] != expected:
         shown = ", ".join(map(str, ("N", *expected)))
-        _fail(path, f"{key} has shape {tuple(images.shape)}, expected ({shown}) for "
-                    f"{info.name} at {size} px{_size_hint(info, images.shape)}")  # fmt: skip
+        _fail(
+            path,
+            f"{key} has shape {tuple(images.shape)}, expected ({shown}) for "
+            f"{info.name} at {size} px{_size_hint(info, images.shape)}",
+        )
 
 
 def _size_hint(info: DatasetInfo, shape: tuple[int, ...]) -> str:
@@ -63,15 +66,20 @@ def _check_labels(info: DatasetInfo, labels: np.ndarray, n: int, key: str, path:
         _fail(path, f"{key} has dtype {labels.dtype}, expected integer class labels (uint8)")
     width = info.n_classes if info.is_multilabel else 1
     if labels.shape != (n, width):
-        _fail(path, f"{key} has shape {tuple(labels.shape)}, expected ({n}, {width}) "
-                    f"to match {n} images")  # fmt: skip
+        _fail(
+            path,
+            f"{key} has shape {tuple(labels.shape)}, expected ({n}, {width}) to match {n} images",
+        )
     if labels.size == 0:
         return
     low, high = int(labels.min()), int(labels.max())
     top = 1 if info.is_multilabel else info.n_classes - 1
     if low < 0 or high > top:
-        _fail(path, f"{key} has values {low}..{high}, expected 0..{top} for the "
-                    f"{info.task} task of {info.name}")  # fmt: skip
+        _fail(
+            path,
+            f"{key} has values {low}..{high}, expected 0..{top} for the "
+            f"{info.task} task of {info.name}",
+        )
 
 
 def _fail(path: Path, what: str) -> None:

@@ -28,6 +28,7 @@ The adapter has no parameters, so a model's state-dict names are its backbone's,
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol, cast
 
 import torch
 import torch.nn.functional as F
@@ -44,6 +45,14 @@ MEDMNIST_MEAN, MEDMNIST_STD = 0.5, 0.5  # medbench.training.inference's normalis
 BLACK = -1.0
 
 
+class FeatureModel(Protocol):
+    """The split of `forward` every model of the zoo has (timm's; see medbench.models)."""
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor: ...
+
+    def forward_head(self, features: torch.Tensor, pre_logits: bool = False) -> torch.Tensor: ...
+
+
 class InputAdapter(nn.Module):
     """Wrap `backbone` so that it takes (B, in_channels, H, W) images of any small size.
 
@@ -51,6 +60,10 @@ class InputAdapter(nn.Module):
     backbone's input size; `in_channels` / `backbone_channels`: the data's and the
     backbone's channel counts (1 -> 3 repeats the gray channel).
     """
+
+    # Buffers, registered only with a backbone normalisation (`renormalize`).
+    mean: torch.Tensor
+    std: torch.Tensor
 
     def __init__(
         self,
@@ -114,11 +127,16 @@ class InputAdapter(nn.Module):
             )
         return x
 
+    def _split_backbone(self) -> FeatureModel:
+        # nn.Module types an attribute it does not declare as Tensor | Module; the backbone
+        # is a timm model, and build_model refuses one without forward_features/forward_head.
+        return cast(FeatureModel, self.backbone)
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.backbone.forward_features(self.adapt(x))
+        return self._split_backbone().forward_features(self.adapt(x))
 
     def forward_head(self, features: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        return self.backbone.forward_head(features, pre_logits=pre_logits)
+        return self._split_backbone().forward_head(features, pre_logits=pre_logits)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
@@ -214,8 +232,9 @@ def unwrap(model: nn.Module) -> nn.Module:
 def classifier_of(model: nn.Module) -> nn.Module:
     """The final classification layer: timm's `get_classifier()`, else `fc` or `classifier`."""
     model = unwrap(model)
-    if hasattr(model, "get_classifier"):
-        head = model.get_classifier()
+    get_classifier = getattr(model, "get_classifier", None)
+    if callable(get_classifier):
+        head = get_classifier()
         if isinstance(head, nn.Module):
             return head
     for name in ("fc", "classifier"):

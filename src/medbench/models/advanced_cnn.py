@@ -20,10 +20,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from timm.layers import calculate_drop_path_rates
 from torch import nn
 
-from medbench.models.layers import AttentionGate, ConvBnAct, ResidualBlock, round_channels
+from medbench.models.layers import (
+    AttentionGate,
+    ConvBnAct,
+    ResidualBlock,
+    drop_path_rates,
+    round_channels,
+)
 from medbench.models.registry import register_model
 
 BASE_WIDTHS = (56, 112, 224, 448)
@@ -51,7 +56,7 @@ def residual_stages(
     Stochastic depth rises linearly from 0 at the first block to `drop_path` at the last
     (Huang et al. 2016), by timm's rule.
     """
-    rates = iter(calculate_drop_path_rates(drop_path, sum(depths)))
+    rates = iter(drop_path_rates(drop_path, sum(depths)))
     stages = []
     for width, depth in zip(widths, depths, strict=True):
         blocks = []

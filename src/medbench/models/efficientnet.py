@@ -31,10 +31,10 @@ import math
 from collections.abc import Sequence
 
 import torch
-from timm.layers import calculate_drop_path_rates, make_divisible
+from timm.layers import make_divisible
 from torch import nn
 
-from medbench.models.layers import ConvBnAct, MBConv
+from medbench.models.layers import ConvBnAct, MBConv, drop_path_rates
 from medbench.models.registry import register_model
 
 # EfficientNet-B0's stages: (expand ratio, kernel, stride, channels, repeats).
@@ -79,7 +79,7 @@ class EfficientNet(nn.Module):
         )
         # Stochastic depth rises linearly from 0 at the first block to `drop_path` at the
         # last, by timm's rule (the one advanced_cnn uses).
-        rates = iter(calculate_drop_path_rates(drop_path, sum(s[4] for s in stages)))
+        rates = iter(drop_path_rates(drop_path, sum(s[4] for s in stages)))
         blocks, in_ch = [], stem_channels
         for expand, kernel, stride, channels, repeats in stages:
             for i in range(repeats):
@@ -115,7 +115,7 @@ class EfficientNet(nn.Module):
         nn.init.zeros_(self.fc.bias)
         for m in self.modules():  # after the generic init: residual branches start at zero
             if isinstance(m, MBConv) and m.has_residual:
-                nn.init.zeros_(m.project[1].weight)
+                nn.init.zeros_(m.project.bn.weight)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The head conv's feature map: (B, num_features, h, w)."""

@@ -11,7 +11,13 @@ import functools
 
 import torch
 import torch.nn.functional as F
-from timm.layers import DropPath, SEModule, create_conv2d, get_padding
+from timm.layers import (
+    DropPath,
+    SEModule,
+    calculate_drop_path_rates,
+    create_conv2d,
+    get_padding,
+)
 from torch import nn
 
 # Where a depthwise conv's weight gradient is summed tap by tap (`_depthwise_weight_grad`)
@@ -32,6 +38,13 @@ def round_channels(channels: float, divisor: int = 8) -> int:
     checkpoints.
     """
     return max(divisor, int(round(channels / divisor)) * divisor)
+
+
+def drop_path_rates(drop_path: float, n_blocks: int) -> list[float]:
+    """Stochastic-depth rates rising linearly from 0 at the first of `n_blocks` blocks to
+    `drop_path` at the last (timm's per-block rule)."""
+    # timm types the result of both its modes; for an int depth it is one float per block.
+    return calculate_drop_path_rates(drop_path, n_blocks)  # type: ignore[return-value]
 
 
 @functools.cache
@@ -132,16 +145,18 @@ class DepthwiseConv2d(nn.Conv2d):
         *,
         native_grad_is_fast: bool | None = None,
     ) -> None:
+        padding = get_padding(kernel_size, stride)  # as create_conv2d pads
+        assert isinstance(padding, int)  # timm gives a list only for tuple kernels/strides
         super().__init__(
-            channels,
-            channels,
-            kernel_size,
-            stride,
-            padding=get_padding(kernel_size, stride),  # as create_conv2d pads
-            groups=channels,
-            bias=False,
+            channels, channels, kernel_size, stride, padding=padding, groups=channels, bias=False
         )
         self.native_grad_is_fast = native_grad_is_fast
+
+    @property
+    def _padding_px(self) -> int:
+        """The padding on each side (built from an int, which nn.Conv2d keeps as (p, p))."""
+        assert not isinstance(self.padding, str)
+        return self.padding[0]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if _cpu_training(x) and torch.is_autocast_enabled("cpu"):
@@ -150,12 +165,12 @@ class DepthwiseConv2d(nn.Conv2d):
             with torch.autocast("cpu", enabled=False):
                 return self.forward(x.float())
         if self._takes_tap_sums(x):
-            return _SmallMapDepthwise.apply(x, self.weight, self.stride[0], self.padding[0])
+            return _SmallMapDepthwise.apply(x, self.weight, self.stride[0], self._padding_px)
         return super().forward(x)
 
     def _takes_tap_sums(self, x: torch.Tensor) -> bool:
         """Whether the weight gradient of this conv on `x` (outside autocast) is tap sums."""
-        k, s, p = self.kernel_size[0], self.stride[0], self.padding[0]
+        k, s, p = self.kernel_size[0], self.stride[0], self._padding_px
         out_positions = ((x.shape[-2] + 2 * p - k) // s + 1) * ((x.shape[-1] + 2 * p - k) // s + 1)
         return (
             _cpu_training(x)
@@ -195,6 +210,13 @@ class ConvBnAct(nn.Sequential):
             act_layer(inplace=True) if act_layer is not None else nn.Identity(),
         )
 
+    @property
+    def bn(self) -> nn.BatchNorm2d:
+        """The batch norm (child `1`)."""
+        bn = self[1]
+        assert isinstance(bn, nn.BatchNorm2d)  # __init__ puts it there
+        return bn
+
 
 class ResidualBlock(nn.Module):
     """Two 3x3 conv-BN layers plus an identity (or 1x1 projection) shortcut.
@@ -211,7 +233,8 @@ class ResidualBlock(nn.Module):
         super().__init__()
         self.conv1 = ConvBnAct(in_channels, out_channels, 3, stride)
         self.conv2 = ConvBnAct(out_channels, out_channels, 3, act_layer=None)
-        nn.init.zeros_(self.conv2[1].weight)
+        nn.init.zeros_(self.conv2.bn.weight)
+        self.shortcut: nn.Module
         if stride != 1 or in_channels != out_channels:
             self.shortcut = ConvBnAct(in_channels, out_channels, 1, stride, act_layer=None)
         else:
@@ -280,6 +303,7 @@ class MBConv(nn.Module):
         self.depthwise = ConvBnAct(
             mid, mid, kernel_size, stride, groups=mid, act_layer=nn.SiLU, bn_eps=bn_eps
         )
+        self.se: nn.Module
         if se_ratio > 0:
             rd = max(1, int(in_channels * se_ratio))
             self.se = SEModule(mid, rd_channels=rd, act_layer=nn.SiLU)
@@ -287,7 +311,7 @@ class MBConv(nn.Module):
             self.se = nn.Identity()
         self.project = ConvBnAct(mid, out_channels, 1, act_layer=None, bn_eps=bn_eps)
         if self.has_residual:
-            nn.init.zeros_(self.project[1].weight)
+            nn.init.zeros_(self.project.bn.weight)
         self.drop_path = (
             DropPath(drop_path) if drop_path > 0 and self.has_residual else nn.Identity()
         )

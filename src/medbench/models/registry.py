@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
+from typing import Any
 
 import timm
 from torch import nn
@@ -163,7 +164,8 @@ def _build_timm(
             f"timm has no model {name!r}; list them with python -c "
             f"\"import timm; print(timm.list_models('{name.split('_')[0]}*'))\""
         )
-    kwargs = {_TIMM_OPTION_NAMES.get(k, k): v for k, v in options.items()}
+    # The options are the user's, of any type: timm checks them (TypeError, ValueError below).
+    kwargs: dict[str, Any] = {_TIMM_OPTION_NAMES.get(k, k): v for k, v in options.items()}
     create = dict(pretrained=False, in_chans=in_channels, num_classes=num_classes, **kwargs)
     try:
         # Transformers fix their input size at construction; convolutional nets refuse the

@@ -103,7 +103,7 @@ class ResNet(tv.ResNet):
         features = self.head_drop(torch.flatten(self.avgpool(features), 1))
         return features if pre_logits else self.fc(features)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 
 

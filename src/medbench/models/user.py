@@ -313,9 +313,12 @@ def _builder_of(module: ModuleType, fn: str, where: str) -> Callable[..., nn.Mod
     builder = getattr(module, fn, None)
     if builder is None or not callable(builder):
         defined = sorted(
-            n for n, v in vars(module).items()
-            if inspect.isfunction(v) and v.__module__ == module.__name__ and not n.startswith("_")
-        )  # fmt: skip
+            name
+            for name, value in vars(module).items()
+            if inspect.isfunction(value)
+            and value.__module__ == module.__name__
+            and not name.startswith("_")
+        )
         raise MedbenchError(
             f"{where} has no function {fn!r}; it defines: {', '.join(defined) or 'no function'}"
         )

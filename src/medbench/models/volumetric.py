@@ -24,6 +24,7 @@ definitions above.
 from __future__ import annotations
 
 import math
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -36,12 +37,16 @@ from medbench.models.resnet import ResNet
 FORMS = ("3d", "acs", "2.5d")
 VOLUME_SIZES = (28, 64)
 
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
+SizeT = TypeVar("SizeT", bound="int | None")
+
 
 def acs_split(out_channels: int) -> tuple[int, int, int]:
     """Output channels per plane (axial, coronal, sagittal): equal thirds, the first groups
     taking the remainder, as in the paper's reference implementation."""
     third, rest = divmod(out_channels, 3)
-    return tuple(third + (i < rest) for i in range(3))  # type: ignore[return-value]
+    axial, coronal, sagittal = (third + (i < rest) for i in range(3))
+    return axial, coronal, sagittal
 
 
 class ACSConv(nn.Module):
@@ -108,7 +113,9 @@ class ACSConv(nn.Module):
         )
 
 
-def _one(value: int | tuple[int, ...], what: str) -> int:
+def _one(value: int | tuple[SizeT, ...], what: str) -> int | SizeT:
+    """The one value of a square 2D size: an int, or a tuple of equal values (an adaptive
+    pool's output size may hold None)."""
     values = (value,) if isinstance(value, int) else tuple(value)
     if len(set(values)) != 1:
         raise ValueError(f"only square 2D {what}s convert to 3D, not {value}")
@@ -118,23 +125,26 @@ def _one(value: int | tuple[int, ...], what: str) -> int:
 def _convert_conv(conv: nn.Conv2d, form: str) -> nn.Module:
     """One Conv2d in `form`, starting from its 2D weights."""
     k, s = _one(conv.kernel_size, "kernel"), _one(conv.stride, "stride")
+    if isinstance(conv.padding, str):  # "same" / "valid": a rule, not a size (_one's message)
+        raise ValueError(f"only square 2D paddings convert to 3D, not {conv.padding}")
     p, d = _one(conv.padding, "padding"), _one(conv.dilation, "dilation")
     bias = conv.bias is not None
+    new: ACSConv | nn.Conv3d
     if conv.groups != 1 or conv.padding_mode != "zeros":
         raise ValueError("only plain (groups=1, zero-padded) convolutions convert to 3D")
     if form == "acs":
         new = ACSConv(conv.in_channels, conv.out_channels, k, s, p, d, bias)
         weight = conv.weight.detach()
     elif form == "2.5d":
-        new = nn.Conv3d(conv.in_channels, conv.out_channels, (1, k, k), s, (0, p, p), d,
-                        bias=bias)  # fmt: skip
+        new = nn.Conv3d(conv.in_channels, conv.out_channels, (1, k, k), s, (0, p, p), d, bias=bias)
         weight = conv.weight.detach().unsqueeze(2)
     else:  # i3d: the 2D kernel repeated along depth, divided by its depth
         new = nn.Conv3d(conv.in_channels, conv.out_channels, k, s, p, d, bias=bias)
         weight = conv.weight.detach().unsqueeze(2).repeat(1, 1, k, 1, 1) / k
     with torch.no_grad():
         new.weight.copy_(weight)
-        if bias:
+        if conv.bias is not None:
+            assert new.bias is not None  # built with bias=True
             new.bias.copy_(conv.bias)
     return new
 
@@ -145,7 +155,9 @@ def _convert_norm(bn: nn.BatchNorm2d) -> nn.BatchNorm3d:
     return new
 
 
-def _triple(value: int | tuple[int, ...] | None) -> tuple | None:
+def _triple(
+    value: int | tuple[int | None, ...] | None,
+) -> tuple[int | None, int | None, int | None] | None:
     return value if value is None else (_one(value, "pooling size"),) * 3
 
 
@@ -155,11 +167,22 @@ def _convert_layer(layer: nn.Module, form: str) -> nn.Module | None:
         return _convert_conv(layer, form)
     if isinstance(layer, nn.BatchNorm2d):
         return _convert_norm(layer)
+    # A pool's square 2D size (k or (k, k)) is k on every axis: the 3D pools refuse 2-tuples.
     if isinstance(layer, nn.MaxPool2d):
-        return nn.MaxPool3d(layer.kernel_size, layer.stride, layer.padding, layer.dilation,
-                            ceil_mode=layer.ceil_mode)  # fmt: skip
+        return nn.MaxPool3d(
+            _one(layer.kernel_size, "pooling size"),
+            _one(layer.stride, "pooling stride"),
+            _one(layer.padding, "pooling padding"),
+            _one(layer.dilation, "pooling dilation"),
+            ceil_mode=layer.ceil_mode,
+        )
     if isinstance(layer, nn.AvgPool2d):
-        return nn.AvgPool3d(layer.kernel_size, layer.stride, layer.padding, layer.ceil_mode)
+        return nn.AvgPool3d(
+            _one(layer.kernel_size, "pooling size"),
+            _one(layer.stride, "pooling stride"),
+            _one(layer.padding, "pooling padding"),
+            layer.ceil_mode,
+        )
     if isinstance(layer, nn.AdaptiveAvgPool2d):
         return nn.AdaptiveAvgPool3d(_triple(layer.output_size))
     if "2d" in type(layer).__name__.lower():
@@ -167,7 +190,7 @@ def _convert_layer(layer: nn.Module, form: str) -> nn.Module | None:
     return None
 
 
-def convert_to_3d(model: nn.Module, form: str) -> nn.Module:
+def convert_to_3d(model: ModuleT, form: str) -> ModuleT:
     """Convert `model`'s 2D layers in place to `form` ("3d", "acs" or "2.5d"), keeping its
     weights as the module docstring says; returns the model. Functional 2D operations in
     a `forward` (F.conv2d, mean((2, 3))) are not seen and are the caller's to avoid."""

@@ -95,6 +95,13 @@ class Stat:
         std = statistics.stdev(vals) if len(vals) > 1 else None
         return cls(statistics.fmean(vals), std, len(vals), vals)
 
+    def required_mean(self) -> float:
+        """The mean of a metric every finished run records (test accuracy); a TypeError,
+        as arithmetic on the missing mean raises, when no run recorded a value."""
+        if self.mean is None:
+            raise TypeError("no run recorded a value of this metric, so it has no mean")
+        return self.mean
+
 
 @dataclass
 class Group:
@@ -121,13 +128,14 @@ class Group:
 
 def _flatten(row: dict[str, Any], results: RunResults | None) -> dict[str, Any]:
     """One run's flat fields: from its results when there are some, else the store row."""
-    f = {k: row.get(k) for k in RUN_FIELDS}
+    f: dict[str, Any] = {k: row.get(k) for k in RUN_FIELDS}
     f["flags"] = list(row.get("flags") or [])
     if results is not None:
         flat = results.flat_row()
         f.update({k: flat[_FLAT_NAME.get(k, k)] for k in RUN_FIELDS if k not in _ROW_COLUMNS})
-    if isinstance(f.get("model"), str):
-        f["model"] = model_label(f["model"])  # a file model as my_net:build, not its path
+    model = f.get("model")
+    if isinstance(model, str):
+        f["model"] = model_label(model)  # a file model as my_net:build, not its path
     return f
 
 

@@ -8,6 +8,7 @@ grid. A model that trained three times as long as another is not beaten by it on
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -80,8 +81,9 @@ def _span(values: list[float], rule: str) -> str:
 
 
 def _cohort(unit: str, rule: str, planned: float | None, groups: list[Group]) -> Cohort:
-    per_group = {g.label: [actual_length(r, rule) for r in g.runs] for g in groups}
-    per_group = {k: [v for v in vs if v is not None] for k, vs in per_group.items()}
+    per_group = {
+        g.label: [v for r in g.runs if (v := actual_length(r, rule)) is not None] for g in groups
+    }
     every = [v for vs in per_group.values() for v in vs]
     spread = ", ".join(f"{k} {_span(vs, rule)}" for k, vs in per_group.items() if vs)
     ranked = sorted(
@@ -91,9 +93,9 @@ def _cohort(unit: str, rule: str, planned: float | None, groups: list[Group]) ->
     return Cohort(unit, rule, planned, ranked, ok, spread)
 
 
-def cohorts(groups: list[Group], unit_of) -> list[Cohort]:
+def cohorts(groups: list[Group], unit_of: Callable[[Group], str]) -> list[Cohort]:
     """Groups split by dataset unit (`unit_of(group)`) and length rule, in first-seen order."""
-    keyed: dict[tuple, list[Group]] = {}
+    keyed: dict[tuple[str, str, float | None], list[Group]] = {}
     for g in groups:
         rule, planned = length_rule(g.runs[0])
         keyed.setdefault((unit_of(g), rule, planned), []).append(g)

@@ -5,6 +5,7 @@ finished run recorded and which is still there, unchanged (same MD5)."""
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 from medbench.data import load_dataset
@@ -17,7 +18,7 @@ def _data_files(runs: list[Run]) -> dict[tuple[str, int], tuple[Path, str]]:
     """(dataset, size) -> (the file and MD5 the first finished run of it recorded)."""
     files: dict[tuple[str, int], tuple[Path, str]] = {}
     for r in runs:
-        if not r.finished:
+        if not r.finished or r.results is None:  # (a finished run has results)
             continue
         d = r.results.dataset
         key = (str(d.get("name")), int(r["size"] or d.get("size") or 28))
@@ -38,9 +39,10 @@ def _leakage(name: str, size: int, path: Path, md5: str) -> Leakage | None:
     return test_leakage(data) if data.md5 == md5 and data.path == path else None
 
 
-def leakage_findings(runs: list[Run], unit_of) -> list[str]:
+def leakage_findings(runs: list[Run], unit_of: Callable[[Run], str]) -> list[str]:
     """One finding per dataset whose test images leak, one for those checked clean."""
-    out, clean = [], []
+    out: list[str] = []
+    clean: list[str] = []
     for (name, size), (path, md5) in _data_files(runs).items():
         found = _leakage(name, size, path, md5)
         if found is None:

@@ -3,6 +3,7 @@ can stay one or two lines and still say where the full list is."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from medbench.report.collect import Run
@@ -40,10 +41,20 @@ def gap(r: Run) -> float | None:
     return abs(r["val_acc"] - r["test_acc"])
 
 
+def gaps(runs: list[Run]) -> list[tuple[Run, float]]:
+    """(run, val-vs-test accuracy gap) of the finished runs that recorded both accuracies."""
+    return [(r, g) for r in finished(runs) if (g := gap(r)) is not None]
+
+
+def _big_gaps(runs: list[Run]) -> list[tuple[Run, float]]:
+    """(run, gap) of the finished runs whose gap exceeds GAP_POINTS, largest first."""
+    found = [(r, g) for r, g in gaps(runs) if g * 100 > GAP_POINTS]
+    return sorted(found, key=lambda pair: -pair[1])
+
+
 def big_gaps(runs: list[Run]) -> list[Run]:
     """Finished runs whose val and test accuracy differ by more than GAP_POINTS, largest first."""
-    found = [r for r in finished(runs) if (gap(r) or 0.0) * 100 > GAP_POINTS]
-    return sorted(found, key=lambda r: -gap(r))
+    return [r for r, _ in _big_gaps(runs)]
 
 
 def collapsed(runs: list[Run]) -> list[Run]:
@@ -59,7 +70,9 @@ def run_missed(r: Run) -> list[MissedClass]:
     return missed_classes(test)
 
 
-def below_baseline(runs: list[Run], baselines: dict[str, Baseline], unit_of) -> list[Run]:
+def below_baseline(
+    runs: list[Run], baselines: dict[str, Baseline], unit_of: Callable[[Run], str]
+) -> list[Run]:
     out = []
     for r in finished(runs):
         b = baselines.get(unit_of(r))
@@ -73,7 +86,9 @@ def _id(r: Run) -> tuple[str, str, str]:
 
 
 def collapse_table(runs: list[Run]) -> Table:
-    rows = [_id(r) + (flag,) for r in collapsed(runs) for flag in (r["flags"] or ["flagged"])]
+    rows: list[tuple[str, ...]] = [
+        _id(r) + (flag,) for r in collapsed(runs) for flag in (r["flags"] or ["flagged"])
+    ]
     return Table(
         "Collapsed runs",
         ("Dataset", "Model", "Seed", "Collapse guard flag"),
@@ -84,9 +99,9 @@ def collapse_table(runs: list[Run]) -> Table:
 
 
 def gap_table(runs: list[Run]) -> Table:
-    rows = [
-        _id(r) + (pct(r["val_acc"]), pct(r["test_acc"]), f"{100 * gap(r):.1f}")
-        for r in big_gaps(runs)
+    rows: list[tuple[str, ...]] = [
+        _id(r) + (pct(r["val_acc"]), pct(r["test_acc"]), f"{100 * g:.1f}")
+        for r, g in _big_gaps(runs)
     ]
     return Table(
         "Validation/test gaps",
@@ -98,7 +113,7 @@ def gap_table(runs: list[Run]) -> Table:
 
 
 def missed_table(runs: list[Run]) -> Table:
-    rows = [
+    rows: list[tuple[str, ...]] = [
         _id(r) + (m.name, str(m.support), f"{m.share:.1%}", pct(m.recall, 0), str(m.predicted))
         for r in finished(runs)
         for m in run_missed(r)
@@ -113,7 +128,7 @@ def missed_table(runs: list[Run]) -> Table:
 
 
 def unfinished_table(runs: list[Run]) -> Table:
-    rows = [_id(r) + (str(r["status"]), r.reason) for r in unfinished(runs)]
+    rows: list[tuple[str, ...]] = [_id(r) + (str(r["status"]), r.reason) for r in unfinished(runs)]
     return Table(
         "Cells not finished",
         ("Dataset", "Model", "Seed", "Status", "Reason"),
@@ -122,8 +137,10 @@ def unfinished_table(runs: list[Run]) -> Table:
     )
 
 
-def baseline_table(runs: list[Run], baselines: dict[str, Baseline], unit_of) -> Table:
-    rows = []
+def baseline_table(
+    runs: list[Run], baselines: dict[str, Baseline], unit_of: Callable[[Run], str]
+) -> Table:
+    rows: list[tuple[str, ...]] = []
     for r in below_baseline(runs, baselines, unit_of):
         b = baselines[unit_of(r)]
         rows.append(_id(r) + (pct(r["test_acc"]), f"{pct(b.acc)} ({b.predicts})"))

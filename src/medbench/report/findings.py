@@ -105,24 +105,34 @@ def compare_top_two(
         return Comparison(unit, a, None, None, None, None, None, METHOD)
     sa, sb = a.stat("test_acc"), b.stat("test_acc")
     pair = tests.pair(a.label, b.label) if tests is not None else None
-    if pair is None or math.isnan(pair.mcnemar_p_holm):
+    if tests is None or pair is None or math.isnan(pair.mcnemar_p_holm):
         p = _welch_p_value(sa, sb)
         significant = None if p is None else p < ALPHA
-        return Comparison(unit, a, b, sa.mean - sb.mean, p, significant, _overlap(sa, sb), METHOD)
+        difference = sa.required_mean() - sb.required_mean()
+        return Comparison(unit, a, b, difference, p, significant, _overlap(sa, sb), METHOD)
     sign = 1.0 if pair.model_a == a.label else -1.0
     p, auc_p = pair.mcnemar_p_holm, pair.delong_p_holm
     return Comparison(
-        unit, a, b, sa.mean - sb.mean, p, p < ALPHA, _overlap(sa, sb), pair.mcnemar_method,
-        paired=True, n_test=tests.n_test, auc_difference=sign * pair.auc_diff,
+        unit,
+        a,
+        b,
+        sa.required_mean() - sb.required_mean(),
+        p,
+        p < ALPHA,
+        _overlap(sa, sb),
+        pair.mcnemar_method,
+        paired=True,
+        n_test=tests.n_test,
+        auc_difference=sign * pair.auc_diff,
         auc_p=None if math.isnan(auc_p) else auc_p,
         auc_method="DeLong" if pair.delong_method.startswith("DeLong") else "paired bootstrap",
-    )  # fmt: skip
+    )
 
 
 def _overlap(a: Stat, b: Stat) -> bool | None:
     """Whether a's mean - std reaches b's mean + std; None without both spreads."""
-    if a.std is None or b.std is None:
-        return None
+    if a.std is None or b.std is None or a.mean is None or b.mean is None:
+        return None  # (Stat.of gives a spread only with a mean)
     return (a.mean - a.std) <= (b.mean + b.std)
 
 
@@ -261,7 +271,7 @@ def _overall_accuracy(
         lab: gs for lab, gs in coverage.items() if len({dataset_unit(g) for g in gs}) == len(units)
     }
     overall = {
-        lab: (sum(g.stat("test_acc").mean for g in gs) / len(gs), len(gs))
+        lab: (sum(g.stat("test_acc").required_mean() for g in gs) / len(gs), len(gs))
         for lab, gs in (everywhere or coverage).items()
     }
     return overall, bool(everywhere)
@@ -269,13 +279,18 @@ def _overall_accuracy(
 
 def _most_efficient(f: Findings) -> None:
     """The healthy group with the most accuracy (%) per million parameters."""
-    pool = [g for c in f.cohorts for g in c.healthy if g.stat("efficiency").mean is not None]
+    pool = [
+        (g, efficiency)
+        for c in f.cohorts
+        for g in c.healthy
+        if (efficiency := g.stat("efficiency").mean) is not None
+    ]
     if not pool:
         return
-    e = max(pool, key=lambda g: g.stat("efficiency").mean)
+    e, efficiency = max(pool, key=lambda pair: pair[1])
     f.most_efficient = e.label
     f.findings.append(
-        f"Most efficient: {e.label} on {dataset_unit(e)}, {e.stat('efficiency').mean:.1f} accuracy "
+        f"Most efficient: {e.label} on {dataset_unit(e)}, {efficiency:.1f} accuracy "
         f"points per million parameters ({pct(e.stat('test_acc').mean)} with {_params(e)}); "
         "collapsed models are left out."
     )
@@ -302,6 +317,7 @@ def _rank_cohort(f: Findings, c: Cohort, many: bool) -> None:
     if cmp.runner_up is None:
         f.findings.append(text + " (the only healthy model run on it).")
         return
+    assert cmp.difference is not None  # compare_top_two sets it whenever there is a runner-up
     text += f", {points(cmp.difference)} over {cmp.runner_up.label}"
     f.findings.append(text + _separation(cmp))
 
@@ -409,20 +425,21 @@ def _missed(runs: list[Run]) -> str | None:
 
 
 def _val_test_gap(runs: list[Run]) -> str | None:
-    done = [r for r in details.finished(runs) if details.gap(r) is not None]
+    done = details.gaps(runs)
     if not done:
         return None
     big = details.big_gaps(runs)
-    worst = big[0] if big else max(done, key=details.gap)
+    # The largest gap (the first of `big` where there are big ones).
+    worst, largest = max(done, key=lambda pair: pair[1])
     where = f"{worst['model']} on {worst['dataset']}, seed {worst['seed']}"
     if not big:
         return (
             f"Validation accuracy predicts test accuracy within {details.GAP_POINTS:.0f} points "
-            f"in every run (largest gap {100 * details.gap(worst):.1f} points, {where})."
+            f"in every run (largest gap {100 * largest:.1f} points, {where})."
         )
     return (
         f"Validation and test accuracy differ by more than {details.GAP_POINTS:.0f} points in "
-        f"{len(big)} of {len(done)} runs (largest {100 * details.gap(worst):.1f} points, {where}); "
+        f"{len(big)} of {len(done)} runs (largest {100 * largest:.1f} points, {where}); "
         "all are in the 'Validation/test gaps' table."
     )
 
@@ -437,14 +454,15 @@ def _published(f: Findings) -> list[str]:
             g = c.healthy[0]
             if (
                 c.unit not in best_of
-                or g.stat("test_acc").mean > best_of[c.unit].stat("test_acc").mean
+                or g.stat("test_acc").required_mean()
+                > best_of[c.unit].stat("test_acc").required_mean()
             ):
                 best_of[c.unit] = g
     for unit, best in best_of.items():
         ref = baseline(best.dataset)
         if not ref:
             continue
-        acc = best.stat("test_acc").mean
+        acc = best.stat("test_acc").required_mean()
         where = "above" if acc > ref["acc"] else "below"
         text = (
             f"{unit}: our best healthy model, {best.label} at {pct(acc)}, is "
@@ -468,7 +486,7 @@ def _reference_study(groups: list[Group]) -> list[str]:
         acc = g.stat("test_acc")
         text = (
             f"{g.label} on {g.dataset}: {mean_std(acc)} against the reference study's "
-            f"{pct(ref['acc'])} ({points(acc.mean - ref['acc'])})"
+            f"{pct(ref['acc'])} ({points(acc.required_mean() - ref['acc'])})"
         )
         if ref.get("collapsed"):
             text += _reference_collapse(g, ref)
@@ -526,8 +544,12 @@ def _ensemble_advice(
         return (
             f"For {name}, the {method} ensemble {verdict} the best single run on both test accuracy "
             f"and AUC (untested); "
-            + (f"use it where {n}x inference cost is acceptable." if better else "the single run is the better deployment.")
-        )  # fmt: skip
+            + (
+                f"use it where {n}x inference cost is acceptable."
+                if better
+                else "the single run is the better deployment."
+            )
+        )
     if d_acc > 0 and d_auc > 0 and max(p_auc, p_acc) < ALPHA:
         return (
             f"For {name}, the {method} ensemble beats the best single run on both test accuracy "
@@ -677,10 +699,13 @@ def _smaller_alternative(f: Findings) -> str | None:
     best = next(
         (g for g in pool if g.label == f.best_overall and dataset_unit(g) == dataset_unit(e)), None
     )
-    if best is None or not best.stat("n_params").mean or not e.stat("n_params").mean:
+    if best is None:
         return None
-    ratio = best.stat("n_params").mean / e.stat("n_params").mean
-    share = e.stat("test_acc").mean / best.stat("test_acc").mean
+    best_params, e_params = best.stat("n_params").mean, e.stat("n_params").mean
+    if not best_params or not e_params:
+        return None
+    ratio = best_params / e_params
+    share = e.stat("test_acc").required_mean() / best.stat("test_acc").required_mean()
     return (
         f"Where size or latency matter, {e.label} keeps {100 * share:.0f}% of {best.label}'s accuracy on "
         f"{dataset_unit(e)} with {ratio:.1f}x {'fewer' if ratio >= 1 else 'more'} parameters."

@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay, multilabel_confusion_matrix
 
-from medbench.report.collect import Group, Run, Stat
+from medbench.report.collect import Group, Run
 from medbench.scoring.metrics import MULTI_LABEL, reliability_bins
 from medbench.scoring.stats import RankingTest, critical_difference_diagram
 from medbench.utils.fsutil import atomic_path
@@ -55,7 +55,7 @@ def _slug(unit: str) -> str:
 def _rotate(ax: Axes, degrees: int = 35) -> None:
     for label in ax.get_xticklabels():
         label.set_rotation(degrees)
-        label.set_ha("right")
+        label.set_horizontalalignment("right")
 
 
 def accuracy_heatmap(groups: list[Group], folder: Path) -> list[FigureFile]:
@@ -89,10 +89,15 @@ def accuracy_heatmap(groups: list[Group], folder: Path) -> list[FigureFile]:
     ]
 
 
-def _accuracy_points(groups: list[Group], x_field: str) -> list[tuple[Group, float, Stat]]:
-    """(group, mean of x_field, test accuracy) of each group that has both."""
-    points = [(g, g.stat(x_field).mean, g.stat("test_acc")) for g in groups]
-    return [(g, x, s) for g, x, s in points if x and s.mean is not None]
+def _accuracy_points(groups: list[Group], x_field: str) -> list[tuple[Group, float, float, float]]:
+    """(group, mean of x_field, mean test accuracy, its standard deviation over seeds, 0
+    with one seed) of each group that has both means."""
+    points = []
+    for g in groups:
+        x, acc = g.stat(x_field).mean, g.stat("test_acc")
+        if x and acc.mean is not None:
+            points.append((g, x, acc.mean, acc.std or 0))
+    return points
 
 
 def _scatter(
@@ -104,16 +109,24 @@ def _scatter(
     points = _accuracy_points(groups, x_field)
     if not points:
         return []
-    models = list(dict.fromkeys(g.label for g, _, _ in points))
-    units = list(dict.fromkeys(_unit(g) for g, _, _ in points))
+    models = list(dict.fromkeys(g.label for g, _, _, _ in points))
+    units = list(dict.fromkeys(_unit(g) for g, _, _, _ in points))
     colours = {u: f"C{i % 10}" for i, u in enumerate(units)}
     fig = Figure(figsize=(7.5, 4.6), layout="constrained")
     ax = fig.add_subplot()
-    for g, x, s in points:
+    for g, x, acc, spread in points:
         colour, marker = colours[_unit(g)], MARKERS[models.index(g.label) % len(MARKERS)]
         face = "none" if g.collapsed_runs else colour
-        ax.errorbar(x, 100 * s.mean, yerr=100 * (s.std or 0), fmt=marker, color=colour,
-                    mfc=face, ms=8, capsize=3)  # fmt: skip
+        ax.errorbar(
+            x,
+            100 * acc,
+            yerr=100 * spread,
+            fmt=marker,
+            color=colour,
+            mfc=face,
+            ms=8,
+            capsize=3,
+        )
     _two_legends(ax, fig, units, models, colours)
     ax.set_xscale("log")
     ax.set_xlabel(x_label)
@@ -148,16 +161,28 @@ def accuracy_vs_flops(groups: list[Group], folder: Path) -> list[FigureFile]:
     )
 
 
+def _efficiencies(groups: list[Group]) -> list[tuple[Group, float, float]]:
+    """(group, mean efficiency, its standard deviation over seeds, 0 with one seed) of each
+    group that has a mean efficiency."""
+    found = []
+    for g in groups:
+        s = g.stat("efficiency")
+        if s.mean is not None:
+            found.append((g, s.mean, s.std or 0))
+    return found
+
+
 def efficiency_bars(groups: list[Group], folder: Path) -> list[FigureFile]:
-    sel = [g for g in groups if g.stat("efficiency").mean is not None]
-    if not sel:
+    bars = _efficiencies(groups)
+    if not bars:
         return []
+    sel = [g for g, _, _ in bars]
     fig = Figure(figsize=(max(5.0, 0.7 * len(sel) + 2.5), 4.4), layout="constrained")
     ax = fig.add_subplot()
     ax.bar(
         range(len(sel)),
-        [g.stat("efficiency").mean for g in sel],
-        yerr=[g.stat("efficiency").std or 0 for g in sel],
+        [mean for _, mean, _ in bars],
+        yerr=[spread for _, _, spread in bars],
         capsize=3,
         color=["0.75" if g.collapsed_runs else "tab:green" for g in sel],
     )
@@ -193,8 +218,7 @@ def _draw_curves(loss_ax: Axes, acc_ax: Axes, gs: list[Group]) -> bool:
         for k, run in enumerate(g.runs):
             xs, history = _history_x(run), run.results.history if run.results else []
             label = g.label if k == 0 else None
-            drawn |= _curve(loss_ax, xs, [h.train_loss for h in history], color=colour,
-                            label=label)  # fmt: skip
+            drawn |= _curve(loss_ax, xs, [h.train_loss for h in history], color=colour, label=label)
             _curve(loss_ax, xs, [h.val_loss for h in history], color=colour, ls="--")
             _curve(acc_ax, xs, [h.val_acc for h in history], color=colour, label=label)
     return drawn
@@ -249,7 +273,10 @@ def _draw_confusion(axes, run: Run, cm: np.ndarray, label: str) -> None:
     rows = cm.sum(axis=1, keepdims=True)
     share = np.divide(cm, rows, out=np.zeros(cm.shape), where=rows > 0)
     small = cm.shape[0] <= 12
-    for ax, values, fmt, what in ((axes[0], cm, "d", "counts"), (axes[1], share, ".0%", "row-normalised")):  # fmt: skip
+    for ax, values, fmt, what in (
+        (axes[0], cm, "d", "counts"),
+        (axes[1], share, ".0%", "row-normalised"),
+    ):
         disp = ConfusionMatrixDisplay(values, display_labels=names)
         disp.plot(ax=ax, cmap="Blues", values_format=fmt, colorbar=False, include_values=small)
         _rotate(ax, 45)
@@ -263,8 +290,11 @@ def confusion_matrices(groups: list[Group], folder: Path) -> list[FigureFile]:
     """Per dataset: each model's first seed, test split, as counts and row-normalised."""
     out = []
     for unit in _units(groups):
-        drawn = [(g, g.runs[0], _single_label_confusion(g.runs[0])) for g in groups if _unit(g) == unit]  # fmt: skip
-        drawn = [(g, r, cm) for g, r, cm in drawn if cm is not None]
+        drawn = [
+            (g, g.runs[0], cm)
+            for g in groups
+            if _unit(g) == unit and (cm := _single_label_confusion(g.runs[0])) is not None
+        ]
         if not drawn:
             continue
         side = 1.5 + 0.55 * drawn[0][2].shape[0]
@@ -327,9 +357,14 @@ def roc_curves(groups: list[Group], folder: Path) -> list[FigureFile]:
         ax = fig.add_subplot()
         for n, (i, g, found) in enumerate(drawn):
             y, score = _roc_inputs(*found)
-            RocCurveDisplay.from_predictions(y, score, ax=ax, name=g.label,
-                                             curve_kwargs={"color": f"C{i % 10}"},
-                                             plot_chance_level=n == 0)  # fmt: skip
+            RocCurveDisplay.from_predictions(
+                y,
+                score,
+                ax=ax,
+                name=g.label,
+                curve_kwargs={"color": f"C{i % 10}"},
+                plot_chance_level=n == 0,
+            )
         task = drawn[0][2][2]
         how = "" if task == "binary-class" else " (micro-averaged one-vs-rest over classes)"
         ax.set_title(f"ROC on the {unit} test split{how}", fontsize=10)
@@ -361,11 +396,20 @@ def reliability_diagrams(groups: list[Group], folder: Path) -> list[FigureFile]:
         for i, g, found in drawn:
             bins = reliability_bins(*found)
             keep = [k for k, n in enumerate(bins["count"]) if n]
-            ax.plot([bins["confidence"][k] for k in keep], [bins["accuracy"][k] for k in keep],
-                    marker="o", color=f"C{i % 10}", label=g.label)  # fmt: skip
+            ax.plot(
+                [bins["confidence"][k] for k in keep],
+                [bins["accuracy"][k] for k in keep],
+                marker="o",
+                color=f"C{i % 10}",
+                label=g.label,
+            )
         ax.plot([0, 1], [0, 1], "k--", lw=0.8, label="perfectly calibrated")
-        ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="top-label confidence (temperature-scaled)",
-               ylabel="accuracy in the bin")  # fmt: skip
+        ax.set(
+            xlim=(0, 1),
+            ylim=(0, 1),
+            xlabel="top-label confidence (temperature-scaled)",
+            ylabel="accuracy in the bin",
+        )
         ax.legend(fontsize=8, loc="upper left")
         ax.grid(alpha=0.3)
         caption = (
@@ -399,8 +443,15 @@ def label_confusion(groups: list[Group], folder: Path) -> list[FigureFile]:
             shares = _label_outcomes(labels, probs)
             image = ax.imshow(shares, cmap="Blues", vmin=0, vmax=1, aspect="auto")
             for (r, c), value in np.ndenumerate(shares):
-                ax.text(c, r, f"{value:.0%}", ha="center", va="center", fontsize=7,
-                        color="white" if value > 0.6 else "black")  # fmt: skip
+                ax.text(
+                    c,
+                    r,
+                    f"{value:.0%}",
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if value > 0.6 else "black",
+                )
             ax.set_xticks(range(4), ["TN", "FP", "FN", "TP"])
             ax.set_yticks(range(n_labels), _class_names(g.runs[0], n_labels), fontsize=7)
             ax.set_title(f"{g.label}, seed {g.runs[0]['seed']}", fontsize=9)

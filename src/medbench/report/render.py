@@ -175,7 +175,7 @@ def reference_note(groups: list[Group]) -> str:
 def _published_study_rows(unit: str, dataset: str) -> list[tuple[str, ...]]:
     """MedMNIST v2's published rows; * marks those not cross-checked."""
     checked = set((load_published()["datasets"].get(dataset) or {}).get("checked") or [])
-    rows = []
+    rows: list[tuple[str, ...]] = []
     for method, vals in published_rows(dataset).items():
         mark = "" if method in checked else " *"
         auc = NO_VALUE if vals.get("auc") is None else f"{vals['auc']:.3f}"
@@ -185,7 +185,7 @@ def _published_study_rows(unit: str, dataset: str) -> list[tuple[str, ...]]:
 
 
 def _reference_study_rows(unit: str, dataset: str) -> list[tuple[str, ...]]:
-    rows = []
+    rows: list[tuple[str, ...]] = []
     for model, vals in reference_study_rows(dataset).items():
         acc = _pub(vals.get("acc")) + (" (collapsed)" if vals.get("collapsed") else "")
         rows.append((unit, model, "reference study", acc) + (NO_VALUE,) * 5)
@@ -195,7 +195,7 @@ def _reference_study_rows(unit: str, dataset: str) -> list[tuple[str, ...]]:
 def run_rows(runs: list[Run], findings: Findings) -> list[tuple[str, ...]]:
     """One row per finished run, with what it really trained; unfinished cells are in
     their own table."""
-    out = []
+    out: list[tuple[str, ...]] = []
     for r in (r for r in runs if r.finished):
         official = {True: "yes", False: "NO (MD5 differs)", None: "unknown"}[
             None if r["data_md5_matches"] is None else bool(r["data_md5_matches"])
@@ -234,7 +234,7 @@ def run_rows(runs: list[Run], findings: Findings) -> list[tuple[str, ...]]:
 
 
 def ensemble_rows(ensembles: list[dict[str, Any]]) -> list[tuple[str, ...]]:
-    rows = []
+    rows: list[tuple[str, ...]] = []
     for e in ensembles:
         t, b, m = e["metrics"]["test"], e["best_single"], e["model"]
         latency = e["timing"].get("latency_ms_per_image")
@@ -264,8 +264,8 @@ def _md_table(head: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
 
 def _context(groups: list[Group], runs: list[Run]) -> dict[str, Any]:
     pub = load_published()
-    done = [r for r in runs if r.finished]
-    env = done[0].results.environment if done else {}
+    first = next((r.results for r in runs if r.finished and r.results is not None), None)
+    env = first.environment if first is not None else {}
     counts = {
         s: sum(1 for r in runs if r["status"] == s)
         for s in ("finished", "failed", "running", "pending")
@@ -408,8 +408,14 @@ _ENSEMBLE_NOTE = (
 def _md_ensembles(ensembles: list[dict[str, Any]] | None) -> list[str]:
     if not ensembles:
         return []
-    return ["## Ensembles", "", _md_table(ENSEMBLE_HEAD, ensemble_rows(ensembles)), "",
-            _ENSEMBLE_NOTE, ""]  # fmt: skip
+    return [
+        "## Ensembles",
+        "",
+        _md_table(ENSEMBLE_HEAD, ensemble_rows(ensembles)),
+        "",
+        _ENSEMBLE_NOTE,
+        "",
+    ]
 
 
 def _html_details(findings: Findings) -> list[str]:

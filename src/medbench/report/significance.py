@@ -20,7 +20,7 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -38,6 +38,9 @@ from medbench.errors import MedbenchError
 from medbench.report.collect import Group
 from medbench.report.compare import Cohort
 from medbench.scoring import metrics, stats
+
+if TYPE_CHECKING:
+    from medbench.report.details import Table
 
 ALPHA = 0.05
 POWER = 0.8
@@ -204,9 +207,11 @@ def _cohort_tests(sig: Significance, name: str, cohort: Cohort) -> DatasetTests 
     task = next(iter(groups[0].runs.values())).task
     for mg in groups:
         sig.rows[(cohort.unit, mg.label)] = _intervals(sig, mg, labels, task)
-    pairs = [] if not cohort.comparable else [
-        compare_pair(a, b, task, 2 * sig.n_boot, 0) for a, b in itertools.combinations(groups, 2)
-    ]  # fmt: skip
+    pairs = (
+        [compare_pair(a, b, task, 2 * sig.n_boot, 0) for a, b in itertools.combinations(groups, 2)]
+        if cohort.comparable
+        else []
+    )
     n_classes = next(iter(groups[0].runs.values())).probs.shape[1]
     resolvable_ = resolvable(pairs, labels, task, n_classes, sig.alpha, POWER) if pairs else None
     return DatasetTests(name, task, len(labels), pairs, resolvable_, left_out)
@@ -312,7 +317,7 @@ def _capital(sentence: str) -> str:
     return f"{sentence[0].upper()}{sentence[1:]}." if sentence else ""
 
 
-def comparison_tables(sig: Significance, table_cls) -> list:
+def comparison_tables(sig: Significance, table_cls: type[Table]) -> list[Table]:
     """One table per cohort of its pairs, and the ranking across datasets where there is
     one; `table_cls` is the report's Table (title, head, rows, note)."""
     m = methods(sig)
@@ -321,7 +326,7 @@ def comparison_tables(sig: Significance, table_cls) -> list:
         f"called better only where the corrected p < {sig.alpha:g}. AUC: {m['auc']}. "
         f"Accuracy: {m['acc']}. Pairing: {m['pairing']}."
     )
-    tables = []
+    tables: list[Table] = []
     for d in sig.datasets:
         if not d.pairs:
             continue
@@ -338,6 +343,8 @@ def comparison_tables(sig: Significance, table_cls) -> list:
     r = sig.ranking
     if r is not None and r.testable:
         order = sorted(zip(r.average_ranks, r.models, strict=True))
-        rows = [(model, f"{rank:.2f}", str(len(r.datasets))) for rank, model in order]
+        rows: list[tuple[str, ...]] = [
+            (model, f"{rank:.2f}", str(len(r.datasets))) for rank, model in order
+        ]
         tables.append(table_cls("Ranking across datasets", RANK_HEAD, rows, m["ranking"] + "."))
     return tables

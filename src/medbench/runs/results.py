@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,7 +80,8 @@ class RoundRecord:
         d = dict(d)
         if "round" not in d and "epoch" in d:  # schema 1
             d["round"] = d.pop("epoch")
-        return cls(**{f.name: d.get(f.name) for f in dataclasses.fields(cls)})
+        values: dict[str, Any] = {f.name: d.get(f.name) for f in dataclasses.fields(cls)}
+        return cls(**values)
 
 
 @dataclass
@@ -124,7 +126,8 @@ class Timing:
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Timing:
-        return cls(**{f.name: d.get(f.name) for f in dataclasses.fields(cls)})
+        values: dict[str, Any] = {f.name: d.get(f.name) for f in dataclasses.fields(cls)}
+        return cls(**values)
 
 
 @dataclass
@@ -304,7 +307,7 @@ class RunResults:
 
 
 # The entries every reader indexes into, and the JSON type each must have.
-_SHAPE: tuple[tuple[str, type | tuple[type, ...]], ...] = (
+_SHAPE: tuple[tuple[str, type], ...] = (
     ("config", dict),
     ("dataset", dict),
     ("model", dict),
@@ -315,7 +318,7 @@ _SHAPE: tuple[tuple[str, type | tuple[type, ...]], ...] = (
     ("environment", dict),
     ("files", dict),
 )
-_JSON_TYPE_NAMES = {dict: "an object", list: "a list", str: "a string"}
+_JSON_TYPE_NAMES: dict[type, str] = {dict: "an object", list: "a list", str: "a string"}
 
 
 def _check_shape(d: Any) -> None:
@@ -361,7 +364,7 @@ def read_results(path: str | Path) -> RunResults:
     return RunResults.from_json(data, path)
 
 
-def recorded_data_dir(model_path: str | Path) -> str | None:
+def recorded_data_dir(model_path: str | os.PathLike[str]) -> str | None:
     """The data folder the run holding `model_path` (its folder, or a model file in it) was
     trained from, as its results.json records it, if that folder still exists; else None
     (no results beside the model, unreadable ones, or a folder since moved)."""

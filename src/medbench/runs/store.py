@@ -26,6 +26,7 @@ its total budget.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -33,14 +34,14 @@ import random
 import sqlite3
 import time
 import urllib.parse
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy
 from sqlalchemy import bindparam, text
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection, Engine, RowMapping
 
 from medbench.errors import MedbenchError
 from medbench.runs.leases import DEFAULT_STALE_SECONDS, Owner, abandoned, process_alive
@@ -106,8 +107,12 @@ _COLUMNS = """
 """
 # What the database says when the disk, not medbench, refused a write.
 _DISK_ERRORS = (
-    "disk is full", "disk I/O error", "readonly database", "unable to open", "No space left",
-)  # fmt: skip
+    "disk is full",
+    "disk I/O error",
+    "readonly database",
+    "unable to open",
+    "No space left",
+)
 # Columns added since schema 1, added to a store of schema 1 when it is opened.
 _ADDED_COLUMNS = {
     "seconds_spent": "REAL NOT NULL DEFAULT 0",
@@ -155,7 +160,7 @@ class ResultsStore:
     """
 
     def __init__(
-        self, folder: str | os.PathLike, *, create: bool = True, url: str | None = None
+        self, folder: str | os.PathLike[str], *, create: bool = True, url: str | None = None
     ) -> None:
         """Open (with `create`, make) the store of `folder` for reading and writing; without
         `create`, open an existing store for reading only: then nothing is ever written to
@@ -257,7 +262,9 @@ class ResultsStore:
                     break  # not a database at all: immutable will not help
                 continue
             return sqlite_engine(
-                lambda uri=uri: sqlite3.connect(uri, uri=True, timeout=60.0, isolation_level=None)
+                functools.partial(
+                    sqlite3.connect, uri, uri=True, timeout=60.0, isolation_level=None
+                )
             )
         raise MedbenchError(
             f"cannot read results store {self.path}: {error}; it was left as it is: check that "
@@ -296,7 +303,7 @@ class ResultsStore:
             conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _SCHEMA_LOCK})
             columns = server_type(_COLUMNS)
         else:
-            if conn.exec_driver_sql("PRAGMA journal_mode").scalar().lower() != "wal":
+            if conn.exec_driver_sql("PRAGMA journal_mode").scalar_one().lower() != "wal":
                 conn.exec_driver_sql("PRAGMA journal_mode=WAL")
             conn.exec_driver_sql("BEGIN IMMEDIATE")
         conn.execute(text(f"CREATE TABLE IF NOT EXISTS cells ({columns})"))
@@ -363,7 +370,7 @@ class ResultsStore:
                 "it held before: free some disk space (or make it writable) and run again"
             ) from exc
 
-    def _rel(self, path: str | os.PathLike) -> str:
+    def _rel(self, path: str | os.PathLike[str]) -> str:
         """Paths inside the folder are stored relative to it, so the folder can be moved."""
         path = Path(path)
         try:
@@ -527,7 +534,7 @@ class ResultsStore:
         return None
 
     @staticmethod
-    def _lock(conn: Connection, key: str) -> Mapping[str, Any] | None:
+    def _lock(conn: Connection, key: str) -> RowMapping | None:
         """The cell's row, locked until the transaction ends; None when another
         transaction holds it (it is being claimed or written by someone else)."""
         return (
@@ -543,7 +550,7 @@ class ResultsStore:
         )
 
     @staticmethod
-    def _claimable(row: Mapping[str, Any] | None, now: float, stale_seconds: float) -> bool:
+    def _claimable(row: RowMapping | None, now: float, stale_seconds: float) -> bool:
         if row is None or row["status"] not in ("pending", "running"):
             return False
         if row["status"] == "pending":
@@ -583,7 +590,7 @@ class ResultsStore:
                 {"s": attempt_seconds, "key": key},
             )
 
-    def finish(self, key: str, results: RunResults, results_path: str | os.PathLike) -> None:
+    def finish(self, key: str, results: RunResults, results_path: str | os.PathLike[str]) -> None:
         """Record a finished run from its results."""
         row = results.flat_row()
         names = ("test_acc", "test_auc", "val_acc", "val_auc", "n_params", "gflops")
@@ -655,7 +662,7 @@ class ResultsStore:
     def seconds_spent(self, keys: Iterable[str] | None = None) -> float:
         """Wall seconds the cells' attempts have spent (all cells, or those of `keys`)."""
         rows = self.rows(keys)
-        return sum(r["seconds_spent"] + r["attempt_seconds"] for r in rows)
+        return float(sum(r["seconds_spent"] + r["attempt_seconds"] for r in rows))
 
     def counts(self, keys: Iterable[str] | None = None) -> dict[str, int]:
         """Number of cells per status (all four statuses present)."""

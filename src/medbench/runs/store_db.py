@@ -3,11 +3,12 @@ file, or a database server named by an SQLAlchemy URL (see `medbench.runs.store`
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import sqlalchemy
 from sqlalchemy.engine import Engine
@@ -29,7 +30,8 @@ def database_url(url: str) -> str:
     psycopg2, SQLAlchemy's default driver for it, is not installed."""
     if url.startswith("postgresql://") or url.startswith("postgres://"):
         try:
-            import psycopg2  # noqa: F401
+            # Only whether it imports (it ships no type information): SQLAlchemy loads it.
+            importlib.import_module("psycopg2")
         except ImportError:
             return "postgresql+psycopg://" + url.split("://", 1)[1]
     return url
@@ -44,7 +46,7 @@ def public_url(url: str) -> str:
     return parsed._replace(password=None).render_as_string(hide_password=False)
 
 
-def recorded_url(folder: str | os.PathLike) -> str | None:
+def recorded_url(folder: str | os.PathLike[str]) -> str | None:
     """The database URL `folder`'s store lives at, when it is on a server (else None)."""
     path = Path(folder) / LOCATION_NAME
     if not path.is_file():
@@ -58,12 +60,12 @@ def recorded_url(folder: str | os.PathLike) -> str | None:
         ) from exc
 
 
-def has_store(folder: str | os.PathLike) -> bool:
+def has_store(folder: str | os.PathLike[str]) -> bool:
     """Whether `folder` has a results store (its own SQLite file, or one on a server)."""
     return (Path(folder) / STORE_NAME).exists() or (Path(folder) / LOCATION_NAME).exists()
 
 
-def sqlite_engine(connect: Any) -> Engine:
+def sqlite_engine(connect: Callable[[], sqlite3.Connection]) -> Engine:
     """An engine over sqlite3 connections made by `connect`, each in the driver's
     autocommit mode, so that the store itself says BEGIN IMMEDIATE where it writes."""
 

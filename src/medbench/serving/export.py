@@ -112,13 +112,14 @@ def export_model(
     if fmt not in FORMATS:
         raise MedbenchError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
     require_packages(fmt, import_module)
-    model, meta = load_trained_model(model_path)
+    model_file = Path(model_path)  # (a run folder or its model.pt)
+    model, meta = load_trained_model(model_file)
     model = model.float().eval()
-    out = Path(out) if out is not None else default_output(model_path, fmt)
+    out = Path(out) if out is not None else default_output(model_file, fmt)
     if out.is_dir():
         raise MedbenchError(f"{out} is a folder; give --out a file name")
     _make_folder(out.parent)  # a folder that cannot be made is refused before any work
-    images, source = check_images(meta, data_dir or recorded_data_dir(model_path))
+    images, source = check_images(meta, data_dir or recorded_data_dir(model_file))
     batches = [normalized_input(images)] + [
         normalized_input(images[np.arange(b) % len(images)]) for b in EXTRA_BATCH_SIZES
     ]
@@ -198,7 +199,9 @@ def _export_onnx(model: torch.nn.Module, example: torch.Tensor) -> bytes:
         torch.onnx.export(
             model,
             (example,),
-            buf,
+            # The annotation says a path; the TorchScript exporter (dynamo=False) also
+            # writes to a binary file object, as its documentation says.
+            buf,  # type: ignore[arg-type]
             dynamo=False,
             input_names=["images"],
             output_names=["logits"],

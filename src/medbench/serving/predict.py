@@ -94,9 +94,10 @@ def load_predictor(
 ) -> Predictor:
     """A `ModelPredictor` for a run folder or its model.pt; the `Ensemble` of a folder
     saved by `medbench ensemble --out` (or its ensemble.json)."""
-    if is_ensemble(path):
-        return load_ensemble(path, device=device, precision=precision)
-    model, meta = load_trained_model(path)
+    model_path = Path(path)
+    if is_ensemble(model_path):
+        return load_ensemble(model_path, device=device, precision=precision)
+    model, meta = load_trained_model(model_path)
     return ModelPredictor(model, meta, resolve_runtime(device, precision, True), batch_size)
 
 
@@ -211,10 +212,11 @@ def read_npz(path: str | os.PathLike, split: str | None = None) -> ArrayInput:
 
 
 def _npz_images_key(path: Path, keys: list[str], split: str | None) -> str:
-    if split is not None:
-        key = f"{split}_images"
-    else:
-        key = next((k for k in ("test_images", "images") if k in keys), None)
+    key = (
+        f"{split}_images"
+        if split is not None
+        else next((k for k in ("test_images", "images") if k in keys), None)
+    )
     if key is None or key not in keys:
         wanted = repr(key) if key else "'test_images' or 'images'"
         raise MedbenchError(
@@ -475,9 +477,9 @@ def predict(
     if batch_size < 1:
         raise MedbenchError(f"--batch-size must be at least 1, not {batch_size}")
     predictor = (
-        model
-        if hasattr(model, "predict_proba")
-        else load_predictor(model, device=device, precision=precision, batch_size=batch_size)
+        load_predictor(model, device=device, precision=precision, batch_size=batch_size)
+        if isinstance(model, str | os.PathLike)
+        else model
     )
     meta = predictor.meta
     size, channels = int(meta["image_size"]), int(meta["in_channels"])

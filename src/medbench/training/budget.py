@@ -23,6 +23,7 @@ import math
 import statistics
 import time
 from collections.abc import Callable
+from typing import Any
 
 MIN_ROUNDS = 5
 EVAL_SHARE = 0.25  # most of a short budget that per-round validation may take
@@ -60,7 +61,8 @@ class BudgetPlanner:
         )
         self.planned = not self.replans
         self.round_steps = steps_per_epoch
-        self.total_steps = self.cap if self.planned else UNPLANNED
+        # Planned from the start (no budget) means a cap: the epochs, or the default ones.
+        self.total_steps = self.cap if self.planned and self.cap is not None else UNPLANNED
         self._run_start = clock()
         self._calib: tuple[float, int] | None = None
         self._round_walls: list[float] = []  # wall time of each whole round
@@ -76,7 +78,7 @@ class BudgetPlanner:
             "planned": self.planned,
         }
 
-    def restore(self, state: dict) -> None:
+    def restore(self, state: dict[str, Any]) -> None:
         self.total_steps = state["total_steps"]
         self.round_steps = state["round_steps"]
         self.planned = state["planned"]
@@ -101,14 +103,14 @@ class BudgetPlanner:
             self._calib = (self.clock(), step)
             return None
         if step >= min(12, self.steps_per_epoch) or (
-            step >= 3 and self.elapsed() > 0.1 * self.budget
+            step >= 3 and self.elapsed() > 0.1 * self._budget_seconds()
         ):
             t0, s0 = self._calib
             step_seconds = (self.clock() - t0) / max(1, step - s0)
             # A validation pass is forward-only (about a third of a training step per image).
             self._eval_seconds = self.eval_images / self.images_per_step * step_seconds / 3
             return plan_budget(
-                self.budget,
+                self._budget_seconds(),
                 self.elapsed(),
                 step,
                 self._calib,
@@ -118,6 +120,13 @@ class BudgetPlanner:
                 self.clock(),
             )
         return None
+
+    def _budget_seconds(self) -> float:
+        """The time budget a plan is made for. Only a budgeted run starts unplanned; one
+        resumed without its budget before its plan was fixed has nothing to plan for."""
+        if self.budget is None:
+            raise TypeError("an unplanned run needs a time budget to plan its length")
+        return self.budget
 
     def apply(self, plan: tuple[int, int]) -> None:
         total, round_steps = plan
@@ -129,7 +138,7 @@ class BudgetPlanner:
         """How much of the run is done, for the learning-rate schedule: None (the schedule's
         own step / total) without a budget; under a budget its elapsed share, and with an
         epoch cap too, whichever of the two is further."""
-        if not self.replans:
+        if self.budget is None:  # no budget: the schedule follows the steps
             return None
         fraction = min(1.0, self.elapsed() / self.budget)
         return max(fraction, step / self.cap) if self.cap else fraction
@@ -149,7 +158,7 @@ class BudgetPlanner:
         inside the budget. Re-plans happen at round ends, so within the last round (for a
         slow model whose budget buys one round, the whole run) only this catches a machine
         that slowed down."""
-        if not self.in_last_round(step):
+        if self.budget is None or not self.in_last_round(step):
             return False
         return self.elapsed() + self._validation_seconds() >= TARGET * self.budget
 
@@ -175,7 +184,7 @@ class BudgetPlanner:
         """Re-plan after a round that started at `round_start` and trained for
         `round_train_seconds`: the first steps' timing can be 10-15% off. True when the
         total changed."""
-        if not self.replans:
+        if self.budget is None:  # no budget: the epochs fix the plan
             return False
         now = self.clock()
         self._round_walls.append(now - round_start)

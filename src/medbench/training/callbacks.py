@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # annotations only: the engine imports this module
     import torch.nn as nn
 
+    from medbench.runs.results import RunResults
     from medbench.training.config import TrainConfig
     from medbench.utils.runtime import Runtime
 
@@ -67,8 +68,8 @@ class Callback:
     def on_round_end(self, event: RoundEnd) -> None:
         """After each round's validation, selection and checkpoint."""
 
-    def on_train_end(self, results: dict[str, Any]) -> None:
-        """Once, with the run's final results (as written to results.json)."""
+    def on_train_end(self, results: RunResults) -> None:
+        """Once, with the run's final results (the record written to results.json)."""
 
 
 class RecordCallback(Callback):
@@ -103,6 +104,6 @@ class CallbackList(Callback):
         for cb in self.callbacks:
             cb.on_round_end(event)
 
-    def on_train_end(self, results: dict[str, Any]) -> None:
+    def on_train_end(self, results: RunResults) -> None:
         for cb in self.callbacks:
             cb.on_train_end(results)

@@ -72,8 +72,7 @@ def load(path: str | Path, expected_format: str | None = None) -> dict[str, Any]
         raise MedbenchError(
             f"{path} is not a readable checkpoint (corrupt or truncated?): {str(exc)[:160]}"
         ) from None
-    _check_format(obj, path, expected_format)
-    return obj
+    return _check_format(obj, path, expected_format)
 
 
 def check_integrity(path: Path, data: bytes | None = None) -> None:
@@ -96,8 +95,9 @@ def check_integrity(path: Path, data: bytes | None = None) -> None:
         )
 
 
-def _check_format(obj: Any, path: Path, expected_format: str | None) -> None:
-    """A MedbenchError unless `obj` is a medbench file of `expected_format` and this version."""
+def _check_format(obj: Any, path: Path, expected_format: str | None) -> dict[str, Any]:
+    """`obj`, checked: a MedbenchError unless it is a medbench file of `expected_format` and
+    this version."""
     if not isinstance(obj, dict) or "format" not in obj:
         raise MedbenchError(f"{path} was not written by medbench (no 'format' entry)")
     if expected_format is not None and obj["format"] != expected_format:
@@ -110,9 +110,10 @@ def _check_format(obj: Any, path: Path, expected_format: str | None) -> None:
         raise MedbenchError(
             f"{path} uses an older, unsupported format version {obj.get('format_version')}"
         )
+    return obj
 
 
-def resolve_model_file(path: str | Path) -> Path:
+def resolve_model_file(path: str | os.PathLike[str]) -> Path:
     """A run folder, a model.pt or a checkpoint.pt -> the file to load weights from."""
     path = Path(path)
     if path.is_dir():

@@ -168,16 +168,18 @@ def on_main(fn: Callable[[], T]) -> T:
     raises is raised on every process, so none is left waiting for the others."""
     if not is_distributed():
         return fn()
-    result, error = None, None
+    # A box, not the bare value: `fn` may itself return None.
+    box: list[T] = []
+    error: str | None = None
     if is_main():
         try:
-            result = fn()
+            box.append(fn())
         except MedbenchError as exc:
             error = str(exc)
-    result, error = broadcast_object((result, error))
+    box, error = broadcast_object((box, error))
     if error is not None:
         raise MedbenchError(error)
-    return result
+    return box[0]
 
 
 @contextlib.contextmanager
@@ -258,6 +260,13 @@ class Coordinator:
 
     def broadcast(self, obj: T) -> T:
         return broadcast_object(obj) if self.active else obj
+
+    def receive(self, kind: type[T]) -> T:
+        """On a process other than rank 0: the `kind` rank 0 broadcasts next."""
+        obj: object = self.broadcast(None)
+        if not isinstance(obj, kind):
+            raise TypeError(f"rank 0 sent {type(obj).__name__}, not {kind.__name__}")
+        return obj
 
     def on_main(self, fn: Callable[[], T]) -> T:
         return on_main(fn)

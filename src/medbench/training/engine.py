@@ -67,6 +67,7 @@ from medbench.training.pretrained import prepare_pretrained
 from medbench.training.progress import ProgressBar
 from medbench.training.recipe import (
     DEFAULT_EPOCHS,
+    LossFn,
     balanced_sample_weights,
     default_batch_size,
     epoch_order,
@@ -125,10 +126,10 @@ def train(
     coord = Coordinator.join(runtime)  # under torchrun: join the job, on this process's device
     data = _load_data(config, data, coord, progress)
     run = _build(config, data, coord, selection_val_images, resume)
-    state = coord.on_main(lambda: _read_checkpoint(run) if resume else None)
+    saved = coord.on_main(lambda: _read_checkpoint(run) if resume else None)
     state = (
-        ckpt.restore_training(state, run.parts(), run.runtime.device)
-        if state
+        ckpt.restore_training(saved, run.parts(), run.runtime.device)
+        if saved
         else ckpt.TrainingState()
     )
     planner = run.planner(clock, state)
@@ -162,7 +163,7 @@ def train(
             planner.total_steps, stop.early, stop.over_budget = coord.broadcast(decided)
             round_start, round_start_step = clock(), state.step
     if not coord.main:  # wait for rank 0's final evaluation, and return its results
-        return coord.broadcast(None)
+        return coord.receive(RunResults)
     results = _finish(run, state, planner, selector, stop, clock, measure)
     cbs.on_train_end(results)
     return coord.broadcast(results)
@@ -274,11 +275,11 @@ class _Run:
     pretrained_weights: dict[str, str] | None  # source and SHA-256 of --pretrained weights
     model: nn.Module  # the weights that train
     eval_source: nn.Module  # the weights that are validated: the model, or its EMA
-    eval_model: nn.Module | None  # what validates them (rank 0): eval_source or a copy
+    eval_model: nn.Module | None  # what validates them: eval_source or a copy (rank 0 only)
     ema: Any
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
-    loss_fn: Callable
+    loss_fn: LossFn
     batch: Callable[[int], tuple[torch.Tensor, torch.Tensor, int]]
     batch_size: int
     steps_per_epoch: int
@@ -288,6 +289,12 @@ class _Run:
     @property
     def runtime(self) -> Runtime:
         return self.coord.runtime
+
+    @property
+    def validator(self) -> nn.Module:
+        """`eval_model` on rank 0, the one process that validates and evaluates."""
+        assert self.eval_model is not None, "only rank 0 validates"  # the others hold None
+        return self.eval_model
 
     def parts(self) -> dict[str, Any]:
         return {
@@ -336,7 +343,8 @@ class _Run:
             logits = train_model(x)
         loss = self.loss_fn(logits.float(), y)
         optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
+        # torch leaves Tensor.backward unannotated
+        scaler.scale(loss).backward()  # type: ignore[no-untyped-call]
         if config.grad_clip:
             scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
             nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip)
@@ -405,7 +413,8 @@ def _build(
     if config.ema_decay:
         ema = torch.optim.swa_utils.AveragedModel(
             model,
-            multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(config.ema_decay),
+            # torch leaves get_ema_multi_avg_fn unannotated
+            multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(config.ema_decay),  # type: ignore[no-untyped-call]
             use_buffers=True,
         )
     eval_source = ema.module if ema is not None else model
@@ -483,7 +492,7 @@ class _Batches:
         )
         cuda = runtime.device.type == "cuda"
         self.generator = torch.Generator(device=runtime.device if cuda else "cpu")
-        self._epoch, self._order = -1, None
+        self._epoch, self._order = -1, torch.empty(0, dtype=torch.long)  # no epoch's order yet
 
     def __call__(self, step: int) -> tuple[torch.Tensor, torch.Tensor, int]:
         """(images, targets, images in the global batch) of batch `step`."""
@@ -517,7 +526,7 @@ def _end_round(
     save the checkpoint, tell the callbacks. `timing`: the round's training seconds, and
     the time and step it started at."""
     round_seconds, round_start, round_start_step = timing
-    model, step = run.eval_model, state.step
+    model, step = run.validator, state.step
     if run.coord.active:  # the validation copy takes the weights that trained
         model.load_state_dict(run.eval_source.state_dict())
     recalibrate_batchnorm(model, run.bn_images, run.runtime, run.batch_size)
@@ -547,9 +556,14 @@ def _end_round(
     run.save_checkpoint(state)
     model.eval()
     event = RoundEnd(
-        run.info(planner, 0), record, model, run.runtime, planner.total_steps, is_best,
+        run.info(planner, 0),
+        record,
+        model,
+        run.runtime,
+        planner.total_steps,
+        is_best,
         planner.rounds_planned(),
-    )  # fmt: skip
+    )
     cbs.on_round_end(event)
     run.model.train()
 
@@ -572,16 +586,16 @@ def _finish(
             MedbenchWarning,
             stacklevel=4,  # train's caller (past train and the lost_peers_as_error decorator)
         )
-    eval_start = clock()
-    selector.restore_best(run.eval_model)
-    evaluation = evaluate_final(run.eval_model, run.data, runtime, config.collapse_margin)
+    eval_start, model = clock(), run.validator
+    selector.restore_best(model)
+    evaluation = evaluate_final(model, run.data, runtime, config.collapse_margin)
     warn_collapse(config.label, evaluation.flags)
     latency_ms, throughput = (
-        measure_speed(run.eval_model, runtime, info.n_channels, config.size, info.spatial_dims)
+        measure_speed(model, runtime, info.n_channels, config.size, info.spatial_dims)
         if measure
         else (None, None)
     )
-    write_model_files(run.run_dir, run.eval_model, evaluation, config, run.data, run.options)
+    write_model_files(run.run_dir, model, evaluation, config, run.data, run.options)
     results = RunResults(
         run_dir=str(run.run_dir),
         config=config.to_dict(),
@@ -657,9 +671,10 @@ def _check_same_recipe(path: Path, saved: dict[str, Any], asked: dict[str, Any])
     """Refuse to resume with another recipe: the results would record settings the weights
     were not trained with."""
     changed = sorted(
-        k for k in saved.keys() | asked.keys()
+        k
+        for k in saved.keys() | asked.keys()
         if k not in _RESUMABLE_CHANGES and saved.get(k) != asked.get(k)
-    )  # fmt: skip
+    )
     if changed:
         diff = ", ".join(f"{k} {saved.get(k)!r} -> {asked.get(k)!r}" for k in changed)
         raise MedbenchError(

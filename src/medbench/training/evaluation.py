@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -39,6 +38,9 @@ from medbench.training.inference import (
 )
 from medbench.utils.fsutil import atomic_path
 from medbench.utils.runtime import Runtime, place_model, resolve_runtime
+
+if TYPE_CHECKING:  # annotations only
+    from medbench.training.recipe import LossFn
 
 
 @torch.no_grad()
@@ -110,7 +112,7 @@ def validate_round(
     sample: ValidationSample,
     runtime: Runtime,
     task: str,
-    loss_fn: Callable,
+    loss_fn: LossFn,
 ) -> dict[str, float]:
     """The validation part of a round's record: loss, official ACC and AUC."""
     logits = predict_logits(model, sample.images, runtime)
@@ -149,7 +151,7 @@ def evaluate_final(
     test_logits = predict_logits(model, data.test.images, runtime)
     val_y, test_y = labels_numpy(data.val.labels), labels_numpy(data.test.labels)
     temperature = metrics.fit_temperature(val_logits, val_y, task)
-    scores = {}
+    scores: dict[str, Any] = {}  # each split's metrics, and each split's calibrated ECE
     for split, logits, y in (("val", val_logits, val_y), ("test", test_logits, test_y)):
         probs = metrics.probabilities_from_logits(logits, task)
         scores[split] = metrics.evaluate(y, probs, task, info.label_names)

@@ -7,6 +7,7 @@ NCHW in [0, 1] -> MedMNIST's official normalisation.
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -107,7 +108,7 @@ _MODEL_KEYS: dict[str, type | tuple[type, ...]] = {
 }
 
 
-def load_trained_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+def load_trained_model(path: str | os.PathLike[str]) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild a trained model from a run folder or its model.pt; returns (model, meta)."""
     file = ckpt.resolve_model_file(path)
     _check_readable(file)

@@ -276,6 +276,8 @@ def prepare_pretrained(
         )
     if config.backbone_lr_scale < 0:
         raise MedbenchError("--backbone-lr-scale must not be negative")
+    if config.pretrained is None:  # the engine calls this only when it is set
+        raise TypeError("prepare_pretrained needs config.pretrained: the weights to load")
     source = load_source(config.pretrained, config.model)
     report = load_matching(model, source, load_head=source.dataset == config.dataset)
     if report.skipped or report.missing:

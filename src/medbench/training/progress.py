@@ -6,11 +6,14 @@ A `medbench.training.callbacks.Callback` like any other, so the engine knows not
 from __future__ import annotations
 
 import sys
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from tqdm.auto import tqdm
 
 from medbench.training.callbacks import Callback, RoundEnd, RunInfo
+
+if TYPE_CHECKING:  # annotations only
+    from medbench.runs.results import RunResults
 
 # A round record's numbers as printed: (key, label, format), in order.
 _ROUND_FIELDS = (
@@ -75,7 +78,7 @@ class ProgressBar(Callback):
         else:
             print(line, file=self.stream, flush=True)
 
-    def on_train_end(self, results: Any) -> None:
+    def on_train_end(self, results: RunResults) -> None:
         self.close()
 
     def close(self) -> None:

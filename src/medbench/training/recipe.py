@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -19,6 +20,9 @@ from medbench.training.inference import is_multilabel
 
 DEFAULT_EPOCHS = 40
 SMALL_TRAIN_SPLIT = 2000  # below this many training images the default batch is 32
+
+# A training loss: (logits, targets) -> the batch's mean loss, a scalar tensor.
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def make_optimizer(
@@ -33,7 +37,7 @@ def make_optimizer(
         if p.requires_grad:
             key = (p.ndim > 1, (lr_scales or {}).get(id(p), 1.0))
             buckets.setdefault(key, []).append(p)
-    groups = [
+    groups: list[dict[str, Any]] = [
         {"params": ps, "weight_decay": config.weight_decay if decays else 0.0, "lr_scale": scale}
         for (decays, scale), ps in sorted(buckets.items(), key=lambda kv: (not kv[0][0], -kv[0][1]))
     ]
@@ -80,7 +84,7 @@ def lr_factor(
 
 def make_loss(
     config: TrainConfig, task: str, train_labels: torch.Tensor, n_classes: int, device: torch.device
-) -> Callable:
+) -> LossFn:
     if is_multilabel(task):
         pos_weight = None
         if config.class_balance == "weighted_loss":

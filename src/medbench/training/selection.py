@@ -36,10 +36,10 @@ class Selector:
     def score(self, record: dict[str, Any]) -> float:
         """The round's score, higher is better (the loss enters negated)."""
         if self.metric == "loss":
-            loss = record["val_loss"]
+            loss = float(record["val_loss"])
             return -loss if math.isfinite(loss) else -math.inf
-        value = record["val_auc" if self.metric == "last" else f"val_{self.metric}"]
-        return value if math.isfinite(value) else record["val_acc"]
+        value = float(record["val_auc" if self.metric == "last" else f"val_{self.metric}"])
+        return value if math.isfinite(value) else float(record["val_acc"])
 
     def consider(self, record: dict[str, Any], model: nn.Module) -> bool:
         """Take a round's record and the model it scored; True when its weights are now the

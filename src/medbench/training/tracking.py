@@ -27,7 +27,7 @@ import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from medbench import __version__
 from medbench.errors import MedbenchError, MedbenchWarning
@@ -109,9 +109,13 @@ class Tracking:
         """Fresh callbacks for one run; `tags` say where it belongs (a grid, a study);
         `name_root`: runs are named by their folder's path below it (else the folder name)."""
         return make_loggers(
-            self.names, mlflow_uri=self.mlflow_uri, log_dir=self.log_dir,
-            experiment=self.experiment, tags={**self.tags, **(tags or {})}, name_root=name_root,
-        )  # fmt: skip
+            self.names,
+            mlflow_uri=self.mlflow_uri,
+            log_dir=self.log_dir,
+            experiment=self.experiment,
+            tags={**self.tags, **(tags or {})},
+            name_root=name_root,
+        )
 
 
 def make_loggers(
@@ -126,11 +130,15 @@ def make_loggers(
     """One callback per tracker in `names` (see LOGGERS), for one run."""
     chosen = parse_log_names(names)
     check_installed(chosen)
-    common = {"tags": dict(tags or {}), "name_root": name_root}
+    run_tags = dict(tags or {})
     made: dict[str, Callable[[], Callback]] = {
-        "tensorboard": lambda: TensorBoardLogger(log_dir=log_dir, **common),
-        "mlflow": lambda: MLflowLogger(mlflow_uri, experiment=experiment, **common),
-        "wandb": lambda: WandbLogger(project=experiment, **common),
+        "tensorboard": lambda: TensorBoardLogger(
+            log_dir=log_dir, tags=run_tags, name_root=name_root
+        ),
+        "mlflow": lambda: MLflowLogger(
+            mlflow_uri, experiment=experiment, tags=run_tags, name_root=name_root
+        ),
+        "wandb": lambda: WandbLogger(project=experiment, tags=run_tags, name_root=name_root),
     }
     return [made[name]() for name in chosen]
 
@@ -222,7 +230,7 @@ def _flatten(prefix: str, value: Any, out: dict[str, float]) -> None:
         out[f"{prefix}/low"], out[f"{prefix}/high"] = float(value[0]), float(value[1])
 
 
-def _is_number(value: Any) -> bool:
+def _is_number(value: Any) -> TypeGuard[int | float]:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
@@ -256,11 +264,11 @@ def _remember(run_dir: Path, tracker: str, key: str, run_id: str) -> None:
     atomic_write_json(run_dir / STATE_FILE, state)
 
 
-def _finished(results: Any, run_dir: Path) -> RunResults:
+def _finished(results: RunResults, run_dir: Path) -> RunResults:
     """The run's results as its results.json holds them (what the trackers must show)."""
     if (run_dir / "results.json").is_file():
         return read_results(run_dir)
-    return results if isinstance(results, RunResults) else RunResults.from_json(results)
+    return results
 
 
 def _warn_lost(tracker: str, what: str, exc: Exception) -> None:
@@ -314,7 +322,7 @@ class TensorBoardLogger(Callback):
             self.writer.add_scalar(key, value, step)
         self.writer.flush()  # a round is minutes apart: show it now, not in two minutes
 
-    def on_train_end(self, results: Any) -> None:
+    def on_train_end(self, results: RunResults) -> None:
         assert self.run_dir is not None
         final = _finished(results, self.run_dir)
         for key, value in final_metrics(final).items():
@@ -377,7 +385,7 @@ class MLflowLogger(Callback):
         uri = self.tracking_uri or mlflow.get_tracking_uri()
         self.tracking_uri = uri
         self.client = MlflowClient(tracking_uri=uri)
-        self.run_id = self._continued(run.run_dir) or self._create(run)
+        self.run_id = self._continued(run.run_dir) or self._create(run, uri)
         params = run_params(run)
         logged = self.client.get_run(self.run_id).data.params
         # A param keeps its first value (MLflow refuses a change): what a resumed run may
@@ -402,7 +410,7 @@ class MLflowLogger(Callback):
         self.client.update_run(run_id, status="RUNNING")
         return run_id
 
-    def _create(self, run: RunInfo) -> str:
+    def _create(self, run: RunInfo, uri: str) -> str:
         experiment_id = self._experiment_id()
         config = run.config
         tags = {
@@ -415,7 +423,7 @@ class MLflowLogger(Callback):
             experiment_id, tags=tags, run_name=run_name(run.run_dir, self.name_root)
         )
         run_id = created.info.run_id
-        _remember(run.run_dir, "mlflow", self.tracking_uri, run_id)
+        _remember(run.run_dir, "mlflow", uri, run_id)
         return run_id
 
     def _experiment_id(self) -> str:
@@ -443,7 +451,7 @@ class MLflowLogger(Callback):
         batch = [Metric(k, v, now, step) for k, v in metrics.items()]
         self.client.log_batch(self.run_id, metrics=batch)
 
-    def on_train_end(self, results: Any) -> None:
+    def on_train_end(self, results: RunResults) -> None:
         assert self.run_dir is not None
         try:
             final = _finished(results, self.run_dir)
@@ -508,7 +516,7 @@ class WandbLogger(Callback):
     def on_round_end(self, event: RoundEnd) -> None:
         self.run.log(round_metrics(event.record), step=int(event.record["step"]))
 
-    def on_train_end(self, results: Any) -> None:
+    def on_train_end(self, results: RunResults) -> None:
         import wandb
 
         assert self.run_dir is not None

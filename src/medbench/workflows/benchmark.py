@@ -217,8 +217,8 @@ def pair_models(datasets: Sequence[str], models: Sequence[str]) -> dict[str, lis
     --models resnet18,resnet18_acs`). A name medbench does not know is kept everywhere (the
     name check reports it); a known model that fits no dataset of the grid, or a dataset
     left with no model, is a one-line error."""
-    model_dims = {m: _known_dims(lambda m=m: model_spatial_dims(m)) for m in models}
-    data_dims = {d: _known_dims(lambda d=d: dataset_info(d).spatial_dims) for d in datasets}
+    model_dims = {m: _known_dims(model_spatial_dims, m) for m in models}
+    data_dims = {d: _known_dims(_dataset_dims, d) for d in datasets}
     paired = {
         d: [m for m in models if None in (dims, model_dims[m]) or model_dims[m] == dims]
         for d, dims in data_dims.items()
@@ -231,17 +231,26 @@ def pair_models(datasets: Sequence[str], models: Sequence[str]) -> dict[str, lis
                 f"{kind[dims]}; add such a dataset or drop the model"
             )
     for d, ms in paired.items():
-        if not ms:
-            raise MedbenchError(
-                f"{d} holds {kind[data_dims[d]]} but no model of the grid is for them; add a "
-                f"{data_dims[d]}D model (see 'medbench models --dataset {d}')"
-            )
+        dims = data_dims[d]
+        if ms:
+            continue
+        if dims is None:  # a dataset of unknown kind keeps every model: `models` is empty
+            raise MedbenchError("the grid has no model; give at least one")
+        raise MedbenchError(
+            f"{d} holds {kind[dims]} but no model of the grid is for them; add a "
+            f"{dims}D model (see 'medbench models --dataset {d}')"
+        )
     return paired
 
 
-def _known_dims(dims: Callable[[], int]) -> int | None:
+def _dataset_dims(name: str) -> int:
+    return dataset_info(name).spatial_dims
+
+
+def _known_dims(dims_of: Callable[[str], int], name: str) -> int | None:
+    """The spatial dimensions `dims_of(name)` gives, None for a name medbench does not know."""
     try:
-        return dims()
+        return dims_of(name)
     except MedbenchError:  # an unknown name: reported by the name check
         return None
 
@@ -1001,9 +1010,13 @@ class _Grid:
             for dataset, size in dict.fromkeys((c.config.dataset, c.config.size) for c in todo):
                 prepare_data(dataset, size, self.base.get("data_dir"))
         grid_plan = plan_cells(
-            self.cells, self.length, out=self.out, statuses=statuses,
-            spent_seconds=spent, speed_fn=speed_fn,
-        )  # fmt: skip
+            self.cells,
+            self.length,
+            out=self.out,
+            statuses=statuses,
+            spent_seconds=spent,
+            speed_fn=speed_fn,
+        )
         advice = grid_plan.advice()
         if advice is not None:
             warnings.warn(advice, MedbenchWarning, stacklevel=4)
@@ -1133,10 +1146,17 @@ def _grid_worker(index: int, job: WorkerGrid) -> None:
     """One worker: claim and run cells until the grid is done (the grid was registered,
     and its failed cells put back once, before the workers started)."""
     run_grid(
-        job.cells, job.out, train_fn=job.train_fn, length=job.length, storage=job.storage,
-        stale_seconds=job.stale_seconds, heartbeat_seconds=job.heartbeat_seconds,
-        retry_failed=False, progress=job.progress, tracking=job.tracking,
-    )  # fmt: skip
+        job.cells,
+        job.out,
+        train_fn=job.train_fn,
+        length=job.length,
+        storage=job.storage,
+        stale_seconds=job.stale_seconds,
+        heartbeat_seconds=job.heartbeat_seconds,
+        retry_failed=False,
+        progress=job.progress,
+        tracking=job.tracking,
+    )
 
 
 def run_grid_workers(
@@ -1168,12 +1188,24 @@ def _run_planned(
     """Run the planned grid: in this process, or in `workers` processes."""
     if workers > 1:
         return run_grid_workers(job, workers, plan_lines=grid_plan.lines())
+
+    def note_plan(view: GridView) -> None:
+        for line in grid_plan.lines():
+            view.note(line)
+
     return run_grid(
-        job.cells, job.out, train_fn=train_fn, length=job.length, storage=job.storage,
-        progress=job.progress, stale_seconds=job.stale_seconds,
-        heartbeat_seconds=job.heartbeat_seconds, clock=clock, tracking=job.tracking,
-        on_start=lambda view: [view.note(line) for line in grid_plan.lines()],
-    )  # fmt: skip
+        job.cells,
+        job.out,
+        train_fn=train_fn,
+        length=job.length,
+        storage=job.storage,
+        progress=job.progress,
+        stale_seconds=job.stale_seconds,
+        heartbeat_seconds=job.heartbeat_seconds,
+        clock=clock,
+        tracking=job.tracking,
+        on_start=note_plan,
+    )
 
 
 def _workers_outcome(

@@ -33,6 +33,7 @@ import json
 import math
 import shutil
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -81,7 +82,7 @@ class Member:
         return f"{self.results['model']['name']}/seed{self.results['config']['seed']}"
 
 
-def find_runs(paths: list[str | Path]) -> list[Path]:
+def find_runs(paths: Sequence[str | Path]) -> list[Path]:
     """Run folders (holding results.json) among `paths`; a folder without one is searched
     recursively, so a benchmark's output folder can be given whole."""
     return [folder for folder, _ in find_run_folders(paths)]
@@ -271,7 +272,7 @@ def _apply_tta(members: list[Member], views: list[str], data: Any, device: str) 
 
 
 def build_ensemble(
-    run_dirs: list[str | Path],
+    run_dirs: Sequence[str | Path],
     method: str = "greedy",
     out_dir: str | Path | None = None,
     tta: bool = False,
@@ -368,8 +369,14 @@ def _results(
         "tta": n_views > 1,
         "tta_views": views,
         "run_dir": None,
-        "config": {"dataset": info["name"], "size": first["config"]["size"], "model": f"ensemble:{method}",
-                   "seed": None, "method": method, "tta": n_views > 1},
+        "config": {
+            "dataset": info["name"],
+            "size": first["config"]["size"],
+            "model": f"ensemble:{method}",
+            "seed": None,
+            "method": method,
+            "tta": n_views > 1,
+        },
         "dataset": info,
         "model": {
             "name": f"ensemble:{method}",
@@ -394,7 +401,7 @@ def _results(
         "collapsed": bool(flags),
         "timing": _timing([m for m, _ in chosen], n_views),
         "efficiency": 100.0 * test_m["acc"] / (n_params / 1e6) if n_params else None,
-    }  # fmt: skip
+    }
 
 
 def versus_best_single(
@@ -473,18 +480,31 @@ def _save(
             with files.path(out_dir / file) as tmp:
                 shutil.copyfile(resolve_model_file(m.run_dir), tmp)
             entries.append(
-                {"file": str(file), "run_dir": str(m.run_dir), "name": m.name,
-                 "weight": float(w), "temperature": m.temperature}
-            )  # fmt: skip
+                {
+                    "file": str(file),
+                    "run_dir": str(m.run_dir),
+                    "name": m.name,
+                    "weight": float(w),
+                    "temperature": m.temperature,
+                }
+            )
         with files.path(out_dir / "predictions.npz") as tmp, open(tmp, "wb") as fh:
             np.savez(
-                fh, val_probs=val_probs, val_labels=y_val, test_probs=test_probs,
+                fh,
+                val_probs=val_probs,
+                val_labels=y_val,
+                test_probs=test_probs,
                 test_labels=y_test,
-            )  # fmt: skip
+            )
         index = {
-            "format": ENSEMBLE_FORMAT, "format_version": FORMAT_VERSION, "method": method,
-            "tta_views": views, "meta": _meta(results), "members": entries, "results": results,
-        }  # fmt: skip
+            "format": ENSEMBLE_FORMAT,
+            "format_version": FORMAT_VERSION,
+            "method": method,
+            "tta_views": views,
+            "meta": _meta(results),
+            "members": entries,
+            "results": results,
+        }
         with files.path(out_dir / "ensemble.json") as tmp:  # last: it says the set is whole
             tmp.write_text(json_text(index), encoding="utf-8")
 

@@ -28,12 +28,13 @@ and stopping after `patience` epochs without a lower one, as MedMNIST+ does. The
 
 from __future__ import annotations
 
+import functools
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -43,7 +44,12 @@ from torch import nn
 from medbench.data import MedMNISTData, load_dataset
 from medbench.errors import MedbenchError
 from medbench.models import TIMM_PREFIX
-from medbench.models.adapters import MEDMNIST_MEAN, MEDMNIST_STD, backbone_mean_std
+from medbench.models.adapters import (
+    MEDMNIST_MEAN,
+    MEDMNIST_STD,
+    FeatureModel,
+    backbone_mean_std,
+)
 from medbench.models.embeddings import EmbeddingCache, EmbeddingKey
 from medbench.runs.results import read_results
 from medbench.scoring import metrics
@@ -182,7 +188,8 @@ def embed_images(
 ) -> np.ndarray:
     """Pre-logits embeddings, `forward_head(forward_features(x), pre_logits=True)`, as
     MedMNIST+ extracts them (not normalised)."""
-    model = backbone.model.to(runtime.device).eval()
+    # Every backbone (timm's or medbench's) has timm's split of forward.
+    model = cast(FeatureModel, backbone.model.to(runtime.device).eval())
     out = []
     for start in range(0, len(images), recipe.embed_batch_size):
         x = prepare_inputs(
@@ -214,7 +221,7 @@ def split_embeddings(
         )
         images = data.split(split).images
         out[split] = cache.get_or_compute(
-            key, lambda images=images: embed_images(backbone, images, recipe, runtime)
+            key, functools.partial(embed_images, backbone, images, recipe, runtime)
         )
     return out
 
@@ -411,32 +418,63 @@ def probe_rows(
         for seed in seeds:
             t0 = time.perf_counter()
             fit = fit_linear_probe(
-                emb["train"], labels["train"], emb["val"], labels["val"], data.info.task,
-                _n_outputs(data), recipe, seed,
-            )  # fmt: skip
+                emb["train"],
+                labels["train"],
+                emb["val"],
+                labels["val"],
+                data.info.task,
+                _n_outputs(data),
+                recipe,
+                seed,
+            )
             with torch.no_grad():
-                scores = {s: _scores(fit.layer(torch.from_numpy(emb[s])), data.info.task)
-                          for s in PROBE_SPLITS}  # fmt: skip
-            rows.append(PlusRow(
-                **base, regime="linear-probe", seed=seed,
-                metrics={s: _split_metrics(labels[s], scores[s], data) for s in PROBE_SPLITS},
-                seconds=time.perf_counter() - t0,
-                details={"epochs": fit.epochs, "best_epoch": fit.best_epoch,
-                         "best_val_loss": fit.best_val_loss, "embed_seconds": embed_seconds},
-            ))  # fmt: skip
+                scores = {
+                    s: _scores(fit.layer(torch.from_numpy(emb[s])), data.info.task)
+                    for s in PROBE_SPLITS
+                }
+            rows.append(
+                PlusRow(
+                    **base,
+                    regime="linear-probe",
+                    seed=seed,
+                    metrics={s: _split_metrics(labels[s], scores[s], data) for s in PROBE_SPLITS},
+                    seconds=time.perf_counter() - t0,
+                    details={
+                        "epochs": fit.epochs,
+                        "best_epoch": fit.best_epoch,
+                        "best_val_loss": fit.best_val_loss,
+                        "embed_seconds": embed_seconds,
+                    },
+                )
+            )
     if "knn" in regimes:
         t0 = time.perf_counter()
         scores = {
-            s: knn_scores(emb["train"], labels["train"], emb[s], data.info.task,
-                          data.info.n_classes, recipe.k, recipe.knn_metric)
+            s: knn_scores(
+                emb["train"],
+                labels["train"],
+                emb[s],
+                data.info.task,
+                data.info.n_classes,
+                recipe.k,
+                recipe.knn_metric,
+            )
             for s in PROBE_SPLITS
-        }  # fmt: skip
-        rows.append(PlusRow(
-            **base, regime="knn", seed=None,
-            metrics={s: _split_metrics(labels[s], scores[s], data) for s in PROBE_SPLITS},
-            seconds=time.perf_counter() - t0,
-            details={"k": recipe.k, "metric": recipe.knn_metric, "embed_seconds": embed_seconds},
-        ))  # fmt: skip
+        }
+        rows.append(
+            PlusRow(
+                **base,
+                regime="knn",
+                seed=None,
+                metrics={s: _split_metrics(labels[s], scores[s], data) for s in PROBE_SPLITS},
+                seconds=time.perf_counter() - t0,
+                details={
+                    "k": recipe.k,
+                    "metric": recipe.knn_metric,
+                    "embed_seconds": embed_seconds,
+                },
+            )
+        )
     return rows
 
 
@@ -470,21 +508,40 @@ def end_to_end_config(
     options: dict[str, Any] = {}
     if backbone.name.startswith(TIMM_PREFIX):
         adapter = {"pad": "pad", "resize": "upsample", "none": "none"}[recipe.input_mode]
-        options = {"input_adapter": adapter, "input_size": recipe.target_size,
-                   "input_norm": "backbone"}  # fmt: skip
+        options = {
+            "input_adapter": adapter,
+            "input_size": recipe.target_size,
+            "input_norm": "backbone",
+        }
     elif recipe.input_mode != "none":
         raise MedbenchError(
             f"end-to-end training of the medbench model {backbone.name} takes its images at "
             f"their own size; use --input none (padding applies to timm backbones)"
         )
     return TrainConfig(
-        dataset=dataset, model=backbone.name, size=size, seed=seed, epochs=recipe.epochs,
-        batch_size=recipe.batch_size, optimizer="adamw", lr=recipe.lr,
-        weight_decay=recipe.weight_decay, schedule="cosine", warmup_epochs=0.0,
-        grad_clip=None, augment="none", select_metric="loss", patience=recipe.patience,
-        pretrained=_engine_weights(backbone), finetune="full", backbone_lr_scale=1.0,
-        model_options=options, data_dir=data_dir, run_dir=str(run_dir), device=device,
-    ).validate()  # fmt: skip
+        dataset=dataset,
+        model=backbone.name,
+        size=size,
+        seed=seed,
+        epochs=recipe.epochs,
+        batch_size=recipe.batch_size,
+        optimizer="adamw",
+        lr=recipe.lr,
+        weight_decay=recipe.weight_decay,
+        schedule="cosine",
+        warmup_epochs=0.0,
+        grad_clip=None,
+        augment="none",
+        select_metric="loss",
+        patience=recipe.patience,
+        pretrained=_engine_weights(backbone),
+        finetune="full",
+        backbone_lr_scale=1.0,
+        model_options=options,
+        data_dir=data_dir,
+        run_dir=str(run_dir),
+        device=device,
+    ).validate()
 
 
 def _engine_weights(backbone: Backbone) -> str:
@@ -509,8 +566,9 @@ def end_to_end_row(
     device: str = "auto",
 ) -> PlusRow:
     """Train every layer of `backbone` on `data` with the engine; its val/test metrics."""
-    config = end_to_end_config(backbone, data.info.name, data.size, seed, recipe, run_dir,
-                               data_dir=data_dir, device=device)  # fmt: skip
+    config = end_to_end_config(
+        backbone, data.info.name, data.size, seed, recipe, run_dir, data_dir=data_dir, device=device
+    )
     results_file = run_dir / "results.json"
     t0 = time.perf_counter()
     if results_file.is_file():  # a finished run is reused, as benchmark grids reuse theirs
@@ -519,12 +577,17 @@ def end_to_end_row(
         results = train(config, data=data, progress=False)
     m = results.metrics
     return PlusRow(
-        **_row_base(backbone, data, recipe), regime="end-to-end", seed=seed,
+        **_row_base(backbone, data, recipe),
+        regime="end-to-end",
+        seed=seed,
         metrics={s: {"acc": float(m[s]["acc"]), "auc": float(m[s]["auc"])} for s in PROBE_SPLITS},
         seconds=time.perf_counter() - t0,
-        details={"run_dir": str(run_dir), "best_round": results.best_round,
-                 "rounds_completed": results.rounds_completed},
-    )  # fmt: skip
+        details={
+            "run_dir": str(run_dir),
+            "best_round": results.best_round,
+            "rounds_completed": results.rounds_completed,
+        },
+    )
 
 
 # ----------------------------------------------------------------------------- the grid
@@ -582,20 +645,41 @@ def run_plus(
                 for row in probe_rows(backbone, data, recipe, regimes, seeds, cache, runtime):
                     add(row)
                 if "end-to-end" in regimes:
-                    for seed in seeds:
-                        safe = backbone.name.replace(":", "-").replace("/", "-")
-                        run_dir = out_dir / "runs" / f"{dataset}-{size}" / safe / f"seed{seed}"
-                        add(end_to_end_row(backbone, data, seed, recipe, run_dir,
-                                           data_dir=data_dir, device=device))  # fmt: skip
+                    runs = out_dir / "runs" / f"{dataset}-{size}"
+                    for row in _end_to_end_rows(
+                        backbone, data, recipe, seeds, runs, data_dir, device
+                    ):
+                        add(row)
     results.cache = asdict(cache.stats)
     atomic_write_json(out_dir / "plus.json", results.to_json())
     return results
 
 
+def _end_to_end_rows(
+    backbone: Backbone,
+    data: MedMNISTData,
+    recipe: PlusRecipe,
+    seeds: Sequence[int],
+    runs: Path,
+    data_dir: str | None,
+    device: str,
+) -> Iterator[PlusRow]:
+    """`backbone` trained end to end on `data`, a row per seed as each run finishes; the
+    runs go to `runs/<model>/seed<k>`."""
+    safe = backbone.name.replace(":", "-").replace("/", "-")
+    for seed in seeds:
+        run_dir = runs / safe / f"seed{seed}"
+        yield end_to_end_row(
+            backbone, data, seed, recipe, run_dir, data_dir=data_dir, device=device
+        )
+
+
 def format_rows(rows: Sequence[PlusRow]) -> str:
     """A plain-text table: one line per row, test and val ACC/AUC."""
-    head = f"{'dataset':<16}{'size':>5} {'model':<22}{'regime':<14}{'seed':>5}" \
-           f"{'val ACC':>9}{'val AUC':>9}{'test ACC':>10}{'test AUC':>10}  weights"  # fmt: skip
+    head = (
+        f"{'dataset':<16}{'size':>5} {'model':<22}{'regime':<14}{'seed':>5}"
+        f"{'val ACC':>9}{'val AUC':>9}{'test ACC':>10}{'test AUC':>10}  weights"
+    )
     lines = [head]
     for r in rows:
         f = r.flat()

@@ -24,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -33,7 +33,7 @@ from torch import nn
 from medbench.data import MedMNISTData, load_dataset
 from medbench.errors import MedbenchError
 from medbench.models import build_model, count_parameters
-from medbench.models.adapters import InputAdapter
+from medbench.models.adapters import FeatureModel, InputAdapter
 from medbench.runs.results import RunResults, read_results
 from medbench.scoring import metrics
 from medbench.training.config import TrainConfig
@@ -57,11 +57,12 @@ def embed(
     """Globally pooled features `forward_head(forward_features(x), pre_logits=True)`,
     L2-normalised, for uint8 (N, H, W, C) images."""
     model.eval()
+    split = cast(FeatureModel, model)  # every model build_model makes has the split
     out = []
     for start in range(0, len(images), batch_size):
         x = normalize(to_unit_float(images[start : start + batch_size], runtime))
         with runtime.autocast():
-            f = model.forward_head(model.forward_features(x), pre_logits=True)
+            f = split.forward_head(split.forward_features(x), pre_logits=True)
         out.append(torch.nn.functional.normalize(f.float().flatten(1), dim=1).cpu())
     return torch.cat(out).numpy()
 
@@ -114,9 +115,12 @@ def knn_evaluate(
     for split in ("val", "test"):
         s = data.split(split)
         probs = knn_probabilities(
-            reference, ref_y, embed(model, _match_channels(s.images, channels), runtime),
-            info.task, k,
-        )  # fmt: skip
+            reference,
+            ref_y,
+            embed(model, _match_channels(s.images, channels), runtime),
+            info.task,
+            k,
+        )
         if probs.shape[1] < info.n_classes:  # a class absent from the reference set
             probs = np.pad(probs, ((0, 0), (0, info.n_classes - probs.shape[1])))
         out[split] = metrics.evaluate(labels_numpy(s.labels), probs, info.task, info.label_names)
@@ -237,14 +241,18 @@ def _knn_target(final: TrainConfig, k: int, progress: bool | None) -> dict[str, 
     """k-NN probe of `final.pretrained` on `final.dataset`, written to its run folder."""
     data = load_dataset(final.dataset, final.size, final.data_dir, progress=bool(progress))
     model = build_model(
-        final.model, data.info.n_channels, data.info.n_classes, final.size,
+        final.model,
+        data.info.n_channels,
+        data.info.n_classes,
+        final.size,
         **final.model_options,
-    )  # fmt: skip
+    )
     _, weights = prepare_pretrained(model, final)
     target = knn_evaluate(model, data, k, device=final.device)
     target["model"]["name"] = final.model
     target["pretrained"] = final.pretrained
     target["pretrained_weights"] = weights
     target["config"] = final.to_dict()
+    assert final.run_dir is not None  # the transfer plan gives the target its run folder
     atomic_write_json(Path(final.run_dir) / "results.json", target)
     return target

@@ -25,7 +25,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import optuna
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -47,6 +47,7 @@ from medbench.workflows.study_storage import fail_dead_trials, make_storage
 PRUNERS = ("median", "hyperband", "none")
 METRICS = ("auc", "acc")  # validation metrics a study can maximise
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+StudyDirectionName = Literal["minimize", "maximize"]  # what optuna.create_study takes
 # The recipe keys a study searches; values given by the user are held fixed instead.
 TUNABLE = (
     "lr",
@@ -224,6 +225,7 @@ def work_study(
             raise MedbenchError(last.user_attrs["error"])
         failures = failures + 1 if _counts_as_failure(last) else 0
         if failures >= MAX_CONSECUTIVE_FAILURES:
+            assert last is not None  # it ran and failed: _counts_as_failure(None) is False
             raise MedbenchError(
                 f"{failures} trials in a row failed; the last: {last.user_attrs.get('error')}"
             )
@@ -285,7 +287,7 @@ def open_study(
     *,
     heartbeat_seconds: int,
     pruner: optuna.pruners.BasePruner | None = None,
-    directions: list[str] | None = None,
+    directions: list[StudyDirectionName] | None = None,
     attrs: dict[str, Any] | None = None,
 ) -> optuna.Study:
     """Create the study or join it; refuse to join a study made for something else."""
@@ -416,7 +418,7 @@ class StudySetup:
         heartbeat_seconds: int,
         attrs: dict[str, Any],
         pruner: optuna.pruners.BasePruner | None = None,
-        directions: list[str] | None = None,
+        directions: list[StudyDirectionName] | None = None,
     ) -> optuna.Study:
         """Create or join the study; `attrs` (with kind, dataset, model, size) must match
         those of a study joined."""
@@ -590,9 +592,15 @@ def tune(
     fixed = {k: v for k, v in (fixed or {}).items() if k in TUNABLE}
     options = None if base.model.startswith("timm:") else model_options(base.model)
     setup = StudySetup.prepare(
-        "tune", base, out_dir, storage=storage, study_name=study_name, data=data,
-        progress=progress, tracking=tracking,
-    )  # fmt: skip
+        "tune",
+        base,
+        out_dir,
+        storage=storage,
+        study_name=study_name,
+        data=data,
+        progress=progress,
+        tracking=tracking,
+    )
     sampler = PerTrialSeededSampler(
         lambda s: optuna.samplers.TPESampler(seed=s, n_startup_trials=5), base.seed
     )
@@ -605,9 +613,13 @@ def tune(
 
     def objective(trial: optuna.Trial) -> float:
         recipe = suggest_recipe(
-            trial, fixed, min_epochs=min_epochs, max_epochs=max_epochs, model_options=options,
+            trial,
+            fixed,
+            min_epochs=min_epochs,
+            max_epochs=max_epochs,
+            model_options=options,
             spatial_dims=model_spatial_dims(base.model),
-        )  # fmt: skip
+        )
         results = setup.train_trial(
             trial, {**fixed, **recipe}, callbacks=[PruningCallback(trial, metric)]
         )
@@ -661,7 +673,7 @@ def write_tune_outputs(
         storage=storage,
         n_finished=count_trials(study, FINISHED),
         best_trial=best.number,
-        best_value=float(best.value),
+        best_value=float(completed_value(best)),
         best_config=best_config,
         best_config_path=path,
         plots=plots,
@@ -669,10 +681,18 @@ def write_tune_outputs(
     )
 
 
+def completed_value(trial: FrozenTrial) -> float:
+    """The objective value of a completed trial of a single-objective study (optuna records
+    one for each); a TypeError, as comparing a missing value raises, for a trial without."""
+    if trial.value is None:
+        raise TypeError(f"trial {trial.number} has no objective value")
+    return trial.value
+
+
 def pick_best_trial(completed: list[FrozenTrial]) -> tuple[FrozenTrial, list[str]]:
     """The best completed trial the collapse guard did not flag (where there is one), and
     notes on what a user of its recipe should know."""
-    top = max(completed, key=lambda t: t.value)
+    top = max(completed, key=completed_value)
     usable = [t for t in completed if not t.user_attrs.get("collapsed")]
     if not usable:
         flags = "; ".join(top.user_attrs.get("flags") or []) or "flagged"
@@ -681,7 +701,7 @@ def pick_best_trial(completed: list[FrozenTrial]) -> tuple[FrozenTrial, list[str
             "its recipe is not a usable model; run more --trials, longer ones (--max-epochs) "
             "or check the data"
         ]
-    best = max(usable, key=lambda t: t.value)
+    best = max(usable, key=completed_value)
     if best is top:
         return best, []
     return best, [
@@ -741,18 +761,19 @@ def plot_history(study: optuna.Study, path: Path) -> Path:
     )
     fig = Figure(figsize=(6, 4))
     ax = fig.add_subplot()
-    ax.scatter([t.number for t in done], [t.value for t in done], s=18, label="completed")
-    running_best = list(itertools.accumulate((t.value for t in done), max))
+    values = [completed_value(t) for t in done]
+    ax.scatter([t.number for t in done], values, s=18, label="completed")
+    running_best = list(itertools.accumulate(values, max))
     ax.step([t.number for t in done], running_best, where="post", color="C3", label="best so far")
     pruned = [
-        t
+        (t.number, t.intermediate_values[step])
         for t in study.get_trials(deepcopy=False, states=(TrialState.PRUNED,))
-        if t.last_step is not None
+        if (step := t.last_step) is not None
     ]
     if pruned:
         ax.scatter(
-            [t.number for t in pruned],
-            [t.intermediate_values[t.last_step] for t in pruned],
+            [number for number, _ in pruned],
+            [value for _, value in pruned],
             s=14,
             marker="x",
             color="grey",

@@ -143,6 +143,7 @@ def run(args: argparse.Namespace) -> int:
     )
     outcome = run_benchmark(config)
     if args.plan:
+        assert outcome.plan is not None  # run_benchmark returns its plan when asked to plan
         print("\n".join(outcome.plan.lines()))
         return 0
     c = outcome.counts

@@ -48,8 +48,11 @@ def catalogue_rows(data_dir: str | None = None) -> list[dict]:
 def run(args: argparse.Namespace) -> int:
     rows = catalogue_rows(args.data_dir)
     if args.json:
-        print(json.dumps({"data_dir": str(resolve_data_dir(args.data_dir)), "datasets": rows},
-                         indent=2))  # fmt: skip
+        print(
+            json.dumps(
+                {"data_dir": str(resolve_data_dir(args.data_dir)), "datasets": rows}, indent=2
+            )
+        )
         return 0
     header = (
         "dataset",

@@ -25,16 +25,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--all", action="store_true", help="all twelve 2D datasets")
     parser.add_argument(
-        "--size", type=int, action="append", metavar="N",
+        "--size",
+        type=int,
+        action="append",
+        metavar="N",
         help=f"image size, one of {', '.join(map(str, SIZES))} (3D sets: "
         f"{', '.join(map(str, SIZES_3D))}; repeatable; default 28)",
-    )  # fmt: skip
+    )
     add_data_dir(parser)
     parser.add_argument(
-        "--mirror", metavar="URL",
+        "--mirror",
+        metavar="URL",
         help="base URL holding the official file names, instead of zenodo.org "
         "(default: $MEDBENCH_MIRROR)",
-    )  # fmt: skip
+    )
     parser.add_argument(
         "--retries", type=int, default=3, metavar="N", help="retries per file (default 3)"
     )
@@ -53,8 +57,12 @@ def run(args: argparse.Namespace) -> int:
         for size in sizes:
             existed = dataset_path(name, size, args.data_dir).exists()
             path = download_dataset(
-                name, size, args.data_dir, mirror=args.mirror, retries=args.retries,
+                name,
+                size,
+                args.data_dir,
+                mirror=args.mirror,
+                retries=args.retries,
                 progress=not args.quiet,
-            )  # fmt: skip
+            )
             print(f"{'present' if existed else 'downloaded'}: {path}")
     return 0

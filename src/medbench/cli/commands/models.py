@@ -58,8 +58,10 @@ def run(args: argparse.Namespace) -> int:
         return 0
     shape = f"{args.size}^3 voxels" if dims == 3 else f"{args.size}x{args.size} px"
     what = "volume" if dims == 3 else "image"
-    print(f"{shape}, {channels} channel(s), {classes} classes; "
-          f"FLOPs of one {what}, a multiply-add = 2 FLOPs")  # fmt: skip
+    print(
+        f"{shape}, {channels} channel(s), {classes} classes; "
+        f"FLOPs of one {what}, a multiply-add = 2 FLOPs"
+    )
     print(f"{'model':<14} {'params':>12} {'params (M)':>10} {'GFLOPs':>8}")
     for r in rows:
         print(f"{r['name']:<14} {r['n_params']:>12,} {r['params_m']:>10.2f} {r['gflops']:>8.3f}")

@@ -54,17 +54,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"comma-separated, among {', '.join(REGIMES)} (default: all three)",
     )
     parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (default 3)")
-    parser.add_argument("--input", default="pad", choices=INPUT_MODES,
-                        help="zero-pad to --target-size (MedMNIST+), resize, or none")  # fmt: skip
+    parser.add_argument(
+        "--input",
+        default="pad",
+        choices=INPUT_MODES,
+        help="zero-pad to --target-size (MedMNIST+), resize, or none",
+    )
     parser.add_argument("--target-size", type=int, default=224, help="default 224")
     parser.add_argument("--epochs", type=int, default=100, help="at most (default 100)")
     parser.add_argument("--patience", type=int, default=5, help="epochs (default 5)")
     parser.add_argument("--k", type=int, default=11, help="k-NN neighbours (default 11)")
-    parser.add_argument("--knn-metric", default="euclidean", choices=KNN_METRICS,
-                        help="euclidean, as MedMNIST+'s code, or cosine")  # fmt: skip
+    parser.add_argument(
+        "--knn-metric",
+        default="euclidean",
+        choices=KNN_METRICS,
+        help="euclidean, as MedMNIST+'s code, or cosine",
+    )
     parser.add_argument("--out", required=True, metavar="DIR", help="results folder")
-    parser.add_argument("--cache-dir", metavar="DIR",
-                        help="embedding cache (default OUT/embeddings)")  # fmt: skip
+    parser.add_argument(
+        "--cache-dir", metavar="DIR", help="embedding cache (default OUT/embeddings)"
+    )
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     add_data_dir(parser)
     add_device(parser)
@@ -92,9 +101,11 @@ def _ints(text: str, flag: str) -> list[int]:
 def _print_row(row: PlusRow) -> None:
     seed = "" if row.seed is None else f" seed {row.seed}"
     test = row.metrics.get("test", {})
-    print(f"done {row.dataset}-{row.size} {row.model} {row.regime}{seed}: test ACC "
-          f"{test.get('acc', float('nan')):.3f} AUC {test.get('auc', float('nan')):.3f}",
-          file=sys.stderr)  # fmt: skip
+    print(
+        f"done {row.dataset}-{row.size} {row.model} {row.regime}{seed}: test ACC "
+        f"{test.get('acc', float('nan')):.3f} AUC {test.get('auc', float('nan')):.3f}",
+        file=sys.stderr,
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -103,9 +114,13 @@ def run(args: argparse.Namespace) -> int:
     if args.seeds < 1:
         raise MedbenchError("--seeds must be at least 1")
     recipe = PlusRecipe(
-        target_size=args.target_size, input_mode=args.input, epochs=args.epochs,
-        patience=args.patience, k=args.k, knn_metric=args.knn_metric,
-    )  # fmt: skip
+        target_size=args.target_size,
+        input_mode=args.input,
+        epochs=args.epochs,
+        patience=args.patience,
+        k=args.k,
+        knn_metric=args.knn_metric,
+    )
     results = run_plus(
         [d.strip() for d in args.datasets.split(",") if d.strip()],
         _ints(args.sizes, "--sizes"),
@@ -118,9 +133,11 @@ def run(args: argparse.Namespace) -> int:
         cache=EmbeddingCache(args.cache_dir) if args.cache_dir else None,
         device=args.device,
         on_row=None if args.json else _print_row,
-    )  # fmt: skip
+    )
     print(json.dumps(results.to_json(), indent=2) if args.json else format_rows(results.rows))
     if not args.json:
-        print(f"embedding cache: {results.cache.get('hits', 0)} hits, "
-              f"{results.cache.get('misses', 0)} computed; results in {args.out}/plus.json")  # fmt: skip
+        print(
+            f"embedding cache: {results.cache.get('hits', 0)} hits, "
+            f"{results.cache.get('misses', 0)} computed; results in {args.out}/plus.json"
+        )
     return 0

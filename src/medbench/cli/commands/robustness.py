@@ -54,10 +54,14 @@ def run(args: argparse.Namespace) -> int:
             print(f"  {score.corruption}: done", file=sys.stderr)
 
     results = evaluate_runs(
-        runs, Path(args.out) / "per-run", data_dir=args.data_dir, device=args.device,
-        seed=args.seed, on_score=show,
+        runs,
+        Path(args.out) / "per-run",
+        data_dir=args.data_dir,
+        device=args.device,
+        seed=args.seed,
+        on_score=show,
         on_run=lambda k, path: print(f"[{k}/{len(runs)}] {path}", file=sys.stderr),
-    )  # fmt: skip
+    )
     summaries = summarize(results, args.baseline)
     for path in write_robustness(results, summaries, args.out):
         print(f"wrote {path}", file=sys.stderr)
