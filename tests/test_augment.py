@@ -10,8 +10,10 @@ from medbench.data.augment import (
     POLICIES,
     BatchAugment,
     BatchMix,
+    contrast,
     equalize,
     resolve_policy,
+    saturation,
 )
 from medbench.errors import MedbenchError
 
@@ -132,3 +134,38 @@ def test_multilabel_mix_keeps_multi_hot_targets():
         torch.rand(2, 1, 8, 8), y, _gen(1)
     )
     assert target.shape == (2, 3) and target.min() >= 0 and target.max() <= 1
+
+
+# The photometric ops blend with torchvision's rgb_to_grayscale; medbench's previous grey
+# (ITU-R 601-2 weights 0.299, 0.587, 0.114), kept here as the reference, differs from it
+# only in the red weight (0.2989 there), by at most 1e-4 of a unit.
+
+
+def _reference_gray(x: torch.Tensor) -> torch.Tensor:
+    if x.shape[1] == 1:
+        return x
+    r, g, b = x[:, 0:1], x[:, 1:2], x[:, 2:3]
+    return 0.299 * r + 0.587 * g + 0.114 * b
+
+
+def _reference_blend(img: torch.Tensor, degenerate: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+    return (degenerate + f.view(-1, 1, 1, 1) * (img - degenerate)).clamp(0, 1)
+
+
+FACTORS = torch.tensor([0.0, 0.2, 0.8, 1.0, 1.5, 1.99])
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_contrast_blends_with_the_grey_mean_of_the_previous_helper(channels):
+    x = torch.rand(len(FACTORS), channels, 28, 28, generator=_gen(0))
+    mean = _reference_gray(x).mean(dim=(1, 2, 3), keepdim=True).expand_as(x)
+    expected = _reference_blend(x, mean, FACTORS)
+    assert float((contrast(x, FACTORS) - expected).abs().max()) <= 1e-4
+
+
+def test_saturation_blends_with_the_grey_of_the_previous_helper():
+    x = torch.rand(len(FACTORS), 3, 28, 28, generator=_gen(1))
+    expected = _reference_blend(x, _reference_gray(x).expand_as(x), FACTORS)
+    assert float((saturation(x, FACTORS) - expected).abs().max()) <= 1e-4
+    grey = x[:, :1]
+    assert saturation(grey, FACTORS) is grey

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import io
+import math
+
+import numpy as np
 import pytest
 import torch
+from PIL import Image
+from torchvision.transforms.v2.functional import rgb_to_grayscale
 
 from medbench.data import corruptions as C
 from medbench.data.augment import BatchAugment, check_policy
+from medbench.data.synthetic import make_synthetic_splits
 from medbench.errors import MedbenchError
 
 
@@ -251,3 +258,147 @@ def test_the_medmnistc_policy_augments_2d_batches_and_refuses_volumes():
         check_policy("medmnistc", "organmnist3d", 3)
     derma = BatchAugment("medmnistc", "dermamnist")(colour_images(n=16, size=28), gen())
     assert derma.shape == (16, 3, 28, 28) and float(derma.max()) <= 1
+
+
+# ----------------------------------------------------------------------------- library vs reference
+# medbench's hand-written Gaussian blur before it called torchvision, kept as the reference
+# the library call is compared with.
+
+
+def _reference_gaussian_1d(sigma: float, size: int) -> torch.Tensor:
+    t = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+    k = torch.exp(-0.5 * (t / max(sigma, 1e-6)) ** 2)
+    return k / k.sum()
+
+
+def _reference_separable_blur(x: torch.Tensor, sigma: float, size: int) -> torch.Tensor:
+    """Rows then columns with the 1D kernel, mirrored borders (replicated where the image
+    is smaller than the kernel), in float64."""
+    k = _reference_gaussian_1d(sigma, size)
+    x64 = x.double()
+    out = C._filter(C._filter(x64, k.view(1, -1)), k.view(-1, 1))
+    return out.to(x.dtype)
+
+
+def _reference_gaussian_blur(x: torch.Tensor, kernel: int, scale: float) -> torch.Tensor:
+    sigma = 0.3 * ((kernel - 1) * 0.5 - 1) + 0.8
+    if scale == 1.0:
+        return _reference_separable_blur(x, sigma, kernel).clamp(0, 1)
+    sigma *= scale
+    return _reference_separable_blur(x, sigma, C._odd_size(sigma)).clamp(0, 1)
+
+
+BLUR_KERNELS = sorted({int(k) for d in C.CORRUPTIONS.values() for k in d.get("gaussian_blur", ())})
+
+
+@pytest.mark.parametrize("kernel", BLUR_KERNELS)
+@pytest.mark.parametrize("size,scale", [(28, 1.0), (28, 28 / 224), (64, 64 / 224), (224, 1.0)])
+def test_gaussian_blur_matches_the_hand_written_separable_blur(kernel, size, scale):
+    x = colour_images(n=2, size=size)
+    y = C.gaussian_blur(x, kernel, gen(), scale)
+    assert float((y - _reference_gaussian_blur(x, kernel, scale)).abs().max()) < 1e-5
+
+
+@pytest.mark.parametrize("kernel", [11, 21, 25])
+def test_gaussian_blur_of_an_image_smaller_than_the_kernel_replicates_its_edges(kernel):
+    x = images(n=2, size=8)
+    y = C.gaussian_blur(x, kernel, gen())
+    assert float((y - _reference_gaussian_blur(x, kernel, 1.0)).abs().max()) < 1e-5
+
+
+def _reference_disk(radius: float, alias_blur: float, scale: float) -> torch.Tensor:
+    r = radius * scale
+    half = max(1, math.ceil((8 if radius <= 8 else radius) * scale))
+    ax = torch.arange(-half, half + 1, dtype=torch.float64)
+    disk = ((ax.view(-1, 1) ** 2 + ax.view(1, -1) ** 2) <= r**2).double()
+    if disk.sum() == 0:
+        disk[half, half] = 1
+    disk /= disk.sum()
+    blurred = _reference_separable_blur(
+        disk.view(1, 1, *disk.shape), alias_blur * scale, 3 if radius <= 8 else 5
+    )
+    return blurred[0, 0].float()
+
+
+DEFOCUS = sorted({p for d in C.CORRUPTIONS.values() for p in d.get("defocus_blur", ())})
+
+
+@pytest.mark.parametrize("radius,alias_blur", DEFOCUS)
+@pytest.mark.parametrize("scale", [1.0, 28 / 224])
+def test_defocus_disk_matches_the_hand_written_gaussian_of_the_disk(radius, alias_blur, scale):
+    kernel = C._disk(radius, alias_blur, scale, torch.zeros(1))
+    assert torch.allclose(kernel, _reference_disk(radius, alias_blur, scale), atol=1e-6)
+
+
+# JPEG: libjpeg through torchvision.io, compared with PIL's JPEG (what medmnistc calls) at
+# every quality of the severity tables.
+JPEG_QUALITIES = sorted(
+    {int(q) for d in C.CORRUPTIONS.values() for q in d.get("jpeg_compression", ())}
+)
+
+
+def _synthetic_test_images(channels: int) -> torch.Tensor:
+    """medbench.data.synthetic's 28-px test images (seed 0) as a float batch in [0, 1]."""
+    array = make_synthetic_splits(n_channels=channels, n_test=16, seed=0)["test_images"]
+    x = torch.from_numpy(array).float() / 255
+    return x.unsqueeze(1) if channels == 1 else x.permute(0, 3, 1, 2).contiguous()
+
+
+def _pil_jpeg(x: torch.Tensor, quality: int) -> torch.Tensor:
+    """Each image saved with PIL as JPEG at `quality` and read back, as floats in [0, 1]."""
+    out = []
+    for img in torch.round(x * 255).to(torch.uint8).numpy():
+        buffer = io.BytesIO()
+        Image.fromarray(img[0] if len(img) == 1 else img.transpose(1, 2, 0)).save(
+            buffer, format="JPEG", quality=quality
+        )
+        back = np.asarray(Image.open(buffer))
+        out.append(back[None] if back.ndim == 2 else back.transpose(2, 0, 1))
+    return torch.from_numpy(np.stack(out)).float() / 255
+
+
+@pytest.mark.parametrize("quality", JPEG_QUALITIES)
+@pytest.mark.parametrize("channels", [1, 3])
+def test_jpeg_matches_pils_jpeg_at_every_severity_quality(quality, channels):
+    for x in (_synthetic_test_images(channels), colour_images() if channels == 3 else images()):
+        y = C.jpeg_compression(x, quality, gen())
+        mean_levels = float((y - _pil_jpeg(x, quality)).abs().mean()) * 255
+        assert mean_levels < 0.05, mean_levels
+
+
+def test_jpeg_subsamples_colour_as_pil_does():
+    """A 1-px red and green checkerboard: 4:2:0 averages its chroma over 2x2 pixels, so
+    the colours wash out to near the mean, which full-resolution chroma would keep."""
+    yy, xx = torch.meshgrid(torch.arange(16), torch.arange(16), indexing="ij")
+    red = ((yy + xx) % 2).float()
+    x = torch.stack([red, 1 - red, torch.zeros_like(red)]).unsqueeze(0)
+    y = C.jpeg_compression(x, 95, gen())
+    assert float((y[:, 0] - y[:, 1]).abs().mean()) < 0.5
+
+
+def test_jpeg_keeps_uint8_batches_in_uint8_levels():
+    x = colour_images(n=3, size=28)
+    levels = torch.round(x * 255).to(torch.uint8)
+    y = C.jpeg_compression(levels, 15, gen())
+    assert y.dtype == torch.uint8 and y.shape == levels.shape
+    assert torch.equal(y.float() / 255, C.jpeg_compression(x, 15, gen()))
+
+
+# The grey of `contrast`: ITU-R 601-2 luma as PIL's 'L' conversion, compared with PIL and
+# with torchvision's rgb_to_grayscale, which weighs red 0.2989.
+
+
+def test_gray_is_pils_l_conversion_before_its_rounding_to_8_bit_levels():
+    levels = torch.round(_synthetic_test_images(3) * 255).to(torch.uint8)
+    pil = np.stack(
+        [np.asarray(Image.fromarray(i.permute(1, 2, 0).numpy()).convert("L")) for i in levels]
+    )
+    gray = C._gray(levels / 255)[:, 0] * 255
+    # PIL weighs in 65536ths (19595, 38470, 7471), up to 4e-6 off 0.299, 0.587, 0.114
+    assert float((gray - torch.from_numpy(pil).float()).abs().max()) <= 0.5 + 2e-3
+
+
+def test_gray_differs_from_torchvision_only_by_its_red_weight():
+    x = colour_images()
+    difference = C._gray(x) - rgb_to_grayscale(x)
+    assert torch.allclose(difference, 1e-4 * x[:, :1], atol=1e-6)

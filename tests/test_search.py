@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 
+import matplotlib
+import matplotlib.image
 import optuna
 import pytest
+from optuna.trial import create_trial
 
 from medbench.errors import MedbenchError
 from medbench.models import build_model, model_options
 from medbench.training.config import TrainConfig, load_config_file
-from medbench.workflows.nas import SPACES, export_architecture, search
+from medbench.workflows.nas import SPACES, export_architecture, plot_front, search
 
 
 @pytest.mark.parametrize("family", sorted(SPACES))
@@ -163,3 +166,23 @@ def test_a_search_over_a_user_model_trains_its_sampled_widths(tmp_path):
         assert (
             trial.user_attrs["n_params"] == n_in * width * 9 + width + width * n_classes + n_classes
         )
+
+
+@pytest.mark.parametrize("cost", ["params", "flops"])
+def test_the_front_plot_is_a_readable_png_at_the_path_it_returns(cost, tmp_path):
+    study = optuna.create_study(directions=["maximize", "minimize"], study_name="search-blood")
+    study.set_user_attr("metric", "auc")
+    study.set_user_attr("cost", cost)
+    for i in range(8):
+        n_params = 50_000 * (1 + (i * 5) % 8)
+        sizes = {"n_params": n_params, "flops": 40 * n_params}
+        value, cost_value = 0.6 + 0.04 * (i % 5), sizes["n_params" if cost == "params" else "flops"]
+        study.add_trial(create_trial(values=[value, cost_value], user_attrs=sizes))
+    rc_before = dict(matplotlib.rcParams)
+    path = plot_front(study, tmp_path / "pareto.png")
+    assert path == tmp_path / "pareto.png"
+    assert path.stat().st_size > 10_000  # axes, points and labels, not an empty canvas
+    height, width, _ = matplotlib.image.imread(path).shape
+    assert height > 300 and width > 400
+    assert dict(matplotlib.rcParams) == rc_before  # Optuna's ggplot style stays inside
+    assert list(tmp_path.iterdir()) == [path]  # written atomically: no temporary left

@@ -160,8 +160,12 @@ def test_a_finished_run_is_read_back_not_trained_again(root):
 def test_knn_probabilities_are_neighbour_votes():
     reference = np.eye(3, dtype=np.float32)[[0, 0, 1, 2]]  # two references at e0
     labels = np.array([[1], [1], [0], [0]])
-    query = np.array([[1, 0, 0], [0, 1, 0]], dtype=np.float32)
-    probs = knn_probabilities(reference, labels, query, "binary-class", k=3)
+    # The second query's third neighbour is either reference at e0: both have label 1, so
+    # the vote is the same whichever the search takes.
+    query = np.array([[1, 0, 0], [0, 0.9, 0.44]], dtype=np.float32)
+    probs = knn_probabilities(
+        reference, labels, query / np.linalg.norm(query, axis=1, keepdims=True), "binary-class", k=3
+    )
     np.testing.assert_allclose(probs, [[1 / 3, 2 / 3], [2 / 3, 1 / 3]])
 
 

@@ -9,9 +9,12 @@ import subprocess
 import sys
 import time
 
+import matplotlib
+import matplotlib.image
 import optuna
 import pytest
-from optuna.trial import TrialState
+from optuna.distributions import CategoricalDistribution, FloatDistribution
+from optuna.trial import TrialState, create_trial
 
 from medbench.errors import MedbenchError
 from medbench.training.callbacks import RoundEnd
@@ -25,6 +28,8 @@ from medbench.workflows.tune import (
     count_trials,
     open_study,
     pick_best_trial,
+    plot_history,
+    plot_importance,
     recipe_from_params,
     suggest_recipe,
     trial_config,
@@ -476,3 +481,41 @@ def test_the_best_config_keeps_what_the_trials_trained_with_but_not_where(tmp_pa
     }  # fmt: skip
     assert (values["lr"], values["epochs"], values["model_options"]) == (0.005, 3, TINY_MODEL)
     assert not {"data_dir", "run_dir", "device"} & set(values)
+
+
+def _finished_study() -> optuna.Study:
+    """A study of eight completed and two pruned trials over two parameters."""
+    study = optuna.create_study(direction="maximize", study_name="tune-bloodmnist")
+    study.set_user_attr("metric", "auc")
+    space = {
+        "lr": FloatDistribution(1e-4, 1e-1, log=True),
+        "mix": CategoricalDistribution(["none", "mixup"]),
+    }
+    for i in range(10):
+        params = {"lr": 10 ** (-4 + 0.3 * i), "mix": ["none", "mixup"][i % 2]}
+        if i in (3, 7):
+            state, value, reported = TrialState.PRUNED, None, {0: 0.5 + 0.01 * i}
+        else:
+            state, value, reported = TrialState.COMPLETE, 0.6 + 0.03 * (i % 5), {}
+        study.add_trial(
+            create_trial(
+                state=state,
+                value=value,
+                params=params,
+                distributions=space,
+                intermediate_values=reported,
+            )
+        )
+    return study
+
+
+@pytest.mark.parametrize("plot", [plot_history, plot_importance])
+def test_each_tune_plot_is_a_readable_png_at_the_path_it_returns(plot, tmp_path):
+    rc_before = dict(matplotlib.rcParams)
+    path = plot(_finished_study(), tmp_path / "plot.png")
+    assert path == tmp_path / "plot.png"
+    assert path.stat().st_size > 10_000  # axes, points and labels, not an empty canvas
+    height, width, _ = matplotlib.image.imread(path).shape
+    assert height > 300 and width > 400
+    assert dict(matplotlib.rcParams) == rc_before  # Optuna's ggplot style stays inside
+    assert list(tmp_path.iterdir()) == [path]  # written atomically: no temporary left

@@ -41,6 +41,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torchvision.transforms.v2 import functional as TF
 
 from medbench.data.corruptions import corrupt_random, dataset_corruptions, image_scale
 from medbench.errors import MedbenchError
@@ -108,13 +109,8 @@ def resolve_policy(policy: str, dataset: str) -> str:
 
 # ----------------------------------------------------------------------------- photometric ops
 # Each takes a batch (n, C, H, W) in [0, 1] and a per-image magnitude (n,), PIL semantics.
-
-
-def _gray(x: torch.Tensor) -> torch.Tensor:
-    if x.shape[1] == 1:
-        return x
-    r, g, b = x[:, 0:1], x[:, 1:2], x[:, 2:3]
-    return 0.299 * r + 0.587 * g + 0.114 * b
+# Grey is torchvision's `rgb_to_grayscale` (red weighed 0.2989, not ITU-R 601-2's 0.299),
+# which its RandAugment and TrivialAugment blend with on tensors.
 
 
 def _blend(img: torch.Tensor, degenerate: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
@@ -128,14 +124,14 @@ def brightness(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
 
 
 def contrast(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    mean = _gray(x).mean(dim=(1, 2, 3), keepdim=True)
+    mean = TF.rgb_to_grayscale(x).mean(dim=(1, 2, 3), keepdim=True)
     return _blend(x, mean.expand_as(x), factor)
 
 
 def saturation(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     if x.shape[1] == 1:
         return x
-    return _blend(x, _gray(x).expand_as(x), factor)
+    return _blend(x, TF.rgb_to_grayscale(x).expand_as(x), factor)
 
 
 def sharpness(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:

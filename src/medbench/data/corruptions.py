@@ -5,8 +5,9 @@ dataset, a list of modality-specific corruptions at five severities. The lists a
 severity parameters below are those of the reference package `medmnistc` 0.1.0
 (github.com/francescodisalvo05/medmnistc-api, `medmnistc/corruptions/registry.py`), and each
 operation follows that package's implementation (PIL, scikit-image, OpenCV and ImageMagick
-calls), re-written here as tensor operations so that corrupted test sets need no files,
-no ImageMagick and no 224-px copy of a dataset.
+calls), re-written here as tensor operations (torchvision's where it has them: the
+Gaussian blur; PIL's JPEG, as medmnistc itself) so that corrupted test sets
+need no files, no ImageMagick and no 224-px copy of a dataset.
 
 Every operation takes a float batch (N, C, H, W) in [0, 1] on any device and returns a
 batch of the same shape, dtype and range; random draws come from the given
@@ -29,6 +30,7 @@ stain-deposit masks are medmnistc's own (package data under medbench/assets, Apa
 from __future__ import annotations
 
 import functools
+import io
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -37,6 +39,8 @@ from importlib import resources
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
+from torchvision.transforms.v2 import functional as TF
 
 from medbench.errors import MedbenchError
 
@@ -240,16 +244,27 @@ def _randn(g: torch.Generator, shape: Sequence[int], like: torch.Tensor) -> torc
 
 def _gray(x: torch.Tensor) -> torch.Tensor:
     """PIL's 'L' conversion (ITU-R 601-2 luma), (N, 1, H, W)."""
+    # Not torchvision's rgb_to_grayscale: it weighs red 0.2989, where PIL (19595/65536)
+    # and medmnistc's ImageEnhance.Contrast use 0.299. The 1e-4 moves the grey mean that
+    # `contrast` rounds to an 8-bit level by up to 0.026 levels, enough to flip that
+    # rounding for about 2% of colour images.
     if x.shape[1] == 1:
         return x
     w = torch.tensor([0.299, 0.587, 0.114], device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
     return (x * w).sum(1, keepdim=True)
 
 
-def _gaussian_1d(sigma: float, size: int, like: torch.Tensor) -> torch.Tensor:
-    t = torch.arange(size, device=like.device, dtype=like.dtype) - (size - 1) / 2
-    k = torch.exp(-0.5 * (t / max(sigma, 1e-6)) ** 2)
-    return k / k.sum()
+def _gaussian_blur(x: torch.Tensor, size: int, sigma: float | None = None) -> torch.Tensor:
+    """torchvision's `gaussian_blur` (kernel `size`, `sigma` or torchvision's default from
+    the size), mirrored borders (OpenCV's BORDER_REFLECT_101)."""
+    pad = size // 2
+    sigmas = None if sigma is None else [sigma, sigma]
+    if pad < min(x.shape[-2:]):
+        return TF.gaussian_blur(x, [size, size], sigmas)
+    # torchvision cannot mirror an image narrower than half the kernel; such an image
+    # is padded by repeating its edge pixels, then blurred and cropped back.
+    padded = F.pad(x, (pad, pad, pad, pad), mode="replicate")
+    return TF.gaussian_blur(padded, [size, size], sigmas)[..., pad:-pad, pad:-pad]
 
 
 def _filter(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
@@ -262,11 +277,6 @@ def _filter(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
     mode = "reflect" if ph < h and pw < w else "replicate"
     padded = F.pad(x.reshape(n * c, 1, h, w), (pw, pw, ph, ph), mode=mode)
     return F.conv2d(padded, kernel.view(1, 1, kh, kw)).reshape(n, c, h, w)
-
-
-def _separable_blur(x: torch.Tensor, sigma: float, size: int) -> torch.Tensor:
-    k = _gaussian_1d(sigma, size, x)
-    return _filter(_filter(x, k.view(1, -1)), k.view(-1, 1))
 
 
 def _odd_size(sigma: float) -> int:
@@ -286,74 +296,38 @@ def pixelate(
     return F.interpolate(down, size=(h, w), mode="nearest-exact").clamp_(0, 1)
 
 
-_LUMA_TABLE = (
-    (16, 11, 10, 16, 24, 40, 51, 61),
-    (12, 12, 14, 19, 26, 58, 60, 55),
-    (14, 13, 16, 24, 40, 57, 69, 56),
-    (14, 17, 22, 29, 51, 87, 80, 62),
-    (18, 22, 37, 56, 68, 109, 103, 77),
-    (24, 35, 55, 64, 81, 104, 113, 92),
-    (49, 64, 78, 87, 103, 121, 120, 101),
-    (72, 92, 95, 98, 112, 100, 103, 99),
-)  # JPEG Annex K luminance table, the one libjpeg scales by quality
-_CHROMA_TABLE = (
-    (17, 18, 24, 47, 99, 99, 99, 99),
-    (18, 21, 26, 66, 99, 99, 99, 99),
-    (24, 26, 56, 99, 99, 99, 99, 99),
-    (47, 66, 99, 99, 99, 99, 99, 99),
-    *((99,) * 8 for _ in range(4)),
-)  # Annex K chrominance table
-
-
-def _quant_table(table: tuple, quality: int, like: torch.Tensor) -> torch.Tensor:
-    """libjpeg's quality scaling of a base table."""
-    q = min(max(int(quality), 1), 100)
-    s = 5000 / q if q < 50 else 200 - 2 * q
-    t = torch.tensor(table, device=like.device, dtype=like.dtype)
-    return torch.floor((t * s + 50) / 100).clamp_(1, 255)
-
-
-def _dct_matrix(like: torch.Tensor) -> torch.Tensor:
-    k = torch.arange(8, device=like.device, dtype=like.dtype)
-    d = torch.cos((2 * k.view(1, -1) + 1) * k.view(-1, 1) * math.pi / 16) * math.sqrt(2 / 8)
-    d[0] /= math.sqrt(2)
-    return d
-
-
-def _jpeg_plane(p: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
-    """Quantise the 8x8 block DCT of planes (M, H, W) in 0..255 and transform back."""
-    m, h, w = p.shape
-    ph, pw = -h % 8, -w % 8
-    p = F.pad(p.unsqueeze(1), (0, pw, 0, ph), mode="replicate").squeeze(1) - 128
-    hb, wb = (h + ph) // 8, (w + pw) // 8
-    blocks = p.reshape(m, hb, 8, wb, 8).transpose(2, 3)
-    d = _dct_matrix(p)
-    coef = d @ blocks @ d.T
-    coef = torch.round(coef / table) * table
-    back = (d.T @ coef @ d).transpose(2, 3).reshape(m, hb * 8, wb * 8) + 128
-    return back[:, :h, :w]
-
-
 def jpeg_compression(
     x: torch.Tensor, quality: float, g: torch.Generator, scale: float = 1.0
 ) -> torch.Tensor:
-    """Baseline JPEG at `quality` (libjpeg tables; grey images as one luma plane, colour
-    as YCbCr without chroma subsampling), decoded back to 8-bit levels."""
-    n, c, h, w = x.shape
-    v = x * 255
+    """Baseline JPEG at `quality` through PIL's `save(format="JPEG", quality=q)`, as medmnistc
+    calls it (libjpeg with PIL's defaults: colour as YCbCr with 4:2:0 chroma subsampling),
+    any channel count but 3 as one grey image per channel. A float batch in [0, 1] is
+    rounded to 8-bit levels and comes back in 8-bit levels; a uint8 batch stays uint8.
+    (torchvision's encode_jpeg/decode_jpeg give the same levels, but torchvision 0.29
+    deprecates them.)"""
+    if x.numel() == 0:
+        return x.clone()
+    levels = x if x.dtype == torch.uint8 else torch.round(x.clamp(0, 1) * 255).to(torch.uint8)
+    n, c, h, w = levels.shape
+    q = min(max(int(quality), 1), 100)
     if c == 3:
-        r, gr, b = v.unbind(1)
-        y = 0.299 * r + 0.587 * gr + 0.114 * b
-        cb = -0.168736 * r - 0.331264 * gr + 0.5 * b + 128
-        cr = 0.5 * r - 0.418688 * gr - 0.081312 * b + 128
-        y = _jpeg_plane(y, _quant_table(_LUMA_TABLE, int(quality), x))
-        cb = _jpeg_plane(cb, _quant_table(_CHROMA_TABLE, int(quality), x)) - 128
-        cr = _jpeg_plane(cr, _quant_table(_CHROMA_TABLE, int(quality), x)) - 128
-        v = torch.stack([y + 1.402 * cr, y - 0.344136 * cb - 0.714136 * cr, y + 1.772 * cb], 1)
+        images = levels.cpu().permute(0, 2, 3, 1).numpy()  # N, H, W, 3
     else:
-        table = _quant_table(_LUMA_TABLE, int(quality), x)
-        v = _jpeg_plane(v.reshape(n * c, h, w), table).reshape(n, c, h, w)
-    return (torch.round(v.clamp(0, 255)) / 255).to(x.dtype)
+        images = levels.cpu().reshape(n * c, h, w).numpy()
+    out = np.stack([_pil_jpeg(image, q) for image in images])
+    decoded = torch.from_numpy(out)
+    decoded = decoded.permute(0, 3, 1, 2) if c == 3 else decoded.reshape(n, c, h, w)
+    decoded = decoded.contiguous().to(x.device)
+    return decoded if x.dtype == torch.uint8 else (decoded / 255).to(x.dtype)
+
+
+def _pil_jpeg(image: np.ndarray, quality: int) -> np.ndarray:
+    """One uint8 image (H, W) or (H, W, 3) through a JPEG file in memory and back."""
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="JPEG", quality=quality)
+    buffer.seek(0)
+    with Image.open(buffer) as decoded:
+        return np.asarray(decoded)
 
 
 # ----------------------------------------------------------------------------- noise
@@ -395,13 +369,14 @@ def shot_noise(
 def gaussian_blur(
     x: torch.Tensor, kernel: float, g: torch.Generator, scale: float = 1.0
 ) -> torch.Tensor:
-    """torchvision `gaussian_blur(kernel_size=k)` (sigma from k, as torchvision sets it)."""
+    """torchvision `gaussian_blur(kernel_size=k)` (sigma from k, as torchvision sets it:
+    0.15 k + 0.35); at another `scale` the sigma is scaled and the kernel spans
+    +-3 sigmas."""
     k = int(kernel)
-    sigma = 0.3 * ((k - 1) * 0.5 - 1) + 0.8
     if scale == 1.0:
-        return _separable_blur(x, sigma, k).clamp_(0, 1)
-    sigma *= scale
-    return _separable_blur(x, sigma, _odd_size(sigma)).clamp_(0, 1)
+        return _gaussian_blur(x, k).clamp_(0, 1)
+    sigma = (0.15 * k + 0.35) * scale
+    return _gaussian_blur(x, _odd_size(sigma), sigma).clamp_(0, 1)
 
 
 def _disk(radius: float, alias_blur: float, scale: float, like: torch.Tensor) -> torch.Tensor:
@@ -414,9 +389,10 @@ def _disk(radius: float, alias_blur: float, scale: float, like: torch.Tensor) ->
     if disk.sum() == 0:
         disk[half, half] = 1
     disk /= disk.sum()
-    k = _gaussian_1d(alias_blur * scale, 3 if radius <= 8 else 5, like)
-    kernel = _filter(disk.view(1, 1, *disk.shape), k.view(1, -1))
-    return _filter(kernel, k.view(-1, 1))[0, 0]
+    blurred = _gaussian_blur(
+        disk.view(1, 1, *disk.shape), 3 if radius <= 8 else 5, alias_blur * scale
+    )
+    return blurred[0, 0]
 
 
 def defocus_blur(

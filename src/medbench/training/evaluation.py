@@ -43,6 +43,26 @@ if TYPE_CHECKING:  # annotations only
     from medbench.training.recipe import LossFn
 
 
+class _TrainableBatchNorms(nn.Module):
+    """What `torch.optim.swa_utils.update_bn` sees of a model: its BatchNorm layers that
+    train, registered as the only submodules, and a forward that runs the whole model.
+
+    update_bn resets every BN layer of the module it is given and switches all of that
+    module to train mode; given the model itself, it would wipe a frozen backbone's
+    statistics, run that backbone's BN on batch statistics and turn on dropout and drop-path.
+    Through this view it resets and trains the listed layers alone, while the model (not a
+    registered submodule) stays in eval mode."""
+
+    def __init__(self, model: nn.Module, bns: list[nn.modules.batchnorm._BatchNorm]) -> None:
+        super().__init__()
+        self.bns = nn.ModuleList(bns)
+        self._model = (model,)  # a tuple, so that the model is not registered
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits: torch.Tensor = self._model[0](x)
+        return logits
+
+
 @torch.no_grad()
 def recalibrate_batchnorm(
     model: nn.Module, images: torch.Tensor, runtime: Runtime, batch_size: int
@@ -54,7 +74,12 @@ def recalibrate_batchnorm(
     (warm-up, short budgets, few steps per epoch); evaluated with them, an otherwise
     learning model can predict one class for everything. Only BN layers that train are
     touched (a frozen backbone keeps its statistics); training itself never reads them, so
-    the weights' trajectory is unchanged."""
+    the weights' trajectory is unchanged.
+
+    PyTorch's `update_bn` resets the layers and takes the cumulative average (momentum
+    None) over the batches; medbench adds what it lacks: the choice of layers and the eval
+    mode of everything else (`_TrainableBatchNorms`), uint8 images scaled and normalised
+    batch by batch, and the run's autocast precision."""
     bns = [
         m
         for m in model.modules()
@@ -64,19 +89,16 @@ def recalibrate_batchnorm(
     ]
     if not bns or len(images) == 0:
         return
-    was_training = model.training
-    momenta = [m.momentum for m in bns]
+    was_training, momenta = model.training, [m.momentum for m in bns]
     model.eval()
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative average over the batches below
-        m.train()
+    batches = (
+        normalize(to_unit_float(images[start : start + batch_size], runtime))
+        for start in range(0, len(images), batch_size)
+    )
     try:
-        for start in range(0, len(images), batch_size):
-            x = normalize(to_unit_float(images[start : start + batch_size], runtime))
-            with runtime.autocast():
-                model(x)
-    finally:
+        with runtime.autocast():
+            torch.optim.swa_utils.update_bn(batches, _TrainableBatchNorms(model, bns))
+    finally:  # update_bn restores the momenta after a full pass only
         for m, momentum in zip(bns, momenta, strict=True):
             m.momentum = momentum
         model.train(was_training)

@@ -104,12 +104,8 @@ def make_loss(
         weight = (counts.sum() / (n_classes * counts)).to(device)
 
     def ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        if target.dtype.is_floating_point:  # soft targets (MixUp/CutMix)
-            logp = F.log_softmax(logits, dim=1)
-            if config.label_smoothing:
-                target = target * (1 - config.label_smoothing) + config.label_smoothing / n_classes
-            w = weight if weight is not None else torch.ones(n_classes, device=logits.device)
-            return -(target * logp * w).sum(1).mean()
+        # Class indices, or class probabilities (MixUp/CutMix's soft targets: smoothed and
+        # weighted per class, averaged over the batch, as cross_entropy defines them).
         return F.cross_entropy(
             logits, target, weight=weight, label_smoothing=config.label_smoothing
         )

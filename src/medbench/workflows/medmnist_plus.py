@@ -24,6 +24,8 @@ End-to-end runs go through `medbench.training.engine.train` (the input transform
 input adapter, `input_norm=backbone`), selecting the epoch of the lowest validation loss
 and stopping after `patience` epochs without a lower one, as MedMNIST+ does. The probes share one embedding cache
 (`medbench.models.embeddings`), so each backbone embeds each split of each dataset once.
+Embedding a split and the k-NN vote are `medbench.models.probes`, which
+`medbench.workflows.transfer` shares.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import torch
@@ -43,11 +45,10 @@ from torch import nn
 
 from medbench.data import MedMNISTData, load_dataset
 from medbench.errors import MedbenchError
-from medbench.models import TIMM_PREFIX
+from medbench.models import TIMM_PREFIX, probes
 from medbench.models.adapters import (
     MEDMNIST_MEAN,
     MEDMNIST_STD,
-    FeatureModel,
     backbone_mean_std,
 )
 from medbench.models.embeddings import EmbeddingCache, EmbeddingKey
@@ -182,22 +183,17 @@ def transform_description(backbone: Backbone, recipe: PlusRecipe) -> str:
     return f"{recipe.input_mode}{where} ch={backbone.in_channels} mean={mean} std={std}"
 
 
-@torch.no_grad()
 def embed_images(
     backbone: Backbone, images: torch.Tensor, recipe: PlusRecipe, runtime: Runtime
 ) -> np.ndarray:
     """Pre-logits embeddings, `forward_head(forward_features(x), pre_logits=True)`, as
     MedMNIST+ extracts them (not normalised)."""
-    # Every backbone (timm's or medbench's) has timm's split of forward.
-    model = cast(FeatureModel, backbone.model.to(runtime.device).eval())
-    out = []
-    for start in range(0, len(images), recipe.embed_batch_size):
-        x = prepare_inputs(
-            images[start : start + recipe.embed_batch_size], backbone, recipe, runtime
-        )
-        features = model.forward_head(model.forward_features(x), pre_logits=True)
-        out.append(features.float().flatten(1).cpu())
-    return torch.cat(out).numpy()
+    return probes.embed(
+        backbone.model.to(runtime.device),
+        images,
+        lambda batch: prepare_inputs(batch, backbone, recipe, runtime),
+        batch_size=recipe.embed_batch_size,
+    )
 
 
 def split_embeddings(
@@ -305,24 +301,15 @@ def knn_scores(
     embeddings. Its argmax (multi-label: share > 0.5) is MedMNIST+'s majority vote."""
     if metric not in KNN_METRICS:
         raise MedbenchError(f"k-NN metric must be one of {', '.join(KNN_METRICS)}")
-    k = min(k, len(reference))
-    ref = torch.from_numpy(reference).double()
-    if metric == "cosine":
-        ref = F.normalize(ref, dim=1)
-    if _is_multilabel(task):
-        votes = torch.from_numpy(reference_labels.astype(np.float64))
-    else:
-        y = torch.from_numpy(reference_labels.reshape(-1).astype(np.int64))
-        votes = F.one_hot(y, n_classes).double()
-    out = []
-    for start in range(0, len(queries), 1024):
-        q = torch.from_numpy(queries[start : start + 1024]).double()
-        if metric == "cosine":
-            idx = (F.normalize(q, dim=1) @ ref.T).topk(k, dim=1).indices
-        else:
-            idx = torch.cdist(q, ref).topk(k, dim=1, largest=False).indices
-        out.append(votes[idx].mean(1))
-    return torch.cat(out).numpy()
+    return probes.knn_probabilities(
+        reference.astype(np.float64),
+        reference_labels,
+        queries.astype(np.float64),
+        task,
+        n_classes,
+        k,
+        metric=metric,
+    )
 
 
 # ----------------------------------------------------------------------------- results

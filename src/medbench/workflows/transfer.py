@@ -10,6 +10,7 @@ Three ways to use a pretrained backbone, as in the MedMNIST+ benchmark (Doerrich
 - `knn`: no training; frozen, globally pooled embeddings and an 11-nearest-neighbour
   vote under cosine similarity (`knn_evaluate`; MedMNIST+'s own code votes by Euclidean
   distance, which `medbench.workflows.medmnist_plus` follows by default).
+  The embedding and the vote are `medbench.models.probes`, shared with MedMNIST+'s probes.
 
 Reading weights and loading them into a model (a medbench run, a timm weights file or
 `hub`) is `medbench.training.pretrained`, which the engine uses; this module runs the engine.
@@ -24,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,8 +33,8 @@ from torch import nn
 
 from medbench.data import MedMNISTData, load_dataset
 from medbench.errors import MedbenchError
-from medbench.models import build_model, count_parameters
-from medbench.models.adapters import FeatureModel, InputAdapter
+from medbench.models import build_model, count_parameters, probes
+from medbench.models.adapters import InputAdapter
 from medbench.runs.results import RunResults, read_results
 from medbench.scoring import metrics
 from medbench.training.config import TrainConfig
@@ -50,41 +51,32 @@ KNN_K = 11
 # ----------------------------------------------------------------------------- k-NN probe
 
 
-@torch.no_grad()
 def embed(
     model: nn.Module, images: torch.Tensor, runtime: Runtime, batch_size: int = 256
 ) -> np.ndarray:
     """Globally pooled features `forward_head(forward_features(x), pre_logits=True)`,
     L2-normalised, for uint8 (N, H, W, C) images."""
-    model.eval()
-    split = cast(FeatureModel, model)  # every model build_model makes has the split
-    out = []
-    for start in range(0, len(images), batch_size):
-        x = normalize(to_unit_float(images[start : start + batch_size], runtime))
-        with runtime.autocast():
-            f = split.forward_head(split.forward_features(x), pre_logits=True)
-        out.append(torch.nn.functional.normalize(f.float().flatten(1), dim=1).cpu())
-    return torch.cat(out).numpy()
+    return probes.embed(
+        model,
+        images,
+        lambda batch: normalize(to_unit_float(batch, runtime)),
+        batch_size=batch_size,
+        autocast=runtime.autocast,
+        l2_normalize=True,
+    )
 
 
 def knn_probabilities(
     reference: np.ndarray, reference_labels: np.ndarray, queries: np.ndarray, task: str, k: int
 ) -> np.ndarray:
-    """Neighbour-vote probabilities: the share of the k most cosine-similar references in
-    each class (multi-label: with each label). Embeddings must be L2-normalised."""
-    k = min(k, len(reference))
-    ref = torch.from_numpy(reference)
-    if task.startswith("multi-label"):
-        onehot = torch.from_numpy(reference_labels.astype(np.float32))
-    else:
-        y = torch.from_numpy(reference_labels.reshape(-1).astype(np.int64))
-        onehot = torch.nn.functional.one_hot(y, int(y.max()) + 1).float()
-    out = []
-    for start in range(0, len(queries), 1024):
-        sims = torch.from_numpy(queries[start : start + 1024]) @ ref.T
-        idx = sims.topk(k, dim=1).indices
-        out.append(onehot[idx].mean(1))
-    return torch.cat(out).numpy()
+    """Neighbour-vote probabilities, float32: the share of the k most cosine-similar
+    references in each class up to the highest label present (multi-label: with each
+    label). Embeddings must be L2-normalised."""
+    n_classes = int(reference_labels.max()) + 1
+    votes = probes.knn_probabilities(
+        reference, reference_labels, queries, task, n_classes, k, metric="cosine"
+    )
+    return votes.astype(np.float32)
 
 
 def knn_evaluate(

@@ -18,18 +18,20 @@ with `medbench.workflows.nas`; what it needs beneath Optuna's public API is in
 
 from __future__ import annotations
 
-import itertools
+import contextlib
 import math
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import matplotlib
+import matplotlib.pyplot as plt
 import optuna
+from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 from optuna.trial import FrozenTrial, TrialState
 
 from medbench.data import load_dataset
@@ -754,59 +756,76 @@ def _summary(
     }
 
 
+@contextlib.contextmanager
+def optuna_plot_style() -> Iterator[None]:
+    """Draw one of `optuna.visualization.matplotlib`'s figures. They draw through pyplot and
+    switch matplotlib to the ggplot style for the whole process: here the style holds until
+    the figure is saved (matplotlib's settings are restored after), and the functions'
+    ExperimentalWarning (Optuna marks them experimental) is silenced."""
+    with matplotlib.rc_context(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        yield
+
+
+def save_optuna_plot(ax: Axes, path: Path) -> Path:
+    """Write an Optuna plot's figure as a PNG, atomically, drawn by the Agg canvas (no
+    display), and release it from pyplot."""
+    fig = ax.get_figure(root=True)
+    assert fig is not None  # an Axes made by pyplot belongs to a figure
+    plt.close(fig)
+    FigureCanvasAgg(fig)
+    return atomic_savefig(fig, path)
+
+
 def plot_history(study: optuna.Study, path: Path) -> Path:
-    """Objective of each completed trial and the best so far, by trial number."""
-    done = sorted(
-        study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), key=lambda t: t.number
-    )
-    fig = Figure(figsize=(6, 4))
-    ax = fig.add_subplot()
-    values = [completed_value(t) for t in done]
-    ax.scatter([t.number for t in done], values, s=18, label="completed")
-    running_best = list(itertools.accumulate(values, max))
-    ax.step([t.number for t in done], running_best, where="post", color="C3", label="best so far")
+    """Objective of each completed trial and the best so far, by trial number (Optuna's
+    optimisation history). medbench adds the last reported value of each pruned trial,
+    which Optuna's plot leaves out."""
+    metric = f"validation {study.user_attrs.get('metric', 'metric')}"
     pruned = [
         (t.number, t.intermediate_values[step])
         for t in study.get_trials(deepcopy=False, states=(TrialState.PRUNED,))
         if (step := t.last_step) is not None
     ]
-    if pruned:
-        ax.scatter(
-            [number for number, _ in pruned],
-            [value for _, value in pruned],
-            s=14,
-            marker="x",
-            color="grey",
-            label="pruned (last reported)",
-        )
-    ax.set_xlabel("trial")
-    ax.set_ylabel(f"validation {study.user_attrs.get('metric', 'metric')}")
-    ax.set_title(study.study_name, fontsize=9)
-    ax.legend(fontsize=8)
-    FigureCanvasAgg(fig)
-    return atomic_savefig(fig, path)
+    with optuna_plot_style():
+        ax = optuna.visualization.matplotlib.plot_optimization_history(study, target_name=metric)
+        if pruned:
+            ax.scatter(
+                [number for number, _ in pruned],
+                [value for _, value in pruned],
+                s=14,
+                marker="x",
+                color="grey",
+                label="pruned (last reported)",
+            )
+        ax.set_title(study.study_name, fontsize=9)
+        ax.legend(fontsize=8)
+        return save_optuna_plot(ax, path)
 
 
 def plot_importance(study: optuna.Study, path: Path) -> Path | None:
-    """fANOVA parameter importances as a bar chart; None (with a warning) when the study
-    has too few completed trials to estimate them."""
-    try:
-        # fANOVA named, not Optuna's default evaluator: the default changed in Optuna 5.
-        importances = optuna.importance.get_param_importances(
-            study, evaluator=optuna.importance.FanovaImportanceEvaluator()
-        )
-    except (ValueError, RuntimeError) as exc:
-        warnings.warn(f"no importance plot: {exc}", MedbenchWarning, stacklevel=2)
-        return None
-    if not importances:
-        return None
-    names = list(importances)[::-1]
-    fig = Figure(figsize=(6, 0.35 * len(names) + 1.2))
-    ax = fig.add_subplot()
-    ax.barh(names, [importances[n] for n in names])
-    ax.set_xlabel("importance (fANOVA, completed trials)")
-    FigureCanvasAgg(fig)
-    return atomic_savefig(fig, path)
+    """fANOVA parameter importances as a bar chart (Optuna's); None (with a warning) when
+    the study has too few completed trials to estimate them."""
+    with optuna_plot_style():
+        try:
+            # fANOVA named, not Optuna's default evaluator: the default changed in Optuna 5.
+            ax = optuna.visualization.matplotlib.plot_param_importances(
+                study,
+                evaluator=optuna.importance.FanovaImportanceEvaluator(),
+                target_name="importance (fANOVA, completed trials)",
+            )
+        except (ValueError, RuntimeError) as exc:
+            warnings.warn(f"no importance plot: {exc}", MedbenchWarning, stacklevel=2)
+            return None
+        if not ax.patches:  # no parameter to rank
+            plt.close(ax.get_figure(root=True))
+            return None
+        ax.set_xlabel("importance (fANOVA, completed trials)")
+        ax.set_title("", loc="left")  # Optuna's generic title, in place of the study's name
+        ax.set_title(study.study_name, fontsize=9)
+        if (legend := ax.get_legend()) is not None:  # one objective: the axis label names it
+            legend.remove()
+        return save_optuna_plot(ax, path)
 
 
 def _short(params: dict[str, Any]) -> str:
