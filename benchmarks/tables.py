@@ -28,9 +28,8 @@ from medbench.analysis.robustness import (
     evaluate_runs,
     find_runs,
     summarize,
-    summary_rows,
-    write_robustness,
 )
+from medbench.analysis.robustness_files import summary_rows, write_robustness
 
 # ----------------------------------------------------------------------------- robustness
 

@@ -19,12 +19,11 @@ from medbench.analysis.explain import (
     choose_target_layer,
     deletion_insertion,
     explain_images,
-    explain_run,
-    explain_section,
     probability_function,
     saliency_maps,
     select_cases,
 )
+from medbench.analysis.explain_files import explain_run, explain_section
 from medbench.cli import main
 from medbench.data.catalogue import dataset_info
 from medbench.data.synthetic import write_synthetic_like

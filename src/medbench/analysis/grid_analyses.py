@@ -1,8 +1,9 @@
 """What a benchmark grid may add after its runs: robustness to the MedMNIST-C corruptions
 and explanations, written next to the runs so the report can show them.
 
-    OUT/robustness/   robustness.json, CSVs, figures (`medbench.analysis.robustness`), per-run/ cache
-    OUT/explain/<dataset>-<size>-<model>/   `medbench.analysis.explain` output of the first seed's run
+    OUT/robustness/   robustness.json, CSVs, figures (`medbench.analysis.robustness_files`),
+                      per-run/ cache (`medbench.analysis.robustness`)
+    OUT/explain/<dataset>-<size>-<model>/   `medbench.analysis.explain_files` output of the first seed's run
 
 Both read only finished runs and never train. Robustness covers the 2D datasets that have
 MedMNIST-C corruptions, scored against a baseline model of the grid (BE, rBE); explanations
@@ -96,7 +97,8 @@ def grid_robustness(
     log: Callable[[str], None],
 ) -> Path | None:
     """Robustness of the runs whose dataset has corruptions, into OUT/robustness."""
-    from medbench.analysis.robustness import evaluate_runs, summarize, write_robustness
+    from medbench.analysis.robustness import evaluate_runs, summarize
+    from medbench.analysis.robustness_files import write_robustness
 
     chosen = [run for run, config in runs if config["dataset"] in CORRUPTIONS]
     for dataset in sorted({config["dataset"] for _, config in runs} - set(CORRUPTIONS)):
@@ -124,7 +126,7 @@ def grid_explanations(
     log: Callable[[str], None],
 ) -> list[Path]:
     """Explanations of the lowest seed's run of each 2D (dataset, size, model)."""
-    from medbench.analysis.explain import explain_run
+    from medbench.analysis.explain_files import explain_run
 
     first: dict[tuple[str, int, str], Path] = {}
     for run, c in sorted(runs, key=lambda r: r[1]["seed"]):

@@ -1,9 +1,10 @@
 """Report sections for what a grid added beside its runs: robustness (OUT/robustness) and
 explanations (OUT/explain/*), as written by `medbench.analysis.grid_analyses`.
 
-Each section is the markdown its own module writes (`medbench.analysis.robustness.report_markdown`,
-`medbench.analysis.explain.explain_section`), with image paths relative to the report's folder; the
-HTML report gets the same section converted, its images embedded.
+Each section is the markdown its own module writes
+(`medbench.analysis.robustness_files.report_markdown`,
+`medbench.analysis.explain_files.explain_section`), with image paths relative to the report's
+folder; the HTML report gets the same section converted, its images embedded.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from medbench.analysis.grid_analyses import EXPLAIN_DIR, ROBUSTNESS_DIR
-from medbench.analysis.robustness import load_written, report_markdown
+from medbench.analysis.robustness_files import load_written, report_markdown
 from medbench.report.render import figure_html
 
 _IMAGE = re.compile(r"^!\[(?P<alt>[^\]]*)\]\((?P<src>[^)]+)\)$")
@@ -38,10 +39,8 @@ def load_sections(folder: Path, out: Path) -> list[Section]:
         prefix = _prefix(robustness, out)
         texts.append(report_markdown(summaries, [(prefix + f, c) for f, c in figures]))
     for path in sorted((folder / EXPLAIN_DIR).glob("*/explain.json")):
-        from medbench.analysis.explain import (  # grad-cam, captum: heavy
-            ExplainResult,
-            explain_section,
-        )
+        from medbench.analysis.explain import ExplainResult  # grad-cam, captum: heavy
+        from medbench.analysis.explain_files import explain_section
 
         result = ExplainResult.from_json(json.loads(path.read_text()))
         texts.append(explain_section(result, _prefix(path.parent, out)))

@@ -5,13 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from medbench.analysis.explain import (
-    DEFAULT_PER_CLASS,
-    DEFAULT_STEPS,
-    METHODS,
-    explain_run,
-    summary_table,
-)
+from medbench.analysis.explain import DEFAULT_PER_CLASS, DEFAULT_STEPS, METHODS
+from medbench.analysis.explain_files import explain_run, summary_table
 from medbench.cli.commands._options import add_data_dir, add_device
 
 NAME = "explain"

@@ -11,10 +11,9 @@ from medbench.analysis.robustness import (
     Score,
     evaluate_runs,
     find_runs,
-    report_markdown,
     summarize,
-    write_robustness,
 )
+from medbench.analysis.robustness_files import report_markdown, write_robustness
 from medbench.cli.commands._options import add_data_dir, add_device
 
 NAME = "robustness"
