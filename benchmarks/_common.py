@@ -63,7 +63,7 @@ def seeds_argument(text: str) -> list[int]:
     """argparse type of --seeds: a count (`3`: seeds 0, 1, 2) or a list (`3,4,5`; `5,` for
     one), read by medbench's own `parse_seeds`; a bad value is argparse's one-line error."""
     from medbench.errors import MedbenchError
-    from medbench.workflows.benchmark import parse_seeds
+    from medbench.workflows.grid_plan import parse_seeds
 
     try:
         return parse_seeds(text)

@@ -25,14 +25,11 @@ from medbench.workflows.benchmark import (
     DEFAULT_CPU_TOTAL_BUDGET_SECONDS,
     DEFAULT_DATASETS,
     DEFAULT_MODELS,
-    OVERHEAD_SHARE,
     GridCellCallback,
-    GridView,
-    cell_budget,
-    parse_seeds,
-    plan_grid,
     run_grid,
 )
+from medbench.workflows.grid_plan import OVERHEAD_SHARE, cell_budget, parse_seeds, plan_grid
+from medbench.workflows.grid_progress import GridView
 from support.fake_training import make_fake_train
 from support.grids import run_benchmark_with
 

@@ -13,7 +13,7 @@ from medbench.cli import main
 from medbench.data.synthetic import write_synthetic_like
 from medbench.errors import MedbenchError, MedbenchWarning
 from medbench.runs.store import ResultsStore
-from medbench.workflows.benchmark import (
+from medbench.workflows.grid_plan import (
     OVERHEAD_SHARE,
     CellSpeed,
     training_budget_after,

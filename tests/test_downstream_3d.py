@@ -22,8 +22,8 @@ from medbench.training.config import TrainConfig
 from medbench.training.engine import train
 from medbench.training.inference import load_trained_model
 from medbench.training.modelcard import write_model_card
-from medbench.workflows.benchmark import pair_models, plan_grid
 from medbench.workflows.ensemble import build_ensemble
+from medbench.workflows.grid_plan import pair_models, plan_grid
 from support.grids import run_benchmark_with
 
 TINY = {"width": 0.125}

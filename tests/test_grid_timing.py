@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from medbench.workflows.benchmark import OVERHEAD_SHARE
+from medbench.workflows.grid_plan import OVERHEAD_SHARE
 from support.fake_training import make_fake_train
 from support.grids import run_benchmark_with
 

@@ -18,7 +18,8 @@ from medbench.report.collect import Group, Run
 from medbench.report.findings import compare_top_two
 from medbench.report.published import load_published
 from medbench.runs.results import RunResults
-from medbench.workflows.benchmark import plan_grid, run_grid
+from medbench.workflows.benchmark import run_grid
+from medbench.workflows.grid_plan import plan_grid
 from support.fake_training import make_fake_train
 from support.grids import run_benchmark_with
 

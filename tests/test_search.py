@@ -13,7 +13,8 @@ from optuna.trial import create_trial
 from medbench.errors import MedbenchError
 from medbench.models import build_model, model_options
 from medbench.training.config import TrainConfig, load_config_file
-from medbench.workflows.nas import SPACES, export_architecture, plot_front, search
+from medbench.workflows.nas import SPACES, export_architecture, search
+from medbench.workflows.study_plots import plot_front
 
 
 @pytest.mark.parametrize("family", sorted(SPACES))

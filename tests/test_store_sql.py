@@ -229,7 +229,7 @@ class _LoggingTrain:
 
 
 def _grid(out: Path, data_dir: Path, seeds: int):
-    from medbench.workflows.benchmark import plan_grid
+    from medbench.workflows.grid_plan import plan_grid
 
     base = {"epochs": 1, "batch_size": 16, "device": "cpu", "data_dir": str(data_dir)}
     base["model_options"] = TINY_MODEL

@@ -19,22 +19,23 @@ from optuna.trial import TrialState, create_trial
 from medbench.errors import MedbenchError
 from medbench.training.callbacks import RoundEnd
 from medbench.training.config import TrainConfig, load_config_file
-from medbench.workflows.tune import (
+from medbench.workflows.studies import (
     FINISHED,
     PerTrialSeededSampler,
-    PruningCallback,
     TrialProgress,
     claim_slot,
     count_trials,
     open_study,
+    work_study,
+)
+from medbench.workflows.study_plots import plot_history, plot_importance
+from medbench.workflows.tune import (
+    PruningCallback,
     pick_best_trial,
-    plot_history,
-    plot_importance,
     recipe_from_params,
     suggest_recipe,
     trial_config,
     tune,
-    work_study,
     write_tune_outputs,
 )
 

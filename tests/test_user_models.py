@@ -31,7 +31,7 @@ from medbench.report.collect import load_runs
 from medbench.serving.export import normalized_input
 from medbench.training.config import NOT_IDENTITY, TrainConfig, config_hash
 from medbench.training.inference import load_trained_model
-from medbench.workflows.benchmark import plan_grid
+from medbench.workflows.grid_plan import plan_grid
 from support.grids import run_benchmark_with
 
 NET = """

@@ -11,8 +11,9 @@ A user's model (`file.py:fn`, `module:fn`, a plugin) brings its own space: a cal
 attribute `search_space` on the builder, taking an `optuna.Trial` and returning the
 builder's keyword options to try (docs/own-model.md).
 
-The study shares `medbench.workflows.tune`'s plumbing: SQLite (or any SQLAlchemy URL) storage,
-resumable, many workers per study, per-trial seeding, dead trials retried.
+The study shares tuning's plumbing (`medbench.workflows.studies`): SQLite (or any SQLAlchemy
+URL) storage, resumable, many workers per study, per-trial seeding, dead trials retried. The
+Pareto-front figure is `medbench.workflows.study_plots.plot_front`.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import TrialState
 
 from medbench.data import DatasetInfo
 from medbench.errors import MedbenchError, MedbenchWarning
@@ -36,20 +37,19 @@ from medbench.models import user as user_models
 from medbench.training.config import TrainConfig
 from medbench.training.tracking import Tracking
 from medbench.utils.fsutil import atomic_write_json, atomic_write_text
-from medbench.workflows.study_storage import make_storage
-from medbench.workflows.tune import (
+from medbench.workflows.studies import (
     PerTrialSeededSampler,
     StudySetup,
     check_sqlite_file,
     check_study_arguments,
     check_study_place,
     count_trials,
-    optuna_plot_style,
     record_trial_result,
-    save_optuna_plot,
     sqlite_file,
     work_study,
 )
+from medbench.workflows.study_plots import plot_front
+from medbench.workflows.study_storage import make_storage
 
 COSTS = ("params", "flops")
 
@@ -238,40 +238,6 @@ def write_front(study: optuna.Study, out_dir: Path) -> tuple[list[dict[str, Any]
         writer.writerow({**row, "model_options": _json(row["model_options"])})
     csv_path = atomic_write_text(out_dir / "pareto.csv", buf.getvalue())
     return front, [json_path, csv_path, plot_front(study, out_dir / "pareto.png")]
-
-
-def plot_front(study: optuna.Study, path: Path) -> Path:
-    """Every completed trial by cost and validation metric, the Pareto front's trials marked
-    (Optuna's Pareto-front plot). medbench adds what Optuna's leaves out: the front joined in
-    order of cost, each front trial's number, and a log cost axis."""
-    metric = study.user_attrs.get("metric", "auc")
-    cost = study.user_attrs.get("cost", "params")
-    key = "n_params" if cost == "params" else "flops"
-    scale = 1e6 if cost == "params" else 1e9
-
-    def point(trial: FrozenTrial) -> tuple[float, float]:
-        return trial.user_attrs[key] / scale, trial.values[0]
-
-    front = sorted(study.best_trials, key=lambda t: t.user_attrs[key])
-    with optuna_plot_style():
-        ax = optuna.visualization.matplotlib.plot_pareto_front(
-            study,
-            targets=point,
-            target_names=[
-                "parameters (M)" if cost == "params" else "GFLOPs",
-                f"validation {metric}",
-            ],
-        )
-        ax.plot(
-            [point(t)[0] for t in front], [point(t)[1] for t in front], color="tab:red", zorder=1
-        )
-        for t in front:
-            ax.annotate(
-                str(t.number), point(t), fontsize=7, xytext=(3, 3), textcoords="offset points"
-            )
-        ax.set_xscale("log")
-        ax.set_title(study.study_name, fontsize=9)
-        return save_optuna_plot(ax, path)
 
 
 def export_architecture(

@@ -26,7 +26,7 @@ from medbench.training.config import (
 )
 from medbench.training.pretrained import FINETUNE_MODES
 from medbench.training.tracking import DEFAULT_EXPERIMENT, LOGGERS, MLFLOW_URI_ENV, Tracking
-from medbench.workflows.tune import METRICS
+from medbench.workflows.studies import METRICS
 
 DEFAULT_SIZE = TrainConfig.size  # the dataclass default
 # TrainConfig fields that say which run this is: set from their own flags by base_config.

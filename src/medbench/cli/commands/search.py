@@ -16,7 +16,7 @@ from medbench.cli.commands._options import (
 from medbench.errors import MedbenchError
 from medbench.training.distributed import refuse_launch
 from medbench.workflows.nas import COSTS, SPACES, export_architecture, search
-from medbench.workflows.tune import default_storage
+from medbench.workflows.studies import default_storage
 
 NAME = "search"
 HELP = "search a model family's architectures for the accuracy/size Pareto front"
