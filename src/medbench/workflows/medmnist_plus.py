@@ -63,7 +63,7 @@ from medbench.utils.runtime import Runtime, resolve_runtime
 
 REGIMES = ("end-to-end", "linear-probe", "knn")
 INPUT_MODES = ("pad", "resize", "none")
-KNN_METRICS = ("euclidean", "cosine")
+KNN_METRICS = probes.KNN_METRICS  # the k-NN probe's distances
 PROBE_SPLITS = ("val", "test")
 SCHEMA_VERSION = 1
 
@@ -299,8 +299,6 @@ def knn_scores(
 ) -> np.ndarray:
     """The share of each class (multi-label: of each label) among the k nearest training
     embeddings. Its argmax (multi-label: share > 0.5) is MedMNIST+'s majority vote."""
-    if metric not in KNN_METRICS:
-        raise MedbenchError(f"k-NN metric must be one of {', '.join(KNN_METRICS)}")
     return probes.knn_probabilities(
         reference.astype(np.float64),
         reference_labels,
